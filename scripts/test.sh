@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test suite of ferry: unit tests, loopback transfer tests, the
+# root suite (loop devices, mounts, chroot) and the QEMU boot suite.
+# As root on Debian it first installs the system packages the suites need
+# (scripts/packages.txt). Artifacts (serial logs, screenshots) go to
+# ./artifacts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    mapfile -t pkgs < <(grep -Ev '^\s*(#|$)' scripts/packages.txt)
+    missing=()
+    for p in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "installing: ${missing[*]}"
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+    fi
+fi
+
+mkdir -p artifacts
+export FERRY_ARTIFACTS="$PWD/artifacts"
+cargo build --release --locked
+cargo test --release --locked --no-fail-fast -- --test-threads="${FERRY_TEST_THREADS:-2}"

@@ -1,0 +1,201 @@
+//! The catalogue of stable error codes.
+//!
+//! Every error the appliance or the sender reports to a person or to the
+//! control plane carries one of these codes, a message (the FAQ's wording
+//! where it has one) and a hint of what to do. Codes are stable: the control
+//! plane branches on them, so they are never renamed or reused.
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! catalogue {
+    ($( $variant:ident => $code:literal, $msg:literal, $hint:literal; )*) => {
+        /// A stable error code.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum ErrorCode { $( #[serde(rename = $code)] $variant, )* }
+
+        impl ErrorCode {
+            /// Every code, in catalogue order.
+            pub const ALL: &'static [ErrorCode] = &[ $( ErrorCode::$variant, )* ];
+
+            /// The stable code string, e.g. `AUTH_FAILED`.
+            pub fn as_str(self) -> &'static str {
+                match self { $( ErrorCode::$variant => $code, )* }
+            }
+
+            /// What went wrong, in the FAQ's words where it has them.
+            pub fn message(self) -> &'static str {
+                match self { $( ErrorCode::$variant => $msg, )* }
+            }
+
+            /// What to do about it.
+            pub fn hint(self) -> &'static str {
+                match self { $( ErrorCode::$variant => $hint, )* }
+            }
+
+            /// Look a code string up; unknown codes (from a newer peer) give None.
+            pub fn parse(s: &str) -> Option<ErrorCode> {
+                match s { $( $code => Some(ErrorCode::$variant), )* _ => None }
+            }
+        }
+    };
+}
+
+catalogue! {
+    ConnectFailed => "CONNECT_FAILED", "Connect to Server Failed",
+        "Check that the intermediate instance is running and that TCP ports 8080 and 8703 of it are reachable from this server (security group, firewall), then run the sender again.";
+    TlsFingerprintMismatch => "TLS_FINGERPRINT_MISMATCH", "The appliance's TLS certificate does not match the pinned fingerprint",
+        "Read the fingerprint from the appliance (`<state-dir>/tls/fingerprint`, its start-up log, or GET /v1/identity on port 8080) and pass it with --fingerprint. If it changed unexpectedly, you may not be talking to your appliance.";
+    TlsRequired => "TLS_REQUIRED", "The data port accepts only TLS connections",
+        "Use `ferry send` (which speaks TLS) to reach port 8703; plain TCP clients are refused.";
+    AuthFailed => "AUTH_FAILED", "Authentication failed: the job token is not valid for this appliance",
+        "Pass the job's token with --token or FERRY_TOKEN (embedded mode prints it at start and keeps it in `<state-dir>/token`). Repeated failures are slowed down.";
+    AuthRateLimited => "AUTH_RATE_LIMITED", "Too many failed authentication attempts",
+        "Wait a minute, check the job token, then run the sender again.";
+    ProtocolVersion => "PROTOCOL_VERSION", "The sender and the appliance speak different protocol versions",
+        "Use a `ferry send` of the same version as the appliance (GET /v1/identity on port 8080 shows its version).";
+    FrameMalformed => "FRAME_MALFORMED", "A malformed or truncated frame was received",
+        "The connection was corrupted or cut. Run the sender again; committed data is kept and the transfer resumes.";
+    FrameTooLarge => "FRAME_TOO_LARGE", "A frame longer than the protocol allows was received",
+        "Use a `ferry send` of the same version as the appliance; the frame was refused before anything was allocated for it.";
+    UnexpectedFrame => "UNEXPECTED_FRAME", "A frame arrived that is not valid at this point of the protocol",
+        "Use a `ferry send` of the same version as the appliance and run it again.";
+    ChunkHashMismatch => "CHUNK_HASH_MISMATCH", "A chunk's content does not match its hash",
+        "The data was corrupted in transit or the source changed while it was read. Run the sender again; the chunk was not written.";
+    ChunkDecompress => "CHUNK_DECOMPRESS", "A chunk could not be decompressed within the chunk size",
+        "The data was corrupted in transit. Run the sender again; the chunk was not written.";
+    ChunkOutOfRange => "CHUNK_OUT_OF_RANGE", "A chunk's offset or length lies outside the announced disk",
+        "Use a `ferry send` of the same version as the appliance; nothing was written.";
+    BadChunkSize => "BAD_CHUNK_SIZE", "The chunk size is outside the allowed range",
+        "Use a chunk size between 64 KiB and 16 MiB, a power of two (the default is 4 MiB).";
+    DiskNotConfigured => "DISK_NOT_CONFIGURED", "The source disk has no target disk on the appliance",
+        "Map the disk index to a target device in the appliance's config ([[disk]] index = N, target = \"/dev/...\"), or send only the configured disks.";
+    DiskBusy => "DISK_BUSY", "Another sender is already writing this disk",
+        "Only one sender may write a disk at a time. Stop the other `ferry send`, or wait for it to finish.";
+    DiskSizeChanged => "DISK_SIZE_CHANGED", "The source disk's size differs from the one this job started with",
+        "An incremental round must send a disk of the same size. Start a new job (a fresh state directory) to migrate a resized disk.";
+    TargetTooSmall => "TARGET_TOO_SMALL", "The target disk is smaller than the source disk",
+        "Attach a target disk at least as large as the source disk and map it in the config; nothing was written.";
+    TargetUnavailable => "TARGET_UNAVAILABLE", "The target disk cannot be opened for writing",
+        "Check that the target device exists, is attached to the intermediate instance, is not mounted or in use, and is not the appliance's own system disk.";
+    TargetWriteFailed => "TARGET_WRITE_FAILED", "Do Rsync Disk x Failed",
+        "Writing to the target disk failed. Check the appliance's log and the target disk, then run the sender again; committed data is kept.";
+    TargetFull => "TARGET_FULL", "Do Rsync Disk x Failed: no space left on the appliance",
+        "The file system holding the target disks or the job state is full. Free space or attach larger storage, then run the sender again; committed data is kept.";
+    LedgerFailed => "LEDGER_FAILED", "The job's ledger could not be read or written",
+        "Check the state directory's file system (space, permissions) and the appliance's log, then restart `ferry serve`.";
+    DigestMismatch => "DIGEST_MISMATCH", "The disk on the appliance does not match the source after the transfer",
+        "Run the sender again: it re-sends every chunk that differs. If this repeats, the target disk may be faulty.";
+    SourceReadFailed => "SOURCE_READ_FAILED", "Reading the source disk failed",
+        "Check that the source disk or image exists and is readable (run the sender as root for block devices).";
+    TransferInterrupted => "TRANSFER_INTERRUPTED", "Do Rsync Disk x Failed: the data transfer was interrupted",
+        "Check the network between this server and the intermediate instance and that the instance is running, then run the sender again; it resumes where it stopped.";
+    Internal => "INTERNAL", "An internal error occurred in the appliance",
+        "Check the appliance's log for details and report the problem; committed data is kept.";
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error that carries a stable code, for callers that branch on it.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}{}", if detail.is_empty() { String::new() } else { format!(" ({detail})") })]
+pub struct CodedError {
+    pub code: ErrorCode,
+    /// The message: the code's own, or the peer's wording when it came over the wire.
+    pub message: String,
+    /// Specifics of this occurrence (which disk, which offset).
+    pub detail: String,
+}
+
+impl CodedError {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        CodedError {
+            code,
+            message: code.message().to_owned(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Build an `anyhow::Error` carrying a code.
+pub fn coded(code: ErrorCode, detail: impl Into<String>) -> anyhow::Error {
+    CodedError::new(code, detail).into()
+}
+
+/// The first coded error in an error's chain.
+pub fn find_coded(err: &anyhow::Error) -> Option<&CodedError> {
+    err.chain().find_map(|e| e.downcast_ref::<CodedError>())
+}
+
+/// Arguments of `ferry errors`.
+#[derive(Debug, clap::Args)]
+pub struct ErrorsArgs {
+    /// Print the catalogue as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Entry {
+    code: &'static str,
+    message: &'static str,
+    hint: &'static str,
+}
+
+/// `ferry errors`: print every code with its message and hint.
+pub fn print_catalogue(args: &ErrorsArgs) -> anyhow::Result<()> {
+    let entries: Vec<Entry> = ErrorCode::ALL
+        .iter()
+        .map(|c| Entry {
+            code: c.as_str(),
+            message: c.message(),
+            hint: c.hint(),
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+    } else {
+        for e in entries {
+            println!("{}\n  {}\n  hint: {}\n", e.code, e.message, e.hint);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ErrorCode::ALL {
+            assert!(seen.insert(c.as_str()), "duplicate code {c}");
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(*c));
+            assert!(!c.hint().is_empty());
+        }
+        assert_eq!(ErrorCode::parse("NO_SUCH_CODE"), None);
+    }
+
+    #[test]
+    fn faq_wordings_are_kept() {
+        assert_eq!(ErrorCode::ConnectFailed.message(), "Connect to Server Failed");
+        assert_eq!(ErrorCode::TargetWriteFailed.message(), "Do Rsync Disk x Failed");
+    }
+
+    #[test]
+    fn coded_error_is_found_through_context() {
+        use anyhow::Context;
+        let err = Err::<(), _>(coded(ErrorCode::DiskBusy, "disk 0"))
+            .context("opening disk 0")
+            .unwrap_err();
+        assert_eq!(find_coded(&err).map(|c| c.code), Some(ErrorCode::DiskBusy));
+        assert_eq!(
+            format!("{err:#}"),
+            "opening disk 0: DISK_BUSY: Another sender is already writing this disk (disk 0)"
+        );
+    }
+}

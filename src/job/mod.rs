@@ -1,0 +1,3 @@
+//! The job: its ledger (what is committed), its states and its error codes.
+
+pub mod errors;

@@ -1,0 +1,19 @@
+//! ferry: the server-migration appliance.
+//!
+//! One library, one binary. The modules follow the data's way through the
+//! appliance: `wire` (frames shared by sender and receiver), `serve` (the
+//! appliance's listeners), `job` (ledger, states, error codes), `disk`
+//! (target disks), `layout` (partitions, file systems, loops, mounts),
+//! `repair` (making a migrated OS boot on cloud hardware), `send` (the
+//! source-side sender).
+
+pub mod cmd;
+pub mod config;
+pub mod disk;
+pub mod job;
+pub mod layout;
+pub mod logging;
+pub mod repair;
+pub mod send;
+pub mod serve;
+pub mod wire;

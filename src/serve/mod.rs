@@ -1,0 +1,8 @@
+//! The appliance.
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {}
+
+pub fn run_blocking(_args: ServeArgs) -> anyhow::Result<()> {
+    anyhow::bail!("unavailable")
+}
