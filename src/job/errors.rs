@@ -91,6 +91,24 @@ catalogue! {
         "Check the network between this server and the intermediate instance and that the instance is running, then run the sender again; it resumes where it stopped.";
     Internal => "INTERNAL", "An internal error occurred in the appliance",
         "Check the appliance's log for details and report the problem; committed data is kept.";
+    JobStopped => "JOB_STOPPED", "The migration task is stopped",
+        "Start the job again (POST /v1/job/start on port 8080, or from the control plane), then run the sender again; committed data is kept and the transfer resumes.";
+    JobFinished => "JOB_FINISHED", "The migration task is completed",
+        "This job accepts no more data. To migrate the source server again, create a new migration task for it and start that task.";
+    JobExpired => "JOB_EXPIRED", "The migration task has expired",
+        "A task is valid for its validity period (7 to 90 days, 30 by default) from its creation. Delete the task and create a new migration task for the source server.";
+    JobInError => "JOB_IN_ERROR", "The migration task fails",
+        "Read the job's last error (GET /v1/job on port 8080: code, message and hint), fix its cause, then start the job again (POST /v1/job/start) and run the sender again.";
+    JobDeleting => "JOB_DELETING", "The migration task is being deleted",
+        "Wait until the task is deleted, or create another new migration task for the source server.";
+    JobBusy => "JOB_BUSY", "The migration task is processing the received data and accepts no data now",
+        "Wait until the job is Finished or Waiting (GET /v1/job on port 8080); an incremental job accepts the next round when it is Waiting.";
+    JobTransitionRefused => "JOB_TRANSITION_REFUSED", "The operation is not allowed in the job's current state",
+        "Ready: start or delete. Running: stop it while Preparing or Syncing; a running job cannot be deleted. Stopped and InError: start or delete. Waiting: stop, delete, or run the sender for the next round. Finished and Expired: delete.";
+    BadValidity => "BAD_VALIDITY", "The validity period of a migration task must be between 7 and 90 days",
+        "Set validity_days in the appliance's config (or --validity-days) to a whole number of days from 7 to 90; the default is 30.";
+    ControlUnauthorized => "CONTROL_UNAUTHORIZED", "The control token is missing or not valid",
+        "Send `Authorization: Bearer <control token>`. The control token is set with --control-token, FERRY_CONTROL_TOKEN or control_token in the config (embedded mode keeps it in `<state-dir>/control-token`); it is not the sender's job token.";
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -182,8 +200,14 @@ mod tests {
 
     #[test]
     fn faq_wordings_are_kept() {
-        assert_eq!(ErrorCode::ConnectFailed.message(), "Connect to Server Failed");
-        assert_eq!(ErrorCode::TargetWriteFailed.message(), "Do Rsync Disk x Failed");
+        assert_eq!(
+            ErrorCode::ConnectFailed.message(),
+            "Connect to Server Failed"
+        );
+        assert_eq!(
+            ErrorCode::TargetWriteFailed.message(),
+            "Do Rsync Disk x Failed"
+        );
     }
 
     #[test]

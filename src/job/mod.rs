@@ -1,3 +1,5 @@
 //! The job: its ledger (what is committed), its states and its error codes.
 
 pub mod errors;
+pub mod handle;
+pub mod state;

@@ -1,0 +1,380 @@
+//! The one job of an appliance, shared between the data path, the control
+//! API and the status page.
+//!
+//! Every change is saved to the job store before it is visible: a status
+//! that a client has seen survives a crash. Listeners (the webhook) are told
+//! of status changes after the save, outside the lock, and must not block.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+
+use crate::job::errors::ErrorCode;
+use crate::job::state::{Clock, JobRecord, JobSettings, JobStore, StateChange, Status};
+
+type Listener = Box<dyn Fn(&StateChange) + Send + Sync>;
+
+pub struct JobHandle {
+    record: Mutex<Inner>,
+    store: Arc<dyn JobStore>,
+    clock: Arc<dyn Clock>,
+    /// Bumped on every change (status or progress), for waiters.
+    version: watch::Sender<u64>,
+    listeners: Mutex<Vec<Listener>>,
+}
+
+struct Inner {
+    record: JobRecord,
+    /// When progress was last saved; progress alone is saved at most every
+    /// [`JobHandle::PROGRESS_SAVE_INTERVAL`] (the ledger holds the exact
+    /// committed chunks; this is for display after a restart).
+    progress_saved: SystemTime,
+}
+
+impl JobHandle {
+    pub const PROGRESS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
+
+    /// Load the job from the store, or create a new Ready one with
+    /// `settings`. A loaded job keeps its own settings and status: a job that
+    /// was Syncing when the appliance stopped is Syncing again, awaiting the
+    /// sender's resume.
+    pub fn open(
+        store: Arc<dyn JobStore>,
+        clock: Arc<dyn Clock>,
+        settings: JobSettings,
+    ) -> Result<Arc<JobHandle>> {
+        let now = clock.now();
+        let record = match store.load().context("loading the job record")? {
+            Some(mut record) => {
+                if record.incremental != settings.incremental {
+                    tracing::info!(
+                        job = %record.id,
+                        incremental = settings.incremental,
+                        "job mode changed by the configuration"
+                    );
+                    record.incremental = settings.incremental;
+                }
+                record
+            }
+            None => {
+                let record = JobRecord::new(uuid::Uuid::new_v4().to_string(), settings, now);
+                store.save(&record).context("saving the new job record")?;
+                tracing::info!(job = %record.id, validity_days = record.validity_days.as_days(), "created the job");
+                record
+            }
+        };
+        let (version, _) = watch::channel(0);
+        let handle = Arc::new(JobHandle {
+            record: Mutex::new(Inner {
+                record,
+                progress_saved: now,
+            }),
+            store,
+            clock,
+            version,
+            listeners: Mutex::new(Vec::new()),
+        });
+        handle.tick().context("checking the job's validity")?;
+        Ok(handle)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves a record that was either
+        // saved whole or not changed (changes are made on a copy).
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tell `f` of every status change from now on. `f` runs on the thread
+    /// that made the change and must return at once.
+    pub fn on_change(&self, f: impl Fn(&StateChange) + Send + Sync + 'static) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(f));
+    }
+
+    /// A receiver that sees a new value on every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    /// The job as it is now (after expiring it if its time has come).
+    pub fn snapshot(&self) -> JobRecord {
+        if let Err(err) = self.tick() {
+            tracing::warn!("checking the job's validity: {err:#}");
+        }
+        self.lock().record.clone()
+    }
+
+    pub fn status(&self) -> Status {
+        self.lock().record.status
+    }
+
+    /// Apply `f` to a copy of the record, save it, then make it current and
+    /// tell listeners of the status change it made, if any.
+    fn update<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut JobRecord, SystemTime) -> Result<T>,
+        changes: impl Fn(&T) -> Vec<StateChange>,
+    ) -> Result<T> {
+        let now = self.clock.now();
+        let (out, events) = {
+            let mut inner = self.lock();
+            let mut next = inner.record.clone();
+            let out = f(&mut next, now)?;
+            let events = changes(&out);
+            self.store
+                .save(&next)
+                .with_context(|| format!("saving the job record ({what})"))?;
+            inner.record = next;
+            inner.progress_saved = now;
+            (out, events)
+        };
+        self.version.send_modify(|v| *v += 1);
+        if !events.is_empty() {
+            let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+            for e in &events {
+                tracing::info!(job = %e.job_id, from = %e.from, to = %e.to, cause = e.cause, "job status changed");
+                for l in listeners.iter() {
+                    l(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Expire the job if its validity is over. Called by readers and by a
+    /// periodic tick of the appliance.
+    pub fn tick(&self) -> Result<Option<StateChange>> {
+        let now = self.clock.now();
+        {
+            let inner = self.lock();
+            let r = &inner.record;
+            if !r.is_past_validity(now) || !crate::job::state::allowed(r.status, Status::Expired) {
+                return Ok(None);
+            }
+        }
+        self.update(
+            "expiring",
+            |r, now| Ok(r.expire_if_due(now)),
+            |c| c.iter().cloned().collect(),
+        )
+    }
+
+    pub fn start(&self) -> Result<StateChange> {
+        self.tick()?;
+        self.update("start", |r, now| r.start(now), |c| vec![c.clone()])
+    }
+
+    pub fn stop(&self) -> Result<StateChange> {
+        self.update("stop", |r, now| r.stop(now), |c| vec![c.clone()])
+    }
+
+    pub fn delete(&self) -> Result<StateChange> {
+        self.update("delete", |r, now| r.delete(now), |c| vec![c.clone()])
+    }
+
+    /// A sender authenticated: refuse it by the job's status (with the
+    /// status's code), or let it in, moving Ready and Waiting to Preparing.
+    pub fn admit_sender(&self) -> Result<()> {
+        // Expire first, saved on its own, so that the refusal below is
+        // JOB_EXPIRED and the expiry is announced even though the
+        // admission fails.
+        self.tick()?;
+        self.update(
+            "admitting a sender",
+            |r, now| r.admit_sender(now),
+            |c| c.iter().cloned().collect(),
+        )
+        .map(|_| ())
+    }
+
+    /// The sender announced its disks and data flows: Preparing → Syncing.
+    /// Each disk's size and already committed bytes (from the ledger, when a
+    /// round resumes) are set. A job already Syncing (a resume) stays so.
+    pub fn syncing(&self, disks: &[(u32, u64, u64)]) -> Result<()> {
+        self.update(
+            "syncing",
+            |r, now| {
+                let change = match r.status {
+                    Status::SYNCING => None,
+                    _ => Some(r.transition(Status::SYNCING, "syncing", now)?),
+                };
+                for &(index, size, committed) in disks {
+                    r.set_disk(index, size, committed);
+                }
+                Ok(change)
+            },
+            |c| c.iter().cloned().collect(),
+        )
+        .map(|_| ())
+    }
+
+    /// Record committed bytes of a disk. Cheap: saved at most every few seconds.
+    pub fn progress(&self, index: u32, committed: u64) -> Result<()> {
+        let now = self.clock.now();
+        let save = {
+            let mut inner = self.lock();
+            inner.record.record_progress(index, committed, now)?;
+            let due = now
+                .duration_since(inner.progress_saved)
+                .map_or(true, |d| d >= Self::PROGRESS_SAVE_INTERVAL);
+            if due {
+                inner.progress_saved = now;
+                Some(inner.record.clone())
+            } else {
+                None
+            }
+        };
+        if let Some(record) = save {
+            self.store
+                .save(&record)
+                .context("saving the job record (progress)")?;
+        }
+        self.version.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// Every disk is committed: Syncing → Processing.
+    pub fn round_committed(&self) -> Result<StateChange> {
+        self.update(
+            "round committed",
+            |r, now| r.transition(Status::PROCESSING, "committed", now),
+            |c| vec![c.clone()],
+        )
+    }
+
+    /// Processing (or Cleaning) done: Finished, or Waiting if incremental.
+    pub fn round_done(&self) -> Result<StateChange> {
+        self.update(
+            "round done",
+            |r, now| r.round_done(now),
+            |c| vec![c.clone()],
+        )
+    }
+
+    /// Processing → Cleaning (the handoff).
+    pub fn cleaning(&self) -> Result<StateChange> {
+        self.update(
+            "cleaning",
+            |r, now| r.transition(Status::CLEANING, "cleaning", now),
+            |c| vec![c.clone()],
+        )
+    }
+
+    /// The job failed with `code`: InError, the error kept for the API.
+    pub fn fail(&self, code: ErrorCode, detail: impl Into<String>) -> Result<StateChange> {
+        let detail = detail.into();
+        self.update(
+            "failing",
+            |r, now| r.fail(code, detail, now),
+            |c| vec![c.clone()],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::errors::find_coded;
+    use crate::job::state::{ManualClock, MemoryStore, Validity};
+    use std::sync::atomic::Ordering;
+
+    fn setup(incremental: bool) -> (Arc<MemoryStore>, Arc<ManualClock>, Arc<JobHandle>) {
+        let store = Arc::new(MemoryStore::default());
+        let clock = Arc::new(ManualClock::new(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000),
+        ));
+        let settings = JobSettings {
+            incremental,
+            validity: Validity::days(7).unwrap(),
+        };
+        let job = JobHandle::open(store.clone(), clock.clone(), settings).unwrap();
+        (store, clock, job)
+    }
+
+    #[test]
+    fn syncing_survives_a_restart() {
+        let (store, clock, job) = setup(false);
+        job.admit_sender().unwrap();
+        job.syncing(&[(0, 1000, 0), (1, 500, 0)]).unwrap();
+        clock.advance(Duration::from_secs(6));
+        job.progress(0, 400).unwrap();
+        let id = job.snapshot().id;
+        drop(job);
+        // The appliance comes back: same job, Syncing, progress as saved.
+        let job = JobHandle::open(store, clock, JobSettings::default()).unwrap();
+        let r = job.snapshot();
+        assert_eq!((r.id, r.status), (id, Status::SYNCING));
+        assert_eq!(r.disks[0].committed, 400);
+        assert_eq!(r.validity_days.as_days(), 7, "the stored validity wins");
+        // The sender resumes without a status change.
+        job.admit_sender().unwrap();
+        job.syncing(&[(0, 1000, 400), (1, 500, 0)]).unwrap();
+        assert_eq!(job.status(), Status::SYNCING);
+    }
+
+    #[test]
+    fn listeners_see_every_change_in_order_with_seq() {
+        let (_store, clock, job) = setup(true);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        job.on_change(move |c| s.lock().unwrap().push((c.seq, c.from, c.to, c.cause)));
+        job.admit_sender().unwrap();
+        job.syncing(&[(0, 10, 0)]).unwrap();
+        job.progress(0, 10).unwrap();
+        job.round_committed().unwrap();
+        job.round_done().unwrap();
+        job.stop().unwrap();
+        clock.advance(Duration::from_secs(7 * 86_400));
+        assert_eq!(job.snapshot().status, Status::Expired);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                (1, Status::Ready, Status::PREPARING, "sender"),
+                (2, Status::PREPARING, Status::SYNCING, "syncing"),
+                (3, Status::SYNCING, Status::PROCESSING, "committed"),
+                (4, Status::PROCESSING, Status::Waiting, "processed"),
+                (5, Status::Waiting, Status::Stopped, "stop"),
+                (6, Status::Stopped, Status::Expired, "expired"),
+            ]
+        );
+    }
+
+    #[test]
+    fn expiry_seen_by_a_sender_is_announced_before_the_refusal() {
+        let (_store, clock, job) = setup(false);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        job.on_change(move |c| s.lock().unwrap().push((c.seq, c.to)));
+        clock.advance(Duration::from_secs(7 * 86_400));
+        let err = job.admit_sender().unwrap_err();
+        assert_eq!(find_coded(&err).unwrap().code, ErrorCode::JobExpired);
+        assert_eq!(job.snapshot().status, Status::Expired);
+        assert_eq!(*seen.lock().unwrap(), vec![(1, Status::Expired)]);
+    }
+
+    #[test]
+    fn a_failed_save_changes_nothing() {
+        let (store, _clock, job) = setup(false);
+        store.fail_saves.store(true, Ordering::SeqCst);
+        let err = job.start().unwrap_err();
+        assert_eq!(find_coded(&err).unwrap().code, ErrorCode::LedgerFailed);
+        assert_eq!(
+            format!("{err:#}"),
+            "saving the job record (start): LEDGER_FAILED: The job's ledger could not be read or written (saving the job record (test))"
+        );
+        assert_eq!(job.status(), Status::Ready);
+        store.fail_saves.store(false, Ordering::SeqCst);
+        assert_eq!(store.load().unwrap().unwrap().status, Status::Ready);
+        job.start().unwrap();
+        assert_eq!(store.load().unwrap().unwrap().status, Status::PREPARING);
+    }
+}

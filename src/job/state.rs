@@ -1,0 +1,1102 @@
+//! The job's lifecycle: the task states of the migration service, the
+//! transitions allowed between them, validity, the last error and per-disk
+//! progress.
+//!
+//! The states are the FAQ's, so the control plane can map them one to one:
+//! Ready, Running (with its business status Preparing, Syncing, Processing or
+//! Cleaning), Stopped, InError, Finished, Waiting (incremental jobs between
+//! rounds), Expired and Deleting. Every change goes through [`TRANSITIONS`];
+//! anything not listed there is refused with `JOB_TRANSITION_REFUSED`.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::job::errors::{coded, ErrorCode};
+
+/// The task status of the migration service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobState {
+    Ready,
+    Running,
+    Stopped,
+    InError,
+    Finished,
+    Waiting,
+    Expired,
+    Deleting,
+}
+
+/// What a Running job is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BusinessStatus {
+    /// Started, waiting for the sender to announce its disks.
+    Preparing,
+    /// Receiving data from the sender.
+    Syncing,
+    /// Every disk is committed; the disks are being laid out and repaired.
+    Processing,
+    /// Handing off: unmounting and flushing.
+    Cleaning,
+}
+
+/// A job's status: its state, and the business status when Running.
+///
+/// One type for both so that "Running without a business status" or
+/// "Stopped while Syncing" cannot be represented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "StatusRepr", try_from = "StatusRepr")]
+pub enum Status {
+    Ready,
+    Running(BusinessStatus),
+    Stopped,
+    InError,
+    Finished,
+    Waiting,
+    Expired,
+    Deleting,
+}
+
+use BusinessStatus::*;
+
+impl Status {
+    pub const PREPARING: Status = Status::Running(Preparing);
+    pub const SYNCING: Status = Status::Running(Syncing);
+    pub const PROCESSING: Status = Status::Running(Processing);
+    pub const CLEANING: Status = Status::Running(Cleaning);
+
+    /// Every status, for tables and tests.
+    pub const ALL: [Status; 11] = [
+        Status::Ready,
+        Status::PREPARING,
+        Status::SYNCING,
+        Status::PROCESSING,
+        Status::CLEANING,
+        Status::Stopped,
+        Status::InError,
+        Status::Finished,
+        Status::Waiting,
+        Status::Expired,
+        Status::Deleting,
+    ];
+
+    pub fn state(self) -> JobState {
+        match self {
+            Status::Ready => JobState::Ready,
+            Status::Running(_) => JobState::Running,
+            Status::Stopped => JobState::Stopped,
+            Status::InError => JobState::InError,
+            Status::Finished => JobState::Finished,
+            Status::Waiting => JobState::Waiting,
+            Status::Expired => JobState::Expired,
+            Status::Deleting => JobState::Deleting,
+        }
+    }
+
+    pub fn business(self) -> Option<BusinessStatus> {
+        match self {
+            Status::Running(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// A small stable number per status, for the Prometheus gauge.
+    pub fn metric_value(self) -> i64 {
+        match self {
+            Status::Ready => 0,
+            Status::Running(Preparing) => 1,
+            Status::Running(Syncing) => 2,
+            Status::Running(Processing) => 3,
+            Status::Running(Cleaning) => 4,
+            Status::Stopped => 5,
+            Status::InError => 6,
+            Status::Finished => 7,
+            Status::Waiting => 8,
+            Status::Expired => 9,
+            Status::Deleting => 10,
+        }
+    }
+
+    /// The code a sender is refused with in this status, if it is refused.
+    pub fn sender_refusal(self) -> Option<ErrorCode> {
+        match self {
+            Status::Ready | Status::Waiting | Status::PREPARING | Status::SYNCING => None,
+            Status::PROCESSING | Status::CLEANING => Some(ErrorCode::JobBusy),
+            Status::Stopped => Some(ErrorCode::JobStopped),
+            Status::InError => Some(ErrorCode::JobInError),
+            Status::Finished => Some(ErrorCode::JobFinished),
+            Status::Expired => Some(ErrorCode::JobExpired),
+            Status::Deleting => Some(ErrorCode::JobDeleting),
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Status::Running(b) => write!(f, "Running/{b:?}"),
+            other => write!(f, "{:?}", other.state()),
+        }
+    }
+}
+
+/// How a status is written: `{"state": "Running", "business_status": "Syncing"}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StatusRepr {
+    state: JobState,
+    #[serde(default)]
+    business_status: Option<BusinessStatus>,
+}
+
+impl From<Status> for StatusRepr {
+    fn from(s: Status) -> Self {
+        StatusRepr {
+            state: s.state(),
+            business_status: s.business(),
+        }
+    }
+}
+
+impl TryFrom<StatusRepr> for Status {
+    type Error = String;
+    fn try_from(r: StatusRepr) -> std::result::Result<Self, String> {
+        Ok(match (r.state, r.business_status) {
+            (JobState::Running, Some(b)) => Status::Running(b),
+            (JobState::Running, None) => return Err("state Running needs a business_status".into()),
+            (s, Some(b)) => return Err(format!("state {s:?} has no business status, got {b:?}")),
+            (JobState::Ready, None) => Status::Ready,
+            (JobState::Stopped, None) => Status::Stopped,
+            (JobState::InError, None) => Status::InError,
+            (JobState::Finished, None) => Status::Finished,
+            (JobState::Waiting, None) => Status::Waiting,
+            (JobState::Expired, None) => Status::Expired,
+            (JobState::Deleting, None) => Status::Deleting,
+        })
+    }
+}
+
+/// Every allowed transition. Whatever is not here is refused.
+///
+/// Following the FAQ: a Ready task can only be started (or deleted); a
+/// Running task can be stopped while Preparing or Syncing but never deleted;
+/// Stopped and InError tasks can be restarted or deleted; Finished and
+/// Expired tasks can only be deleted; only incremental tasks reach Waiting,
+/// from which the next round starts. Ready, Stopped, InError and Waiting
+/// tasks expire; a Running one is left alone until it leaves Running.
+pub const TRANSITIONS: &[(Status, Status)] = &[
+    // Started by the operator or by a sender authenticating.
+    (Status::Ready, Status::PREPARING),
+    (Status::Ready, Status::Expired),
+    (Status::Ready, Status::Deleting),
+    // The sender announced its disks; data flows.
+    (Status::PREPARING, Status::SYNCING),
+    (Status::PREPARING, Status::Stopped),
+    (Status::PREPARING, Status::InError),
+    // Every disk committed.
+    (Status::SYNCING, Status::PROCESSING),
+    (Status::SYNCING, Status::Stopped),
+    (Status::SYNCING, Status::InError),
+    // Layout, repair and verification done; Cleaning is the handoff.
+    (Status::PROCESSING, Status::CLEANING),
+    (Status::PROCESSING, Status::Finished),
+    (Status::PROCESSING, Status::Waiting),
+    (Status::PROCESSING, Status::InError),
+    (Status::CLEANING, Status::Finished),
+    (Status::CLEANING, Status::Waiting),
+    (Status::CLEANING, Status::InError),
+    // Restart after a stop or after the cause of an error was fixed.
+    (Status::Stopped, Status::PREPARING),
+    (Status::Stopped, Status::Expired),
+    (Status::Stopped, Status::Deleting),
+    (Status::InError, Status::PREPARING),
+    (Status::InError, Status::Expired),
+    (Status::InError, Status::Deleting),
+    // Incremental: the next round, or an end to it.
+    (Status::Waiting, Status::PREPARING),
+    (Status::Waiting, Status::Stopped),
+    (Status::Waiting, Status::Expired),
+    (Status::Waiting, Status::Deleting),
+    (Status::Finished, Status::Deleting),
+    (Status::Expired, Status::Deleting),
+];
+
+/// Whether `from → to` is in the table.
+pub fn allowed(from: Status, to: Status) -> bool {
+    TRANSITIONS.contains(&(from, to))
+}
+
+/// Check a transition; the error names both ends and carries
+/// `JOB_TRANSITION_REFUSED` with the per-state advice as its hint.
+pub fn check_transition(from: Status, to: Status) -> Result<()> {
+    if allowed(from, to) {
+        Ok(())
+    } else {
+        Err(coded(
+            ErrorCode::JobTransitionRefused,
+            format!("the job is {from} and cannot go to {to}"),
+        ))
+    }
+}
+
+/// How long a job is valid: 7 to 90 days, as in the FAQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct Validity(u32);
+
+impl Validity {
+    pub const MIN_DAYS: u32 = 7;
+    pub const MAX_DAYS: u32 = 90;
+    pub const DEFAULT_DAYS: u32 = 30;
+
+    pub fn days(days: u32) -> Result<Validity> {
+        if (Self::MIN_DAYS..=Self::MAX_DAYS).contains(&days) {
+            Ok(Validity(days))
+        } else {
+            Err(coded(ErrorCode::BadValidity, format!("got {days} days")))
+        }
+    }
+
+    pub fn as_days(self) -> u32 {
+        self.0
+    }
+
+    pub fn duration(self) -> Duration {
+        Duration::from_secs(u64::from(self.0) * 86_400)
+    }
+}
+
+impl Default for Validity {
+    fn default() -> Self {
+        Validity(Self::DEFAULT_DAYS)
+    }
+}
+
+impl TryFrom<u32> for Validity {
+    type Error = String;
+    fn try_from(days: u32) -> std::result::Result<Self, String> {
+        Validity::days(days).map_err(|e| format!("{e:#}"))
+    }
+}
+
+impl From<Validity> for u32 {
+    fn from(v: Validity) -> u32 {
+        v.0
+    }
+}
+
+/// Where the time comes from: the system, or a hand-moved clock in tests
+/// (expiry is tested by moving the clock, never by waiting).
+pub trait Clock: Send + Sync {
+    fn now(&self) -> SystemTime;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<SystemTime>);
+
+impl ManualClock {
+    pub fn new(start: SystemTime) -> Self {
+        ManualClock(Mutex::new(start))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *t += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A point in time, written as RFC 3339 with milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub SystemTime);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&s)
+            .map(Timestamp)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_millis(self.0))
+    }
+}
+
+/// The error that put a job InError (or the last one a round reported).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub hint: String,
+    /// Specifics of this occurrence (which disk, which offset).
+    #[serde(default)]
+    pub detail: String,
+    pub at: Timestamp,
+}
+
+impl JobError {
+    pub fn new(code: ErrorCode, detail: impl Into<String>, at: SystemTime) -> Self {
+        JobError {
+            code,
+            message: code.message().to_owned(),
+            hint: code.hint().to_owned(),
+            detail: detail.into(),
+            at: Timestamp(at),
+        }
+    }
+}
+
+/// Progress of one disk in the current round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskProgress {
+    pub index: u32,
+    /// Size of the source disk in bytes.
+    pub size: u64,
+    /// Bytes of the disk that are committed (durable and in the ledger).
+    pub committed: u64,
+    /// Smoothed commit rate in bytes per second.
+    #[serde(default)]
+    pub rate_bps: f64,
+    /// Seconds until the disk is committed at the current rate.
+    #[serde(default)]
+    pub eta_secs: Option<u64>,
+    #[serde(skip)]
+    last_sample: Option<(SystemTime, u64)>,
+}
+
+impl DiskProgress {
+    pub fn new(index: u32, size: u64, committed: u64) -> Self {
+        DiskProgress {
+            index,
+            size,
+            committed: committed.min(size),
+            rate_bps: 0.0,
+            eta_secs: None,
+            last_sample: None,
+        }
+    }
+
+    /// Samples closer together than this are folded into the next one:
+    /// rates over a few milliseconds are noise.
+    const MIN_SAMPLE: Duration = Duration::from_millis(500);
+    /// Time constant of the exponential smoothing of the rate.
+    const SMOOTHING_SECS: f64 = 10.0;
+
+    /// Record that `committed` bytes are committed at `now`, updating the
+    /// smoothed rate and the ETA.
+    pub fn record(&mut self, committed: u64, now: SystemTime) {
+        let committed = committed.min(self.size);
+        match self.last_sample {
+            None => self.last_sample = Some((now, self.committed)),
+            Some((t0, c0)) => {
+                let dt = now.duration_since(t0).unwrap_or_default();
+                if dt >= Self::MIN_SAMPLE {
+                    let inst = committed.saturating_sub(c0) as f64 / dt.as_secs_f64();
+                    self.rate_bps = if self.rate_bps == 0.0 {
+                        inst
+                    } else {
+                        let alpha = 1.0 - (-dt.as_secs_f64() / Self::SMOOTHING_SECS).exp();
+                        alpha * inst + (1.0 - alpha) * self.rate_bps
+                    };
+                    self.last_sample = Some((now, committed));
+                }
+            }
+        }
+        self.committed = committed;
+        let remaining = self.size - self.committed;
+        self.eta_secs = if remaining == 0 {
+            Some(0)
+        } else if self.rate_bps > 0.0 {
+            Some((remaining as f64 / self.rate_bps).ceil() as u64)
+        } else {
+            None
+        };
+        if remaining == 0 {
+            self.rate_bps = 0.0;
+        }
+    }
+
+    pub fn is_committed(&self) -> bool {
+        self.committed >= self.size
+    }
+}
+
+/// Settings a new job is created with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobSettings {
+    /// Waiting after each round (ready for the next) instead of Finished.
+    pub incremental: bool,
+    pub validity: Validity,
+}
+
+/// The job as persisted in the job store and shown by GET /v1/job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    #[serde(flatten)]
+    pub status: Status,
+    pub incremental: bool,
+    pub validity_days: Validity,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// When the status last changed.
+    pub updated_at: Timestamp,
+    /// When a sender first started a round.
+    #[serde(default)]
+    pub started_at: Option<Timestamp>,
+    #[serde(default)]
+    pub finished_at: Option<Timestamp>,
+    /// Rounds that reached Finished or Waiting.
+    #[serde(default)]
+    pub rounds_completed: u32,
+    /// Number of status changes so far; webhook events carry it so the
+    /// control plane can order them and spot gaps, across restarts too.
+    #[serde(default)]
+    pub seq: u64,
+    #[serde(default)]
+    pub last_error: Option<JobError>,
+    #[serde(default)]
+    pub disks: Vec<DiskProgress>,
+}
+
+/// One status change, as told to listeners (the webhook, the status page).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StateChange {
+    pub seq: u64,
+    pub job_id: String,
+    pub from: Status,
+    pub to: Status,
+    pub at: Timestamp,
+    /// What caused it: "start", "stop", "delete", "sender", "syncing",
+    /// "committed", "processed", "error", "expired".
+    pub cause: &'static str,
+    pub error: Option<JobError>,
+}
+
+impl JobRecord {
+    pub fn new(id: String, settings: JobSettings, now: SystemTime) -> Self {
+        JobRecord {
+            id,
+            status: Status::Ready,
+            incremental: settings.incremental,
+            validity_days: settings.validity,
+            created_at: Timestamp(now),
+            expires_at: Timestamp(now + settings.validity.duration()),
+            updated_at: Timestamp(now),
+            started_at: None,
+            finished_at: None,
+            rounds_completed: 0,
+            seq: 0,
+            last_error: None,
+            disks: Vec::new(),
+        }
+    }
+
+    /// Move to `to` if the table allows it.
+    pub fn transition(
+        &mut self,
+        to: Status,
+        cause: &'static str,
+        now: SystemTime,
+    ) -> Result<StateChange> {
+        let from = self.status;
+        check_transition(from, to)?;
+        self.status = to;
+        self.updated_at = Timestamp(now);
+        self.seq += 1;
+        match to {
+            Status::PREPARING if self.started_at.is_none() => {
+                self.started_at = Some(Timestamp(now));
+            }
+            Status::Finished | Status::Waiting => {
+                self.rounds_completed += 1;
+                if to == Status::Finished {
+                    self.finished_at = Some(Timestamp(now));
+                }
+            }
+            _ => {}
+        }
+        // A restart after the cause was fixed clears the error it was about.
+        if from == Status::InError && to == Status::PREPARING {
+            self.last_error = None;
+        }
+        Ok(StateChange {
+            seq: self.seq,
+            job_id: self.id.clone(),
+            from,
+            to,
+            at: Timestamp(now),
+            cause,
+            error: self.last_error.clone(),
+        })
+    }
+
+    /// Whether the validity period is over at `now`.
+    pub fn is_past_validity(&self, now: SystemTime) -> bool {
+        now >= self.expires_at.0
+    }
+
+    /// Expire the job if its validity is over and its status is one that
+    /// expires (Ready, Stopped, InError, Waiting); a Running job is left
+    /// alone, as in the FAQ.
+    pub fn expire_if_due(&mut self, now: SystemTime) -> Option<StateChange> {
+        if !self.is_past_validity(now) || !allowed(self.status, Status::Expired) {
+            return None;
+        }
+        self.transition(Status::Expired, "expired", now).ok()
+    }
+
+    /// Operator's start: Ready, Stopped and InError go to Preparing.
+    pub fn start(&mut self, now: SystemTime) -> Result<StateChange> {
+        self.expire_if_due(now);
+        match self.status {
+            Status::Ready | Status::Stopped | Status::InError | Status::Waiting => {
+                self.transition(Status::PREPARING, "start", now)
+            }
+            other => Err(refused_operation("started", other)),
+        }
+    }
+
+    /// Operator's stop: only while Preparing, Syncing or Waiting.
+    pub fn stop(&mut self, now: SystemTime) -> Result<StateChange> {
+        self.transition(Status::Stopped, "stop", now)
+            .map_err(|_| refused_operation("stopped", self.status))
+    }
+
+    /// Operator's delete: never while Running.
+    pub fn delete(&mut self, now: SystemTime) -> Result<StateChange> {
+        self.transition(Status::Deleting, "delete", now)
+            .map_err(|_| refused_operation("deleted", self.status))
+    }
+
+    /// A sender authenticated: refuse it with the status's code, or move the
+    /// job to Preparing (Ready, Waiting) and let it in. A job that was
+    /// Preparing or Syncing (a sender resuming, also after a restart of the
+    /// appliance) lets it in unchanged.
+    pub fn admit_sender(&mut self, now: SystemTime) -> Result<Option<StateChange>> {
+        self.expire_if_due(now);
+        if let Some(code) = self.status.sender_refusal() {
+            let detail = match (&self.last_error, self.status) {
+                (Some(e), Status::InError) => format!("last error {}: {}", e.code, e.message),
+                (_, Status::Expired) => format!("expired at {}", self.expires_at),
+                (_, s) => format!("the job is {s}"),
+            };
+            return Err(coded(code, detail));
+        }
+        match self.status {
+            Status::Ready | Status::Waiting => {
+                self.transition(Status::PREPARING, "sender", now).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The job failed: InError with the error kept for GET /v1/job.
+    pub fn fail(
+        &mut self,
+        code: ErrorCode,
+        detail: impl Into<String>,
+        now: SystemTime,
+    ) -> Result<StateChange> {
+        let previous = self.last_error.replace(JobError::new(code, detail, now));
+        self.transition(Status::InError, "error", now)
+            .inspect_err(|_| self.last_error = previous)
+    }
+
+    /// The end of a round's processing: Finished, or Waiting if incremental.
+    pub fn round_done(&mut self, now: SystemTime) -> Result<StateChange> {
+        let to = if self.incremental {
+            Status::Waiting
+        } else {
+            Status::Finished
+        };
+        self.transition(to, "processed", now)
+    }
+
+    /// Set (or reset, at the start of a round) a disk's size and committed bytes.
+    pub fn set_disk(&mut self, index: u32, size: u64, committed: u64) {
+        let disk = DiskProgress::new(index, size, committed);
+        match self.disks.iter_mut().find(|d| d.index == index) {
+            Some(d) => *d = disk,
+            None => {
+                self.disks.push(disk);
+                self.disks.sort_by_key(|d| d.index);
+            }
+        }
+    }
+
+    /// Record a disk's committed bytes.
+    pub fn record_progress(&mut self, index: u32, committed: u64, now: SystemTime) -> Result<()> {
+        let disk = self
+            .disks
+            .iter_mut()
+            .find(|d| d.index == index)
+            .with_context(|| {
+                format!("recording progress of disk {index}, which the job does not know")
+            })?;
+        disk.record(committed, now);
+        Ok(())
+    }
+
+    /// Whether the round has disks and every one is committed.
+    pub fn all_committed(&self) -> bool {
+        !self.disks.is_empty() && self.disks.iter().all(DiskProgress::is_committed)
+    }
+
+    /// Sum of the disks' rates, bytes per second.
+    pub fn sync_rate_bps(&self) -> f64 {
+        self.disks.iter().map(|d| d.rate_bps).sum()
+    }
+}
+
+fn refused_operation(what: &str, status: Status) -> anyhow::Error {
+    coded(
+        ErrorCode::JobTransitionRefused,
+        format!("a job that is {status} cannot be {what}"),
+    )
+}
+
+/// Where the job record lives: the ledger in the appliance, memory in tests.
+pub trait JobStore: Send + Sync {
+    fn load(&self) -> Result<Option<JobRecord>>;
+    fn save(&self, record: &JobRecord) -> Result<()>;
+}
+
+/// A store in memory that still goes through JSON, so what a test saves is
+/// exactly what a durable store would read back.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    bytes: Mutex<Option<Vec<u8>>>,
+    /// Make the next saves fail, to test that a failed save changes nothing.
+    pub fail_saves: std::sync::atomic::AtomicBool,
+}
+
+impl JobStore for MemoryStore {
+    fn load(&self) -> Result<Option<JobRecord>> {
+        let bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        bytes
+            .as_deref()
+            .map(|b| serde_json::from_slice(b).context("decoding the job record"))
+            .transpose()
+    }
+
+    fn save(&self, record: &JobRecord) -> Result<()> {
+        if self.fail_saves.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(coded(
+                ErrorCode::LedgerFailed,
+                "saving the job record (test)",
+            ));
+        }
+        let json = serde_json::to_vec(record).context("encoding the job record")?;
+        *self.bytes.lock().unwrap_or_else(|p| p.into_inner()) = Some(json);
+        Ok(())
+    }
+}
+
+/// The key of the job record in a key-value store such as the ledger's meta table.
+pub const JOB_RECORD_KEY: &str = "job";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::errors::find_coded;
+
+    fn t0() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000)
+    }
+
+    fn record(status: Status, incremental: bool) -> JobRecord {
+        let mut r = JobRecord::new(
+            "job-1".into(),
+            JobSettings {
+                incremental,
+                validity: Validity::default(),
+            },
+            t0(),
+        );
+        r.status = status;
+        r
+    }
+
+    use Status as S;
+
+    /// Every pair of statuses, with whether it is allowed: the table above,
+    /// written out again by hand so that a change to it shows up here.
+    #[test]
+    fn every_transition_allowed_or_refused() {
+        let allowed_pairs: &[(Status, Status)] = &[
+            (S::Ready, S::PREPARING),
+            (S::Ready, S::Expired),
+            (S::Ready, S::Deleting),
+            (S::PREPARING, S::SYNCING),
+            (S::PREPARING, S::Stopped),
+            (S::PREPARING, S::InError),
+            (S::SYNCING, S::PROCESSING),
+            (S::SYNCING, S::Stopped),
+            (S::SYNCING, S::InError),
+            (S::PROCESSING, S::CLEANING),
+            (S::PROCESSING, S::Finished),
+            (S::PROCESSING, S::Waiting),
+            (S::PROCESSING, S::InError),
+            (S::CLEANING, S::Finished),
+            (S::CLEANING, S::Waiting),
+            (S::CLEANING, S::InError),
+            (S::Stopped, S::PREPARING),
+            (S::Stopped, S::Expired),
+            (S::Stopped, S::Deleting),
+            (S::InError, S::PREPARING),
+            (S::InError, S::Expired),
+            (S::InError, S::Deleting),
+            (S::Waiting, S::PREPARING),
+            (S::Waiting, S::Stopped),
+            (S::Waiting, S::Expired),
+            (S::Waiting, S::Deleting),
+            (S::Finished, S::Deleting),
+            (S::Expired, S::Deleting),
+        ];
+        let mut refused = 0;
+        for from in S::ALL {
+            for to in S::ALL {
+                let expect = allowed_pairs.contains(&(from, to));
+                let mut r = record(from, false);
+                let got = r.transition(to, "test", t0());
+                match (expect, got) {
+                    (true, Ok(change)) => {
+                        assert_eq!((change.from, change.to, r.status), (from, to, to));
+                        assert_eq!(r.seq, 1);
+                    }
+                    (false, Err(e)) => {
+                        refused += 1;
+                        assert_eq!(r.status, from, "{from} -> {to} changed the status");
+                        assert_eq!(r.seq, 0);
+                        assert_eq!(
+                            format!("{e:#}"),
+                            format!(
+                                "JOB_TRANSITION_REFUSED: The operation is not allowed in the job's current state (the job is {from} and cannot go to {to})"
+                            )
+                        );
+                    }
+                    (true, Err(e)) => panic!("{from} -> {to} refused: {e:#}"),
+                    (false, Ok(_)) => panic!("{from} -> {to} allowed"),
+                }
+            }
+        }
+        assert_eq!(allowed_pairs.len(), TRANSITIONS.len());
+        assert_eq!(refused, 11 * 11 - allowed_pairs.len());
+    }
+
+    #[test]
+    fn operator_operations_by_status() {
+        // (status, start, stop, delete): the resulting status or None if refused.
+        #[allow(clippy::type_complexity)]
+        let cases: &[(Status, Option<Status>, Option<Status>, Option<Status>)] = &[
+            (S::Ready, Some(S::PREPARING), None, Some(S::Deleting)),
+            (S::PREPARING, None, Some(S::Stopped), None),
+            (S::SYNCING, None, Some(S::Stopped), None),
+            (S::PROCESSING, None, None, None),
+            (S::CLEANING, None, None, None),
+            (S::Stopped, Some(S::PREPARING), None, Some(S::Deleting)),
+            (S::InError, Some(S::PREPARING), None, Some(S::Deleting)),
+            (S::Finished, None, None, Some(S::Deleting)),
+            (
+                S::Waiting,
+                Some(S::PREPARING),
+                Some(S::Stopped),
+                Some(S::Deleting),
+            ),
+            (S::Expired, None, None, Some(S::Deleting)),
+            (S::Deleting, None, None, None),
+        ];
+        assert_eq!(cases.len(), S::ALL.len());
+        type Op = fn(&mut JobRecord, SystemTime) -> Result<StateChange>;
+        let ops: [(&str, Op); 3] = [
+            ("started", JobRecord::start),
+            ("stopped", JobRecord::stop),
+            ("deleted", JobRecord::delete),
+        ];
+        for (status, start, stop, delete) in cases {
+            for ((what, op), expect) in ops.iter().zip([start, stop, delete]) {
+                let mut r = record(*status, false);
+                match (op(&mut r, t0()), expect) {
+                    (Ok(_), Some(to)) => assert_eq!(r.status, *to, "{status} {what}"),
+                    (Err(e), None) => {
+                        assert_eq!(r.status, *status);
+                        assert_eq!(
+                            format!("{e:#}"),
+                            format!("JOB_TRANSITION_REFUSED: The operation is not allowed in the job's current state (a job that is {status} cannot be {what})")
+                        );
+                    }
+                    (got, expect) => panic!("{status} {what}: got {got:?}, expected {expect:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn senders_are_refused_by_status_with_its_code() {
+        let cases: &[(Status, Result<Status, &str>)] = &[
+            (S::Ready, Ok(S::PREPARING)),
+            (S::PREPARING, Ok(S::PREPARING)),
+            (S::SYNCING, Ok(S::SYNCING)),
+            (S::Waiting, Ok(S::PREPARING)),
+            (S::PROCESSING, Err("JOB_BUSY: The migration task is processing the received data and accepts no data now (the job is Running/Processing)")),
+            (S::CLEANING, Err("JOB_BUSY: The migration task is processing the received data and accepts no data now (the job is Running/Cleaning)")),
+            (S::Stopped, Err("JOB_STOPPED: The migration task is stopped (the job is Stopped)")),
+            (S::InError, Err("JOB_IN_ERROR: The migration task fails (last error TARGET_WRITE_FAILED: Do Rsync Disk x Failed)")),
+            (S::Finished, Err("JOB_FINISHED: The migration task is completed (the job is Finished)")),
+            (S::Expired, Err("JOB_EXPIRED: The migration task has expired (expired at 2026-10-21T14:13:20.000Z)")),
+            (S::Deleting, Err("JOB_DELETING: The migration task is being deleted (the job is Deleting)")),
+        ];
+        assert_eq!(cases.len(), S::ALL.len());
+        for (status, expect) in cases {
+            let mut r = record(*status, true);
+            if *status == S::InError {
+                r.last_error = Some(JobError::new(ErrorCode::TargetWriteFailed, "disk 0", t0()));
+            }
+            match (r.admit_sender(t0()), expect) {
+                (Ok(_), Ok(to)) => assert_eq!(r.status, *to),
+                (Err(e), Err(text)) => {
+                    assert_eq!(format!("{e:#}"), *text);
+                    assert_eq!(r.status, *status);
+                    let code = find_coded(&e).map(|c| c.code);
+                    assert_eq!(code, status.sender_refusal());
+                }
+                (got, expect) => panic!("{status}: got {got:?}, expected {expect:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn finished_refusal_hint_says_create_a_new_task() {
+        assert!(ErrorCode::JobFinished
+            .hint()
+            .contains("create a new migration task"));
+    }
+
+    #[test]
+    fn one_shot_finishes_and_incremental_waits() {
+        for (incremental, end) in [(false, S::Finished), (true, S::Waiting)] {
+            let mut r = record(S::Ready, incremental);
+            r.admit_sender(t0()).unwrap();
+            r.transition(S::SYNCING, "syncing", t0()).unwrap();
+            r.transition(S::PROCESSING, "committed", t0()).unwrap();
+            let change = r.round_done(t0()).unwrap();
+            assert_eq!((change.from, change.to), (S::PROCESSING, end));
+            assert_eq!(r.rounds_completed, 1);
+            assert_eq!(r.finished_at.is_some(), !incremental);
+            // The next sender: the incremental job starts round two, the
+            // one-shot job refuses with the advice to create a new task.
+            let next = r.admit_sender(t0());
+            if incremental {
+                assert_eq!(r.status, S::PREPARING);
+                assert!(next.is_ok());
+            } else {
+                let err = next.unwrap_err();
+                assert_eq!(find_coded(&err).unwrap().code, ErrorCode::JobFinished);
+            }
+        }
+    }
+
+    #[test]
+    fn expiry_by_status_and_time() {
+        let day = Duration::from_secs(86_400);
+        // (validity days, status, days elapsed, expected status after a check)
+        let cases: &[(u32, Status, u64, Status)] = &[
+            (30, S::Ready, 29, S::Ready),
+            (30, S::Ready, 30, S::Expired),
+            (7, S::Ready, 7, S::Expired),
+            (7, S::Stopped, 6, S::Stopped),
+            (7, S::Stopped, 8, S::Expired),
+            (90, S::InError, 89, S::InError),
+            (90, S::InError, 90, S::Expired),
+            (30, S::Waiting, 31, S::Expired),
+            // Running jobs are left alone; so are Finished ones.
+            (30, S::SYNCING, 45, S::SYNCING),
+            (30, S::PREPARING, 45, S::PREPARING),
+            (30, S::PROCESSING, 45, S::PROCESSING),
+            (30, S::Finished, 45, S::Finished),
+            (30, S::Expired, 45, S::Expired),
+            (30, S::Deleting, 45, S::Deleting),
+        ];
+        for (days, status, elapsed, expect) in cases {
+            let mut r = JobRecord::new(
+                "j".into(),
+                JobSettings {
+                    incremental: false,
+                    validity: Validity::days(*days).unwrap(),
+                },
+                t0(),
+            );
+            r.status = *status;
+            let now = t0() + day * (*elapsed as u32);
+            let change = r.expire_if_due(now);
+            assert_eq!(r.status, *expect, "{days}d {status} after {elapsed}d");
+            assert_eq!(change.is_some(), status != expect);
+        }
+    }
+
+    #[test]
+    fn syncing_job_past_validity_expires_once_stopped() {
+        let mut r = record(S::SYNCING, false);
+        let late = t0() + Duration::from_secs(31 * 86_400);
+        let stop = r.stop(late).unwrap();
+        assert_eq!(stop.to, S::Stopped);
+        let err = r.admit_sender(late).unwrap_err();
+        assert_eq!(find_coded(&err).unwrap().code, ErrorCode::JobExpired);
+        assert_eq!(r.status, S::Expired);
+        let err = r.start(late).unwrap_err();
+        assert_eq!(
+            find_coded(&err).unwrap().code,
+            ErrorCode::JobTransitionRefused
+        );
+    }
+
+    #[test]
+    fn validity_bounds() {
+        for (days, ok) in [
+            (6, false),
+            (7, true),
+            (30, true),
+            (90, true),
+            (91, false),
+            (0, false),
+        ] {
+            let v = Validity::days(days);
+            assert_eq!(v.is_ok(), ok, "{days}");
+            if let Err(e) = v {
+                assert_eq!(
+                    format!("{e:#}"),
+                    format!("BAD_VALIDITY: The validity period of a migration task must be between 7 and 90 days (got {days} days)")
+                );
+            }
+        }
+        assert_eq!(Validity::default().as_days(), 30);
+        let err = serde_json::from_str::<Validity>("120").unwrap_err();
+        assert!(err.to_string().contains("got 120 days"), "{err}");
+    }
+
+    #[test]
+    fn record_round_trips_through_json() {
+        let mut r = record(S::Ready, true);
+        r.set_disk(1, 2048, 0);
+        r.set_disk(0, 1 << 30, 512);
+        r.transition(S::PREPARING, "sender", t0()).unwrap();
+        r.transition(S::SYNCING, "syncing", t0()).unwrap();
+        r.fail(ErrorCode::TargetWriteFailed, "disk 0 at offset 4096", t0())
+            .unwrap();
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["state"], "InError");
+        assert_eq!(json["business_status"], serde_json::Value::Null);
+        assert_eq!(json["last_error"]["code"], "TARGET_WRITE_FAILED");
+        assert_eq!(json["last_error"]["message"], "Do Rsync Disk x Failed");
+        assert_eq!(json["created_at"], "2026-09-21T14:13:20.000Z");
+        assert_eq!(json["expires_at"], "2026-10-21T14:13:20.000Z");
+        assert_eq!(json["disks"][0]["index"], 0);
+        let back: JobRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back, r);
+
+        let running = serde_json::to_value(record(S::SYNCING, false)).unwrap();
+        assert_eq!(
+            (&running["state"], &running["business_status"]),
+            (&"Running".into(), &"Syncing".into())
+        );
+        let bad = serde_json::json!({"state": "Running"});
+        assert!(serde_json::from_value::<Status>(bad).is_err());
+        let bad = serde_json::json!({"state": "Stopped", "business_status": "Syncing"});
+        assert!(serde_json::from_value::<Status>(bad).is_err());
+    }
+
+    #[test]
+    fn restart_after_error_clears_it() {
+        let mut r = record(S::SYNCING, false);
+        r.fail(ErrorCode::TargetFull, "", t0()).unwrap();
+        assert_eq!(r.last_error.as_ref().unwrap().code, ErrorCode::TargetFull);
+        r.start(t0()).unwrap();
+        assert_eq!(r.status, S::PREPARING);
+        assert!(r.last_error.is_none());
+    }
+
+    #[test]
+    fn failing_from_a_status_without_error_transition_keeps_the_old_error() {
+        let mut r = record(S::Finished, false);
+        assert!(r.fail(ErrorCode::Internal, "late", t0()).is_err());
+        assert_eq!(r.status, S::Finished);
+        assert!(r.last_error.is_none());
+    }
+
+    #[test]
+    fn progress_rate_and_eta() {
+        const MB: u64 = 1_000_000;
+        let mut r = record(S::SYNCING, false);
+        r.set_disk(0, 1000 * MB, 100 * MB);
+        let t = t0();
+        r.record_progress(0, 100 * MB, t).unwrap();
+        assert_eq!(r.disks[0].eta_secs, None);
+        // 100 MB in 10 s: 10 MB/s, 800 MB left: 80 s.
+        r.record_progress(0, 200 * MB, t + Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(r.disks[0].rate_bps, 10.0 * MB as f64);
+        assert_eq!(r.disks[0].eta_secs, Some(80));
+        // Faster for 10 s: the rate moves toward 30 MB/s but not all the way.
+        r.record_progress(0, 500 * MB, t + Duration::from_secs(20))
+            .unwrap();
+        let rate = r.disks[0].rate_bps;
+        let alpha = 1.0 - (-1.0f64).exp();
+        assert!((rate - (alpha * 30.0 + (1.0 - alpha) * 10.0) * MB as f64).abs() < 1.0);
+        assert_eq!(
+            r.disks[0].eta_secs,
+            Some((500.0 * MB as f64 / rate).ceil() as u64)
+        );
+        // Samples 100 ms apart do not move the rate.
+        r.record_progress(0, 510 * MB, t + Duration::from_millis(20_100))
+            .unwrap();
+        assert_eq!(r.disks[0].rate_bps, rate);
+        assert_eq!(r.disks[0].committed, 510 * MB);
+        // Done.
+        r.record_progress(0, 1000 * MB, t + Duration::from_secs(40))
+            .unwrap();
+        assert_eq!((r.disks[0].eta_secs, r.disks[0].rate_bps), (Some(0), 0.0));
+        assert!(r.all_committed());
+        let err = r.record_progress(3, 1, t).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "recording progress of disk 3, which the job does not know"
+        );
+    }
+
+    #[test]
+    fn memory_store_round_trip() {
+        let store = MemoryStore::default();
+        assert_eq!(store.load().unwrap(), None);
+        let r = record(S::SYNCING, true);
+        store.save(&r).unwrap();
+        assert_eq!(store.load().unwrap(), Some(r));
+    }
+}
