@@ -1,5 +1,8 @@
 //! The appliance.
 
+pub mod api;
+pub mod webhook;
+
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {}
 

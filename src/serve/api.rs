@@ -1,0 +1,522 @@
+//! The control API on 8080: identity, the job (read, stop, start, delete)
+//! and the operator's status page.
+//!
+//! Everything under `/v1/job` needs `Authorization: Bearer <control token>`;
+//! the control token is not the sender's job token, so a leaked sender
+//! command line cannot stop or delete the job. `/v1/identity` is open: the
+//! sender reads the fingerprint it pins from there before it has any token.
+//!
+//! The status page at `/` is open but holds no data: it is a static page
+//! that reads the control token from the URL's fragment (`/#token=...`) and
+//! fetches `/v1/job` with it. A fragment is never sent to the server, so the
+//! token does not end up in access logs, proxies or Referer headers, and an
+//! operator can still bookmark the page. Without a token the page asks for
+//! one. Serving coarse progress openly was the alternative; it would tell
+//! anyone who can reach 8080 what is being migrated and how far, which the
+//! design rules out ("everything that reads job detail needs the control
+//! token").
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::job::errors::{find_coded, ErrorCode};
+use crate::job::handle::JobHandle;
+use crate::job::state::JobRecord;
+
+/// The status page: one self-contained file, no external assets.
+pub const STATUS_PAGE: &str = include_str!("status.html");
+
+/// What `/v1/identity` tells.
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    pub version: &'static str,
+    /// SHA-256 of the data port's TLS certificate (DER), hex; the sender pins it.
+    pub tls_fingerprint: Option<String>,
+    pub data_port: u16,
+}
+
+/// State shared by the API's handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    pub job: Arc<JobHandle>,
+    /// SHA-256 of the control token; None refuses every `/v1/job` request
+    /// (an appliance without a token must not be controllable by anyone).
+    token_digest: Option<[u8; 32]>,
+    pub identity: Identity,
+    /// Requests refused for a missing or wrong control token.
+    pub unauthorized: prometheus::IntCounter,
+}
+
+impl ApiState {
+    pub fn new(
+        job: Arc<JobHandle>,
+        control_token: Option<&str>,
+        identity: Identity,
+        unauthorized: prometheus::IntCounter,
+    ) -> Self {
+        ApiState {
+            job,
+            token_digest: control_token
+                .filter(|t| !t.is_empty())
+                .map(|t| Sha256::digest(t.as_bytes()).into()),
+            identity,
+            unauthorized,
+        }
+    }
+
+    /// Compare in constant time: both sides are hashed to 32 bytes first so
+    /// that neither the length nor the position of the first difference
+    /// shows in the timing.
+    fn token_ok(&self, presented: &str) -> bool {
+        let Some(expected) = self.token_digest else {
+            return false;
+        };
+        let got: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        expected
+            .iter()
+            .zip(got.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+/// Limits of the HTTP server.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Time for a request to be answered.
+    pub request_timeout: Duration,
+    /// A connection that sends nothing for this long is closed (also cuts
+    /// clients that trickle their headers in to hold connections).
+    pub idle_timeout: Duration,
+    /// Largest request body.
+    pub body_limit: usize,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            body_limit: 16 * 1024,
+            max_connections: 64,
+        }
+    }
+}
+
+/// The job as GET /v1/job shows it: the record plus totals.
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub record: JobRecord,
+    pub total_bytes: u64,
+    pub committed_bytes: u64,
+    pub sync_rate_bps: f64,
+    /// Seconds until every disk is committed at the current rate.
+    pub eta_secs: Option<u64>,
+}
+
+impl From<JobRecord> for JobView {
+    fn from(record: JobRecord) -> Self {
+        let total_bytes = record.disks.iter().map(|d| d.size).sum();
+        let committed_bytes = record.disks.iter().map(|d| d.committed).sum();
+        let sync_rate_bps = record.sync_rate_bps();
+        // The disks go in parallel: the round ends with its slowest disk.
+        let eta_secs = if record.disks.is_empty() {
+            None
+        } else {
+            record
+                .disks
+                .iter()
+                .map(|d| d.eta_secs)
+                .try_fold(0u64, |acc, e| e.map(|e| acc.max(e)))
+        };
+        JobView {
+            record,
+            total_bytes,
+            committed_bytes,
+            sync_rate_bps,
+            eta_secs,
+        }
+    }
+}
+
+/// An error answer: `{"code", "message", "hint", "detail"}`.
+#[derive(Debug, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    status: StatusCode,
+    pub code: ErrorCode,
+    pub message: String,
+    pub hint: &'static str,
+    pub detail: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: code.message().to_owned(),
+            hint: code.hint(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(err: anyhow::Error) -> Self {
+        match find_coded(&err) {
+            Some(c) => {
+                let status = match c.code {
+                    ErrorCode::JobTransitionRefused => StatusCode::CONFLICT,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                ApiError {
+                    status,
+                    code: c.code,
+                    message: c.message.clone(),
+                    hint: c.code.hint(),
+                    detail: c.detail.clone(),
+                }
+            }
+            None => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                format!("{err:#}"),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        let mut resp = (status, Json(self)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ferry\""),
+            );
+        }
+        resp
+    }
+}
+
+/// The API's routes, with auth on `/v1/job` and the body limit. Callers
+/// add `/livez`, `/readyz` and `/metrics` beside it.
+pub fn router(state: ApiState, limits: HttpLimits) -> Router {
+    let job = Router::new()
+        .route("/v1/job", get(get_job))
+        .route("/v1/job/stop", post(stop_job))
+        .route("/v1/job/start", post(start_job))
+        .route("/v1/job/delete", post(delete_job))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/", get(status_page))
+        .route("/v1/identity", get(identity))
+        .merge(job)
+        // Refuses a declared Content-Length over the limit before reading,
+        // and cuts a chunked body when it goes over.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            limits.body_limit,
+        ))
+        .layer(DefaultBodyLimit::max(limits.body_limit))
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token) if state.token_ok(token) => next.run(req).await,
+        _ => {
+            state.unauthorized.inc();
+            tracing::warn!(path = %req.uri().path(), "control API request without a valid control token");
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::ControlUnauthorized,
+                if presented.is_some() {
+                    "the bearer token is not the control token"
+                } else {
+                    "no bearer token in the Authorization header"
+                },
+            )
+            .into_response()
+        }
+    }
+}
+
+async fn status_page() -> Response {
+    let mut resp = STATUS_PAGE.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The page loads nothing from anywhere and talks only to this server.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    resp
+}
+
+async fn identity(State(state): State<ApiState>) -> Json<Identity> {
+    Json(state.identity.clone())
+}
+
+/// Job calls may save to the ledger (a durable write): off the async threads.
+async fn job_call<T: Send + 'static>(
+    state: &ApiState,
+    f: impl FnOnce(&JobHandle) -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let job = state.job.clone();
+    tokio::task::spawn_blocking(move || f(&job))
+        .await
+        .map_err(|e| anyhow::anyhow!("job task failed: {e}"))?
+        .map_err(ApiError::from)
+}
+
+async fn get_job(State(state): State<ApiState>) -> Result<Json<JobView>, ApiError> {
+    let record = job_call(&state, |job| Ok(job.snapshot())).await?;
+    Ok(Json(record.into()))
+}
+
+async fn stop_job(State(state): State<ApiState>) -> Result<Json<JobView>, ApiError> {
+    job_call(&state, |job| job.stop()).await?;
+    get_job(State(state)).await
+}
+
+async fn start_job(State(state): State<ApiState>) -> Result<Json<JobView>, ApiError> {
+    job_call(&state, |job| job.start()).await?;
+    get_job(State(state)).await
+}
+
+async fn delete_job(State(state): State<ApiState>) -> Result<Json<JobView>, ApiError> {
+    job_call(&state, |job| job.delete()).await?;
+    get_job(State(state)).await
+}
+
+/// Serve `router` on `listener` over HTTP/1.1 with the limits: a request
+/// timeout, an idle timeout per connection, and at most
+/// `max_connections` connections at once.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let router = router.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        limits.request_timeout,
+    ));
+    let listener = CappedListener {
+        inner: listener,
+        permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+        idle_timeout: limits.idle_timeout,
+    };
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving the control API")
+}
+
+/// A listener that holds a permit per open connection.
+struct CappedListener {
+    inner: TcpListener,
+    permits: Arc<Semaphore>,
+    idle_timeout: Duration,
+}
+
+impl axum::serve::Listener for CappedListener {
+    type Io = CappedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (CappedStream, SocketAddr) {
+        // Waiting for a permit before accepting leaves further clients in
+        // the kernel's backlog instead of holding sockets we do not serve.
+        let permit = match self.permits.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => unreachable!("the semaphore is never closed"),
+        };
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    return (
+                        CappedStream {
+                            inner: stream,
+                            _permit: permit,
+                            idle: Box::pin(tokio::time::sleep(self.idle_timeout)),
+                            idle_timeout: self.idle_timeout,
+                        },
+                        addr,
+                    );
+                }
+                Err(err) => {
+                    // Out of file descriptors and the like: wait, don't spin.
+                    tracing::warn!("accepting a control connection: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection that gives its permit back when closed and is cut when the
+/// client sends nothing for `idle_timeout`.
+pub struct CappedStream {
+    inner: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    idle_timeout: Duration,
+}
+
+impl AsyncRead for CappedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(res) => {
+                if buf.filled().len() > before {
+                    let deadline = tokio::time::Instant::now() + self.idle_timeout;
+                    self.idle.as_mut().reset(deadline);
+                }
+                Poll::Ready(res)
+            }
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "control connection idle",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for CappedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+use std::future::Future as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::state::{JobSettings, MemoryStore, SystemClock};
+
+    fn state(token: Option<&str>) -> ApiState {
+        let job = JobHandle::open(
+            Arc::new(MemoryStore::default()),
+            Arc::new(SystemClock),
+            JobSettings::default(),
+        )
+        .unwrap();
+        ApiState::new(
+            job,
+            token,
+            Identity {
+                version: "0",
+                tls_fingerprint: None,
+                data_port: 8703,
+            },
+            prometheus::IntCounter::new("t", "t").unwrap(),
+        )
+    }
+
+    #[test]
+    fn token_comparison() {
+        let s = state(Some("secret-token"));
+        assert!(s.token_ok("secret-token"));
+        for bad in ["", "secret-toke", "secret-token ", "SECRET-TOKEN", "x"] {
+            assert!(!s.token_ok(bad), "{bad:?}");
+        }
+        // No token configured: nothing opens the job API, not even "".
+        let s = state(None);
+        assert!(!s.token_ok(""));
+        let s = state(Some(""));
+        assert!(!s.token_ok(""));
+    }
+
+    #[test]
+    fn job_view_totals_and_eta_of_the_slowest_disk() {
+        let mut r = JobRecord::new(
+            "j".into(),
+            JobSettings::default(),
+            std::time::SystemTime::now(),
+        );
+        r.set_disk(0, 100, 50);
+        r.set_disk(1, 300, 0);
+        r.disks[0].eta_secs = Some(10);
+        r.disks[0].rate_bps = 5.0;
+        r.disks[1].eta_secs = Some(60);
+        r.disks[1].rate_bps = 5.0;
+        let v = JobView::from(r.clone());
+        assert_eq!(
+            (
+                v.total_bytes,
+                v.committed_bytes,
+                v.sync_rate_bps,
+                v.eta_secs
+            ),
+            (400, 50, 10.0, Some(60))
+        );
+        r.disks[1].eta_secs = None;
+        assert_eq!(JobView::from(r).eta_secs, None);
+    }
+}

@@ -1,0 +1,306 @@
+//! The control API over real HTTP on loopback: auth on /v1/job (401s
+//! counted), operations by state with their error codes, identity, body
+//! limit, and the connection cap with its idle timeout.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ferry::job::handle::JobHandle;
+use ferry::job::state::{JobSettings, ManualClock, MemoryStore};
+use ferry::serve::api::{self, ApiState, HttpLimits, Identity};
+use serde_json::Value;
+
+const TOKEN: &str = "control-token-0123456789";
+
+struct Server {
+    base: String,
+    job: Arc<JobHandle>,
+    unauthorized: prometheus::IntCounter,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(limits: HttpLimits) -> Server {
+    let clock = Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000),
+    ));
+    let job = JobHandle::open(
+        Arc::new(MemoryStore::default()),
+        clock,
+        JobSettings::default(),
+    )
+    .unwrap();
+    let unauthorized = prometheus::IntCounter::new("unauth", "unauth").unwrap();
+    let state = ApiState::new(
+        job.clone(),
+        Some(TOKEN),
+        Identity {
+            version: env!("CARGO_PKG_VERSION"),
+            tls_fingerprint: Some("ab".repeat(32)),
+            data_port: 8703,
+        },
+        unauthorized.clone(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(api::serve(
+        listener,
+        api::router(state, limits),
+        limits,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    Server {
+        base,
+        job,
+        unauthorized,
+        _shutdown: tx,
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn job_api_needs_the_control_token() {
+    let s = start(HttpLimits::default()).await;
+    let c = client();
+    let cases: &[(&str, &str, Option<&str>, &str)] = &[
+        (
+            "GET",
+            "/v1/job",
+            None,
+            "no bearer token in the Authorization header",
+        ),
+        (
+            "GET",
+            "/v1/job",
+            Some("wrong"),
+            "the bearer token is not the control token",
+        ),
+        (
+            "POST",
+            "/v1/job/stop",
+            Some("job-token-of-the-sender"),
+            "the bearer token is not the control token",
+        ),
+        (
+            "POST",
+            "/v1/job/start",
+            None,
+            "no bearer token in the Authorization header",
+        ),
+        (
+            "POST",
+            "/v1/job/delete",
+            Some(""),
+            "no bearer token in the Authorization header",
+        ),
+    ];
+    for (i, (method, path, token, detail)) in cases.iter().enumerate() {
+        let mut req = c.request(method.parse().unwrap(), format!("{}{path}", s.base));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{method} {path}");
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer realm=\"ferry\"");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "CONTROL_UNAUTHORIZED");
+        assert_eq!(body["message"], "The control token is missing or not valid");
+        assert_eq!(body["detail"], *detail);
+        assert_eq!(s.unauthorized.get(), i as u64 + 1);
+    }
+    // Nothing changed the job.
+    assert_eq!(s.job.snapshot().seq, 0);
+    // Identity and the page are open.
+    let id: Value = c
+        .get(format!("{}/v1/identity", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(id["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(id["tls_fingerprint"], "ab".repeat(32));
+    assert_eq!(id["data_port"], 8703);
+    let page = c.get(format!("{}/", s.base)).send().await.unwrap();
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .starts_with("default-src 'none'"));
+    assert_eq!(page.text().await.unwrap(), api::STATUS_PAGE);
+    assert_eq!(s.unauthorized.get(), 5);
+}
+
+async fn call(c: &reqwest::Client, s: &Server, method: &str, path: &str) -> (u16, Value) {
+    let resp = c
+        .request(method.parse().unwrap(), format!("{}{path}", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn operations_follow_the_state_table() {
+    let s = start(HttpLimits::default()).await;
+    let c = client();
+    let (status, job) = call(&c, &s, "GET", "/v1/job").await;
+    assert_eq!(status, 200);
+    assert_eq!(job["state"], "Ready");
+    assert_eq!(job["business_status"], Value::Null);
+    assert_eq!(job["validity_days"], 30);
+    assert_eq!(job["created_at"], "2026-09-21T14:13:20.000Z");
+    assert_eq!(job["expires_at"], "2026-10-21T14:13:20.000Z");
+    assert_eq!(job["last_error"], Value::Null);
+    assert_eq!(job["disks"], serde_json::json!([]));
+
+    // (method, path, expected HTTP status, expected state or error detail)
+    let steps: &[(&str, u16, &str)] = &[
+        ("/v1/job/stop", 409, "a job that is Ready cannot be stopped"),
+        ("/v1/job/start", 200, "Running/Preparing"),
+        (
+            "/v1/job/delete",
+            409,
+            "a job that is Running/Preparing cannot be deleted",
+        ),
+        (
+            "/v1/job/start",
+            409,
+            "a job that is Running/Preparing cannot be started",
+        ),
+        ("/v1/job/stop", 200, "Stopped"),
+        (
+            "/v1/job/stop",
+            409,
+            "a job that is Stopped cannot be stopped",
+        ),
+        ("/v1/job/start", 200, "Running/Preparing"),
+        ("/v1/job/stop", 200, "Stopped"),
+        ("/v1/job/delete", 200, "Deleting"),
+        (
+            "/v1/job/start",
+            409,
+            "a job that is Deleting cannot be started",
+        ),
+    ];
+    for (path, want, text) in steps {
+        let (status, body) = call(&c, &s, "POST", path).await;
+        assert_eq!(status, *want, "{path}: {body}");
+        if *want == 200 {
+            let shown = match body["business_status"].as_str() {
+                Some(b) => format!("{}/{b}", body["state"].as_str().unwrap()),
+                None => body["state"].as_str().unwrap().to_owned(),
+            };
+            assert_eq!(shown, *text);
+        } else {
+            assert_eq!(body["code"], "JOB_TRANSITION_REFUSED");
+            assert_eq!(body["detail"], *text);
+            assert_eq!(
+                body["hint"],
+                ferry::job::errors::ErrorCode::JobTransitionRefused.hint()
+            );
+        }
+    }
+    assert_eq!(s.unauthorized.get(), 0);
+}
+
+#[tokio::test]
+async fn job_shows_progress_and_the_last_error() {
+    let s = start(HttpLimits::default()).await;
+    let c = client();
+    s.job.admit_sender().unwrap();
+    s.job
+        .syncing(&[(0, 1 << 20, 1 << 19), (1, 4096, 0)])
+        .unwrap();
+    let (_, job) = call(&c, &s, "GET", "/v1/job").await;
+    assert_eq!(
+        (job["state"].as_str(), job["business_status"].as_str()),
+        (Some("Running"), Some("Syncing"))
+    );
+    assert_eq!(job["total_bytes"], (1 << 20) + 4096);
+    assert_eq!(job["committed_bytes"], 1 << 19);
+    assert_eq!(job["disks"][0]["size"], 1 << 20);
+    assert_eq!(job["disks"][0]["committed"], 1 << 19);
+    assert_eq!(job["disks"][1]["committed"], 0);
+    s.job
+        .fail(ferry::job::errors::ErrorCode::TargetFull, "disk 1")
+        .unwrap();
+    let (_, job) = call(&c, &s, "GET", "/v1/job").await;
+    assert_eq!(job["state"], "InError");
+    assert_eq!(job["last_error"]["code"], "TARGET_FULL");
+    assert_eq!(job["last_error"]["detail"], "disk 1");
+    assert_eq!(
+        job["last_error"]["hint"],
+        ferry::job::errors::ErrorCode::TargetFull.hint()
+    );
+    // Restart after fixing the cause: the error is cleared.
+    let (status, job) = call(&c, &s, "POST", "/v1/job/start").await;
+    assert_eq!(
+        (status, job["business_status"].as_str()),
+        (200, Some("Preparing"))
+    );
+    assert_eq!(job["last_error"], Value::Null);
+}
+
+#[tokio::test]
+async fn body_limit() {
+    let s = start(HttpLimits {
+        body_limit: 1024,
+        ..Default::default()
+    })
+    .await;
+    let resp = client()
+        .post(format!("{}/v1/job/stop", s.base))
+        .bearer_auth(TOKEN)
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(
+        s.job.snapshot().seq,
+        0,
+        "the refused request changed nothing"
+    );
+}
+
+#[tokio::test]
+async fn connection_cap_and_idle_timeout() {
+    let limits = HttpLimits {
+        max_connections: 1,
+        idle_timeout: Duration::from_millis(800),
+        ..Default::default()
+    };
+    let s = start(limits).await;
+    // One client connects and says nothing: it holds the only slot until
+    // the idle timeout cuts it.
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    let resp = client()
+        .get(format!("{}/v1/identity", s.base))
+        .send()
+        .await
+        .unwrap();
+    let waited = t.elapsed();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        waited >= Duration::from_millis(500),
+        "served after {waited:?} despite the cap"
+    );
+    assert!(waited < Duration::from_secs(5), "served after {waited:?}");
+    drop(idle);
+}
