@@ -443,6 +443,13 @@ impl DiskProgress {
         }
     }
 
+    /// Forget the rate: no data flows until the next sample pair.
+    fn pause(&mut self) {
+        self.rate_bps = 0.0;
+        self.eta_secs = self.is_committed().then_some(0);
+        self.last_sample = None;
+    }
+
     pub fn is_committed(&self) -> bool {
         self.committed >= self.size
     }
@@ -542,6 +549,13 @@ impl JobRecord {
                 }
             }
             _ => {}
+        }
+        // Rates and ETAs describe data flowing; shown after a stop or an
+        // error they would claim a transfer that is not happening.
+        if from == Status::SYNCING {
+            for d in &mut self.disks {
+                d.pause();
+            }
         }
         // A restart after the cause was fixed clears the error it was about.
         if from == Status::InError && to == Status::PREPARING {
@@ -1089,6 +1103,21 @@ mod tests {
             format!("{err:#}"),
             "recording progress of disk 3, which the job does not know"
         );
+    }
+
+    #[test]
+    fn leaving_syncing_clears_rates() {
+        let mut r = record(S::SYNCING, false);
+        r.set_disk(0, 100, 0);
+        r.set_disk(1, 100, 100);
+        r.record_progress(0, 0, t0()).unwrap();
+        r.record_progress(0, 50, t0() + Duration::from_secs(1))
+            .unwrap();
+        assert_eq!((r.disks[0].rate_bps, r.disks[0].eta_secs), (50.0, Some(1)));
+        r.stop(t0()).unwrap();
+        assert_eq!((r.disks[0].rate_bps, r.disks[0].eta_secs), (0.0, None));
+        assert_eq!((r.disks[1].rate_bps, r.disks[1].eta_secs), (0.0, Some(0)));
+        assert_eq!(r.disks[0].committed, 50);
     }
 
     #[test]
