@@ -1,5 +1,7 @@
 //! The source-side sender.
 
+pub mod progress;
+
 #[derive(Debug, clap::Args)]
 pub struct SendArgs {}
 

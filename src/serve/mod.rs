@@ -1,6 +1,8 @@
 //! The appliance.
 
 pub mod api;
+pub mod job_metrics;
+pub mod notify;
 pub mod webhook;
 
 #[derive(Debug, clap::Args)]
