@@ -182,8 +182,14 @@ mod tests {
 
     #[test]
     fn faq_wordings_are_kept() {
-        assert_eq!(ErrorCode::ConnectFailed.message(), "Connect to Server Failed");
-        assert_eq!(ErrorCode::TargetWriteFailed.message(), "Do Rsync Disk x Failed");
+        assert_eq!(
+            ErrorCode::ConnectFailed.message(),
+            "Connect to Server Failed"
+        );
+        assert_eq!(
+            ErrorCode::TargetWriteFailed.message(),
+            "Do Rsync Disk x Failed"
+        );
     }
 
     #[test]
