@@ -2,4 +2,5 @@
 
 pub mod errors;
 pub mod handle;
+pub mod ledger;
 pub mod state;
