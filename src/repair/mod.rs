@@ -241,3 +241,6 @@ fn execute_inner(
     *current = None;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
