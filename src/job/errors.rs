@@ -93,6 +93,18 @@ catalogue! {
         "Check the network between this server and the intermediate instance and that the instance is running, then run the sender again; it resumes where it stopped.";
     Internal => "INTERNAL", "An internal error occurred in the appliance",
         "Check the appliance's log for details and report the problem; committed data is kept.";
+    GrubFailed => "GRUB_FAILED", "Do Grub Failed",
+        "The migrated system has no usable GRUB 2 (none installed, GRUB legacy older than 1.9, or grub-install/grub-mkconfig failed in it). Install GRUB 2 on the source server (Debian/Ubuntu: grub-pc or grub-efi-amd64; RHEL family and SUSE: grub2-pc or grub2-efi-x64), then run the migration again.";
+    VirtioCheckFailed => "VIRTIO_CHECK_FAILED", "check virtio failed",
+        "An installed kernel of the migrated system lacks the VirtIO drivers (virtio_blk, virtio_net, virtio_pci) it needs to boot on the cloud. Install a kernel with VirtIO drivers on the source server (or remove the old kernel), then run the migration again.";
+    RepairToolMissing => "REPAIR_TOOL_MISSING", "A tool the repair needs is missing from the migrated system",
+        "Install the named package on the source server (update-initramfs: initramfs-tools; dracut: dracut; grub-install: grub-pc / grub2-pc), or pick the right recipe with --recipe, then run the migration again.";
+    UnsupportedOs => "UNSUPPORTED_OS", "The migrated operating system is not supported",
+        "ferry repairs Linux systems: check that the root given is the migrated system's root file system (it must hold /etc), or add a recipe for this distribution under image-recipes/.";
+    RepairFailed => "REPAIR_FAILED", "Repairing the migrated system failed",
+        "A repair step failed; the report names the step and the command. Fix the cause in the migrated system (or on the source server) and run the repair again: steps already done are not repeated.";
+    RepairBadInput => "REPAIR_BAD_INPUT", "The repair was given an invalid root or device map",
+        "Give the directory where the migrated root file system is mounted and the disks it was migrated to (`--disk SOURCE=TARGET`, e.g. --disk /dev/sda=/dev/vdb); the root file system must be among them.";
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -191,6 +203,11 @@ mod tests {
         assert_eq!(
             ErrorCode::TargetWriteFailed.message(),
             "Do Rsync Disk x Failed"
+        );
+        assert_eq!(ErrorCode::GrubFailed.message(), "Do Grub Failed");
+        assert_eq!(
+            ErrorCode::VirtioCheckFailed.message(),
+            "check virtio failed"
         );
     }
 
