@@ -24,7 +24,7 @@ pub fn chunk_count(size: u64, chunk_size: u32) -> u64 {
 pub fn is_zero(buf: &[u8]) -> bool {
     // Compare 16 bytes at a time; the compiler vectorises this loop.
     let mut words = buf.chunks_exact(16);
-    let words_zero = (&mut words)
+    let words_zero = words
         .all(|w| u128::from_ne_bytes(w.try_into().expect("chunks_exact yields 16 bytes")) == 0);
     words_zero && words.remainder().iter().all(|&b| b == 0)
 }

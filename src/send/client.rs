@@ -55,6 +55,14 @@ pub async fn send(conn: &mut Conn, frame: Frame) -> Result<()> {
 
 /// Connect, verify the pinned certificate, and authenticate with the token.
 pub async fn connect(to: &str, token: &str, fingerprint: &str) -> Result<Conn> {
+    let (mut conn, binding) = connect_tls(to, fingerprint).await?;
+    authenticate(&mut conn, token, &binding).await?;
+    Ok(conn)
+}
+
+/// Connect and verify the pinned certificate; returns the framed connection
+/// (bounded as after authentication) and the session's binding for proofs.
+pub async fn connect_tls(to: &str, fingerprint: &str) -> Result<(Conn, [u8; 32])> {
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(coded(ErrorCode::ConnectFailed, format!("{to}: {e}"))),
@@ -104,20 +112,25 @@ pub async fn connect(to: &str, token: &str, fingerprint: &str) -> Result<Conn> {
         .export_keying_material(&mut binding, auth::TLS_EXPORTER_LABEL, None)
         .map_err(|e| coded(ErrorCode::Internal, format!("TLS exporter: {e}")))?;
     // The appliance's frames are bounded too: the largest is a manifest page.
-    let mut conn = Framed::new(
+    let conn = Framed::new(
         tls,
         FrameCodec::new(wire::postauth_max_frame(wire::MIN_CHUNK_SIZE)),
     );
+    Ok((conn, binding))
+}
+
+/// The challenge–response, both ways.
+pub async fn authenticate(conn: &mut Conn, token: &str, binding: &[u8; 32]) -> Result<()> {
     let nonce = auth::new_nonce();
     send(
-        &mut conn,
+        conn,
         Frame::Hello {
             version: wire::PROTOCOL_VERSION,
             nonce,
         },
     )
     .await?;
-    let server_nonce = match recv(&mut conn).await? {
+    let server_nonce = match recv(conn).await? {
         Frame::Challenge { version, nonce: sn } => {
             if version != wire::PROTOCOL_VERSION {
                 return Err(coded(
@@ -137,11 +150,11 @@ pub async fn connect(to: &str, token: &str, fingerprint: &str) -> Result<Conn> {
             ))
         }
     };
-    let proof = auth::client_proof(token, &server_nonce, &nonce, &binding);
-    send(&mut conn, Frame::Auth { proof }).await?;
-    match recv(&mut conn).await? {
+    let proof = auth::client_proof(token, &server_nonce, &nonce, binding);
+    send(conn, Frame::Auth { proof }).await?;
+    match recv(conn).await? {
         Frame::AuthOk { proof } => {
-            let expected = auth::server_proof(token, &server_nonce, &nonce, &binding);
+            let expected = auth::server_proof(token, &server_nonce, &nonce, binding);
             if !auth::proofs_equal(&expected, &proof) {
                 return Err(coded(
                     ErrorCode::AuthFailed,
@@ -156,5 +169,5 @@ pub async fn connect(to: &str, token: &str, fingerprint: &str) -> Result<Conn> {
             ))
         }
     }
-    Ok(conn)
+    Ok(())
 }

@@ -94,6 +94,8 @@ async fn connection(
                 "port 8703 speaks TLS only",
             ));
             let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&frame)).await;
+            let _ = tcp.shutdown().await;
+            drain(&mut tcp).await;
             return;
         }
         _ => return,
@@ -101,7 +103,7 @@ async fn connection(
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            count_error(app, ErrorCode::TlsRequired);
+            count_error(app, ErrorCode::TlsHandshakeFailed);
             tracing::warn!(error = %e, "TLS handshake failed");
             return;
         }
@@ -141,9 +143,31 @@ async fn connection(
             conn.send(Frame::error(code, &detail)),
         )
         .await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.get_mut().shutdown()).await;
+        // Release the disks before lingering, so a sender that reconnects
+        // at once finds them free.
+        session.close().await;
+        drain(conn.get_mut()).await;
+        return;
     }
     session.close().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.get_mut().shutdown()).await;
+}
+
+/// After a refusal, read and discard what the peer still sends for a moment:
+/// closing a socket with unread input resets the connection, and a reset can
+/// destroy the refusal in the peer's receive queue before it reads it.
+async fn drain<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut total = 0usize;
+    while total < (64 << 20) {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => total += n,
+            _ => break,
+        }
+    }
 }
 
 fn count_error(app: &Appliance, code: ErrorCode) {

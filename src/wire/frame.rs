@@ -674,12 +674,7 @@ mod tests {
             let max = 1024;
             let mut codec = FrameCodec::new(max);
             let mut buf = BytesMut::from(&bytes[..]);
-            loop {
-                match codec.decode(&mut buf) {
-                    Ok(Some(_)) => continue,
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            while let Ok(Some(_)) = codec.decode(&mut buf) {}
             prop_assert!(buf.capacity() <= bytes.len().max(HEADER + max) + 64);
         }
 
