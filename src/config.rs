@@ -26,6 +26,15 @@ pub struct Config {
     /// Embedded mode: most disks and largest disk a sender may announce.
     pub max_embedded_disks: u32,
     pub max_embedded_disk_bytes: u64,
+    /// Bearer token of the control API's /v1/job (not the sender's token).
+    pub control_token: Option<String>,
+    /// Incremental job: Waiting after each round, ready for the next.
+    pub incremental: bool,
+    /// Validity of the job in days (7 to 90).
+    pub validity_days: u32,
+    /// The control plane's URL for state-change webhooks, and the HMAC key.
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
     /// Production mode: source disk index → target device.
     #[serde(rename = "disk")]
     pub disks: Vec<DiskTarget>,
@@ -50,6 +59,11 @@ impl Default for Config {
             max_sessions: 8,
             max_embedded_disks: 16,
             max_embedded_disk_bytes: 64 << 40,
+            control_token: None,
+            incremental: false,
+            validity_days: crate::job::state::Validity::DEFAULT_DAYS,
+            webhook_url: None,
+            webhook_secret: None,
             disks: Vec::new(),
         }
     }
@@ -72,6 +86,11 @@ impl Config {
                 d.index
             );
         }
+        crate::job::state::Validity::days(cfg.validity_days)?;
+        anyhow::ensure!(
+            cfg.webhook_url.is_none() || cfg.webhook_secret.is_some(),
+            "webhook_url needs webhook_secret (the HMAC key shared with the control plane)"
+        );
         Ok(cfg)
     }
 

@@ -242,6 +242,33 @@ impl JobHandle {
         Ok(())
     }
 
+    /// The appliance verified disk `index` (its digest matched the sender's).
+    pub fn disk_verified(&self, index: u32) -> Result<()> {
+        self.update(
+            "disk verified",
+            |r, _| r.disk_verified(index),
+            |_| Vec::new(),
+        )
+    }
+
+    /// A sender ended its session cleanly: if every expected disk is
+    /// verified, the round is over: Syncing → Processing → Finished (one-shot)
+    /// or Waiting (incremental). Returns the status reached, if it changed.
+    pub fn end_of_session(&self, expected: Option<&[u32]>) -> Result<Option<Status>> {
+        let done = {
+            let inner = self.lock();
+            inner.record.status == Status::SYNCING && inner.record.round_verified(expected)
+        };
+        if !done {
+            return Ok(None);
+        }
+        self.round_committed()?;
+        // Layout and repair run as their own commands on the received disks;
+        // nothing more happens here between Processing and the end of the round.
+        let end = self.round_done()?;
+        Ok(Some(end.to))
+    }
+
     /// Every disk is committed: Syncing → Processing.
     pub fn round_committed(&self) -> Result<StateChange> {
         self.update(
@@ -359,6 +386,23 @@ mod tests {
         assert_eq!(find_coded(&err).unwrap().code, ErrorCode::JobExpired);
         assert_eq!(job.snapshot().status, Status::Expired);
         assert_eq!(*seen.lock().unwrap(), vec![(1, Status::Expired)]);
+    }
+
+    #[test]
+    fn a_round_ends_when_every_disk_is_verified() {
+        for (incremental, end) in [(false, Status::Finished), (true, Status::Waiting)] {
+            let (store, _clock, job) = setup(incremental);
+            job.admit_sender().unwrap();
+            job.syncing(&[(0, 10, 0), (1, 10, 0)]).unwrap();
+            job.disk_verified(0).unwrap();
+            assert_eq!(job.end_of_session(None).unwrap(), None);
+            assert_eq!(job.status(), Status::SYNCING);
+            job.disk_verified(1).unwrap();
+            assert_eq!(job.end_of_session(Some(&[0, 1, 2])).unwrap(), None);
+            assert_eq!(job.end_of_session(None).unwrap(), Some(end));
+            assert_eq!(store.load().unwrap().unwrap().status, end);
+            assert_eq!(job.end_of_session(None).unwrap(), None);
+        }
     }
 
     #[test]

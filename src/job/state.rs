@@ -387,6 +387,10 @@ pub struct DiskProgress {
     /// Seconds until the disk is committed at the current rate.
     #[serde(default)]
     pub eta_secs: Option<u64>,
+    /// The appliance re-read the disk and its digest matched the sender's in
+    /// this round.
+    #[serde(default)]
+    pub verified: bool,
     #[serde(skip)]
     last_sample: Option<(SystemTime, u64)>,
 }
@@ -399,6 +403,7 @@ impl DiskProgress {
             committed: committed.min(size),
             rate_bps: 0.0,
             eta_secs: None,
+            verified: false,
             last_sample: None,
         }
     }
@@ -538,6 +543,14 @@ impl JobRecord {
         self.status = to;
         self.updated_at = Timestamp(now);
         self.seq += 1;
+        // A new round of an incremental job starts with no disk verified.
+        if from == Status::Waiting && to == Status::PREPARING {
+            for d in &mut self.disks {
+                d.verified = false;
+                d.committed = 0;
+                d.pause();
+            }
+        }
         match to {
             Status::PREPARING if self.started_at.is_none() => {
                 self.started_at = Some(Timestamp(now));
@@ -679,6 +692,34 @@ impl JobRecord {
         Ok(())
     }
 
+    /// The disk's digest was verified: it is committed whole in this round.
+    pub fn disk_verified(&mut self, index: u32) -> Result<()> {
+        let disk = self
+            .disks
+            .iter_mut()
+            .find(|d| d.index == index)
+            .with_context(|| format!("verifying disk {index}, which the job does not know"))?;
+        disk.committed = disk.size;
+        disk.verified = true;
+        disk.pause();
+        Ok(())
+    }
+
+    /// Whether every disk of the round is verified: `expected` are the
+    /// disks the appliance is configured with, or None (embedded mode) for
+    /// the disks the sender announced.
+    pub fn round_verified(&self, expected: Option<&[u32]>) -> bool {
+        match expected {
+            Some(list) => {
+                !list.is_empty()
+                    && list
+                        .iter()
+                        .all(|i| self.disks.iter().any(|d| d.index == *i && d.verified))
+            }
+            None => !self.disks.is_empty() && self.disks.iter().all(|d| d.verified),
+        }
+    }
+
     /// Whether the round has disks and every one is committed.
     pub fn all_committed(&self) -> bool {
         !self.disks.is_empty() && self.disks.iter().all(DiskProgress::is_committed)
@@ -736,6 +777,23 @@ impl JobStore for MemoryStore {
 
 /// The key of the job record in a key-value store such as the ledger's meta table.
 pub const JOB_RECORD_KEY: &str = "job";
+
+/// The appliance keeps the job record in the ledger's meta table: one
+/// durable redb transaction per save, beside the committed chunks.
+impl JobStore for crate::job::ledger::Ledger {
+    fn load(&self) -> Result<Option<JobRecord>> {
+        self.get_meta(JOB_RECORD_KEY)
+            .map_err(|e| coded(ErrorCode::LedgerFailed, format!("{e:#}")))?
+            .map(|b| serde_json::from_slice(&b).context("decoding the job record from the ledger"))
+            .transpose()
+    }
+
+    fn save(&self, record: &JobRecord) -> Result<()> {
+        let json = serde_json::to_vec(record).context("encoding the job record")?;
+        self.put_meta(JOB_RECORD_KEY, &json)
+            .map_err(|e| coded(ErrorCode::LedgerFailed, format!("{e:#}")))
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -1118,6 +1176,47 @@ mod tests {
         assert_eq!((r.disks[0].rate_bps, r.disks[0].eta_secs), (0.0, None));
         assert_eq!((r.disks[1].rate_bps, r.disks[1].eta_secs), (0.0, Some(0)));
         assert_eq!(r.disks[0].committed, 50);
+    }
+
+    #[test]
+    fn round_completion_and_reset_for_the_next_round() {
+        let mut r = record(S::SYNCING, true);
+        r.set_disk(0, 100, 0);
+        r.set_disk(1, 100, 0);
+        assert!(!r.round_verified(None));
+        r.disk_verified(0).unwrap();
+        assert!(!r.round_verified(None));
+        assert!(r.round_verified(Some(&[0])));
+        assert!(!r.round_verified(Some(&[0, 2])));
+        r.disk_verified(1).unwrap();
+        assert!(r.round_verified(None));
+        assert!(!r.round_verified(Some(&[])));
+        assert_eq!(r.disks[1].committed, 100);
+        r.transition(S::PROCESSING, "committed", t0()).unwrap();
+        r.round_done(t0()).unwrap();
+        r.admit_sender(t0()).unwrap();
+        assert_eq!(r.status, S::PREPARING);
+        assert!(!r.round_verified(None));
+        assert_eq!((r.disks[0].committed, r.disks[0].verified), (0, false));
+        let err = r.disk_verified(7).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "verifying disk 7, which the job does not know"
+        );
+    }
+
+    #[test]
+    fn ledger_store_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        let r = record(S::SYNCING, true);
+        {
+            let ledger = crate::job::ledger::Ledger::open(&path).unwrap();
+            assert_eq!(JobStore::load(&ledger).unwrap(), None);
+            JobStore::save(&ledger, &r).unwrap();
+        }
+        let ledger = crate::job::ledger::Ledger::open(&path).unwrap();
+        assert_eq!(JobStore::load(&ledger).unwrap(), Some(r));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod pin;
+pub mod probe;
 pub mod progress;
 
 use std::collections::HashSet;
@@ -65,6 +66,13 @@ pub struct SendArgs {
     /// Write a JSON report of what was sent and skipped to this file.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Measure the transfer rate to the appliance (TLS, same framing) for
+    /// --probe-seconds, write nothing, and print MB/s and the estimated time
+    /// for the given disks.
+    #[arg(long)]
+    pub probe: bool,
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    pub probe_seconds: u64,
 }
 
 /// What happened to one disk, over every attempt.
@@ -155,11 +163,21 @@ pub async fn run(args: SendArgs) -> Result<()> {
             done: false,
         });
     }
+    if args.probe {
+        return run_probe(&args, &to, &fingerprint, &jobs).await;
+    }
+    let mut progress = progress::Progress::new(
+        progress::ProgressMode::detect(),
+        &jobs
+            .iter()
+            .map(|j| (j.index, j.report.size, 0))
+            .collect::<Vec<_>>(),
+    );
     let started = Instant::now();
     let mut attempts = 0u32;
     let result = loop {
         attempts += 1;
-        match attempt(&args, &to, &fingerprint, &mut jobs).await {
+        match attempt(&args, &to, &fingerprint, &mut jobs, &mut progress).await {
             Ok(()) => break Ok(()),
             Err(e) => {
                 let code = find_coded(&e)
@@ -187,6 +205,7 @@ pub async fn run(args: SendArgs) -> Result<()> {
             }
         }
     };
+    progress.finish();
     let report = Report {
         attempts,
         seconds: started.elapsed().as_secs_f64(),
@@ -221,10 +240,42 @@ pub async fn run(args: SendArgs) -> Result<()> {
     Ok(())
 }
 
-async fn attempt(args: &SendArgs, to: &str, fingerprint: &str, jobs: &mut [DiskJob]) -> Result<()> {
+async fn run_probe(args: &SendArgs, to: &str, fingerprint: &str, jobs: &[DiskJob]) -> Result<()> {
+    let mut conn = client::connect(to, &args.token, fingerprint).await?;
+    let (bytes, seconds) = probe::measure(
+        &mut conn,
+        Duration::from_secs(args.probe_seconds.max(1)),
+        args.window,
+    )
+    .await
+    .context("measuring the transfer rate")?;
+    let _ = tokio::io::AsyncWriteExt::shutdown(conn.get_mut()).await;
+    let disks: Vec<(u32, String, u64)> = jobs
+        .iter()
+        .map(|j| (j.index, j.report.source.clone(), j.report.size))
+        .collect();
+    let report = probe::report(bytes, seconds, &disks);
+    print!("{}", probe::render(&report));
+    if let Some(path) = &args.report {
+        std::fs::write(
+            path,
+            serde_json::to_vec_pretty(&report).context("encoding the probe report")?,
+        )
+        .with_context(|| format!("writing the report {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn attempt(
+    args: &SendArgs,
+    to: &str,
+    fingerprint: &str,
+    jobs: &mut [DiskJob],
+    progress: &mut progress::Progress,
+) -> Result<()> {
     let mut conn = client::connect(to, &args.token, fingerprint).await?;
     for job in jobs.iter_mut().filter(|j| !j.done) {
-        transfer(args, &mut conn, job)
+        transfer(args, &mut conn, job, progress)
             .await
             .with_context(|| format!("disk {} ({})", job.index, job.report.source))?;
         job.done = true;
@@ -252,7 +303,12 @@ enum Item {
     },
 }
 
-async fn transfer(args: &SendArgs, conn: &mut Conn, job: &mut DiskJob) -> Result<()> {
+async fn transfer(
+    args: &SendArgs,
+    conn: &mut Conn,
+    job: &mut DiskJob,
+    progress: &mut progress::Progress,
+) -> Result<()> {
     let (size, cs) = (job.disk.size(), args.chunk_size);
     let count = chunk_count(size, cs);
     client::send(
@@ -314,6 +370,9 @@ async fn transfer(args: &SendArgs, conn: &mut Conn, job: &mut DiskJob) -> Result
     let mut in_flight_bytes = 0u64;
     let mut lens = std::collections::HashMap::new();
     let (mut unchanged, mut zero_skipped) = (0u64, 0u64);
+    // Bytes of the disk settled: skipped as unchanged or zero, or committed.
+    let mut settled = 0u64;
+    progress.set(job.index, 0);
     let mut reader_done = false;
     let result: Result<()> = async {
         loop {
@@ -326,6 +385,8 @@ async fn transfer(args: &SendArgs, conn: &mut Conn, job: &mut DiskJob) -> Result
                     None => reader_done = true,
                     Some(Err(e)) => return Err(e),
                     Some(Ok(Item::Skip { len, zero, .. })) => {
+                        settled += len as u64;
+                        progress.set(job.index, settled);
                         if zero {
                             zero_skipped += 1;
                             job.report.zero_skipped_chunks += 1;
@@ -357,8 +418,10 @@ async fn transfer(args: &SendArgs, conn: &mut Conn, job: &mut DiskJob) -> Result
                         for i in indices {
                             if in_flight.remove(&i) {
                                 in_flight_bytes -= lens.remove(&i).unwrap_or(0);
+                                settled += chunk_len(size, cs, i) as u64;
                             }
                         }
+                        progress.set(job.index, settled);
                     }
                     other => return Err(coded(ErrorCode::UnexpectedFrame, format!("expected Ack, got {}", other.name()))),
                 },
@@ -415,6 +478,7 @@ async fn transfer(args: &SendArgs, conn: &mut Conn, job: &mut DiskJob) -> Result
     }
     job.report.digest = hex::encode(digest);
     job.report.verified = true;
+    progress.set(job.index, size);
     Ok(())
 }
 

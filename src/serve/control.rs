@@ -1,4 +1,5 @@
-//! The control port (8080): health and metrics.
+//! The control port (8080): health, readiness, metrics, and the job API
+//! with the status page (`api`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,29 +12,71 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::api::{self, ApiState, HttpLimits, Identity};
 use super::Appliance;
 
-pub fn router(app: Arc<Appliance>) -> Router {
+pub fn router(app: Arc<Appliance>, limits: HttpLimits) -> Router {
+    let api_state = ApiState::new(
+        Arc::clone(&app.job),
+        app.control_token.as_deref(),
+        Identity {
+            version: env!("CARGO_PKG_VERSION"),
+            tls_fingerprint: Some(app.fingerprint.clone()),
+            data_port: data_port(&app),
+        },
+        app.unauthorized.clone(),
+    );
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(app)
+        .merge(api::router(api_state, limits))
+}
+
+fn data_port(app: &Appliance) -> u16 {
+    app.config
+        .data_listen
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(crate::wire::DEFAULT_DATA_PORT)
 }
 
 pub async fn serve(app: Arc<Appliance>, listener: TcpListener, shutdown: CancellationToken) {
-    let r = axum::serve(listener, router(app))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+    let limits = HttpLimits::default();
+    let r = api::serve(listener, router(app, limits), limits, async move {
+        shutdown.cancelled().await
+    })
+    .await;
     if let Err(e) = r {
-        tracing::error!(error = %e, "control port failed");
+        tracing::error!(error = %format!("{e:#}"), "control port failed");
     }
 }
 
+/// 503 with the reasons until the job store answers, the targets are
+/// writable and the data port is bound. (The config is loaded before this
+/// port is served at all.) Checked on every request: a target that goes
+/// away makes the appliance unready again.
 async fn readyz(State(app): State<Arc<Appliance>>) -> impl IntoResponse {
-    let mut reasons = Vec::new();
-    if !app.data_bound.load(Ordering::SeqCst) {
-        reasons.push("the data port is not bound yet");
+    let checker = Arc::clone(&app);
+    let (store, targets) = tokio::task::spawn_blocking(move || {
+        let store = checker
+            .ledger
+            .get_meta(crate::job::state::JOB_RECORD_KEY)
+            .map(|_| ())
+            .map_err(|e| format!("the job store does not answer: {e:#}"));
+        (store, targets_writable(&checker.config))
+    })
+    .await
+    .unwrap_or_else(|e| (Err(format!("readiness check failed: {e}")), Vec::new()));
+    let mut reasons: Vec<String> = Vec::new();
+    if let Err(r) = &store {
+        reasons.push(r.clone());
+    }
+    reasons.extend(targets.iter().cloned());
+    let data_bound = app.data_bound.load(Ordering::SeqCst);
+    if !data_bound {
+        reasons.push("the data port is not bound yet".into());
     }
     let status = if reasons.is_empty() {
         StatusCode::OK
@@ -42,8 +85,51 @@ async fn readyz(State(app): State<Arc<Appliance>>) -> impl IntoResponse {
     };
     (
         status,
-        Json(serde_json::json!({ "ready": reasons.is_empty(), "reasons": reasons })),
+        Json(serde_json::json!({
+            "ready": reasons.is_empty(),
+            "checks": {
+                "config_loaded": true,
+                "job_store_open": store.is_ok(),
+                "targets_writable": targets.is_empty(),
+                "data_port_bound": data_bound,
+            },
+            "reasons": reasons,
+        })),
     )
+}
+
+/// Why targets cannot be written, one reason per target (empty: all fine).
+/// Opening for writing without writing proves the device or file exists
+/// and that this process may write it.
+fn targets_writable(config: &crate::config::Config) -> Vec<String> {
+    if config.embedded() {
+        let dir = config.state_dir.join("disks");
+        let probe = std::fs::create_dir_all(&dir).and_then(|()| tempfile::tempfile_in(&dir));
+        return match probe {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![format!(
+                "the embedded disks' directory {} is not writable: {e}",
+                dir.display()
+            )],
+        };
+    }
+    config
+        .disks
+        .iter()
+        .filter_map(|d| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&d.target)
+                .err()
+                .map(|e| {
+                    format!(
+                        "the target of disk {} ({}) is not writable: {e}",
+                        d.index,
+                        d.target.display()
+                    )
+                })
+        })
+        .collect()
 }
 
 async fn metrics(State(app): State<Arc<Appliance>>) -> impl IntoResponse {

@@ -24,7 +24,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::job::handle::JobHandle;
 use crate::job::ledger::Ledger;
+use crate::job::state::{JobSettings, JobStore, SystemClock, Validity};
 
 /// Arguments of `ferry serve`. Every option overrides the config file.
 #[derive(Debug, clap::Args)]
@@ -51,6 +53,22 @@ pub struct ServeArgs {
     /// Job token senders must prove they hold [env FERRY_TOKEN, config: token; generated in embedded mode].
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Bearer token of the control API's /v1/job [env FERRY_CONTROL_TOKEN, config: control_token;
+    /// generated in embedded mode into <state-dir>/control-token].
+    #[arg(long, env = "FERRY_CONTROL_TOKEN", hide_env_values = true)]
+    pub control_token: Option<String>,
+    /// Incremental job: Waiting after each round instead of Finished [config: incremental].
+    #[arg(long)]
+    pub incremental: bool,
+    /// Validity of a new job, 7 to 90 days [config: validity_days, default 30].
+    #[arg(long, value_name = "DAYS")]
+    pub validity_days: Option<u32>,
+    /// POST every job state change to this URL [config: webhook_url].
+    #[arg(long, value_name = "URL")]
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key of the webhook's signature [env FERRY_WEBHOOK_SECRET, config: webhook_secret].
+    #[arg(long, env = "FERRY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
 }
 
 /// State shared by every connection of the appliance.
@@ -65,6 +83,13 @@ pub struct Appliance {
     /// Disks a session is writing now.
     busy: Mutex<HashSet<u32>>,
     pub data_bound: AtomicBool,
+    /// The job: its state, progress and last error (persisted in the ledger).
+    pub job: Arc<JobHandle>,
+    /// None: no control token, so /v1/job answers 401 to everyone.
+    pub control_token: Option<String>,
+    /// Control requests refused for a missing or wrong control token.
+    pub unauthorized: prometheus::IntCounter,
+    pub webhook: Option<webhook::Webhook>,
 }
 
 /// Holds a disk for one session; released when dropped.
@@ -116,16 +141,66 @@ pub fn prepare(args: &ServeArgs) -> Result<Appliance> {
     if let Some(v) = &args.token {
         config.token = Some(v.clone());
     }
+    if let Some(v) = &args.control_token {
+        config.control_token = Some(v.clone());
+    }
+    if args.incremental {
+        config.incremental = true;
+    }
+    if let Some(v) = args.validity_days {
+        config.validity_days = v;
+    }
+    if let Some(v) = &args.webhook_url {
+        config.webhook_url = Some(v.clone());
+    }
+    if let Some(v) = &args.webhook_secret {
+        config.webhook_secret = Some(v.clone());
+    }
+    let validity = Validity::days(config.validity_days)?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
     let token = resolve_token(&config)?;
     let ledger = Arc::new(Ledger::open(&config.ledger_path())?);
     let tls = tls::load_or_create(&config.state_dir.join("tls"))?;
+    let job = JobHandle::open(
+        Arc::clone(&ledger) as Arc<dyn JobStore>,
+        Arc::new(SystemClock),
+        JobSettings {
+            incremental: config.incremental,
+            validity,
+        },
+    )?;
+    let control_token = resolve_control_token(&config)?;
+    let webhook = match (&config.webhook_url, &config.webhook_secret) {
+        (Some(url), Some(secret)) => {
+            let (hook, _task) = webhook::Webhook::spawn(webhook::WebhookConfig::new(
+                url.clone(),
+                secret.as_bytes().to_vec(),
+            ))?;
+            let h = hook.clone();
+            job.on_change(move |c| h.push(c));
+            Some(hook)
+        }
+        (Some(_), None) => anyhow::bail!(
+            "--webhook-url needs --webhook-secret (or FERRY_WEBHOOK_SECRET): the HMAC key shared with the control plane"
+        ),
+        _ => None,
+    };
+    let metrics = Arc::new(metrics::Metrics::new());
+    let unauthorized = job_metrics::JobCollector::register(
+        &metrics.registry,
+        Arc::clone(&job),
+        webhook.as_ref().map(|w| Arc::clone(w.stats())),
+    )?;
     Ok(Appliance {
         config,
         token,
         ledger,
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics,
+        job,
+        control_token,
+        unauthorized,
+        webhook,
         fingerprint: tls.fingerprint,
         tls: tls.config,
         auth: auth_limit::AuthLimiter::default(),
@@ -172,6 +247,48 @@ fn resolve_token(config: &Config) -> Result<String> {
     Ok(t)
 }
 
+/// The control token: given, kept from an earlier start, or (embedded mode)
+/// generated; None in production mode without one, which locks /v1/job.
+fn resolve_control_token(config: &Config) -> Result<Option<String>> {
+    if let Some(t) = &config.control_token {
+        anyhow::ensure!(
+            t.len() >= 16,
+            "the control token must be at least 16 characters long"
+        );
+        return Ok(Some(t.clone()));
+    }
+    let path = config.state_dir.join("control-token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_owned();
+        if !t.is_empty() {
+            return Ok(Some(t));
+        }
+    }
+    if !config.embedded() {
+        tracing::warn!("no control token (--control-token, FERRY_CONTROL_TOKEN, control_token): /v1/job refuses every request");
+        return Ok(None);
+    }
+    let t = hex::encode(rand::random::<[u8; 24]>());
+    write_secret(&path, &t)?;
+    println!("control-token: kept in {}", path.display());
+    Ok(Some(t))
+}
+
+fn write_secret(path: &std::path::Path, value: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{value}").with_context(|| format!("writing {}", path.display()))?;
+    f.sync_all()
+        .with_context(|| format!("flushing {}", path.display()))
+}
+
 async fn run(args: ServeArgs) -> Result<()> {
     let app = tokio::task::spawn_blocking(move || prepare(&args))
         .await
@@ -204,7 +321,29 @@ async fn run(args: ServeArgs) -> Result<()> {
             format!("{} configured target disk(s)", app.config.disks.len())
         }
     );
-    tracing::info!(%data_addr, %control_addr, fingerprint = %app.fingerprint, "ferry serve is ready");
+    tracing::info!(%data_addr, %control_addr, fingerprint = %app.fingerprint, job = %app.job.snapshot().id, status = %app.job.status(), "ferry serve is ready");
+    if let Err(err) = notify::ready(&format!(
+        "job {}: data port {data_addr}, control port {control_addr}",
+        app.job.status()
+    )) {
+        tracing::warn!("{err:#}");
+    }
+    let _watchdog = notify::spawn_watchdog();
+    {
+        // Expiry is checked on every read too; this makes it happen (and its
+        // webhook go out) when nobody is looking.
+        let job = Arc::clone(&app.job);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let job = Arc::clone(&job);
+                if let Ok(Err(err)) = tokio::task::spawn_blocking(move || job.tick()).await {
+                    tracing::warn!("checking the job's validity: {err:#}");
+                }
+            }
+        });
+    }
 
     let shutdown = CancellationToken::new();
     {
@@ -224,7 +363,11 @@ async fn run(args: ServeArgs) -> Result<()> {
     )
     .await;
     shutdown.cancel();
+    let _ = notify::stopping();
     let _ = control_task.await;
+    if let Some(w) = &app.webhook {
+        w.close();
+    }
     Ok(())
 }
 

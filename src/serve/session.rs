@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::writer::{Event, Work, Writer};
 use super::{Appliance, BusyGuard};
-use crate::disk::{chunk_count, Disk};
+use crate::disk::{chunk_count, chunk_len, Disk};
 use crate::job::errors::{coded, find_coded, ErrorCode};
 use crate::job::ledger::DiskRecord;
 use crate::wire::{self, auth, Frame, FrameCodec};
@@ -127,13 +127,23 @@ async fn connection(
         app: Arc::clone(app),
         disks: HashMap::new(),
         probe_bytes: 0,
+        admitted: false,
     };
     let result = session.run(&mut conn, peer, binding, shutdown).await;
+    let clean = result.is_ok();
     if let Err(err) = result {
         let code = find_coded(&err)
             .map(|c| c.code)
             .unwrap_or(ErrorCode::Internal);
         count_error(app, code);
+        if session.admitted && puts_job_in_error(code) {
+            let (job, detail) = (Arc::clone(&app.job), format!("{err:#}"));
+            match tokio::task::spawn_blocking(move || job.fail(code, detail)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("recording the job's error: {e:#}"),
+                Err(e) => tracing::warn!("recording the job's error: {e}"),
+            }
+        }
         tracing::warn!(code = %code, error = %format!("{err:#}"), "closing the connection");
         let detail = find_coded(&err)
             .map(|c| c.detail.clone())
@@ -151,7 +161,39 @@ async fn connection(
         return;
     }
     session.close().await;
+    if clean && session.admitted {
+        // The sender ended cleanly: if every disk of the job is verified, the
+        // round is over.
+        let app2 = Arc::clone(app);
+        let ended = tokio::task::spawn_blocking(move || {
+            let expected: Option<Vec<u32>> = (!app2.config.embedded())
+                .then(|| app2.config.disks.iter().map(|d| d.index).collect());
+            app2.job.end_of_session(expected.as_deref())
+        })
+        .await;
+        match ended {
+            Ok(Ok(Some(status))) => {
+                tracing::info!(%status, "every disk is verified: the round is over")
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!("ending the round: {e:#}"),
+            Err(e) => tracing::warn!("ending the round: {e}"),
+        }
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.get_mut().shutdown()).await;
+}
+
+/// Failures while writing, which need someone to act on the appliance: the
+/// job goes InError with the error until it is started again. Refusals
+/// before anything is written (a target too small or missing, a disk not
+/// configured) and sender-side problems (a cut connection, a bad frame)
+/// leave the job as it is, so that the sender's next attempt succeeds once
+/// the cause is fixed on either side.
+fn puts_job_in_error(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::TargetWriteFailed | ErrorCode::TargetFull | ErrorCode::LedgerFailed
+    )
 }
 
 /// After a refusal, read and discard what the peer still sends for a moment:
@@ -179,6 +221,9 @@ fn count_error(app: &Appliance, code: ErrorCode) {
 
 struct OpenDisk {
     record: DiskRecord,
+    /// Chunks known to be in the ledger, and their bytes, for the job's progress.
+    have: Vec<bool>,
+    committed: u64,
     work: mpsc::Sender<Work>,
     thread: std::thread::JoinHandle<()>,
 }
@@ -187,6 +232,8 @@ struct Session {
     app: Arc<Appliance>,
     disks: HashMap<u32, OpenDisk>,
     probe_bytes: u64,
+    /// The job let this sender in (at its first OpenDisk; probes need not).
+    admitted: bool,
 }
 
 impl Session {
@@ -201,8 +248,17 @@ impl Session {
             .await
             .map_err(|_| coded(ErrorCode::AuthFailed, "authentication timed out"))??;
         let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+        let mut job_changes = self.app.job.subscribe();
         loop {
             tokio::select! {
+                Ok(()) = job_changes.changed() => {
+                    // Stopped (or deleted...) by the operator while sending:
+                    // refuse further data now, with the state's code.
+                    let status = self.app.job.status();
+                    if let (true, Some(code)) = (self.admitted, status.sender_refusal()) {
+                        return Err(coded(code, format!("the job became {status} during the transfer")));
+                    }
+                }
                 _ = shutdown.cancelled() => {
                     return Err(coded(ErrorCode::TransferInterrupted, "the appliance is shutting down"));
                 }
@@ -214,12 +270,16 @@ impl Session {
                 },
                 Some(ev) = events.recv() => match ev {
                     Event::Committed { disk, indices } => {
+                        self.progress(disk, &indices);
                         for part in indices.chunks(wire::MAX_ACK_ENTRIES) {
                             conn.send(Frame::Ack { disk, indices: part.to_vec() }).await.context("sending an ack")?;
                         }
                     }
                     Event::Finished { disk, digest } => {
                         tracing::info!(disk, digest = %hex::encode(digest), "disk verified");
+                        if let Err(e) = self.app.job.disk_verified(disk) {
+                            tracing::warn!("recording disk {disk} as verified: {e:#}");
+                        }
                         conn.send(Frame::Finished { disk, digest }).await.context("sending the disk digest")?;
                     }
                     Event::Failed { disk, error } => {
@@ -366,6 +426,25 @@ impl Session {
         }
     }
 
+    /// Count newly committed chunks into the job's progress.
+    fn progress(&mut self, disk: u32, indices: &[u64]) {
+        let Some(d) = self.disks.get_mut(&disk) else {
+            return;
+        };
+        for &i in indices {
+            if let Some(h) = d.have.get_mut(i as usize) {
+                if !*h {
+                    *h = true;
+                    d.committed += chunk_len(d.record.size, d.record.chunk_size, i) as u64;
+                }
+            }
+        }
+        // Saved to the ledger at most every few seconds; cheap otherwise.
+        if let Err(e) = self.app.job.progress(disk, d.committed) {
+            tracing::warn!("recording the progress of disk {disk}: {e:#}");
+        }
+    }
+
     fn disk(&self, disk: u32) -> Result<&OpenDisk> {
         self.disks.get(&disk).ok_or_else(|| {
             coded(
@@ -395,6 +474,16 @@ impl Session {
                 format!("disk {disk} is already open"),
             ));
         }
+        if !self.admitted {
+            // The job's state decides whether data is accepted at all:
+            // Stopped, Finished, Expired, InError, Deleting refuse with their
+            // codes; Ready and Waiting move to Preparing.
+            let job = Arc::clone(&self.app.job);
+            tokio::task::spawn_blocking(move || job.admit_sender())
+                .await
+                .context("admitting the sender")??;
+            self.admitted = true;
+        }
         let guard = self
             .app
             .try_claim(disk)
@@ -413,6 +502,19 @@ impl Session {
         let codec_max = conn.codec().max().max(wire::postauth_max_frame(chunk_size));
         conn.codec_mut().set_max(codec_max);
         let committed = hashes.iter().filter(|h| h.is_some()).count();
+        let have: Vec<bool> = hashes.iter().map(Option::is_some).collect();
+        let committed_bytes: u64 = hashes
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.is_some())
+            .map(|(i, _)| chunk_len(size, chunk_size, i as u64) as u64)
+            .sum();
+        {
+            let job = Arc::clone(&self.app.job);
+            tokio::task::spawn_blocking(move || job.syncing(&[(disk, size, committed_bytes)]))
+                .await
+                .context("recording the disk in the job")??;
+        }
         tracing::info!(disk, size, chunk_size, committed, target = %record.target, "disk opened");
         let pages = hashes.chunks(wire::MANIFEST_PAGE).count().max(1);
         for (n, page) in hashes.chunks(wire::MANIFEST_PAGE).enumerate() {
@@ -458,6 +560,8 @@ impl Session {
             disk,
             OpenDisk {
                 record,
+                have,
+                committed: committed_bytes,
                 work: work_tx,
                 thread,
             },

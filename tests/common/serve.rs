@@ -23,7 +23,17 @@ impl Server {
         Self::start_on(state, "127.0.0.1:0", extra)
     }
 
+    /// The job is incremental: these tests send to the same appliance again
+    /// and again, which a one-shot job refuses once it is Finished.
     pub fn start_on(state: &Path, data: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["--incremental"];
+        args.extend_from_slice(extra);
+        Self::start_job(state, data, &args)
+    }
+
+    /// `ferry serve` with exactly these extra arguments (a one-shot job
+    /// unless they say `--incremental`).
+    pub fn start_job(state: &Path, data: &str, extra: &[&str]) -> Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -1,0 +1,295 @@
+//! The job's lifecycle through a real `ferry serve` and `ferry send` on
+//! loopback: state on /v1/job, refusals on the data port by state with the
+//! codes and hints the sender prints, persistence across kill -9, expiry,
+//! readiness 503 → 200, and the job metrics.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+#[path = "common/serve.rs"]
+mod harness;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use ferry::job::errors::ErrorCode;
+use ferry::job::state::{JobRecord, JobSettings, JobStore, Validity};
+use harness::{file_hash, http, mixed_image, send_to, wait_for, Sent, Server};
+use serde_json::Value;
+
+fn control_token(state: &Path) -> String {
+    std::fs::read_to_string(state.join("control-token"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn job(s: &Server) -> Value {
+    let auth = format!("Bearer {}", control_token(&s.state));
+    let (status, body) = http(&s.control, "GET", "/v1/job", &[("Authorization", &auth)]);
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn post(s: &Server, path: &str) -> (u16, Value) {
+    let auth = format!("Bearer {}", control_token(&s.state));
+    let (status, body) = http(&s.control, "POST", path, &[("Authorization", &auth)]);
+    (status, serde_json::from_str(&body).unwrap())
+}
+
+fn shown(job: &Value) -> String {
+    match job["business_status"].as_str() {
+        Some(b) => format!("{}/{b}", job["state"].as_str().unwrap()),
+        None => job["state"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// The sender failed with `code`, and printed its message and hint.
+fn assert_refused(sent: &Sent, code: ErrorCode) {
+    assert!(!sent.ok(), "the sender succeeded");
+    let err = sent.stderr();
+    assert!(
+        err.contains(&format!("{code}: {}", code.message())),
+        "no {code} in:\n{err}"
+    );
+    assert!(
+        err.contains(&format!("hint: {}", code.hint())),
+        "no hint in:\n{err}"
+    );
+}
+
+#[test]
+fn one_shot_job_finishes_then_refuses_with_the_advice_to_create_a_new_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let src = dir.path().join("src.img");
+    mixed_image(&src, 24, 1);
+    let s = Server::start_job(&state, "127.0.0.1:0", &[]);
+    assert_eq!(shown(&job(&s)), "Ready");
+    // Stop is not allowed in Ready; start is.
+    let (status, body) = post(&s, "/v1/job/stop");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("JOB_TRANSITION_REFUSED"))
+    );
+    let (status, body) = post(&s, "/v1/job/start");
+    assert_eq!((status, shown(&body)), (200, "Running/Preparing".into()));
+    let (status, body) = post(&s, "/v1/job/stop");
+    assert_eq!((status, shown(&body)), (200, "Stopped".into()));
+    let sent = s.send(&[&src], &["--retries", "0"]);
+    assert_refused(&sent, ErrorCode::JobStopped);
+    assert_eq!(shown(&job(&s)), "Stopped");
+
+    post(&s, "/v1/job/start");
+    let sent = s.send(&[&src], &[]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    // The round ends when the sender has closed its session cleanly.
+    wait_for(10, "the job to be Finished", || {
+        shown(&job(&s)) == "Finished"
+    });
+    let j = job(&s);
+    assert_eq!(j["rounds_completed"], 1);
+    assert_eq!(j["disks"][0]["size"], 24 << 20);
+    assert_eq!(j["disks"][0]["committed"], 24 << 20);
+    assert_eq!(j["disks"][0]["verified"], true);
+    assert_eq!(
+        s.metric("ferry_job_state{business_status=\"\",state=\"Finished\"}"),
+        1.0
+    );
+    assert_eq!(
+        s.metric("ferry_disk_committed_bytes{disk=\"0\"}"),
+        (24 << 20) as f64
+    );
+    assert_eq!(
+        s.metric("ferry_disk_size_bytes{disk=\"0\"}"),
+        (24 << 20) as f64
+    );
+
+    let sent = s.send(&[&src], &["--retries", "0"]);
+    assert_refused(&sent, ErrorCode::JobFinished);
+    assert!(sent.stderr().contains("create a new migration task"));
+    // A probe writes nothing and is allowed in any state.
+    assert_eq!(shown(&job(&s)), "Finished");
+}
+
+#[test]
+fn syncing_survives_kill_9_and_the_sender_resumes_to_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let src = dir.path().join("src.img");
+    mixed_image(&src, 192, 2);
+    let mut s = Server::start(&state, &[]);
+    let id = job(&s)["id"].as_str().unwrap().to_owned();
+    // Send in the background and kill the appliance while Syncing.
+    let (data, token, fp) = (s.data.clone(), s.token.clone(), s.fingerprint.clone());
+    let src2 = src.clone();
+    let sender =
+        std::thread::spawn(move || send_to(&data, &token, &fp, &[&src2], &["--retries", "0"]));
+    wait_for(60, "the job to be Syncing", || {
+        shown(&job(&s)) == "Running/Syncing"
+    });
+    s.kill();
+    let _ = sender.join();
+
+    let s = Server::start(&state, &[]);
+    let j = job(&s);
+    assert_eq!(j["id"], id.as_str(), "the same job after the restart");
+    assert_eq!(shown(&j), "Running/Syncing");
+    let sent = s.send(&[&src], &[]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    wait_for(10, "the job to be Waiting", || shown(&job(&s)) == "Waiting");
+    assert_eq!(file_hash(&src), file_hash(&s.disk_path(0)));
+
+    // Incremental: the next round is accepted and ends Waiting again.
+    let sent = s.send(&[&src], &[]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    wait_for(10, "the second round to end", || {
+        job(&s)["rounds_completed"] == 2
+    });
+    assert_eq!(shown(&job(&s)), "Waiting");
+    // Delete from Waiting: Deleting refuses senders.
+    let (status, body) = post(&s, "/v1/job/delete");
+    assert_eq!((status, shown(&body)), (200, "Deleting".into()));
+    let sent = s.send(&[&src], &["--retries", "0"]);
+    assert_refused(&sent, ErrorCode::JobDeleting);
+}
+
+#[test]
+fn an_expired_job_refuses_senders() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // A job created 8 days ago with a validity of 7 days.
+    {
+        let ledger = ferry::job::ledger::Ledger::open(&state.join("ledger.redb")).unwrap();
+        let created = SystemTime::now() - Duration::from_secs(8 * 86_400);
+        let record = JobRecord::new(
+            "old-job".into(),
+            JobSettings {
+                incremental: false,
+                validity: Validity::days(7).unwrap(),
+            },
+            created,
+        );
+        ledger.save(&record).unwrap();
+    }
+    let src = dir.path().join("src.img");
+    mixed_image(&src, 4, 3);
+    let s = Server::start_job(&state, "127.0.0.1:0", &[]);
+    let j = job(&s);
+    assert_eq!(
+        (j["id"].as_str(), shown(&j)),
+        (Some("old-job"), "Expired".into())
+    );
+    let sent = s.send(&[&src], &["--retries", "0"]);
+    assert_refused(&sent, ErrorCode::JobExpired);
+    assert!(!s.disk_path(0).exists(), "nothing was written");
+}
+
+#[test]
+fn readiness_waits_for_writable_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let target = dir.path().join("target.img");
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!("[[disk]]\nindex = 0\ntarget = \"{}\"\n", target.display()),
+    )
+    .unwrap();
+    let s = Server::start(
+        &state,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--token",
+            "job-token-0123456789abcdef",
+            "--control-token",
+            "control-token-0123456789",
+        ],
+    );
+    let (status, body) = s.http("GET", "/readyz");
+    assert_eq!(status, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["reasons"],
+        serde_json::json!([format!(
+            "the target of disk 0 ({}) is not writable: No such file or directory (os error 2)",
+            target.display()
+        )])
+    );
+    assert_eq!(v["checks"]["data_port_bound"], true);
+    assert_eq!(v["checks"]["job_store_open"], true);
+    std::fs::File::create(&target)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let (status, body) = s.http("GET", "/readyz");
+    assert_eq!(status, 200, "{body}");
+    // The production control token works; no control-token file was made.
+    assert!(!state.join("control-token").exists());
+    let (status, _) = http(
+        &s.control,
+        "GET",
+        "/v1/job",
+        &[("Authorization", "Bearer control-token-0123456789")],
+    );
+    assert_eq!(status, 200);
+    let (status, _) = http(
+        &s.control,
+        "GET",
+        "/v1/job",
+        &[("Authorization", "Bearer job-token-0123456789abcdef")],
+    );
+    assert_eq!(
+        status, 401,
+        "the sender's token does not open the control API"
+    );
+    assert_eq!(s.metric("ferry_control_unauthorized_total"), 1.0);
+}
+
+#[test]
+fn probe_reports_a_positive_rate_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let src = dir.path().join("src.img");
+    // A sparse 10 GiB "disk": only its size matters to the probe.
+    std::fs::File::create(&src)
+        .unwrap()
+        .set_len(10 << 30)
+        .unwrap();
+    let s = Server::start_job(&state, "127.0.0.1:0", &[]);
+    let before = job(&s);
+    let sent = send_to(
+        &s.data,
+        &s.token,
+        &s.fingerprint,
+        &[&src],
+        &["--probe", "--probe-seconds", "2"],
+    );
+    assert!(sent.ok(), "{}", sent.stderr());
+    let out = String::from_utf8(sent.output.stdout.clone()).unwrap();
+    let r = &sent.report;
+    let rate = r["rate_bps"].as_f64().unwrap();
+    assert!(rate > 1e6, "rate {rate} B/s");
+    assert!(r["bytes"].as_u64().unwrap() > 0);
+    let eta = r["disks"][0]["eta_secs"].as_u64().unwrap();
+    assert_eq!(eta, ((10u64 << 30) as f64 / rate).ceil() as u64);
+    let first = out.lines().next().unwrap();
+    assert_eq!(
+        first.split(' ').take(3).collect::<Vec<_>>(),
+        ["probe:", &format!("{:.1}", rate / 1e6), "MB/s"],
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("disk 0 ({}): 10.0 GiB, about ", src.display())),
+        "{out}"
+    );
+    // Nothing written, the job untouched.
+    assert!(!s.disk_path(0).exists());
+    let after = job(&s);
+    assert_eq!(
+        (shown(&after), &after["seq"]),
+        ("Ready".into(), &before["seq"])
+    );
+    assert!(s.metric("ferry_received_bytes_total") == 0.0);
+}
