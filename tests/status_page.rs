@@ -5,6 +5,9 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+#[path = "common/serve.rs"]
+mod harness;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -219,4 +222,87 @@ async fn status_page_without_a_valid_token_shows_no_job() {
     );
     assert!(dom.contains(r#"<section id="job" hidden="">"#), "{dom}");
     assert_eq!(unauthorized.get(), 1);
+}
+
+fn job_json(s: &harness::Server, token: &str) -> serde_json::Value {
+    let auth = format!("Bearer {token}");
+    let (status, body) = harness::http(&s.control, "GET", "/v1/job", &[("Authorization", &auth)]);
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The page of a real `ferry serve` whose transfer was cut by kill -9:
+/// after the restart the job is Syncing with the ledger's progress; after
+/// the sender's resume it is Finished.
+#[test]
+fn status_page_of_a_real_interrupted_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let src = dir.path().join("src.img");
+    harness::mixed_image(&src, 256, 7);
+    let mut s = harness::Server::start_job(&state, "127.0.0.1:0", &[]);
+    let token = std::fs::read_to_string(state.join("control-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (data, jt, fp, src2) = (
+        s.data.clone(),
+        s.token.clone(),
+        s.fingerprint.clone(),
+        src.clone(),
+    );
+    let sender = std::thread::spawn(move || {
+        harness::send_to(&data, &jt, &fp, &[&src2], &["--retries", "0"])
+    });
+    harness::wait_for(60, "committed data while Syncing", || {
+        let j = job_json(&s, &token);
+        j["business_status"] == "Syncing" && j["committed_bytes"].as_u64().unwrap() > 0
+    });
+    s.kill();
+    let _ = sender.join();
+
+    let s = harness::Server::start_job(&state, "127.0.0.1:0", &[]);
+    let j = job_json(&s, &token);
+    assert_eq!(
+        (j["state"].as_str(), j["business_status"].as_str()),
+        (Some("Running"), Some("Syncing"))
+    );
+    let (committed, size) = (
+        j["disks"][0]["committed"].as_u64().unwrap(),
+        j["disks"][0]["size"].as_u64().unwrap(),
+    );
+    assert!(committed > 0 && committed < size, "{committed} of {size}");
+    let url = format!("http://{}/#token={token}", s.control);
+    let dom = chromium(&url, None);
+    let pct = format!(
+        "<span class=\"pct\">{:.1} %</span>",
+        100.0 * committed as f64 / size as f64
+    );
+    for e in [
+        r#"<span id="state" class="badge Running">Running</span>"#,
+        r#"<b id="business">Syncing</b>"#,
+        pct.as_str(),
+        "disk 0 · ",
+        // Nothing flows after the restart until the sender resumes.
+        r#"rate — · time left —</div>"#,
+    ] {
+        assert!(dom.contains(e), "the page lacks {e}\n{dom}");
+    }
+    chromium(&url, Some(&artifacts().join("status-page-resumable.png")));
+
+    let sent = s.send(&[&src], &[]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    harness::wait_for(10, "Finished", || {
+        job_json(&s, &token)["state"] == "Finished"
+    });
+    let dom = chromium(&url, None);
+    for e in [
+        r#"<span id="state" class="badge Finished">Finished</span>"#,
+        r#"<b id="overall">100.0 %</b>"#,
+        r#"<div class="disk done" data-index="0">"#,
+        r#"<b id="rounds">1</b>"#,
+    ] {
+        assert!(dom.contains(e), "the page lacks {e}\n{dom}");
+    }
+    chromium(&url, Some(&artifacts().join("status-page-finished.png")));
 }

@@ -48,6 +48,8 @@ impl JobHandle {
         let now = clock.now();
         let record = match store.load().context("loading the job record")? {
             Some(mut record) => {
+                // Rates were measured by the previous process; none flows now.
+                record.disks.iter_mut().for_each(|d| d.pause());
                 if record.incremental != settings.incremental {
                     tracing::info!(
                         job = %record.id,
@@ -215,6 +217,26 @@ impl JobHandle {
             |c| c.iter().cloned().collect(),
         )
         .map(|_| ())
+    }
+
+    /// Set each known disk's committed bytes from the ledger (at start-up:
+    /// the record's progress is saved only every few seconds, the ledger's
+    /// chunks at every commit).
+    pub fn restore_progress(&self, committed: &[(u32, u64)]) -> Result<()> {
+        self.update(
+            "restoring progress",
+            |r, _| {
+                for &(index, bytes) in committed {
+                    if let Some(d) = r.disks.iter_mut().find(|d| d.index == index) {
+                        if !d.verified {
+                            d.committed = bytes.min(d.size);
+                        }
+                    }
+                }
+                Ok(())
+            },
+            |_| Vec::new(),
+        )
     }
 
     /// Record committed bytes of a disk. Cheap: saved at most every few seconds.

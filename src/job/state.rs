@@ -449,7 +449,7 @@ impl DiskProgress {
     }
 
     /// Forget the rate: no data flows until the next sample pair.
-    fn pause(&mut self) {
+    pub fn pause(&mut self) {
         self.rate_bps = 0.0;
         self.eta_secs = self.is_committed().then_some(0);
         self.last_sample = None;

@@ -170,6 +170,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Appliance> {
             validity,
         },
     )?;
+    restore_job_progress(&job, &ledger)?;
     let control_token = resolve_control_token(&config)?;
     let webhook = match (&config.webhook_url, &config.webhook_secret) {
         (Some(url), Some(secret)) => {
@@ -245,6 +246,24 @@ fn resolve_token(config: &Config) -> Result<String> {
     }
     println!("token: {t} (generated, kept in {})", path.display());
     Ok(t)
+}
+
+/// After a restart, show each disk's progress as the ledger has it.
+fn restore_job_progress(job: &JobHandle, ledger: &Ledger) -> Result<()> {
+    let mut committed = Vec::new();
+    for (index, rec) in ledger.disks().context("reading the ledger's disks")? {
+        let hashes = ledger
+            .chunk_hashes(index, rec.chunks())
+            .with_context(|| format!("reading the ledger's chunks of disk {index}"))?;
+        let bytes: u64 = hashes
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.is_some())
+            .map(|(i, _)| crate::disk::chunk_len(rec.size, rec.chunk_size, i as u64) as u64)
+            .sum();
+        committed.push((index, bytes));
+    }
+    job.restore_progress(&committed)
 }
 
 /// The control token: given, kept from an earlier start, or (embedded mode)
