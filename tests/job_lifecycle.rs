@@ -293,3 +293,103 @@ fn probe_reports_a_positive_rate_and_writes_nothing() {
     );
     assert!(s.metric("ferry_received_bytes_total") == 0.0);
 }
+
+#[test]
+fn webhook_from_ferry_serve_reports_every_state_change_signed() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    // A minimal control plane: an HTTP/1.1 endpoint that records each
+    // request's signature header and body and answers 204.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(String, Vec<u8>)>();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            loop {
+                let (mut sig, mut len) = (String::new(), 0usize);
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                loop {
+                    line.clear();
+                    reader.read_line(&mut line).unwrap();
+                    let l = line.trim_end();
+                    if l.is_empty() {
+                        break;
+                    }
+                    let (k, v) = l.split_once(": ").unwrap();
+                    match k.to_ascii_lowercase().as_str() {
+                        "x-ferry-signature" => sig = v.to_owned(),
+                        "content-length" => len = v.parse().unwrap(),
+                        _ => {}
+                    }
+                }
+                let mut body = vec![0u8; len];
+                reader.read_exact(&mut body).unwrap();
+                tx.send((sig, body)).unwrap();
+                let mut w = &stream;
+                w.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+            }
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let src = dir.path().join("src.img");
+    mixed_image(&src, 8, 5);
+    let secret = "webhook-secret-for-the-test";
+    let url = format!("http://{addr}/ferry/events");
+    let s = Server::start_job(
+        &state,
+        "127.0.0.1:0",
+        &["--webhook-url", &url, "--webhook-secret", secret],
+    );
+    let sent = s.send(&[&src], &[]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    let mut events = Vec::new();
+    while events.len() < 4 {
+        let (sig, body) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a webhook event");
+        assert!(
+            ferry::serve::webhook::verify(secret.as_bytes(), &body, &sig),
+            "bad signature {sig}"
+        );
+        assert_eq!(sig, ferry::serve::webhook::sign(secret.as_bytes(), &body));
+        events.push(serde_json::from_slice::<Value>(&body).unwrap());
+    }
+    let id = job(&s)["id"].clone();
+    let steps: Vec<(u64, String, String, String)> = events
+        .iter()
+        .map(|e| {
+            assert_eq!(e["event"], "job.status_changed");
+            assert_eq!(e["job_id"], id);
+            (
+                e["seq"].as_u64().unwrap(),
+                shown(&e["from"]),
+                shown(&e["to"]),
+                e["cause"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expect = [
+        (1, "Ready", "Running/Preparing", "sender"),
+        (2, "Running/Preparing", "Running/Syncing", "syncing"),
+        (3, "Running/Syncing", "Running/Processing", "committed"),
+        (4, "Running/Processing", "Finished", "processed"),
+    ];
+    let expect: Vec<(u64, String, String, String)> = expect
+        .iter()
+        .map(|(n, a, b, c)| (*n, a.to_string(), b.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(steps, expect);
+    wait_for(10, "four deliveries counted", || {
+        s.metric("ferry_webhook_events_total{outcome=\"delivered\"}") == 4.0
+    });
+    assert_eq!(
+        s.metric("ferry_webhook_events_total{outcome=\"dropped\"}"),
+        0.0
+    );
+}
