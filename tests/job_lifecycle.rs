@@ -393,3 +393,79 @@ fn webhook_from_ferry_serve_reports_every_state_change_signed() {
         0.0
     );
 }
+
+#[test]
+fn stopping_a_syncing_job_cuts_the_sender_and_start_resumes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let src = dir.path().join("src.img");
+    mixed_image(&src, 256, 6);
+    let s = Server::start_job(&state, "127.0.0.1:0", &[]);
+    let (data, token, fp, src2) = (
+        s.data.clone(),
+        s.token.clone(),
+        s.fingerprint.clone(),
+        src.clone(),
+    );
+    let sender =
+        std::thread::spawn(move || send_to(&data, &token, &fp, &[&src2], &["--retries", "0"]));
+    wait_for(60, "the job to be Syncing", || {
+        shown(&job(&s)) == "Running/Syncing"
+    });
+    let (status, body) = post(&s, "/v1/job/stop");
+    assert_eq!((status, shown(&body)), (200, "Stopped".into()));
+    let sent = sender.join().unwrap();
+    assert_refused(&sent, ErrorCode::JobStopped);
+    assert!(
+        sent.stderr()
+            .contains("the job became Stopped during the transfer"),
+        "{}",
+        sent.stderr()
+    );
+    let j = job(&s);
+    assert_eq!(shown(&j), "Stopped");
+    assert!(j["disks"][0]["committed"].as_u64().unwrap() < 256 << 20);
+    // Start again: the sender resumes and the job finishes, bit-exact.
+    let (status, body) = post(&s, "/v1/job/start");
+    assert_eq!((status, shown(&body)), (200, "Running/Preparing".into()));
+    let sent = s.send(&[&src], &[]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    wait_for(10, "the job to be Finished", || {
+        shown(&job(&s)) == "Finished"
+    });
+    assert_eq!(file_hash(&src), file_hash(&s.disk_path(0)));
+}
+
+#[test]
+fn serve_tells_systemd_it_is_ready() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = std::process::Command::new(harness::FERRY)
+        .args([
+            "serve",
+            "--data-listen",
+            "127.0.0.1:0",
+            "--control-listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("state"))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf);
+    let _ = child.kill();
+    let _ = child.wait();
+    let msg = String::from_utf8(buf[..n.unwrap()].to_vec()).unwrap();
+    assert!(
+        msg.starts_with("READY=1\nSTATUS=job Ready: data port 127.0.0.1:"),
+        "{msg}"
+    );
+}
