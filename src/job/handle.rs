@@ -205,6 +205,13 @@ impl JobHandle {
         self.update(
             "syncing",
             |r, now| {
+                // Stopped (or worse) since this sender was admitted.
+                if let Some(code) = r.status.sender_refusal() {
+                    return Err(crate::job::errors::coded(
+                        code,
+                        format!("the job is {}", r.status),
+                    ));
+                }
                 let change = match r.status {
                     Status::SYNCING => None,
                     _ => Some(r.transition(Status::SYNCING, "syncing", now)?),
@@ -425,6 +432,20 @@ mod tests {
             assert_eq!(store.load().unwrap().unwrap().status, end);
             assert_eq!(job.end_of_session(None).unwrap(), None);
         }
+    }
+
+    #[test]
+    fn a_stopped_job_refuses_further_disks_of_an_admitted_sender() {
+        let (_store, _clock, job) = setup(false);
+        job.admit_sender().unwrap();
+        job.syncing(&[(0, 10, 0)]).unwrap();
+        job.stop().unwrap();
+        let err = job.syncing(&[(1, 10, 0)]).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "JOB_STOPPED: The migration task is stopped (the job is Stopped)"
+        );
+        assert_eq!(job.snapshot().disks.len(), 1);
     }
 
     #[test]
