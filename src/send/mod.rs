@@ -71,6 +71,7 @@ pub struct SendArgs {
     /// for the given disks.
     #[arg(long)]
     pub probe: bool,
+    /// How long --probe sends.
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub probe_seconds: u64,
 }
