@@ -1,4 +1,22 @@
 //! Disk layout engine: partition tables, file systems, loop devices, mounts,
 //! growing a copied disk onto a larger target.
+//!
+//! A library first: block mode calls [`read`], [`grow`] and
+//! [`tree::MountTree::mount`] on a received disk before repairs; file mode
+//! calls [`apply`] with the layout the sender sent. `ferry layout ...`
+//! ([`cli`]) is a thin layer over the same functions.
 
+pub mod apply;
 pub mod cli;
+pub mod desc;
+pub mod devices;
+pub mod mkfs;
+pub mod mount;
+pub mod read;
+pub mod safety;
+pub mod table;
+
+pub use apply::{apply, apply_all, resolve};
+pub use desc::{DiskLayout, FsType, Layout, PartType, PartitionLayout, Size, TableType};
+pub use read::{read, read_all};
+pub use safety::Safety;
