@@ -144,3 +144,152 @@ fn open_ids_are_filled_and_read_back() {
     assert_eq!(read, applied);
     assert_eq!(read.partitions[0].size, Size::Rest);
 }
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect()
+}
+
+/// The source device of the mount at `dir`.
+fn mount_source(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-")?;
+        (Path::new(f[4]) == dir).then(|| f[sep + 2].to_owned())
+    })
+}
+
+#[test]
+fn mount_tree_writes_survive_remount_and_fs_stay_clean() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let l = layout(UEFI_GPT);
+    let img = sparse_image(dir.path(), "uefi.img", 448);
+    layout::apply(&l.disks[0], &img, Safety::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    let staging = dir.path().join("tree");
+    let targets = vec![img.clone()];
+    let efi_binary: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    {
+        let tree = layout::MountTree::mount(&l, &targets, &staging, Default::default())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let root = tree.root().to_owned();
+        let src = mount_source(&root).expect("root is mounted");
+        assert!(
+            src.starts_with("/dev/loop") && src.ends_with("p2"),
+            "root from {src}"
+        );
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/hostname"), b"migrated\n").unwrap();
+        assert!(root.join("boot/efi").is_dir(), "ESP mount point made");
+        let esp = tree.fat("/boot/efi").unwrap();
+        esp.write("EFI/BOOT/BOOTX64.EFI", &efi_binary).unwrap();
+        let staged = dir.path().join("staged");
+        std::fs::create_dir_all(staged.join("debian")).unwrap();
+        std::fs::write(staged.join("debian/grub.cfg"), b"search --fs-uuid\n").unwrap();
+        assert_eq!(esp.import_dir(&staged, "EFI").unwrap(), 1);
+        let err = tree.fat("/").unwrap_err();
+        assert_eq!(format!("{err:#}"), "/ holds xfs, not a FAT file system");
+        tree.close().unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    assert!(
+        mounts_under(&staging).is_empty(),
+        "left mounts: {:?}",
+        mounts_under(&staging)
+    );
+    assert!(
+        loops_of(&img).is_empty(),
+        "left loops: {:?}",
+        loops_of(&img)
+    );
+    // Everything is still there after a fresh mount.
+    let tree = layout::MountTree::mount(&l, &targets, &staging, Default::default())
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        std::fs::read(tree.root().join("etc/hostname")).unwrap(),
+        b"migrated\n"
+    );
+    let esp = tree.fat("/boot/efi").unwrap();
+    assert_eq!(esp.read("EFI/BOOT/BOOTX64.EFI").unwrap(), efi_binary);
+    assert_eq!(
+        esp.read("EFI/debian/grub.cfg").unwrap(),
+        b"search --fs-uuid\n"
+    );
+    let names: Vec<String> = esp
+        .list("EFI")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["BOOT", "debian"]);
+    tree.close().unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(loops_of(&img).is_empty());
+    // The ESP written in-process and the xfs written by the kernel pass
+    // their own checkers.
+    check_disk(&img, &l.disks[0]);
+}
+
+#[test]
+fn nested_mounts_go_root_first_and_land_on_their_partitions() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let l = layout(BIOS_GPT);
+    let img = sparse_image(dir.path(), "bios.img", 128);
+    layout::apply(&l.disks[0], &img, Safety::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    let staging = dir.path().join("tree");
+    let tree =
+        layout::MountTree::mount(&l, std::slice::from_ref(&img), &staging, Default::default())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    let root = tree.root().to_owned();
+    let boot_src = mount_source(&root.join("boot")).expect("/boot mounted");
+    assert!(boot_src.ends_with("p2"), "/boot from {boot_src}");
+    std::fs::write(root.join("boot/vmlinuz"), b"kernel").unwrap();
+    let nodes = tree.dev_nodes();
+    assert_eq!(nodes.len(), 4);
+    assert_eq!(
+        nodes[3].uuid.as_deref(),
+        Some("9f50bc6e-4b8d-4fae-b0c1-5d6e7f8091a2")
+    );
+    assert_eq!(
+        nodes[3].host_path,
+        layout::devices::partition_node(&nodes[0].host_path, 3)
+    );
+    tree.close().unwrap_or_else(|e| panic!("{e:#}"));
+    // The file is on the /boot partition itself (partition 2), not in the
+    // root's /boot directory.
+    let (_, _, parts) = sfdisk(&img);
+    let lo = PartLoop::new(&img, parts[1].0, parts[1].1);
+    let listing = run(Cmd::new("debugfs").args(["-R", "cat /vmlinuz"]).arg(&lo.0));
+    assert_eq!(listing, "kernel");
+}
+
+#[test]
+fn a_failed_mount_midway_unmounts_and_detaches_what_it_did() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut l = layout(BIOS_GPT);
+    let img = sparse_image(dir.path(), "bios.img", 128);
+    layout::apply(&l.disks[0], &img, Safety::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    // Claim /boot is xfs: mounting it fails after / is mounted.
+    l.disks[0].partitions[1].fs = FsType::Xfs;
+    l.disks[0].partitions[1].label = None;
+    let staging = dir.path().join("tree");
+    let err =
+        layout::MountTree::mount(&l, std::slice::from_ref(&img), &staging, Default::default())
+            .unwrap_err();
+    assert!(format!("{err:#}").contains("(xfs) on"), "{err:#}");
+    assert!(
+        mounts_under(&staging).is_empty(),
+        "left mounts: {:?}",
+        mounts_under(&staging)
+    );
+    assert!(
+        loops_of(&img).is_empty(),
+        "left loops: {:?}",
+        loops_of(&img)
+    );
+}
