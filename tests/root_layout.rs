@@ -293,3 +293,103 @@ fn a_failed_mount_midway_unmounts_and_detaches_what_it_did() {
         loops_of(&img)
     );
 }
+
+#[test]
+fn chroot_sees_by_uuid_links_and_leaves_host_dev_alone() {
+    require_root!();
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "busybox-static is in scripts/packages.txt"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let l = layout(BIOS_GPT);
+    let img = sparse_image(dir.path(), "bios.img", 128);
+    layout::apply(&l.disks[0], &img, Safety::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    let staging = dir.path().join("tree");
+    let tree =
+        layout::MountTree::mount(&l, std::slice::from_ref(&img), &staging, Default::default())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    let root = tree.root().to_owned();
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    let host_dev_disk = Path::new("/dev/disk").exists();
+    let nodes = tree.dev_nodes();
+    let root_node = nodes[3].host_path.to_string_lossy().into_owned();
+    let root_uuid = "9f50bc6e-4b8d-4fae-b0c1-5d6e7f8091a2";
+
+    let session =
+        layout::ChrootSession::enter(tree.root(), &nodes).unwrap_or_else(|e| panic!("{e:#}"));
+    let bb = |args: &[&str]| run(session.command("/bin/busybox").args(args));
+    assert_eq!(
+        bb(&["readlink", "-f", &format!("/dev/disk/by-uuid/{root_uuid}")]).trim(),
+        root_node
+    );
+    assert_eq!(
+        bb(&["readlink", "-f", "/dev/disk/by-label/boot"]).trim(),
+        nodes[2].host_path.to_string_lossy()
+    );
+    assert_eq!(
+        bb(&[
+            "readlink",
+            "-f",
+            "/dev/disk/by-partuuid/a061cd7f-5c9e-4abf-81d2-6e7f8091a2b3"
+        ])
+        .trim(),
+        root_node
+    );
+    // A read through the link reaches the file system itself: the ext4
+    // superblock (at 1024) holds the UUID at +104 and the label at +120.
+    let link = format!("if=/dev/disk/by-uuid/{root_uuid}");
+    let uuid_hex = bb(&[
+        "sh",
+        "-c",
+        &format!("dd {link} bs=1 skip=1128 count=16 2>/dev/null | od -An -tx1 | tr -d ' \\n'"),
+    ]);
+    assert_eq!(uuid_hex, root_uuid.replace('-', ""));
+    let label = bb(&["dd", &link, "bs=1", "skip=1144", "count=4"]);
+    assert_eq!(label, "root");
+    let sb = bb(&["sh", "-c", "echo ok >/dev/null && ls /dev/pts/ptmx /dev/urandom && cat /proc/self/comm && ls /sys/class/block >/dev/null && echo $LANG"]);
+    assert_eq!(sb, "/dev/pts/ptmx\n/dev/urandom\ncat\nC\n");
+    assert_eq!(
+        Path::new("/dev/disk").exists(),
+        host_dev_disk,
+        "host /dev untouched"
+    );
+    session.close().unwrap_or_else(|e| panic!("{e:#}"));
+
+    for m in ["proc", "sys", "run", "dev", "dev/pts"] {
+        assert!(
+            !mounts_under(&root)
+                .iter()
+                .any(|x| Path::new(x) == root.join(m)),
+            "{m} still mounted"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(root.join("dev")).unwrap().count(),
+        0,
+        "nodes stayed in the target"
+    );
+
+    // A failure while entering leaves nothing mounted.
+    let bad = vec![layout::DevNode {
+        host_path: "/dev/ferry-no-such-disk".into(),
+        uuid: None,
+        label: None,
+        partuuid: None,
+    }];
+    let err = layout::ChrootSession::enter(tree.root(), &bad).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("reading /dev/ferry-no-such-disk"),
+        "{err:#}"
+    );
+    let left: Vec<String> = mounts_under(&root)
+        .into_iter()
+        .filter(|m| Path::new(m) != root && Path::new(m) != root.join("boot"))
+        .collect();
+    assert!(left.is_empty(), "left mounts: {left:?}");
+    tree.close().unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(mounts_under(&root).is_empty());
+    assert!(loops_of(&img).is_empty());
+}
