@@ -393,3 +393,128 @@ fn chroot_sees_by_uuid_links_and_leaves_host_dev_alone() {
     assert!(mounts_under(&root).is_empty());
     assert!(loops_of(&img).is_empty());
 }
+
+/// Write a file through a mount tree, copy the disk to a 2x larger image,
+/// grow it, and check the table, the file system size and the file.
+fn grow_case(text: &str, mib: u64, fs_size: fn(&Path) -> u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let l = layout(text);
+    let small = sparse_image(dir.path(), "small.img", mib);
+    layout::apply(&l.disks[0], &small, Safety::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    let staging = dir.path().join("tree");
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+    let tree = layout::MountTree::mount(
+        &l,
+        std::slice::from_ref(&small),
+        &staging,
+        Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    std::fs::write(tree.root().join("payload.bin"), &payload).unwrap();
+    tree.close().unwrap_or_else(|e| panic!("{e:#}"));
+
+    let big = dir.path().join("big.img");
+    copy_to_larger(&small, &big, mib * 2);
+    let report = layout::grow(&big, Safety::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    let grown = report.partition.clone().expect("the last partition grew");
+    assert_eq!(grown.number, l.disks[0].partitions.len());
+    assert!(
+        grown.new_len >= grown.old_len + (mib - 2) * 1024 * 1024,
+        "{report:?}"
+    );
+    if l.disks[0].table == layout::TableType::Gpt {
+        let v = run(Cmd::new("sgdisk").arg("-v").arg(&big));
+        assert!(v.contains("No problems found"), "sgdisk -v: {v}");
+        assert_eq!(report.gpt_backup_moved_from, Some(mib * 2048 - 1));
+    }
+    // The description is unchanged: "rest" still means the rest.
+    assert_eq!(layout::read(&big).unwrap(), l.without_mounts().disks[0]);
+    let (_, _, parts) = sfdisk(&big);
+    let (start, sectors, _) = parts.last().cloned().unwrap();
+    assert_eq!(sectors * 512, grown.new_len);
+    {
+        let lo = PartLoop::new(&big, start, sectors);
+        let fs_bytes = fs_size(&lo.0);
+        // File systems round down to their block (xfs: AG) granularity.
+        assert!(
+            fs_bytes <= grown.new_len && fs_bytes + 4 * 1024 * 1024 > grown.new_len,
+            "file system {fs_bytes} bytes in a {} byte partition",
+            grown.new_len
+        );
+    }
+    check_disk(&big, &l.disks[0]);
+    let tree =
+        layout::MountTree::mount(&l, std::slice::from_ref(&big), &staging, Default::default())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        std::fs::read(tree.root().join("payload.bin")).unwrap(),
+        payload
+    );
+    tree.close().unwrap_or_else(|e| panic!("{e:#}"));
+    // A second run finds nothing to do.
+    let again = layout::grow(&big, Safety::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(again.partition, None);
+    assert_eq!(again.gpt_backup_moved_from, None);
+    assert!(loops_of(&big).is_empty() && loops_of(&small).is_empty());
+}
+
+fn ext_size(dev: &Path) -> u64 {
+    let out = run(Cmd::new("dumpe2fs").arg("-h").arg(dev));
+    let field = |name: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or_else(|| panic!("{name} in dumpe2fs output"))
+    };
+    field("Block count:") * field("Block size:")
+}
+
+fn xfs_size(dev: &Path) -> u64 {
+    let out = run(Cmd::new("xfs_db")
+        .args(["-r", "-c", "sb 0", "-c", "p dblocks blocksize"])
+        .arg(dev));
+    let field = |name: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().trim_start_matches('=').trim().parse().unwrap())
+            .unwrap_or_else(|| panic!("{name} in xfs_db output: {out}"))
+    };
+    field("dblocks") * field("blocksize")
+}
+
+#[test]
+fn grow_gpt_ext4_onto_a_2x_disk() {
+    require_root!();
+    grow_case(BIOS_GPT, 128, ext_size);
+}
+
+#[test]
+fn grow_mbr_ext4_onto_a_2x_disk() {
+    require_root!();
+    grow_case(BIOS_MBR, 64, ext_size);
+}
+
+#[test]
+fn grow_gpt_xfs_onto_a_2x_disk() {
+    require_root!();
+    grow_case(XFS_ONLY, 320, xfs_size);
+}
+
+#[test]
+fn grow_leaves_swap_last_alone_but_moves_the_backup_gpt() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let l = layout(UEFI_GPT);
+    let small = sparse_image(dir.path(), "small.img", 448);
+    layout::apply(&l.disks[0], &small, Safety::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    let big = dir.path().join("big.img");
+    copy_to_larger(&small, &big, 512);
+    let report = layout::grow(&big, Safety::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(report.partition, None);
+    assert_eq!(
+        report.skipped.as_deref(),
+        Some("partition 3 holds swap, which ferry does not grow")
+    );
+    let v = run(Cmd::new("sgdisk").arg("-v").arg(&big));
+    assert!(v.contains("No problems found"), "sgdisk -v: {v}");
+}

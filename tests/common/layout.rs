@@ -225,3 +225,28 @@ pub fn loops_of_now(img: &Path) -> Vec<String> {
     }
     out
 }
+
+pub const XFS_ONLY: &str = r#"
+[[disk]]
+table = "gpt"
+id = "4a0b6719-f638-4459-ab7c-08192a3b4c5d"
+[[disk.partition]]
+size = "rest"
+type = "linux"
+fs = "xfs"
+uuid = "5b1c782a-0749-456a-bc8d-192a3b4c5d6e"
+label = "xroot"
+mount = "/"
+partuuid = "6c2d893b-185a-467b-8d9e-2a3b4c5d6e7f"
+"#;
+
+/// Copy `src` sparsely to `dst` and make `dst` `mib` MiB large: a block
+/// copy onto a larger disk.
+pub fn copy_to_larger(src: &Path, dst: &Path, mib: u64) {
+    run(Cmd::new("cp").arg("--sparse=always").arg(src).arg(dst));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dst)
+        .expect("opening copy");
+    f.set_len(mib * 1024 * 1024).expect("growing copy");
+}
