@@ -518,3 +518,77 @@ fn grow_leaves_swap_last_alone_but_moves_the_backup_gpt() {
     let v = run(Cmd::new("sgdisk").arg("-v").arg(&big));
     assert!(v.contains("No problems found"), "sgdisk -v: {v}");
 }
+
+#[test]
+fn refusals_name_the_reason_and_write_nothing() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let l = layout(BIOS_GPT);
+    let code = |e: &anyhow::Error| ferry::job::errors::find_coded(e).map(|c| c.code.as_str());
+
+    // Too small: the numbers are in the message.
+    let tiny = sparse_image(dir.path(), "tiny.img", 32);
+    let mut big_boot = l.disks[0].clone();
+    big_boot.partitions[1].size = Size::Bytes(40 * 1024 * 1024);
+    let err = layout::apply(&big_boot, &tiny, Safety::default()).unwrap_err();
+    assert_eq!(code(&err), Some("LAYOUT_TOO_LARGE"));
+    assert!(
+        format!("{err:#}").contains("the layout needs 45105664 bytes (44 MiB) including the partition table, the disk has 33554432 bytes (32 MiB): 11551232 bytes (12 MiB) short"),
+        "{err:#}"
+    );
+    assert!(
+        std::fs::read(&tiny).unwrap().iter().all(|b| *b == 0),
+        "nothing written"
+    );
+
+    // An image attached elsewhere is in use.
+    let busy = sparse_image(dir.path(), "busy.img", 128);
+    let lo = run(Cmd::new("losetup").args(["--find", "--show"]).arg(&busy));
+    let lo = lo.trim().to_owned();
+    let err = layout::apply(&l.disks[0], &busy, Safety::default()).unwrap_err();
+    run(Cmd::new("losetup").arg("-d").arg(&lo));
+    assert_eq!(code(&err), Some("TARGET_IN_USE"));
+    assert!(
+        format!("{err:#}").contains(&format!("is attached to {lo} (detach it, or pass --force)")),
+        "{err:#}"
+    );
+    assert!(
+        std::fs::read(&busy).unwrap().iter().all(|b| *b == 0),
+        "nothing written"
+    );
+
+    // A block device with a mounted partition, even for grow.
+    let img = sparse_image(dir.path(), "mounted.img", 128);
+    layout::apply(&l.disks[0], &img, Safety::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    let tree = layout::MountTree::mount(
+        &l,
+        std::slice::from_ref(&img),
+        &dir.path().join("t"),
+        Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let whole = tree.disks()[0].whole().to_owned();
+    for err in [
+        layout::apply(&l.disks[0], &whole, Safety::default()).unwrap_err(),
+        layout::grow(&whole, Safety::default()).unwrap_err(),
+    ] {
+        assert_eq!(code(&err), Some("TARGET_IN_USE"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains(&format!("{} is mounted (", whole.display())),
+            "{err:#}"
+        );
+    }
+    tree.close().unwrap_or_else(|e| panic!("{e:#}"));
+
+    // The system disk is refused even with --force (only checked, never written).
+    if let Some(sys) = layout::safety::system_disk().unwrap() {
+        let err =
+            layout::safety::check_target(Path::new(&format!("/dev/{sys}")), Safety { force: true })
+                .unwrap_err();
+        assert_eq!(code(&err), Some("TARGET_IN_USE"));
+        assert!(
+            format!("{err:#}").contains("is the appliance's own system disk"),
+            "{err:#}"
+        );
+    }
+}

@@ -659,7 +659,8 @@ pub fn plan(disk: &DiskLayout, disk_size: u64) -> Result<Vec<Extent>> {
                 .partitions
                 .iter()
                 .skip(i + 1)
-                .filter_map(|p| p.size.bytes())
+                // A "rest" partition needs at least 1 MiB.
+                .map(|p| p.size.bytes().unwrap_or(MIB))
                 .fold(end, |acc, b| align_up(acc, ALIGN) + b);
             bail!(too_small(disk, disk_size, needed, last));
         }
