@@ -592,3 +592,158 @@ fn refusals_name_the_reason_and_write_nothing() {
         );
     }
 }
+
+fn ferry() -> Cmd {
+    Cmd::new(env!("CARGO_BIN_EXE_ferry"))
+}
+
+#[test]
+fn cli_apply_read_with_fstab_mounts_round_trip_exactly() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let l = layout(BIOS_GPT);
+    let img = sparse_image(dir.path(), "disk.img", 128);
+    let lf = dir.path().join("layout.toml");
+    std::fs::write(&lf, BIOS_GPT).unwrap();
+    let applied = run(ferry()
+        .args(["layout", "apply", "--json", "--layout"])
+        .arg(&lf)
+        .arg(&img));
+    assert_eq!(Layout::from_json(&applied).unwrap(), l);
+    let read = run(ferry().args(["layout", "read"]).arg(&img));
+    assert_eq!(Layout::from_toml(&read).unwrap(), l.without_mounts());
+
+    // Mount points come from the root's fstab, by UUID, LABEL or PARTUUID.
+    let fstab = "# written by the installer\n\
+                 PARTUUID=a061cd7f-5c9e-4abf-81d2-6e7f8091a2b3 / ext4 defaults 0 1\n\
+                 LABEL=boot /boot ext3 defaults 0 2\n\
+                 proc /proc proc defaults 0 0\n";
+    let staging = dir.path().join("tree");
+    let cmd = format!(
+        "mkdir -p etc && printf '{}' > etc/fstab",
+        fstab.replace('\n', "\\n")
+    );
+    run(ferry()
+        .args(["layout", "mount", "--layout"])
+        .arg(&lf)
+        .arg("--staging")
+        .arg(&staging)
+        .arg(&img)
+        .args(["--", "sh", "-c", &cmd]));
+    let read = run(ferry()
+        .args(["layout", "read", "--mounts", "--json"])
+        .arg(&img));
+    assert_eq!(Layout::from_json(&read).unwrap(), l);
+    // And mounting by the disk's own layout finds the same tree.
+    let out = run(ferry()
+        .args(["layout", "mount", "--staging"])
+        .arg(&staging)
+        .arg(&img)
+        .args(["--", "cat", "etc/fstab"]));
+    assert!(out.ends_with(fstab), "{out}");
+    assert!(mounts_under(&staging).is_empty());
+    assert!(loops_of(&img).is_empty());
+}
+
+#[test]
+fn a_killed_mount_is_cleaned_up_by_the_next_run() {
+    require_root!();
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = sparse_image(dir.path(), "disk.img", 128);
+    let lf = dir.path().join("layout.toml");
+    std::fs::write(&lf, BIOS_GPT).unwrap();
+    run(ferry()
+        .args(["layout", "apply", "--layout"])
+        .arg(&lf)
+        .arg(&img));
+    let staging = dir.path().join("tree");
+    let canon_staging = || std::fs::canonicalize(&staging).unwrap();
+
+    let hold = |staging: &Path| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["layout", "mount", "--layout"])
+            .arg(&lf)
+            .arg("--staging")
+            .arg(staging)
+            .arg(&img)
+            .stdout(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("spawning ferry layout mount");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("a line").expect("reading");
+        assert!(first.starts_with("mounted "), "{first}");
+        // The tree is up: kill without any chance to clean up.
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaping");
+    };
+
+    hold(&staging);
+    let left = mounts_under(&canon_staging());
+    assert_eq!(left.len(), 2, "the kill left / and /boot mounted: {left:?}");
+    assert_eq!(loops_of_now(&img).len(), 1, "the kill left the loop device");
+    let loops_before = std::fs::read_dir("/sys/block").unwrap().count();
+
+    // A fresh run takes over the same staging dir and image without leaking.
+    let out = run(ferry()
+        .args(["layout", "mount", "--layout"])
+        .arg(&lf)
+        .arg("--staging")
+        .arg(&staging)
+        .arg(&img)
+        .args(["--", "ls", "boot"]));
+    assert!(out.contains("lost+found"), "{out}");
+    assert!(
+        mounts_under(&canon_staging()).is_empty(),
+        "{:?}",
+        mounts_under(&canon_staging())
+    );
+    assert!(loops_of(&img).is_empty(), "leaked: {:?}", loops_of(&img));
+    assert!(std::fs::read_dir("/sys/block").unwrap().count() <= loops_before);
+
+    // `ferry layout umount` cleans up after a kill as well.
+    hold(&staging);
+    assert_eq!(mounts_under(&canon_staging()).len(), 2);
+    let out = run(ferry()
+        .args(["layout", "umount", "--staging"])
+        .arg(&staging)
+        .arg(&img));
+    assert_eq!(out.trim(), "unmounted 2, detached 1");
+    assert!(mounts_under(&canon_staging()).is_empty());
+    assert!(loops_of(&img).is_empty());
+    // The file systems survived both kills.
+    let l = layout(BIOS_GPT);
+    check_disk(&img, &l.disks[0]);
+}
+
+#[test]
+fn cli_grow_and_refusal_messages() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = sparse_image(dir.path(), "disk.img", 64);
+    let lf = dir.path().join("layout.toml");
+    std::fs::write(&lf, DATA_DISK).unwrap();
+    run(ferry()
+        .args(["layout", "apply", "--layout"])
+        .arg(&lf)
+        .arg(&img));
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.set_len(128 * 1024 * 1024).unwrap();
+    let out = run(ferry().args(["layout", "grow"]).arg(&img));
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["partition"]["number"], 1);
+    assert_eq!(r["partition"]["new_len"], 126 * 1024 * 1024);
+    // Too small: exit status 1, message and hint on stderr.
+    let small = sparse_image(dir.path(), "small.img", 1);
+    let (status, out) = ferry()
+        .args(["layout", "apply", "--layout"])
+        .arg(&lf)
+        .arg(&small)
+        .output()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("LAYOUT_TOO_LARGE"), "{err}");
+    assert!(err.contains("hint: Attach a larger target disk"), "{err}");
+}

@@ -82,6 +82,7 @@ pub fn detach(dev: &Path) -> Result<()> {
         });
         match res {
             Ok(()) => {
+                wait_detached(dev);
                 tracing::debug!(device = %dev.display(), "loop device detached");
                 return Ok(());
             }
@@ -94,6 +95,22 @@ pub fn detach(dev: &Path) -> Result<()> {
     Err(last
         .unwrap_or_else(|| anyhow::anyhow!("no attempt made"))
         .context(format!("detaching loop device {}", dev.display())))
+}
+
+/// While another process still has the device open (a probe, a parallel
+/// `losetup --find`), the kernel only marks it for detaching; wait for the
+/// detach to finish so that the next step does not see the image in use.
+fn wait_detached(dev: &Path) {
+    let Some(name) = dev.file_name() else { return };
+    let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backing.exists() {
+        if Instant::now() > deadline {
+            tracing::warn!(device = %dev.display(), "detach still pending; the kernel finishes it when the last user closes the device");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The kernel name of a block device node (`/dev/loop3` → `loop3`).

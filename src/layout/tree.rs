@@ -255,3 +255,184 @@ impl Drop for MountTree {
 fn depth(mp: &str) -> usize {
     mp.split('/').filter(|c| !c.is_empty()).count()
 }
+
+/// Fill in the mount points of a layout that `read` produced, from the
+/// root's /etc/fstab: each Linux file system is mounted read-only in turn
+/// until one holds etc/fstab (that one is "/"), whose entries by UUID=,
+/// LABEL=, PARTUUID= or /dev/disk/by-* name the others. Returns how many
+/// partitions got a mount point.
+pub fn fill_mount_points(layout: &mut Layout, targets: &[PathBuf]) -> Result<usize> {
+    if layout.disks.len() != targets.len() {
+        bail!(
+            "the layout describes {} disk(s) but {} target(s) were given",
+            layout.disks.len(),
+            targets.len()
+        );
+    }
+    let mut disks = Vec::new();
+    for (d, t) in layout.disks.iter().zip(targets) {
+        let extents = plan(d, disk_size(t)?)?;
+        let reread = fs::metadata(t).is_ok_and(|m| m.file_type().is_block_device());
+        disks.push(AttachedDisk::attach(t, &extents, reread)?);
+    }
+    let found = find_fstab(layout, &disks);
+    let mut close_err = None;
+    while let Some(d) = disks.pop() {
+        if let Err(e) = d.close() {
+            close_err.get_or_insert(e);
+        }
+    }
+    let Some(((rd, rp), fstab)) = found? else {
+        if let Some(e) = close_err {
+            return Err(e);
+        }
+        bail!("no Linux file system of these disks holds etc/fstab");
+    };
+    if let Some(e) = close_err {
+        return Err(e);
+    }
+    for d in &mut layout.disks {
+        d.partitions.iter_mut().for_each(|p| p.mount = None);
+    }
+    layout.disks[rd].partitions[rp].mount = Some("/".into());
+    let mut count = 1;
+    for (spec, mp, fstype) in parse_fstab(&fstab) {
+        if mp == "/" || !mp.starts_with('/') || fstype == "swap" {
+            continue;
+        }
+        let hit = layout
+            .disks
+            .iter_mut()
+            .flat_map(|d| d.partitions.iter_mut())
+            .find(|p| spec_matches(&spec, p));
+        match hit {
+            Some(p) if p.mount.is_none() => {
+                p.mount = Some(mp);
+                count += 1;
+            }
+            Some(_) => {}
+            None => tracing::warn!(
+                spec,
+                mount = mp,
+                "an fstab entry names no partition of these disks"
+            ),
+        }
+    }
+    Ok(count)
+}
+
+type Found = Option<((usize, usize), String)>;
+
+fn find_fstab(layout: &Layout, disks: &[AttachedDisk]) -> Result<Found> {
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-probe-")
+        .tempdir()
+        .context("making a mount point to look for fstab")?;
+    for (di, (d, a)) in layout.disks.iter().zip(disks).enumerate() {
+        for (pi, (p, node)) in d.partitions.iter().zip(a.partitions()).enumerate() {
+            if !p.fs.mountable_anywhere() {
+                continue;
+            }
+            // Read-only without log replay: looking must not change the disk.
+            let data = if p.fs == FsType::Xfs {
+                "norecovery"
+            } else {
+                "noload"
+            };
+            let g = match MountGuard::mount(
+                &node.to_string_lossy(),
+                dir.path(),
+                p.fs.as_str(),
+                MsFlags::MS_RDONLY,
+                Some(data),
+            ) {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!("{e:#}");
+                    continue;
+                }
+            };
+            let fstab = fs::read_to_string(dir.path().join("etc/fstab")).ok();
+            if let Err(e) = g.close() {
+                std::mem::forget(dir);
+                return Err(e);
+            }
+            if let Some(f) = fstab {
+                return Ok(Some(((di, pi), f)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// (spec, mount point, type) of each fstab line.
+pub fn parse_fstab(text: &str) -> Vec<(String, String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3).then(|| (unescape_fstab(f[0]), unescape_fstab(f[1]), f[2].to_owned()))
+        })
+        .collect()
+}
+
+fn unescape_fstab(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t")
+}
+
+fn spec_matches(spec: &str, p: &PartitionLayout) -> bool {
+    let eq = |a: &Option<String>, b: &str| {
+        a.as_deref()
+            .is_some_and(|a| a.eq_ignore_ascii_case(b.trim_matches('"')))
+    };
+    if let Some(v) = spec.strip_prefix("UUID=") {
+        eq(&p.uuid, v)
+    } else if let Some(v) = spec.strip_prefix("LABEL=") {
+        p.label.as_deref() == Some(v.trim_matches('"'))
+    } else if let Some(v) = spec.strip_prefix("PARTUUID=") {
+        eq(&p.partuuid, v)
+    } else if let Some(v) = spec.strip_prefix("/dev/disk/by-uuid/") {
+        eq(&p.uuid, v)
+    } else if let Some(v) = spec.strip_prefix("/dev/disk/by-label/") {
+        p.label
+            .as_deref()
+            .map(super::chroot::udev_escape)
+            .as_deref()
+            == Some(v)
+    } else if let Some(v) = spec.strip_prefix("/dev/disk/by-partuuid/") {
+        eq(&p.partuuid, v)
+    } else {
+        false
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fstab_specs_match_partitions() {
+        let l = Layout::from_toml(
+            "[[disk]]\ntable = \"gpt\"\n[[disk.partition]]\nsize = \"rest\"\ntype = \"linux\"\nfs = \"ext4\"\nuuid = \"aa-bb\"\nlabel = \"my root\"\npartuuid = \"cc\"\n",
+        )
+        .unwrap();
+        let p = &l.disks[0].partitions[0];
+        for (spec, want) in [
+            ("UUID=AA-BB", true),
+            ("UUID=\"aa-bb\"", true),
+            ("LABEL=my root", true),
+            ("PARTUUID=cc", true),
+            ("/dev/disk/by-uuid/aa-bb", true),
+            ("/dev/disk/by-label/my\\x20root", true),
+            ("/dev/sda1", false),
+            ("UUID=other", false),
+        ] {
+            assert_eq!(spec_matches(spec, p), want, "{spec}");
+        }
+        let f = parse_fstab("# c\nUUID=x / ext4 defaults 0 1\n\nLABEL=a\\040b /srv\\040x xfs defaults\nproc /proc proc defaults\n");
+        assert_eq!(f[1], ("LABEL=a b".into(), "/srv x".into(), "xfs".into()));
+        assert_eq!(f.len(), 3);
+    }
+}
