@@ -106,7 +106,7 @@ pub enum LayoutCmd {
     },
 }
 
-fn load(path: &PathBuf) -> Result<Layout> {
+fn load(path: &std::path::Path) -> Result<Layout> {
     if path.as_os_str() == "-" {
         let mut s = String::new();
         std::io::stdin()
