@@ -747,3 +747,63 @@ fn cli_grow_and_refusal_messages() {
     assert!(err.contains("LAYOUT_TOO_LARGE"), "{err}");
     assert!(err.contains("hint: Attach a larger target disk"), "{err}");
 }
+
+#[test]
+fn block_device_targets_apply_read_mount_and_grow() {
+    require_root!();
+    // A loop device without partition scanning stands in for a cloud
+    // instance's /dev/vdb: ferry must show its partitions itself.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let l = layout(BIOS_GPT);
+    let img = sparse_image(dir.path(), "vdb.img", 128);
+    struct Lo(String);
+    impl Drop for Lo {
+        fn drop(&mut self) {
+            let _ = ferry::layout::devices::detach(Path::new(&self.0));
+        }
+    }
+    let lo = Lo(
+        run(Cmd::new("losetup").args(["--find", "--show"]).arg(&img))
+            .trim()
+            .to_owned(),
+    );
+    let dev = std::path::PathBuf::from(&lo.0);
+    let applied =
+        layout::apply(&l.disks[0], &dev, Safety::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(applied, l.disks[0]);
+    assert_eq!(layout::read(&dev).unwrap(), l.without_mounts().disks[0]);
+    let staging = dir.path().join("tree");
+    let tree =
+        layout::MountTree::mount(&l, std::slice::from_ref(&dev), &staging, Default::default())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(tree.disks()[0].whole(), dev.as_path());
+    std::fs::write(tree.root().join("marker"), b"on vdb").unwrap();
+    tree.close().unwrap_or_else(|e| panic!("{e:#}"));
+    // The disk grows under the device (a resized cloud disk).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(256 * 1024 * 1024)
+        .unwrap();
+    run(Cmd::new("losetup").arg("--set-capacity").arg(&dev));
+    let r = layout::grow(&dev, Safety::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(r.partition.map(|p| p.number), Some(3));
+    let v = run(Cmd::new("sgdisk").arg("-v").arg(&dev));
+    assert!(v.contains("No problems found"), "sgdisk -v: {v}");
+    let tree =
+        layout::MountTree::mount(&l, std::slice::from_ref(&dev), &staging, Default::default())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        std::fs::read(tree.root().join("marker")).unwrap(),
+        b"on vdb"
+    );
+    let st = nix::sys::statvfs::statvfs(tree.root()).unwrap();
+    assert!(
+        st.blocks() * st.fragment_size() > 150 * 1024 * 1024,
+        "root grew"
+    );
+    tree.close().unwrap_or_else(|e| panic!("{e:#}"));
+    drop(lo);
+    check_disk(&img, &l.disks[0]);
+}
