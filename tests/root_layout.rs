@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)]
 //! Root-only tests of the layout engine on sparse image files: apply, read,
 //! mount trees, the chroot session, grow, refusals, and cleanup after a kill.
 //! Every result is checked by tools ferry did not write (sfdisk, sgdisk,

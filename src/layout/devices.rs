@@ -405,7 +405,6 @@ pub fn disk_size(path: &Path) -> Result<u64> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -169,7 +169,6 @@ pub fn unmount_below(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

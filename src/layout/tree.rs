@@ -408,7 +408,6 @@ fn spec_matches(spec: &str, p: &PartitionLayout) -> bool {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
