@@ -806,3 +806,58 @@ fn block_device_targets_apply_read_mount_and_grow() {
     drop(lo);
     check_disk(&img, &l.disks[0]);
 }
+
+/// sfdisk's view of a disk without its identifiers: (start, sectors, type).
+fn geometry(img: &Path) -> Vec<(u64, u64, String)> {
+    sfdisk(img).2
+}
+
+#[test]
+fn disks_made_by_other_tools_read_and_reapply_identically() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // An old-style MBR (first partition at sector 63) and an sgdisk GPT
+    // whose last partition ends at the last usable sector.
+    let cases: [(&str, Vec<Cmd>); 2] = [
+        ("old-mbr", vec![Cmd::new("sfdisk").stdin_bytes("label: dos\nlabel-id: 0x0badcafe\nstart=63, size=40000, type=83, bootable\nstart=40063, type=82\n")]),
+        ("sgdisk-gpt", vec![Cmd::new("sgdisk").args(["-a", "1", "-n", "1:34:2047", "-t", "1:ef02", "-n", "2:2048:+20M", "-t", "2:8300", "-n", "3:0:0", "-t", "3:8200"])]),
+    ];
+    for (name, cmds) in cases {
+        let src = sparse_image(dir.path(), &format!("{name}.img"), 64);
+        for c in cmds {
+            run(c.arg(&src));
+        }
+        let (_, _, parts) = sfdisk(&src);
+        {
+            let lo = PartLoop::new(&src, parts[0].0, parts[0].1);
+            if name == "old-mbr" {
+                run(Cmd::new("mkfs.ext4")
+                    .args([
+                        "-q",
+                        "-U",
+                        "c0ffee00-1111-4222-8333-444455556666",
+                        "-L",
+                        "old",
+                    ])
+                    .arg(&lo.0));
+            }
+        }
+        let read = layout::read(&src).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert!(read.partitions[0].start.is_some(), "{name}: {read:?}");
+        if name == "old-mbr" {
+            assert_eq!(read.id.as_deref(), Some("0badcafe"));
+            assert_eq!(read.partitions[0].start, Some(Size::Bytes(63 * 512)));
+            assert_eq!(
+                read.partitions[0].uuid.as_deref(),
+                Some("c0ffee00-1111-4222-8333-444455556666")
+            );
+            assert!(read.partitions[0].bootable);
+        }
+        // The description reproduces the same table on a fresh disk.
+        let copy = sparse_image(dir.path(), &format!("{name}-copy.img"), 64);
+        let applied = layout::apply(&read, &copy, Safety::default())
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(geometry(&copy), geometry(&src), "{name}");
+        assert_eq!(layout::read(&copy).unwrap(), applied, "{name}");
+    }
+}

@@ -630,7 +630,7 @@ pub fn rest_end(table: TableType, disk_size: u64) -> u64 {
 pub fn plan(disk: &DiskLayout, disk_size: u64) -> Result<Vec<Extent>> {
     let (first, last) = usable_range(disk.table, disk_size);
     let rest = rest_end(disk.table, disk_size);
-    let mut cursor = ALIGN.max(first);
+    let mut cursor = first;
     let mut out = Vec::new();
     for (i, p) in disk.partitions.iter().enumerate() {
         let start = match p.start {

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::desc::{align_up, rest_end, DiskLayout, Layout, PartitionLayout, Size, ALIGN};
+use super::desc::{
+    align_up, rest_end, usable_range, DiskLayout, Layout, PartitionLayout, Size, ALIGN,
+};
 use super::devices::disk_size;
 use super::{mkfs, table};
 
@@ -17,7 +19,8 @@ pub fn read(target: &Path) -> Result<DiskLayout> {
     let size = disk_size(target)?;
     let t = table::read(target)?;
     let rest = rest_end(t.kind, size);
-    let mut cursor = ALIGN;
+    // The first partition's default start is the usable start aligned up.
+    let mut cursor = usable_range(t.kind, size).0;
     let mut partitions = Vec::new();
     let n = t.entries.len();
     for (i, e) in t.entries.iter().enumerate() {
