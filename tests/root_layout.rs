@@ -682,7 +682,6 @@ fn a_killed_mount_is_cleaned_up_by_the_next_run() {
     let left = mounts_under(&canon_staging());
     assert_eq!(left.len(), 2, "the kill left / and /boot mounted: {left:?}");
     assert_eq!(loops_of_now(&img).len(), 1, "the kill left the loop device");
-    let loops_before = std::fs::read_dir("/sys/block").unwrap().count();
 
     // A fresh run takes over the same staging dir and image without leaking.
     let out = run(ferry()
@@ -699,7 +698,6 @@ fn a_killed_mount_is_cleaned_up_by_the_next_run() {
         mounts_under(&canon_staging())
     );
     assert!(loops_of(&img).is_empty(), "leaked: {:?}", loops_of(&img));
-    assert!(std::fs::read_dir("/sys/block").unwrap().count() <= loops_before);
 
     // `ferry layout umount` cleans up after a kill as well.
     hold(&staging);

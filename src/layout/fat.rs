@@ -376,3 +376,65 @@ pub fn fix_dot_entries(node: &Path) -> Result<usize> {
         .with_context(|| format!("flushing {}", node.display()))?;
     Ok(fixed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn formatted(dir: &Path, mib: u64) -> PathBuf {
+        let p = dir.join("esp.img");
+        let f = File::create(&p).unwrap();
+        f.set_len(mib * 1024 * 1024).unwrap();
+        let mut f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        fatfs::format_volume(
+            &mut f,
+            fatfs::FormatVolumeOptions::new().volume_id(0x1234abcd),
+        )
+        .unwrap();
+        p
+    }
+
+    #[test]
+    fn files_round_trip_and_directories_pass_fsck() {
+        let dir = tempfile::tempdir().unwrap();
+        for mib in [8, 64] {
+            let img = formatted(dir.path(), mib);
+            let fat = FatPartition::new(&img);
+            fat.write("EFI/BOOT/BOOTX64.EFI", b"MZ binary").unwrap();
+            fat.write("EFI/BOOT/BOOTX64.EFI", b"MZ").unwrap();
+            fat.write("EFI/debian/grub.cfg", b"cfg").unwrap();
+            assert_eq!(fat.read("EFI/BOOT/BOOTX64.EFI").unwrap(), b"MZ");
+            let names: Vec<String> = fat
+                .list("/EFI")
+                .unwrap()
+                .into_iter()
+                .map(|e| e.name)
+                .collect();
+            assert_eq!(names, ["BOOT", "debian"]);
+            // Each new directory starts with plain "." and ".." entries.
+            assert_eq!(
+                fix_dot_entries(&img).unwrap(),
+                0,
+                "already fixed after each write"
+            );
+            if crate::cmd::have("fsck.vfat") {
+                crate::cmd::Cmd::new("fsck.vfat")
+                    .arg("-n")
+                    .arg(&img)
+                    .run()
+                    .unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = formatted(dir.path(), 8);
+        let err = FatPartition::new(&img).read("EFI/none").unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("opening EFI/none on the FAT partition"),
+            "{err:#}"
+        );
+    }
+}
