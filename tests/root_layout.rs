@@ -859,3 +859,51 @@ fn disks_made_by_other_tools_read_and_reapply_identically() {
         assert_eq!(layout::read(&copy).unwrap(), applied, "{name}");
     }
 }
+
+#[test]
+fn two_disks_mount_as_one_tree() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut l = layout(BIOS_MBR);
+    l.disks.extend(layout(DATA_DISK).disks);
+    let imgs = vec![
+        sparse_image(dir.path(), "disk0.img", 64),
+        sparse_image(dir.path(), "disk1.img", 64),
+    ];
+    let applied =
+        layout::apply_all(&l, &imgs, Safety::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(applied, l);
+    let staging = dir.path().join("tree");
+    let tree = layout::MountTree::mount(&l, &imgs, &staging, Default::default())
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let data = tree.root().join("srv/data");
+    assert!(mount_source(&data).is_some_and(|s| s.ends_with("p1")));
+    assert_ne!(
+        mount_source(&data).unwrap().trim_end_matches("p1"),
+        mount_source(tree.root()).unwrap().trim_end_matches("p1"),
+        "/srv/data comes from the second disk"
+    );
+    std::fs::write(data.join("db"), b"rows").unwrap();
+    let nodes = tree.dev_nodes();
+    assert_eq!(nodes.len(), 4);
+    assert_eq!(nodes[3].label.as_deref(), Some("data"));
+    tree.close().unwrap_or_else(|e| panic!("{e:#}"));
+    // Read with mounts from fstab sees both disks.
+    let tree = layout::MountTree::mount(&l, &imgs, &staging, Default::default()).unwrap();
+    std::fs::create_dir_all(tree.root().join("etc")).unwrap();
+    std::fs::write(
+        tree.root().join("etc/fstab"),
+        "UUID=0e4a0f5c-6a3b-4d7e-8f10-2b3c4d5e6f70 / ext4 defaults 0 1\nLABEL=data /srv/data ext4 defaults 0 2\n",
+    )
+    .unwrap();
+    tree.close().unwrap();
+    let mut read = layout::read_all(&imgs).unwrap();
+    assert_eq!(
+        layout::tree::fill_mount_points(&mut read, &imgs).unwrap(),
+        2
+    );
+    assert_eq!(read, l);
+    for img in &imgs {
+        assert!(loops_of(img).is_empty());
+    }
+}
