@@ -673,6 +673,20 @@ fn a_killed_mount_is_cleaned_up_by_the_next_run() {
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let first = lines.next().expect("a line").expect("reading");
         assert!(first.starts_with("mounted "), "{first}");
+        // While it lives, nobody else takes its tree over.
+        let (status, out) = ferry()
+            .args(["layout", "umount", "--staging"])
+            .arg(staging)
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert_eq!(status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("TARGET_IN_USE")
+                && err.contains("is mounted by another running ferry process"),
+            "{err}"
+        );
         // The tree is up: kill without any chance to clean up.
         child.kill().expect("SIGKILL");
         child.wait().expect("reaping");

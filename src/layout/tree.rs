@@ -31,6 +31,38 @@ pub struct MountTree {
     layout: Layout,
     disks: Vec<AttachedDisk>,
     mounts: Vec<MountGuard>,
+    /// Held while the tree is up; the kernel drops it when the process
+    /// dies, which is how a later run tells leftovers from a live tree.
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+/// Take the lock of staging dir `root` (canonical), or say who holds it.
+fn lock_staging(root: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
+    let dir = Path::new("/run/ferry");
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let hash = blake3::hash(root.as_os_str().as_encoded_bytes()).to_hex();
+    let path = dir.join(format!("mount-{}.lock", &hash[..16]));
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        if e == nix::errno::Errno::EWOULDBLOCK {
+            coded(
+                ErrorCode::TargetInUse,
+                format!(
+                    "{} is mounted by another running ferry process (lock {})",
+                    root.display(),
+                    path.display()
+                ),
+            )
+        } else {
+            anyhow::anyhow!("locking {}: {e}", path.display())
+        }
+    })
 }
 
 /// What a killed run left: mounts under the staging dir, loop devices over
@@ -43,12 +75,21 @@ pub struct Leftovers {
 
 /// Remove what an earlier, interrupted run left for the same staging dir
 /// and images, so that a fresh run never stacks mounts or leaks loops.
+/// Refuses while a live process holds the staging dir.
 pub fn clean_leftovers(staging: &Path, targets: &[PathBuf]) -> Result<Leftovers> {
-    let mut l = Leftovers::default();
     if staging.exists() {
         let staging = fs::canonicalize(staging)
             .with_context(|| format!("resolving {}", staging.display()))?;
-        l.unmounted = unmount_below(&staging)?;
+        let _lock = lock_staging(&staging)?;
+        return clean_leftovers_locked(&staging, targets);
+    }
+    clean_leftovers_locked(staging, targets)
+}
+
+fn clean_leftovers_locked(staging: &Path, targets: &[PathBuf]) -> Result<Leftovers> {
+    let mut l = Leftovers::default();
+    if staging.exists() {
+        l.unmounted = unmount_below(staging)?;
     }
     for t in targets {
         let is_file = fs::metadata(t)
@@ -94,12 +135,14 @@ impl MountTree {
         fs::create_dir_all(staging).with_context(|| format!("creating {}", staging.display()))?;
         let root = fs::canonicalize(staging)
             .with_context(|| format!("resolving {}", staging.display()))?;
-        clean_leftovers(&root, targets)?;
+        let lock = lock_staging(&root)?;
+        clean_leftovers_locked(&root, targets)?;
         let mut tree = MountTree {
             root,
             layout: layout.clone(),
             disks: Vec::new(),
             mounts: Vec::new(),
+            _lock: lock,
         };
         for (d, t) in layout.disks.iter().zip(targets) {
             let size = disk_size(t)?;
