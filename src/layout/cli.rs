@@ -157,15 +157,11 @@ pub fn run(cmd: LayoutCmd) -> Result<()> {
             targets,
             command,
         } => {
-            let l = match layout {
-                Some(p) => load(&p)?,
-                None => {
-                    let mut l = super::read_all(&targets)?;
-                    fill_mount_points(&mut l, &targets)?;
-                    l
-                }
+            let opts = MountOptions { read_only };
+            let tree = match layout {
+                Some(p) => MountTree::mount(&load(&p)?, &targets, &staging, opts)?,
+                None => MountTree::mount_existing(&targets, &staging, opts)?,
             };
-            let tree = MountTree::mount(&l, &targets, &staging, MountOptions { read_only })?;
             println!("mounted {}", tree.root().display());
             for n in tree.dev_nodes() {
                 println!(

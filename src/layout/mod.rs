@@ -5,6 +5,23 @@
 //! [`tree::MountTree::mount`] on a received disk before repairs; file mode
 //! calls [`apply`] with the layout the sender sent. `ferry layout ...`
 //! ([`cli`]) is a thin layer over the same functions.
+//!
+//! Block mode, on received disks:
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use ferry::layout::{grow, ChrootSession, MountTree, Safety};
+//! let disks = vec![std::path::PathBuf::from("/dev/vdb")];
+//! for d in &disks {
+//!     grow(d, Safety::default())?;
+//! }
+//! let tree = MountTree::mount_existing(&disks, "/run/ferry/root".as_ref(), Default::default())?;
+//! let session = ChrootSession::enter(tree.root(), &tree.dev_nodes())?;
+//! session.command("update-grub").run()?;
+//! session.close()?;
+//! tree.close()?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod apply;
 pub mod chroot;

@@ -189,6 +189,19 @@ impl MountTree {
         Ok(tree)
     }
 
+    /// Mount disks by their own layout: what block mode does with received
+    /// disks (after [`crate::layout::grow`]) before repairs. Partitions and
+    /// file systems come from the disks, mount points from the root's fstab.
+    pub fn mount_existing(
+        targets: &[PathBuf],
+        staging: &Path,
+        opts: MountOptions,
+    ) -> Result<MountTree> {
+        let mut layout = super::read::read_all(targets)?;
+        fill_mount_points(&mut layout, targets)?;
+        MountTree::mount(&layout, targets, staging, opts)
+    }
+
     /// The staging directory, where "/" of the layout is mounted.
     pub fn root(&self) -> &Path {
         &self.root
