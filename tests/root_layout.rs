@@ -921,3 +921,85 @@ fn two_disks_mount_as_one_tree() {
         assert!(loops_of(img).is_empty());
     }
 }
+
+#[test]
+fn cloud_image_numbering_and_logical_partitions_read_mount_and_grow() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A GPT laid out like a cloud image (14: BIOS boot, 15: ESP, 1: root
+    // at the end) and a Debian-installer MBR (1: root, 2: extended, 5: swap).
+    let cases: [(&str, Cmd, usize, Vec<usize>); 2] = [
+        (
+            "cloud-gpt",
+            Cmd::new("sgdisk").args(["-n", "14:2048:+4M", "-t", "14:ef02", "-n", "15:0:+32M", "-t", "15:ef00", "-n", "1:0:0", "-t", "1:8300"]),
+            2,
+            vec![14, 15, 1],
+        ),
+        (
+            "debian-mbr",
+            Cmd::new("sfdisk").stdin_bytes("label: dos\nstart=2048, size=90M, type=83\nstart=186368, type=5\nstart=188416, size=16M, type=82\n"),
+            0,
+            vec![1, 5],
+        ),
+    ];
+    for (name, cmd, root_index, numbers) in cases {
+        let img = sparse_image(dir.path(), &format!("{name}.img"), 128);
+        run(cmd.arg(&img));
+        let parts = sfdisk(&img).2;
+        let root_part = parts
+            .iter()
+            .find(|p| p.2 == "0fc63daf-8483-4772-8e79-3d69d8477de4" || p.2 == "83")
+            .cloned()
+            .unwrap();
+        {
+            let lo = PartLoop::new(&img, root_part.0, root_part.1);
+            run(Cmd::new("mkfs.ext4")
+                .args(["-q", "-L", "cloudimg-rootfs"])
+                .arg(&lo.0));
+        }
+        let mut l = Layout {
+            disks: vec![layout::read(&img).unwrap_or_else(|e| panic!("{name}: {e:#}"))],
+        };
+        assert_eq!(l.disks[0].numbers(), numbers, "{name}");
+        assert_eq!(
+            l.disks[0].partitions[root_index].label.as_deref(),
+            Some("cloudimg-rootfs")
+        );
+        l.disks[0].partitions[root_index].mount = Some("/".into());
+        let staging = dir.path().join(name);
+        let tree =
+            layout::MountTree::mount(&l, std::slice::from_ref(&img), &staging, Default::default())
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let src = mount_source(tree.root()).unwrap();
+        assert!(
+            src.ends_with(&format!("p{}", numbers[root_index])),
+            "{name}: root from {src}"
+        );
+        std::fs::write(tree.root().join("marker"), name).unwrap();
+        let nodes = tree.dev_nodes();
+        assert!(nodes[root_index + 1]
+            .host_path
+            .to_string_lossy()
+            .ends_with(&format!("p{}", numbers[root_index])));
+        tree.close().unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        if name == "cloud-gpt" {
+            let big = dir.path().join("cloud-big.img");
+            copy_to_larger(&img, &big, 256);
+            let r = layout::grow(&big, Safety::default()).unwrap_or_else(|e| panic!("{e:#}"));
+            assert_eq!(r.partition.map(|p| p.number), Some(1));
+            let v = run(Cmd::new("sgdisk").arg("-v").arg(&big));
+            assert!(v.contains("No problems found"), "sgdisk -v: {v}");
+            let after = layout::read(&big).unwrap();
+            assert_eq!(after.numbers(), numbers);
+            assert_eq!(after.partitions[2].size, Size::Rest);
+        }
+        // ferry itself lays out only partitions numbered 1..n.
+        let other = sparse_image(dir.path(), &format!("{name}-copy.img"), 128);
+        let err = layout::apply(&l.disks[0], &other, Safety::default()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("ferry lays out partitions numbered 1 to n"),
+            "{err:#}"
+        );
+        assert!(loops_of(&img).is_empty());
+    }
+}

@@ -81,12 +81,29 @@ pub fn resolve(disk: &DiskLayout) -> Result<DiskLayout> {
 /// looks laid out but is not. Returns the resolved description.
 pub fn apply(disk: &DiskLayout, target: &Path, safety: Safety) -> Result<DiskLayout> {
     disk.validate()?;
+    if let Some((i, n)) = disk
+        .numbers()
+        .into_iter()
+        .enumerate()
+        .find(|(i, n)| *n != i + 1)
+    {
+        bail!(coded(
+            ErrorCode::LayoutInvalid,
+            format!("partition {} is numbered {n}; ferry lays out partitions numbered 1 to n (no logical MBR partitions)", i + 1)
+        ));
+    }
     check_target(target, safety)?;
     let size = disk_size(target)?;
     let extents =
         plan(disk, size).with_context(|| format!("placing the layout on {}", target.display()))?;
     let d = resolve(disk)?;
-    let attached = AttachedDisk::attach(target, &extents, false)?;
+    let numbered: Vec<(usize, _)> = extents
+        .iter()
+        .copied()
+        .enumerate()
+        .map(|(i, e)| (i + 1, e))
+        .collect();
+    let attached = AttachedDisk::attach(target, &numbered, false)?;
     let made = (|| -> Result<()> {
         for (i, (p, node)) in d.partitions.iter().zip(attached.partitions()).enumerate() {
             mkfs::make(node, p).with_context(|| format!("partition {}", i + 1))?;

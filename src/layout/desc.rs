@@ -75,6 +75,10 @@ pub struct PartitionLayout {
     /// GPT partition name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The partition's number in the table when it is not its position
+    /// (a GPT with gaps, a logical MBR partition: 5, 6...). `read` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<usize>,
     /// MBR active flag / GPT legacy-BIOS-bootable attribute.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bootable: bool,
@@ -187,7 +191,24 @@ fn invalid(detail: String) -> anyhow::Error {
 }
 
 impl DiskLayout {
+    /// Each partition's number in the table (its node: `vdb5`, `loop0p5`).
+    pub fn numbers(&self) -> Vec<usize> {
+        self.partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.number.unwrap_or(i + 1))
+            .collect()
+    }
+
     pub fn validate(&self) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for n in self.numbers() {
+            if n == 0 || !seen.insert(n) {
+                bail!(invalid(format!(
+                    "partition number {n} is zero or appears twice"
+                )));
+            }
+        }
         if let Some(id) = &self.id {
             match self.table {
                 TableType::Gpt => {
@@ -203,7 +224,11 @@ impl DiskLayout {
                 }
             }
         }
-        if self.table == TableType::Mbr && self.partitions.len() > 4 {
+        let logical = self
+            .partitions
+            .iter()
+            .any(|p| p.number.is_some_and(|n| n > 4));
+        if self.table == TableType::Mbr && self.partitions.len() > 4 && !logical {
             bail!(invalid(format!(
                 "an MBR table holds 4 primary partitions, the layout has {} (logical partitions are not supported)",
                 self.partitions.len()

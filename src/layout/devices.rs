@@ -198,14 +198,20 @@ pub fn remove_partitions(disk: &Path) -> Result<()> {
 /// Make the kernel show partitions at exactly `extents` on `disk` and
 /// return their nodes: first a table re-read (real disks whose table is
 /// written), then BLKPG for whatever does not match.
-pub fn ensure_partitions(disk: &Path, extents: &[Extent], reread: bool) -> Result<Vec<PathBuf>> {
+pub fn ensure_partitions(
+    disk: &Path,
+    parts: &[(usize, Extent)],
+    reread: bool,
+) -> Result<Vec<PathBuf>> {
     let name = kernel_name(disk)?;
-    let want: Vec<(usize, u64, u64)> = extents
+    let want: Vec<(usize, u64, u64)> = parts
         .iter()
-        .enumerate()
-        .map(|(i, e)| (i + 1, e.start / SECTOR, e.len / SECTOR))
+        .map(|(n, e)| (*n, e.start / SECTOR, e.len / SECTOR))
         .collect();
-    if reread && kernel_partitions(&name)? != want {
+    // The kernel may show more (an MBR's extended container); what counts
+    // is that every wanted partition is there as wanted.
+    let matches = |have: &[(usize, u64, u64)]| want.iter().all(|w| have.contains(w));
+    if reread && !matches(&kernel_partitions(&name)?) {
         // Fails when a partition is in use or on kernels that do not scan;
         // BLKPG below is the fallback either way.
         if let Err(e) = Cmd::new("blockdev").arg("--rereadpt").arg(disk).run() {
@@ -216,7 +222,7 @@ pub fn ensure_partitions(disk: &Path, extents: &[Extent], reread: bool) -> Resul
         }
     }
     let have = kernel_partitions(&name)?;
-    if have != want {
+    if !matches(&have) {
         for (n, _, _) in &have {
             Cmd::new("delpart")
                 .arg(disk)
@@ -342,7 +348,12 @@ impl AttachedDisk {
     /// Attach `target` (image file or block device) and show its partitions
     /// at `extents`. With `reread`, a block device's table is re-read first
     /// (it must already be written).
-    pub fn attach(target: &Path, extents: &[Extent], reread: bool) -> Result<AttachedDisk> {
+    /// Partitions are (number, extent) pairs.
+    pub fn attach(
+        target: &Path,
+        extents: &[(usize, Extent)],
+        reread: bool,
+    ) -> Result<AttachedDisk> {
         let meta = fs::metadata(target).with_context(|| format!("reading {}", target.display()))?;
         if meta.file_type().is_block_device() {
             let partitions = ensure_partitions(target, extents, reread)

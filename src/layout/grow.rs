@@ -7,7 +7,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
-use gpt::disk::LogicalBlockSize;
 use serde::Serialize;
 
 use super::desc::{rest_end, Extent, FsType, TableType, SECTOR};
@@ -103,19 +102,15 @@ pub fn grow(target: &Path, safety: Safety) -> Result<GrowReport> {
             .iter()
             .position(|n| *n == e.number)
             .ok_or_else(|| anyhow!("partition {} vanished", e.number))?;
-        if numbers.iter().enumerate().any(|(i, n)| *n != i + 1) {
-            // Nodes are named by position; a table with holes would need
-            // gaps in BLKPG numbering too.
-            return Err(anyhow!(
-                "{} numbers its partitions {:?}; only tables numbered 1..n are grown",
-                target.display(),
-                numbers
-            ));
-        }
         let is_block = std::fs::metadata(target)
             .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
             .unwrap_or(false);
-        let attached = AttachedDisk::attach(target, &new_extents, is_block)?;
+        let numbered: Vec<(usize, Extent)> = numbers
+            .iter()
+            .copied()
+            .zip(new_extents.iter().copied())
+            .collect();
+        let attached = AttachedDisk::attach(target, &numbered, is_block)?;
         let node = attached.partitions()[index].clone();
         let res = grow_fs(&node, &fs);
         let closed = attached.close();
@@ -146,29 +141,79 @@ fn open_rw(target: &Path) -> Result<File> {
         .with_context(|| format!("opening {} for writing", target.display()))
 }
 
-/// Rewrite both GPT headers for the disk's current size (the crate places
-/// the backup at the last LBA), optionally ending partition `grow.0` at
-/// byte `grow.1`, and widen the protective MBR, keeping its boot code.
+/// Rewrite both GPT headers for the disk's current size (backup header and
+/// array at the end), optionally ending partition `grow.0` at byte
+/// `grow.1`, and widen the protective MBR, keeping its boot code.
+///
+/// Done on the raw structures rather than through the `gpt` crate: the
+/// crate writes entries back compacted, which would renumber a cloud
+/// image's partitions 14 and 15 and break the migrated system's references
+/// to them.
 fn rewrite_gpt(target: &Path, grow: Option<(usize, u64)>) -> Result<()> {
     let f = open_rw(target)?;
-    let mut g = gpt::GptConfig::new()
-        .writable(true)
-        .logical_block_size(LogicalBlockSize::Lb512)
-        .open_from_device(f)
-        .with_context(|| format!("reading the GPT of {}", target.display()))?;
-    let mut parts = g.partitions().clone();
-    if let Some((n, end)) = grow {
-        let p = parts
-            .get_mut(&(n as u32))
-            .ok_or_else(|| anyhow!("GPT entry {n} not found"))?;
-        p.last_lba = end / SECTOR - 1;
-    }
-    g.update_partitions(parts)
-        .with_context(|| format!("placing the GPT of {} at the new end", target.display()))?;
-    let f = g
-        .write()
-        .with_context(|| format!("writing the GPT of {}", target.display()))?;
     let sectors = disk_size(target)? / SECTOR;
+    let mut hdr = [0u8; 512];
+    f.read_exact_at(&mut hdr, SECTOR)
+        .with_context(|| format!("reading the GPT header of {}", target.display()))?;
+    if &hdr[..8] != b"EFI PART" {
+        anyhow::bail!("{} has no valid primary GPT header", target.display());
+    }
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let u64_at = |b: &[u8], o: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(a)
+    };
+    let header_size = (u32_at(&hdr, 12) as usize).clamp(92, 512);
+    let old_backup = u64_at(&hdr, 32);
+    let part_start = u64_at(&hdr, 72);
+    let num = u64::from(u32_at(&hdr, 80));
+    let esize = u64::from(u32_at(&hdr, 84));
+    if esize < 128 || num == 0 || num * esize > 1024 * 1024 {
+        anyhow::bail!(
+            "{}: unusual GPT entry array ({num} x {esize} bytes)",
+            target.display()
+        );
+    }
+    let mut array = vec![0u8; (num * esize) as usize];
+    f.read_exact_at(&mut array, part_start * SECTOR)
+        .with_context(|| format!("reading the GPT entries of {}", target.display()))?;
+    if let Some((n, end)) = grow {
+        let o = ((n as u64 - 1) * esize) as usize;
+        array[o + 40..o + 48].copy_from_slice(&(end / SECTOR - 1).to_le_bytes());
+    }
+    let array_sectors = (num * esize).div_ceil(SECTOR);
+    let backup_lba = sectors - 1;
+    let backup_array = backup_lba - array_sectors;
+    let last_usable = backup_array - 1;
+    let parts_crc = crc32(&array);
+    let seal = |h: &mut [u8; 512], current: u64, other: u64, entries: u64| {
+        h[24..32].copy_from_slice(&current.to_le_bytes());
+        h[32..40].copy_from_slice(&other.to_le_bytes());
+        h[48..56].copy_from_slice(&last_usable.to_le_bytes());
+        h[72..80].copy_from_slice(&entries.to_le_bytes());
+        h[88..92].copy_from_slice(&parts_crc.to_le_bytes());
+        h[16..20].copy_from_slice(&[0; 4]);
+        let c = crc32(&h[..header_size]);
+        h[16..20].copy_from_slice(&c.to_le_bytes());
+    };
+    let mut primary = hdr;
+    seal(&mut primary, 1, backup_lba, part_start);
+    let mut backup = hdr;
+    seal(&mut backup, backup_lba, 1, backup_array);
+    // Backup first: until the primary is written, the old primary and its
+    // old backup still describe the disk.
+    f.write_all_at(&array, backup_array * SECTOR)
+        .and_then(|()| f.write_all_at(&backup, backup_lba * SECTOR))
+        .and_then(|()| f.sync_all())
+        .and_then(|()| f.write_all_at(&array, part_start * SECTOR))
+        .and_then(|()| f.write_all_at(&primary, SECTOR))
+        .with_context(|| format!("writing the GPT of {}", target.display()))?;
+    if old_backup != backup_lba && old_backup > 1 && old_backup < backup_array {
+        // A stale header in the middle of the disk confuses recovery tools.
+        f.write_all_at(&[0u8; 512], old_backup * SECTOR)
+            .with_context(|| format!("clearing the old backup GPT of {}", target.display()))?;
+    }
     let mut mbr = [0u8; 512];
     f.read_exact_at(&mut mbr, 0)
         .with_context(|| format!("reading the protective MBR of {}", target.display()))?;
@@ -183,6 +228,22 @@ fn rewrite_gpt(target: &Path, grow: Option<(usize, u64)>) -> Result<()> {
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing the protective MBR of {}", target.display()))?;
     Ok(())
+}
+
+/// CRC-32 (IEEE), as GPT uses it.
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for b in data {
+        c ^= u32::from(*b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xedb8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
 }
 
 fn rewrite_mbr(target: &Path, number: usize, end: u64) -> Result<()> {
@@ -237,5 +298,13 @@ fn grow_fs(node: &Path, fs: &FsType) -> Result<()> {
             res.map(|_| ())
         }
         other => Err(anyhow!("{other} is not grown")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn crc32_matches_the_standard_check_value() {
+        assert_eq!(super::crc32(b"123456789"), 0xcbf4_3926);
     }
 }

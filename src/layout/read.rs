@@ -41,6 +41,7 @@ pub fn read(target: &Path) -> Result<DiskLayout> {
             mount: None,
             partuuid: Some(e.partuuid.clone()),
             name: e.name.clone(),
+            number: (e.number != i + 1).then_some(e.number),
             bootable: e.bootable,
         });
         cursor = e.extent.end();

@@ -182,6 +182,9 @@ fn read_gpt(f: File, target: &Path) -> Result<Table> {
             bootable: p.flags & GPT_LEGACY_BOOTABLE != 0,
         });
     }
+    // Description order is disk order; the numbers stay with the entries
+    // (cloud images put partition 14 and 15 before partition 1).
+    entries.sort_by_key(|e| e.extent.start);
     Ok(Table {
         kind: TableType::Gpt,
         id: g.guid().to_string(),
@@ -201,10 +204,8 @@ fn read_mbr(mut f: File, target: &Path) -> Result<Table> {
             continue;
         }
         if p.is_extended() {
-            bail!(
-                "{} has an extended MBR partition ({n}); logical partitions are not supported",
-                target.display()
-            );
+            // A container: its logical partitions are listed below.
+            continue;
         }
         entries.push(TableEntry {
             number: n,
@@ -218,6 +219,22 @@ fn read_mbr(mut f: File, target: &Path) -> Result<Table> {
             bootable: p.boot == mbrman::BOOT_ACTIVE,
         });
     }
+    for (i, l) in mbr.logical_partitions.iter().enumerate() {
+        let p = &l.partition;
+        let n = 5 + i;
+        entries.push(TableEntry {
+            number: n,
+            extent: Extent {
+                start: u64::from(p.starting_lba) * SECTOR,
+                len: u64::from(p.sectors) * SECTOR,
+            },
+            kind: PartType::from_mbr_byte(p.sys),
+            partuuid: format!("{id}-{n:02x}"),
+            name: None,
+            bootable: p.boot == mbrman::BOOT_ACTIVE,
+        });
+    }
+    entries.sort_by_key(|e| e.extent.start);
     Ok(Table {
         kind: TableType::Mbr,
         id,

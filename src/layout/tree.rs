@@ -149,7 +149,8 @@ impl MountTree {
             let extents =
                 plan(d, size).with_context(|| format!("placing the layout on {}", t.display()))?;
             let reread = fs::metadata(t).is_ok_and(|m| m.file_type().is_block_device());
-            tree.disks.push(AttachedDisk::attach(t, &extents, reread)?);
+            let numbered: Vec<(usize, _)> = d.numbers().into_iter().zip(extents).collect();
+            tree.disks.push(AttachedDisk::attach(t, &numbered, reread)?);
         }
         let mut order: Vec<(usize, usize)> = Vec::new();
         for (di, d) in layout.disks.iter().enumerate() {
@@ -329,7 +330,8 @@ pub fn fill_mount_points(layout: &mut Layout, targets: &[PathBuf]) -> Result<usi
     for (d, t) in layout.disks.iter().zip(targets) {
         let extents = plan(d, disk_size(t)?)?;
         let reread = fs::metadata(t).is_ok_and(|m| m.file_type().is_block_device());
-        disks.push(AttachedDisk::attach(t, &extents, reread)?);
+        let numbered: Vec<(usize, _)> = d.numbers().into_iter().zip(extents).collect();
+        disks.push(AttachedDisk::attach(t, &numbered, reread)?);
     }
     let found = find_fstab(layout, &disks);
     let mut close_err = None;
