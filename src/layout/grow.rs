@@ -59,7 +59,12 @@ pub fn grow(target: &Path, safety: Safety) -> Result<GrowReport> {
         None => report.skipped = Some("the disk has no partitions".into()),
         Some(e) => {
             let probe = mkfs::probe(target, e.extent)?;
-            if !probe.fs.growable() {
+            if t.kind == TableType::Mbr && e.number > 4 {
+                report.skipped = Some(format!(
+                    "partition {} is a logical MBR partition, which ferry does not grow",
+                    e.number
+                ));
+            } else if !probe.fs.growable() {
                 report.skipped = Some(format!(
                     "partition {} holds {}, which ferry does not grow",
                     e.number, probe.fs
