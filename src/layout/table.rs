@@ -149,6 +149,16 @@ pub fn read(target: &Path) -> Result<Table> {
         .with_context(|| format!("reading the first sectors of {}", target.display()))?;
     let has_mbr_sig = head[510] == 0x55 && head[511] == 0xaa;
     let protective = has_mbr_sig && (0..4).any(|i| head[446 + i * 16 + 4] == 0xee);
+    if &head[512..520] == b"EFI PART" {
+        let esize = u32::from_le_bytes([head[596], head[597], head[598], head[599]]);
+        if esize != 128 {
+            // The gpt crate handles only the standard entry size.
+            bail!(
+                "{} has GPT entries of {esize} bytes; only 128-byte entries are supported",
+                target.display()
+            );
+        }
+    }
     if &head[512..520] == b"EFI PART" || protective {
         read_gpt(f, target)
     } else if has_mbr_sig {
