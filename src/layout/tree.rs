@@ -1,0 +1,495 @@
+//! A described disk set mounted as a tree under a staging directory.
+
+use std::fs;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::mount::MsFlags;
+
+use super::chroot::DevNode;
+use super::desc::{plan, FsType, Layout, PartitionLayout};
+use super::devices::{detach, disk_size, loops_backed_by, AttachedDisk};
+use super::fat::FatPartition;
+use super::mount::{unmount_below, MountGuard};
+use crate::job::errors::{coded, ErrorCode};
+
+/// Options for [`MountTree::mount`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MountOptions {
+    pub read_only: bool,
+}
+
+/// The mounted tree: each disk attached (loop device + BLKPG partitions for
+/// an image file, the kernel's nodes for a block device) and each mountable
+/// partition mounted, root first, then by mount-point depth. `close`
+/// unmounts and detaches in reverse order; so does drop, best effort, when
+/// a caller errors out midway.
+#[derive(Debug)]
+pub struct MountTree {
+    root: PathBuf,
+    layout: Layout,
+    disks: Vec<AttachedDisk>,
+    mounts: Vec<MountGuard>,
+    /// Held while the tree is up; the kernel drops it when the process
+    /// dies, which is how a later run tells leftovers from a live tree.
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+/// Take the lock of staging dir `root` (canonical), or say who holds it.
+fn lock_staging(root: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
+    let dir = Path::new("/run/ferry");
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let hash = blake3::hash(root.as_os_str().as_encoded_bytes()).to_hex();
+    let path = dir.join(format!("mount-{}.lock", &hash[..16]));
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        if e == nix::errno::Errno::EWOULDBLOCK {
+            coded(
+                ErrorCode::TargetInUse,
+                format!(
+                    "{} is mounted by another running ferry process (lock {})",
+                    root.display(),
+                    path.display()
+                ),
+            )
+        } else {
+            anyhow::anyhow!("locking {}: {e}", path.display())
+        }
+    })
+}
+
+/// What a killed run left: mounts under the staging dir, loop devices over
+/// the image files.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Leftovers {
+    pub unmounted: Vec<PathBuf>,
+    pub detached: Vec<PathBuf>,
+}
+
+/// Remove what an earlier, interrupted run left for the same staging dir
+/// and images, so that a fresh run never stacks mounts or leaks loops.
+/// Refuses while a live process holds the staging dir.
+pub fn clean_leftovers(staging: &Path, targets: &[PathBuf]) -> Result<Leftovers> {
+    if staging.exists() {
+        let staging = fs::canonicalize(staging)
+            .with_context(|| format!("resolving {}", staging.display()))?;
+        let _lock = lock_staging(&staging)?;
+        return clean_leftovers_locked(&staging, targets);
+    }
+    clean_leftovers_locked(staging, targets)
+}
+
+fn clean_leftovers_locked(staging: &Path, targets: &[PathBuf]) -> Result<Leftovers> {
+    let mut l = Leftovers::default();
+    if staging.exists() {
+        l.unmounted = unmount_below(staging)?;
+    }
+    for t in targets {
+        let is_file = fs::metadata(t)
+            .with_context(|| format!("reading {}", t.display()))?
+            .is_file();
+        if !is_file {
+            continue;
+        }
+        for lo in loops_backed_by(t)? {
+            detach(&lo).with_context(|| {
+                format!("detaching leftover {} over {}", lo.display(), t.display())
+            })?;
+            l.detached.push(lo);
+        }
+    }
+    if !l.unmounted.is_empty() || !l.detached.is_empty() {
+        tracing::warn!(unmounted = ?l.unmounted, detached = ?l.detached, "cleaned up after an interrupted run");
+    }
+    Ok(l)
+}
+
+impl MountTree {
+    /// Mount `layout` (disk i on `targets[i]`) under `staging`, which is
+    /// created if missing. Mounts and loops an interrupted earlier run left
+    /// there are removed first.
+    pub fn mount(
+        layout: &Layout,
+        targets: &[PathBuf],
+        staging: &Path,
+        opts: MountOptions,
+    ) -> Result<MountTree> {
+        layout.validate()?;
+        if layout.disks.len() != targets.len() {
+            bail!(coded(
+                ErrorCode::LayoutInvalid,
+                format!(
+                    "the layout describes {} disk(s) but {} target(s) were given",
+                    layout.disks.len(),
+                    targets.len()
+                )
+            ));
+        }
+        fs::create_dir_all(staging).with_context(|| format!("creating {}", staging.display()))?;
+        let root = fs::canonicalize(staging)
+            .with_context(|| format!("resolving {}", staging.display()))?;
+        let lock = lock_staging(&root)?;
+        clean_leftovers_locked(&root, targets)?;
+        let mut tree = MountTree {
+            root,
+            layout: layout.clone(),
+            disks: Vec::new(),
+            mounts: Vec::new(),
+            _lock: lock,
+        };
+        for (d, t) in layout.disks.iter().zip(targets) {
+            let size = disk_size(t)?;
+            let extents =
+                plan(d, size).with_context(|| format!("placing the layout on {}", t.display()))?;
+            let reread = fs::metadata(t).is_ok_and(|m| m.file_type().is_block_device());
+            let numbered: Vec<(usize, _)> = d.numbers().into_iter().zip(extents).collect();
+            tree.disks.push(AttachedDisk::attach(t, &numbered, reread)?);
+        }
+        let mut order: Vec<(usize, usize)> = Vec::new();
+        for (di, d) in layout.disks.iter().enumerate() {
+            for (pi, p) in d.partitions.iter().enumerate() {
+                if p.mount.is_some() {
+                    order.push((di, pi));
+                }
+            }
+        }
+        order.sort_by_key(|&(di, pi)| {
+            depth(
+                layout.disks[di].partitions[pi]
+                    .mount
+                    .as_deref()
+                    .unwrap_or("/"),
+            )
+        });
+        for (di, pi) in order {
+            let p = &layout.disks[di].partitions[pi];
+            let mp = p.mount.as_deref().unwrap_or("/");
+            let dir = tree.path_of(mp);
+            fs::create_dir_all(&dir)
+                .with_context(|| format!("creating mount point {}", dir.display()))?;
+            if !p.fs.mountable_anywhere() {
+                // vfat: reached through `fat()`; the directory stands in for it.
+                continue;
+            }
+            let node = tree.disks[di].partitions()[pi].clone();
+            let mut flags = MsFlags::empty();
+            if opts.read_only {
+                flags |= MsFlags::MS_RDONLY;
+            }
+            let g = MountGuard::mount(&node.to_string_lossy(), &dir, p.fs.as_str(), flags, None)?;
+            tree.mounts.push(g);
+        }
+        tracing::info!(root = %tree.root.display(), mounts = tree.mounts.len(), "layout mounted");
+        Ok(tree)
+    }
+
+    /// Mount disks by their own layout: what block mode does with received
+    /// disks (after [`crate::layout::grow`]) before repairs. Partitions and
+    /// file systems come from the disks, mount points from the root's fstab.
+    pub fn mount_existing(
+        targets: &[PathBuf],
+        staging: &Path,
+        opts: MountOptions,
+    ) -> Result<MountTree> {
+        let mut layout = super::read::read_all(targets)?;
+        fill_mount_points(&mut layout, targets)?;
+        MountTree::mount(&layout, targets, staging, opts)
+    }
+
+    /// The staging directory, where "/" of the layout is mounted.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn disks(&self) -> &[AttachedDisk] {
+        &self.disks
+    }
+
+    /// Where mount point `mp` ("/boot/efi") lies on the host.
+    pub fn path_of(&self, mp: &str) -> PathBuf {
+        self.root.join(mp.trim_start_matches('/'))
+    }
+
+    /// The device nodes of the tree, for a chroot's /dev: each whole disk
+    /// and each partition with its file system UUID, label and PARTUUID.
+    pub fn dev_nodes(&self) -> Vec<DevNode> {
+        let mut out = Vec::new();
+        for (d, a) in self.layout.disks.iter().zip(&self.disks) {
+            out.push(DevNode {
+                host_path: a.whole().to_owned(),
+                uuid: None,
+                label: None,
+                partuuid: None,
+            });
+            for (p, node) in d.partitions.iter().zip(a.partitions()) {
+                out.push(DevNode {
+                    host_path: node.clone(),
+                    uuid: p.uuid.clone(),
+                    label: p.label.clone(),
+                    partuuid: p.partuuid.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// The partition node mounted (or standing) at mount point `mp`.
+    pub fn node_of(&self, mp: &str) -> Option<(&PartitionLayout, &Path)> {
+        for (d, a) in self.layout.disks.iter().zip(&self.disks) {
+            for (p, node) in d.partitions.iter().zip(a.partitions()) {
+                if p.mount.as_deref() == Some(mp) {
+                    return Some((p, node.as_path()));
+                }
+            }
+        }
+        None
+    }
+
+    /// The FAT partition described at mount point `mp` ("/boot/efi"), read
+    /// and written in-process.
+    pub fn fat(&self, mp: &str) -> Result<FatPartition> {
+        match self.node_of(mp) {
+            Some((p, node)) if p.fs == FsType::Vfat => Ok(FatPartition::new(node)),
+            Some((p, _)) => bail!("{mp} holds {}, not a FAT file system", p.fs),
+            None => bail!("the layout has no partition mounted at {mp}"),
+        }
+    }
+
+    /// Unmount everything (deepest first) and detach the disks.
+    pub fn close(mut self) -> Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        let mut first: Option<anyhow::Error> = None;
+        let mut unmount_failed = false;
+        while let Some(m) = self.mounts.pop() {
+            if let Err(e) = m.close() {
+                unmount_failed = true;
+                first.get_or_insert(e);
+            }
+        }
+        if unmount_failed {
+            // A loop under a busy mount cannot go; leave it for the next
+            // run's cleanup rather than pretend.
+            for d in self.disks.drain(..) {
+                std::mem::forget(d);
+            }
+        }
+        while let Some(d) = self.disks.pop() {
+            if let Err(e) = d.close() {
+                first.get_or_insert(e);
+            }
+        }
+        match first {
+            Some(e) => Err(e.context(format!("tearing down the tree at {}", self.root.display()))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MountTree {
+    fn drop(&mut self) {
+        if !self.mounts.is_empty() || !self.disks.is_empty() {
+            if let Err(e) = self.teardown() {
+                tracing::warn!("{e:#}");
+            }
+        }
+    }
+}
+
+fn depth(mp: &str) -> usize {
+    mp.split('/').filter(|c| !c.is_empty()).count()
+}
+
+/// Fill in the mount points of a layout that `read` produced, from the
+/// root's /etc/fstab: each Linux file system is mounted read-only in turn
+/// until one holds etc/fstab (that one is "/"), whose entries by UUID=,
+/// LABEL=, PARTUUID= or /dev/disk/by-* name the others. Returns how many
+/// partitions got a mount point.
+pub fn fill_mount_points(layout: &mut Layout, targets: &[PathBuf]) -> Result<usize> {
+    if layout.disks.len() != targets.len() {
+        bail!(
+            "the layout describes {} disk(s) but {} target(s) were given",
+            layout.disks.len(),
+            targets.len()
+        );
+    }
+    let mut disks = Vec::new();
+    for (d, t) in layout.disks.iter().zip(targets) {
+        let extents = plan(d, disk_size(t)?)?;
+        let reread = fs::metadata(t).is_ok_and(|m| m.file_type().is_block_device());
+        let numbered: Vec<(usize, _)> = d.numbers().into_iter().zip(extents).collect();
+        disks.push(AttachedDisk::attach(t, &numbered, reread)?);
+    }
+    let found = find_fstab(layout, &disks);
+    let mut close_err = None;
+    while let Some(d) = disks.pop() {
+        if let Err(e) = d.close() {
+            close_err.get_or_insert(e);
+        }
+    }
+    let Some(((rd, rp), fstab)) = found? else {
+        if let Some(e) = close_err {
+            return Err(e);
+        }
+        bail!("no Linux file system of these disks holds etc/fstab");
+    };
+    if let Some(e) = close_err {
+        return Err(e);
+    }
+    for d in &mut layout.disks {
+        d.partitions.iter_mut().for_each(|p| p.mount = None);
+    }
+    layout.disks[rd].partitions[rp].mount = Some("/".into());
+    let mut count = 1;
+    for (spec, mp, fstype) in parse_fstab(&fstab) {
+        if mp == "/" || !mp.starts_with('/') || fstype == "swap" {
+            continue;
+        }
+        let hit = layout
+            .disks
+            .iter_mut()
+            .flat_map(|d| d.partitions.iter_mut())
+            .find(|p| spec_matches(&spec, p));
+        match hit {
+            Some(p) if p.mount.is_none() => {
+                p.mount = Some(mp);
+                count += 1;
+            }
+            Some(_) => {}
+            None => tracing::warn!(
+                spec,
+                mount = mp,
+                "an fstab entry names no partition of these disks"
+            ),
+        }
+    }
+    Ok(count)
+}
+
+type Found = Option<((usize, usize), String)>;
+
+fn find_fstab(layout: &Layout, disks: &[AttachedDisk]) -> Result<Found> {
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-probe-")
+        .tempdir()
+        .context("making a mount point to look for fstab")?;
+    for (di, (d, a)) in layout.disks.iter().zip(disks).enumerate() {
+        for (pi, (p, node)) in d.partitions.iter().zip(a.partitions()).enumerate() {
+            if !p.fs.mountable_anywhere() {
+                continue;
+            }
+            // Read-only without log replay: looking must not change the disk.
+            let data = if p.fs == FsType::Xfs {
+                "norecovery"
+            } else {
+                "noload"
+            };
+            let g = match MountGuard::mount(
+                &node.to_string_lossy(),
+                dir.path(),
+                p.fs.as_str(),
+                MsFlags::MS_RDONLY,
+                Some(data),
+            ) {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!("{e:#}");
+                    continue;
+                }
+            };
+            let fstab = fs::read_to_string(dir.path().join("etc/fstab")).ok();
+            if let Err(e) = g.close() {
+                std::mem::forget(dir);
+                return Err(e);
+            }
+            if let Some(f) = fstab {
+                return Ok(Some(((di, pi), f)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// (spec, mount point, type) of each fstab line.
+pub fn parse_fstab(text: &str) -> Vec<(String, String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3).then(|| (unescape_fstab(f[0]), unescape_fstab(f[1]), f[2].to_owned()))
+        })
+        .collect()
+}
+
+fn unescape_fstab(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t")
+}
+
+fn spec_matches(spec: &str, p: &PartitionLayout) -> bool {
+    let eq = |a: &Option<String>, b: &str| {
+        a.as_deref()
+            .is_some_and(|a| a.eq_ignore_ascii_case(b.trim_matches('"')))
+    };
+    if let Some(v) = spec.strip_prefix("UUID=") {
+        eq(&p.uuid, v)
+    } else if let Some(v) = spec.strip_prefix("LABEL=") {
+        p.label.as_deref() == Some(v.trim_matches('"'))
+    } else if let Some(v) = spec.strip_prefix("PARTUUID=") {
+        eq(&p.partuuid, v)
+    } else if let Some(v) = spec.strip_prefix("/dev/disk/by-uuid/") {
+        eq(&p.uuid, v)
+    } else if let Some(v) = spec.strip_prefix("/dev/disk/by-label/") {
+        p.label
+            .as_deref()
+            .map(super::chroot::udev_escape)
+            .as_deref()
+            == Some(v)
+    } else if let Some(v) = spec.strip_prefix("/dev/disk/by-partuuid/") {
+        eq(&p.partuuid, v)
+    } else {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fstab_specs_match_partitions() {
+        let l = Layout::from_toml(
+            "[[disk]]\ntable = \"gpt\"\n[[disk.partition]]\nsize = \"rest\"\ntype = \"linux\"\nfs = \"ext4\"\nuuid = \"aa-bb\"\nlabel = \"my root\"\npartuuid = \"cc\"\n",
+        )
+        .unwrap();
+        let p = &l.disks[0].partitions[0];
+        for (spec, want) in [
+            ("UUID=AA-BB", true),
+            ("UUID=\"aa-bb\"", true),
+            ("LABEL=my root", true),
+            ("PARTUUID=cc", true),
+            ("/dev/disk/by-uuid/aa-bb", true),
+            ("/dev/disk/by-label/my\\x20root", true),
+            ("/dev/sda1", false),
+            ("UUID=other", false),
+        ] {
+            assert_eq!(spec_matches(spec, p), want, "{spec}");
+        }
+        let f = parse_fstab("# c\nUUID=x / ext4 defaults 0 1\n\nLABEL=a\\040b /srv\\040x xfs defaults\nproc /proc proc defaults\n");
+        assert_eq!(f[1], ("LABEL=a b".into(), "/srv x".into(), "xfs".into()));
+        assert_eq!(f.len(), 3);
+    }
+}
