@@ -8,6 +8,7 @@
 //! directly; the steps that need the migrated system's own tools (GRUB,
 //! initramfs) run through a [`Runner`] — a chroot in production.
 
+pub mod chroot;
 pub mod cli;
 pub mod detect;
 pub mod devices;
@@ -17,6 +18,7 @@ pub mod fstab;
 pub mod grub;
 pub mod initramfs;
 pub mod network;
+pub mod probe;
 pub mod recipe;
 pub mod system;
 pub mod tree;
@@ -95,6 +97,21 @@ pub struct Report {
     pub error: Option<ReportError>,
 }
 
+impl Report {
+    fn empty(opts: &Options) -> Report {
+        Report {
+            root: opts.root.clone(),
+            mode: opts.mode,
+            os: None,
+            recipe: None,
+            boot: None,
+            changed: false,
+            steps: Vec::new(),
+            error: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ReportError {
     pub step: Option<String>,
@@ -119,19 +136,64 @@ impl Outcome {
     }
 }
 
+/// Repair the migrated system mounted at `root` (the job runner's entry
+/// point after a transfer): in apply mode the tools run in a chroot of the
+/// root with the migrated disks' device nodes; plan mode enters no chroot
+/// and writes nothing.
+pub fn run(
+    root: &std::path::Path,
+    devices: &DeviceMap,
+    boot: BootMode,
+    mode: Mode,
+) -> Result<Report> {
+    run_with_options(&Options::new(root, devices.clone(), boot, mode)).into_result()
+}
+
+/// [`run`] with every option.
+pub fn run_with_options(opts: &Options) -> Outcome {
+    if opts.mode == Mode::Plan {
+        return execute(opts, None);
+    }
+    let session = match chroot::enter(&opts.root, &opts.devices) {
+        Ok(s) => s,
+        Err(e) => {
+            let mut out = Outcome {
+                report: Report::empty(opts),
+                error: None,
+            };
+            let e = e.context(format!("entering a chroot of {}", opts.root.display()));
+            out.report.error = Some(ReportError {
+                step: None,
+                code: ErrorCode::RepairFailed.as_str().to_owned(),
+                message: format!("{e:#}"),
+                hint: ErrorCode::RepairFailed.hint().to_owned(),
+            });
+            out.error = Some(e);
+            return out;
+        }
+    };
+    let mut out = execute(opts, Some(&*session as &dyn Runner));
+    if let Err(e) = session.close() {
+        let e = e.context(format!("leaving the chroot of {}", opts.root.display()));
+        if out.error.is_none() {
+            out.report.error = Some(ReportError {
+                step: None,
+                code: ErrorCode::RepairFailed.as_str().to_owned(),
+                message: format!("{e:#}"),
+                hint: ErrorCode::RepairFailed.hint().to_owned(),
+            });
+            out.error = Some(e);
+        } else {
+            tracing::error!(error = %format!("{e:#}"), "leaving the chroot failed");
+        }
+    }
+    out
+}
+
 /// Run the repair with a runner for the migrated system's own tools (None:
 /// the steps that need them fail in apply mode, and are planned in plan mode).
 pub fn execute(opts: &Options, runner: Option<&dyn Runner>) -> Outcome {
-    let mut report = Report {
-        root: opts.root.clone(),
-        mode: opts.mode,
-        os: None,
-        recipe: None,
-        boot: None,
-        changed: false,
-        steps: Vec::new(),
-        error: None,
-    };
+    let mut report = Report::empty(opts);
     let mut current: Option<String> = None;
     let res = execute_inner(opts, runner, &mut report, &mut current);
     report.changed = report.steps.iter().any(|s| s.status == Status::Changed);
