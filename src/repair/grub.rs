@@ -315,12 +315,39 @@ pub fn config_step(
     Ok(())
 }
 
-/// Hash of what grub-install writes for BIOS: the start of the disk (boot
-/// code, embedding area, BIOS boot partition) and its module directory.
+/// Bytes before the first partition (boot sector and GRUB's embedding area),
+/// at most 1 MiB: what lies beyond belongs to a file system whose
+/// superblock changes while it is mounted.
+fn boot_area_len(disk: &Path) -> u64 {
+    const MAX: u64 = 1 << 20;
+    let Some(name) = disk
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+    else {
+        return MAX;
+    };
+    let Ok(rd) = std::fs::read_dir(format!("/sys/class/block/{name}")) else {
+        return MAX;
+    };
+    rd.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("start")).ok())
+        .filter_map(|s| s.trim().parse::<u64>().ok())
+        .map(|sectors| sectors * 512)
+        .filter(|b| *b > 0)
+        .min()
+        .unwrap_or(MAX)
+        .min(MAX)
+}
+
+/// Hash of what grub-install writes for BIOS: the boot area of the disk and
+/// GRUB's module directory (whose core.img is what goes into a BIOS boot
+/// partition on GPT).
 fn bios_digest(disk: &Path, tree: &super::tree::Tree, dir: &str) -> Result<String> {
     let mut h = Sha256::new();
     let mut f = std::fs::File::open(disk).with_context(|| format!("opening {}", disk.display()))?;
-    let mut buf = vec![0u8; 4 << 20];
+    let len = usize::try_from(boot_area_len(disk)).unwrap_or(1 << 20);
+    let mut buf = vec![0u8; len];
     let mut got = 0;
     while got < buf.len() {
         let n = f

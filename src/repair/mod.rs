@@ -62,6 +62,8 @@ pub struct Options {
     pub recipes_dir: Option<PathBuf>,
     /// cloud-init datasources; the recipe's when None.
     pub datasources: Option<Vec<String>>,
+    /// Run only these of the recipe's steps (all when None).
+    pub only: Option<Vec<recipe::StepName>>,
 }
 
 impl Options {
@@ -79,6 +81,7 @@ impl Options {
             recipe: None,
             recipes_dir: None,
             datasources: None,
+            only: None,
         }
     }
 }
@@ -265,6 +268,9 @@ fn execute_inner(
     report.boot = Some(boot.clone());
     let mut written: Vec<String> = Vec::new();
     for step in &recipe.steps {
+        if opts.only.as_ref().is_some_and(|o| !o.contains(step)) {
+            continue;
+        }
         *current = Some(step.as_str().to_owned());
         let mut ctx = StepCtx::new(&tree, opts.mode, runner);
         match step {
@@ -304,5 +310,7 @@ fn execute_inner(
     Ok(())
 }
 
+#[cfg(test)]
+mod fixture_tests;
 #[cfg(test)]
 mod tests;
