@@ -79,6 +79,11 @@ pub struct RepairArgs {
     #[arg(long, value_name = "DIR")]
     pub recipes: Option<PathBuf>,
 
+    /// Run only these steps of the recipe (comma-separated step names, as
+    /// listed below).
+    #[arg(long, value_delimiter = ',', value_name = "STEP,...")]
+    pub only: Vec<super::recipe::StepName>,
+
     /// cloud-init datasource to configure (repeatable; default: the recipe's, AliYun then None).
     #[arg(long = "datasource", value_name = "NAME")]
     pub datasources: Vec<String>,
@@ -155,6 +160,9 @@ pub fn run(args: RepairArgs) -> Result<()> {
     let mut opts = Options::new(&args.root, devices, boot, mode);
     opts.recipe = args.recipe.clone();
     opts.recipes_dir = args.recipes.clone();
+    if !args.only.is_empty() {
+        opts.only = Some(args.only.clone());
+    }
     if !args.datasources.is_empty() {
         opts.datasources = Some(args.datasources.clone());
     }
