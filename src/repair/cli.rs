@@ -153,7 +153,7 @@ pub fn run(args: RepairArgs) -> Result<()> {
                 .context("--boot bios: no migrated disk holds / or /boot")?;
             BootMode::Bios { disk }
         }
-        "uefi" => BootMode::Uefi,
+        "uefi" => BootMode::Uefi { esp: None },
         _ => BootMode::Auto,
     };
     let mode = if args.plan { Mode::Plan } else { Mode::Apply };

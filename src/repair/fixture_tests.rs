@@ -157,7 +157,12 @@ fn fixture_trees_match_expected_files() {
     let mut failures = Vec::new();
     for system in ["rocky9", "centos7", "sles15", "ubuntu2204"] {
         let root = d.path().join(system);
-        let mut opts = Options::new(&root, devices(system), BootMode::Uefi, Mode::Apply);
+        let mut opts = Options::new(
+            &root,
+            devices(system),
+            BootMode::Uefi { esp: None },
+            Mode::Apply,
+        );
         opts.only = Some(FILE_STEPS.to_vec());
         let first = execute(&opts, None)
             .into_result()

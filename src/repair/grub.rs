@@ -409,6 +409,104 @@ pub fn install_bios_step(
     .map_err(|e| coded(ErrorCode::GrubFailed, format!("{e:#}")))
 }
 
+/// The removable-media path every UEFI firmware boots without an NVRAM entry.
+pub const REMOVABLE: &str = "EFI/BOOT/BOOTX64.EFI";
+/// Where the loader is built inside the migrated root (its /tmp).
+const STAGE: &str = "/tmp/ferry-esp";
+
+/// The configuration embedded in the loader: find /boot by UUID and hand
+/// over to the system's grub.cfg. The first line marks what it was built
+/// for, so a re-run knows the loader on the ESP is current.
+pub fn early_config(uuid: &str, prefix: &str) -> String {
+    format!(
+        "# ferry-early-config {uuid} {prefix}\nsearch --no-floppy --fs-uuid --set=root {uuid}\nset prefix=($root){prefix}\nconfigfile $prefix/grub.cfg\n"
+    )
+}
+
+/// Build a self-contained GRUB EFI loader with the system's own
+/// grub-mkstandalone (it probes no devices) and put it on the ESP's
+/// removable path.
+pub fn install_uefi_step(
+    ctx: &mut StepCtx,
+    os: &OsInfo,
+    recipe: &Recipe,
+    map: &DeviceMap,
+    esp: &dyn super::esp::Esp,
+) -> Result<()> {
+    let g = variant(ctx, os, recipe)?;
+    let lib = format!("{}/x86_64-efi", g.lib);
+    if !ctx.tree.is_dir(&lib) {
+        return Err(coded(
+            ErrorCode::GrubFailed,
+            format!("{lib} is missing: the UEFI GRUB (grub-efi-amd64-bin / grub2-efi-x64-modules) is not installed in the migrated system"),
+        ));
+    }
+    let grub_dir = g
+        .config
+        .rsplit_once('/')
+        .map(|x| x.0)
+        .unwrap_or("/boot/grub");
+    let (vol, prefix) = match map.by_mountpoint("/boot") {
+        Some(v) => (
+            v,
+            grub_dir
+                .strip_prefix("/boot")
+                .unwrap_or(grub_dir)
+                .to_owned(),
+        ),
+        None => (
+            map.by_mountpoint("/")
+                .context("the device map has no root file system")?,
+            grub_dir.to_owned(),
+        ),
+    };
+    let uuid = vol
+        .uuid
+        .as_deref()
+        .with_context(|| format!("the file system holding {grub_dir} has no UUID"))?;
+    let early = early_config(uuid, &prefix);
+    let marker = early.lines().next().unwrap_or_default().as_bytes().to_vec();
+    if let Some(existing) = esp.read(REMOVABLE)? {
+        if existing
+            .windows(marker.len())
+            .any(|w| w == marker.as_slice())
+        {
+            return Ok(());
+        }
+    }
+    let mkstandalone = g.install.replace("-install", "-mkstandalone");
+    let argv: Vec<String> = vec![
+        mkstandalone,
+        "-O".into(),
+        "x86_64-efi".into(),
+        "-o".into(),
+        format!("{STAGE}/BOOTX64.EFI"),
+        format!("boot/grub/grub.cfg={STAGE}/early.cfg"),
+    ];
+    if ctx.apply() {
+        ctx.tree
+            .write(&format!("{STAGE}/early.cfg"), early.as_bytes(), 0o644)?;
+    }
+    let res = ctx.exec(&argv, &format!("build the UEFI loader for {REMOVABLE}"));
+    if ctx.apply() {
+        let staged = res.and_then(|_| {
+            std::fs::read(ctx.tree.path(&format!("{STAGE}/BOOTX64.EFI"))?)
+                .context("reading the staged BOOTX64.EFI")
+        });
+        let cleanup = ctx.tree.remove(STAGE);
+        let staged = staged.map_err(|e| coded(ErrorCode::GrubFailed, format!("{e:#}")))?;
+        cleanup.context("removing the loader's staging directory")?;
+        esp.write(REMOVABLE, &staged)?;
+        ctx.note(format!(
+            "{REMOVABLE}: {} bytes written to the ESP",
+            staged.len()
+        ));
+    } else {
+        res?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

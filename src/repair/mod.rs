@@ -14,6 +14,7 @@ pub mod detect;
 pub mod devices;
 pub mod diff;
 pub mod engine;
+pub mod esp;
 pub mod fstab;
 pub mod grub;
 pub mod initramfs;
@@ -45,8 +46,9 @@ pub enum BootMode {
     Auto,
     /// BIOS: GRUB's boot code goes onto this disk (appliance path).
     Bios { disk: PathBuf },
-    /// UEFI: GRUB goes to the ESP's removable path `EFI/BOOT/BOOTX64.EFI`.
-    Uefi,
+    /// UEFI: GRUB goes to the removable path `EFI/BOOT/BOOTX64.EFI` of the
+    /// ESP at this node (the map's vfat volume when None).
+    Uefi { esp: Option<PathBuf> },
 }
 
 /// What the engine needs.
@@ -252,7 +254,7 @@ fn execute_inner(
     }
     let boot = match &opts.boot {
         BootMode::Auto => match os.firmware {
-            detect::Firmware::Uefi => BootMode::Uefi,
+            detect::Firmware::Uefi => BootMode::Uefi { esp: None },
             detect::Firmware::Bios => {
                 let disk = opts
                     .devices
@@ -264,6 +266,21 @@ fn execute_inner(
             }
         },
         b => b.clone(),
+    };
+    let boot = match boot {
+        BootMode::Uefi { esp: None } => {
+            let esp = opts
+                .devices
+                .by_mountpoint("/boot/efi")
+                .or_else(|| {
+                    opts.devices
+                        .volumes()
+                        .find(|v| v.fstype.as_deref() == Some("vfat"))
+                })
+                .map(|v| v.node.clone());
+            BootMode::Uefi { esp }
+        }
+        b => b,
     };
     report.boot = Some(boot.clone());
     let mut written: Vec<String> = Vec::new();
@@ -284,8 +301,19 @@ fn execute_inner(
             StepName::Initramfs => initramfs::step(&mut ctx, &os, &recipe)?,
             StepName::GrubInstall => match &boot {
                 BootMode::Bios { disk } => grub::install_bios_step(&mut ctx, &os, &recipe, disk)?,
-                BootMode::Uefi => ctx
-                    .skip("UEFI: the removable-path loader is written by the layout's ESP writer"),
+                BootMode::Uefi { esp: Some(node) } => grub::install_uefi_step(
+                    &mut ctx,
+                    &os,
+                    &recipe,
+                    &opts.devices,
+                    &esp::FatEsp::new(node),
+                )?,
+                BootMode::Uefi { esp: None } => {
+                    return Err(coded(
+                        ErrorCode::RepairBadInput,
+                        "UEFI boot, but the device map has no EFI system partition (a vfat volume)",
+                    ))
+                }
                 BootMode::Auto => unreachable!("resolved above"),
             },
             StepName::GrubConfig => {
