@@ -68,8 +68,8 @@ pub struct RepairArgs {
     pub report: Option<PathBuf>,
 
     /// Boot firmware on the cloud: auto (as the source booted), bios, uefi.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "bios", "uefi"])]
-    pub boot: String,
+    #[arg(long, value_enum, default_value_t = BootArg::Auto)]
+    pub boot: BootArg,
 
     /// Use this recipe (debian, rhel, suse, fallback) instead of the detected one.
     #[arg(long)]
@@ -87,6 +87,13 @@ pub struct RepairArgs {
     /// cloud-init datasource to configure (repeatable; default: the recipe's, AliYun then None).
     #[arg(long = "datasource", value_name = "NAME")]
     pub datasources: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BootArg {
+    Auto,
+    Bios,
+    Uefi,
 }
 
 fn device_map(args: &RepairArgs) -> Result<DeviceMap> {
@@ -144,8 +151,8 @@ fn disk_of_devnum(devnum: &str) -> Option<PathBuf> {
 
 pub fn run(args: RepairArgs) -> Result<()> {
     let devices = device_map(&args)?;
-    let boot = match args.boot.as_str() {
-        "bios" => {
+    let boot = match args.boot {
+        BootArg::Bios => {
             let disk = devices
                 .disk_of_mountpoint("/boot")
                 .or_else(|| devices.disk_of_mountpoint("/"))
@@ -153,8 +160,8 @@ pub fn run(args: RepairArgs) -> Result<()> {
                 .context("--boot bios: no migrated disk holds / or /boot")?;
             BootMode::Bios { disk }
         }
-        "uefi" => BootMode::Uefi { esp: None },
-        _ => BootMode::Auto,
+        BootArg::Uefi => BootMode::Uefi { esp: None },
+        BootArg::Auto => BootMode::Auto,
     };
     let mode = if args.plan { Mode::Plan } else { Mode::Apply };
     let mut opts = Options::new(&args.root, devices, boot, mode);
