@@ -352,4 +352,11 @@ EOF
 rm -rf "$mnt" "$work"/*.log "$work/initramfs.list"
 mv -T "$work" "$out"
 trap - EXIT
+# Older builds of this variant (an earlier recipe) are of no further use.
+for old in "$cache/images/$variant"-*; do
+    case "$(basename "$old")" in
+        "$variant-$key") ;;
+        "$variant"-????????????????) rm -rf "$old" ;;
+    esac
+done
 echo "$out"
