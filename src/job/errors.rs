@@ -89,6 +89,12 @@ catalogue! {
         "Check that the source disk or image exists and is readable (run the sender as root for block devices).";
     TransferInterrupted => "TRANSFER_INTERRUPTED", "Do Rsync Disk x Failed: the data transfer was interrupted",
         "Check the network between this server and the intermediate instance and that the instance is running, then run the sender again; it resumes where it stopped.";
+    LayoutInvalid => "LAYOUT_INVALID", "The disk layout description is not valid",
+        "Fix the layout description as the message says (sizes, partition types, UUIDs, labels, mount points), then run again; nothing was written.";
+    LayoutTooLarge => "LAYOUT_TOO_LARGE", "The layout does not fit the target disk",
+        "Attach a larger target disk or shrink the partitions of the layout (the message gives the numbers); nothing was written.";
+    TargetInUse => "TARGET_IN_USE", "The target disk is mounted, in use, or the appliance's own system disk",
+        "Unmount the disk and stop what uses it (swap, loop devices, LVM), or name another disk. Only if you are sure, pass --force to override; the appliance's own disk is never a valid target.";
     Internal => "INTERNAL", "An internal error occurred in the appliance",
         "Check the appliance's log for details and report the problem; committed data is kept.";
     GrubFailed => "GRUB_FAILED", "Do Grub Failed",

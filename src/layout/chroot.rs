@@ -1,0 +1,262 @@
+//! A chroot session over a mounted root: /proc, /sys, a tmpfs /run and a
+//! private tmpfs /dev that holds the basic nodes, the target's disk nodes
+//! and the /dev/disk/by-* links that udev would have made. The host's /dev
+//! is never touched: no udev runs on the appliance's build machines, and
+//! tools like grub-mkconfig write `root=/dev/loop0p2` instead of
+//! `root=UUID=...` when the by-uuid links are missing.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::mount::MsFlags;
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+
+use super::mount::MountGuard;
+use crate::cmd::Cmd;
+
+/// A device node to show inside the chroot, under the same name as on the
+/// host, with the ids its by-uuid/by-label/by-partuuid links carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevNode {
+    pub host_path: PathBuf,
+    pub uuid: Option<String>,
+    pub label: Option<String>,
+    pub partuuid: Option<String>,
+}
+
+/// The mounts of a chroot; unmounted in reverse by `close` or, best
+/// effort, on drop (also when `enter` fails midway).
+#[derive(Debug)]
+pub struct ChrootSession {
+    root: PathBuf,
+    mounts: Vec<MountGuard>,
+}
+
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The character devices every program expects: (name, major, minor, mode).
+const BASIC_NODES: &[(&str, u64, u64, u32)] = &[
+    ("null", 1, 3, 0o666),
+    ("zero", 1, 5, 0o666),
+    ("full", 1, 7, 0o666),
+    ("random", 1, 8, 0o666),
+    ("urandom", 1, 9, 0o666),
+    ("tty", 5, 0, 0o666),
+    ("console", 5, 1, 0o600),
+];
+
+impl ChrootSession {
+    /// Mount /proc, /sys, a tmpfs /run and a private tmpfs /dev inside
+    /// `root` holding the basic nodes (null, zero, full, random, urandom,
+    /// tty, console, pts/ptmx, shm) plus `devices` (same names as on the
+    /// host, made with mknod of the same major:minor) and /dev/disk/by-uuid,
+    /// by-label, by-partuuid links to them. Never touches the host's /dev.
+    pub fn enter(root: &Path, devices: &[DevNode]) -> Result<ChrootSession> {
+        let root =
+            fs::canonicalize(root).with_context(|| format!("resolving {}", root.display()))?;
+        if root == Path::new("/") {
+            bail!("refusing a chroot session on the host's own /");
+        }
+        let mut s = ChrootSession {
+            root,
+            mounts: Vec::new(),
+        };
+        let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        s.mount("proc", "proc", "proc", nosuid, None)?;
+        s.mount("sysfs", "sys", "sysfs", nosuid, None)?;
+        s.mount(
+            "tmpfs",
+            "run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        )?;
+        s.mount(
+            "tmpfs",
+            "dev",
+            "tmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755,size=8m"),
+        )?;
+        let dev = s.root.join("dev");
+        populate_dev(&dev, devices).with_context(|| format!("populating {}", dev.display()))?;
+        s.mount(
+            "devpts",
+            "dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        )?;
+        tracing::debug!(root = %s.root.display(), devices = devices.len(), "chroot session entered");
+        Ok(s)
+    }
+
+    fn mount(
+        &mut self,
+        source: &str,
+        rel: &str,
+        fstype: &str,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<()> {
+        let target = self.root.join(rel);
+        match fs::symlink_metadata(&target) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!("{} exists and is not a directory", target.display()),
+            Err(_) => fs::DirBuilder::new()
+                .mode(0o755)
+                .recursive(true)
+                .create(&target)
+                .with_context(|| format!("creating {}", target.display()))?,
+        }
+        self.mounts
+            .push(MountGuard::mount(source, &target, fstype, flags, data)?);
+        Ok(())
+    }
+
+    /// A Cmd that runs `program` inside the chroot (`chroot ROOT program`),
+    /// with PATH and LANG=C set; the caller adds args and runs it.
+    pub fn command(&self, program: &str) -> Cmd {
+        Cmd::new("chroot")
+            .arg(&self.root)
+            .arg(program)
+            .env("PATH", PATH)
+            .env("LANG", "C")
+            .env("LC_ALL", "C")
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Unmount /dev/pts, /dev, /run, /sys and /proc, in that order.
+    pub fn close(mut self) -> Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        let mut first = None;
+        while let Some(m) = self.mounts.pop() {
+            if let Err(e) = m.close() {
+                first.get_or_insert(e);
+            }
+        }
+        match first {
+            Some(e) => Err(e.context(format!("leaving the chroot at {}", self.root.display()))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ChrootSession {
+    fn drop(&mut self) {
+        if !self.mounts.is_empty() {
+            if let Err(e) = self.teardown() {
+                tracing::warn!("{e:#}");
+            }
+        }
+    }
+}
+
+fn populate_dev(dev: &Path, devices: &[DevNode]) -> Result<()> {
+    for (name, maj, min, mode) in BASIC_NODES {
+        let p = dev.join(name);
+        mknod(
+            &p,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(*mode),
+            makedev(*maj, *min),
+        )
+        .with_context(|| format!("making {}", p.display()))?;
+        // mknod's mode passes through the umask.
+        fs::set_permissions(&p, fs::Permissions::from_mode(*mode))
+            .with_context(|| format!("setting the mode of {}", p.display()))?;
+    }
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(dev.join("pts"))
+        .context("creating pts")?;
+    let shm = dev.join("shm");
+    fs::create_dir(&shm).context("creating shm")?;
+    fs::set_permissions(&shm, fs::Permissions::from_mode(0o1777))
+        .context("setting the mode of shm")?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(to, dev.join(link))
+            .with_context(|| format!("linking {link}"))?;
+    }
+    for d in devices {
+        let rel = d
+            .host_path
+            .strip_prefix("/dev")
+            .with_context(|| format!("{} is not under /dev", d.host_path.display()))?;
+        let meta = fs::metadata(&d.host_path)
+            .with_context(|| format!("reading {}", d.host_path.display()))?;
+        if !meta.file_type().is_block_device() {
+            bail!("{} is not a block device", d.host_path.display());
+        }
+        let p = dev.join(rel);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        mknod(
+            &p,
+            SFlag::S_IFBLK,
+            Mode::from_bits_truncate(0o660),
+            meta.rdev(),
+        )
+        .with_context(|| format!("making {}", p.display()))?;
+        let depth_up = "../../".to_owned() + &"../".repeat(rel.components().count() - 1);
+        let target = format!("{depth_up}{}", rel.display());
+        for (kind, value) in [
+            ("by-uuid", &d.uuid),
+            ("by-label", &d.label),
+            ("by-partuuid", &d.partuuid),
+        ] {
+            if let Some(v) = value {
+                let dir = dev.join("disk").join(kind);
+                fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                let link = dir.join(udev_escape(v));
+                // Two devices with one id (a cloned disk beside its source)
+                // keep the first link, as udev's priority rules would.
+                if fs::symlink_metadata(&link).is_err() {
+                    std::os::unix::fs::symlink(&target, &link)
+                        .with_context(|| format!("linking {}", link.display()))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// udev's escaping of link names: `/`, whitespace and non-printing bytes
+/// become `\xNN`.
+pub fn udev_escape(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"#+-.:=@_".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_names_are_escaped_like_udev() {
+        assert_eq!(udev_escape("ABCD-1234"), "ABCD-1234");
+        assert_eq!(udev_escape("my disk/1"), "my\\x20disk\\x2f1");
+    }
+}

@@ -1,0 +1,410 @@
+//! Loop devices and partition nodes.
+//!
+//! The kernel on the appliance's build machines parses no partition tables
+//! by itself, so partitions are announced with BLKPG (`addpart`/`delpart`),
+//! on loop devices always and on real disks when a re-read does not give
+//! the expected nodes. No udev runs either: a node that devtmpfs did not
+//! create (or left stale from an earlier device) is made here.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::desc::{Extent, SECTOR};
+use crate::cmd::Cmd;
+
+/// A loop device over an image file; detached (with its partitions
+/// removed) by `close` or, best effort, on drop.
+#[derive(Debug)]
+pub struct LoopDevice {
+    path: PathBuf,
+    open: bool,
+}
+
+impl LoopDevice {
+    pub fn attach(file: &Path) -> Result<LoopDevice> {
+        let out = Cmd::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .run()
+            .with_context(|| format!("attaching {} to a loop device", file.display()))?;
+        let name = out.stdout_text().trim().to_owned();
+        if !name.starts_with("/dev/loop") {
+            bail!(
+                "losetup printed {name:?} for {}, not a loop device",
+                file.display()
+            );
+        }
+        let lo = LoopDevice {
+            path: PathBuf::from(name),
+            open: true,
+        };
+        tracing::debug!(file = %file.display(), device = %lo.path.display(), "loop device attached");
+        // A loop device number can be reused with partitions that an
+        // earlier user added by BLKPG and never removed.
+        remove_partitions(&lo.path)?;
+        Ok(lo)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn close(mut self) -> Result<()> {
+        self.open = false;
+        detach(&self.path)
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        if self.open {
+            if let Err(e) = detach(&self.path) {
+                tracing::warn!(device = %self.path.display(), "detaching loop device: {e:#}");
+            }
+        }
+    }
+}
+
+/// Remove BLKPG partitions of a loop device and detach it.
+pub fn detach(dev: &Path) -> Result<()> {
+    let mut last = None;
+    for attempt in 0..10 {
+        let res = remove_partitions(dev).and_then(|()| {
+            Cmd::new("losetup")
+                .arg("--detach")
+                .arg(dev)
+                .run()
+                .map(|_| ())
+        });
+        match res {
+            Ok(()) => {
+                tracing::debug!(device = %dev.display(), "loop device detached");
+                return Ok(());
+            }
+            Err(e) => {
+                last = Some(e);
+                std::thread::sleep(Duration::from_millis(50 * (attempt + 1)));
+            }
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| anyhow::anyhow!("no attempt made"))
+        .context(format!("detaching loop device {}", dev.display())))
+}
+
+/// The kernel name of a block device node (`/dev/loop3` → `loop3`).
+pub fn kernel_name(dev: &Path) -> Result<String> {
+    let meta = fs::metadata(dev).with_context(|| format!("reading {}", dev.display()))?;
+    if !meta.file_type().is_block_device() {
+        bail!("{} is not a block device", dev.display());
+    }
+    let (maj, min) = (major(meta.rdev()), minor(meta.rdev()));
+    let link = fs::read_link(format!("/sys/dev/block/{maj}:{min}"))
+        .with_context(|| format!("looking up block device {maj}:{min} in /sys"))?;
+    Ok(link
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default())
+}
+
+pub fn major(rdev: u64) -> u64 {
+    nix::sys::stat::major(rdev)
+}
+
+pub fn minor(rdev: u64) -> u64 {
+    nix::sys::stat::minor(rdev)
+}
+
+/// The node of partition `n` (1-based) of a disk: `loop3p1`, `nvme0n1p1`, `vdb1`.
+pub fn partition_node(disk: &Path, n: usize) -> PathBuf {
+    let s = disk.to_string_lossy();
+    if s.ends_with(|c: char| c.is_ascii_digit()) {
+        PathBuf::from(format!("{s}p{n}"))
+    } else {
+        PathBuf::from(format!("{s}{n}"))
+    }
+}
+
+/// Partitions the kernel knows for a disk: (number, start sector, sectors).
+pub fn kernel_partitions(disk_name: &str) -> Result<Vec<(usize, u64, u64)>> {
+    let dir = PathBuf::from(format!("/sys/class/block/{disk_name}"));
+    let mut out = Vec::new();
+    let entries = fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?;
+    for e in entries {
+        let e = e.with_context(|| format!("listing {}", dir.display()))?;
+        let p = e.path();
+        let Ok(num) = fs::read_to_string(p.join("partition")) else {
+            continue;
+        };
+        let read = |f: &str| -> Result<u64> {
+            let t = fs::read_to_string(p.join(f))
+                .with_context(|| format!("reading {}", p.join(f).display()))?;
+            t.trim()
+                .parse()
+                .with_context(|| format!("parsing {}", p.join(f).display()))
+        };
+        let n: usize = num
+            .trim()
+            .parse()
+            .with_context(|| format!("parsing {}/partition", p.display()))?;
+        out.push((n, read("start")?, read("size")?));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Remove every partition the kernel knows for `disk` (fails if one is in use).
+pub fn remove_partitions(disk: &Path) -> Result<()> {
+    let name = kernel_name(disk)?;
+    for (n, _, _) in kernel_partitions(&name)? {
+        Cmd::new("delpart")
+            .arg(disk)
+            .arg(n.to_string())
+            .run()
+            .with_context(|| format!("removing partition {n} of {}", disk.display()))?;
+        // The node devtmpfs may leave behind would later point at the
+        // wrong device number.
+        let node = partition_node(disk, n);
+        if let Ok(m) = fs::symlink_metadata(&node) {
+            if m.file_type().is_block_device() {
+                let _ = fs::remove_file(&node);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Make the kernel show partitions at exactly `extents` on `disk` and
+/// return their nodes: first a table re-read (real disks whose table is
+/// written), then BLKPG for whatever does not match.
+pub fn ensure_partitions(disk: &Path, extents: &[Extent], reread: bool) -> Result<Vec<PathBuf>> {
+    let name = kernel_name(disk)?;
+    let want: Vec<(usize, u64, u64)> = extents
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i + 1, e.start / SECTOR, e.len / SECTOR))
+        .collect();
+    if reread && kernel_partitions(&name)? != want {
+        // Fails when a partition is in use or on kernels that do not scan;
+        // BLKPG below is the fallback either way.
+        if let Err(e) = Cmd::new("blockdev").arg("--rereadpt").arg(disk).run() {
+            tracing::debug!(
+                "re-reading the partition table of {}: {e:#}",
+                disk.display()
+            );
+        }
+    }
+    let have = kernel_partitions(&name)?;
+    if have != want {
+        for (n, _, _) in &have {
+            Cmd::new("delpart")
+                .arg(disk)
+                .arg(n.to_string())
+                .run()
+                .with_context(|| format!("removing stale partition {n} of {}", disk.display()))?;
+        }
+        for (n, start, len) in &want {
+            Cmd::new("addpart")
+                .arg(disk)
+                .arg(n.to_string())
+                .arg(start.to_string())
+                .arg(len.to_string())
+                .run()
+                .with_context(|| {
+                    format!(
+                        "adding partition {n} of {} at sector {start} ({len} sectors)",
+                        disk.display()
+                    )
+                })?;
+        }
+    }
+    let mut nodes = Vec::new();
+    for (n, _, _) in &want {
+        let node = partition_node(disk, *n);
+        ensure_node(&node, &format!("{name}{}", node_suffix(disk, *n)))?;
+        nodes.push(node);
+    }
+    Ok(nodes)
+}
+
+fn node_suffix(disk: &Path, n: usize) -> String {
+    let s = disk.to_string_lossy();
+    if s.ends_with(|c: char| c.is_ascii_digit()) {
+        format!("p{n}")
+    } else {
+        n.to_string()
+    }
+}
+
+/// Wait for devtmpfs to create `node` for kernel device `kname`; make it
+/// (or replace a stale one) when it does not show up with the right number.
+fn ensure_node(node: &Path, kname: &str) -> Result<()> {
+    let devfile = format!("/sys/class/block/{kname}/dev");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let (maj, min) = loop {
+        match fs::read_to_string(&devfile) {
+            Ok(t) => {
+                let (a, b) = t
+                    .trim()
+                    .split_once(':')
+                    .with_context(|| format!("parsing {devfile}"))?;
+                break (
+                    a.parse::<u64>()
+                        .with_context(|| format!("parsing {devfile}"))?,
+                    b.parse::<u64>()
+                        .with_context(|| format!("parsing {devfile}"))?,
+                );
+            }
+            Err(e) if Instant::now() > deadline => {
+                return Err(e).with_context(|| format!("reading {devfile}"));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let want = nix::sys::stat::makedev(maj, min);
+    loop {
+        match fs::metadata(node) {
+            Ok(m) if m.file_type().is_block_device() && m.rdev() == want => return Ok(()),
+            Ok(_) => {
+                fs::remove_file(node)
+                    .with_context(|| format!("removing stale node {}", node.display()))?;
+            }
+            Err(_) if Instant::now() < deadline => {}
+            Err(_) => {
+                nix::sys::stat::mknod(
+                    node,
+                    nix::sys::stat::SFlag::S_IFBLK,
+                    nix::sys::stat::Mode::from_bits_truncate(0o600),
+                    want,
+                )
+                .with_context(|| format!("making node {} ({maj}:{min})", node.display()))?;
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Loop devices whose backing file is `file`.
+pub fn loops_backed_by(file: &Path) -> Result<Vec<PathBuf>> {
+    let want = fs::canonicalize(file).with_context(|| format!("resolving {}", file.display()))?;
+    let mut out = Vec::new();
+    let dir = fs::read_dir("/sys/block").context("listing /sys/block")?;
+    for e in dir {
+        let e = e.context("listing /sys/block")?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let Ok(b) = fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        if Path::new(b.trim_end_matches('\n')) == want {
+            out.push(PathBuf::from(format!("/dev/{name}")));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A disk made ready for mkfs and mounts: the whole-disk node and one node
+/// per partition, with the loop device (image files) that provides them.
+#[derive(Debug)]
+pub struct AttachedDisk {
+    source: PathBuf,
+    whole: PathBuf,
+    partitions: Vec<PathBuf>,
+    lo: Option<LoopDevice>,
+}
+
+impl AttachedDisk {
+    /// Attach `target` (image file or block device) and show its partitions
+    /// at `extents`. With `reread`, a block device's table is re-read first
+    /// (it must already be written).
+    pub fn attach(target: &Path, extents: &[Extent], reread: bool) -> Result<AttachedDisk> {
+        let meta = fs::metadata(target).with_context(|| format!("reading {}", target.display()))?;
+        if meta.file_type().is_block_device() {
+            let partitions = ensure_partitions(target, extents, reread)
+                .with_context(|| format!("showing the partitions of {}", target.display()))?;
+            Ok(AttachedDisk {
+                source: target.to_owned(),
+                whole: target.to_owned(),
+                partitions,
+                lo: None,
+            })
+        } else if meta.is_file() {
+            let lo = LoopDevice::attach(target)?;
+            let partitions = ensure_partitions(lo.path(), extents, false).with_context(|| {
+                format!(
+                    "adding the partitions of {} to {}",
+                    target.display(),
+                    lo.path().display()
+                )
+            })?;
+            Ok(AttachedDisk {
+                source: target.to_owned(),
+                whole: lo.path().to_owned(),
+                partitions,
+                lo: Some(lo),
+            })
+        } else {
+            bail!(
+                "{} is neither an image file nor a block device",
+                target.display()
+            )
+        }
+    }
+
+    /// The image file or block device this came from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+    /// The whole-disk node (the loop device for an image file).
+    pub fn whole(&self) -> &Path {
+        &self.whole
+    }
+    pub fn partitions(&self) -> &[PathBuf] {
+        &self.partitions
+    }
+
+    pub fn close(mut self) -> Result<()> {
+        match self.lo.take() {
+            Some(lo) => lo.close(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The size of an image file or block device in bytes.
+pub fn disk_size(path: &Path) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    f.seek(SeekFrom::End(0))
+        .with_context(|| format!("finding the size of {}", path.display()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_node_names() {
+        assert_eq!(
+            partition_node(Path::new("/dev/loop3"), 1),
+            PathBuf::from("/dev/loop3p1")
+        );
+        assert_eq!(
+            partition_node(Path::new("/dev/nvme0n1"), 2),
+            PathBuf::from("/dev/nvme0n1p2")
+        );
+        assert_eq!(
+            partition_node(Path::new("/dev/vdb"), 3),
+            PathBuf::from("/dev/vdb3")
+        );
+    }
+}
