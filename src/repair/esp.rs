@@ -1,11 +1,9 @@
-//! The EFI system partition. It is FAT, which the appliance's kernel may
-//! not mount, so its files are read and written in-process.
+//! The EFI system partition: FAT, which the appliance's kernel may not
+//! mount, so the layout engine reads and writes it in-process.
 
-use std::fs::OpenOptions;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use anyhow::Result;
 
-use anyhow::{Context, Result};
+pub use crate::layout::fat::FatPartition;
 
 /// Files of an ESP, by path relative to its root (`EFI/BOOT/BOOTX64.EFI`).
 pub trait Esp {
@@ -13,72 +11,31 @@ pub trait Esp {
     fn write(&self, path: &str, data: &[u8]) -> Result<()>;
 }
 
-/// A FAT file system on a block device or image, opened per operation so no
-/// handle outlives the repair.
-pub struct FatEsp {
-    node: PathBuf,
-}
-
-impl FatEsp {
-    pub fn new(node: &Path) -> FatEsp {
-        FatEsp {
-            node: node.to_owned(),
-        }
-    }
-
-    fn open(&self) -> Result<fatfs::FileSystem<std::fs::File>> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.node)
-            .with_context(|| format!("opening the ESP {}", self.node.display()))?;
-        fatfs::FileSystem::new(f, fatfs::FsOptions::new())
-            .with_context(|| format!("reading the FAT file system on {}", self.node.display()))
-    }
-}
-
-impl Esp for FatEsp {
+impl Esp for FatPartition {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        let fs = self.open()?;
-        let mut f = match fs.root_dir().open_file(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(e).with_context(|| format!("opening {path} on {}", self.node.display()))
+        // Walk down from the root so that only "not there" reads as None;
+        // a FAT that cannot be read is an error.
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        let mut dir = String::new();
+        for (i, name) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let entries = FatPartition::list(self, &dir)?;
+            if !entries
+                .iter()
+                .any(|e| e.is_dir != last && e.name.eq_ignore_ascii_case(name))
+            {
+                return Ok(None);
             }
-        };
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf)
-            .with_context(|| format!("reading {path} on {}", self.node.display()))?;
-        Ok(Some(buf))
+            if !dir.is_empty() {
+                dir.push('/');
+            }
+            dir.push_str(name);
+        }
+        FatPartition::read(self, path).map(Some)
     }
 
     fn write(&self, path: &str, data: &[u8]) -> Result<()> {
-        let fs = self.open()?;
-        {
-            let mut dir = fs.root_dir();
-            let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-            let (name, dirs) = parts
-                .split_last()
-                .with_context(|| format!("{path}: no file name"))?;
-            for d in dirs {
-                dir = dir
-                    .create_dir(d)
-                    .with_context(|| format!("creating {d} on {}", self.node.display()))?;
-            }
-            let mut f = dir
-                .create_file(name)
-                .with_context(|| format!("creating {path} on {}", self.node.display()))?;
-            f.truncate()
-                .with_context(|| format!("truncating {path} on {}", self.node.display()))?;
-            f.write_all(data)
-                .with_context(|| format!("writing {path} on {}", self.node.display()))?;
-            f.flush()
-                .with_context(|| format!("flushing {path} on {}", self.node.display()))?;
-        }
-        fs.unmount()
-            .with_context(|| format!("closing the FAT file system on {}", self.node.display()))?;
-        Ok(())
+        FatPartition::write(self, path, data)
     }
 }
 
@@ -103,13 +60,12 @@ mod tests {
             .arg(&img)
             .run()
             .unwrap();
-        let esp = FatEsp::new(&img);
-        assert_eq!(esp.read("EFI/BOOT/BOOTX64.EFI").unwrap(), None);
-        esp.write("EFI/BOOT/BOOTX64.EFI", b"first, longer content")
-            .unwrap();
-        esp.write("EFI/BOOT/BOOTX64.EFI", b"second").unwrap();
+        let esp = FatPartition::new(&img);
+        assert_eq!(Esp::read(&esp, "EFI/BOOT/BOOTX64.EFI").unwrap(), None);
+        Esp::write(&esp, "EFI/BOOT/BOOTX64.EFI", b"first, longer content").unwrap();
+        Esp::write(&esp, "EFI/BOOT/BOOTX64.EFI", b"second").unwrap();
         assert_eq!(
-            esp.read("EFI/BOOT/BOOTX64.EFI").unwrap().as_deref(),
+            Esp::read(&esp, "EFI/BOOT/BOOTX64.EFI").unwrap().as_deref(),
             Some(&b"second"[..])
         );
         let listing = crate::cmd::Cmd::new("mdir")

@@ -300,6 +300,7 @@ pub fn config_step(
     .map_err(|e| coded(ErrorCode::GrubFailed, format!("{e:#}")))?;
     if ctx.apply() {
         let cfg = ctx.tree.read(&g.config)?.unwrap_or_default();
+        ctx.record_written(&g.config, current.as_deref(), Some(&cfg));
         let left = check_config(&cfg, os, root_uuid.as_deref());
         if !left.is_empty() {
             return Err(coded(

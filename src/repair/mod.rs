@@ -306,7 +306,7 @@ fn execute_inner(
                     &os,
                     &recipe,
                     &opts.devices,
-                    &esp::FatEsp::new(node),
+                    &esp::FatPartition::new(node),
                 )?,
                 BootMode::Uefi { esp: None } => {
                     return Err(coded(

@@ -354,7 +354,7 @@ fn uefi_loader_goes_to_the_removable_path_once() {
     opts.only = Some(vec![recipe::StepName::GrubInstall]);
     let r = execute(&opts, Some(&runner)).into_result().unwrap();
     assert!(r.changed);
-    let loader = esp::Esp::read(&esp::FatEsp::new(&img), grub::REMOVABLE)
+    let loader = esp::Esp::read(&esp::FatPartition::new(&img), grub::REMOVABLE)
         .unwrap()
         .unwrap();
     let want = "# ferry-early-config 11111111-1111-4111-8111-111111111111 /grub\nsearch --no-floppy --fs-uuid --set=root 11111111-1111-4111-8111-111111111111\nset prefix=($root)/grub\nconfigfile $prefix/grub.cfg\n";

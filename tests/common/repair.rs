@@ -52,20 +52,36 @@ pub fn tree_hashes(root: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_owned()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
-            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
-            let rel = p.strip_prefix(root).unwrap().to_owned();
-            if ["proc", "sys", "dev", "run"].iter().any(|s| rel == Path::new(s)) {
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let rel = p
+                .strip_prefix(root)
+                .expect("walking below the root")
+                .to_owned();
+            if ["proc", "sys", "dev", "run"]
+                .iter()
+                .any(|s| rel == Path::new(s))
+            {
                 continue;
             }
             if m.file_type().is_symlink() {
-                out.insert(rel, format!("-> {}", std::fs::read_link(&p).unwrap().display()));
+                out.insert(
+                    rel,
+                    format!(
+                        "-> {}",
+                        std::fs::read_link(&p).expect("reading a link").display()
+                    ),
+                );
             } else if m.is_dir() {
                 stack.push(p);
             } else if m.is_file() {
-                let bytes = std::fs::read(&p).unwrap();
+                let bytes = std::fs::read(&p).expect("reading a file");
                 out.insert(rel, hex::encode(Sha256::digest(&bytes)));
             }
         }
