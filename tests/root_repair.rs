@@ -191,3 +191,112 @@ fn check(root: &Path, loopdev: &Path) {
     assert!(changed.is_empty(), "second run changed: {changed:#?}");
     assert!(!again.changed);
 }
+
+/// Mount `disks` with the layout engine, mounting partition i at mp.
+fn mounted(disks: &[std::path::PathBuf], staging: &Path, mounts: &[(usize, &str)]) -> MountTree {
+    let mut layout = ferry::layout::read_all(disks).unwrap();
+    for (i, mp) in mounts {
+        layout.disks[0].partitions[*i].mount = Some((*mp).to_owned());
+    }
+    MountTree::mount(&layout, disks, staging, MountOptions::default()).unwrap()
+}
+
+/// Repair `variant` through the library, as the job runner does, with the
+/// device map taken from the layout engine's mount tree; run `check` on
+/// the tree; a second run must change nothing.
+fn repair_variant(
+    variant: &str,
+    mounts: &[(usize, &str)],
+    check: impl Fn(&Path, &DeviceMap, &MountTree),
+) {
+    if !is_root() {
+        eprintln!("skipped: needs root (loop devices, mounts, chroot)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let disks = source_image(variant, work.path());
+    let tree = mounted(&disks, &work.path().join("mnt"), mounts);
+    let devices = DeviceMap::from_mount_tree(&tree, &[vec!["/dev/sda".to_owned()]]);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let first = repair::run(tree.root(), &devices, BootMode::Auto, Mode::Apply).unwrap();
+        assert!(first.changed);
+        check(tree.root(), &devices, &tree);
+        let again = repair::run(tree.root(), &devices, BootMode::Auto, Mode::Apply).unwrap();
+        let changed: Vec<String> = again
+            .steps
+            .iter()
+            .filter(|s| s.status == Status::Changed)
+            .map(|s| format!("{}: {:?}", s.step, s.changes))
+            .collect();
+        assert!(changed.is_empty(), "second run changed: {changed:#?}");
+    }));
+    tree.close().unwrap();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}
+
+fn uuid_at(devices: &DeviceMap, mp: &str) -> String {
+    devices
+        .by_mountpoint(mp)
+        .and_then(|v| v.uuid.clone())
+        .unwrap()
+}
+
+#[test]
+fn bios_gpt_with_separate_boot_and_swap() {
+    repair_variant("bios-gpt", &[(3, "/"), (1, "/boot")], |root, devices, _| {
+        let swap = devices
+            .volumes()
+            .find(|v| v.fstype.as_deref() == Some("swap"))
+            .unwrap();
+        let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+        let want = format!(
+            "UUID={} / ext4 errors=remount-ro 0 1\nUUID={} /boot ext4 defaults 0 2\nUUID={} none swap sw 0 0\n",
+            uuid_at(devices, "/"),
+            uuid_at(devices, "/boot"),
+            swap.uuid.clone().unwrap()
+        );
+        assert!(fstab.ends_with(&want), "{fstab}");
+        // /boot is its own file system: grub.cfg lives there and boots / by UUID.
+        let cfg = std::fs::read_to_string(root.join("boot/grub/grub.cfg")).unwrap();
+        let root_arg = format!("root=UUID={} ", uuid_at(devices, "/"));
+        assert!(
+            lines_with(&cfg, "linux")
+                .iter()
+                .all(|l| l.contains(&root_arg)),
+            "{cfg}"
+        );
+    });
+}
+
+#[test]
+fn uefi_gpt_gets_the_removable_loader_on_its_esp() {
+    repair_variant("uefi-gpt", &[(1, "/")], |root, devices, tree| {
+        let esp = devices
+            .volumes()
+            .find(|v| v.fstype.as_deref() == Some("vfat"))
+            .unwrap();
+        let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+        assert!(
+            fstab.contains(&format!(
+                "\nUUID={} /boot/efi vfat umask=0077 0 1\n",
+                esp.uuid.clone().unwrap()
+            )),
+            "{fstab}"
+        );
+        assert_eq!(esp.node, tree.disks()[0].partitions()[0]);
+        let loader = ferry::layout::fat::FatPartition::new(&esp.node)
+            .read("EFI/BOOT/BOOTX64.EFI")
+            .unwrap();
+        let marker = format!(
+            "# ferry-early-config {} /boot/grub\n",
+            uuid_at(devices, "/")
+        );
+        assert!(
+            loader.windows(marker.len()).any(|w| w == marker.as_bytes()),
+            "the ESP's loader was not built for this root"
+        );
+        assert!(loader.starts_with(b"MZ"), "not an EFI executable");
+    });
+}

@@ -418,9 +418,26 @@ const STAGE: &str = "/tmp/ferry-esp";
 /// The configuration embedded in the loader: find /boot by UUID and hand
 /// over to the system's grub.cfg. The first line marks what it was built
 /// for, so a re-run knows the loader on the ESP is current.
+///
+/// Partition maps are not loaded on demand, and a failed search must not
+/// fall back to the memdisk, whose own grub.cfg is this file.
 pub fn early_config(uuid: &str, prefix: &str) -> String {
     format!(
-        "# ferry-early-config {uuid} {prefix}\nsearch --no-floppy --fs-uuid --set=root {uuid}\nset prefix=($root){prefix}\nconfigfile $prefix/grub.cfg\n"
+        "# ferry-early-config {uuid} {prefix}\n\
+         insmod part_gpt\n\
+         insmod part_msdos\n\
+         insmod ext2\n\
+         insmod xfs\n\
+         insmod btrfs\n\
+         search --no-floppy --fs-uuid --set=ferry_boot {uuid}\n\
+         if [ -z \"$ferry_boot\" ]; then\n\
+         \x20 echo \"ferry: no file system with UUID {uuid}\"\n\
+         \x20 sleep 30\n\
+         \x20 reboot\n\
+         fi\n\
+         set root=$ferry_boot\n\
+         set prefix=($root){prefix}\n\
+         configfile $prefix/grub.cfg\n"
     )
 }
 

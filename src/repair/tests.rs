@@ -357,7 +357,11 @@ fn uefi_loader_goes_to_the_removable_path_once() {
     let loader = esp::Esp::read(&esp::FatPartition::new(&img), grub::REMOVABLE)
         .unwrap()
         .unwrap();
-    let want = "# ferry-early-config 11111111-1111-4111-8111-111111111111 /grub\nsearch --no-floppy --fs-uuid --set=root 11111111-1111-4111-8111-111111111111\nset prefix=($root)/grub\nconfigfile $prefix/grub.cfg\n";
+    let want = "# ferry-early-config 11111111-1111-4111-8111-111111111111 /grub\n\
+        insmod part_gpt\ninsmod part_msdos\ninsmod ext2\ninsmod xfs\ninsmod btrfs\n\
+        search --no-floppy --fs-uuid --set=ferry_boot 11111111-1111-4111-8111-111111111111\n\
+        if [ -z \"$ferry_boot\" ]; then\n  echo \"ferry: no file system with UUID 11111111-1111-4111-8111-111111111111\"\n  sleep 30\n  reboot\nfi\n\
+        set root=$ferry_boot\nset prefix=($root)/grub\nconfigfile $prefix/grub.cfg\n";
     assert_eq!(
         String::from_utf8_lossy(&loader),
         format!("MZ fake loader with memdisk: {want}")
