@@ -47,6 +47,8 @@ catalogue! {
         "Read the fingerprint from the appliance (`<state-dir>/tls/fingerprint`, its start-up log, or GET /v1/identity on port 8080) and pass it with --fingerprint. If it changed unexpectedly, you may not be talking to your appliance.";
     TlsRequired => "TLS_REQUIRED", "The data port accepts only TLS connections",
         "Use `ferry send` (which speaks TLS) to reach port 8703; plain TCP clients are refused.";
+    TlsHandshakeFailed => "TLS_HANDSHAKE_FAILED", "The TLS handshake on the data port failed",
+        "The client does not trust the appliance's certificate (wrong --fingerprint) or does not speak TLS 1.2/1.3. Check the fingerprint and use `ferry send`.";
     AuthFailed => "AUTH_FAILED", "Authentication failed: the job token is not valid for this appliance",
         "Pass the job's token with --token or FERRY_TOKEN (embedded mode prints it at start and keeps it in `<state-dir>/token`). Repeated failures are slowed down.";
     AuthRateLimited => "AUTH_RATE_LIMITED", "Too many failed authentication attempts",
