@@ -300,3 +300,20 @@ fn uefi_gpt_gets_the_removable_loader_on_its_esp() {
         assert!(loader.starts_with(b"MZ"), "not an EFI executable");
     });
 }
+
+/// Without root: a directory that holds no Linux fails with its code and
+/// the hint, and changes nothing.
+#[test]
+fn a_root_without_linux_is_refused_with_a_code_and_hint() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("Windows/System32")).unwrap();
+    let before = tree_hashes(d.path());
+    let (ok, _out, err) = ferry(&["repair", "--root", d.path().to_str().unwrap(), "--plan"]);
+    assert!(!ok);
+    assert!(
+        err.contains("error: detecting the migrated OS: UNSUPPORTED_OS: The migrated operating system is not supported"),
+        "{err}"
+    );
+    assert!(err.contains("\nhint: ferry repairs Linux systems"), "{err}");
+    assert_eq!(tree_hashes(d.path()), before);
+}
