@@ -161,9 +161,20 @@ fn fixture_trees_match_expected_files() {
             &root,
             devices(system),
             BootMode::Uefi { esp: None },
-            Mode::Apply,
+            Mode::Plan,
         );
         opts.only = Some(FILE_STEPS.to_vec());
+        let pristine = manifest(&root);
+        let plan = execute(&opts, None)
+            .into_result()
+            .unwrap_or_else(|e| panic!("{system}: {e:#}"));
+        assert!(plan.changed, "{system}: the plan shows no change");
+        assert_eq!(
+            manifest(&root),
+            pristine,
+            "{system}: the plan wrote something"
+        );
+        opts.mode = Mode::Apply;
         let first = execute(&opts, None)
             .into_result()
             .unwrap_or_else(|e| panic!("{system}: {e:#}"));
