@@ -192,11 +192,15 @@ fn check(root: &Path, loopdev: &Path) {
     assert!(!again.changed);
 }
 
-/// Mount `disks` with the layout engine, mounting partition i at mp.
-fn mounted(disks: &[std::path::PathBuf], staging: &Path, mounts: &[(usize, &str)]) -> MountTree {
+/// Mount `disks` with the layout engine, partition p of disk d at mp.
+fn mounted(
+    disks: &[std::path::PathBuf],
+    staging: &Path,
+    mounts: &[(usize, usize, &str)],
+) -> MountTree {
     let mut layout = ferry::layout::read_all(disks).unwrap();
-    for (i, mp) in mounts {
-        layout.disks[0].partitions[*i].mount = Some((*mp).to_owned());
+    for (d, p, mp) in mounts {
+        layout.disks[*d].partitions[*p].mount = Some((*mp).to_owned());
     }
     MountTree::mount(&layout, disks, staging, MountOptions::default()).unwrap()
 }
@@ -206,7 +210,8 @@ fn mounted(disks: &[std::path::PathBuf], staging: &Path, mounts: &[(usize, &str)
 /// the tree; a second run must change nothing.
 fn repair_variant(
     variant: &str,
-    mounts: &[(usize, &str)],
+    mounts: &[(usize, usize, &str)],
+    source_names: &[&str],
     check: impl Fn(&Path, &DeviceMap, &MountTree),
 ) {
     if !is_root() {
@@ -216,7 +221,8 @@ fn repair_variant(
     let work = tempfile::tempdir().unwrap();
     let disks = source_image(variant, work.path());
     let tree = mounted(&disks, &work.path().join("mnt"), mounts);
-    let devices = DeviceMap::from_mount_tree(&tree, &[vec!["/dev/sda".to_owned()]]);
+    let names: Vec<Vec<String>> = source_names.iter().map(|n| vec![(*n).to_owned()]).collect();
+    let devices = DeviceMap::from_mount_tree(&tree, &names);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let first = repair::run(tree.root(), &devices, BootMode::Auto, Mode::Apply).unwrap();
         assert!(first.changed);
@@ -245,60 +251,70 @@ fn uuid_at(devices: &DeviceMap, mp: &str) -> String {
 
 #[test]
 fn bios_gpt_with_separate_boot_and_swap() {
-    repair_variant("bios-gpt", &[(3, "/"), (1, "/boot")], |root, devices, _| {
-        let swap = devices
-            .volumes()
-            .find(|v| v.fstype.as_deref() == Some("swap"))
-            .unwrap();
-        let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
-        let want = format!(
+    repair_variant(
+        "bios-gpt",
+        &[(0, 3, "/"), (0, 1, "/boot")],
+        &["/dev/sda"],
+        |root, devices, _| {
+            let swap = devices
+                .volumes()
+                .find(|v| v.fstype.as_deref() == Some("swap"))
+                .unwrap();
+            let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+            let want = format!(
             "UUID={} / ext4 errors=remount-ro 0 1\nUUID={} /boot ext4 defaults 0 2\nUUID={} none swap sw 0 0\n",
             uuid_at(devices, "/"),
             uuid_at(devices, "/boot"),
             swap.uuid.clone().unwrap()
         );
-        assert!(fstab.ends_with(&want), "{fstab}");
-        // /boot is its own file system: grub.cfg lives there and boots / by UUID.
-        let cfg = std::fs::read_to_string(root.join("boot/grub/grub.cfg")).unwrap();
-        let root_arg = format!("root=UUID={} ", uuid_at(devices, "/"));
-        assert!(
-            lines_with(&cfg, "linux")
-                .iter()
-                .all(|l| l.contains(&root_arg)),
-            "{cfg}"
-        );
-    });
+            assert!(fstab.ends_with(&want), "{fstab}");
+            // /boot is its own file system: grub.cfg lives there and boots / by UUID.
+            let cfg = std::fs::read_to_string(root.join("boot/grub/grub.cfg")).unwrap();
+            let root_arg = format!("root=UUID={} ", uuid_at(devices, "/"));
+            assert!(
+                lines_with(&cfg, "linux")
+                    .iter()
+                    .all(|l| l.contains(&root_arg)),
+                "{cfg}"
+            );
+        },
+    );
 }
 
 #[test]
 fn uefi_gpt_gets_the_removable_loader_on_its_esp() {
-    repair_variant("uefi-gpt", &[(1, "/")], |root, devices, tree| {
-        let esp = devices
-            .volumes()
-            .find(|v| v.fstype.as_deref() == Some("vfat"))
-            .unwrap();
-        let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
-        assert!(
-            fstab.contains(&format!(
-                "\nUUID={} /boot/efi vfat umask=0077 0 1\n",
-                esp.uuid.clone().unwrap()
-            )),
-            "{fstab}"
-        );
-        assert_eq!(esp.node, tree.disks()[0].partitions()[0]);
-        let loader = ferry::layout::fat::FatPartition::new(&esp.node)
-            .read("EFI/BOOT/BOOTX64.EFI")
-            .unwrap();
-        let marker = format!(
-            "# ferry-early-config {} /boot/grub\n",
-            uuid_at(devices, "/")
-        );
-        assert!(
-            loader.windows(marker.len()).any(|w| w == marker.as_bytes()),
-            "the ESP's loader was not built for this root"
-        );
-        assert!(loader.starts_with(b"MZ"), "not an EFI executable");
-    });
+    repair_variant(
+        "uefi-gpt",
+        &[(0, 1, "/")],
+        &["/dev/sda"],
+        |root, devices, tree| {
+            let esp = devices
+                .volumes()
+                .find(|v| v.fstype.as_deref() == Some("vfat"))
+                .unwrap();
+            let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+            assert!(
+                fstab.contains(&format!(
+                    "\nUUID={} /boot/efi vfat umask=0077 0 1\n",
+                    esp.uuid.clone().unwrap()
+                )),
+                "{fstab}"
+            );
+            assert_eq!(esp.node, tree.disks()[0].partitions()[0]);
+            let loader = ferry::layout::fat::FatPartition::new(&esp.node)
+                .read("EFI/BOOT/BOOTX64.EFI")
+                .unwrap();
+            let marker = format!(
+                "# ferry-early-config {} /boot/grub\n",
+                uuid_at(devices, "/")
+            );
+            assert!(
+                loader.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "the ESP's loader was not built for this root"
+            );
+            assert!(loader.starts_with(b"MZ"), "not an EFI executable");
+        },
+    );
 }
 
 /// Without root: a directory that holds no Linux fails with its code and
@@ -316,4 +332,38 @@ fn a_root_without_linux_is_refused_with_a_code_and_hint() {
     );
     assert!(err.contains("\nhint: ferry repairs Linux systems"), "{err}");
     assert_eq!(tree_hashes(d.path()), before);
+}
+
+#[test]
+fn data_disk_migrated_with_the_system_disk() {
+    repair_variant(
+        "bios-mbr-data",
+        &[(0, 0, "/"), (1, 0, "/data")],
+        &["/dev/sda", "/dev/sdb"],
+        |root, devices, _| {
+            let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+            let want = format!(
+                "UUID={} / ext4 errors=remount-ro 0 1\nUUID={} /data ext4 defaults 0 2\n",
+                uuid_at(devices, "/"),
+                uuid_at(devices, "/data")
+            );
+            assert!(fstab.ends_with(&want), "{fstab}");
+        },
+    );
+}
+
+#[test]
+fn data_disk_left_behind_is_commented_out_of_fstab() {
+    repair_variant(
+        "bios-mbr-data",
+        &[(0, 0, "/")],
+        &["/dev/sda"],
+        |root, _, _| {
+            let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+            assert!(
+            fstab.ends_with("\n# ferry: disk not migrated, /dev/sdb1 would name another disk on the cloud: /dev/sdb1 /data ext4 defaults 0 2\n"),
+            "{fstab}"
+        );
+        },
+    );
 }
