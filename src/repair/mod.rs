@@ -7,6 +7,17 @@
 //! idempotent and reporting what it changed. File steps run on the tree
 //! directly; the steps that need the migrated system's own tools (GRUB,
 //! initramfs) run through a [`Runner`] — a chroot in production.
+//!
+//! The job runner, after a block transfer and the layout engine's mount:
+//!
+//! ```ignore
+//! let devices = DeviceMap::from_mount_tree(&tree, &[vec!["/dev/sda".into()]]);
+//! let report = repair::run(tree.root(), &devices, BootMode::Auto, Mode::Apply)?;
+//! ```
+//!
+//! An error carries the FAQ's code (`GRUB_FAILED` "Do Grub Failed",
+//! `VIRTIO_CHECK_FAILED` "check virtio failed", ...); [`run_with_options`]
+//! also returns the report of the steps done before it.
 
 pub mod chroot;
 pub mod cli;
@@ -314,7 +325,11 @@ fn execute_inner(
                         "UEFI boot, but the device map has no EFI system partition (a vfat volume)",
                     ))
                 }
-                BootMode::Auto => unreachable!("resolved above"),
+                BootMode::Auto => {
+                    return Err(anyhow::anyhow!(
+                        "the boot mode was not resolved before installing GRUB"
+                    ))
+                }
             },
             StepName::GrubConfig => {
                 let defaults_changed = written.iter().any(|p| {
