@@ -129,6 +129,56 @@ impl DeviceMap {
     }
 }
 
+impl DeviceMap {
+    /// The map of a layout engine's mount tree, the way the job runner has
+    /// it after a transfer: `source_names[i]` are the names the source
+    /// system knew disk i by (from the sender's inventory).
+    pub fn from_mount_tree(
+        tree: &crate::layout::tree::MountTree,
+        source_names: &[Vec<String>],
+    ) -> DeviceMap {
+        let disks = tree
+            .layout()
+            .disks
+            .iter()
+            .zip(tree.disks())
+            .enumerate()
+            .map(|(i, (desc, attached))| MigratedDisk {
+                source_names: source_names.get(i).cloned().unwrap_or_default(),
+                target: attached.whole().to_owned(),
+                volumes: desc
+                    .partitions
+                    .iter()
+                    .zip(attached.partitions())
+                    .filter(|(p, _)| p.fs != crate::layout::FsType::None)
+                    .map(|(p, node)| Volume {
+                        partition: partition_number(node),
+                        node: node.clone(),
+                        fstype: Some(p.fs.as_str().to_owned()),
+                        uuid: p.uuid.clone(),
+                        label: p.label.clone(),
+                        partuuid: p.partuuid.clone(),
+                        mountpoint: p.mount.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        DeviceMap { disks }
+    }
+}
+
+/// The number of a partition node: its trailing digits (`/dev/loop3p5`,
+/// `/dev/vdb5`, `/dev/nvme0n1p5` are all 5).
+pub fn partition_number(node: &std::path::Path) -> Option<u32> {
+    let name = node.file_name()?.to_string_lossy().into_owned();
+    let digits: String = name
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.chars().rev().collect::<String>().parse().ok()
+}
+
 /// Split a kernel or udev device name into its disk and partition number:
 /// `/dev/sda1` → (`/dev/sda`, 1), `/dev/nvme0n1p2` → (`/dev/nvme0n1`, 2),
 /// `/dev/disk/by-id/X-part3` → (`/dev/disk/by-id/X`, 3), `/dev/sdb` → (`/dev/sdb`, None).

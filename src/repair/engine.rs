@@ -130,6 +130,23 @@ impl<'a> StepCtx<'a> {
         Ok(true)
     }
 
+    /// Record a file that a command of the migrated system wrote (grub.cfg),
+    /// with its diff.
+    pub fn record_written(&mut self, path: &str, old: Option<&str>, new: Option<&str>) {
+        if old == new {
+            return;
+        }
+        self.changes.push(Change::File {
+            path: path.to_owned(),
+            action: match (old, new) {
+                (None, _) => FileAction::Created,
+                (_, None) => FileAction::Removed,
+                _ => FileAction::Modified,
+            },
+            diff: diff::unified(path, old, new),
+        });
+    }
+
     /// Rename a configuration file aside (kept, no longer read).
     pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
         if self.apply() {

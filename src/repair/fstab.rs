@@ -62,25 +62,24 @@ pub fn rewrite(text: &str, map: &DeviceMap) -> Result<(String, Vec<String>)> {
         let opts = f.get(3).map(|r| &line[r.0..r.1]);
         let essential = mp == "/" || mp == "/usr";
         match map.resolve(spec, Some(mp)) {
-            Resolved::Migrated(v) => {
-                let stable = spec.contains('=') || spec.starts_with("/dev/disk/by-uuid/");
-                match (&v.uuid, stable) {
-                    (Some(u), false) | (Some(u), true) if spec.starts_with("/dev/") => {
-                        out.push_str(&line[..f[0].0]);
-                        out.push_str(&format!("UUID={u}"));
-                        out.push_str(&line[f[0].1..]);
-                        out.push_str(nl);
-                        notes.push(format!("{mp}: {spec} -> UUID={u}"));
-                    }
-                    (None, false) => {
-                        notes.push(format!(
-                            "{mp}: {spec} is migrated but its UUID is unknown; left as is"
-                        ));
-                        out.push_str(raw);
-                    }
-                    _ => out.push_str(raw),
+            // Device paths (kernel names, by-id, by-path, by-uuid) become
+            // UUID=; UUID=/LABEL=/PARTUUID= specs already are stable.
+            Resolved::Migrated(v) if spec.starts_with("/dev/") => match &v.uuid {
+                Some(u) => {
+                    out.push_str(&line[..f[0].0]);
+                    out.push_str(&format!("UUID={u}"));
+                    out.push_str(&line[f[0].1..]);
+                    out.push_str(nl);
+                    notes.push(format!("{mp}: {spec} -> UUID={u}"));
                 }
-            }
+                None => {
+                    notes.push(format!(
+                        "{mp}: {spec} is migrated but its UUID is unknown; left as is"
+                    ));
+                    out.push_str(raw);
+                }
+            },
+            Resolved::Migrated(_) => out.push_str(raw),
             Resolved::NotMigrated => {
                 if essential {
                     return Err(coded(

@@ -300,6 +300,7 @@ pub fn config_step(
     .map_err(|e| coded(ErrorCode::GrubFailed, format!("{e:#}")))?;
     if ctx.apply() {
         let cfg = ctx.tree.read(&g.config)?.unwrap_or_default();
+        ctx.record_written(&g.config, current.as_deref(), Some(&cfg));
         let left = check_config(&cfg, os, root_uuid.as_deref());
         if !left.is_empty() {
             return Err(coded(
@@ -315,12 +316,39 @@ pub fn config_step(
     Ok(())
 }
 
-/// Hash of what grub-install writes for BIOS: the start of the disk (boot
-/// code, embedding area, BIOS boot partition) and its module directory.
+/// Bytes before the first partition (boot sector and GRUB's embedding area),
+/// at most 1 MiB: what lies beyond belongs to a file system whose
+/// superblock changes while it is mounted.
+fn boot_area_len(disk: &Path) -> u64 {
+    const MAX: u64 = 1 << 20;
+    let Some(name) = disk
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+    else {
+        return MAX;
+    };
+    let Ok(rd) = std::fs::read_dir(format!("/sys/class/block/{name}")) else {
+        return MAX;
+    };
+    rd.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("start")).ok())
+        .filter_map(|s| s.trim().parse::<u64>().ok())
+        .map(|sectors| sectors * 512)
+        .filter(|b| *b > 0)
+        .min()
+        .unwrap_or(MAX)
+        .min(MAX)
+}
+
+/// Hash of what grub-install writes for BIOS: the boot area of the disk and
+/// GRUB's module directory (whose core.img is what goes into a BIOS boot
+/// partition on GPT).
 fn bios_digest(disk: &Path, tree: &super::tree::Tree, dir: &str) -> Result<String> {
     let mut h = Sha256::new();
     let mut f = std::fs::File::open(disk).with_context(|| format!("opening {}", disk.display()))?;
-    let mut buf = vec![0u8; 4 << 20];
+    let len = usize::try_from(boot_area_len(disk)).unwrap_or(1 << 20);
+    let mut buf = vec![0u8; len];
     let mut got = 0;
     while got < buf.len() {
         let n = f
@@ -380,6 +408,121 @@ pub fn install_bios_step(
         &|| bios_digest(&disk, &tree, boot_dir),
     )
     .map_err(|e| coded(ErrorCode::GrubFailed, format!("{e:#}")))
+}
+
+/// The removable-media path every UEFI firmware boots without an NVRAM entry.
+pub const REMOVABLE: &str = "EFI/BOOT/BOOTX64.EFI";
+/// Where the loader is built inside the migrated root (its /tmp).
+const STAGE: &str = "/tmp/ferry-esp";
+
+/// The configuration embedded in the loader: find /boot by UUID and hand
+/// over to the system's grub.cfg. The first line marks what it was built
+/// for, so a re-run knows the loader on the ESP is current.
+///
+/// Partition maps are not loaded on demand, and a failed search must not
+/// fall back to the memdisk, whose own grub.cfg is this file.
+pub fn early_config(uuid: &str, prefix: &str) -> String {
+    format!(
+        "# ferry-early-config {uuid} {prefix}\n\
+         insmod part_gpt\n\
+         insmod part_msdos\n\
+         insmod ext2\n\
+         insmod xfs\n\
+         insmod btrfs\n\
+         search --no-floppy --fs-uuid --set=ferry_boot {uuid}\n\
+         if [ -z \"$ferry_boot\" ]; then\n\
+         \x20 echo \"ferry: no file system with UUID {uuid}\"\n\
+         \x20 sleep 30\n\
+         \x20 reboot\n\
+         fi\n\
+         set root=$ferry_boot\n\
+         set prefix=($root){prefix}\n\
+         configfile $prefix/grub.cfg\n"
+    )
+}
+
+/// Build a self-contained GRUB EFI loader with the system's own
+/// grub-mkstandalone (it probes no devices) and put it on the ESP's
+/// removable path.
+pub fn install_uefi_step(
+    ctx: &mut StepCtx,
+    os: &OsInfo,
+    recipe: &Recipe,
+    map: &DeviceMap,
+    esp: &dyn super::esp::Esp,
+) -> Result<()> {
+    let g = variant(ctx, os, recipe)?;
+    let lib = format!("{}/x86_64-efi", g.lib);
+    if !ctx.tree.is_dir(&lib) {
+        return Err(coded(
+            ErrorCode::GrubFailed,
+            format!("{lib} is missing: the UEFI GRUB (grub-efi-amd64-bin / grub2-efi-x64-modules) is not installed in the migrated system"),
+        ));
+    }
+    let grub_dir = g
+        .config
+        .rsplit_once('/')
+        .map(|x| x.0)
+        .unwrap_or("/boot/grub");
+    let (vol, prefix) = match map.by_mountpoint("/boot") {
+        Some(v) => (
+            v,
+            grub_dir
+                .strip_prefix("/boot")
+                .unwrap_or(grub_dir)
+                .to_owned(),
+        ),
+        None => (
+            map.by_mountpoint("/")
+                .context("the device map has no root file system")?,
+            grub_dir.to_owned(),
+        ),
+    };
+    let uuid = vol
+        .uuid
+        .as_deref()
+        .with_context(|| format!("the file system holding {grub_dir} has no UUID"))?;
+    let early = early_config(uuid, &prefix);
+    let marker = early.lines().next().unwrap_or_default().as_bytes().to_vec();
+    if let Some(existing) = esp.read(REMOVABLE)? {
+        if existing
+            .windows(marker.len())
+            .any(|w| w == marker.as_slice())
+        {
+            return Ok(());
+        }
+    }
+    let mkstandalone = g.install.replace("-install", "-mkstandalone");
+    let argv: Vec<String> = vec![
+        mkstandalone,
+        "-O".into(),
+        "x86_64-efi".into(),
+        "-o".into(),
+        format!("{STAGE}/BOOTX64.EFI"),
+        format!("boot/grub/grub.cfg={STAGE}/early.cfg"),
+    ];
+    if ctx.apply() {
+        ctx.tree
+            .write(&format!("{STAGE}/early.cfg"), early.as_bytes(), 0o644)?;
+    }
+    let res = ctx.exec(&argv, &format!("build the UEFI loader for {REMOVABLE}"));
+    if ctx.apply() {
+        let staged = res.and_then(|_| {
+            std::fs::read(ctx.tree.path(&format!("{STAGE}/BOOTX64.EFI"))?)
+                .context("reading the staged BOOTX64.EFI")
+        });
+        let cleanup = ctx.tree.remove(STAGE);
+        let staged = staged.map_err(|e| coded(ErrorCode::GrubFailed, format!("{e:#}")))?;
+        cleanup.context("removing the loader's staging directory")?;
+        esp.write(REMOVABLE, &staged)?;
+        ctx.note(format!(
+            "{REMOVABLE}: {} bytes written to the ESP",
+            staged.len()
+        ));
+    } else {
+        res?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,16 +7,30 @@
 //! idempotent and reporting what it changed. File steps run on the tree
 //! directly; the steps that need the migrated system's own tools (GRUB,
 //! initramfs) run through a [`Runner`] — a chroot in production.
+//!
+//! The job runner, after a block transfer and the layout engine's mount:
+//!
+//! ```ignore
+//! let devices = DeviceMap::from_mount_tree(&tree, &[vec!["/dev/sda".into()]]);
+//! let report = repair::run(tree.root(), &devices, BootMode::Auto, Mode::Apply)?;
+//! ```
+//!
+//! An error carries the FAQ's code (`GRUB_FAILED` "Do Grub Failed",
+//! `VIRTIO_CHECK_FAILED` "check virtio failed", ...); [`run_with_options`]
+//! also returns the report of the steps done before it.
 
+pub mod chroot;
 pub mod cli;
 pub mod detect;
 pub mod devices;
 pub mod diff;
 pub mod engine;
+pub mod esp;
 pub mod fstab;
 pub mod grub;
 pub mod initramfs;
 pub mod network;
+pub mod probe;
 pub mod recipe;
 pub mod system;
 pub mod tree;
@@ -43,8 +57,9 @@ pub enum BootMode {
     Auto,
     /// BIOS: GRUB's boot code goes onto this disk (appliance path).
     Bios { disk: PathBuf },
-    /// UEFI: GRUB goes to the ESP's removable path `EFI/BOOT/BOOTX64.EFI`.
-    Uefi,
+    /// UEFI: GRUB goes to the removable path `EFI/BOOT/BOOTX64.EFI` of the
+    /// ESP at this node (the map's vfat volume when None).
+    Uefi { esp: Option<PathBuf> },
 }
 
 /// What the engine needs.
@@ -60,6 +75,8 @@ pub struct Options {
     pub recipes_dir: Option<PathBuf>,
     /// cloud-init datasources; the recipe's when None.
     pub datasources: Option<Vec<String>>,
+    /// Run only these of the recipe's steps (all when None).
+    pub only: Option<Vec<recipe::StepName>>,
 }
 
 impl Options {
@@ -77,6 +94,7 @@ impl Options {
             recipe: None,
             recipes_dir: None,
             datasources: None,
+            only: None,
         }
     }
 }
@@ -93,6 +111,21 @@ pub struct Report {
     pub changed: bool,
     pub steps: Vec<StepReport>,
     pub error: Option<ReportError>,
+}
+
+impl Report {
+    fn empty(opts: &Options) -> Report {
+        Report {
+            root: opts.root.clone(),
+            mode: opts.mode,
+            os: None,
+            recipe: None,
+            boot: None,
+            changed: false,
+            steps: Vec::new(),
+            error: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -119,19 +152,64 @@ impl Outcome {
     }
 }
 
+/// Repair the migrated system mounted at `root` (the job runner's entry
+/// point after a transfer): in apply mode the tools run in a chroot of the
+/// root with the migrated disks' device nodes; plan mode enters no chroot
+/// and writes nothing.
+pub fn run(
+    root: &std::path::Path,
+    devices: &DeviceMap,
+    boot: BootMode,
+    mode: Mode,
+) -> Result<Report> {
+    run_with_options(&Options::new(root, devices.clone(), boot, mode)).into_result()
+}
+
+/// [`run`] with every option.
+pub fn run_with_options(opts: &Options) -> Outcome {
+    if opts.mode == Mode::Plan {
+        return execute(opts, None);
+    }
+    let session = match chroot::enter(&opts.root, &opts.devices) {
+        Ok(s) => s,
+        Err(e) => {
+            let mut out = Outcome {
+                report: Report::empty(opts),
+                error: None,
+            };
+            let e = e.context(format!("entering a chroot of {}", opts.root.display()));
+            out.report.error = Some(ReportError {
+                step: None,
+                code: ErrorCode::RepairFailed.as_str().to_owned(),
+                message: format!("{e:#}"),
+                hint: ErrorCode::RepairFailed.hint().to_owned(),
+            });
+            out.error = Some(e);
+            return out;
+        }
+    };
+    let mut out = execute(opts, Some(&*session as &dyn Runner));
+    if let Err(e) = session.close() {
+        let e = e.context(format!("leaving the chroot of {}", opts.root.display()));
+        if out.error.is_none() {
+            out.report.error = Some(ReportError {
+                step: None,
+                code: ErrorCode::RepairFailed.as_str().to_owned(),
+                message: format!("{e:#}"),
+                hint: ErrorCode::RepairFailed.hint().to_owned(),
+            });
+            out.error = Some(e);
+        } else {
+            tracing::error!(error = %format!("{e:#}"), "leaving the chroot failed");
+        }
+    }
+    out
+}
+
 /// Run the repair with a runner for the migrated system's own tools (None:
 /// the steps that need them fail in apply mode, and are planned in plan mode).
 pub fn execute(opts: &Options, runner: Option<&dyn Runner>) -> Outcome {
-    let mut report = Report {
-        root: opts.root.clone(),
-        mode: opts.mode,
-        os: None,
-        recipe: None,
-        boot: None,
-        changed: false,
-        steps: Vec::new(),
-        error: None,
-    };
+    let mut report = Report::empty(opts);
     let mut current: Option<String> = None;
     let res = execute_inner(opts, runner, &mut report, &mut current);
     report.changed = report.steps.iter().any(|s| s.status == Status::Changed);
@@ -187,7 +265,7 @@ fn execute_inner(
     }
     let boot = match &opts.boot {
         BootMode::Auto => match os.firmware {
-            detect::Firmware::Uefi => BootMode::Uefi,
+            detect::Firmware::Uefi => BootMode::Uefi { esp: None },
             detect::Firmware::Bios => {
                 let disk = opts
                     .devices
@@ -200,9 +278,27 @@ fn execute_inner(
         },
         b => b.clone(),
     };
+    let boot = match boot {
+        BootMode::Uefi { esp: None } => {
+            let esp = opts
+                .devices
+                .by_mountpoint("/boot/efi")
+                .or_else(|| {
+                    opts.devices
+                        .volumes()
+                        .find(|v| v.fstype.as_deref() == Some("vfat"))
+                })
+                .map(|v| v.node.clone());
+            BootMode::Uefi { esp }
+        }
+        b => b,
+    };
     report.boot = Some(boot.clone());
     let mut written: Vec<String> = Vec::new();
     for step in &recipe.steps {
+        if opts.only.as_ref().is_some_and(|o| !o.contains(step)) {
+            continue;
+        }
         *current = Some(step.as_str().to_owned());
         let mut ctx = StepCtx::new(&tree, opts.mode, runner);
         match step {
@@ -216,9 +312,24 @@ fn execute_inner(
             StepName::Initramfs => initramfs::step(&mut ctx, &os, &recipe)?,
             StepName::GrubInstall => match &boot {
                 BootMode::Bios { disk } => grub::install_bios_step(&mut ctx, &os, &recipe, disk)?,
-                BootMode::Uefi => ctx
-                    .skip("UEFI: the removable-path loader is written by the layout's ESP writer"),
-                BootMode::Auto => unreachable!("resolved above"),
+                BootMode::Uefi { esp: Some(node) } => grub::install_uefi_step(
+                    &mut ctx,
+                    &os,
+                    &recipe,
+                    &opts.devices,
+                    &esp::FatPartition::new(node),
+                )?,
+                BootMode::Uefi { esp: None } => {
+                    return Err(coded(
+                        ErrorCode::RepairBadInput,
+                        "UEFI boot, but the device map has no EFI system partition (a vfat volume)",
+                    ))
+                }
+                BootMode::Auto => {
+                    return Err(anyhow::anyhow!(
+                        "the boot mode was not resolved before installing GRUB"
+                    ))
+                }
             },
             StepName::GrubConfig => {
                 let defaults_changed = written.iter().any(|p| {
@@ -242,5 +353,7 @@ fn execute_inner(
     Ok(())
 }
 
+#[cfg(test)]
+mod fixture_tests;
 #[cfg(test)]
 mod tests;

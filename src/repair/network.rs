@@ -294,10 +294,7 @@ pub fn step(ctx: &mut StepCtx, os: &OsInfo) -> Result<()> {
                         continue;
                     };
                     let p = format!("{dir}/{n}");
-                    if name == "lo"
-                        || p == ours
-                        || name.contains('.') && name.ends_with("ferry-disabled")
-                    {
+                    if name == "lo" || p == ours {
                         continue;
                     }
                     if let Some(t) = ctx.tree.read(&p)? {

@@ -25,8 +25,9 @@ const BUILTIN: &[(&str, &str)] = &[
     ),
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
+#[clap(rename_all = "kebab-case")]
 pub enum StepName {
     Fstab,
     GrubDefaults,
@@ -358,6 +359,33 @@ mod tests {
         assert!(
             format!("{err:#}").contains("unknown variant `reboot`"),
             "{err:#}"
+        );
+    }
+
+    #[test]
+    fn a_recipe_directory_adds_a_distribution_without_code() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("debian.toml"), BUILTIN[0].1).unwrap();
+        std::fs::write(
+            d.path().join("gentoo.toml"),
+            "name = \"gentoo\"\ndescription = \"Gentoo with dracut\"\nids = [\"gentoo\"]\nsteps = [\"fstab\", \"initramfs\"]\n\n\
+             [[initramfs]]\ntool = [\"/usr/bin/dracut\"]\nconfig = \"/etc/dracut.conf.d/virtio.conf\"\nconfig_format = \"dracut\"\n\
+             image = \"/boot/initramfs-{kver}.img\"\nregenerate = [\"dracut\", \"-f\", \"{image}\", \"{kver}\"]\nlist = [\"lsinitrd\", \"{image}\"]\n",
+        )
+        .unwrap();
+        let all = load(Some(d.path())).unwrap();
+        let r = select(&all, &os("gentoo", &[]), None).unwrap();
+        assert_eq!(r.name, "gentoo");
+        assert_eq!(r.steps, [StepName::Fstab, StepName::Initramfs]);
+        assert_eq!(r.initramfs[0].config_format, ConfigFormat::Dracut);
+        assert_eq!(
+            select(&all, &os("ubuntu", &["debian"]), None).unwrap().name,
+            "debian"
+        );
+        let err = select(&all, &os("arch", &[]), None).unwrap_err();
+        assert_eq!(
+            format!("{err}"),
+            "no recipe matches and none is marked as the fallback"
         );
     }
 

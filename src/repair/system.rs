@@ -66,6 +66,7 @@ fn enable(ctx: &mut StepCtx, unit: &str) -> Result<()> {
 
 pub const CLOUD_INIT_CFG: &str = "/etc/cloud/cloud.cfg.d/99-ferry-datasource.cfg";
 const CLOUD_INIT_UNITS: &[&str] = &[
+    "cloud-init.target",
     "cloud-init-local.service",
     "cloud-init.service",
     "cloud-config.service",

@@ -309,3 +309,72 @@ fn no_grub_fails_with_the_faq_code() {
         "repair step grub-defaults: GRUB_FAILED: Do Grub Failed (no GRUB is installed in the migrated system)"
     );
 }
+
+#[test]
+fn uefi_loader_goes_to_the_removable_path_once() {
+    if !crate::cmd::have("mkfs.vfat") {
+        eprintln!("skipping: mkfs.vfat is not installed");
+        return;
+    }
+    struct Mkstandalone(PathBuf, RefCell<usize>);
+    impl Runner for Mkstandalone {
+        fn run(&self, argv: &[String]) -> Result<Output> {
+            assert_eq!(argv[..4], ["grub-mkstandalone", "-O", "x86_64-efi", "-o"]);
+            *self.1.borrow_mut() += 1;
+            let early = fs::read(self.0.join("tmp/ferry-esp/early.cfg")).unwrap();
+            let mut image = b"MZ fake loader with memdisk: ".to_vec();
+            image.extend(early);
+            fs::write(self.0.join(argv[4].trim_start_matches('/')), image).unwrap();
+            Ok(Output {
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            })
+        }
+    }
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    debian_tree(&root, true);
+    put(&root, &[("/usr/lib/grub/x86_64-efi/linux.mod", "")]);
+    let img = d.path().join("esp.img");
+    fs::File::create(&img).unwrap().set_len(40 << 20).unwrap();
+    crate::cmd::Cmd::new("mkfs.vfat")
+        .args(["-F", "32"])
+        .arg(&img)
+        .run()
+        .unwrap();
+    let runner = Mkstandalone(root.clone(), RefCell::new(0));
+    let mut opts = Options::new(
+        &root,
+        map(&d.path().join("disk")),
+        BootMode::Uefi {
+            esp: Some(img.clone()),
+        },
+        Mode::Apply,
+    );
+    opts.only = Some(vec![recipe::StepName::GrubInstall]);
+    let r = execute(&opts, Some(&runner)).into_result().unwrap();
+    assert!(r.changed);
+    let loader = esp::Esp::read(&esp::FatPartition::new(&img), grub::REMOVABLE)
+        .unwrap()
+        .unwrap();
+    let want = "# ferry-early-config 11111111-1111-4111-8111-111111111111 /grub\n\
+        insmod part_gpt\ninsmod part_msdos\ninsmod ext2\ninsmod xfs\ninsmod btrfs\n\
+        search --no-floppy --fs-uuid --set=ferry_boot 11111111-1111-4111-8111-111111111111\n\
+        if [ -z \"$ferry_boot\" ]; then\n  echo \"ferry: no file system with UUID 11111111-1111-4111-8111-111111111111\"\n  sleep 30\n  reboot\nfi\n\
+        set root=$ferry_boot\nset prefix=($root)/grub\nconfigfile $prefix/grub.cfg\n";
+    assert_eq!(
+        String::from_utf8_lossy(&loader),
+        format!("MZ fake loader with memdisk: {want}")
+    );
+    assert!(
+        !root.join("tmp/ferry-esp").exists(),
+        "staging directory left behind"
+    );
+    let again = execute(&opts, Some(&runner)).into_result().unwrap();
+    assert!(!again.changed);
+    assert_eq!(
+        *runner.1.borrow(),
+        1,
+        "the loader was rebuilt although the ESP had it"
+    );
+}

@@ -75,11 +75,17 @@ impl Tree {
         }
     }
 
-    /// The file's text, or None when it does not exist.
+    /// The file's text, or None when it does not exist. A file that is not
+    /// UTF-8 is an error rather than a lossy copy that an edit would write
+    /// back.
     pub fn read(&self, rel: &str) -> Result<Option<String>> {
         let p = self.path(rel)?;
         match fs::read(&p) {
-            Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
+            Ok(b) => String::from_utf8(b).map(Some).map_err(|_| {
+                anyhow::anyhow!(
+                    "{rel} in the migrated root is not UTF-8 text; ferry does not edit it"
+                )
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
         }
