@@ -192,8 +192,7 @@ fn tail(stderr: &[u8], stdout: &[u8]) -> String {
 
 fn shell_quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
     {
         s.to_owned()
@@ -219,7 +218,10 @@ mod tests {
             .run()
             .unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("`sh -c 'echo boom >&2; exit 3'` failed"), "{msg}");
+        assert!(
+            msg.contains("`sh -c 'echo boom >&2; exit 3'` failed"),
+            "{msg}"
+        );
         assert!(msg.contains("exit status: 3"), "{msg}");
         assert!(msg.ends_with("boom"), "{msg}");
     }

@@ -1,1 +1,137 @@
-//! Appliance configuration.
+//! Appliance configuration: a TOML file with every key defaulted.
+//!
+//! Without `[[disk]]` entries ferry runs in its embedded mode: target disks
+//! are sparse files under `<state-dir>/disks`, sized to what the sender
+//! announces. With them, each source disk index maps to a target device.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the TLS data port (the sender connects here).
+    pub data_listen: String,
+    /// Address of the HTTP control port (health, metrics, job API).
+    pub control_listen: String,
+    /// Where the ledger, the TLS identity, the token and (in embedded mode)
+    /// the target disk images live.
+    pub state_dir: PathBuf,
+    /// The job token the sender must prove it holds.
+    pub token: Option<String>,
+    /// Most concurrent data connections.
+    pub max_sessions: usize,
+    /// Embedded mode: most disks and largest disk a sender may announce.
+    pub max_embedded_disks: u32,
+    pub max_embedded_disk_bytes: u64,
+    /// Production mode: source disk index → target device.
+    #[serde(rename = "disk")]
+    pub disks: Vec<DiskTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskTarget {
+    /// Index of the source disk (the order of `--disk` on the sender).
+    pub index: u32,
+    /// Target block device (or image file): a path or `/dev/disk/by-id/...`.
+    pub target: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_listen: "0.0.0.0:8703".into(),
+            control_listen: "0.0.0.0:8080".into(),
+            state_dir: PathBuf::from("./ferry-state"),
+            token: None,
+            max_sessions: 8,
+            max_embedded_disks: 16,
+            max_embedded_disk_bytes: 64 << 40,
+            disks: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        let cfg: Config = toml::from_str(text)?;
+        let mut seen = std::collections::HashSet::new();
+        for d in &cfg.disks {
+            anyhow::ensure!(
+                seen.insert(d.index),
+                "disk index {} is mapped twice",
+                d.index
+            );
+        }
+        Ok(cfg)
+    }
+
+    /// Embedded mode: no target devices configured.
+    pub fn embedded(&self) -> bool {
+        self.disks.is_empty()
+    }
+
+    pub fn target_for(&self, index: u32) -> Option<&Path> {
+        self.disks
+            .iter()
+            .find(|d| d.index == index)
+            .map(|d| d.target.as_path())
+    }
+
+    pub fn ledger_path(&self) -> PathBuf {
+        self.state_dir.join("ledger.redb")
+    }
+
+    pub fn embedded_disk_path(&self, index: u32) -> PathBuf {
+        self.state_dir
+            .join("disks")
+            .join(format!("disk-{index}.img"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_embedded_with_defaults() {
+        let c = Config::parse("").unwrap();
+        assert!(c.embedded());
+        assert_eq!(c.data_listen, "0.0.0.0:8703");
+        assert_eq!(c.control_listen, "0.0.0.0:8080");
+    }
+
+    #[test]
+    fn production_disks_map_indices() {
+        let c = Config::parse(
+            "state_dir = \"/var/lib/ferry\"\n[[disk]]\nindex = 0\ntarget = \"/dev/vdb\"\n[[disk]]\nindex = 1\ntarget = \"/dev/disk/by-id/virtio-d2\"\n",
+        )
+        .unwrap();
+        assert!(!c.embedded());
+        assert_eq!(
+            c.target_for(1),
+            Some(Path::new("/dev/disk/by-id/virtio-d2"))
+        );
+        assert_eq!(c.target_for(2), None);
+    }
+
+    #[test]
+    fn mistakes_are_refused() {
+        let e = Config::parse(
+            "[[disk]]\nindex = 0\ntarget = \"/a\"\n[[disk]]\nindex = 0\ntarget = \"/b\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "disk index 0 is mapped twice");
+        let e = Config::parse("data_listn = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("unknown field `data_listn`"), "{e}");
+    }
+}

@@ -1,1 +1,288 @@
-//! Target disks.
+//! Target and source disks: opening, sizing, positioned I/O, zeroing,
+//! flushing, and the chunk arithmetic and digests both sides agree on.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::job::errors::{coded, ErrorCode};
+
+/// Length of chunk `index` of a disk of `size` bytes (the last may be short).
+pub fn chunk_len(size: u64, chunk_size: u32, index: u64) -> usize {
+    let start = index * u64::from(chunk_size);
+    (size.saturating_sub(start)).min(u64::from(chunk_size)) as usize
+}
+
+/// Number of chunks of a disk.
+pub fn chunk_count(size: u64, chunk_size: u32) -> u64 {
+    size.div_ceil(u64::from(chunk_size))
+}
+
+/// Is every byte zero?
+pub fn is_zero(buf: &[u8]) -> bool {
+    // Compare 16 bytes at a time; the compiler vectorises this loop.
+    let mut words = buf.chunks_exact(16);
+    let words_zero = words
+        .all(|w| u128::from_ne_bytes(w.try_into().expect("chunks_exact yields 16 bytes")) == 0);
+    words_zero && words.remainder().iter().all(|&b| b == 0)
+}
+
+/// BLAKE3 of `len` zero bytes.
+pub fn zero_hash(len: usize) -> [u8; 32] {
+    thread_local! {
+        static CACHE: std::cell::RefCell<Option<(usize, [u8; 32])>> = const { std::cell::RefCell::new(None) };
+    }
+    CACHE.with(|c| {
+        if let Some((l, h)) = *c.borrow() {
+            if l == len {
+                return h;
+            }
+        }
+        let mut hasher = blake3::Hasher::new();
+        let zeros = [0u8; 65536];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(zeros.len());
+            hasher.update(&zeros[..n]);
+            left -= n;
+        }
+        let h = *hasher.finalize().as_bytes();
+        *c.borrow_mut() = Some((len, h));
+        h
+    })
+}
+
+/// The whole-disk digest both sides compute: BLAKE3 over the disk's geometry
+/// and the hash of every chunk in order.
+pub fn disk_digest<'a>(
+    size: u64,
+    chunk_size: u32,
+    hashes: impl IntoIterator<Item = &'a [u8; 32]>,
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ferry-disk-digest-v1");
+    h.update(&size.to_le_bytes());
+    h.update(&chunk_size.to_le_bytes());
+    for c in hashes {
+        h.update(c);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// A disk opened for positioned reads and writes.
+#[derive(Debug)]
+pub struct Disk {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    block_device: bool,
+}
+
+impl Disk {
+    /// Open a source disk (block device or image file) read-only.
+    pub fn open_source(path: &Path) -> Result<Disk> {
+        let file = File::open(path).map_err(|e| {
+            coded(
+                ErrorCode::SourceReadFailed,
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        Self::from_file(file, path)
+    }
+
+    /// Open an existing target read-write. A block device is opened with
+    /// O_EXCL, which the kernel refuses while the device is mounted or held
+    /// by another user (a partition mounted, a device-mapper table...).
+    pub fn open_target(path: &Path) -> Result<Disk> {
+        let meta = std::fs::metadata(path).map_err(|e| {
+            coded(
+                ErrorCode::TargetUnavailable,
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true);
+        if meta.file_type().is_block_device() {
+            opts.custom_flags(libc::O_EXCL);
+        }
+        let file = opts.open(path).map_err(|e| {
+            coded(
+                ErrorCode::TargetUnavailable,
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        Self::from_file(file, path)
+    }
+
+    /// Create (or re-create, emptied) a sparse image file of `size` bytes.
+    pub fn create_sparse(path: &Path, size: u64) -> Result<Disk> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .with_context(|| format!("creating target image {}", path.display()))?;
+        file.set_len(size)
+            .map_err(|e| map_write_err(e, format!("sizing {} to {size} bytes", path.display())))?;
+        file.sync_all()
+            .with_context(|| format!("flushing {}", path.display()))?;
+        sync_dir(path)?;
+        Self::from_file(file, path)
+    }
+
+    fn from_file(file: File, path: &Path) -> Result<Disk> {
+        let meta = file
+            .metadata()
+            .with_context(|| format!("inspecting {}", path.display()))?;
+        let block_device = meta.file_type().is_block_device();
+        let size = if block_device {
+            use std::io::{Seek, SeekFrom};
+            // A block device's size is where SEEK_END lands.
+            (&file)
+                .seek(SeekFrom::End(0))
+                .with_context(|| format!("measuring block device {}", path.display()))?
+        } else {
+            meta.len()
+        };
+        Ok(Disk {
+            file,
+            path: path.to_owned(),
+            size,
+            block_device,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_block_device(&self) -> bool {
+        self.block_device
+    }
+
+    /// Read exactly `buf.len()` bytes at `offset`.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.file.read_exact_at(buf, offset).with_context(|| {
+            format!(
+                "reading {} bytes of {} at offset {offset}",
+                buf.len(),
+                self.path.display()
+            )
+        })
+    }
+
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.file.write_all_at(buf, offset).map_err(|e| {
+            map_write_err(
+                e,
+                format!(
+                    "writing {} bytes to {} at offset {offset}",
+                    buf.len(),
+                    self.path.display()
+                ),
+            )
+        })
+    }
+
+    /// Make `len` bytes at `offset` read as zeros: a hole in a file, zeroes
+    /// on a device (discard is not guaranteed to zero, so it is not used).
+    pub fn zero_range(&self, offset: u64, len: usize) -> Result<()> {
+        if !self.block_device {
+            use nix::fcntl::{fallocate, FallocateFlags};
+            let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+            if fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&self.file),
+                flags,
+                offset as i64,
+                len as i64,
+            )
+            .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        let zeros = vec![0u8; len.min(1 << 20)];
+        let mut done = 0usize;
+        while done < len {
+            let n = (len - done).min(zeros.len());
+            self.write_at(&zeros[..n], offset + done as u64)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Make written data durable (fdatasync).
+    pub fn sync_data(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| map_write_err(e, format!("flushing {}", self.path.display())))
+    }
+}
+
+fn map_write_err(e: std::io::Error, what: String) -> anyhow::Error {
+    let code = if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+        ErrorCode::TargetFull
+    } else {
+        ErrorCode::TargetWriteFailed
+    };
+    coded(code, format!("{what}: {e}"))
+}
+
+/// fsync the directory holding `path`, so a new file's entry is durable.
+pub fn sync_dir(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        let d = File::open(dir).with_context(|| format!("opening directory {}", dir.display()))?;
+        d.sync_all()
+            .with_context(|| format!("flushing directory {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_arithmetic() {
+        assert_eq!(chunk_count(10, 4), 3);
+        assert_eq!(chunk_len(10, 4, 2), 2);
+        assert_eq!(chunk_len(8, 4, 1), 4);
+        assert_eq!(chunk_count(0, 4), 0);
+    }
+
+    #[test]
+    fn zero_detection() {
+        let mut b = vec![0u8; 4099];
+        assert!(is_zero(&b));
+        b[4098] = 1;
+        assert!(!is_zero(&b));
+        b[4098] = 0;
+        b[17] = 1;
+        assert!(!is_zero(&b));
+        assert_eq!(zero_hash(4099), *blake3::hash(&vec![0u8; 4099]).as_bytes());
+        assert_eq!(zero_hash(5), *blake3::hash(&[0u8; 5]).as_bytes());
+    }
+
+    #[test]
+    fn zero_range_clears_old_data_in_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.img");
+        let d = Disk::create_sparse(&p, 1 << 20).unwrap();
+        d.write_at(&[0xaa; 8192], 4096).unwrap();
+        d.zero_range(4096, 8192).unwrap();
+        let mut buf = vec![1u8; 8192];
+        d.read_at(&mut buf, 4096).unwrap();
+        assert!(is_zero(&buf));
+        assert_eq!(d.size(), 1 << 20);
+    }
+}

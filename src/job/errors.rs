@@ -47,6 +47,8 @@ catalogue! {
         "Read the fingerprint from the appliance (`<state-dir>/tls/fingerprint`, its start-up log, or GET /v1/identity on port 8080) and pass it with --fingerprint. If it changed unexpectedly, you may not be talking to your appliance.";
     TlsRequired => "TLS_REQUIRED", "The data port accepts only TLS connections",
         "Use `ferry send` (which speaks TLS) to reach port 8703; plain TCP clients are refused.";
+    TlsHandshakeFailed => "TLS_HANDSHAKE_FAILED", "The TLS handshake on the data port failed",
+        "The client does not trust the appliance's certificate (wrong --fingerprint) or does not speak TLS 1.2/1.3. Check the fingerprint and use `ferry send`.";
     AuthFailed => "AUTH_FAILED", "Authentication failed: the job token is not valid for this appliance",
         "Pass the job's token with --token or FERRY_TOKEN (embedded mode prints it at start and keeps it in `<state-dir>/token`). Repeated failures are slowed down.";
     AuthRateLimited => "AUTH_RATE_LIMITED", "Too many failed authentication attempts",
@@ -91,6 +93,18 @@ catalogue! {
         "Check the network between this server and the intermediate instance and that the instance is running, then run the sender again; it resumes where it stopped.";
     Internal => "INTERNAL", "An internal error occurred in the appliance",
         "Check the appliance's log for details and report the problem; committed data is kept.";
+    GrubFailed => "GRUB_FAILED", "Do Grub Failed",
+        "The migrated system has no usable GRUB 2 (none installed, GRUB legacy older than 1.9, or grub-install/grub-mkconfig failed in it). Install GRUB 2 on the source server (Debian/Ubuntu: grub-pc or grub-efi-amd64; RHEL family and SUSE: grub2-pc or grub2-efi-x64), then run the migration again.";
+    VirtioCheckFailed => "VIRTIO_CHECK_FAILED", "check virtio failed",
+        "An installed kernel of the migrated system lacks the VirtIO drivers (virtio_blk, virtio_net, virtio_pci) it needs to boot on the cloud. Install a kernel with VirtIO drivers on the source server (or remove the old kernel), then run the migration again.";
+    RepairToolMissing => "REPAIR_TOOL_MISSING", "A tool the repair needs is missing from the migrated system",
+        "Install the named package on the source server (update-initramfs: initramfs-tools; dracut: dracut; grub-install: grub-pc / grub2-pc), or pick the right recipe with --recipe, then run the migration again.";
+    UnsupportedOs => "UNSUPPORTED_OS", "The migrated operating system is not supported",
+        "ferry repairs Linux systems: check that the root given is the migrated system's root file system (it must hold /etc), or add a recipe for this distribution under image-recipes/.";
+    RepairFailed => "REPAIR_FAILED", "Repairing the migrated system failed",
+        "A repair step failed; the report names the step and the command. Fix the cause in the migrated system (or on the source server) and run the repair again: steps already done are not repeated.";
+    RepairBadInput => "REPAIR_BAD_INPUT", "The repair was given an invalid root or device map",
+        "Give the directory where the migrated root file system is mounted and the disks it was migrated to (`--disk SOURCE=TARGET`, e.g. --disk /dev/sda=/dev/vdb); the root file system must be among them.";
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -182,8 +196,19 @@ mod tests {
 
     #[test]
     fn faq_wordings_are_kept() {
-        assert_eq!(ErrorCode::ConnectFailed.message(), "Connect to Server Failed");
-        assert_eq!(ErrorCode::TargetWriteFailed.message(), "Do Rsync Disk x Failed");
+        assert_eq!(
+            ErrorCode::ConnectFailed.message(),
+            "Connect to Server Failed"
+        );
+        assert_eq!(
+            ErrorCode::TargetWriteFailed.message(),
+            "Do Rsync Disk x Failed"
+        );
+        assert_eq!(ErrorCode::GrubFailed.message(), "Do Grub Failed");
+        assert_eq!(
+            ErrorCode::VirtioCheckFailed.message(),
+            "check virtio failed"
+        );
     }
 
     #[test]

@@ -1,3 +1,4 @@
 //! The job: its ledger (what is committed), its states and its error codes.
 
 pub mod errors;
+pub mod ledger;

@@ -1,8 +1,501 @@
-//! The source-side sender.
+//! `ferry send`: stream this server's disks to an appliance.
+//!
+//! Each disk is read in fixed chunks. Every chunk is hashed (BLAKE3) and
+//! compared with what the appliance has committed: unchanged chunks are not
+//! sent, all-zero chunks travel as a bare Zero frame (or not at all when the
+//! target is known to be zero), the rest go zstd-compressed when that saves
+//! space. A bounded window of chunks is in flight; the appliance acks only
+//! committed chunks. Dropped connections are retried with backoff, and a
+//! retry re-sends only what was not committed.
 
-#[derive(Debug, clap::Args)]
-pub struct SendArgs {}
+pub mod client;
+pub mod pin;
 
-pub fn run_blocking(_args: SendArgs) -> anyhow::Result<()> {
-    anyhow::bail!("unavailable")
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::disk::{chunk_count, chunk_len, disk_digest, is_zero, zero_hash, Disk};
+use crate::job::errors::{coded, find_coded, ErrorCode};
+use crate::wire::{self, Frame};
+use client::Conn;
+
+/// Arguments of `ferry send`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "The appliance prints its token and fingerprint at start (embedded mode keeps them in \
+<state-dir>/token and <state-dir>/tls/fingerprint; GET /v1/identity on port 8080 shows the fingerprint).\n\n\
+Run the same command again after an interruption: only what the appliance has not committed is sent. \
+Run it again after the source changed: only the changed chunks are sent.\n\nExample:\n  \
+ferry send --to 203.0.113.7 --token $TOKEN --fingerprint $FP --disk /dev/sda --disk /dev/sdb"
+)]
+pub struct SendArgs {
+    /// The appliance: HOST or HOST:PORT (default port 8703).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub to: String,
+    /// The job token [env FERRY_TOKEN].
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// SHA-256 fingerprint of the appliance's TLS certificate (hex) [env FERRY_FINGERPRINT].
+    #[arg(long, env = "FERRY_FINGERPRINT")]
+    pub fingerprint: String,
+    /// A source disk: block device or raw image file. Repeat for more disks;
+    /// the first is disk 0.
+    #[arg(long = "disk", value_name = "SRC", required = true)]
+    pub disks: Vec<PathBuf>,
+    /// Chunk size in bytes: a power of two from 64 KiB to 16 MiB.
+    #[arg(long, default_value_t = wire::DEFAULT_CHUNK_SIZE)]
+    pub chunk_size: u32,
+    /// Most bytes of chunks in flight (sent, not yet committed by the appliance).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub window: u64,
+    /// zstd level for chunks that compress (0 turns compression off).
+    #[arg(long, default_value_t = 1)]
+    pub zstd_level: i32,
+    /// How many times to reconnect after a dropped connection.
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
+    /// Write a JSON report of what was sent and skipped to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+/// What happened to one disk, over every attempt.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct DiskReport {
+    pub index: u32,
+    pub source: String,
+    pub size: u64,
+    pub chunks: u64,
+    /// Chunks with data sent, their raw bytes and their bytes on the wire.
+    pub sent_chunks: u64,
+    pub sent_bytes: u64,
+    pub wire_bytes: u64,
+    /// Zero chunks sent as Zero frames (the target held other data).
+    pub zero_sent_chunks: u64,
+    /// Chunks not sent: the appliance already had them.
+    pub unchanged_chunks: u64,
+    pub unchanged_bytes: u64,
+    /// Zero chunks not sent: the target is known to read zeros there.
+    pub zero_skipped_chunks: u64,
+    pub zero_skipped_bytes: u64,
+    pub digest: String,
+    pub verified: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub attempts: u32,
+    pub seconds: f64,
+    pub disks: Vec<DiskReport>,
+}
+
+pub fn run_blocking(args: SendArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run(args))
+}
+
+struct DiskJob {
+    index: u32,
+    disk: Arc<Disk>,
+    /// Hashes this process has computed, kept across attempts so a retry
+    /// need not re-read what the appliance confirms it has.
+    known: Vec<Option<[u8; 32]>>,
+    report: DiskReport,
+    done: bool,
+}
+
+pub async fn run(args: SendArgs) -> Result<()> {
+    let fingerprint = pin::normalize(&args.fingerprint).ok_or_else(|| {
+        coded(
+            ErrorCode::TlsFingerprintMismatch,
+            format!(
+                "`{}` is not a SHA-256 fingerprint (64 hex digits)",
+                args.fingerprint
+            ),
+        )
+    })?;
+    if !wire::valid_chunk_size(args.chunk_size) {
+        return Err(coded(
+            ErrorCode::BadChunkSize,
+            format!("--chunk-size {}", args.chunk_size),
+        ));
+    }
+    let to = if args.to.contains(':') && !args.to.ends_with(']') {
+        args.to.clone()
+    } else {
+        format!("{}:{}", args.to, wire::DEFAULT_DATA_PORT)
+    };
+    let mut jobs = Vec::new();
+    for (i, path) in args.disks.iter().enumerate() {
+        let disk = Disk::open_source(path)
+            .with_context(|| format!("opening source disk {}", path.display()))?;
+        let count = chunk_count(disk.size(), args.chunk_size);
+        jobs.push(DiskJob {
+            index: i as u32,
+            report: DiskReport {
+                index: i as u32,
+                source: path.display().to_string(),
+                size: disk.size(),
+                chunks: count,
+                ..Default::default()
+            },
+            known: vec![None; count as usize],
+            disk: Arc::new(disk),
+            done: false,
+        });
+    }
+    let started = Instant::now();
+    let mut attempts = 0u32;
+    let result = loop {
+        attempts += 1;
+        match attempt(&args, &to, &fingerprint, &mut jobs).await {
+            Ok(()) => break Ok(()),
+            Err(e) => {
+                let code = find_coded(&e)
+                    .map(|c| c.code)
+                    .unwrap_or(ErrorCode::Internal);
+                let retryable = matches!(
+                    code,
+                    ErrorCode::ConnectFailed
+                        | ErrorCode::TransferInterrupted
+                        | ErrorCode::FrameMalformed
+                        | ErrorCode::DigestMismatch
+                        | ErrorCode::DiskBusy
+                );
+                if !retryable || attempts > args.retries {
+                    break Err(e);
+                }
+                let wait = Duration::from_secs(1u64 << (attempts - 1).min(4));
+                eprintln!(
+                    "ferry send: {e:#}; retrying in {} s (attempt {} of {})",
+                    wait.as_secs(),
+                    attempts + 1,
+                    args.retries + 1
+                );
+                tokio::time::sleep(wait).await;
+            }
+        }
+    };
+    let report = Report {
+        attempts,
+        seconds: started.elapsed().as_secs_f64(),
+        disks: jobs.iter().map(|j| j.report.clone()).collect(),
+    };
+    for d in &report.disks {
+        eprintln!(
+            "disk {} ({}): {} bytes; sent {} bytes in {} chunks ({} bytes on the wire); skipped {} bytes unchanged and {} bytes of zeros; {}",
+            d.index,
+            d.source,
+            d.size,
+            d.sent_bytes,
+            d.sent_chunks,
+            d.wire_bytes,
+            d.unchanged_bytes,
+            d.zero_skipped_bytes,
+            if d.verified { format!("verified, digest {}", d.digest) } else { "NOT verified".to_owned() }
+        );
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(
+            path,
+            serde_json::to_vec_pretty(&report).context("encoding the report")?,
+        )
+        .with_context(|| format!("writing the report {}", path.display()))?;
+    }
+    result?;
+    eprintln!(
+        "ferry send: every disk is committed and verified ({:.1} s)",
+        report.seconds
+    );
+    Ok(())
+}
+
+async fn attempt(args: &SendArgs, to: &str, fingerprint: &str, jobs: &mut [DiskJob]) -> Result<()> {
+    let mut conn = client::connect(to, &args.token, fingerprint).await?;
+    for job in jobs.iter_mut().filter(|j| !j.done) {
+        transfer(args, &mut conn, job)
+            .await
+            .with_context(|| format!("disk {} ({})", job.index, job.report.source))?;
+        job.done = true;
+    }
+    // close_notify, so the appliance sees a clean end rather than a cut.
+    let _ = tokio::io::AsyncWriteExt::shutdown(conn.get_mut()).await;
+    Ok(())
+}
+
+/// What the reader thread decided for one chunk.
+enum Item {
+    Skip {
+        len: usize,
+        zero: bool,
+    },
+    Zero {
+        index: u64,
+    },
+    Data {
+        index: u64,
+        len: usize,
+        hash: [u8; 32],
+        compressed: bool,
+        payload: Bytes,
+    },
+}
+
+async fn transfer(args: &SendArgs, conn: &mut Conn, job: &mut DiskJob) -> Result<()> {
+    let (size, cs) = (job.disk.size(), args.chunk_size);
+    let count = chunk_count(size, cs);
+    client::send(
+        conn,
+        Frame::OpenDisk {
+            disk: job.index,
+            size,
+            chunk_size: cs,
+        },
+    )
+    .await?;
+    // The manifest: what the appliance has committed of this disk.
+    let mut manifest: Vec<Option<[u8; 32]>> = Vec::with_capacity(count as usize);
+    let fresh = loop {
+        match client::recv(conn).await? {
+            Frame::Manifest {
+                disk,
+                first,
+                fresh,
+                last,
+                entries,
+            } => {
+                if disk != job.index
+                    || first != manifest.len() as u64
+                    || manifest.len() + entries.len() > count as usize
+                {
+                    return Err(coded(
+                        ErrorCode::UnexpectedFrame,
+                        "manifest pages out of order",
+                    ));
+                }
+                manifest.extend(entries);
+                if last {
+                    break fresh;
+                }
+            }
+            other => {
+                return Err(coded(
+                    ErrorCode::UnexpectedFrame,
+                    format!("expected Manifest, got {}", other.name()),
+                ))
+            }
+        }
+    };
+    if manifest.len() != count as usize {
+        return Err(coded(ErrorCode::UnexpectedFrame, "manifest is short"));
+    }
+
+    // Reading, hashing and compressing run on a thread of their own.
+    let (tx, mut rx) = mpsc::channel::<Result<Item>>(4);
+    let disk = Arc::clone(&job.disk);
+    let known = std::mem::take(&mut job.known);
+    let level = args.zstd_level;
+    let reader = tokio::task::spawn_blocking(move || {
+        read_chunks(&disk, cs, known, manifest, fresh, level, tx)
+    });
+
+    let mut in_flight: HashSet<u64> = HashSet::new();
+    let mut in_flight_bytes = 0u64;
+    let mut lens = std::collections::HashMap::new();
+    let (mut unchanged, mut zero_skipped) = (0u64, 0u64);
+    let mut reader_done = false;
+    let result: Result<()> = async {
+        loop {
+            if reader_done && in_flight.is_empty() {
+                return Ok(());
+            }
+            let can_send = !reader_done && in_flight_bytes < args.window && in_flight.len() < 4096;
+            tokio::select! {
+                item = rx.recv(), if can_send => match item {
+                    None => reader_done = true,
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(Item::Skip { len, zero, .. })) => {
+                        if zero {
+                            zero_skipped += 1;
+                            job.report.zero_skipped_chunks += 1;
+                            job.report.zero_skipped_bytes += len as u64;
+                        } else {
+                            unchanged += 1;
+                            job.report.unchanged_chunks += 1;
+                            job.report.unchanged_bytes += len as u64;
+                        }
+                    }
+                    Some(Ok(Item::Zero { index })) => {
+                        in_flight.insert(index);
+                        lens.insert(index, 0u64);
+                        job.report.zero_sent_chunks += 1;
+                        client::send(conn, Frame::Zero { disk: job.index, index }).await?;
+                    }
+                    Some(Ok(Item::Data { index, len, hash, compressed, payload })) => {
+                        in_flight.insert(index);
+                        in_flight_bytes += len as u64;
+                        lens.insert(index, len as u64);
+                        job.report.sent_chunks += 1;
+                        job.report.sent_bytes += len as u64;
+                        job.report.wire_bytes += payload.len() as u64;
+                        client::send(conn, Frame::Chunk { disk: job.index, index, hash, compressed, payload }).await?;
+                    }
+                },
+                frame = client::recv(conn) => match frame? {
+                    Frame::Ack { disk, indices } if disk == job.index => {
+                        for i in indices {
+                            if in_flight.remove(&i) {
+                                in_flight_bytes -= lens.remove(&i).unwrap_or(0);
+                            }
+                        }
+                    }
+                    other => return Err(coded(ErrorCode::UnexpectedFrame, format!("expected Ack, got {}", other.name()))),
+                },
+            }
+        }
+    }
+    .await;
+    drop(rx);
+    let known = reader.await.context("joining the reader thread")?;
+    job.known = known;
+    result?;
+
+    // Every chunk is committed; compare whole-disk digests.
+    let hashes: Vec<[u8; 32]> = job
+        .known
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            h.ok_or_else(|| coded(ErrorCode::Internal, format!("chunk {i} was never hashed")))
+        })
+        .collect::<Result<_>>()?;
+    let digest = disk_digest(size, cs, &hashes);
+    client::send(
+        conn,
+        Frame::Finish {
+            disk: job.index,
+            digest,
+            unchanged,
+            zero_skipped,
+        },
+    )
+    .await?;
+    let theirs = loop {
+        match client::recv(conn).await? {
+            Frame::Finished { disk, digest } if disk == job.index => break digest,
+            Frame::Ack { .. } => continue,
+            other => {
+                return Err(coded(
+                    ErrorCode::UnexpectedFrame,
+                    format!("expected Finished, got {}", other.name()),
+                ))
+            }
+        }
+    };
+    if theirs != digest {
+        return Err(coded(
+            ErrorCode::DigestMismatch,
+            format!(
+                "source digest {}, appliance digest {}",
+                hex::encode(digest),
+                hex::encode(theirs)
+            ),
+        ));
+    }
+    job.report.digest = hex::encode(digest);
+    job.report.verified = true;
+    Ok(())
+}
+
+/// The reader thread: decide for every chunk, in order, what to send.
+/// Returns the hashes it knows, for the next attempt and the digest.
+fn read_chunks(
+    disk: &Disk,
+    cs: u32,
+    mut known: Vec<Option<[u8; 32]>>,
+    manifest: Vec<Option<[u8; 32]>>,
+    fresh: bool,
+    level: i32,
+    tx: mpsc::Sender<Result<Item>>,
+) -> Vec<Option<[u8; 32]>> {
+    let size = disk.size();
+    let mut buf = vec![0u8; cs as usize];
+    let mut compressor = if level > 0 {
+        zstd::bulk::Compressor::new(level).ok()
+    } else {
+        None
+    };
+    for (i, theirs) in manifest.iter().enumerate() {
+        let index = i as u64;
+        let len = chunk_len(size, cs, index);
+        let zero_h = zero_hash(len);
+        let theirs = theirs.or(if fresh { Some(zero_h) } else { None });
+        // Confirmed in an earlier attempt of this run: no need to read again.
+        if let (Some(k), Some(t)) = (known[i], theirs) {
+            if k == t {
+                if tx
+                    .blocking_send(Ok(Item::Skip {
+                        len,
+                        zero: k == zero_h,
+                    }))
+                    .is_err()
+                {
+                    return known;
+                }
+                continue;
+            }
+        }
+        let data = &mut buf[..len];
+        if let Err(e) = disk.read_at(data, index * u64::from(cs)) {
+            let _ = tx.blocking_send(Err(coded(ErrorCode::SourceReadFailed, format!("{e:#}"))));
+            return known;
+        }
+        let zero = is_zero(data);
+        let hash = if zero {
+            zero_h
+        } else {
+            *blake3::hash(data).as_bytes()
+        };
+        known[i] = Some(hash);
+        let item = if theirs == Some(hash) {
+            Item::Skip { len, zero }
+        } else if zero {
+            Item::Zero { index }
+        } else {
+            let packed = compressor
+                .as_mut()
+                .and_then(|c| c.compress(data).ok())
+                .filter(|p| p.len() < len);
+            match packed {
+                Some(p) => Item::Data {
+                    index,
+                    len,
+                    hash,
+                    compressed: true,
+                    payload: Bytes::from(p),
+                },
+                None => Item::Data {
+                    index,
+                    len,
+                    hash,
+                    compressed: false,
+                    payload: Bytes::copy_from_slice(data),
+                },
+            }
+        };
+        if tx.blocking_send(Ok(item)).is_err() {
+            return known;
+        }
+    }
+    known
 }

@@ -1,0 +1,225 @@
+//! The job's ledger: what is committed, in an embedded transactional store.
+//!
+//! A chunk is recorded here only after its bytes are durable on the target;
+//! after a crash, everything in the ledger is on disk and the sender re-sends
+//! the rest. Every write is a durable (fsynced) redb transaction.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const DISKS: TableDefinition<u32, &[u8]> = TableDefinition::new("disks");
+const CHUNKS: TableDefinition<(u32, u64), [u8; 32]> = TableDefinition::new("chunks");
+
+/// What the job knows about one target disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskRecord {
+    /// Size of the source disk, as announced by the first sender.
+    pub size: u64,
+    pub chunk_size: u32,
+    /// The target read as zeros when the job began (a new sparse file), so a
+    /// chunk without a ledger entry is known to be zero.
+    pub fresh: bool,
+    /// Where the disk is written.
+    pub target: String,
+}
+
+impl DiskRecord {
+    pub fn chunks(&self) -> u64 {
+        self.size.div_ceil(u64::from(self.chunk_size))
+    }
+}
+
+pub struct Ledger {
+    db: Database,
+}
+
+impl Ledger {
+    pub fn open(path: &Path) -> Result<Ledger> {
+        let db = Database::create(path)
+            .with_context(|| format!("opening the job ledger {}", path.display()))?;
+        let ledger = Ledger { db };
+        // Create the tables so that readers never meet a missing one.
+        let tx = ledger
+            .db
+            .begin_write()
+            .context("starting a ledger transaction")?;
+        tx.open_table(META).context("creating the meta table")?;
+        tx.open_table(DISKS).context("creating the disks table")?;
+        tx.open_table(CHUNKS).context("creating the chunks table")?;
+        tx.commit().context("committing the ledger's tables")?;
+        Ok(ledger)
+    }
+
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let tx = self.db.begin_read().context("reading the ledger")?;
+        let t = tx.open_table(META).context("opening the meta table")?;
+        Ok(t.get(key)
+            .with_context(|| format!("reading ledger key {key}"))?
+            .map(|v| v.value().to_vec()))
+    }
+
+    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        let tx = self
+            .db
+            .begin_write()
+            .context("starting a ledger transaction")?;
+        {
+            let mut t = tx.open_table(META).context("opening the meta table")?;
+            t.insert(key, value)
+                .with_context(|| format!("writing ledger key {key}"))?;
+        }
+        tx.commit()
+            .with_context(|| format!("committing ledger key {key}"))
+    }
+
+    pub fn disk(&self, disk: u32) -> Result<Option<DiskRecord>> {
+        let tx = self.db.begin_read().context("reading the ledger")?;
+        let t = tx.open_table(DISKS).context("opening the disks table")?;
+        match t
+            .get(disk)
+            .with_context(|| format!("reading disk {disk}"))?
+        {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                serde_json::from_slice(v.value())
+                    .with_context(|| format!("decoding the record of disk {disk}"))?,
+            )),
+        }
+    }
+
+    /// Every disk the job has seen, by index.
+    pub fn disks(&self) -> Result<Vec<(u32, DiskRecord)>> {
+        let tx = self.db.begin_read().context("reading the ledger")?;
+        let t = tx.open_table(DISKS).context("opening the disks table")?;
+        let mut out = Vec::new();
+        for row in t.iter().context("listing disks")? {
+            let (k, v) = row.context("reading a disk record")?;
+            let rec = serde_json::from_slice(v.value())
+                .with_context(|| format!("decoding the record of disk {}", k.value()))?;
+            out.push((k.value(), rec));
+        }
+        Ok(out)
+    }
+
+    /// Record a disk; its chunks from any earlier record are forgotten
+    /// (a re-created target holds none of them).
+    pub fn put_disk(&self, disk: u32, rec: &DiskRecord) -> Result<()> {
+        let tx = self
+            .db
+            .begin_write()
+            .context("starting a ledger transaction")?;
+        {
+            let mut t = tx.open_table(DISKS).context("opening the disks table")?;
+            let v = serde_json::to_vec(rec).context("encoding a disk record")?;
+            t.insert(disk, v.as_slice())
+                .with_context(|| format!("writing the record of disk {disk}"))?;
+            let mut c = tx.open_table(CHUNKS).context("opening the chunks table")?;
+            c.retain_in((disk, 0)..=(disk, u64::MAX), |_, _| false)
+                .with_context(|| format!("forgetting the chunks of disk {disk}"))?;
+        }
+        tx.commit()
+            .with_context(|| format!("committing the record of disk {disk}"))
+    }
+
+    /// Record chunks whose bytes are already durable on the target.
+    pub fn commit_chunks(&self, disk: u32, entries: &[(u64, [u8; 32])]) -> Result<()> {
+        let tx = self
+            .db
+            .begin_write()
+            .context("starting a ledger transaction")?;
+        {
+            let mut t = tx.open_table(CHUNKS).context("opening the chunks table")?;
+            for (index, hash) in entries {
+                t.insert((disk, *index), hash)
+                    .with_context(|| format!("recording chunk {index} of disk {disk}"))?;
+            }
+        }
+        tx.commit()
+            .with_context(|| format!("committing {} chunks of disk {disk}", entries.len()))
+    }
+
+    /// Forget chunks (found not to match the target when re-read), so the
+    /// next round sends them again.
+    pub fn forget_chunks(&self, disk: u32, indices: &[u64]) -> Result<()> {
+        let tx = self
+            .db
+            .begin_write()
+            .context("starting a ledger transaction")?;
+        {
+            let mut t = tx.open_table(CHUNKS).context("opening the chunks table")?;
+            for index in indices {
+                t.remove((disk, *index))
+                    .with_context(|| format!("forgetting chunk {index} of disk {disk}"))?;
+            }
+        }
+        tx.commit().context("committing forgotten chunks")
+    }
+
+    /// Committed hashes of chunks `0..count` of a disk.
+    pub fn chunk_hashes(&self, disk: u32, count: u64) -> Result<Vec<Option<[u8; 32]>>> {
+        let len = usize::try_from(count).context("chunk count exceeds memory")?;
+        let mut out = vec![None; len];
+        let tx = self.db.begin_read().context("reading the ledger")?;
+        let t = tx.open_table(CHUNKS).context("opening the chunks table")?;
+        for row in t
+            .range((disk, 0)..(disk, count))
+            .with_context(|| format!("reading the chunks of disk {disk}"))?
+        {
+            let (k, v) = row.context("reading a chunk entry")?;
+            out[k.value().1 as usize] = Some(v.value());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_survive_reopen_and_re_recording_a_disk_forgets_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        let rec = DiskRecord {
+            size: 10 << 20,
+            chunk_size: 4 << 20,
+            fresh: true,
+            target: "x".into(),
+        };
+        {
+            let l = Ledger::open(&path).unwrap();
+            l.put_disk(0, &rec).unwrap();
+            l.put_disk(1, &rec).unwrap();
+            l.commit_chunks(0, &[(0, [1; 32]), (2, [2; 32])]).unwrap();
+            l.commit_chunks(1, &[(1, [3; 32])]).unwrap();
+            l.put_meta("job", b"{}").unwrap();
+        }
+        let l = Ledger::open(&path).unwrap();
+        assert_eq!(rec.chunks(), 3);
+        assert_eq!(
+            l.chunk_hashes(0, 3).unwrap(),
+            vec![Some([1; 32]), None, Some([2; 32])]
+        );
+        assert_eq!(
+            l.chunk_hashes(1, 3).unwrap(),
+            vec![None, Some([3; 32]), None]
+        );
+        assert_eq!(l.get_meta("job").unwrap().as_deref(), Some(&b"{}"[..]));
+        l.forget_chunks(0, &[2]).unwrap();
+        assert_eq!(
+            l.chunk_hashes(0, 3).unwrap(),
+            vec![Some([1; 32]), None, None]
+        );
+        l.put_disk(0, &rec).unwrap();
+        assert_eq!(l.chunk_hashes(0, 3).unwrap(), vec![None, None, None]);
+        assert_eq!(
+            l.chunk_hashes(1, 3).unwrap(),
+            vec![None, Some([3; 32]), None]
+        );
+        assert_eq!(l.disks().unwrap().len(), 2);
+    }
+}

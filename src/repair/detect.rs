@@ -1,0 +1,457 @@
+//! What the migrated system is: distribution, kernels, bootloader, boot
+//! firmware, init system, network stacks, cloud-init, SELinux — read from
+//! its files only, nothing is run.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::tree::Tree;
+use crate::job::errors::{coded, ErrorCode};
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OsInfo {
+    /// os-release ID (`debian`, `centos`, `sles`...), lowercase.
+    pub id: String,
+    /// os-release ID_LIKE, split.
+    pub id_like: Vec<String>,
+    pub version_id: String,
+    pub pretty_name: String,
+    /// Where the identity came from (`/etc/os-release`, `/etc/redhat-release`...).
+    pub source: String,
+    pub kernels: Vec<Kernel>,
+    pub bootloader: Bootloader,
+    pub firmware: Firmware,
+    pub init: InitSystem,
+    pub network: Vec<NetStack>,
+    pub cloud_init: bool,
+    pub selinux: SelinuxMode,
+}
+
+/// An installed kernel: its image in /boot and its module tree.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Kernel {
+    pub version: String,
+    pub image: String,
+    pub modules_dir: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Bootloader {
+    Grub2,
+    GrubLegacy,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InitSystem {
+    Systemd,
+    Upstart,
+    Sysvinit,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum NetStack {
+    Ifupdown,
+    Netplan,
+    NetworkManager,
+    Ifcfg,
+    Wicked,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SelinuxMode {
+    Enforcing,
+    Permissive,
+    Disabled,
+    Absent,
+}
+
+/// Parse `KEY=value` shell-style assignments (os-release, sysconfig).
+pub fn parse_assignments(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            if l.starts_with('#') {
+                return None;
+            }
+            let (k, v) = l.split_once('=')?;
+            let k = k.trim().trim_start_matches("export ").trim();
+            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return None;
+            }
+            Some((k.to_owned(), unquote(v.trim())))
+        })
+        .collect()
+}
+
+pub fn unquote(v: &str) -> String {
+    for q in ['"', '\''] {
+        if v.len() >= 2 && v.starts_with(q) && v.ends_with(q) {
+            return v[1..v.len() - 1].to_owned();
+        }
+    }
+    v.to_owned()
+}
+
+fn get<'a>(kv: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    kv.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Identify the OS of the tree.
+pub fn detect(tree: &Tree) -> Result<OsInfo> {
+    let (id, id_like, version_id, pretty_name, source) = identity(tree)?;
+    let kernels = kernels(tree)?;
+    let bootloader = if [
+        "/boot/grub/grub.cfg",
+        "/boot/grub2/grub.cfg",
+        "/etc/default/grub",
+    ]
+    .iter()
+    .any(|p| tree.exists(p))
+        || has_any(
+            tree,
+            &[
+                "/usr/sbin/grub-install",
+                "/usr/sbin/grub2-install",
+                "/sbin/grub2-install",
+            ],
+        ) {
+        Bootloader::Grub2
+    } else if tree.exists("/boot/grub/menu.lst") || tree.exists("/boot/grub/grub.conf") {
+        Bootloader::GrubLegacy
+    } else {
+        Bootloader::None
+    };
+    let firmware = firmware(tree)?;
+    let init = if tree.exists("/lib/systemd/systemd") || tree.exists("/usr/lib/systemd/systemd") {
+        InitSystem::Systemd
+    } else if tree.exists("/sbin/initctl") && tree.is_dir("/etc/init") {
+        InitSystem::Upstart
+    } else if tree.exists("/etc/inittab") {
+        InitSystem::Sysvinit
+    } else {
+        InitSystem::Unknown
+    };
+    let mut network = Vec::new();
+    if has_any(tree, &["/sbin/ifup", "/usr/sbin/ifup"]) && tree.exists("/etc/network/interfaces") {
+        network.push(NetStack::Ifupdown);
+    }
+    if !yaml_files(tree, "/etc/netplan")?.is_empty() || has_any(tree, &["/usr/sbin/netplan"]) {
+        network.push(NetStack::Netplan);
+    }
+    if has_any(tree, &["/usr/sbin/NetworkManager", "/sbin/NetworkManager"]) {
+        network.push(NetStack::NetworkManager);
+    }
+    if tree.is_dir("/etc/sysconfig/network-scripts") {
+        network.push(NetStack::Ifcfg);
+    }
+    if has_any(tree, &["/usr/sbin/wicked", "/sbin/wicked"])
+        || (tree.is_dir("/etc/sysconfig/network") && tree.exists("/etc/SuSE-release"))
+    {
+        network.push(NetStack::Wicked);
+    }
+    let cloud_init = has_any(tree, &["/usr/bin/cloud-init", "/bin/cloud-init"]);
+    let selinux = match tree.read("/etc/selinux/config")? {
+        None => SelinuxMode::Absent,
+        Some(t) => match get(&parse_assignments(&t), "SELINUX")
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("enforcing") => SelinuxMode::Enforcing,
+            Some("permissive") => SelinuxMode::Permissive,
+            _ => SelinuxMode::Disabled,
+        },
+    };
+    Ok(OsInfo {
+        id,
+        id_like,
+        version_id,
+        pretty_name,
+        source,
+        kernels,
+        bootloader,
+        firmware,
+        init,
+        network,
+        cloud_init,
+        selinux,
+    })
+}
+
+fn has_any(tree: &Tree, paths: &[&str]) -> bool {
+    paths.iter().any(|p| tree.exists(p))
+}
+
+pub fn yaml_files(tree: &Tree, dir: &str) -> Result<Vec<String>> {
+    Ok(tree
+        .list(dir)?
+        .into_iter()
+        .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+        .collect())
+}
+
+type Identity = (String, Vec<String>, String, String, String);
+
+fn identity(tree: &Tree) -> Result<Identity> {
+    for p in ["/etc/os-release", "/usr/lib/os-release"] {
+        if let Some(t) = tree.read(p)? {
+            let kv = parse_assignments(&t);
+            if let Some(id) = get(&kv, "ID") {
+                let like = get(&kv, "ID_LIKE")
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .map(|s| s.to_ascii_lowercase())
+                    .collect();
+                return Ok((
+                    id.to_ascii_lowercase(),
+                    like,
+                    get(&kv, "VERSION_ID").unwrap_or("").to_owned(),
+                    get(&kv, "PRETTY_NAME").unwrap_or(id).to_owned(),
+                    p.to_owned(),
+                ));
+            }
+        }
+    }
+    if let Some(t) = tree.read("/etc/redhat-release")? {
+        let line = t.lines().next().unwrap_or("").trim().to_owned();
+        let lower = line.to_ascii_lowercase();
+        let id = if lower.starts_with("centos") {
+            "centos"
+        } else if lower.starts_with("red hat") {
+            "rhel"
+        } else if lower.starts_with("oracle") {
+            "ol"
+        } else if lower.starts_with("fedora") {
+            "fedora"
+        } else {
+            "rhel"
+        };
+        let version = line
+            .split_whitespace()
+            .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+            .unwrap_or("")
+            .to_owned();
+        return Ok((
+            id.to_owned(),
+            vec!["rhel".to_owned()],
+            version,
+            line,
+            "/etc/redhat-release".to_owned(),
+        ));
+    }
+    if let Some(t) = tree.read("/etc/SuSE-release")? {
+        let line = t.lines().next().unwrap_or("").trim().to_owned();
+        let id = if line.to_ascii_lowercase().contains("opensuse") {
+            "opensuse"
+        } else {
+            "sles"
+        };
+        let kv = parse_assignments(&t.replace(" = ", "="));
+        let version = get(&kv, "VERSION").unwrap_or("").to_owned();
+        return Ok((
+            id.to_owned(),
+            vec!["suse".to_owned()],
+            version,
+            line,
+            "/etc/SuSE-release".to_owned(),
+        ));
+    }
+    if let Some(t) = tree.read("/etc/debian_version")? {
+        let v = t.trim().to_owned();
+        return Ok((
+            "debian".to_owned(),
+            Vec::new(),
+            v.clone(),
+            format!("Debian {v}"),
+            "/etc/debian_version".to_owned(),
+        ));
+    }
+    if tree.is_dir("/etc") && (tree.exists("/bin/sh") || tree.exists("/usr/bin/sh")) {
+        return Ok((
+            "linux".to_owned(),
+            Vec::new(),
+            String::new(),
+            "unidentified Linux".to_owned(),
+            "none".to_owned(),
+        ));
+    }
+    Err(coded(
+        ErrorCode::UnsupportedOs,
+        format!(
+            "{} holds no /etc/os-release, no release file and no /bin/sh",
+            tree.root().display()
+        ),
+    ))
+}
+
+fn kernels(tree: &Tree) -> Result<Vec<Kernel>> {
+    let mut out = Vec::new();
+    let moddir = if tree.is_dir("/lib/modules") {
+        "/lib/modules"
+    } else {
+        "/usr/lib/modules"
+    };
+    for v in tree.list(moddir)? {
+        let modules_dir = format!("{moddir}/{v}");
+        if !tree.is_dir(&modules_dir) {
+            continue;
+        }
+        // A module tree without its image is left over from a removed kernel.
+        let image = [
+            format!("/boot/vmlinuz-{v}"),
+            format!("/boot/vmlinux-{v}"),
+            format!("{modules_dir}/vmlinuz"),
+        ]
+        .into_iter()
+        .find(|p| tree.exists(p));
+        if let Some(image) = image {
+            out.push(Kernel {
+                version: v,
+                image,
+                modules_dir,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn firmware(tree: &Tree) -> Result<Firmware> {
+    // An ESP in fstab is what an installer writes on a UEFI system; a BIOS
+    // GRUB's module directory is what grub-install writes on BIOS.
+    if let Some(f) = tree.read("/etc/fstab")? {
+        for l in f.lines() {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            if fields.len() >= 3
+                && !fields[0].starts_with('#')
+                && (fields[1] == "/boot/efi" || fields[1] == "/efi")
+            {
+                return Ok(Firmware::Uefi);
+            }
+        }
+    }
+    if tree.is_dir("/boot/grub/i386-pc") || tree.is_dir("/boot/grub2/i386-pc") {
+        return Ok(Firmware::Bios);
+    }
+    if tree.is_dir("/boot/efi/EFI") {
+        return Ok(Firmware::Uefi);
+    }
+    Ok(Firmware::Bios)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn tree(files: &[(&str, &str)]) -> (tempfile::TempDir, Tree) {
+        let d = tempfile::tempdir().unwrap();
+        for (p, c) in files {
+            let host = d.path().join(p.trim_start_matches('/'));
+            if let Some(dir) = p.strip_suffix('/') {
+                fs::create_dir_all(d.path().join(dir.trim_start_matches('/'))).unwrap();
+                continue;
+            }
+            fs::create_dir_all(host.parent().unwrap()).unwrap();
+            fs::write(host, c).unwrap();
+        }
+        let t = Tree::new(d.path());
+        (d, t)
+    }
+
+    #[test]
+    fn debian_bookworm() {
+        let (_d, t) = tree(&[
+            (
+                "/etc/os-release",
+                "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n",
+            ),
+            ("/boot/vmlinuz-6.1.0-27-amd64", "k"),
+            ("/lib/modules/6.1.0-27-amd64/modules.dep", ""),
+            ("/lib/modules/5.10.0-old/modules.dep", ""),
+            ("/boot/grub/grub.cfg", ""),
+            ("/boot/grub/i386-pc/", ""),
+            ("/lib/systemd/systemd", ""),
+            ("/sbin/ifup", ""),
+            ("/etc/network/interfaces", "auto lo\n"),
+            ("/etc/fstab", "/dev/sda1 / ext4 defaults 0 1\n"),
+        ]);
+        let os = detect(&t).unwrap();
+        assert_eq!(os.id, "debian");
+        assert_eq!(os.version_id, "12");
+        assert_eq!(os.pretty_name, "Debian GNU/Linux 12 (bookworm)");
+        assert_eq!(
+            os.kernels.len(),
+            1,
+            "the module tree without an image is not a kernel"
+        );
+        assert_eq!(os.kernels[0].version, "6.1.0-27-amd64");
+        assert_eq!(os.bootloader, Bootloader::Grub2);
+        assert_eq!(os.firmware, Firmware::Bios);
+        assert_eq!(os.init, InitSystem::Systemd);
+        assert_eq!(os.network, vec![NetStack::Ifupdown]);
+        assert!(!os.cloud_init);
+        assert_eq!(os.selinux, SelinuxMode::Absent);
+    }
+
+    #[test]
+    fn old_centos_from_release_file() {
+        let (_d, t) = tree(&[
+            ("/etc/redhat-release", "CentOS release 6.10 (Final)\n"),
+            ("/boot/grub/grub.conf", "default=0\n"),
+            ("/etc/sysconfig/network-scripts/ifcfg-eth0", "DEVICE=eth0\n"),
+            (
+                "/etc/selinux/config",
+                "SELINUX=enforcing\nSELINUXTYPE=targeted\n",
+            ),
+            ("/etc/inittab", ""),
+            ("/etc/fstab", "UUID=x /boot/efi vfat umask=0077 0 0\n"),
+        ]);
+        let os = detect(&t).unwrap();
+        assert_eq!((os.id.as_str(), os.version_id.as_str()), ("centos", "6.10"));
+        assert_eq!(os.id_like, vec!["rhel"]);
+        assert_eq!(os.bootloader, Bootloader::GrubLegacy);
+        assert_eq!(os.firmware, Firmware::Uefi);
+        assert_eq!(os.init, InitSystem::Sysvinit);
+        assert_eq!(os.network, vec![NetStack::Ifcfg]);
+        assert_eq!(os.selinux, SelinuxMode::Enforcing);
+    }
+
+    #[test]
+    fn suse_release_and_debian_version_fallbacks() {
+        let (_d, t) = tree(&[(
+            "/etc/SuSE-release",
+            "SUSE Linux Enterprise Server 11 (x86_64)\nVERSION = 11\nPATCHLEVEL = 4\n",
+        )]);
+        let os = detect(&t).unwrap();
+        assert_eq!((os.id.as_str(), os.version_id.as_str()), ("sles", "11"));
+        assert_eq!(os.bootloader, Bootloader::None);
+        let (_d, t) = tree(&[("/etc/debian_version", "7.11\n")]);
+        let os = detect(&t).unwrap();
+        assert_eq!((os.id.as_str(), os.version_id.as_str()), ("debian", "7.11"));
+    }
+
+    #[test]
+    fn no_os_is_unsupported() {
+        let (_d, t) = tree(&[("/Windows/System32/", "")]);
+        let err = detect(&t).unwrap_err();
+        assert_eq!(
+            crate::job::errors::find_coded(&err).map(|c| c.code),
+            Some(ErrorCode::UnsupportedOs)
+        );
+    }
+}

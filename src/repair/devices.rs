@@ -1,0 +1,257 @@
+//! What the repair knows about the disks: which source disk became which
+//! target, and the identity (UUID, label, PARTUUID) of every migrated file
+//! system. It is given, never guessed: the job runner knows it from the
+//! transfer and the layout.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The migrated disks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceMap {
+    pub disks: Vec<MigratedDisk>,
+}
+
+/// One source disk and the target it was written to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MigratedDisk {
+    /// The names the source system knew the disk by: `/dev/sda`,
+    /// `/dev/disk/by-id/ata-...`, `/dev/disk/by-path/...`.
+    pub source_names: Vec<String>,
+    /// The target disk on the appliance (`/dev/vdb`, `/dev/loop3`).
+    pub target: PathBuf,
+    pub volumes: Vec<Volume>,
+}
+
+/// A file system or swap area on a migrated disk.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Volume {
+    /// Partition number; None for a file system on the whole disk.
+    pub partition: Option<u32>,
+    /// The node on the appliance (`/dev/vdb1`, `/dev/loop3p1`).
+    pub node: PathBuf,
+    pub fstype: Option<String>,
+    pub uuid: Option<String>,
+    pub label: Option<String>,
+    pub partuuid: Option<String>,
+    /// Where it is mounted inside the migrated root, when it is (`/`, `/boot`).
+    pub mountpoint: Option<String>,
+}
+
+/// How an fstab device spec relates to the migrated disks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved<'a> {
+    /// A migrated volume.
+    Migrated(&'a Volume),
+    /// A kernel device name whose disk was not migrated.
+    NotMigrated,
+    /// A stable identity (UUID=, LABEL=...) not found on any migrated disk.
+    UnknownId,
+    /// Not a disk name ferry rewrites (LVM, md, network, pseudo file systems).
+    Other,
+}
+
+impl DeviceMap {
+    pub fn volumes(&self) -> impl Iterator<Item = &Volume> {
+        self.disks.iter().flat_map(|d| d.volumes.iter())
+    }
+
+    pub fn by_mountpoint(&self, mp: &str) -> Option<&Volume> {
+        self.volumes().find(|v| v.mountpoint.as_deref() == Some(mp))
+    }
+
+    /// The disk holding the volume mounted at `mp`.
+    pub fn disk_of_mountpoint(&self, mp: &str) -> Option<&MigratedDisk> {
+        self.disks.iter().find(|d| {
+            d.volumes
+                .iter()
+                .any(|v| v.mountpoint.as_deref() == Some(mp))
+        })
+    }
+
+    pub fn by_uuid(&self, uuid: &str) -> Option<&Volume> {
+        self.volumes().find(|v| {
+            v.uuid
+                .as_deref()
+                .is_some_and(|u| u.eq_ignore_ascii_case(uuid))
+        })
+    }
+
+    /// Resolve an fstab/kernel-command-line device spec.
+    pub fn resolve(&self, spec: &str, mountpoint: Option<&str>) -> Resolved<'_> {
+        let ident = |key: &str, val: &str| -> Resolved<'_> {
+            let hit = self.volumes().find(|v| {
+                let field = match key {
+                    "UUID" => &v.uuid,
+                    "LABEL" => &v.label,
+                    "PARTUUID" => &v.partuuid,
+                    _ => &None,
+                };
+                field
+                    .as_deref()
+                    .is_some_and(|f| f.eq_ignore_ascii_case(val))
+            });
+            hit.map(Resolved::Migrated).unwrap_or(Resolved::UnknownId)
+        };
+        if let Some((k, v)) = spec.split_once('=') {
+            return match k {
+                "UUID" | "LABEL" | "PARTUUID" => ident(k, v.trim_matches('"')),
+                _ => Resolved::Other,
+            };
+        }
+        for (prefix, key) in [
+            ("/dev/disk/by-uuid/", "UUID"),
+            ("/dev/disk/by-label/", "LABEL"),
+            ("/dev/disk/by-partuuid/", "PARTUUID"),
+        ] {
+            if let Some(v) = spec.strip_prefix(prefix) {
+                return ident(key, v);
+            }
+        }
+        let Some((disk, part)) = split_device(spec) else {
+            return Resolved::Other;
+        };
+        let found = self
+            .disks
+            .iter()
+            .find(|d| d.source_names.iter().any(|n| n == &disk))
+            .and_then(|d| d.volumes.iter().find(|v| v.partition == part));
+        match found {
+            Some(v) => Resolved::Migrated(v),
+            // A source name the map does not list: the mount point still
+            // tells which migrated volume it was when the layout mounted it.
+            None => match mountpoint.and_then(|mp| self.by_mountpoint(mp)) {
+                Some(v) => Resolved::Migrated(v),
+                None => Resolved::NotMigrated,
+            },
+        }
+    }
+}
+
+/// Split a kernel or udev device name into its disk and partition number:
+/// `/dev/sda1` → (`/dev/sda`, 1), `/dev/nvme0n1p2` → (`/dev/nvme0n1`, 2),
+/// `/dev/disk/by-id/X-part3` → (`/dev/disk/by-id/X`, 3), `/dev/sdb` → (`/dev/sdb`, None).
+/// Names that do not belong to a disk ferry migrates give None.
+pub fn split_device(spec: &str) -> Option<(String, Option<u32>)> {
+    for by in ["/dev/disk/by-id/", "/dev/disk/by-path/"] {
+        if let Some(rest) = spec.strip_prefix(by) {
+            if let Some(i) = rest.rfind("-part") {
+                if let Ok(n) = rest[i + 5..].parse::<u32>() {
+                    return Some((format!("{by}{}", &rest[..i]), Some(n)));
+                }
+            }
+            return Some((spec.to_owned(), None));
+        }
+    }
+    let name = spec.strip_prefix("/dev/")?;
+    for p in ["sd", "hd", "xvd", "vd"] {
+        if let Some(rest) = name.strip_prefix(p) {
+            let letters = rest.chars().take_while(|c| c.is_ascii_lowercase()).count();
+            let (l, num) = rest.split_at(letters);
+            if l.is_empty() || !num.chars().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            let disk = format!("/dev/{p}{l}");
+            return Some((
+                disk,
+                if num.is_empty() {
+                    None
+                } else {
+                    num.parse().ok()
+                },
+            ));
+        }
+    }
+    for p in ["nvme", "mmcblk", "cciss/c"] {
+        if name.starts_with(p) {
+            if let Some(i) = name.rfind('p') {
+                if i > p.len()
+                    && name[i + 1..].chars().all(|c| c.is_ascii_digit())
+                    && i + 1 < name.len()
+                {
+                    return Some((format!("/dev/{}", &name[..i]), name[i + 1..].parse().ok()));
+                }
+            }
+            return Some((spec.to_owned(), None));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_device_cases() {
+        type Case<'a> = (&'a str, Option<(&'a str, Option<u32>)>);
+        let cases: &[Case] = &[
+            ("/dev/sda1", Some(("/dev/sda", Some(1)))),
+            ("/dev/sdab12", Some(("/dev/sdab", Some(12)))),
+            ("/dev/sdb", Some(("/dev/sdb", None))),
+            ("/dev/hda2", Some(("/dev/hda", Some(2)))),
+            ("/dev/xvda1", Some(("/dev/xvda", Some(1)))),
+            ("/dev/vda3", Some(("/dev/vda", Some(3)))),
+            ("/dev/nvme0n1p2", Some(("/dev/nvme0n1", Some(2)))),
+            ("/dev/nvme0n1", Some(("/dev/nvme0n1", None))),
+            ("/dev/mmcblk0p1", Some(("/dev/mmcblk0", Some(1)))),
+            ("/dev/cciss/c0d0p1", Some(("/dev/cciss/c0d0", Some(1)))),
+            (
+                "/dev/disk/by-id/ata-VBOX_HARDDISK_VB1-part1",
+                Some(("/dev/disk/by-id/ata-VBOX_HARDDISK_VB1", Some(1))),
+            ),
+            (
+                "/dev/disk/by-path/pci-0000:00:10.0-scsi-0:0:0:0-part2",
+                Some(("/dev/disk/by-path/pci-0000:00:10.0-scsi-0:0:0:0", Some(2))),
+            ),
+            ("/dev/mapper/vg-root", None),
+            ("/dev/md0", None),
+            ("/dev/sr0", None),
+            ("/dev/shm", None),
+            ("tmpfs", None),
+        ];
+        for (spec, want) in cases {
+            let got = split_device(spec);
+            let want = want.map(|(d, p)| (d.to_owned(), p));
+            assert_eq!(got, want, "{spec}");
+        }
+    }
+
+    #[test]
+    fn resolve_by_name_identity_and_mountpoint() {
+        let root = Volume {
+            partition: Some(1),
+            uuid: Some("AAAA".into()),
+            mountpoint: Some("/".into()),
+            ..Default::default()
+        };
+        let map = DeviceMap {
+            disks: vec![MigratedDisk {
+                source_names: vec!["/dev/sda".into()],
+                target: "/dev/vdb".into(),
+                volumes: vec![root.clone()],
+            }],
+        };
+        assert_eq!(map.resolve("/dev/sda1", None), Resolved::Migrated(&root));
+        assert_eq!(map.resolve("UUID=aaaa", None), Resolved::Migrated(&root));
+        assert_eq!(
+            map.resolve("/dev/disk/by-uuid/AAAA", None),
+            Resolved::Migrated(&root)
+        );
+        assert_eq!(map.resolve("UUID=BBBB", None), Resolved::UnknownId);
+        assert_eq!(
+            map.resolve("/dev/sdb1", Some("/data")),
+            Resolved::NotMigrated
+        );
+        assert_eq!(
+            map.resolve("/dev/disk/by-id/wwn-0x5000-part1", Some("/")),
+            Resolved::Migrated(&root)
+        );
+        assert_eq!(
+            map.resolve("/dev/mapper/vg-home", Some("/home")),
+            Resolved::Other
+        );
+        assert_eq!(map.resolve("proc", Some("/proc")), Resolved::Other);
+    }
+}

@@ -1,0 +1,479 @@
+//! GRUB: the kernel command line (root by UUID, serial console, no stale
+//! `resume=`, stable interface names), the generated `grub.cfg`, and the
+//! boot code on the target disk.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+use super::detect::{unquote, Bootloader, OsInfo};
+use super::devices::{DeviceMap, Resolved};
+use super::engine::StepCtx;
+use super::recipe::{GrubRecipe, Recipe};
+use crate::job::errors::{coded, ErrorCode};
+
+/// Settings written into GRUB's defaults file.
+const SETTINGS: &[(&str, &str)] = &[
+    ("GRUB_TERMINAL", "console serial"),
+    (
+        "GRUB_SERIAL_COMMAND",
+        "serial --speed=115200 --unit=0 --word=8 --parity=no --stop=1",
+    ),
+    // os-prober in the appliance's chroot would add the appliance's own disks.
+    ("GRUB_DISABLE_OS_PROBER", "true"),
+    // grub-mkconfig writes root=/dev/... when this is true.
+    ("GRUB_DISABLE_LINUX_UUID", "false"),
+];
+
+/// The GRUB variant of the recipe present in the tree, or the FAQ's error.
+pub fn variant<'a>(ctx: &StepCtx, os: &OsInfo, recipe: &'a Recipe) -> Result<&'a GrubRecipe> {
+    match os.bootloader {
+        Bootloader::Grub2 => {}
+        Bootloader::GrubLegacy => {
+            return Err(coded(
+                ErrorCode::GrubFailed,
+                "the migrated system boots with GRUB legacy (older than 1.9); it needs GRUB 2",
+            ))
+        }
+        Bootloader::None => {
+            return Err(coded(
+                ErrorCode::GrubFailed,
+                "no GRUB is installed in the migrated system",
+            ))
+        }
+    }
+    super::recipe::pick(ctx.tree, &recipe.grub, |g| &g.tool).ok_or_else(|| {
+        let tools: Vec<String> = recipe.grub.iter().flat_map(|g| g.tool.clone()).collect();
+        coded(
+            ErrorCode::GrubFailed,
+            format!(
+                "recipe {} expects one of {} in the migrated system",
+                recipe.name,
+                tools.join(", ")
+            ),
+        )
+    })
+}
+
+/// Rewrite kernel arguments: `root=` by UUID, stale `resume=` out, the
+/// recipe's arguments replacing any of the same key.
+pub fn fix_args(args: &str, map: &DeviceMap, add: &[String]) -> String {
+    let key = |a: &str| a.split('=').next().unwrap_or(a).to_owned();
+    let add_keys: Vec<String> = add.iter().map(|a| key(a)).collect();
+    let mut out: Vec<String> = Vec::new();
+    for a in args.split_whitespace() {
+        if add_keys.contains(&key(a)) {
+            continue;
+        }
+        if let Some(dev) = a.strip_prefix("root=") {
+            match map.resolve(dev, Some("/")) {
+                Resolved::Migrated(v) if dev.starts_with("/dev/") && v.uuid.is_some() => {
+                    out.push(format!(
+                        "root=UUID={}",
+                        v.uuid.as_deref().unwrap_or_default()
+                    ));
+                }
+                _ => out.push(a.to_owned()),
+            }
+            continue;
+        }
+        if let Some(dev) = a.strip_prefix("resume=") {
+            match map.resolve(dev, None) {
+                Resolved::Migrated(v) if v.fstype.as_deref() == Some("swap") => match &v.uuid {
+                    Some(u) if dev.starts_with("/dev/") => out.push(format!("resume=UUID={u}")),
+                    _ => out.push(a.to_owned()),
+                },
+                // LVM swap names stay valid.
+                Resolved::Other if dev.starts_with("/dev/mapper/") => out.push(a.to_owned()),
+                _ => {}
+            }
+            continue;
+        }
+        out.push(a.to_owned());
+    }
+    out.extend(add.iter().cloned());
+    out.join(" ")
+}
+
+/// The repaired defaults file (`/etc/default/grub`).
+pub fn rewrite_defaults(text: &str, map: &DeviceMap, add: &[String]) -> String {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let find = |lines: &[String], k: &str| {
+        lines.iter().rposition(|l| {
+            let t = l.trim_start();
+            t.strip_prefix(k).is_some_and(|r| r.starts_with('='))
+        })
+    };
+    for k in ["GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"] {
+        let extra: &[String] = if k == "GRUB_CMDLINE_LINUX" { add } else { &[] };
+        // Arguments we set go only into GRUB_CMDLINE_LINUX (also used by
+        // recovery entries); the same keys are dropped from the default.
+        let drop_keys: Vec<String> = add
+            .iter()
+            .map(|a| format!("{}=", a.split('=').next().unwrap_or(a)))
+            .collect();
+        match find(&lines, k) {
+            Some(i) => {
+                let v = unquote(lines[i].split_once('=').map(|x| x.1).unwrap_or("").trim());
+                let mut fixed = fix_args(&v, map, extra);
+                if extra.is_empty() {
+                    fixed = fixed
+                        .split_whitespace()
+                        .filter(|a| !drop_keys.iter().any(|d| a.starts_with(d.as_str())))
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                }
+                if fixed != v {
+                    lines[i] = format!("{k}=\"{fixed}\"");
+                }
+            }
+            None if !extra.is_empty() => {
+                lines.push(format!("{k}=\"{}\"", fix_args("", map, extra)))
+            }
+            None => {}
+        }
+    }
+    for (k, v) in SETTINGS {
+        let want = format!("{k}=\"{v}\"");
+        match find(&lines, k) {
+            Some(i) => {
+                let cur = unquote(lines[i].split_once('=').map(|x| x.1).unwrap_or("").trim());
+                if cur != *v {
+                    lines[i] = want;
+                }
+            }
+            None => lines.push(want),
+        }
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
+}
+
+/// The step that edits the kernel command line wherever the system keeps it.
+pub fn defaults_step(
+    ctx: &mut StepCtx,
+    os: &OsInfo,
+    recipe: &Recipe,
+    map: &DeviceMap,
+) -> Result<()> {
+    let g = variant(ctx, os, recipe)?;
+    let old = ctx.tree.read(&g.defaults)?.unwrap_or_default();
+    let new = rewrite_defaults(&old, map, &recipe.kernel_args.add);
+    ctx.write(&g.defaults, &new, 0o644)?;
+    // Boot Loader Specification entries (RHEL 8+, Fedora) carry the command
+    // line themselves.
+    for name in ctx.tree.list("/boot/loader/entries")? {
+        if !name.ends_with(".conf") {
+            continue;
+        }
+        let p = format!("/boot/loader/entries/{name}");
+        let Some(t) = ctx.tree.read(&p)? else {
+            continue;
+        };
+        let new = rewrite_bls(&t, map, &recipe.kernel_args.add);
+        ctx.write(&p, &new, 0o644)?;
+    }
+    if let Some(t) = ctx.tree.read("/etc/kernel/cmdline")? {
+        let new = format!("{}\n", fix_args(t.trim(), map, &recipe.kernel_args.add));
+        ctx.write("/etc/kernel/cmdline", &new, 0o644)?;
+    }
+    // initramfs-tools waits for a resume device that no longer exists.
+    let resume = "/etc/initramfs-tools/conf.d/resume";
+    if let Some(t) = ctx.tree.read(resume)? {
+        let new = rewrite_resume_conf(&t, map);
+        ctx.write(resume, &new, 0o644)?;
+    }
+    Ok(())
+}
+
+pub fn rewrite_bls(text: &str, map: &DeviceMap, add: &[String]) -> String {
+    let mut out = String::new();
+    for l in text.lines() {
+        match l.strip_prefix("options") {
+            Some(rest) if rest.starts_with(char::is_whitespace) => {
+                out.push_str(&format!("options {}", fix_args(rest.trim(), map, add)));
+            }
+            _ => out.push_str(l),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+pub fn rewrite_resume_conf(text: &str, map: &DeviceMap) -> String {
+    let mut out = String::new();
+    for l in text.lines() {
+        if let Some(v) = l.trim().strip_prefix("RESUME=") {
+            let v = unquote(v);
+            let new = match map.resolve(&v, None) {
+                Resolved::Migrated(vol) if vol.fstype.as_deref() == Some("swap") => match &vol.uuid
+                {
+                    Some(u) if v.starts_with("/dev/") => format!("RESUME=UUID={u}"),
+                    _ => l.to_owned(),
+                },
+                Resolved::Other => l.to_owned(),
+                _ => "RESUME=none".to_owned(),
+            };
+            out.push_str(&new);
+        } else {
+            out.push_str(l);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// What is wrong with a generated grub.cfg, if anything.
+pub fn check_config(cfg: &str, os: &OsInfo, root_uuid: Option<&str>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let linux: Vec<&str> = cfg
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            matches!(
+                l.split_whitespace().next(),
+                Some("linux" | "linux16" | "linuxefi")
+            )
+        })
+        .collect();
+    let bls = cfg.contains("blscfg");
+    if linux.is_empty() && !bls {
+        problems.push("no kernel entry".to_owned());
+    }
+    for l in &linux {
+        let root = l.split_whitespace().find_map(|a| a.strip_prefix("root="));
+        match (root, root_uuid) {
+            (Some(r), Some(u)) if r.starts_with("/dev/") && !r.starts_with("/dev/mapper/") => {
+                problems.push(format!("an entry boots root={r} instead of root=UUID={u}"))
+            }
+            (None, _) => problems.push("an entry has no root=".to_owned()),
+            _ => {}
+        }
+        if !l.contains("console=ttyS0") {
+            problems.push("an entry lacks the serial console".to_owned());
+        }
+    }
+    if !bls {
+        for k in &os.kernels {
+            if !linux.iter().any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|img| img.ends_with(&format!("-{}", k.version)))
+            }) {
+                problems.push(format!("no entry for kernel {}", k.version));
+            }
+        }
+    }
+    problems.dedup();
+    problems
+}
+
+/// Regenerate grub.cfg with the system's own tool when it is stale.
+pub fn config_step(
+    ctx: &mut StepCtx,
+    os: &OsInfo,
+    recipe: &Recipe,
+    map: &DeviceMap,
+    defaults_changed: bool,
+) -> Result<()> {
+    let g = variant(ctx, os, recipe)?;
+    let root_uuid = map.by_mountpoint("/").and_then(|v| v.uuid.clone());
+    let current = ctx.tree.read(&g.config)?;
+    let problems = match &current {
+        None => vec!["missing".to_owned()],
+        Some(c) => check_config(c, os, root_uuid.as_deref()),
+    };
+    if !defaults_changed && problems.is_empty() {
+        return Ok(());
+    }
+    if !problems.is_empty() {
+        ctx.note(format!("{}: {}", g.config, problems.join("; ")));
+    }
+    let tool = g.mkconfig[0].clone();
+    ctx.exec(
+        &g.mkconfig,
+        &format!("regenerate {} with the migrated system's {tool}", g.config),
+    )
+    .map_err(|e| coded(ErrorCode::GrubFailed, format!("{e:#}")))?;
+    if ctx.apply() {
+        let cfg = ctx.tree.read(&g.config)?.unwrap_or_default();
+        let left = check_config(&cfg, os, root_uuid.as_deref());
+        if !left.is_empty() {
+            return Err(coded(
+                ErrorCode::GrubFailed,
+                format!(
+                    "{tool} wrote {} with problems: {}",
+                    g.config,
+                    left.join("; ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Hash of what grub-install writes for BIOS: the start of the disk (boot
+/// code, embedding area, BIOS boot partition) and its module directory.
+fn bios_digest(disk: &Path, tree: &super::tree::Tree, dir: &str) -> Result<String> {
+    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(disk).with_context(|| format!("opening {}", disk.display()))?;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut got = 0;
+    while got < buf.len() {
+        let n = f
+            .read(&mut buf[got..])
+            .with_context(|| format!("reading {}", disk.display()))?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    h.update(&buf[..got]);
+    let d = tree.path(dir)?;
+    let mut names: Vec<PathBuf> = match std::fs::read_dir(&d) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    for p in names {
+        if p.is_file() {
+            h.update(p.to_string_lossy().as_bytes());
+            h.update(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?);
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Install GRUB's BIOS boot code on the disk that holds /boot.
+pub fn install_bios_step(
+    ctx: &mut StepCtx,
+    os: &OsInfo,
+    recipe: &Recipe,
+    disk: &Path,
+) -> Result<()> {
+    let g = variant(ctx, os, recipe)?;
+    let lib = format!("{}/i386-pc", g.lib);
+    if !ctx.tree.is_dir(&lib) {
+        return Err(coded(
+            ErrorCode::GrubFailed,
+            format!("{lib} is missing: the BIOS GRUB (grub-pc / grub2-pc-modules) is not installed in the migrated system"),
+        ));
+    }
+    let boot_dir = if g.config.starts_with("/boot/grub2/") {
+        "/boot/grub2/i386-pc"
+    } else {
+        "/boot/grub/i386-pc"
+    };
+    let argv = vec![
+        g.install.clone(),
+        "--target=i386-pc".to_owned(),
+        disk.display().to_string(),
+    ];
+    let tree = ctx.tree.clone();
+    let disk = disk.to_owned();
+    ctx.exec_compared(
+        &argv,
+        "install GRUB's BIOS boot code on the target disk",
+        &|| bios_digest(&disk, &tree, boot_dir),
+    )
+    .map_err(|e| coded(ErrorCode::GrubFailed, format!("{e:#}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repair::fstab::tests::map;
+
+    fn add() -> Vec<String> {
+        crate::repair::recipe::KernelArgs::default().add
+    }
+
+    #[test]
+    fn kernel_args() {
+        let m = map();
+        let cases: &[(&str, &str)] = &[
+            ("", "console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0"),
+            (
+                "root=/dev/sda2 ro quiet console=tty1 resume=/dev/sda5",
+                "root=UUID=22222222-2222-4222-8222-222222222222 ro quiet resume=UUID=55555555-5555-4555-8555-555555555555 console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0",
+            ),
+            ("resume=/dev/sdb2 rhgb", "rhgb console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0"),
+            ("resume=UUID=deadbeef crashkernel=auto", "crashkernel=auto console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0"),
+            ("root=/dev/mapper/cl-root resume=/dev/mapper/cl-swap rd.lvm.lv=cl/root", "root=/dev/mapper/cl-root resume=/dev/mapper/cl-swap rd.lvm.lv=cl/root console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0"),
+        ];
+        for (input, want) in cases {
+            let got = fix_args(input, &m, &add());
+            assert_eq!(got, *want, "{input}");
+            assert_eq!(fix_args(&got, &m, &add()), got, "idempotent: {input}");
+        }
+    }
+
+    #[test]
+    fn defaults_file() {
+        let input = "# If you change this file, run 'update-grub'\nGRUB_DEFAULT=0\nGRUB_TIMEOUT=5\nGRUB_DISTRIBUTOR=`lsb_release -i -s 2> /dev/null || echo Debian`\nGRUB_CMDLINE_LINUX_DEFAULT=\"quiet console=tty1\"\nGRUB_CMDLINE_LINUX=\"resume=/dev/sdb2\"\n#GRUB_TERMINAL=console\nGRUB_DISABLE_LINUX_UUID=true\n";
+        let want = "# If you change this file, run 'update-grub'\nGRUB_DEFAULT=0\nGRUB_TIMEOUT=5\nGRUB_DISTRIBUTOR=`lsb_release -i -s 2> /dev/null || echo Debian`\nGRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\nGRUB_CMDLINE_LINUX=\"console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0\"\n#GRUB_TERMINAL=console\nGRUB_DISABLE_LINUX_UUID=\"false\"\nGRUB_TERMINAL=\"console serial\"\nGRUB_SERIAL_COMMAND=\"serial --speed=115200 --unit=0 --word=8 --parity=no --stop=1\"\nGRUB_DISABLE_OS_PROBER=\"true\"\n";
+        let got = rewrite_defaults(input, &map(), &add());
+        assert_eq!(got, want);
+        assert_eq!(rewrite_defaults(&got, &map(), &add()), got);
+    }
+
+    #[test]
+    fn bls_and_resume_conf() {
+        let bls = "title CentOS Stream (5.14.0-70.el9.x86_64) 9\nversion 5.14.0-70.el9.x86_64\nlinux /vmlinuz-5.14.0-70.el9.x86_64\noptions root=/dev/sda2 ro resume=/dev/sdb1 rhgb quiet\n";
+        let want = "title CentOS Stream (5.14.0-70.el9.x86_64) 9\nversion 5.14.0-70.el9.x86_64\nlinux /vmlinuz-5.14.0-70.el9.x86_64\noptions root=UUID=22222222-2222-4222-8222-222222222222 ro rhgb quiet console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0\n";
+        assert_eq!(rewrite_bls(bls, &map(), &add()), want);
+        assert_eq!(
+            rewrite_resume_conf("RESUME=/dev/sda5\n", &map()),
+            "RESUME=UUID=55555555-5555-4555-8555-555555555555\n"
+        );
+        assert_eq!(
+            rewrite_resume_conf("RESUME=/dev/sdc1\n", &map()),
+            "RESUME=none\n"
+        );
+        assert_eq!(
+            rewrite_resume_conf("RESUME=none\n", &map()),
+            "RESUME=none\n"
+        );
+    }
+
+    #[test]
+    fn grub_cfg_checks() {
+        use crate::repair::detect::*;
+        let os = OsInfo {
+            id: "debian".into(),
+            id_like: vec![],
+            version_id: "12".into(),
+            pretty_name: String::new(),
+            source: String::new(),
+            kernels: vec![Kernel {
+                version: "6.1.0-27-amd64".into(),
+                image: String::new(),
+                modules_dir: String::new(),
+            }],
+            bootloader: Bootloader::Grub2,
+            firmware: Firmware::Bios,
+            init: InitSystem::Systemd,
+            network: vec![],
+            cloud_init: false,
+            selinux: SelinuxMode::Absent,
+        };
+        let good =
+            "\tlinux\t/boot/vmlinuz-6.1.0-27-amd64 root=UUID=2222 ro console=ttyS0,115200n8\n";
+        assert!(check_config(good, &os, Some("2222")).is_empty());
+        let bad = "\tlinux\t/boot/vmlinuz-6.1.0-27-amd64 root=/dev/loop0p1 ro quiet\n";
+        assert_eq!(
+            check_config(bad, &os, Some("2222")),
+            [
+                "an entry boots root=/dev/loop0p1 instead of root=UUID=2222",
+                "an entry lacks the serial console"
+            ]
+        );
+        assert_eq!(
+            check_config("", &os, Some("2222")),
+            ["no kernel entry", "no entry for kernel 6.1.0-27-amd64"]
+        );
+    }
+}

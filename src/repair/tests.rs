@@ -1,0 +1,311 @@
+//! The engine end to end on a synthetic Debian tree, with a fake runner
+//! standing in for the chroot (the real tools run in tests/root_repair.rs).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::cmd::Output;
+
+const KVER: &str = "6.1.0-27-amd64";
+
+struct Fake {
+    root: PathBuf,
+    disk: PathBuf,
+    ran: RefCell<Vec<String>>,
+}
+
+impl Runner for Fake {
+    fn run(&self, argv: &[String]) -> Result<Output> {
+        self.ran.borrow_mut().push(argv.join(" "));
+        let w = |p: &str, c: &str| fs::write(self.root.join(p.trim_start_matches('/')), c).unwrap();
+        let mut stdout = String::new();
+        match argv[0].as_str() {
+            "update-grub" => w(
+                "/boot/grub/grub.cfg",
+                &format!("menuentry 'Debian' {{\n\tlinux\t/boot/vmlinuz-{KVER} root=UUID=22222222-2222-4222-8222-222222222222 ro console=tty0 console=ttyS0,115200n8\n}}\n"),
+            ),
+            "update-initramfs" => {
+                let modules = fs::read_to_string(self.root.join("etc/initramfs-tools/modules")).unwrap();
+                w(&format!("/boot/initrd.img-{}", argv[3]), &modules)
+            }
+            "lsinitramfs" => {
+                let img = fs::read_to_string(self.root.join(argv[1].trim_start_matches('/'))).unwrap();
+                for l in img.lines().filter(|l| !l.starts_with('#')) {
+                    stdout.push_str(&format!("usr/lib/modules/{KVER}/kernel/drivers/x/{l}.ko\n"));
+                }
+            }
+            "grub-install" => fs::write(&self.disk, b"GRUB boot code").unwrap(),
+            other => panic!("unexpected command {other}"),
+        }
+        Ok(Output {
+            stdout: stdout.into_bytes(),
+            stderr: Vec::new(),
+        })
+    }
+}
+
+fn put(root: &Path, files: &[(&str, &str)]) {
+    for (p, c) in files {
+        let host = root.join(p.trim_start_matches('/'));
+        fs::create_dir_all(host.parent().unwrap()).unwrap();
+        fs::write(host, c).unwrap();
+    }
+}
+
+fn debian_tree(root: &Path, with_virtio: bool) {
+    let m = format!("/lib/modules/{KVER}/kernel/drivers");
+    put(
+        root,
+        &[
+            ("/etc/os-release", "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n"),
+            ("/etc/fstab", "/dev/sda2 / ext4 errors=remount-ro 0 1\n/dev/sda1 /boot ext4 defaults 0 2\n/dev/sdb1 /data ext4 defaults 0 2\n"),
+            ("/etc/default/grub", "GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\nGRUB_CMDLINE_LINUX=\"\"\n"),
+            ("/boot/grub/grub.cfg", &format!("\tlinux\t/boot/vmlinuz-{KVER} root=/dev/sda2 ro quiet\n")),
+            (&format!("/boot/vmlinuz-{KVER}"), "kernel"),
+            (&format!("/boot/initrd.img-{KVER}"), "ext4\n"),
+            ("/etc/initramfs-tools/modules", "# List of modules\n"),
+            ("/usr/sbin/update-initramfs", ""),
+            ("/usr/sbin/update-grub", ""),
+            ("/usr/sbin/grub-install", ""),
+            ("/usr/lib/grub/i386-pc/boot.img", ""),
+            ("/lib/systemd/systemd", ""),
+            ("/sbin/ifup", ""),
+            ("/etc/network/interfaces", "auto lo\niface lo inet loopback\n\nallow-hotplug ens33\niface ens33 inet static\n    address 192.168.10.5/24\n    gateway 192.168.10.1\n"),
+            ("/usr/bin/cloud-init", ""),
+            ("/var/lib/cloud/instances/i-vmware/obj.pkl", "state"),
+            ("/lib/systemd/system/cloud-init.service", "[Unit]\n[Install]\nWantedBy=cloud-init.target\n"),
+            ("/lib/systemd/system/open-vm-tools.service", "[Install]\nWantedBy=multi-user.target\n"),
+            ("/etc/udev/rules.d/70-persistent-net.rules", "SUBSYSTEM==\"net\", ATTR{address}==\"00:0c:29:aa:bb:cc\", NAME=\"eth0\"\n"),
+            (&format!("{m}/block/virtio_blk.ko"), ""),
+            (&format!("{m}/scsi/virtio_scsi.ko"), ""),
+            (&format!("{m}/nvme/host/nvme.ko"), ""),
+            (&format!("/lib/modules/{KVER}/modules.builtin"), "kernel/drivers/virtio/virtio.ko\n"),
+        ],
+    );
+    if with_virtio {
+        put(
+            root,
+            &[
+                (&format!("{m}/net/virtio_net.ko"), ""),
+                (&format!("{m}/virtio/virtio_pci.ko"), ""),
+            ],
+        );
+    }
+    std::os::unix::fs::symlink(
+        "/var/lib/cloud/instances/i-vmware",
+        root.join("var/lib/cloud/instance"),
+    )
+    .unwrap();
+}
+
+fn map(disk: &Path) -> DeviceMap {
+    let mut m = crate::repair::fstab::tests::map();
+    m.disks[0].target = disk.to_owned();
+    m
+}
+
+/// Every file's content (and every link's target) under a directory.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if m.file_type().is_symlink() {
+                out.insert(
+                    p.clone(),
+                    format!("-> {}", fs::read_link(&p).unwrap().display()),
+                );
+            } else if m.is_dir() {
+                out.insert(p.clone(), "dir".into());
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.clone(),
+                    String::from_utf8_lossy(&fs::read(&p).unwrap()).into_owned(),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn plan_writes_nothing_apply_repairs_second_apply_changes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    let disk = d.path().join("disk.img");
+    fs::write(&disk, vec![0u8; 4096]).unwrap();
+    debian_tree(&root, true);
+    let fake = Fake {
+        root: root.clone(),
+        disk: disk.clone(),
+        ran: RefCell::new(Vec::new()),
+    };
+
+    let before = snapshot(d.path());
+    let plan = execute(
+        &Options::new(&root, map(&disk), BootMode::Auto, Mode::Plan),
+        None,
+    )
+    .into_result()
+    .unwrap();
+    assert_eq!(snapshot(d.path()), before, "plan mode wrote something");
+    assert!(plan.changed);
+    let text = engine::render(&plan.steps, Mode::Plan);
+    assert!(text.contains("--- a/etc/fstab\n+++ b/etc/fstab\n@@ -1,3 +1,3 @@\n-/dev/sda2 / ext4 errors=remount-ro 0 1\n"), "{text}");
+    assert!(
+        text.contains(
+            "\n+UUID=22222222-2222-4222-8222-222222222222 / ext4 errors=remount-ro 0 1\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("would run (in chroot): update-initramfs -u -k 6.1.0-27-amd64"),
+        "{text}"
+    );
+    assert!(
+        text.contains("would run (in chroot): update-grub"),
+        "{text}"
+    );
+
+    let r = execute(
+        &Options::new(&root, map(&disk), BootMode::Auto, Mode::Apply),
+        Some(&fake),
+    )
+    .into_result()
+    .unwrap();
+    assert!(r.changed);
+    assert_eq!(r.recipe.as_deref(), Some("debian"));
+    assert_eq!(r.boot, Some(BootMode::Bios { disk: disk.clone() }));
+    let status: Vec<(String, Status)> =
+        r.steps.iter().map(|s| (s.step.clone(), s.status)).collect();
+    let want: Vec<(String, Status)> = [
+        ("fstab", Status::Changed),
+        ("grub-defaults", Status::Changed),
+        ("network", Status::Changed),
+        ("net-rules", Status::Changed),
+        ("cloud-init", Status::Changed),
+        ("selinux", Status::Skipped),
+        ("agents", Status::Changed),
+        ("initramfs", Status::Changed),
+        ("grub-install", Status::Changed),
+        ("grub-config", Status::Changed),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_owned(), b))
+    .collect();
+    assert_eq!(status, want);
+    assert_eq!(
+        *fake.ran.borrow(),
+        [
+            format!("update-initramfs -u -k {KVER}"),
+            format!("lsinitramfs /boot/initrd.img-{KVER}"),
+            format!("grub-install --target=i386-pc {}", disk.display()),
+            "update-grub".to_owned(),
+        ]
+    );
+    let read = |p: &str| fs::read_to_string(root.join(p)).unwrap();
+    assert_eq!(
+        read("etc/fstab"),
+        "UUID=22222222-2222-4222-8222-222222222222 / ext4 errors=remount-ro 0 1\nUUID=11111111-1111-4111-8111-111111111111 /boot ext4 defaults 0 2\n# ferry: disk not migrated, /dev/sdb1 would name another disk on the cloud: /dev/sdb1 /data ext4 defaults 0 2\n"
+    );
+    assert_eq!(
+        read("etc/cloud/cloud.cfg.d/99-ferry-datasource.cfg"),
+        "# Written by ferry: the datasource of the cloud this system was migrated to.\ndatasource_list: [ AliYun, None ]\n"
+    );
+    assert!(!root.join("var/lib/cloud/instances").exists());
+    assert!(fs::symlink_metadata(root.join("var/lib/cloud/instance")).is_err());
+    assert_eq!(
+        fs::read_link(root.join("etc/systemd/system/cloud-init.target.wants/cloud-init.service"))
+            .unwrap(),
+        Path::new("/lib/systemd/system/cloud-init.service")
+    );
+    assert_eq!(
+        fs::read_link(root.join("etc/systemd/system/open-vm-tools.service")).unwrap(),
+        Path::new("/dev/null")
+    );
+    assert!(
+        root.join("lib/systemd/system/open-vm-tools.service")
+            .exists(),
+        "agents are masked, not deleted"
+    );
+
+    fake.ran.borrow_mut().clear();
+    let again = execute(
+        &Options::new(&root, map(&disk), BootMode::Auto, Mode::Apply),
+        Some(&fake),
+    )
+    .into_result()
+    .unwrap();
+    let changed: Vec<&str> = again
+        .steps
+        .iter()
+        .filter(|s| s.status == Status::Changed)
+        .map(|s| s.step.as_str())
+        .collect();
+    assert!(changed.is_empty(), "second run changed {changed:?}");
+    assert!(!again.changed);
+    // Only queries and the compared grub-install ran.
+    assert_eq!(
+        *fake.ran.borrow(),
+        [
+            format!("lsinitramfs /boot/initrd.img-{KVER}"),
+            format!("grub-install --target=i386-pc {}", disk.display())
+        ]
+    );
+}
+
+#[test]
+fn kernel_without_virtio_fails_with_the_faq_code() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    let disk = d.path().join("disk.img");
+    fs::write(&disk, vec![0u8; 512]).unwrap();
+    debian_tree(&root, false);
+    let out = execute(
+        &Options::new(&root, map(&disk), BootMode::Auto, Mode::Plan),
+        None,
+    );
+    let err = out.report.error.unwrap();
+    assert_eq!(err.step.as_deref(), Some("initramfs"));
+    assert_eq!(err.code, "VIRTIO_CHECK_FAILED");
+    assert_eq!(
+        err.message,
+        "repair step initramfs: VIRTIO_CHECK_FAILED: check virtio failed (kernel 6.1.0-27-amd64 lacks virtio_net, virtio_pci)"
+    );
+    // Steps before it are reported.
+    assert_eq!(out.report.steps.len(), 7);
+}
+
+#[test]
+fn no_grub_fails_with_the_faq_code() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    debian_tree(&root, true);
+    for p in [
+        "etc/default/grub",
+        "boot/grub/grub.cfg",
+        "usr/sbin/grub-install",
+    ] {
+        fs::remove_file(root.join(p)).unwrap();
+    }
+    let out = execute(
+        &Options::new(
+            &root,
+            map(&d.path().join("disk")),
+            BootMode::Auto,
+            Mode::Plan,
+        ),
+        None,
+    );
+    let err = out.error.unwrap();
+    assert_eq!(
+        format!("{err:#}"),
+        "repair step grub-defaults: GRUB_FAILED: Do Grub Failed (no GRUB is installed in the migrated system)"
+    );
+}

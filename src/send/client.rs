@@ -1,0 +1,173 @@
+//! A connection to the appliance: TLS with a pinned certificate, then the
+//! challenge–response, then frames.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_util::codec::Framed;
+
+use super::pin::Pin;
+use crate::job::errors::{coded, CodedError, ErrorCode};
+use crate::wire::{self, auth, Frame, FrameCodec};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub type Conn = Framed<TlsStream<TcpStream>, FrameCodec>;
+
+/// Turn an Error frame from the appliance into a coded error.
+pub fn remote_error(code: &str, message: &str) -> anyhow::Error {
+    let parsed = ErrorCode::parse(code).unwrap_or(ErrorCode::Internal);
+    let mut e = CodedError::new(parsed, "");
+    e.message = if parsed.as_str() == code {
+        message.to_owned()
+    } else {
+        format!("{code}: {message}")
+    };
+    anyhow::Error::new(e).context("the appliance refused")
+}
+
+/// Read the next frame; an Error frame becomes an error, a closed
+/// connection an interruption.
+pub async fn recv(conn: &mut Conn) -> Result<Frame> {
+    match conn.next().await {
+        Some(Ok(Frame::Error { code, message, .. })) => Err(remote_error(&code, &message)),
+        Some(Ok(f)) => Ok(f),
+        Some(Err(e)) => Err(coded(e.code(), e.to_string())),
+        None => Err(coded(
+            ErrorCode::TransferInterrupted,
+            "the appliance closed the connection",
+        )),
+    }
+}
+
+pub async fn send(conn: &mut Conn, frame: Frame) -> Result<()> {
+    conn.send(frame).await.map_err(|e| {
+        coded(
+            ErrorCode::TransferInterrupted,
+            format!("sending to the appliance: {e}"),
+        )
+    })
+}
+
+/// Connect, verify the pinned certificate, and authenticate with the token.
+pub async fn connect(to: &str, token: &str, fingerprint: &str) -> Result<Conn> {
+    let (mut conn, binding) = connect_tls(to, fingerprint).await?;
+    authenticate(&mut conn, token, &binding).await?;
+    Ok(conn)
+}
+
+/// Connect and verify the pinned certificate; returns the framed connection
+/// (bounded as after authentication) and the session's binding for proofs.
+pub async fn connect_tls(to: &str, fingerprint: &str) -> Result<(Conn, [u8; 32])> {
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(coded(ErrorCode::ConnectFailed, format!("{to}: {e}"))),
+        Err(_) => {
+            return Err(coded(
+                ErrorCode::ConnectFailed,
+                format!("{to}: no answer within 15 s"),
+            ))
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let pin = Arc::new(Pin::new(fingerprint.to_owned(), Arc::clone(&provider)));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS versions")?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::clone(&pin) as Arc<_>)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("ferry").context("server name")?;
+    let tls = match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let seen = pin.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            return Err(match seen {
+                Some(seen) if seen != fingerprint => coded(
+                    ErrorCode::TlsFingerprintMismatch,
+                    format!("expected {fingerprint}, the appliance at {to} presented {seen}"),
+                ),
+                _ => coded(
+                    ErrorCode::ConnectFailed,
+                    format!("TLS handshake with {to}: {e}"),
+                ),
+            });
+        }
+        Err(_) => {
+            return Err(coded(
+                ErrorCode::ConnectFailed,
+                format!("TLS handshake with {to} timed out"),
+            ))
+        }
+    };
+    let mut binding = [0u8; 32];
+    tls.get_ref()
+        .1
+        .export_keying_material(&mut binding, auth::TLS_EXPORTER_LABEL, None)
+        .map_err(|e| coded(ErrorCode::Internal, format!("TLS exporter: {e}")))?;
+    // The appliance's frames are bounded too: the largest is a manifest page.
+    let conn = Framed::new(
+        tls,
+        FrameCodec::new(wire::postauth_max_frame(wire::MIN_CHUNK_SIZE)),
+    );
+    Ok((conn, binding))
+}
+
+/// The challenge–response, both ways.
+pub async fn authenticate(conn: &mut Conn, token: &str, binding: &[u8; 32]) -> Result<()> {
+    let nonce = auth::new_nonce();
+    send(
+        conn,
+        Frame::Hello {
+            version: wire::PROTOCOL_VERSION,
+            nonce,
+        },
+    )
+    .await?;
+    let server_nonce = match recv(conn).await? {
+        Frame::Challenge { version, nonce: sn } => {
+            if version != wire::PROTOCOL_VERSION {
+                return Err(coded(
+                    ErrorCode::ProtocolVersion,
+                    format!(
+                        "the appliance speaks version {version}, this sender {}",
+                        wire::PROTOCOL_VERSION
+                    ),
+                ));
+            }
+            sn
+        }
+        other => {
+            return Err(coded(
+                ErrorCode::UnexpectedFrame,
+                format!("expected Challenge, got {}", other.name()),
+            ))
+        }
+    };
+    let proof = auth::client_proof(token, &server_nonce, &nonce, binding);
+    send(conn, Frame::Auth { proof }).await?;
+    match recv(conn).await? {
+        Frame::AuthOk { proof } => {
+            let expected = auth::server_proof(token, &server_nonce, &nonce, binding);
+            if !auth::proofs_equal(&expected, &proof) {
+                return Err(coded(
+                    ErrorCode::AuthFailed,
+                    "the appliance could not prove it holds the job token",
+                ));
+            }
+        }
+        other => {
+            return Err(coded(
+                ErrorCode::UnexpectedFrame,
+                format!("expected AuthOk, got {}", other.name()),
+            ))
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,618 @@
+//! The data port: one task per connection, TLS only, authenticated before
+//! anything is read beyond the handshake or written anywhere.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::writer::{Event, Work, Writer};
+use super::{Appliance, BusyGuard};
+use crate::disk::{chunk_count, Disk};
+use crate::job::errors::{coded, find_coded, ErrorCode};
+use crate::job::ledger::DiskRecord;
+use crate::wire::{self, auth, Frame, FrameCodec};
+
+/// Time allowed for TLS and authentication.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// A connection that sends nothing for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Chunks queued for one disk's writer beyond the one it is writing.
+const WRITER_QUEUE: usize = 4;
+
+type Conn = Framed<TlsStream<TcpStream>, FrameCodec>;
+
+/// Accept connections until `shutdown`, at most `max_sessions` at once.
+pub async fn serve(
+    app: Arc<Appliance>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shutdown: CancellationToken,
+) {
+    let limit = Arc::new(Semaphore::new(app.config.max_sessions.max(1)));
+    let tracker = tokio_util::task::TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a data connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (app, acceptor, shutdown) = (Arc::clone(&app), acceptor.clone(), shutdown.clone());
+        tracker.spawn(
+            async move {
+                app.metrics.sessions_active.inc();
+                connection(&app, tcp, peer, acceptor, shutdown).await;
+                app.metrics.sessions_active.dec();
+                drop(permit);
+            }
+            .instrument(tracing::info_span!("session", %peer)),
+        );
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn connection(
+    app: &Arc<Appliance>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    shutdown: CancellationToken,
+) {
+    let _ = tcp.set_nodelay(true);
+    // A TLS connection starts with a handshake record (0x16). Anything else
+    // is a plaintext client: tell it, in our own framing, and close.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == 0x16 => {}
+        Ok(Ok(1)) => {
+            count_error(app, ErrorCode::TlsRequired);
+            tracing::warn!("refused a plaintext connection");
+            let frame = wire::frame::encode(&Frame::error(
+                ErrorCode::TlsRequired,
+                "port 8703 speaks TLS only",
+            ));
+            let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&frame)).await;
+            let _ = tcp.shutdown().await;
+            drain(&mut tcp).await;
+            return;
+        }
+        _ => return,
+    }
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            count_error(app, ErrorCode::TlsHandshakeFailed);
+            tracing::warn!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("TLS handshake timed out");
+            return;
+        }
+    };
+    let mut binding = [0u8; 32];
+    if tls
+        .get_ref()
+        .1
+        .export_keying_material(&mut binding, auth::TLS_EXPORTER_LABEL, None)
+        .is_err()
+    {
+        tracing::warn!("TLS exporter unavailable");
+        return;
+    }
+    let mut conn = Framed::new(tls, FrameCodec::new(wire::PREAUTH_MAX_FRAME));
+    let mut session = Session {
+        app: Arc::clone(app),
+        disks: HashMap::new(),
+        probe_bytes: 0,
+    };
+    let result = session.run(&mut conn, peer, binding, shutdown).await;
+    if let Err(err) = result {
+        let code = find_coded(&err)
+            .map(|c| c.code)
+            .unwrap_or(ErrorCode::Internal);
+        count_error(app, code);
+        tracing::warn!(code = %code, error = %format!("{err:#}"), "closing the connection");
+        let detail = find_coded(&err)
+            .map(|c| c.detail.clone())
+            .unwrap_or_else(|| format!("{err:#}"));
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            conn.send(Frame::error(code, &detail)),
+        )
+        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.get_mut().shutdown()).await;
+        // Release the disks before lingering, so a sender that reconnects
+        // at once finds them free.
+        session.close().await;
+        drain(conn.get_mut()).await;
+        return;
+    }
+    session.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.get_mut().shutdown()).await;
+}
+
+/// After a refusal, read and discard what the peer still sends for a moment:
+/// closing a socket with unread input resets the connection, and a reset can
+/// destroy the refusal in the peer's receive queue before it reads it.
+async fn drain<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut total = 0usize;
+    while total < (64 << 20) {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => total += n,
+            _ => break,
+        }
+    }
+}
+
+fn count_error(app: &Appliance, code: ErrorCode) {
+    app.metrics
+        .session_errors
+        .with_label_values(&[code.as_str()])
+        .inc();
+}
+
+struct OpenDisk {
+    record: DiskRecord,
+    work: mpsc::Sender<Work>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+struct Session {
+    app: Arc<Appliance>,
+    disks: HashMap<u32, OpenDisk>,
+    probe_bytes: u64,
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        conn: &mut Conn,
+        peer: SocketAddr,
+        binding: [u8; 32],
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.authenticate(conn, peer, binding))
+            .await
+            .map_err(|_| coded(ErrorCode::AuthFailed, "authentication timed out"))??;
+        let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    return Err(coded(ErrorCode::TransferInterrupted, "the appliance is shutting down"));
+                }
+                frame = tokio::time::timeout(IDLE_TIMEOUT, conn.next()) => match frame {
+                    Err(_) => return Err(coded(ErrorCode::TransferInterrupted, "no data for 300 s")),
+                    Ok(None) => return Ok(()),
+                    Ok(Some(Err(e))) => return Err(coded(e.code(), e.to_string())),
+                    Ok(Some(Ok(f))) => self.frame(conn, f, &events_tx).await?,
+                },
+                Some(ev) = events.recv() => match ev {
+                    Event::Committed { disk, indices } => {
+                        for part in indices.chunks(wire::MAX_ACK_ENTRIES) {
+                            conn.send(Frame::Ack { disk, indices: part.to_vec() }).await.context("sending an ack")?;
+                        }
+                    }
+                    Event::Finished { disk, digest } => {
+                        tracing::info!(disk, digest = %hex::encode(digest), "disk verified");
+                        conn.send(Frame::Finished { disk, digest }).await.context("sending the disk digest")?;
+                    }
+                    Event::Failed { disk, error } => {
+                        return Err(error.context(format!("disk {disk}")));
+                    }
+                },
+            }
+        }
+    }
+
+    async fn authenticate(
+        &mut self,
+        conn: &mut Conn,
+        peer: SocketAddr,
+        binding: [u8; 32],
+    ) -> Result<()> {
+        let app = &self.app;
+        let (version, client_nonce) = match next_frame(conn).await? {
+            Frame::Hello { version, nonce } => (version, nonce),
+            other => {
+                return Err(coded(
+                    ErrorCode::UnexpectedFrame,
+                    format!("expected Hello, got {}", other.name()),
+                ))
+            }
+        };
+        if version != wire::PROTOCOL_VERSION {
+            return Err(coded(
+                ErrorCode::ProtocolVersion,
+                format!(
+                    "the sender speaks version {version}, the appliance {}",
+                    wire::PROTOCOL_VERSION
+                ),
+            ));
+        }
+        if app.auth.blocked(peer.ip()) {
+            app.metrics.auth_failures.inc();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return Err(coded(ErrorCode::AuthRateLimited, peer.ip().to_string()));
+        }
+        let server_nonce = auth::new_nonce();
+        conn.send(Frame::Challenge {
+            version: wire::PROTOCOL_VERSION,
+            nonce: server_nonce,
+        })
+        .await
+        .context("sending the challenge")?;
+        let proof = match next_frame(conn).await? {
+            Frame::Auth { proof } => proof,
+            other => {
+                return Err(coded(
+                    ErrorCode::UnexpectedFrame,
+                    format!("expected Auth, got {}", other.name()),
+                ))
+            }
+        };
+        let expected = auth::client_proof(&app.token, &server_nonce, &client_nonce, &binding);
+        if !auth::proofs_equal(&expected, &proof) {
+            app.metrics.auth_failures.inc();
+            let delay = app.auth.fail(peer.ip());
+            tracing::warn!(delay_ms = delay.as_millis() as u64, "authentication failed");
+            tokio::time::sleep(delay).await;
+            return Err(coded(ErrorCode::AuthFailed, ""));
+        }
+        let mine = auth::server_proof(&app.token, &server_nonce, &client_nonce, &binding);
+        conn.send(Frame::AuthOk { proof: mine })
+            .await
+            .context("sending the authentication result")?;
+        // Authenticated: frames may now carry chunks; the bound still depends
+        // on the chunk size the sender announces.
+        conn.codec_mut()
+            .set_max(wire::postauth_max_frame(wire::MIN_CHUNK_SIZE));
+        tracing::info!("sender authenticated");
+        Ok(())
+    }
+
+    async fn frame(
+        &mut self,
+        conn: &mut Conn,
+        frame: Frame,
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> Result<()> {
+        match frame {
+            Frame::OpenDisk {
+                disk,
+                size,
+                chunk_size,
+            } => self.open_disk(conn, disk, size, chunk_size, events).await,
+            Frame::Chunk {
+                disk,
+                index,
+                hash,
+                compressed,
+                payload,
+            } => {
+                let d = self.disk(disk)?;
+                check_index(d, disk, index)?;
+                self.app.metrics.received_bytes.inc_by(payload.len() as u64);
+                let work = Work::Chunk {
+                    index,
+                    hash,
+                    compressed,
+                    payload,
+                };
+                d.work.send(work).await.map_err(|_| writer_gone(disk))
+            }
+            Frame::Zero { disk, index } => {
+                let d = self.disk(disk)?;
+                check_index(d, disk, index)?;
+                d.work
+                    .send(Work::Zero { index })
+                    .await
+                    .map_err(|_| writer_gone(disk))
+            }
+            Frame::Finish {
+                disk,
+                digest,
+                unchanged,
+                zero_skipped,
+            } => {
+                let d = self.disk(disk)?;
+                d.work
+                    .send(Work::Finish {
+                        digest,
+                        unchanged,
+                        zero_skipped,
+                    })
+                    .await
+                    .map_err(|_| writer_gone(disk))
+            }
+            Frame::Probe { payload } => {
+                // The probe measures the data path; its payload is dropped here.
+                self.probe_bytes += payload.len() as u64;
+                conn.send(Frame::ProbeAck {
+                    bytes: self.probe_bytes,
+                })
+                .await
+                .context("answering a probe")
+            }
+            other => Err(coded(
+                ErrorCode::UnexpectedFrame,
+                format!("{} after authentication", other.name()),
+            )),
+        }
+    }
+
+    fn disk(&self, disk: u32) -> Result<&OpenDisk> {
+        self.disks.get(&disk).ok_or_else(|| {
+            coded(
+                ErrorCode::UnexpectedFrame,
+                format!("disk {disk} was not opened in this connection"),
+            )
+        })
+    }
+
+    async fn open_disk(
+        &mut self,
+        conn: &mut Conn,
+        disk: u32,
+        size: u64,
+        chunk_size: u32,
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> Result<()> {
+        if !wire::valid_chunk_size(chunk_size) {
+            return Err(coded(
+                ErrorCode::BadChunkSize,
+                format!("{chunk_size} bytes"),
+            ));
+        }
+        if self.disks.contains_key(&disk) {
+            return Err(coded(
+                ErrorCode::UnexpectedFrame,
+                format!("disk {disk} is already open"),
+            ));
+        }
+        let guard = self
+            .app
+            .try_claim(disk)
+            .ok_or_else(|| coded(ErrorCode::DiskBusy, format!("disk {disk}")))?;
+        let app = Arc::clone(&self.app);
+        let (target, record) =
+            tokio::task::spawn_blocking(move || open_target(&app, disk, size, chunk_size))
+                .await
+                .context("opening the target disk")??;
+        let count = chunk_count(size, chunk_size);
+        let ledger = Arc::clone(&self.app.ledger);
+        let hashes = tokio::task::spawn_blocking(move || ledger.chunk_hashes(disk, count))
+            .await
+            .context("reading the ledger")?
+            .map_err(|e| coded(ErrorCode::LedgerFailed, format!("{e:#}")))?;
+        let codec_max = conn.codec().max().max(wire::postauth_max_frame(chunk_size));
+        conn.codec_mut().set_max(codec_max);
+        let committed = hashes.iter().filter(|h| h.is_some()).count();
+        tracing::info!(disk, size, chunk_size, committed, target = %record.target, "disk opened");
+        let pages = hashes.chunks(wire::MANIFEST_PAGE).count().max(1);
+        for (n, page) in hashes.chunks(wire::MANIFEST_PAGE).enumerate() {
+            conn.send(Frame::Manifest {
+                disk,
+                first: (n * wire::MANIFEST_PAGE) as u64,
+                fresh: record.fresh,
+                last: n + 1 == pages,
+                entries: page.to_vec(),
+            })
+            .await
+            .context("sending the manifest")?;
+        }
+        if hashes.is_empty() {
+            conn.send(Frame::Manifest {
+                disk,
+                first: 0,
+                fresh: record.fresh,
+                last: true,
+                entries: Vec::new(),
+            })
+            .await
+            .context("sending the manifest")?;
+        }
+        let (work_tx, work_rx) = mpsc::channel(WRITER_QUEUE);
+        let writer = Writer {
+            disk_index: disk,
+            disk: target,
+            record: record.clone(),
+            ledger: Arc::clone(&self.app.ledger),
+            metrics: Arc::clone(&self.app.metrics),
+        };
+        let events = events.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("ferry-writer-{disk}"))
+            .spawn(move || {
+                // The disk stays claimed until its writer has stopped.
+                let _guard: BusyGuard = guard;
+                writer.run(work_rx, events);
+            })
+            .context("starting a writer thread")?;
+        self.disks.insert(
+            disk,
+            OpenDisk {
+                record,
+                work: work_tx,
+                thread,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stop the writers; each commits what it wrote before it returns.
+    async fn close(&mut self) {
+        for (disk, d) in self.disks.drain() {
+            drop(d.work);
+            let joined = tokio::task::spawn_blocking(move || d.thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!(disk, "writer thread panicked");
+            }
+        }
+    }
+}
+
+async fn next_frame(conn: &mut Conn) -> Result<Frame> {
+    match conn.next().await {
+        Some(Ok(f)) => Ok(f),
+        Some(Err(e)) => Err(coded(e.code(), e.to_string())),
+        None => Err(coded(
+            ErrorCode::TransferInterrupted,
+            "the sender closed the connection during authentication",
+        )),
+    }
+}
+
+fn check_index(d: &OpenDisk, disk: u32, index: u64) -> Result<()> {
+    let count = d.record.chunks();
+    if index >= count {
+        return Err(coded(
+            ErrorCode::ChunkOutOfRange,
+            format!(
+                "chunk {index} of disk {disk}, which has {count} chunks of {} bytes",
+                d.record.chunk_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn writer_gone(disk: u32) -> anyhow::Error {
+    coded(
+        ErrorCode::Internal,
+        format!("the writer of disk {disk} has stopped"),
+    )
+}
+
+/// Find or create the target of `disk` and its ledger record.
+fn open_target(
+    app: &Appliance,
+    disk: u32,
+    size: u64,
+    chunk_size: u32,
+) -> Result<(Disk, DiskRecord)> {
+    let cfg = &app.config;
+    let existing = app
+        .ledger
+        .disk(disk)
+        .map_err(|e| coded(ErrorCode::LedgerFailed, format!("{e:#}")))?;
+    if let Some(rec) = &existing {
+        if rec.size != size {
+            return Err(coded(
+                ErrorCode::DiskSizeChanged,
+                format!(
+                    "disk {disk} was {} bytes, the sender now announces {size}",
+                    rec.size
+                ),
+            ));
+        }
+        if rec.chunk_size != chunk_size {
+            return Err(coded(
+                ErrorCode::BadChunkSize,
+                format!(
+                    "this job writes disk {disk} in chunks of {} bytes; send with --chunk-size {}",
+                    rec.chunk_size, rec.chunk_size
+                ),
+            ));
+        }
+    }
+    if cfg.embedded() {
+        if disk >= cfg.max_embedded_disks {
+            return Err(coded(
+                ErrorCode::DiskNotConfigured,
+                format!(
+                    "disk {disk}: embedded mode takes disks 0 to {}",
+                    cfg.max_embedded_disks - 1
+                ),
+            ));
+        }
+        if size > cfg.max_embedded_disk_bytes {
+            return Err(coded(
+                ErrorCode::TargetTooSmall,
+                format!(
+                    "disk {disk} of {size} bytes exceeds the embedded limit of {} bytes",
+                    cfg.max_embedded_disk_bytes
+                ),
+            ));
+        }
+        let path = cfg.embedded_disk_path(disk);
+        if let Some(rec) = existing {
+            if path.exists() {
+                return Ok((Disk::open_target(&path)?, rec));
+            }
+            tracing::warn!(disk, path = %path.display(), "target image is gone; starting the disk over");
+        }
+        // Nothing of this disk is committed (or its image is gone): the image
+        // is created anew, so every chunk not yet written reads as zeros.
+        let d = Disk::create_sparse(&path, size)?;
+        let rec = DiskRecord {
+            size,
+            chunk_size,
+            fresh: true,
+            target: path.display().to_string(),
+        };
+        app.ledger
+            .put_disk(disk, &rec)
+            .map_err(|e| coded(ErrorCode::LedgerFailed, format!("{e:#}")))?;
+        return Ok((d, rec));
+    }
+    let path = cfg.target_for(disk).ok_or_else(|| {
+        coded(
+            ErrorCode::DiskNotConfigured,
+            format!("disk {disk} is not mapped in the config"),
+        )
+    })?;
+    let d = Disk::open_target(path)?;
+    if d.size() < size {
+        return Err(coded(
+            ErrorCode::TargetTooSmall,
+            format!(
+                "disk {disk}: target {} has {} bytes, the source {size}",
+                path.display(),
+                d.size()
+            ),
+        ));
+    }
+    let rec = match existing {
+        Some(rec) => rec,
+        None => {
+            // What the device held before is unknown: zero chunks must be written.
+            let rec = DiskRecord {
+                size,
+                chunk_size,
+                fresh: false,
+                target: path.display().to_string(),
+            };
+            app.ledger
+                .put_disk(disk, &rec)
+                .map_err(|e| coded(ErrorCode::LedgerFailed, format!("{e:#}")))?;
+            rec
+        }
+    };
+    Ok((d, rec))
+}

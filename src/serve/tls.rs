@@ -1,0 +1,98 @@
+//! The data port's TLS identity: generated on first start, kept in the state
+//! directory, pinned by the sender through its SHA-256 fingerprint.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+
+pub struct TlsIdentity {
+    pub config: Arc<rustls::ServerConfig>,
+    /// Lowercase hex SHA-256 of the certificate (DER).
+    pub fingerprint: String,
+}
+
+/// SHA-256 of a DER certificate, as lowercase hex.
+pub fn fingerprint(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
+pub fn load_or_create(dir: &Path) -> Result<TlsIdentity> {
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    if !cert_path.exists() || !key_path.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ck = rcgen::generate_simple_self_signed(vec!["ferry".to_owned()])
+            .context("generating the data port's TLS certificate")?;
+        write_private(&key_path, ck.key_pair.serialize_pem().as_bytes())?;
+        write_private(&cert_path, ck.cert.pem().as_bytes())?;
+    }
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(&cert_path)
+            .with_context(|| format!("opening {}", cert_path.display()))?,
+    ))
+    .collect::<Result<_, _>>()
+    .with_context(|| format!("reading {}", cert_path.display()))?;
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(&key_path)
+            .with_context(|| format!("opening {}", key_path.display()))?,
+    ))
+    .with_context(|| format!("reading {}", key_path.display()))?
+    .with_context(|| format!("{} holds no private key", key_path.display()))?;
+    let first = certs
+        .first()
+        .with_context(|| format!("{} holds no certificate", cert_path.display()))?;
+    let fingerprint = fingerprint(first.as_ref());
+    std::fs::write(dir.join("fingerprint"), format!("{fingerprint}\n"))
+        .with_context(|| format!("writing {}", dir.join("fingerprint").display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("choosing TLS versions")?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("loading the data port's TLS certificate")?;
+    Ok(TlsIdentity {
+        config: Arc::new(config),
+        fingerprint,
+    })
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all()
+        .with_context(|| format!("flushing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    crate::disk::sync_dir(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_kept_across_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create(dir.path()).unwrap();
+        let b = load_or_create(dir.path()).unwrap();
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_eq!(a.fingerprint.len(), 64);
+        let on_disk = std::fs::read_to_string(dir.path().join("fingerprint")).unwrap();
+        assert_eq!(on_disk.trim(), a.fingerprint);
+    }
+}

@@ -1,0 +1,692 @@
+//! Frames and their codec.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::job::errors::ErrorCode;
+
+/// Everything that can go wrong reading frames. Each maps to a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {len} bytes exceeds the bound of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("unknown frame type {0:#04x}")]
+    UnknownType(u8),
+    #[error("malformed {kind} frame: {why}")]
+    Malformed {
+        kind: &'static str,
+        why: &'static str,
+    },
+    #[error("connection cut in the middle of a frame")]
+    Truncated,
+    #[error("i/o error on the connection: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl WireError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            WireError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            WireError::UnknownType(_) => ErrorCode::UnexpectedFrame,
+            WireError::Malformed { .. } | WireError::Truncated => ErrorCode::FrameMalformed,
+            WireError::Io(_) => ErrorCode::TransferInterrupted,
+        }
+    }
+}
+
+/// One entry of a disk manifest: what the appliance has committed for a chunk.
+pub type ManifestEntry = Option<[u8; 32]>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// sender → appliance: protocol version and the sender's nonce.
+    Hello { version: u16, nonce: [u8; 32] },
+    /// appliance → sender: its version and nonce.
+    Challenge { version: u16, nonce: [u8; 32] },
+    /// sender → appliance: proof of the token.
+    Auth { proof: [u8; 32] },
+    /// appliance → sender: accepted, with the appliance's own proof.
+    AuthOk { proof: [u8; 32] },
+    /// either way: a refusal or failure; the connection closes after it.
+    Error {
+        code: String,
+        message: String,
+        hint: String,
+    },
+    /// sender → appliance: this session will write disk `disk` of `size` bytes.
+    OpenDisk {
+        disk: u32,
+        size: u64,
+        chunk_size: u32,
+    },
+    /// appliance → sender: committed hashes of chunks `first..first+entries.len()`.
+    /// `fresh`: the target was zero when the job began, so a chunk without an
+    /// entry reads as zeros. `last`: no more pages follow.
+    Manifest {
+        disk: u32,
+        first: u64,
+        fresh: bool,
+        last: bool,
+        entries: Vec<ManifestEntry>,
+    },
+    /// sender → appliance: one chunk; `hash` is BLAKE3 of the uncompressed bytes.
+    Chunk {
+        disk: u32,
+        index: u64,
+        hash: [u8; 32],
+        compressed: bool,
+        payload: Bytes,
+    },
+    /// sender → appliance: this chunk is all zeros.
+    Zero { disk: u32, index: u64 },
+    /// appliance → sender: these chunks are durable and in the ledger.
+    Ack { disk: u32, indices: Vec<u64> },
+    /// sender → appliance: every chunk is sent; the sender's whole-disk digest
+    /// and what it skipped (for the appliance's metrics).
+    Finish {
+        disk: u32,
+        digest: [u8; 32],
+        unchanged: u64,
+        zero_skipped: u64,
+    },
+    /// appliance → sender: the digest of the disk as re-read from the target.
+    Finished { disk: u32, digest: [u8; 32] },
+    /// sender → appliance: throughput probe payload, discarded after reading.
+    Probe { payload: Bytes },
+    /// appliance → sender: probe bytes received so far.
+    ProbeAck { bytes: u64 },
+}
+
+mod ty {
+    pub const HELLO: u8 = 0x01;
+    pub const CHALLENGE: u8 = 0x02;
+    pub const AUTH: u8 = 0x03;
+    pub const AUTH_OK: u8 = 0x04;
+    pub const ERROR: u8 = 0x05;
+    pub const OPEN_DISK: u8 = 0x10;
+    pub const MANIFEST: u8 = 0x11;
+    pub const CHUNK: u8 = 0x12;
+    pub const ZERO: u8 = 0x13;
+    pub const ACK: u8 = 0x14;
+    pub const FINISH: u8 = 0x15;
+    pub const FINISHED: u8 = 0x16;
+    pub const PROBE: u8 = 0x20;
+    pub const PROBE_ACK: u8 = 0x21;
+}
+
+/// Longest string in an Error frame.
+const MAX_TEXT: usize = 4096;
+
+impl Frame {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "Hello",
+            Frame::Challenge { .. } => "Challenge",
+            Frame::Auth { .. } => "Auth",
+            Frame::AuthOk { .. } => "AuthOk",
+            Frame::Error { .. } => "Error",
+            Frame::OpenDisk { .. } => "OpenDisk",
+            Frame::Manifest { .. } => "Manifest",
+            Frame::Chunk { .. } => "Chunk",
+            Frame::Zero { .. } => "Zero",
+            Frame::Ack { .. } => "Ack",
+            Frame::Finish { .. } => "Finish",
+            Frame::Finished { .. } => "Finished",
+            Frame::Probe { .. } => "Probe",
+            Frame::ProbeAck { .. } => "ProbeAck",
+        }
+    }
+
+    /// An Error frame for a catalogue code with this occurrence's detail.
+    pub fn error(code: ErrorCode, detail: &str) -> Frame {
+        let message = if detail.is_empty() {
+            code.message().to_owned()
+        } else {
+            format!("{} ({detail})", code.message())
+        };
+        Frame::Error {
+            code: code.as_str().to_owned(),
+            message: truncate(message),
+            hint: code.hint().to_owned(),
+        }
+    }
+
+    fn encode_into(&self, dst: &mut BytesMut) {
+        let start = dst.len();
+        dst.put_u8(0);
+        dst.put_u32(0);
+        let ty = match self {
+            Frame::Hello { version, nonce } => {
+                dst.put_u16(*version);
+                dst.put_slice(nonce);
+                ty::HELLO
+            }
+            Frame::Challenge { version, nonce } => {
+                dst.put_u16(*version);
+                dst.put_slice(nonce);
+                ty::CHALLENGE
+            }
+            Frame::Auth { proof } => {
+                dst.put_slice(proof);
+                ty::AUTH
+            }
+            Frame::AuthOk { proof } => {
+                dst.put_slice(proof);
+                ty::AUTH_OK
+            }
+            Frame::Error {
+                code,
+                message,
+                hint,
+            } => {
+                for s in [code, message, hint] {
+                    let s = &s.as_bytes()[..s.len().min(MAX_TEXT)];
+                    dst.put_u16(s.len() as u16);
+                    dst.put_slice(s);
+                }
+                ty::ERROR
+            }
+            Frame::OpenDisk {
+                disk,
+                size,
+                chunk_size,
+            } => {
+                dst.put_u32(*disk);
+                dst.put_u64(*size);
+                dst.put_u32(*chunk_size);
+                ty::OPEN_DISK
+            }
+            Frame::Manifest {
+                disk,
+                first,
+                fresh,
+                last,
+                entries,
+            } => {
+                dst.put_u32(*disk);
+                dst.put_u64(*first);
+                dst.put_u8(u8::from(*fresh) | (u8::from(*last) << 1));
+                dst.put_u32(entries.len() as u32);
+                for e in entries {
+                    match e {
+                        None => dst.put_u8(0),
+                        Some(h) => {
+                            dst.put_u8(1);
+                            dst.put_slice(h);
+                        }
+                    }
+                }
+                ty::MANIFEST
+            }
+            Frame::Chunk {
+                disk,
+                index,
+                hash,
+                compressed,
+                payload,
+            } => {
+                dst.put_u32(*disk);
+                dst.put_u64(*index);
+                dst.put_slice(hash);
+                dst.put_u8(u8::from(*compressed));
+                dst.put_slice(payload);
+                ty::CHUNK
+            }
+            Frame::Zero { disk, index } => {
+                dst.put_u32(*disk);
+                dst.put_u64(*index);
+                ty::ZERO
+            }
+            Frame::Ack { disk, indices } => {
+                dst.put_u32(*disk);
+                dst.put_u32(indices.len() as u32);
+                for i in indices {
+                    dst.put_u64(*i);
+                }
+                ty::ACK
+            }
+            Frame::Finish {
+                disk,
+                digest,
+                unchanged,
+                zero_skipped,
+            } => {
+                dst.put_u32(*disk);
+                dst.put_slice(digest);
+                dst.put_u64(*unchanged);
+                dst.put_u64(*zero_skipped);
+                ty::FINISH
+            }
+            Frame::Finished { disk, digest } => {
+                dst.put_u32(*disk);
+                dst.put_slice(digest);
+                ty::FINISHED
+            }
+            Frame::Probe { payload } => {
+                dst.put_slice(payload);
+                ty::PROBE
+            }
+            Frame::ProbeAck { bytes } => {
+                dst.put_u64(*bytes);
+                ty::PROBE_ACK
+            }
+        };
+        let len = (dst.len() - start - 5) as u32;
+        dst[start] = ty;
+        dst[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Parse a payload of frame type `ty`. Every read is checked against the
+    /// payload's remaining length; no count from the wire sizes an allocation
+    /// beyond what the payload itself holds.
+    fn parse(ty: u8, mut p: Bytes) -> Result<Frame, WireError> {
+        let frame = match ty {
+            ty::HELLO => Frame::Hello {
+                version: get_u16(&mut p, "Hello")?,
+                nonce: get32(&mut p, "Hello")?,
+            },
+            ty::CHALLENGE => Frame::Challenge {
+                version: get_u16(&mut p, "Challenge")?,
+                nonce: get32(&mut p, "Challenge")?,
+            },
+            ty::AUTH => Frame::Auth {
+                proof: get32(&mut p, "Auth")?,
+            },
+            ty::AUTH_OK => Frame::AuthOk {
+                proof: get32(&mut p, "AuthOk")?,
+            },
+            ty::ERROR => Frame::Error {
+                code: get_text(&mut p)?,
+                message: get_text(&mut p)?,
+                hint: get_text(&mut p)?,
+            },
+            ty::OPEN_DISK => Frame::OpenDisk {
+                disk: get_u32(&mut p, "OpenDisk")?,
+                size: get_u64(&mut p, "OpenDisk")?,
+                chunk_size: get_u32(&mut p, "OpenDisk")?,
+            },
+            ty::MANIFEST => {
+                let disk = get_u32(&mut p, "Manifest")?;
+                let first = get_u64(&mut p, "Manifest")?;
+                let flags = get_u8(&mut p, "Manifest")?;
+                let count = get_u32(&mut p, "Manifest")? as usize;
+                if count > crate::wire::MANIFEST_PAGE || count > p.remaining() {
+                    return Err(malformed("Manifest", "entry count exceeds the page"));
+                }
+                let mut entries = Vec::with_capacity(count);
+                for _ in 0..count {
+                    entries.push(match get_u8(&mut p, "Manifest")? {
+                        0 => None,
+                        1 => Some(get32(&mut p, "Manifest")?),
+                        _ => return Err(malformed("Manifest", "bad entry tag")),
+                    });
+                }
+                Frame::Manifest {
+                    disk,
+                    first,
+                    fresh: flags & 1 != 0,
+                    last: flags & 2 != 0,
+                    entries,
+                }
+            }
+            ty::CHUNK => {
+                let disk = get_u32(&mut p, "Chunk")?;
+                let index = get_u64(&mut p, "Chunk")?;
+                let hash = get32(&mut p, "Chunk")?;
+                let compressed = match get_u8(&mut p, "Chunk")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(malformed("Chunk", "unknown encoding")),
+                };
+                // The rest of the frame is the payload, without a copy.
+                let payload = std::mem::take(&mut p);
+                Frame::Chunk {
+                    disk,
+                    index,
+                    hash,
+                    compressed,
+                    payload,
+                }
+            }
+            ty::ZERO => Frame::Zero {
+                disk: get_u32(&mut p, "Zero")?,
+                index: get_u64(&mut p, "Zero")?,
+            },
+            ty::ACK => {
+                let disk = get_u32(&mut p, "Ack")?;
+                let count = get_u32(&mut p, "Ack")? as usize;
+                if count > crate::wire::MAX_ACK_ENTRIES || count.saturating_mul(8) > p.remaining() {
+                    return Err(malformed("Ack", "entry count exceeds the frame"));
+                }
+                let mut indices = Vec::with_capacity(count);
+                for _ in 0..count {
+                    indices.push(get_u64(&mut p, "Ack")?);
+                }
+                Frame::Ack { disk, indices }
+            }
+            ty::FINISH => Frame::Finish {
+                disk: get_u32(&mut p, "Finish")?,
+                digest: get32(&mut p, "Finish")?,
+                unchanged: get_u64(&mut p, "Finish")?,
+                zero_skipped: get_u64(&mut p, "Finish")?,
+            },
+            ty::FINISHED => Frame::Finished {
+                disk: get_u32(&mut p, "Finished")?,
+                digest: get32(&mut p, "Finished")?,
+            },
+            ty::PROBE => Frame::Probe {
+                payload: std::mem::take(&mut p),
+            },
+            ty::PROBE_ACK => Frame::ProbeAck {
+                bytes: get_u64(&mut p, "ProbeAck")?,
+            },
+            other => return Err(WireError::UnknownType(other)),
+        };
+        if p.has_remaining() {
+            return Err(malformed(frame.name(), "trailing bytes"));
+        }
+        Ok(frame)
+    }
+}
+
+fn truncate(mut s: String) -> String {
+    if s.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+fn malformed(kind: &'static str, why: &'static str) -> WireError {
+    WireError::Malformed { kind, why }
+}
+
+fn need(p: &Bytes, n: usize, kind: &'static str) -> Result<(), WireError> {
+    if p.remaining() < n {
+        Err(malformed(kind, "payload too short"))
+    } else {
+        Ok(())
+    }
+}
+
+fn get_u8(p: &mut Bytes, kind: &'static str) -> Result<u8, WireError> {
+    need(p, 1, kind)?;
+    Ok(p.get_u8())
+}
+fn get_u16(p: &mut Bytes, kind: &'static str) -> Result<u16, WireError> {
+    need(p, 2, kind)?;
+    Ok(p.get_u16())
+}
+fn get_u32(p: &mut Bytes, kind: &'static str) -> Result<u32, WireError> {
+    need(p, 4, kind)?;
+    Ok(p.get_u32())
+}
+fn get_u64(p: &mut Bytes, kind: &'static str) -> Result<u64, WireError> {
+    need(p, 8, kind)?;
+    Ok(p.get_u64())
+}
+fn get32(p: &mut Bytes, kind: &'static str) -> Result<[u8; 32], WireError> {
+    need(p, 32, kind)?;
+    let mut out = [0u8; 32];
+    p.copy_to_slice(&mut out);
+    Ok(out)
+}
+fn get_text(p: &mut Bytes) -> Result<String, WireError> {
+    let len = get_u16(p, "Error")? as usize;
+    if len > MAX_TEXT {
+        return Err(malformed("Error", "text too long"));
+    }
+    need(p, len, "Error")?;
+    let raw = p.split_to(len);
+    Ok(String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// Length-prefixed frames with a bound that the owner tightens or widens as
+/// the session goes (tiny before authentication).
+#[derive(Debug)]
+pub struct FrameCodec {
+    max: usize,
+}
+
+const HEADER: usize = 5;
+
+impl FrameCodec {
+    pub fn new(max: usize) -> Self {
+        FrameCodec { max }
+    }
+
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = WireError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+        if src.len() < HEADER {
+            return Ok(None);
+        }
+        let ty = src[0];
+        let len = u32::from_be_bytes([src[1], src[2], src[3], src[4]]) as usize;
+        // The bound is checked before a single byte is reserved for the payload.
+        if len > self.max {
+            return Err(WireError::TooLarge { len, max: self.max });
+        }
+        if src.len() < HEADER + len {
+            src.reserve(HEADER + len - src.len());
+            return Ok(None);
+        }
+        let mut frame = src.split_to(HEADER + len);
+        frame.advance(HEADER);
+        Frame::parse(ty, frame.freeze()).map(Some)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+        match self.decode(src)? {
+            Some(f) => Ok(Some(f)),
+            None if src.is_empty() => Ok(None),
+            None => Err(WireError::Truncated),
+        }
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = WireError;
+
+    fn encode(&mut self, item: Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        item.encode_into(dst);
+        Ok(())
+    }
+}
+
+impl Encoder<&Frame> for FrameCodec {
+    type Error = WireError;
+
+    fn encode(&mut self, item: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        item.encode_into(dst);
+        Ok(())
+    }
+}
+
+/// Encode one frame into fresh bytes (tests and raw writers).
+pub fn encode(frame: &Frame) -> BytesMut {
+    let mut b = BytesMut::new();
+    frame.encode_into(&mut b);
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<Frame> {
+        vec![
+            Frame::Hello {
+                version: 1,
+                nonce: [7; 32],
+            },
+            Frame::Challenge {
+                version: 1,
+                nonce: [8; 32],
+            },
+            Frame::Auth { proof: [9; 32] },
+            Frame::AuthOk { proof: [10; 32] },
+            Frame::error(ErrorCode::DiskBusy, "disk 0"),
+            Frame::OpenDisk {
+                disk: 3,
+                size: 1 << 40,
+                chunk_size: 1 << 22,
+            },
+            Frame::Manifest {
+                disk: 1,
+                first: 8192,
+                fresh: true,
+                last: false,
+                entries: vec![None, Some([1; 32])],
+            },
+            Frame::Chunk {
+                disk: 0,
+                index: 5,
+                hash: [2; 32],
+                compressed: true,
+                payload: Bytes::from_static(b"abc"),
+            },
+            Frame::Zero { disk: 0, index: 6 },
+            Frame::Ack {
+                disk: 0,
+                indices: vec![1, 2, 3],
+            },
+            Frame::Finish {
+                disk: 0,
+                digest: [3; 32],
+                unchanged: 4,
+                zero_skipped: 5,
+            },
+            Frame::Finished {
+                disk: 0,
+                digest: [4; 32],
+            },
+            Frame::Probe {
+                payload: Bytes::from_static(&[0; 100]),
+            },
+            Frame::ProbeAck { bytes: 100 },
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        for f in samples() {
+            let mut buf = encode(&f);
+            let got = FrameCodec::new(1 << 20).decode(&mut buf).unwrap();
+            assert_eq!(got.as_ref(), Some(&f), "{}", f.name());
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn refusals_are_exact() {
+        struct Case {
+            name: &'static str,
+            bytes: Vec<u8>,
+            max: usize,
+            want: &'static str,
+        }
+        let cases = [
+            Case {
+                name: "over bound",
+                bytes: vec![0x12, 0, 0x10, 0, 1],
+                max: 1024,
+                want: "frame of 1048577 bytes exceeds the bound of 1024 bytes",
+            },
+            Case {
+                name: "unknown type",
+                bytes: vec![0x7f, 0, 0, 0, 0],
+                max: 1024,
+                want: "unknown frame type 0x7f",
+            },
+            Case {
+                name: "short hello",
+                bytes: vec![0x01, 0, 0, 0, 2, 0, 1],
+                max: 1024,
+                want: "malformed Hello frame: payload too short",
+            },
+            Case {
+                name: "trailing",
+                bytes: [vec![0x14, 0, 0, 0, 9], vec![0; 9]].concat(),
+                max: 1024,
+                want: "malformed Ack frame: trailing bytes",
+            },
+            Case {
+                name: "ack count lies",
+                bytes: [vec![0x14, 0, 0, 0, 8, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]].concat(),
+                max: 1024,
+                want: "malformed Ack frame: entry count exceeds the frame",
+            },
+            Case {
+                name: "chunk encoding",
+                bytes: [vec![0x12, 0, 0, 0, 45], vec![0; 44], vec![9]].concat(),
+                max: 1024,
+                want: "malformed Chunk frame: unknown encoding",
+            },
+        ];
+        for c in cases {
+            let mut buf = BytesMut::from(&c.bytes[..]);
+            let err = FrameCodec::new(c.max).decode(&mut buf).unwrap_err();
+            assert_eq!(err.to_string(), c.want, "case {}", c.name);
+        }
+    }
+
+    #[test]
+    fn truncated_frame_at_eof_is_an_error_and_clean_eof_is_not() {
+        let mut buf = encode(&Frame::Zero { disk: 0, index: 1 });
+        buf.truncate(buf.len() - 1);
+        let mut codec = FrameCodec::new(1024);
+        assert!(matches!(
+            codec.decode_eof(&mut buf),
+            Err(WireError::Truncated)
+        ));
+        assert!(codec.decode_eof(&mut BytesMut::new()).unwrap().is_none());
+    }
+
+    #[test]
+    fn oversized_frame_reserves_nothing() {
+        let mut buf = BytesMut::with_capacity(8);
+        buf.extend_from_slice(&[0x12, 0xff, 0xff, 0xff, 0xff]);
+        let cap = buf.capacity();
+        assert!(FrameCodec::new(4096).decode(&mut buf).is_err());
+        assert_eq!(buf.capacity(), cap);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn decoder_never_panics_nor_grows_past_bound(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let max = 1024;
+            let mut codec = FrameCodec::new(max);
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = codec.decode(&mut buf) {}
+            prop_assert!(buf.capacity() <= bytes.len().max(HEADER + max) + 64);
+        }
+
+        #[test]
+        fn mutated_frames_never_panic(idx in 0usize..14, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let mut bytes = encode(&samples()[idx]).to_vec();
+            for (pos, val) in flips {
+                let n = bytes.len();
+                bytes[pos % n] = val;
+            }
+            let mut buf = BytesMut::from(&bytes[..]);
+            let _ = FrameCodec::new(1024).decode_eof(&mut buf);
+        }
+    }
+}

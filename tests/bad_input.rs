@@ -1,0 +1,426 @@
+//! Bad input over a real socket: each refusal closes the connection with a
+//! code the sender sees, is counted, changes no byte of the target, and the
+//! appliance keeps serving.
+
+#[path = "common/serve.rs"]
+mod harness;
+
+use bytes::Bytes;
+use ferry::job::errors::find_coded;
+use ferry::send::client::{self, Conn};
+use ferry::wire::Frame;
+use harness::*;
+use tokio::io::AsyncWriteExt;
+
+const SIZE: u64 = 8 << 20;
+const CHUNK: u32 = 4 << 20;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    server: Server,
+    src: std::path::PathBuf,
+    before: String,
+}
+
+/// A server whose disk 0 already holds an 8 MiB source.
+fn fixture(extra: &[&str]) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.img");
+    mixed_image(&src, SIZE >> 20, 9);
+    let server = Server::start(&dir.path().join("state"), extra);
+    let sent = server.send(&[&src], &[]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    let before = file_hash(&server.disk_path(0));
+    Fixture {
+        _dir: dir,
+        server,
+        src,
+        before,
+    }
+}
+
+impl Fixture {
+    /// The refusal was counted, the target is untouched, and a sender still gets through.
+    fn assert_intact(&self, code: &str) {
+        let counted = self
+            .server
+            .metric(&format!("ferry_session_errors_total{{code=\"{code}\"}}"));
+        assert!(counted >= 1.0, "{code} not counted");
+        assert_eq!(
+            self.before,
+            file_hash(&self.server.disk_path(0)),
+            "target changed after {code}"
+        );
+        let again = self.server.send(&[&self.src], &[]);
+        assert!(
+            again.ok(),
+            "server stopped serving after {code}: {}",
+            again.stderr()
+        );
+        assert_eq!(self.before, file_hash(&self.server.disk_path(0)));
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn authed(s: &Server) -> Conn {
+    client::connect(&s.data, &s.token, &s.fingerprint)
+        .await
+        .unwrap()
+}
+
+async fn open(conn: &mut Conn, disk: u32, size: u64, chunk_size: u32) {
+    client::send(
+        conn,
+        Frame::OpenDisk {
+            disk,
+            size,
+            chunk_size,
+        },
+    )
+    .await
+    .unwrap();
+    loop {
+        match client::recv(conn).await.unwrap() {
+            Frame::Manifest { last: true, .. } => return,
+            Frame::Manifest { .. } => continue,
+            other => panic!("expected a manifest, got {other:?}"),
+        }
+    }
+}
+
+/// Read until the appliance's Error frame; return its code.
+async fn refusal(conn: &mut Conn) -> String {
+    loop {
+        match client::recv(conn).await {
+            Ok(Frame::Ack { .. }) => continue,
+            Ok(other) => panic!("expected a refusal, got {other:?}"),
+            Err(e) => {
+                return find_coded(&e)
+                    .map(|c| c.code.as_str().to_owned())
+                    .unwrap_or_else(|| format!("{e:#}"))
+            }
+        }
+    }
+}
+
+#[test]
+fn wrong_token_is_refused_counted_and_hinted() {
+    let f = fixture(&[]);
+    let sent = send_to(
+        &f.server.data,
+        "wrong-token-wrong-token",
+        &f.server.fingerprint,
+        &[&f.src],
+        &[],
+    );
+    assert!(!sent.ok());
+    let err = sent.stderr();
+    assert!(err.contains("AUTH_FAILED: Authentication failed"), "{err}");
+    assert!(err.contains("hint: Pass the job's token"), "{err}");
+    assert_eq!(f.server.metric("ferry_auth_failures_total"), 1.0);
+    f.assert_intact("AUTH_FAILED");
+}
+
+#[test]
+fn wrong_fingerprint_is_refused_before_anything_is_sent() {
+    let f = fixture(&[]);
+    let sent = send_to(
+        &f.server.data,
+        &f.server.token,
+        &"ab".repeat(32),
+        &[&f.src],
+        &[],
+    );
+    assert!(!sent.ok());
+    let err = sent.stderr();
+    assert!(err.contains("TLS_FINGERPRINT_MISMATCH"), "{err}");
+    assert!(
+        err.contains(&format!("presented {}", f.server.fingerprint)),
+        "{err}"
+    );
+    assert_eq!(f.server.metric("ferry_auth_failures_total"), 0.0);
+    f.assert_intact("TLS_HANDSHAKE_FAILED");
+}
+
+#[test]
+fn plaintext_connection_gets_a_framed_refusal() {
+    use std::io::{Read, Write};
+    let f = fixture(&[]);
+    let mut s = std::net::TcpStream::connect(&f.server.data).unwrap();
+    s.write_all(b"\x01\x00\x00\x00\x22hello in the clear")
+        .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let mut buf = bytes::BytesMut::from(&resp[..]);
+    let frame =
+        tokio_util::codec::Decoder::decode(&mut ferry::wire::FrameCodec::new(1 << 16), &mut buf)
+            .unwrap()
+            .unwrap();
+    match frame {
+        Frame::Error { code, .. } => assert_eq!(code, "TLS_REQUIRED"),
+        other => panic!("{other:?}"),
+    }
+    f.assert_intact("TLS_REQUIRED");
+}
+
+#[test]
+fn protocol_version_and_preauth_bound() {
+    let f = fixture(&[]);
+    rt().block_on(async {
+        let (mut conn, _) = client::connect_tls(&f.server.data, &f.server.fingerprint)
+            .await
+            .unwrap();
+        client::send(
+            &mut conn,
+            Frame::Hello {
+                version: 99,
+                nonce: [0; 32],
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(refusal(&mut conn).await, "PROTOCOL_VERSION");
+
+        // Before authentication a frame may not exceed 1 KiB: a 2 GiB claim
+        // is refused from its header alone.
+        let (mut conn, _) = client::connect_tls(&f.server.data, &f.server.fingerprint)
+            .await
+            .unwrap();
+        conn.get_mut()
+            .write_all(&[0x01, 0x7f, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        conn.get_mut().flush().await.unwrap();
+        assert_eq!(refusal(&mut conn).await, "FRAME_TOO_LARGE");
+    });
+    f.assert_intact("PROTOCOL_VERSION");
+    f.assert_intact("FRAME_TOO_LARGE");
+}
+
+#[test]
+fn truncated_frame() {
+    let f = fixture(&[]);
+    rt().block_on(async {
+        let mut conn = authed(&f.server).await;
+        open(&mut conn, 0, SIZE, CHUNK).await;
+        // A chunk header promising 1000 bytes, then 10 bytes and the end.
+        conn.get_mut()
+            .write_all(&[0x12, 0, 0, 0x03, 0xe8])
+            .await
+            .unwrap();
+        conn.get_mut().write_all(&[0u8; 10]).await.unwrap();
+        conn.get_mut().shutdown().await.unwrap();
+        assert_eq!(refusal(&mut conn).await, "FRAME_MALFORMED");
+    });
+    f.assert_intact("FRAME_MALFORMED");
+}
+
+#[test]
+fn frame_over_the_chunk_bound_and_unknown_type() {
+    let f = fixture(&[]);
+    rt().block_on(async {
+        let mut conn = authed(&f.server).await;
+        open(&mut conn, 0, SIZE, CHUNK).await;
+        let len = CHUNK + 1024 * 1024;
+        let mut hdr = vec![0x12];
+        hdr.extend_from_slice(&len.to_be_bytes());
+        conn.get_mut().write_all(&hdr).await.unwrap();
+        conn.get_mut().flush().await.unwrap();
+        assert_eq!(refusal(&mut conn).await, "FRAME_TOO_LARGE");
+
+        let mut conn = authed(&f.server).await;
+        conn.get_mut().write_all(&[0x7f, 0, 0, 0, 0]).await.unwrap();
+        conn.get_mut().flush().await.unwrap();
+        assert_eq!(refusal(&mut conn).await, "UNEXPECTED_FRAME");
+    });
+    f.assert_intact("FRAME_TOO_LARGE");
+    f.assert_intact("UNEXPECTED_FRAME");
+}
+
+#[test]
+fn chunk_whose_hash_does_not_match() {
+    let f = fixture(&[]);
+    rt().block_on(async {
+        let mut conn = authed(&f.server).await;
+        open(&mut conn, 0, SIZE, CHUNK).await;
+        let payload = Bytes::from(vec![0x5a; CHUNK as usize]);
+        let frame = Frame::Chunk {
+            disk: 0,
+            index: 1,
+            hash: [7; 32],
+            compressed: false,
+            payload,
+        };
+        client::send(&mut conn, frame).await.unwrap();
+        assert_eq!(refusal(&mut conn).await, "CHUNK_HASH_MISMATCH");
+    });
+    assert_eq!(
+        f.server.metric("ferry_chunks_total{outcome=\"rejected\"}"),
+        1.0
+    );
+    f.assert_intact("CHUNK_HASH_MISMATCH");
+}
+
+#[test]
+fn zstd_payload_that_expands_past_the_chunk() {
+    let f = fixture(&[]);
+    rt().block_on(async {
+        let mut conn = authed(&f.server).await;
+        open(&mut conn, 0, SIZE, CHUNK).await;
+        let big = vec![0x11u8; 64 << 20];
+        let bomb = zstd::bulk::compress(&big, 3).unwrap();
+        assert!(bomb.len() < 64 * 1024);
+        let hash = *blake3::hash(&big[..CHUNK as usize]).as_bytes();
+        let frame = Frame::Chunk {
+            disk: 0,
+            index: 0,
+            hash,
+            compressed: true,
+            payload: Bytes::from(bomb),
+        };
+        client::send(&mut conn, frame).await.unwrap();
+        assert_eq!(refusal(&mut conn).await, "CHUNK_DECOMPRESS");
+    });
+    f.assert_intact("CHUNK_DECOMPRESS");
+}
+
+#[test]
+fn chunk_beyond_the_announced_disk() {
+    let f = fixture(&[]);
+    rt().block_on(async {
+        let mut conn = authed(&f.server).await;
+        open(&mut conn, 0, SIZE, CHUNK).await;
+        let payload = Bytes::from(vec![1u8; 16]);
+        let hash = *blake3::hash(&payload).as_bytes();
+        client::send(
+            &mut conn,
+            Frame::Chunk {
+                disk: 0,
+                index: 2,
+                hash,
+                compressed: false,
+                payload,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(refusal(&mut conn).await, "CHUNK_OUT_OF_RANGE");
+        drop(conn);
+        // A short chunk inside the disk is refused too: lengths must match.
+        let mut conn = authed(&f.server).await;
+        open(&mut conn, 0, SIZE, CHUNK).await;
+        let payload = Bytes::from(vec![1u8; 16]);
+        let hash = *blake3::hash(&payload).as_bytes();
+        client::send(
+            &mut conn,
+            Frame::Chunk {
+                disk: 0,
+                index: 1,
+                hash,
+                compressed: false,
+                payload,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(refusal(&mut conn).await, "CHUNK_OUT_OF_RANGE");
+    });
+    f.assert_intact("CHUNK_OUT_OF_RANGE");
+}
+
+#[test]
+fn disk_index_not_configured_and_two_senders_on_one_disk() {
+    let f = fixture(&[]);
+    rt().block_on(async {
+        let mut conn = authed(&f.server).await;
+        client::send(
+            &mut conn,
+            Frame::OpenDisk {
+                disk: 16,
+                size: SIZE,
+                chunk_size: CHUNK,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(refusal(&mut conn).await, "DISK_NOT_CONFIGURED");
+
+        let mut first = authed(&f.server).await;
+        open(&mut first, 0, SIZE, CHUNK).await;
+        let mut second = authed(&f.server).await;
+        client::send(
+            &mut second,
+            Frame::OpenDisk {
+                disk: 0,
+                size: SIZE,
+                chunk_size: CHUNK,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(refusal(&mut second).await, "DISK_BUSY");
+        first.get_mut().shutdown().await.unwrap();
+    });
+    f.assert_intact("DISK_NOT_CONFIGURED");
+    f.assert_intact("DISK_BUSY");
+}
+
+#[test]
+fn production_targets_unmapped_and_too_small_are_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small-target.img");
+    std::fs::File::create(&small)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    std::fs::write(&small, vec![0xee; 4 << 20]).unwrap();
+    let before = file_hash(&small);
+    let cfg = dir.path().join("ferry.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "token = \"a-long-enough-job-token\"\n[[disk]]\nindex = 0\ntarget = \"{}\"\n",
+            small.display()
+        ),
+    )
+    .unwrap();
+    let mut server = Server::start(
+        &dir.path().join("state"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    server.token = "a-long-enough-job-token".into();
+    let src = dir.path().join("src.img");
+    mixed_image(&src, 8, 10);
+    let sent = server.send(&[&src], &[]);
+    assert!(!sent.ok());
+    assert!(
+        sent.stderr().contains("TARGET_TOO_SMALL"),
+        "{}",
+        sent.stderr()
+    );
+    let sent = server.send(&[&src, &src], &[]);
+    assert!(!sent.ok());
+    assert_eq!(before, file_hash(&small));
+    let small_src = dir.path().join("small-src.img");
+    mixed_image(&small_src, 3, 11);
+    let sent = server.send(&[&small_src, &small_src], &[]);
+    assert!(
+        sent.stderr().contains("DISK_NOT_CONFIGURED"),
+        "{}",
+        sent.stderr()
+    );
+    // Disk 0 did arrive, on the configured target, before disk 1 was refused.
+    let mut got = vec![0u8; 3 << 20];
+    use std::os::unix::fs::FileExt;
+    std::fs::File::open(&small)
+        .unwrap()
+        .read_exact_at(&mut got, 0)
+        .unwrap();
+    assert_eq!(got, std::fs::read(&small_src).unwrap());
+}

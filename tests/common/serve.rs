@@ -1,0 +1,259 @@
+//! Test harness: a real `ferry serve` process on loopback, and `ferry send`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+pub struct Server {
+    pub child: Child,
+    pub state: PathBuf,
+    pub data: String,
+    pub control: String,
+    pub token: String,
+    pub fingerprint: String,
+}
+
+impl Server {
+    /// Start `ferry serve` on ephemeral loopback ports (or the given data address).
+    pub fn start(state: &Path, extra: &[&str]) -> Server {
+        Self::start_on(state, "127.0.0.1:0", extra)
+    }
+
+    pub fn start_on(state: &Path, data: &str, extra: &[&str]) -> Server {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state.with_extension("serve.log"))
+            .unwrap();
+        let mut child = Command::new(FERRY)
+            .args([
+                "serve",
+                "--data-listen",
+                data,
+                "--control-listen",
+                "127.0.0.1:0",
+                "--state-dir",
+            ])
+            .arg(state)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawning ferry serve");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let (mut data, mut control, mut fingerprint) =
+            (String::new(), String::new(), String::new());
+        let mut line = String::new();
+        while control.is_empty() {
+            line.clear();
+            if out.read_line(&mut line).unwrap() == 0 {
+                panic!(
+                    "ferry serve exited before it was ready: see {}",
+                    state.with_extension("serve.log").display()
+                );
+            }
+            if let Some(v) = line.trim().strip_prefix("data-listen: ") {
+                data = v.to_owned();
+            } else if let Some(v) = line.trim().strip_prefix("control-listen: ") {
+                control = v.to_owned();
+            } else if let Some(v) = line.trim().strip_prefix("fingerprint: ") {
+                fingerprint = v.to_owned();
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = out.read_to_end(&mut sink);
+        });
+        let token = std::fs::read_to_string(state.join("token"))
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_default();
+        Server {
+            child,
+            state: state.to_owned(),
+            data,
+            control,
+            token,
+            fingerprint,
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn http(&self, method: &str, path: &str) -> (u16, String) {
+        http(&self.control, method, path, &[])
+    }
+
+    /// A metric's value (the sum over label sets matching `selector`).
+    pub fn metric(&self, selector: &str) -> f64 {
+        let (_, body) = self.http("GET", "/metrics");
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter(|(name, _)| *name == selector)
+            .map(|(_, v)| v.parse::<f64>().unwrap())
+            .sum()
+    }
+
+    pub fn disk_path(&self, index: u32) -> PathBuf {
+        self.state.join("disks").join(format!("disk-{index}.img"))
+    }
+
+    /// `ferry send` of these disks with the server's token and fingerprint.
+    pub fn send(&self, disks: &[&Path], extra: &[&str]) -> Sent {
+        send_to(&self.data, &self.token, &self.fingerprint, disks, extra)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Sent {
+    pub output: Output,
+    pub report: serde_json::Value,
+}
+
+impl Sent {
+    pub fn ok(&self) -> bool {
+        self.output.status.success()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    pub fn disk(&self, i: usize, field: &str) -> u64 {
+        self.report["disks"][i][field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {field} in report: {}", self.report))
+    }
+}
+
+pub fn send_to(to: &str, token: &str, fp: &str, disks: &[&Path], extra: &[&str]) -> Sent {
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = Command::new(FERRY);
+    cmd.args([
+        "send",
+        "--to",
+        to,
+        "--token",
+        token,
+        "--fingerprint",
+        fp,
+        "--report",
+    ])
+    .arg(report.path())
+    .args(extra)
+    .env("RUST_LOG", "warn")
+    .stdin(Stdio::null());
+    for d in disks {
+        cmd.arg("--disk").arg(d);
+    }
+    let output = cmd.output().expect("running ferry send");
+    let text = std::fs::read_to_string(report.path()).unwrap_or_default();
+    let report = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    Sent { output, report }
+}
+
+/// A minimal HTTP/1.1 client for the control port.
+pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// BLAKE3 of a whole file.
+pub fn file_hash(path: &Path) -> String {
+    let mut h = blake3::Hasher::new();
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// A sparse source image of `mib` MiB mixing zeros, text and random data in
+/// 1 MiB stripes (pattern repeats every 3 MiB: random, text, zeros), seeded.
+pub fn mixed_image(path: &Path, mib: u64, seed: u64) {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(mib << 20).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut text = Vec::with_capacity(1 << 20);
+    while text.len() < (1 << 20) {
+        text.extend_from_slice(
+            format!("line {} of a log file that compresses well\n", text.len()).as_bytes(),
+        );
+    }
+    text.truncate(1 << 20);
+    use std::os::unix::fs::FileExt;
+    // The last quarter stays zero, as free space on a real disk.
+    for i in 0..mib * 3 / 4 {
+        match i % 3 {
+            0 => {
+                rng.fill_bytes(&mut buf);
+                f.write_all_at(&buf, i << 20).unwrap();
+            }
+            1 => f.write_all_at(&text, i << 20).unwrap(),
+            _ => {}
+        }
+    }
+    f.sync_all().unwrap();
+}
+
+/// Wait until `cond` holds or panic after `secs`.
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
