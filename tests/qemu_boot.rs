@@ -75,6 +75,28 @@ fn unrepaired_source_does_not_boot_on_virtio() {
     }
 }
 
+/// The other side of the negative control: on the same cloud hardware, a
+/// system that has virtio drivers, fstab by UUID and DHCP boots and gets its
+/// address from QEMU's DHCP. So a failure to boot there is the disk's fault,
+/// not the boot check's.
+#[test]
+fn cloud_ready_system_boots_on_virtio_with_dhcp() {
+    boot::require_root();
+    let src = SourceImage::build("cloud-ready").expect("building the cloud-ready image");
+    let mut spec = src.old_hardware_boot("control-cloud-ready-virtio");
+    spec.hardware = Hardware::Cloud;
+    let report = boot::boot(&spec).expect("running the boot check");
+    let m = report.expect_booted();
+    assert_eq!(m.root_uuid, src.root_uuid, "root file system");
+    assert_eq!(m.hostname, src.hostname, "hostname");
+    assert_eq!(
+        m.ipv4_addr(),
+        Some(boot::DHCP_IPV4),
+        "address from DHCP (links: {:?})",
+        m.links
+    );
+}
+
 // ---- the serial log reader, without QEMU ----------------------------------------
 
 #[test]
