@@ -365,11 +365,6 @@ EOF
 rm -rf "$mnt" "$work"/*.log "$work/initramfs.list"
 mv -T "$work" "$out"
 trap - EXIT
-# Older builds of this variant (an earlier recipe) are of no further use.
-for old in "$cache/images/$variant"-*; do
-    case "$(basename "$old")" in
-        "$variant-$key") ;;
-        "$variant"-????????????????) rm -rf "$old" ;;
-    esac
-done
+# Builds of other recipes stay: a checkout of another version may share this
+# cache (FERRY_CACHE) and be using them right now. Remove .cache/ to reclaim.
 echo "$out"

@@ -166,6 +166,13 @@ fn serial_scan_finds_the_first_verdict_in_whole_lines_only() {
         Some(true)
     );
     assert_eq!(boot::scan_serial("nothing decisive\n"), None);
+    let grub = "Welcome to GRUB!\n\nerror: no such device: 0899.\nerror: maximum recursion depth exceeded.\n\n   Minimal BASH-like line editing is supported.\n\n\ngrub> ";
+    assert_eq!(
+        boot::scan_serial(grub),
+        Some(Outcome::GrubPrompt(
+            "error: maximum recursion depth exceeded.".to_owned()
+        ))
+    );
 }
 
 #[test]

@@ -253,19 +253,19 @@ fn migrate(variant: &str) {
 }
 
 #[test]
-#[ignore = "needs ferry repair with the layout engine's chroot on main (repair stops at: the layout engine's chroot is not part of this build yet)"]
+#[ignore = "needs ferry repair entering the layout engine's chroot (both on their branches, not yet on main)"]
 fn bios_mbr_server_with_data_disk_migrates_and_boots_on_virtio() {
     migrate("bios-mbr-data");
 }
 
 #[test]
-#[ignore = "needs ferry repair with the layout engine's chroot on main (repair stops at: the layout engine's chroot is not part of this build yet)"]
+#[ignore = "needs ferry repair entering the layout engine's chroot (both on their branches, not yet on main)"]
 fn bios_gpt_server_migrates_and_boots_on_virtio() {
     migrate("bios-gpt");
 }
 
 #[test]
-#[ignore = "needs ferry repair with the layout engine's chroot on main (repair stops at: the layout engine's chroot is not part of this build yet)"]
+#[ignore = "needs ferry repair on main, and its UEFI loader to find the root on virtio (GRUB: no such device: <root uuid>)"]
 fn uefi_gpt_server_migrates_and_boots_on_virtio() {
     migrate("uefi-gpt");
 }

@@ -207,6 +207,9 @@ pub enum Outcome {
     RootNotFound(String),
     EmergencyMode(String),
     KernelPanic(String),
+    /// GRUB found no configuration or kernel and waits at its prompt (the
+    /// last GRUB error before it).
+    GrubPrompt(String),
     /// Nothing decisive within the timeout.
     TimedOut,
     /// QEMU ended by itself (reboot with -no-reboot, crash) before anything decisive.
@@ -220,6 +223,7 @@ impl fmt::Display for Outcome {
             Outcome::RootNotFound(l) => write!(f, "initramfs did not find the root: {l}"),
             Outcome::EmergencyMode(l) => write!(f, "emergency mode: {l}"),
             Outcome::KernelPanic(l) => write!(f, "kernel panic: {l}"),
+            Outcome::GrubPrompt(l) => write!(f, "stopped at the GRUB prompt: {l}"),
             Outcome::TimedOut => write!(f, "timed out"),
             Outcome::QemuExited(s) => write!(f, "qemu exited: {s}"),
         }
@@ -330,6 +334,16 @@ pub fn scan_serial(raw: &str) -> Option<Outcome> {
         Some(end) => &text[..end],
         None => return None,
     };
+    // The prompt itself ends no line: GRUB waits after it.
+    let tail = text[complete.len()..].trim();
+    if tail == "grub>" || tail == "grub rescue>" {
+        let last_error = complete
+            .lines()
+            .rev()
+            .find(|l| l.contains("error:"))
+            .unwrap_or(tail);
+        return Some(Outcome::GrubPrompt(last_error.trim().to_owned()));
+    }
     for line in complete.lines() {
         if let Some(pos) = line.find(MARKER) {
             // The unit echoes to ttyS0 and, through the journal, to the
