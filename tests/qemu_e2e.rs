@@ -10,6 +10,10 @@
 //! `ferry repair --root` with the source-to-target device map. When the job
 //! runner takes it over, this step becomes a wait for `Finished` in /v1/job.
 //!
+//! The migrations are `#[ignore]`d until `ferry repair` can enter the
+//! layout engine's chroot on this branch; with both merged, all three boot
+//! (run them with `-- --include-ignored` meanwhile).
+//!
 //! Needs root and qemu-system-x86_64: `cargo test --release --test qemu_e2e`.
 
 #[path = "common/boot.rs"]
@@ -265,7 +269,7 @@ fn bios_gpt_server_migrates_and_boots_on_virtio() {
 }
 
 #[test]
-#[ignore = "needs ferry repair on main, and its UEFI loader to find the root on virtio (GRUB: no such device: <root uuid>)"]
+#[ignore = "needs ferry repair entering the layout engine's chroot (both on their branches, not yet on main)"]
 fn uefi_gpt_server_migrates_and_boots_on_virtio() {
     migrate("uefi-gpt");
 }
