@@ -7,7 +7,8 @@
 #   bios-mbr       BIOS, MBR: sda1 ext4 root
 #   bios-gpt       BIOS, GPT: sda1 BIOS boot, sda2 ext4 /boot, sda3 swap, sda4 ext4 root
 #   uefi-gpt       UEFI, GPT: sda1 EFI system partition (FAT), sda2 ext4 root
-#   bios-mbr-data  bios-mbr plus a data disk: sdb1 ext4 on /data
+#   bios-mbr-data  bios-mbr plus a data disk: sdb1 ext4 on /data (on a RAID HBA
+#                  whose driver the initramfs lacks, so it is always sdb)
 #   cloud-ready    bios-mbr as the cloud wants it: virtio drivers in the
 #                  initramfs, fstab by UUID, DHCP on the cloud NIC. Not a
 #                  source: the control that the cloud hardware of the boot

@@ -191,7 +191,15 @@ fn qemu_hardware_is_the_one_each_side_has() {
         old.contains("file=/i/disk0.img,format=raw,if=none,id=d0,snapshot=on"),
         "{old}"
     );
-    assert!(old.contains("ide-hd,drive=d1,bus=ide.0,unit=1"), "{old}");
+    assert!(
+        old.contains("ide-hd,drive=d0,bus=ide.0,unit=0,bootindex=0"),
+        "{old}"
+    );
+    assert!(old.contains("megasas,id=hba"), "{old}");
+    assert!(
+        old.contains("scsi-hd,drive=d1,bus=hba.0,scsi-id=1"),
+        "{old}"
+    );
     assert!(old.contains("e1000,netdev=n0,addr=0x8"), "{old}");
     assert!(!old.contains("virtio"), "{old}");
 
