@@ -7,7 +7,12 @@
 #   bios-mbr       BIOS, MBR: sda1 ext4 root
 #   bios-gpt       BIOS, GPT: sda1 BIOS boot, sda2 ext4 /boot, sda3 swap, sda4 ext4 root
 #   uefi-gpt       UEFI, GPT: sda1 EFI system partition (FAT), sda2 ext4 root
-#   bios-mbr-data  bios-mbr plus a data disk: sdb1 ext4 on /data
+#   bios-mbr-data  bios-mbr plus a data disk: sdb1 ext4 on /data (on a RAID HBA
+#                  whose driver the initramfs lacks, so it is always sdb)
+#   cloud-ready    bios-mbr as the cloud wants it: virtio drivers in the
+#                  initramfs, fstab by UUID, DHCP on the cloud NIC. Not a
+#                  source: the control that the cloud hardware of the boot
+#                  check boots a system that has what it needs.
 #
 # Like a server installed on SATA/IDE hardware: fstab names /dev/sda*, the
 # network is ifupdown with a static address on the old NIC's name, the
@@ -40,9 +45,9 @@ die() { echo "make-source-image.sh: $*" >&2; exit 1; }
 
 variant=${1:-}
 case "$variant" in
-    bios-mbr | bios-gpt | bios-mbr-data) firmware=bios ;;
+    bios-mbr | bios-gpt | bios-mbr-data | cloud-ready) firmware=bios ;;
     uefi-gpt) firmware=uefi ;;
-    *) die "usage: make-source-image.sh bios-mbr|bios-gpt|uefi-gpt|bios-mbr-data" ;;
+    *) die "usage: make-source-image.sh bios-mbr|bios-gpt|uefi-gpt|bios-mbr-data|cloud-ready" ;;
 esac
 
 [ "$(id -u)" = 0 ] || die "needs root (loop devices, mounts, chroot)"
@@ -119,7 +124,7 @@ uuid_of() { blkid -s UUID -o value "$1"; }
 # ---- disk 0: partition table and file systems --------------------------------
 truncate -s "${IMAGE_SIZE_MIB}M" "$work/disk0.img"
 case "$variant" in
-    bios-mbr | bios-mbr-data)
+    bios-mbr | bios-mbr-data | cloud-ready)
         printf 'label: dos\nstart=2048, type=83, bootable\n' | sfdisk -q "$work/disk0.img"
         ;;
     bios-gpt)
@@ -140,7 +145,7 @@ loop=$attached
 
 boot_part="" swap_part="" esp_part=""
 case "$variant" in
-    bios-mbr | bios-mbr-data) root_part=1 ;;
+    bios-mbr | bios-mbr-data | cloud-ready) root_part=1 ;;
     bios-gpt) boot_part=2 swap_part=3 root_part=4 ;;
     uefi-gpt) esp_part=1 root_part=2 ;;
 esac
@@ -151,6 +156,7 @@ mount "${loop}p$root_part" "$mnt"
 fstab="# /etc/fstab: static file system information.
 /dev/sda$root_part / ext4 errors=remount-ro 0 1
 "
+[ "$variant" = cloud-ready ] && fstab="${fstab//\/dev\/sda$root_part /UUID=$root_uuid }"
 if [ -n "$boot_part" ]; then
     mkfs.ext4 -q -L boot "${loop}p$boot_part"
     mkdir -p "$mnt/boot"
@@ -207,6 +213,11 @@ iface $OLD_NIC inet static
     address $STATIC_IP/$STATIC_PREFIX
     gateway $GATEWAY
 EOF
+if [ "$variant" = cloud-ready ]; then
+    # The cloud's virtio NIC sits in PCI slot 3 (tests/common/boot.rs): ens3.
+    printf '%s\n' 'auto lo' 'iface lo inet loopback' '' 'auto ens3' 'iface ens3 inet dhcp' \
+        >"$mnt/etc/network/interfaces"
+fi
 
 # An initramfs for SATA/IDE disks only, as on a server that never saw virtio.
 sed -i 's/^MODULES=.*/MODULES=list/' "$mnt/etc/initramfs-tools/initramfs.conf"
@@ -222,6 +233,7 @@ sd_mod
 crc32c_generic
 ext4
 EOF
+[ "$variant" = cloud-ready ] && printf '%s\n' virtio_pci virtio_blk virtio_net >>"$mnt/etc/initramfs-tools/modules"
 
 cat >"$mnt/etc/default/grub" <<EOF
 GRUB_DEFAULT=0
@@ -296,7 +308,9 @@ in_root update-initramfs -u -k "$kver" >"$work/initramfs.log" 2>&1 \
     || { cat "$work/initramfs.log" >&2; die "update-initramfs failed"; }
 initrd="/boot/initrd.img-$kver"
 in_root lsinitramfs "$initrd" >"$work/initramfs.list"
-if grep virtio "$work/initramfs.list" >&2; then
+if [ "$variant" = cloud-ready ]; then
+    grep -q '/virtio_blk\.ko' "$work/initramfs.list" || die "the cloud-ready initramfs lacks virtio_blk"
+elif grep virtio "$work/initramfs.list" >&2; then
     die "the initramfs holds virtio modules (above); the source must not"
 fi
 for m in ata_piix ahci sd_mod ext4; do
@@ -352,11 +366,6 @@ EOF
 rm -rf "$mnt" "$work"/*.log "$work/initramfs.list"
 mv -T "$work" "$out"
 trap - EXIT
-# Older builds of this variant (an earlier recipe) are of no further use.
-for old in "$cache/images/$variant"-*; do
-    case "$(basename "$old")" in
-        "$variant-$key") ;;
-        "$variant"-????????????????) rm -rf "$old" ;;
-    esac
-done
+# Builds of other recipes stay: a checkout of another version may share this
+# cache (FERRY_CACHE) and be using them right now. Remove .cache/ to reclaim.
 echo "$out"

@@ -75,6 +75,28 @@ fn unrepaired_source_does_not_boot_on_virtio() {
     }
 }
 
+/// The other side of the negative control: on the same cloud hardware, a
+/// system that has virtio drivers, fstab by UUID and DHCP boots and gets its
+/// address from QEMU's DHCP. So a failure to boot there is the disk's fault,
+/// not the boot check's.
+#[test]
+fn cloud_ready_system_boots_on_virtio_with_dhcp() {
+    boot::require_root();
+    let src = SourceImage::build("cloud-ready").expect("building the cloud-ready image");
+    let mut spec = src.old_hardware_boot("control-cloud-ready-virtio");
+    spec.hardware = Hardware::Cloud;
+    let report = boot::boot(&spec).expect("running the boot check");
+    let m = report.expect_booted();
+    assert_eq!(m.root_uuid, src.root_uuid, "root file system");
+    assert_eq!(m.hostname, src.hostname, "hostname");
+    assert_eq!(
+        m.ipv4_addr(),
+        Some(boot::DHCP_IPV4),
+        "address from DHCP (links: {:?})",
+        m.links
+    );
+}
+
 // ---- the serial log reader, without QEMU ----------------------------------------
 
 #[test]
@@ -144,6 +166,13 @@ fn serial_scan_finds_the_first_verdict_in_whole_lines_only() {
         Some(true)
     );
     assert_eq!(boot::scan_serial("nothing decisive\n"), None);
+    let grub = "Welcome to GRUB!\n\nerror: no such device: 0899.\nerror: maximum recursion depth exceeded.\n\n   Minimal BASH-like line editing is supported.\n\n\ngrub> ";
+    assert_eq!(
+        boot::scan_serial(grub),
+        Some(Outcome::GrubPrompt(
+            "error: maximum recursion depth exceeded.".to_owned()
+        ))
+    );
 }
 
 #[test]
@@ -162,7 +191,15 @@ fn qemu_hardware_is_the_one_each_side_has() {
         old.contains("file=/i/disk0.img,format=raw,if=none,id=d0,snapshot=on"),
         "{old}"
     );
-    assert!(old.contains("ide-hd,drive=d1,bus=ide.0,unit=1"), "{old}");
+    assert!(
+        old.contains("ide-hd,drive=d0,bus=ide.0,unit=0,bootindex=0"),
+        "{old}"
+    );
+    assert!(old.contains("megasas,id=hba"), "{old}");
+    assert!(
+        old.contains("scsi-hd,drive=d1,bus=hba.0,scsi-id=1"),
+        "{old}"
+    );
     assert!(old.contains("e1000,netdev=n0,addr=0x8"), "{old}");
     assert!(!old.contains("virtio"), "{old}");
 

@@ -40,8 +40,9 @@ pub enum Firmware {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hardware {
-    /// The source server's: IDE disks (BIOS) or SATA/AHCI disks (UEFI) and
-    /// an e1000 NIC in PCI slot 8, which the source's static address names.
+    /// The source server's: the boot disk on IDE (BIOS) or SATA/AHCI
+    /// (UEFI), further disks on a MegaRAID SAS HBA, and an e1000 NIC in PCI
+    /// slot 8, which the source's static address names.
     Old,
     /// The cloud's: virtio-blk disks and a virtio-net NIC on QEMU's user
     /// network, which answers DHCP.
@@ -207,6 +208,9 @@ pub enum Outcome {
     RootNotFound(String),
     EmergencyMode(String),
     KernelPanic(String),
+    /// GRUB found no configuration or kernel and waits at its prompt (the
+    /// last GRUB error before it).
+    GrubPrompt(String),
     /// Nothing decisive within the timeout.
     TimedOut,
     /// QEMU ended by itself (reboot with -no-reboot, crash) before anything decisive.
@@ -220,6 +224,7 @@ impl fmt::Display for Outcome {
             Outcome::RootNotFound(l) => write!(f, "initramfs did not find the root: {l}"),
             Outcome::EmergencyMode(l) => write!(f, "emergency mode: {l}"),
             Outcome::KernelPanic(l) => write!(f, "kernel panic: {l}"),
+            Outcome::GrubPrompt(l) => write!(f, "stopped at the GRUB prompt: {l}"),
             Outcome::TimedOut => write!(f, "timed out"),
             Outcome::QemuExited(s) => write!(f, "qemu exited: {s}"),
         }
@@ -330,6 +335,16 @@ pub fn scan_serial(raw: &str) -> Option<Outcome> {
         Some(end) => &text[..end],
         None => return None,
     };
+    // The prompt itself ends no line: GRUB waits after it.
+    let tail = text[complete.len()..].trim();
+    if tail == "grub>" || tail == "grub rescue>" {
+        let last_error = complete
+            .lines()
+            .rev()
+            .find(|l| l.contains("error:"))
+            .unwrap_or(tail);
+        return Some(Outcome::GrubPrompt(last_error.trim().to_owned()));
+    }
     for line in complete.lines() {
         if let Some(pos) = line.find(MARKER) {
             // The unit echoes to ttyS0 and, through the journal, to the
@@ -395,19 +410,30 @@ pub fn qemu_args(spec: &BootSpec, ovmf_vars: Option<&Path>) -> Result<Vec<String
     }
     match spec.hardware {
         Hardware::Old => {
-            if spec.firmware == Firmware::Uefi {
-                a.push("-device".into());
-                a.push("ahci,id=ahci,addr=0x6".into());
+            match spec.firmware {
+                Firmware::Bios => {
+                    a.push("-device".into());
+                    a.push("ide-hd,drive=d0,bus=ide.0,unit=0,bootindex=0".into());
+                }
+                Firmware::Uefi => {
+                    a.push("-device".into());
+                    a.push("ahci,id=ahci,addr=0x6".into());
+                    a.push("-device".into());
+                    a.push("ide-hd,drive=d0,bus=ahci.0,bootindex=0".into());
+                }
             }
-            for i in 0..spec.disks.len() {
-                let bus = match spec.firmware {
-                    // PIIX IDE: master and slave of the first channel.
-                    Firmware::Bios => format!("bus=ide.0,unit={i}"),
-                    Firmware::Uefi => format!("bus=ahci.{i}"),
-                };
+            // Data disks on a RAID HBA whose driver is not in the source's
+            // initramfs: they appear after the boot disk, so the names in
+            // the source's fstab (sda boot, sdb data) hold on every boot.
+            // Two disks on one ATA controller are probed in parallel and
+            // take sda and sdb in either order.
+            if spec.disks.len() > 1 {
                 a.push("-device".into());
-                let boot = if i == 0 { ",bootindex=0" } else { "" };
-                a.push(format!("ide-hd,drive=d{i},{bus}{boot}"));
+                a.push("megasas,id=hba,addr=0x7".into());
+            }
+            for i in 1..spec.disks.len() {
+                a.push("-device".into());
+                a.push(format!("scsi-hd,drive=d{i},bus=hba.0,scsi-id={i}"));
             }
             a.push("-netdev".into());
             a.push("user,id=n0".into());
