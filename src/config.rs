@@ -30,6 +30,9 @@ pub struct Config {
     pub control_token: Option<String>,
     /// Incremental job: Waiting after each round, ready for the next.
     pub incremental: bool,
+    /// Process each round's disks (grow, repair, verify) so the migrated
+    /// system boots on the cloud; false for a job that only replicates disks.
+    pub build: bool,
     /// Validity of the job in days (7 to 90).
     pub validity_days: u32,
     /// The control plane's URL for state-change webhooks, and the HMAC key.
@@ -61,6 +64,7 @@ impl Default for Config {
             max_embedded_disk_bytes: 64 << 40,
             control_token: None,
             incremental: false,
+            build: true,
             validity_days: crate::job::state::Validity::DEFAULT_DAYS,
             webhook_url: None,
             webhook_secret: None,

@@ -311,7 +311,10 @@ fn chroot_sees_by_uuid_links_and_leaves_host_dev_alone() {
             .unwrap_or_else(|e| panic!("{e:#}"));
     let root = tree.root().to_owned();
     std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    // Copied by another process: a write descriptor open in this one could
+    // be inherited by a child another test thread forks meanwhile, and exec
+    // of the file would then fail with ETXTBSY.
+    run(Cmd::new("cp").arg(busybox).arg(root.join("bin/busybox")));
     let host_dev_disk = Path::new("/dev/disk").exists();
     let nodes = tree.dev_nodes();
     let root_node = nodes[3].host_path.to_string_lossy().into_owned();

@@ -239,6 +239,44 @@ fn map_write_err(e: std::io::Error, what: String) -> anyhow::Error {
 }
 
 /// fsync the directory holding `path`, so a new file's entry is durable.
+/// BLAKE3 of every chunk of the first `size` bytes of `disk`, read on two
+/// threads.
+pub fn hash_chunks(disk: &Disk, size: u64, chunk_size: u32) -> Result<Vec<[u8; 32]>> {
+    let count = chunk_count(size, chunk_size);
+    let threads = 2u64;
+    let per = count.div_ceil(threads).max(1);
+    let parts: Vec<Result<Vec<[u8; 32]>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (from, to) = ((t * per).min(count), ((t + 1) * per).min(count));
+                s.spawn(move || -> Result<Vec<[u8; 32]>> {
+                    let mut buf = vec![0u8; chunk_size as usize];
+                    let mut out = Vec::with_capacity((to - from) as usize);
+                    for i in from..to {
+                        let len = chunk_len(size, chunk_size, i);
+                        disk.read_at(&mut buf[..len], i * u64::from(chunk_size))
+                            .with_context(|| format!("reading chunk {i}"))?;
+                        out.push(*blake3::hash(&buf[..len]).as_bytes());
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("hashing thread panicked")))
+            })
+            .collect()
+    });
+    let mut all = Vec::with_capacity(count as usize);
+    for p in parts {
+        all.extend(p?);
+    }
+    Ok(all)
+}
+
 pub fn sync_dir(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
         let d = File::open(dir).with_context(|| format!("opening directory {}", dir.display()))?;

@@ -111,6 +111,12 @@ catalogue! {
         "A repair step failed; the report names the step and the command. Fix the cause in the migrated system (or on the source server) and run the repair again: steps already done are not repeated.";
     RepairBadInput => "REPAIR_BAD_INPUT", "The repair was given an invalid root or device map",
         "Give the directory where the migrated root file system is mounted and the disks it was migrated to (`--disk SOURCE=TARGET`, e.g. --disk /dev/sda=/dev/vdb); the root file system must be among them.";
+    SystemNotFound => "SYSTEM_NOT_FOUND", "No migrated operating system was found on the received disks",
+        "Disk 0 must be the source server's system disk, with a Linux root file system holding /etc/fstab. For a migration of data disks only, run the appliance with --no-build (config: build = false); otherwise send the system disk first (`ferry send --disk /dev/sda --disk ...`) and start the job again.";
+    VerifyFailed => "VERIFY_FAILED", "The repaired disks failed verification",
+        "A file system of the migrated disks is not clean after the repair (the message names it and the check). Check the source server's file systems (fsck), then start the job again and run the sender again: only changed chunks are sent.";
+    ProcessingUnknown => "PROCESSING_UNKNOWN", "The disks are committed, but how the appliance's processing ended is unknown",
+        "The connection to the appliance dropped while it processed the round (grow, repair, verify); it goes on without the sender. Read the outcome in GET /v1/job on port 8080 (Finished or Waiting, or InError with the code and hint). Running the sender again is refused while the job is processing.";
     JobStopped => "JOB_STOPPED", "The migration task is stopped",
         "Start the job again (POST /v1/job/start on port 8080, or from the control plane), then run the sender again; committed data is kept and the transfer resumes.";
     JobFinished => "JOB_FINISHED", "The migration task is completed",

@@ -281,8 +281,10 @@ impl JobHandle {
     }
 
     /// A sender ended its session cleanly: if every expected disk is
-    /// verified, the round is over: Syncing → Processing → Finished (one-shot)
-    /// or Waiting (incremental). Returns the status reached, if it changed.
+    /// verified, the round is committed: Syncing → Processing. The caller
+    /// then runs the Processing stage, which ends the round with
+    /// [`JobHandle::round_done`] or [`JobHandle::fail`]. Returns the status
+    /// reached, if it changed.
     pub fn end_of_session(&self, expected: Option<&[u32]>) -> Result<Option<Status>> {
         let done = {
             let inner = self.lock();
@@ -291,11 +293,7 @@ impl JobHandle {
         if !done {
             return Ok(None);
         }
-        self.round_committed()?;
-        // Layout and repair run as their own commands on the received disks;
-        // nothing more happens here between Processing and the end of the round.
-        let end = self.round_done()?;
-        Ok(Some(end.to))
+        Ok(Some(self.round_committed()?.to))
     }
 
     /// Every disk is committed: Syncing → Processing.
@@ -428,9 +426,11 @@ mod tests {
             assert_eq!(job.status(), Status::SYNCING);
             job.disk_verified(1).unwrap();
             assert_eq!(job.end_of_session(Some(&[0, 1, 2])).unwrap(), None);
-            assert_eq!(job.end_of_session(None).unwrap(), Some(end));
+            assert_eq!(job.end_of_session(None).unwrap(), Some(Status::PROCESSING));
+            assert_eq!(store.load().unwrap().unwrap().status, Status::PROCESSING);
+            assert_eq!(job.end_of_session(None).unwrap(), None, "once per round");
+            assert_eq!(job.round_done().unwrap().to, end);
             assert_eq!(store.load().unwrap().unwrap().status, end);
-            assert_eq!(job.end_of_session(None).unwrap(), None);
         }
     }
 

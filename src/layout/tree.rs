@@ -198,8 +198,20 @@ impl MountTree {
         staging: &Path,
         opts: MountOptions,
     ) -> Result<MountTree> {
+        MountTree::mount_existing_named(targets, staging, opts, &[])
+    }
+
+    /// [`MountTree::mount_existing`] for disks the source system knew by
+    /// kernel names: `source_names[i]` are disk i's (`/dev/sda`, ...), so an
+    /// fstab line `/dev/sda2 /boot` mounts partition 2 of disk i on /boot.
+    pub fn mount_existing_named(
+        targets: &[PathBuf],
+        staging: &Path,
+        opts: MountOptions,
+        source_names: &[Vec<String>],
+    ) -> Result<MountTree> {
         let mut layout = super::read::read_all(targets)?;
-        fill_mount_points(&mut layout, targets)?;
+        fill_mount_points_named(&mut layout, targets, source_names)?;
         MountTree::mount(&layout, targets, staging, opts)
     }
 
@@ -319,6 +331,17 @@ fn depth(mp: &str) -> usize {
 /// LABEL=, PARTUUID= or /dev/disk/by-* name the others. Returns how many
 /// partitions got a mount point.
 pub fn fill_mount_points(layout: &mut Layout, targets: &[PathBuf]) -> Result<usize> {
+    fill_mount_points_named(layout, targets, &[])
+}
+
+/// [`fill_mount_points`] that also resolves fstab lines naming kernel
+/// devices (`/dev/sda2`) through `source_names[i]`, the names disk i had on
+/// the source.
+pub fn fill_mount_points_named(
+    layout: &mut Layout,
+    targets: &[PathBuf],
+    source_names: &[Vec<String>],
+) -> Result<usize> {
     if layout.disks.len() != targets.len() {
         bail!(
             "the layout describes {} disk(s) but {} target(s) were given",
@@ -358,11 +381,15 @@ pub fn fill_mount_points(layout: &mut Layout, targets: &[PathBuf]) -> Result<usi
         if mp == "/" || !mp.starts_with('/') || fstype == "swap" {
             continue;
         }
-        let hit = layout
-            .disks
-            .iter_mut()
-            .flat_map(|d| d.partitions.iter_mut())
-            .find(|p| spec_matches(&spec, p));
+        let by_name = kernel_name_match(layout, &spec, source_names);
+        let hit = match by_name {
+            Some((d, p)) => Some(&mut layout.disks[d].partitions[p]),
+            None => layout
+                .disks
+                .iter_mut()
+                .flat_map(|d| d.partitions.iter_mut())
+                .find(|p| spec_matches(&spec, p)),
+        };
         match hit {
             Some(p) if p.mount.is_none() => {
                 p.mount = Some(mp);
@@ -437,6 +464,27 @@ pub fn parse_fstab(text: &str) -> Vec<(String, String, String)> {
 
 fn unescape_fstab(s: &str) -> String {
     s.replace("\\040", " ").replace("\\011", "\t")
+}
+
+/// (disk, partition index) of an fstab spec like `/dev/sdb1` or
+/// `/dev/nvme0n1p2`, when `source_names` says which disk had that name.
+fn kernel_name_match(
+    layout: &Layout,
+    spec: &str,
+    source_names: &[Vec<String>],
+) -> Option<(usize, usize)> {
+    let (disk_name, part) = crate::repair::devices::split_device(spec)?;
+    let part = part? as usize;
+    let d = source_names
+        .iter()
+        .position(|names| names.iter().any(|n| n == &disk_name))?;
+    let p = layout
+        .disks
+        .get(d)?
+        .numbers()
+        .iter()
+        .position(|&n| n == part)?;
+    Some((d, p))
 }
 
 fn spec_matches(spec: &str, p: &PartitionLayout) -> bool {

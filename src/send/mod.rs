@@ -71,6 +71,11 @@ pub struct SendArgs {
     /// for the given disks.
     #[arg(long)]
     pub probe: bool,
+    /// Do not wait for the appliance to process the round (grow, repair,
+    /// verify) after every disk is verified; its outcome is then only in
+    /// the job (GET /v1/job on port 8080).
+    #[arg(long)]
+    pub no_wait: bool,
     /// How long --probe sends.
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub probe_seconds: u64,
@@ -122,6 +127,8 @@ struct DiskJob {
     known: Vec<Option<[u8; 32]>>,
     report: DiskReport,
     done: bool,
+    /// The names this system knows the disk by (none for an image file).
+    names: Vec<String>,
 }
 
 pub async fn run(args: SendArgs) -> Result<()> {
@@ -160,6 +167,7 @@ pub async fn run(args: SendArgs) -> Result<()> {
                 ..Default::default()
             },
             known: vec![None; count as usize],
+            names: disk_names(path),
             disk: Arc::new(disk),
             done: false,
         });
@@ -281,9 +289,90 @@ async fn attempt(
             .with_context(|| format!("disk {} ({})", job.index, job.report.source))?;
         job.done = true;
     }
+    if !args.no_wait {
+        wait_for_round(&mut conn).await?;
+    }
     // close_notify, so the appliance sees a clean end rather than a cut.
     let _ = tokio::io::AsyncWriteExt::shutdown(conn.get_mut()).await;
     Ok(())
+}
+
+/// Every disk is verified: ask the appliance how the round ends and follow
+/// its Processing stage (grow, repair, verify) to the end. A failure there
+/// comes back as the appliance's error (code, message, hint).
+async fn wait_for_round(conn: &mut Conn) -> Result<()> {
+    client::send(conn, Frame::EndRound).await?;
+    let mut last_step = String::new();
+    loop {
+        let frame = client::recv(conn).await.map_err(|e| {
+            if find_coded(&e).is_some_and(|c| c.code == ErrorCode::TransferInterrupted) {
+                // Not retried: the disks are committed; the outcome is in the job.
+                coded(
+                    ErrorCode::ProcessingUnknown,
+                    "every disk is committed and verified, but the connection dropped while the appliance processed the round",
+                )
+            } else {
+                e
+            }
+        })?;
+        match frame {
+            Frame::RoundStatus {
+                done: false,
+                detail,
+                ..
+            } => {
+                if detail != last_step {
+                    eprintln!("ferry send: the appliance is processing the disks: {detail}");
+                    last_step = detail;
+                }
+            }
+            Frame::RoundStatus {
+                done: true,
+                status,
+                detail,
+            } => {
+                eprintln!("ferry send: the job is {status} ({detail})");
+                return Ok(());
+            }
+            other => {
+                return Err(coded(
+                    ErrorCode::UnexpectedFrame,
+                    format!("expected RoundStatus, got {}", other.name()),
+                ))
+            }
+        }
+    }
+}
+
+/// The names this system knows a source block device by, for the
+/// appliance's repair of device names: the path given, the kernel's name,
+/// and the /dev/disk/by-id and by-path links to it. None for image files.
+fn disk_names(path: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let is_block = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+    if !is_block {
+        return Vec::new();
+    }
+    let mut names = vec![path.display().to_string()];
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return names;
+    };
+    names.push(real.display().to_string());
+    for dir in ["/dev/disk/by-id", "/dev/disk/by-path"] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if std::fs::canonicalize(&p).is_ok_and(|t| t == real) {
+                names.push(p.display().to_string());
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names.truncate(wire::MAX_DISK_NAMES);
+    names
 }
 
 /// What the reader thread decided for one chunk.
@@ -321,6 +410,16 @@ async fn transfer(
         },
     )
     .await?;
+    if !job.names.is_empty() {
+        client::send(
+            conn,
+            Frame::DiskNames {
+                disk: job.index,
+                names: job.names.clone(),
+            },
+        )
+        .await?;
+    }
     // The manifest: what the appliance has committed of this disk.
     let mut manifest: Vec<Option<[u8; 32]>> = Vec::with_capacity(count as usize);
     let fresh = loop {

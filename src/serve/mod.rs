@@ -9,6 +9,7 @@ pub mod control;
 pub mod job_metrics;
 pub mod metrics;
 pub mod notify;
+pub mod process;
 pub mod session;
 pub mod tls;
 pub mod webhook;
@@ -60,6 +61,10 @@ pub struct ServeArgs {
     /// Incremental job: Waiting after each round instead of Finished [config: incremental].
     #[arg(long)]
     pub incremental: bool,
+    /// Only replicate the disks: no Processing stage (grow, repair, verify)
+    /// after a round, for a migration of data disks [config: build = false].
+    #[arg(long)]
+    pub no_build: bool,
     /// Validity of a new job, 7 to 90 days [config: validity_days, default 30].
     #[arg(long, value_name = "DAYS")]
     pub validity_days: Option<u32>,
@@ -90,6 +95,8 @@ pub struct Appliance {
     /// Control requests refused for a missing or wrong control token.
     pub unauthorized: prometheus::IntCounter,
     pub webhook: Option<webhook::Webhook>,
+    /// The Processing stage of the current round, when one runs.
+    pub processing: process::Processor,
 }
 
 /// Holds a disk for one session; released when dropped.
@@ -146,6 +153,9 @@ pub fn prepare(args: &ServeArgs) -> Result<Appliance> {
     }
     if args.incremental {
         config.incremental = true;
+    }
+    if args.no_build {
+        config.build = false;
     }
     if let Some(v) = args.validity_days {
         config.validity_days = v;
@@ -207,6 +217,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Appliance> {
         auth: auth_limit::AuthLimiter::default(),
         busy: Mutex::new(HashSet::new()),
         data_bound: AtomicBool::new(false),
+        processing: process::Processor::default(),
     })
 }
 
@@ -313,6 +324,11 @@ async fn run(args: ServeArgs) -> Result<()> {
         .await
         .context("preparing the appliance")??;
     let app = Arc::new(app);
+    if app.job.status() == crate::job::state::Status::PROCESSING {
+        // Died while processing a round: every step is idempotent, run it again.
+        tracing::info!("the job was processing when the appliance stopped: processing again");
+        process::Processor::start(&app);
+    }
     let data = TcpListener::bind(&app.config.data_listen)
         .await
         .with_context(|| format!("binding the data port {}", app.config.data_listen))?;

@@ -17,6 +17,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::process;
 use super::writer::{Event, Work, Writer};
 use super::{Appliance, BusyGuard};
 use crate::disk::{chunk_count, chunk_len, Disk};
@@ -128,6 +129,7 @@ async fn connection(
         disks: HashMap::new(),
         probe_bytes: 0,
         admitted: false,
+        end_round: false,
     };
     let result = session.run(&mut conn, peer, binding, shutdown).await;
     let clean = result.is_ok();
@@ -162,25 +164,90 @@ async fn connection(
     }
     session.close().await;
     if clean && session.admitted {
-        // The sender ended cleanly: if every disk of the job is verified, the
-        // round is over.
-        let app2 = Arc::clone(app);
-        let ended = tokio::task::spawn_blocking(move || {
-            let expected: Option<Vec<u32>> = (!app2.config.embedded())
-                .then(|| app2.config.disks.iter().map(|d| d.index).collect());
-            app2.job.end_of_session(expected.as_deref())
-        })
-        .await;
-        match ended {
-            Ok(Ok(Some(status))) => {
-                tracing::info!(%status, "every disk is verified: the round is over")
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::warn!("ending the round: {e:#}"),
-            Err(e) => tracing::warn!("ending the round: {e}"),
-        }
+        end_round(app, &mut conn, session.end_round).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.get_mut().shutdown()).await;
+}
+
+/// The sender ended its session cleanly. If every disk of the job is
+/// verified, the round is committed and the Processing stage runs (on its
+/// own thread, whatever happens to this connection). A sender that asked
+/// (`wait`) is told the steps as they run and how the round ended: a
+/// RoundStatus, or the Error that put the job InError.
+async fn end_round(app: &Arc<Appliance>, conn: &mut Conn, wait: bool) {
+    let app2 = Arc::clone(app);
+    let ended = tokio::task::spawn_blocking(move || {
+        let expected: Option<Vec<u32>> =
+            (!app2.config.embedded()).then(|| app2.config.disks.iter().map(|d| d.index).collect());
+        app2.job.end_of_session(expected.as_deref())
+    })
+    .await;
+    let committed = match ended {
+        Ok(Ok(Some(_))) => {
+            tracing::info!("every disk is verified: processing the round");
+            true
+        }
+        Ok(Ok(None)) => false,
+        Ok(Err(e)) => {
+            tracing::warn!("ending the round: {e:#}");
+            false
+        }
+        Err(e) => {
+            tracing::warn!("ending the round: {e}");
+            false
+        }
+    };
+    if !committed {
+        if wait {
+            let status = app.job.status();
+            let _ = conn
+                .send(Frame::RoundStatus {
+                    done: true,
+                    status: status.to_string(),
+                    detail: "the job waits for more disks before it processes the round".into(),
+                })
+                .await;
+        }
+        return;
+    }
+    let mut phase = super::process::Processor::start(app);
+    if !wait {
+        return;
+    }
+    loop {
+        let now = phase.borrow_and_update().clone();
+        let frame = match now {
+            process::Phase::Step(step) => Frame::RoundStatus {
+                done: false,
+                status: app.job.status().to_string(),
+                detail: step.to_owned(),
+            },
+            process::Phase::Done(Ok(status)) => Frame::RoundStatus {
+                done: true,
+                status: status.to_string(),
+                detail: "processed".into(),
+            },
+            process::Phase::Done(Err(f)) => Frame::error(f.code, &f.detail),
+        };
+        let last = !matches!(frame, Frame::RoundStatus { done: false, .. });
+        if conn.send(frame).await.is_err() || last {
+            return;
+        }
+        // A heartbeat every 10 s while a step runs, so the sender knows the
+        // appliance is alive.
+        match tokio::time::timeout(Duration::from_secs(10), phase.changed()).await {
+            Ok(Ok(())) | Err(_) => {}
+            Ok(Err(_)) => {
+                // The processing thread is gone; its last phase says how.
+                if !matches!(*phase.borrow(), process::Phase::Done(_)) {
+                    let _ = conn
+                        .send(Frame::error(ErrorCode::Internal, "processing stopped"))
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Failures while writing, which need someone to act on the appliance: the
@@ -234,6 +301,8 @@ struct Session {
     probe_bytes: u64,
     /// The job let this sender in (at its first OpenDisk; probes need not).
     admitted: bool,
+    /// The sender asked how the round ends (EndRound), and waits for it.
+    end_round: bool,
 }
 
 impl Session {
@@ -266,7 +335,12 @@ impl Session {
                     Err(_) => return Err(coded(ErrorCode::TransferInterrupted, "no data for 300 s")),
                     Ok(None) => return Ok(()),
                     Ok(Some(Err(e))) => return Err(coded(e.code(), e.to_string())),
-                    Ok(Some(Ok(f))) => self.frame(conn, f, &events_tx).await?,
+                    Ok(Some(Ok(f))) => {
+                        self.frame(conn, f, &events_tx).await?;
+                        if self.end_round {
+                            return Ok(());
+                        }
+                    }
                 },
                 Some(ev) = events.recv() => match ev {
                     Event::Committed { disk, indices } => {
@@ -419,11 +493,32 @@ impl Session {
                 .await
                 .context("answering a probe")
             }
+            Frame::DiskNames { disk, names } => self.disk_names(disk, names).await,
+            Frame::EndRound => {
+                self.end_round = true;
+                Ok(())
+            }
             other => Err(coded(
                 ErrorCode::UnexpectedFrame,
                 format!("{} after authentication", other.name()),
             )),
         }
+    }
+
+    /// Keep the names the source knew a disk by, for the repair.
+    async fn disk_names(&mut self, disk: u32, names: Vec<String>) -> Result<()> {
+        // Only for a disk this sender opened (so admitted and configured).
+        self.disk(disk)?;
+        let app = Arc::clone(&self.app);
+        tokio::task::spawn_blocking(move || {
+            let json = serde_json::to_vec(&names).context("encoding disk names")?;
+            app.ledger
+                .put_meta(&super::process::names_key(disk), &json)
+                .with_context(|| format!("recording the source names of disk {disk}"))
+        })
+        .await
+        .context("recording disk names")?
+        .map_err(|e| coded(ErrorCode::LedgerFailed, format!("{e:#}")))
     }
 
     /// Count newly committed chunks into the job's progress.

@@ -282,40 +282,8 @@ impl Writer {
     /// Hash every chunk of the target, on two threads.
     fn rehash(&self, count: u64) -> Result<Vec<[u8; 32]>> {
         let rec = &self.record;
-        let threads = 2u64;
-        let per = count.div_ceil(threads).max(1);
-        let parts: Vec<Result<Vec<[u8; 32]>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (from, to) = ((t * per).min(count), ((t + 1) * per).min(count));
-                    s.spawn(move || -> Result<Vec<[u8; 32]>> {
-                        let mut buf = vec![0u8; rec.chunk_size as usize];
-                        let mut out = Vec::with_capacity((to - from) as usize);
-                        for i in from..to {
-                            let len = chunk_len(rec.size, rec.chunk_size, i);
-                            self.disk
-                                .read_at(&mut buf[..len], i * u64::from(rec.chunk_size))
-                                .with_context(|| {
-                                    format!("re-reading chunk {i} of disk {}", self.disk_index)
-                                })?;
-                            out.push(*blake3::hash(&buf[..len]).as_bytes());
-                        }
-                        Ok(out)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("re-hashing thread panicked")))
-                })
-                .collect()
-        });
-        let mut all = Vec::with_capacity(count as usize);
-        for p in parts {
-            all.extend(p?);
-        }
-        Ok(all)
+        debug_assert_eq!(count, chunk_count(rec.size, rec.chunk_size));
+        crate::disk::hash_chunks(&self.disk, rec.size, rec.chunk_size)
+            .with_context(|| format!("re-reading disk {}", self.disk_index))
     }
 }

@@ -95,6 +95,21 @@ pub enum Frame {
     Probe { payload: Bytes },
     /// appliance → sender: probe bytes received so far.
     ProbeAck { bytes: u64 },
+    /// sender → appliance: the names the source system knew disk `disk` by
+    /// (`/dev/sda`, its `/dev/disk/by-id/...` links), for the repair of
+    /// device names in its fstab and boot configuration.
+    DiskNames { disk: u32, names: Vec<String> },
+    /// sender → appliance: every disk of this sender is verified; report how
+    /// the round ends (the appliance processes the disks first when the
+    /// job's last disk arrived).
+    EndRound,
+    /// appliance → sender: the job's status at the end of a round. `done`
+    /// false: still processing (`detail` names the stage), more follow.
+    RoundStatus {
+        done: bool,
+        status: String,
+        detail: String,
+    },
 }
 
 mod ty {
@@ -112,7 +127,13 @@ mod ty {
     pub const FINISHED: u8 = 0x16;
     pub const PROBE: u8 = 0x20;
     pub const PROBE_ACK: u8 = 0x21;
+    pub const DISK_NAMES: u8 = 0x17;
+    pub const END_ROUND: u8 = 0x30;
+    pub const ROUND_STATUS: u8 = 0x31;
 }
+
+/// Most names in a DiskNames frame.
+pub const MAX_DISK_NAMES: usize = 32;
 
 /// Longest string in an Error frame.
 const MAX_TEXT: usize = 4096;
@@ -134,6 +155,9 @@ impl Frame {
             Frame::Finished { .. } => "Finished",
             Frame::Probe { .. } => "Probe",
             Frame::ProbeAck { .. } => "ProbeAck",
+            Frame::DiskNames { .. } => "DiskNames",
+            Frame::EndRound => "EndRound",
+            Frame::RoundStatus { .. } => "RoundStatus",
         }
     }
 
@@ -180,9 +204,7 @@ impl Frame {
                 hint,
             } => {
                 for s in [code, message, hint] {
-                    let s = &s.as_bytes()[..s.len().min(MAX_TEXT)];
-                    dst.put_u16(s.len() as u16);
-                    dst.put_slice(s);
+                    put_text(dst, s);
                 }
                 ty::ERROR
             }
@@ -269,6 +291,26 @@ impl Frame {
             Frame::ProbeAck { bytes } => {
                 dst.put_u64(*bytes);
                 ty::PROBE_ACK
+            }
+            Frame::DiskNames { disk, names } => {
+                dst.put_u32(*disk);
+                let names = &names[..names.len().min(MAX_DISK_NAMES)];
+                dst.put_u8(names.len() as u8);
+                for n in names {
+                    put_text(dst, n);
+                }
+                ty::DISK_NAMES
+            }
+            Frame::EndRound => ty::END_ROUND,
+            Frame::RoundStatus {
+                done,
+                status,
+                detail,
+            } => {
+                dst.put_u8(u8::from(*done));
+                put_text(dst, status);
+                put_text(dst, detail);
+                ty::ROUND_STATUS
             }
         };
         let len = (dst.len() - start - 5) as u32;
@@ -380,6 +422,28 @@ impl Frame {
             ty::PROBE_ACK => Frame::ProbeAck {
                 bytes: get_u64(&mut p, "ProbeAck")?,
             },
+            ty::DISK_NAMES => {
+                let disk = get_u32(&mut p, "DiskNames")?;
+                let count = get_u8(&mut p, "DiskNames")? as usize;
+                if count > MAX_DISK_NAMES {
+                    return Err(malformed("DiskNames", "too many names"));
+                }
+                let mut names = Vec::with_capacity(count);
+                for _ in 0..count {
+                    names.push(get_text(&mut p)?);
+                }
+                Frame::DiskNames { disk, names }
+            }
+            ty::END_ROUND => Frame::EndRound,
+            ty::ROUND_STATUS => Frame::RoundStatus {
+                done: match get_u8(&mut p, "RoundStatus")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(malformed("RoundStatus", "bad flag")),
+                },
+                status: get_text(&mut p)?,
+                detail: get_text(&mut p)?,
+            },
             other => return Err(WireError::UnknownType(other)),
         };
         if p.has_remaining() {
@@ -387,6 +451,17 @@ impl Frame {
         }
         Ok(frame)
     }
+}
+
+/// A length-prefixed UTF-8 string, cut at MAX_TEXT bytes on a character
+/// boundary.
+fn put_text(dst: &mut BytesMut, s: &str) {
+    let mut end = s.len().min(MAX_TEXT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    dst.put_u16(end as u16);
+    dst.put_slice(&s.as_bytes()[..end]);
 }
 
 fn truncate(mut s: String) -> String {
@@ -580,6 +655,16 @@ mod tests {
                 payload: Bytes::from_static(&[0; 100]),
             },
             Frame::ProbeAck { bytes: 100 },
+            Frame::DiskNames {
+                disk: 1,
+                names: vec!["/dev/sdb".into(), "/dev/disk/by-id/ata-X".into()],
+            },
+            Frame::EndRound,
+            Frame::RoundStatus {
+                done: true,
+                status: "Finished".into(),
+                detail: "repaired".into(),
+            },
         ]
     }
 

@@ -7,7 +7,7 @@
 pub mod auth;
 pub mod frame;
 
-pub use frame::{Frame, FrameCodec, WireError};
+pub use frame::{Frame, FrameCodec, WireError, MAX_DISK_NAMES};
 
 /// Bumped on any incompatible change of the frames below.
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -31,9 +31,22 @@ impl Server {
         Self::start_job(state, data, &args)
     }
 
-    /// `ferry serve` with exactly these extra arguments (a one-shot job
-    /// unless they say `--incremental`).
+    /// `ferry serve` of a job that only replicates disks (`--no-build`: these
+    /// tests send synthetic images, not servers), with these extra arguments
+    /// (a one-shot job unless they say `--incremental`).
     pub fn start_job(state: &Path, data: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["--no-build"];
+        args.extend_from_slice(extra);
+        Self::spawn_serve(state, data, &args)
+    }
+
+    /// `ferry serve` with its Processing stage (grow, repair, verify), as
+    /// in production, with exactly these extra arguments.
+    pub fn start_processing(state: &Path, extra: &[&str]) -> Server {
+        Self::spawn_serve(state, "127.0.0.1:0", extra)
+    }
+
+    fn spawn_serve(state: &Path, data: &str, extra: &[&str]) -> Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
