@@ -1,18 +1,13 @@
 //! End-to-end migrations: a source server's disks go through a real
-//! `ferry serve` (embedded mode, file-backed targets) and `ferry send` (block
-//! mode) over loopback, the received system is repaired by `ferry repair`,
-//! and the target boots on the cloud's hardware (virtio-blk, virtio-net with
-//! DHCP) with its data disk mounted.
+//! `ferry serve` and `ferry send` (block mode) over loopback; when the last
+//! disk is committed, the appliance processes the round by itself (grow,
+//! repair, verify) and the job reaches Finished, as `/v1/job` and the sender
+//! show; the target then boots on the cloud's hardware (virtio-blk,
+//! virtio-net with DHCP) with its data disk mounted.
 //!
-//! The appliance's job runner does not yet run the Processing stage (grow,
-//! repair, verify) by itself, so the test runs that stage's repair the way an
-//! operator would: the received disk on loop devices, its root mounted, and
-//! `ferry repair --root` with the source-to-target device map. When the job
-//! runner takes it over, this step becomes a wait for `Finished` in /v1/job.
-//!
-//! The migrations are `#[ignore]`d until `ferry repair` can enter the
-//! layout engine's chroot on this branch; with both merged, all three boot
-//! (run them with `-- --include-ignored` meanwhile).
+//! The failure side: a received disk without an operating system, and a
+//! system without GRUB, put the job InError with the code and hint the
+//! sender prints and `/v1/job` shows.
 //!
 //! Needs root and qemu-system-x86_64: `cargo test --release --test qemu_e2e`.
 
@@ -22,218 +17,171 @@ mod boot;
 mod harness;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use boot::{Hardware, SourceImage};
 use ferry::cmd::Cmd;
+use ferry::job::errors::ErrorCode;
 
-/// A loop device on an image with its partition nodes (the kernel here scans
-/// no partition tables; BLKPG through `partx -a` adds them).
-struct Loop {
-    dev: String,
-    closed: bool,
+const TOKEN: &str = "e2e-job-token-0123456789";
+const CONTROL_TOKEN: &str = "e2e-control-token-0123456789";
+
+/// The appliance in production mode: `targets[i]` receives source disk i.
+fn appliance(dir: &Path, targets: &[PathBuf]) -> harness::Server {
+    let mut cfg = format!("token = \"{TOKEN}\"\ncontrol_token = \"{CONTROL_TOKEN}\"\n");
+    for (i, t) in targets.iter().enumerate() {
+        cfg.push_str(&format!(
+            "[[disk]]\nindex = {i}\ntarget = \"{}\"\n",
+            t.display()
+        ));
+    }
+    let path = dir.join("ferry.toml");
+    std::fs::write(&path, cfg).expect("writing the config");
+    let mut server = harness::Server::start_processing(
+        &dir.join("state"),
+        &["--config", path.to_str().expect("utf-8 path")],
+    );
+    server.token = TOKEN.to_owned();
+    server
 }
 
-impl Loop {
-    fn attach(image: &Path) -> Result<Loop> {
-        let out = Cmd::new("losetup")
-            .args(["-f", "--show"])
-            .arg(image)
-            .run()
-            .with_context(|| format!("attaching {} to a loop device", image.display()))?;
-        let lo = Loop {
-            dev: out.stdout_text().trim().to_owned(),
-            closed: false,
-        };
-        Cmd::new("partx")
-            .args(["-a", &lo.dev])
-            .run()
-            .with_context(|| format!("adding the partitions of {}", lo.dev))?;
-        Ok(lo)
-    }
-
-    fn part(&self, n: u32) -> String {
-        format!("{}p{n}", self.dev)
-    }
-
-    fn close(mut self) -> Result<()> {
-        self.closed = true;
-        let _ = Cmd::new("partx").args(["-d", &self.dev]).run();
-        Cmd::new("losetup")
-            .args(["-d", &self.dev])
-            .run()
-            .with_context(|| format!("detaching {}", self.dev))?;
-        Ok(())
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        if !self.closed {
-            let _ = Cmd::new("partx").args(["-d", &self.dev]).run();
-            if let Err(e) = Cmd::new("losetup").args(["-d", &self.dev]).run() {
-                eprintln!("detaching {}: {e:#}", self.dev);
-            }
-        }
-    }
-}
-
-struct Mount {
-    at: PathBuf,
-    closed: bool,
-}
-
-impl Mount {
-    fn new(dev: &str, at: &Path) -> Result<Mount> {
-        std::fs::create_dir_all(at).with_context(|| format!("creating {}", at.display()))?;
-        Cmd::new("mount")
-            .arg(dev)
-            .arg(at)
-            .run()
-            .with_context(|| format!("mounting {dev} on {}", at.display()))?;
-        Ok(Mount {
-            at: at.to_owned(),
-            closed: false,
+/// Empty target files: `extra` bytes larger than the source for disk 0 (the
+/// cloud disk is often larger than the server's), the same size for others.
+fn targets_for(src: &[PathBuf], dir: &Path, extra: u64) -> Vec<PathBuf> {
+    src.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let t = dir.join(format!("target-{i}.img"));
+            let size = std::fs::metadata(s).expect("source size").len();
+            let f = std::fs::File::create(&t).expect("creating a target");
+            f.set_len(size + if i == 0 { extra } else { 0 })
+                .expect("sizing a target");
+            t
         })
-    }
-
-    fn umount(&self) -> Result<()> {
-        let mut last = None;
-        for _ in 0..10 {
-            match Cmd::new("umount").arg(&self.at).run() {
-                Ok(_) => return Ok(()),
-                Err(e) => last = Some(e),
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        Err(last.expect("ten attempts"))
-            .with_context(|| format!("unmounting {}", self.at.display()))
-    }
-
-    fn close(mut self) -> Result<()> {
-        self.closed = true;
-        self.umount()
-    }
+        .collect()
 }
 
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if !self.closed {
-            if let Err(e) = self.umount() {
-                eprintln!("{e:#}");
-            }
-        }
-    }
+fn job(server: &harness::Server) -> serde_json::Value {
+    let auth = format!("Bearer {CONTROL_TOKEN}");
+    let (status, body) = harness::http(
+        &server.control,
+        "GET",
+        "/v1/job",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("job JSON")
 }
 
-/// The partition of `dev`'s disk that fstab (of the source, naming
-/// /dev/sdXN) mounts on `mountpoint`.
-fn fstab_partition(fstab: &str, mountpoint: &str) -> Option<u32> {
-    fstab
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 2 && f[1] == mountpoint)
-                .then(|| f[0].strip_prefix("/dev/sda"))
-                .flatten()
-                .and_then(|n| n.parse().ok())
-        })
+/// (start, sectors) of partition `n` of an image, by util-linux's partx.
+fn partition_extent(image: &Path, n: u32) -> (u64, u64) {
+    let out = Cmd::new("partx")
+        .args(["-g", "-o", "START,SECTORS", "-n", &n.to_string()])
+        .arg(image)
+        .run()
+        .expect("partx");
+    let text = out.stdout_text();
+    let v: Vec<u64> = text
+        .split_whitespace()
+        .map(|x| x.parse().expect("a number"))
+        .collect();
+    (v[0], v[1])
 }
 
-/// The repair of the Processing stage, on the received disks.
-fn repair_received(src: &SourceImage, targets: &[PathBuf], name: &str) -> Result<()> {
-    let loops: Vec<Loop> = targets
-        .iter()
-        .map(|t| Loop::attach(t))
-        .collect::<Result<_>>()?;
-    let boot_disk = &loops[0];
-    let mut root_dev = None;
-    for n in 1..=8 {
-        let p = boot_disk.part(n);
-        if !Path::new(&p).exists() {
+/// Hash of the first `len` bytes of a file.
+fn prefix_hash(path: &Path, len: u64) -> String {
+    use std::io::Read;
+    let f = std::fs::File::open(path).expect("opening");
+    let mut h = blake3::Hasher::new();
+    let mut r = f.take(len);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf).expect("reading");
+        if n == 0 {
             break;
         }
-        let uuid = Cmd::new("blkid")
-            .args(["-s", "UUID", "-o", "value", &p])
-            .output()
-            .map(|(_, o)| o.stdout_text().trim().to_owned())
-            .unwrap_or_default();
-        if uuid == src.root_uuid {
-            root_dev = Some(p);
-        }
+        h.update(&buf[..n]);
     }
-    let Some(root_dev) = root_dev else {
-        bail!(
-            "no partition of the received disk {} holds the source's root UUID {}",
-            boot_disk.dev,
-            src.root_uuid
-        );
-    };
-    let scratch = tempfile::tempdir().context("creating a mount point")?;
-    let root = scratch.path().join("root");
-    let root_mount = Mount::new(&root_dev, &root)?;
-    let fstab =
-        std::fs::read_to_string(root.join("etc/fstab")).context("reading the received fstab")?;
-    let boot_mount = match fstab_partition(&fstab, "/boot") {
-        Some(n) => Some(Mount::new(&boot_disk.part(n), &root.join("boot"))?),
-        None => None,
-    };
-    let report = boot::artifacts_dir()
-        .join("boot")
-        .join(format!("{name}.repair.json"));
-    let mut repair = Cmd::new(harness::FERRY)
-        .arg("repair")
-        .arg("--root")
-        .arg(&root)
-        .arg("--report")
-        .arg(&report);
-    for (i, lo) in loops.iter().enumerate() {
-        let source_name = format!("/dev/sd{}", (b'a' + i as u8) as char);
-        repair = repair
-            .arg("--disk")
-            .arg(format!("{source_name}={}", lo.dev));
-    }
-    let result = repair.run().context("ferry repair of the received system");
-    if let Some(m) = boot_mount {
-        m.close()?;
-    }
-    root_mount.close()?;
-    for lo in loops {
-        lo.close()?;
-    }
-    result.map(|_| ())
+    h.finalize().to_hex().to_string()
 }
 
-fn migrate(variant: &str) {
+fn migrate(variant: &str, extra: u64) {
     boot::require_root();
     let src = SourceImage::build(variant).expect("building the source image");
     let dir = tempfile::tempdir().expect("scratch directory");
-    let server = harness::Server::start(&dir.path().join("state"), &[]);
+    let targets = targets_for(&src.disks, dir.path(), extra);
+    let server = appliance(dir.path(), &targets);
     let disks: Vec<&Path> = src.disks.iter().map(PathBuf::as_path).collect();
     let sent = server.send(&disks, &[]);
+    let name = format!("e2e-{variant}");
+    let log = boot::artifacts_dir()
+        .join("boot")
+        .join(format!("{name}.send.log"));
+    let _ = std::fs::create_dir_all(log.parent().expect("a parent"));
+    let _ = std::fs::write(&log, sent.stderr());
     assert!(sent.ok(), "ferry send failed: {}", sent.stderr());
-    let targets: Vec<PathBuf> = (0..src.disks.len() as u32)
-        .map(|i| server.disk_path(i))
-        .collect();
-    for (i, (s, t)) in src.disks.iter().zip(&targets).enumerate() {
+    for (i, _) in src.disks.iter().enumerate() {
         assert_eq!(
             sent.report["disks"][i]["verified"],
             serde_json::Value::Bool(true),
             "disk {i}: {}",
             sent.report
         );
+    }
+    // The sender followed the appliance's processing to its end.
+    let err = sent.stderr();
+    for step in ["grow", "mount", "repair", "verify"] {
+        assert!(
+            err.contains(&format!("processing the disks: {step}")),
+            "no step {step} in:\n{err}"
+        );
+    }
+    assert!(err.contains("the job is Finished"), "{err}");
+    let j = job(&server);
+    assert_eq!(j["state"], "Finished", "{j}");
+    assert!(j["last_error"].is_null(), "{j}");
+    let state = dir.path().join("state");
+    let repair: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(state.join("processing/repair.json")).expect("the repair report"),
+    )
+    .expect("repair JSON");
+    assert_eq!(repair["changed"], true, "the repair changed the system");
+    let _ = std::fs::copy(
+        state.join("processing/repair.json"),
+        boot::artifacts_dir()
+            .join("boot")
+            .join(format!("{name}.repair.json")),
+    );
+    // The data disk arrives as it was sent: the repair touches the system
+    // disk's files only.
+    for (i, (s, t)) in src.disks.iter().zip(&targets).enumerate().skip(1) {
+        let len = std::fs::metadata(s).expect("source").len();
         assert_eq!(
-            harness::file_hash(s),
-            harness::file_hash(t),
-            "disk {i} arrived bit-exact"
+            prefix_hash(s, len),
+            prefix_hash(t, len),
+            "disk {i} bit-exact"
+        );
+    }
+    if extra > 0 {
+        // The last partition and its file system grew into the larger disk.
+        let report: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(state.join("processing/report.json")).expect("the stage report"),
+        )
+        .expect("report JSON");
+        let grown = &report["grown"][0]["partition"];
+        let n = grown["number"].as_u64().expect("a grown partition") as u32;
+        let (_, src_sectors) = partition_extent(&src.disks[0], n);
+        let (_, new_sectors) = partition_extent(&targets[0], n);
+        assert!(
+            new_sectors * 512 >= src_sectors * 512 + extra - (2 << 20),
+            "partition {n}: {src_sectors} -> {new_sectors} sectors"
+        );
+        assert_eq!(
+            grown["new_len"].as_u64(),
+            Some(new_sectors * 512),
+            "{report}"
         );
     }
     drop(server);
-
-    let name = format!("e2e-{variant}");
-    repair_received(&src, &targets, &name).expect("repairing the received system");
 
     let report = boot::boot(&boot::BootSpec {
         name: format!("{name}-virtio"),
@@ -256,33 +204,100 @@ fn migrate(variant: &str) {
     assert_eq!(m.data_uuid, src.data_uuid, "data disk mounted on /data");
 }
 
+/// A processing failure: the sender exits non-zero with the code and its
+/// hint, and /v1/job shows the job InError with the same code.
+fn assert_processing_failed(server: &harness::Server, sent: &harness::Sent, code: ErrorCode) {
+    let err = sent.stderr();
+    assert!(!sent.ok(), "the sender succeeded:\n{err}");
+    assert!(err.contains(code.as_str()), "no {code} in:\n{err}");
+    assert!(err.contains(code.hint()), "no hint of {code} in:\n{err}");
+    let j = job(server);
+    assert_eq!(j["state"], "InError", "{j}");
+    assert_eq!(j["last_error"]["code"], code.as_str(), "{j}");
+    assert_eq!(j["last_error"]["hint"], code.hint(), "{j}");
+}
+
 #[test]
-#[ignore = "needs ferry repair entering the layout engine's chroot (both on their branches, not yet on main)"]
 fn bios_mbr_server_with_data_disk_migrates_and_boots_on_virtio() {
-    migrate("bios-mbr-data");
+    migrate("bios-mbr-data", 0);
 }
 
 #[test]
-#[ignore = "needs ferry repair entering the layout engine's chroot (both on their branches, not yet on main)"]
-fn bios_gpt_server_migrates_and_boots_on_virtio() {
-    migrate("bios-gpt");
+fn bios_gpt_server_migrates_onto_a_larger_disk_and_boots_on_virtio() {
+    migrate("bios-gpt", 512 << 20);
 }
 
 #[test]
-#[ignore = "needs ferry repair entering the layout engine's chroot (both on their branches, not yet on main)"]
 fn uefi_gpt_server_migrates_and_boots_on_virtio() {
-    migrate("uefi-gpt");
+    migrate("uefi-gpt", 0);
 }
 
 #[test]
-fn fstab_partition_reads_old_device_names() {
-    let fstab = "# comment /dev/sda9 /boot\n/dev/sda4 / ext4 defaults 0 1\n/dev/sda2 /boot ext4 defaults 0 2\n/dev/sdb1 /data ext4 defaults 0 2\n";
-    assert_eq!(fstab_partition(fstab, "/boot"), Some(2));
-    assert_eq!(fstab_partition(fstab, "/"), Some(4));
+fn a_disk_without_an_operating_system_puts_the_job_in_error() {
+    boot::require_root();
+    let dir = tempfile::tempdir().expect("scratch directory");
+    let src = dir.path().join("data.img");
+    harness::mixed_image(&src, 64, 7);
+    let targets = targets_for(&[src.clone()], dir.path(), 0);
+    let server = appliance(dir.path(), &targets);
+    let sent = server.send(&[src.as_path()], &[]);
+    assert_processing_failed(&server, &sent, ErrorCode::SystemNotFound);
     assert_eq!(
-        fstab_partition(fstab, "/data"),
-        None,
-        "not on the boot disk"
+        harness::file_hash(&src),
+        harness::file_hash(&targets[0]),
+        "the received data is kept as it arrived"
     );
-    assert_eq!(fstab_partition(fstab, "/var"), None);
+}
+
+#[test]
+fn a_system_without_grub_puts_the_job_in_error_with_do_grub_failed() {
+    boot::require_root();
+    let built = SourceImage::build("bios-mbr").expect("building the source image");
+    let dir = tempfile::tempdir().expect("scratch directory");
+    // The same server with its boot loader removed (as if it booted some
+    // other way): its own copy, the cached image stays as it is.
+    let src = dir.path().join("nogrub.img");
+    Cmd::new("cp")
+        .args(["--sparse=always"])
+        .arg(&built.disks[0])
+        .arg(&src)
+        .run()
+        .expect("copying the source");
+    {
+        let lo = Cmd::new("losetup")
+            .args(["-f", "--show", "-o", &(2048 * 512).to_string()])
+            .arg(&src)
+            .run()
+            .expect("attaching the root");
+        let dev = lo.stdout_text().trim().to_owned();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).expect("mount point");
+        let mounted = Cmd::new("mount").arg(&dev).arg(&mnt).run();
+        if mounted.is_ok() {
+            for p in [
+                "boot/grub",
+                "etc/default/grub",
+                "usr/sbin/grub-install",
+                "usr/sbin/grub-mkconfig",
+                "usr/sbin/update-grub",
+            ] {
+                let _ = Cmd::new("rm").args(["-rf"]).arg(mnt.join(p)).run();
+            }
+            Cmd::new("umount").arg(&mnt).run().expect("unmounting");
+        }
+        Cmd::new("losetup")
+            .args(["-d", &dev])
+            .run()
+            .expect("detaching");
+        mounted.expect("mounting the copy's root");
+    }
+    let targets = targets_for(&[src.clone()], dir.path(), 0);
+    let server = appliance(dir.path(), &targets);
+    let sent = server.send(&[src.as_path()], &[]);
+    assert_processing_failed(&server, &sent, ErrorCode::GrubFailed);
+    assert!(
+        sent.stderr().contains("Do Grub Failed"),
+        "the FAQ's wording: {}",
+        sent.stderr()
+    );
 }

@@ -518,6 +518,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kernel_names_of_the_source_find_partitions_by_number() {
+        let layout = Layout::from_toml(
+            "[[disk]]\ntable = \"mbr\"\n[[disk.partition]]\nsize = \"1GiB\"\ntype = \"linux\"\nfs = \"ext4\"\n\
+             [[disk.partition]]\nsize = \"rest\"\ntype = \"linux\"\nfs = \"ext4\"\n\
+             [[disk]]\ntable = \"gpt\"\n[[disk.partition]]\nsize = \"rest\"\ntype = \"linux\"\nfs = \"xfs\"\n",
+        )
+        .unwrap();
+        let names = vec![
+            vec!["/dev/sda".to_owned(), "/dev/vda".to_owned()],
+            vec!["/dev/sdb".to_owned()],
+        ];
+        assert_eq!(
+            kernel_name_match(&layout, "/dev/sda2", &names),
+            Some((0, 1))
+        );
+        assert_eq!(
+            kernel_name_match(&layout, "/dev/vda1", &names),
+            Some((0, 0))
+        );
+        assert_eq!(
+            kernel_name_match(&layout, "/dev/sdb1", &names),
+            Some((1, 0))
+        );
+        assert_eq!(
+            kernel_name_match(&layout, "/dev/sdb2", &names),
+            None,
+            "no such partition"
+        );
+        assert_eq!(
+            kernel_name_match(&layout, "/dev/sdc1", &names),
+            None,
+            "not migrated"
+        );
+        assert_eq!(
+            kernel_name_match(&layout, "/dev/sda", &names),
+            None,
+            "a whole disk"
+        );
+        assert_eq!(kernel_name_match(&layout, "UUID=x", &names), None);
+        assert_eq!(
+            kernel_name_match(&layout, "/dev/sda1", &[]),
+            None,
+            "no names known"
+        );
+    }
+
+    #[test]
     fn fstab_specs_match_partitions() {
         let l = Layout::from_toml(
             "[[disk]]\ntable = \"gpt\"\n[[disk.partition]]\nsize = \"rest\"\ntype = \"linux\"\nfs = \"ext4\"\nuuid = \"aa-bb\"\nlabel = \"my root\"\npartuuid = \"cc\"\n",

@@ -6,7 +6,9 @@
 //!    header to the end, last partition and its file system grown);
 //! 2. **mount** the received system as a tree (partitions from the disks,
 //!    mount points from the root's fstab, source device names from the
-//!    sender);
+//!    sender) — only the system's own file systems (`/`, `/boot`,
+//!    `/boot/efi`, `/usr`, `/var`); data file systems stay unmounted and
+//!    exactly as they arrived;
 //! 3. **repair** it with the recipe of its distribution (fstab, GRUB,
 //!    initramfs with virtio, DHCP, cloud-init...), the report kept in
 //!    `<state-dir>/processing/repair.json`;
@@ -166,13 +168,7 @@ fn run(app: &Appliance, step: &dyn Fn(&'static str)) -> Result<Status> {
     let staging = dir.join("root");
     layout::tree::clean_leftovers(&staging, &targets)
         .context("cleaning up after an interrupted processing run")?;
-    let tree = MountTree::mount_existing_named(
-        &targets,
-        &staging,
-        MountOptions::default(),
-        &report.source_names,
-    )
-    .map_err(|e| {
+    let tree = mount_system(&targets, &staging, &report.source_names).map_err(|e| {
         if find_coded(&e).is_some() {
             e
         } else {
@@ -181,7 +177,9 @@ fn run(app: &Appliance, step: &dyn Fn(&'static str)) -> Result<Status> {
     })?;
 
     step("repair");
-    let devices = DeviceMap::from_mount_tree(&tree, &report.source_names);
+    let (tree, full) = tree;
+    let mut devices = DeviceMap::from_mount_tree(&tree, &report.source_names);
+    restore_mount_points(&mut devices, &full);
     let outcome = repair::run_with_options(&repair::Options::new(
         tree.root(),
         devices,
@@ -217,6 +215,53 @@ fn run(app: &Appliance, step: &dyn Fn(&'static str)) -> Result<Status> {
     )
     .with_context(|| format!("writing {}", path.display()))?;
     Ok(app.job.round_done()?.to)
+}
+
+/// The mount points of the system itself, which the repair reads and
+/// writes; other file systems (data) are not mounted, so they stay exactly
+/// as they arrived.
+const SYSTEM_MOUNTS: &[&str] = &["/", "/boot", "/boot/efi", "/usr", "/var"];
+
+/// Mount the received system's own file systems under `staging`. Returns
+/// the tree and the full layout (every mount point from the fstab).
+fn mount_system(
+    targets: &[PathBuf],
+    staging: &Path,
+    names: &[Vec<String>],
+) -> Result<(MountTree, layout::Layout)> {
+    let mut full = layout::read_all(targets).context("reading the received disks")?;
+    layout::tree::fill_mount_points_named(&mut full, targets, names)?;
+    let mut system = full.clone();
+    for p in system
+        .disks
+        .iter_mut()
+        .flat_map(|d| d.partitions.iter_mut())
+    {
+        if p.mount
+            .as_deref()
+            .is_some_and(|m| !SYSTEM_MOUNTS.contains(&m))
+        {
+            p.mount = None;
+        }
+    }
+    let tree = MountTree::mount(&system, targets, staging, MountOptions::default())?;
+    Ok((tree, full))
+}
+
+/// Give the device map the mount points of the volumes left unmounted, as
+/// the source's fstab has them.
+fn restore_mount_points(devices: &mut DeviceMap, full: &layout::Layout) {
+    for (disk, desc) in devices.disks.iter_mut().zip(&full.disks) {
+        let described = desc
+            .partitions
+            .iter()
+            .filter(|p| p.fs != layout::FsType::None);
+        for (v, p) in disk.volumes.iter_mut().zip(described) {
+            if v.mountpoint.is_none() {
+                v.mountpoint.clone_from(&p.mount);
+            }
+        }
+    }
 }
 
 /// The names the source knew disk `index` by: what the sender announced,
