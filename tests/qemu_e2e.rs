@@ -238,7 +238,7 @@ fn a_disk_without_an_operating_system_puts_the_job_in_error() {
     let dir = tempfile::tempdir().expect("scratch directory");
     let src = dir.path().join("data.img");
     harness::mixed_image(&src, 64, 7);
-    let targets = targets_for(&[src.clone()], dir.path(), 0);
+    let targets = targets_for(std::slice::from_ref(&src), dir.path(), 0);
     let server = appliance(dir.path(), &targets);
     let sent = server.send(&[src.as_path()], &[]);
     assert_processing_failed(&server, &sent, ErrorCode::SystemNotFound);
@@ -291,7 +291,7 @@ fn a_system_without_grub_puts_the_job_in_error_with_do_grub_failed() {
             .expect("detaching");
         mounted.expect("mounting the copy's root");
     }
-    let targets = targets_for(&[src.clone()], dir.path(), 0);
+    let targets = targets_for(std::slice::from_ref(&src), dir.path(), 0);
     let server = appliance(dir.path(), &targets);
     let sent = server.send(&[src.as_path()], &[]);
     assert_processing_failed(&server, &sent, ErrorCode::GrubFailed);
