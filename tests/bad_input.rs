@@ -424,3 +424,128 @@ fn production_targets_unmapped_and_too_small_are_refused_before_writing() {
         .unwrap();
     assert_eq!(got, std::fs::read(&small_src).unwrap());
 }
+
+/// A target that fills up (a file on a 48 MiB tmpfs, sparse at 128 MiB):
+/// the sender gets TARGET_FULL with its hint, the job goes InError with the
+/// same error in /v1/job, and what was committed stays. Once there is room
+/// (the tmpfs grown) and the job is started again, the same send finishes
+/// bit-exact without re-sending the committed chunks. Needs root (mount).
+#[test]
+fn a_full_target_puts_the_job_in_error_and_a_start_after_making_room_resumes() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test mounts a tmpfs: run it as root (CI does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    ferry::cmd::Cmd::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "ferry-test-full"])
+        .arg(&small)
+        .run()
+        .unwrap();
+    struct Umount(std::path::PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = ferry::cmd::Cmd::new("umount").arg(&self.0).run();
+        }
+    }
+    let _umount = Umount(small.clone());
+    let target = small.join("target.img");
+    std::fs::File::create(&target)
+        .unwrap()
+        .set_len(128 << 20)
+        .unwrap();
+    let cfg = dir.path().join("ferry.toml");
+    let (token, control) = ("a-long-enough-job-token", "a-long-enough-control-token");
+    std::fs::write(
+        &cfg,
+        format!(
+            "token = \"{token}\"\ncontrol_token = \"{control}\"\n[[disk]]\nindex = 0\ntarget = \"{}\"\n",
+            target.display()
+        ),
+    )
+    .unwrap();
+    let mut server = Server::start(
+        &dir.path().join("state"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    server.token = token.into();
+    let src = dir.path().join("src.img");
+    // Random bytes throughout, so every chunk is written.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&src).unwrap();
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..128 {
+            for b in buf.chunks_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                b.copy_from_slice(&state.to_le_bytes()[..b.len()]);
+            }
+            f.write_all(&buf).unwrap();
+        }
+    }
+    let code = ferry::job::errors::ErrorCode::TargetFull;
+    let sent = server.send(&[&src], &["--retries", "0", "--zstd-level", "0"]);
+    assert!(!sent.ok(), "the send succeeded on a full target");
+    let err = sent.stderr();
+    assert!(err.contains("TARGET_FULL"), "{err}");
+    assert!(err.contains(code.hint()), "no hint in {err}");
+    let auth = format!("Bearer {control}");
+    let job = |s: &Server| -> serde_json::Value {
+        let (status, body) = http(&s.control, "GET", "/v1/job", &[("Authorization", &auth)]);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let j = job(&server);
+    assert_eq!(j["state"], "InError", "{j}");
+    assert_eq!(j["last_error"]["code"], "TARGET_FULL", "{j}");
+    assert_eq!(j["last_error"]["hint"], code.hint(), "{j}");
+    let committed = j["disks"][0]["committed"].as_u64().unwrap();
+    assert!(
+        committed > 0 && committed <= 48 << 20,
+        "committed {committed}: {j}"
+    );
+    // InError refuses senders until started again.
+    let refused = server.send(&[&src], &["--retries", "0"]);
+    assert!(
+        refused.stderr().contains("JOB_IN_ERROR"),
+        "{}",
+        refused.stderr()
+    );
+
+    // Make room, start the job, send again.
+    ferry::cmd::Cmd::new("mount")
+        .args(["-o", "remount,size=256m"])
+        .arg(&small)
+        .run()
+        .unwrap();
+    let (status, body) = http(
+        &server.control,
+        "POST",
+        "/v1/job/start",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(status, 200, "{body}");
+    let sent = server.send(&[&src], &["--zstd-level", "0"]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    assert_eq!(
+        file_hash(&src),
+        file_hash(&target),
+        "bit-exact after the resume"
+    );
+    let resent = sent.disk(0, "sent_bytes");
+    assert!(
+        resent <= (128 << 20) - committed + (64 << 20),
+        "re-sent {resent} bytes with {committed} committed"
+    );
+    assert!(
+        sent.disk(0, "unchanged_bytes") >= committed,
+        "the committed chunks were not sent again: {}",
+        sent.report
+    );
+    assert_eq!(job(&server)["state"], "Waiting");
+}

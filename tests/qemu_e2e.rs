@@ -301,3 +301,62 @@ fn a_system_without_grub_puts_the_job_in_error_with_do_grub_failed() {
         sent.stderr()
     );
 }
+
+#[test]
+fn incremental_round_after_a_repair_resends_what_the_repair_changed_and_repairs_again() {
+    boot::require_root();
+    let src = SourceImage::build("bios-mbr").expect("building the source image");
+    let dir = tempfile::tempdir().expect("scratch directory");
+    let targets = targets_for(&src.disks, dir.path(), 0);
+    let mut cfg = format!("token = \"{TOKEN}\"\ncontrol_token = \"{CONTROL_TOKEN}\"\n");
+    cfg.push_str(&format!(
+        "incremental = true\n[[disk]]\nindex = 0\ntarget = \"{}\"\n",
+        targets[0].display()
+    ));
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, cfg).expect("writing the config");
+    let mut server = harness::Server::start_processing(
+        &dir.path().join("state"),
+        &["--config", path.to_str().expect("utf-8 path")],
+    );
+    server.token = TOKEN.to_owned();
+    let disks = [src.disks[0].as_path()];
+
+    let first = server.send(&disks, &[]);
+    assert!(first.ok(), "round 1: {}", first.stderr());
+    assert!(
+        first.stderr().contains("the job is Waiting"),
+        "{}",
+        first.stderr()
+    );
+    let stage: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("state/processing/report.json")).expect("stage report"),
+    )
+    .expect("JSON");
+    let changed = stage["ledger_updated_chunks"].as_u64().expect("a count");
+    assert!(changed > 0, "the repair changed chunks: {stage}");
+    let repaired = harness::file_hash(&targets[0]);
+    assert_ne!(
+        repaired,
+        harness::file_hash(&src.disks[0]),
+        "the target was repaired"
+    );
+
+    // The same, unchanged source again: exactly the chunks the repair
+    // changed go back (the appliance's re-read verification passes), and
+    // the repair runs again on them, to the same repaired disk.
+    let second = server.send(&disks, &[]);
+    assert!(second.ok(), "round 2: {}", second.stderr());
+    assert_eq!(
+        second.disk(0, "sent_chunks") + second.disk(0, "zero_sent_chunks"),
+        changed,
+        "round 2 re-sent the chunks the repair changed: {}",
+        second.report
+    );
+    assert!(
+        second.stderr().contains("the job is Waiting"),
+        "{}",
+        second.stderr()
+    );
+    assert_eq!(job(&server)["state"], "Waiting");
+}

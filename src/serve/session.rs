@@ -336,7 +336,17 @@ impl Session {
                     Ok(None) => return Ok(()),
                     Ok(Some(Err(e))) => return Err(coded(e.code(), e.to_string())),
                     Ok(Some(Ok(f))) => {
-                        self.frame(conn, f, &events_tx).await?;
+                        if let Err(e) = self.frame(conn, f, &events_tx).await {
+                            // A writer that stopped (a full or failing
+                            // target) explains a frame it could not take:
+                            // report its error, not the symptom.
+                            while let Ok(ev) = events.try_recv() {
+                                if let Event::Failed { disk, error } = ev {
+                                    return Err(error.context(format!("disk {disk}")));
+                                }
+                            }
+                            return Err(e);
+                        }
                         if self.end_round {
                             return Ok(());
                         }
