@@ -58,7 +58,7 @@ cmp -s "$src" "$work/nc.img" || { echo "zstd|nc copy differs"; exit 1; }
 rm -f "$work/nc.img"
 
 rm -rf "$work/state"
-"$ferry" serve --state-dir "$work/state" --data-listen "127.0.0.1:$port" --control-listen 127.0.0.1:0 > "$work/serve.out" 2> "$work/serve.log" &
+"$ferry" serve --no-build --state-dir "$work/state" --data-listen "127.0.0.1:$port" --control-listen 127.0.0.1:0 > "$work/serve.out" 2> "$work/serve.log" &
 srv=$!
 trap 'kill $srv 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q '^control-listen:' "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
