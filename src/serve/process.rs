@@ -41,13 +41,12 @@ use crate::job::state::Status;
 use crate::layout::{self, MountOptions, MountTree, Safety};
 use crate::repair::{self, BootMode, DeviceMap, Mode};
 
-/// Where a processing run is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Phase {
-    /// Running this step.
-    Step(&'static str),
-    /// Done: the status the job reached, or the error that put it InError.
-    Done(Result<Status, Failure>),
+/// Where a processing run is: the steps started so far, in order, and once
+/// it is over, the status the job reached or the error that put it InError.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Phase {
+    pub steps: Vec<&'static str>,
+    pub done: Option<Result<Status, Failure>>,
 }
 
 /// Why processing failed: a catalogue code and this occurrence's detail.
@@ -87,11 +86,11 @@ impl Processor {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(rx) = current.as_ref() {
-            if !matches!(*rx.borrow(), Phase::Done(_)) {
+            if rx.borrow().done.is_none() {
                 return rx.clone();
             }
         }
-        let (tx, rx) = watch::channel(Phase::Step("starting"));
+        let (tx, rx) = watch::channel(Phase::default());
         *current = Some(rx.clone());
         let app = Arc::clone(app);
         let spawned = std::thread::Builder::new()
@@ -99,7 +98,7 @@ impl Processor {
             .spawn(move || {
                 let result = run(&app, &|step| {
                     tracing::info!(step, "processing");
-                    let _ = tx.send(Phase::Step(step));
+                    tx.send_modify(|p| p.steps.push(step));
                 });
                 let done = match result {
                     Ok(status) => {
@@ -118,14 +117,17 @@ impl Processor {
                         Err(Failure { code, detail })
                     }
                 };
-                let _ = tx.send(Phase::Done(done));
+                tx.send_modify(|p| p.done = Some(done));
             });
         if let Err(e) = spawned {
             tracing::error!("starting the processing thread: {e}");
-            let (tx, rx) = watch::channel(Phase::Done(Err(Failure {
-                code: ErrorCode::Internal,
-                detail: format!("starting the processing thread: {e}"),
-            })));
+            let (tx, rx) = watch::channel(Phase {
+                steps: Vec::new(),
+                done: Some(Err(Failure {
+                    code: ErrorCode::Internal,
+                    detail: format!("starting the processing thread: {e}"),
+                })),
+            });
             drop(tx);
             *current = Some(rx.clone());
             return rx;

@@ -17,7 +17,6 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::process;
 use super::writer::{Event, Work, Writer};
 use super::{Appliance, BusyGuard};
 use crate::disk::{chunk_count, chunk_len, Disk};
@@ -214,37 +213,60 @@ async fn end_round(app: &Arc<Appliance>, conn: &mut Conn, wait: bool) {
     if !wait {
         return;
     }
+    let mut told = 0;
     loop {
         let now = phase.borrow_and_update().clone();
-        let frame = match now {
-            process::Phase::Step(step) => Frame::RoundStatus {
+        let status = app.job.status().to_string();
+        let mut frames: Vec<Frame> = now.steps[told.min(now.steps.len())..]
+            .iter()
+            .map(|step| Frame::RoundStatus {
                 done: false,
-                status: app.job.status().to_string(),
-                detail: step.to_owned(),
-            },
-            process::Phase::Done(Ok(status)) => Frame::RoundStatus {
+                status: status.clone(),
+                detail: (*step).to_owned(),
+            })
+            .collect();
+        told = now.steps.len();
+        match &now.done {
+            Some(Ok(end)) => frames.push(Frame::RoundStatus {
                 done: true,
-                status: status.to_string(),
+                status: end.to_string(),
                 detail: "processed".into(),
-            },
-            process::Phase::Done(Err(f)) => Frame::error(f.code, &f.detail),
-        };
-        let last = !matches!(frame, Frame::RoundStatus { done: false, .. });
-        if conn.send(frame).await.is_err() || last {
+            }),
+            Some(Err(f)) => frames.push(Frame::error(f.code, &f.detail)),
+            None => {}
+        }
+        for frame in frames {
+            if conn.send(frame).await.is_err() {
+                return;
+            }
+        }
+        if now.done.is_some() {
             return;
         }
         // A heartbeat every 10 s while a step runs, so the sender knows the
         // appliance is alive.
         match tokio::time::timeout(Duration::from_secs(10), phase.changed()).await {
-            Ok(Ok(())) | Err(_) => {}
+            Ok(Ok(())) => {}
+            Err(_) => {
+                if let Some(step) = now.steps.last() {
+                    let beat = Frame::RoundStatus {
+                        done: false,
+                        status,
+                        detail: (*step).to_owned(),
+                    };
+                    if conn.send(beat).await.is_err() {
+                        return;
+                    }
+                }
+            }
             Ok(Err(_)) => {
-                // The processing thread is gone; its last phase says how.
-                if !matches!(*phase.borrow(), process::Phase::Done(_)) {
+                // The processing thread is gone without a word: say so.
+                if phase.borrow().done.is_none() {
                     let _ = conn
                         .send(Frame::error(ErrorCode::Internal, "processing stopped"))
                         .await;
-                    return;
                 }
+                return;
             }
         }
     }
