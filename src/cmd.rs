@@ -123,13 +123,24 @@ impl Cmd {
             Stdio::null()
         });
         tracing::debug!(command = %self.display(), "running");
-        let mut child = c.spawn().with_context(|| {
-            format!(
-                "starting `{}` (is {} installed?)",
-                self.display(),
-                self.program.to_string_lossy()
-            )
-        })?;
+        let mut child = match c.spawn() {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let program = self.program.to_string_lossy();
+                return Err(crate::job::errors::coded(
+                    crate::job::errors::ErrorCode::ToolMissing,
+                    format!(
+                        "`{program}` is not installed (Debian package: {}; needed for `{}`)",
+                        package_of(&program),
+                        self.display()
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e))
+                    .with_context(|| format!("starting `{}`", self.display()))
+            }
+        };
         let writer = match (self.stdin.clone(), child.stdin.take()) {
             (Some(input), Some(mut pipe)) => Some(std::thread::spawn(move || {
                 use std::io::Write;
@@ -163,6 +174,25 @@ impl Cmd {
 }
 
 /// Is `program` on PATH?
+/// The Debian package that ships `program`, for the hint of a missing tool.
+pub fn package_of(program: &str) -> &'static str {
+    let name = program.rsplit('/').next().unwrap_or(program);
+    match name {
+        "e2fsck" | "mkfs.ext4" | "mkfs.ext3" | "resize2fs" | "tune2fs" | "dumpe2fs" => "e2fsprogs",
+        n if n.starts_with("xfs_") || n == "mkfs.xfs" => "xfsprogs",
+        "fsck.vfat" | "mkfs.vfat" | "fsck.fat" | "mkfs.fat" => "dosfstools",
+        "sgdisk" => "gdisk",
+        "mount" | "umount" => "mount",
+        "losetup" | "partx" | "sfdisk" | "blkid" | "mkswap" | "wipefs" | "blockdev" | "lsblk" => {
+            "util-linux"
+        }
+        "chroot" | "cp" | "sync" => "coreutils",
+        "qemu-system-x86_64" => "qemu-system-x86",
+        "zstd" => "zstd",
+        _ => "the package that provides it",
+    }
+}
+
 pub fn have(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
@@ -229,7 +259,22 @@ mod tests {
     #[test]
     fn missing_program_says_so() {
         let err = Cmd::new("ferry-no-such-tool").run().unwrap_err();
-        assert!(format!("{err:#}").contains("is ferry-no-such-tool installed?"));
+        let coded = crate::job::errors::find_coded(&err).expect("a coded error");
+        assert_eq!(coded.code, crate::job::errors::ErrorCode::ToolMissing);
+        assert!(
+            format!("{err:#}").contains("`ferry-no-such-tool` is not installed"),
+            "{err:#}"
+        );
+        let err = Cmd::new("/nonexistent/sbin/xfs_growfs")
+            .arg("/")
+            .run()
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains(
+                "(Debian package: xfsprogs; needed for `/nonexistent/sbin/xfs_growfs /`)"
+            ),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -111,6 +111,8 @@ catalogue! {
         "A repair step failed; the report names the step and the command. Fix the cause in the migrated system (or on the source server) and run the repair again: steps already done are not repeated.";
     RepairBadInput => "REPAIR_BAD_INPUT", "The repair was given an invalid root or device map",
         "Give the directory where the migrated root file system is mounted and the disks it was migrated to (`--disk SOURCE=TARGET`, e.g. --disk /dev/sda=/dev/vdb); the root file system must be among them.";
+    ToolMissing => "TOOL_MISSING", "A tool the appliance needs is not installed",
+        "Install the Debian package named in the message on the appliance (`apt-get install -y <package>`; the appliance image has them all, see scripts/packages.txt), then start the job again (POST /v1/job/start).";
     SystemNotFound => "SYSTEM_NOT_FOUND", "No migrated operating system was found on the received disks",
         "Disk 0 must be the source server's system disk, with a Linux root file system holding /etc/fstab. For a migration of data disks only, run the appliance with --no-build (config: build = false); otherwise send the system disk first (`ferry send --disk /dev/sda --disk ...`) and start the job again.";
     VerifyFailed => "VERIFY_FAILED", "The repaired disks failed verification",
