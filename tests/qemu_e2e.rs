@@ -104,12 +104,35 @@ fn prefix_hash(path: &Path, len: u64) -> String {
     h.finalize().to_hex().to_string()
 }
 
-fn migrate(variant: &str, extra: u64) {
+/// Where the appliance writes the disks.
+enum Targets {
+    /// Embedded mode: sparse files the appliance makes, sized as the source.
+    Embedded,
+    /// Production mode: target files mapped in the config, disk 0 this many
+    /// bytes larger than its source.
+    Mapped { extra: u64 },
+}
+
+fn migrate(variant: &str, how: Targets) {
     boot::require_root();
     let src = SourceImage::build(variant).expect("building the source image");
     let dir = tempfile::tempdir().expect("scratch directory");
-    let targets = targets_for(&src.disks, dir.path(), extra);
-    let server = appliance(dir.path(), &targets);
+    let (server, targets, extra) = match how {
+        Targets::Embedded => {
+            let server = harness::Server::start_processing(
+                &dir.path().join("state"),
+                &["--control-token", CONTROL_TOKEN],
+            );
+            let targets = (0..src.disks.len() as u32)
+                .map(|i| server.disk_path(i))
+                .collect::<Vec<_>>();
+            (server, targets, 0)
+        }
+        Targets::Mapped { extra } => {
+            let targets = targets_for(&src.disks, dir.path(), extra);
+            (appliance(dir.path(), &targets), targets, extra)
+        }
+    };
     let disks: Vec<&Path> = src.disks.iter().map(PathBuf::as_path).collect();
     let sent = server.send(&disks, &[]);
     let name = format!("e2e-{variant}");
@@ -219,17 +242,17 @@ fn assert_processing_failed(server: &harness::Server, sent: &harness::Sent, code
 
 #[test]
 fn bios_mbr_server_with_data_disk_migrates_and_boots_on_virtio() {
-    migrate("bios-mbr-data", 0);
+    migrate("bios-mbr-data", Targets::Mapped { extra: 0 });
 }
 
 #[test]
 fn bios_gpt_server_migrates_onto_a_larger_disk_and_boots_on_virtio() {
-    migrate("bios-gpt", 512 << 20);
+    migrate("bios-gpt", Targets::Mapped { extra: 512 << 20 });
 }
 
 #[test]
-fn uefi_gpt_server_migrates_and_boots_on_virtio() {
-    migrate("uefi-gpt", 0);
+fn uefi_gpt_server_migrates_to_an_embedded_appliance_and_boots_on_virtio() {
+    migrate("uefi-gpt", Targets::Embedded);
 }
 
 #[test]
