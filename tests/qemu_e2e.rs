@@ -383,3 +383,68 @@ fn incremental_round_after_a_repair_resends_what_the_repair_changed_and_repairs_
     );
     assert_eq!(job(&server)["state"], "Waiting");
 }
+
+#[test]
+fn appliance_killed_while_repairing_processes_again_after_restart_and_the_disk_boots() {
+    boot::require_root();
+    let src = SourceImage::build("bios-mbr").expect("building the source image");
+    let dir = tempfile::tempdir().expect("scratch directory");
+    let targets = targets_for(&src.disks, dir.path(), 0);
+    let mut server = appliance(dir.path(), &targets);
+    let disks: Vec<&Path> = src.disks.iter().map(PathBuf::as_path).collect();
+    let sent = server.send(&disks, &["--no-wait"]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    // The repair runs in a chroot of the mounted system: kill -9 the
+    // appliance as soon as that chroot's /proc is mounted.
+    let chroot_proc = std::fs::canonicalize(dir.path())
+        .expect("scratch path")
+        .join("state/processing/root/proc");
+    let chroot_proc = chroot_proc.to_string_lossy().into_owned();
+    let mounted = |p: &str| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(p))
+    };
+    harness::wait_for(120, "the repair's chroot", || mounted(&chroot_proc));
+    assert_eq!(job(&server)["business_status"], "Processing");
+    server.kill();
+
+    let server = appliance(dir.path(), &targets);
+    let mut last = serde_json::Value::Null;
+    harness::wait_for(300, "the job to end its processing", || {
+        last = job(&server);
+        last["state"] != "Running"
+    });
+    assert_eq!(last["state"], "Finished", "{last}");
+    assert!(!mounted(&chroot_proc), "the chroot was cleaned up");
+    let root = chroot_proc.trim_end_matches("/proc");
+    assert!(!mounted(root), "the staging root was unmounted");
+    for t in &targets {
+        let loops = Cmd::new("losetup")
+            .arg("-j")
+            .arg(t)
+            .run()
+            .expect("losetup -j");
+        assert_eq!(
+            loops.stdout_text().trim(),
+            "",
+            "no loop device left on {}",
+            t.display()
+        );
+    }
+    drop(server);
+
+    let report = boot::boot(&boot::BootSpec {
+        name: "e2e-killed-while-repairing-virtio".into(),
+        disks: targets,
+        firmware: src.firmware,
+        hardware: Hardware::Cloud,
+        snapshot: false,
+        timeout: boot::DEFAULT_TIMEOUT,
+    })
+    .expect("running the boot check");
+    let m = report.expect_booted();
+    assert_eq!(m.root_uuid, src.root_uuid, "root file system");
+    assert_eq!(m.ipv4_addr(), Some(boot::DHCP_IPV4), "DHCP");
+}
