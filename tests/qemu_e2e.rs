@@ -27,7 +27,12 @@ const CONTROL_TOKEN: &str = "e2e-control-token-0123456789";
 
 /// The appliance in production mode: `targets[i]` receives source disk i.
 fn appliance(dir: &Path, targets: &[PathBuf]) -> harness::Server {
-    let mut cfg = format!("token = \"{TOKEN}\"\ncontrol_token = \"{CONTROL_TOKEN}\"\n");
+    appliance_with(dir, targets, "")
+}
+
+/// [`appliance`] with more config keys (top-level TOML lines).
+fn appliance_with(dir: &Path, targets: &[PathBuf], keys: &str) -> harness::Server {
+    let mut cfg = format!("token = \"{TOKEN}\"\ncontrol_token = \"{CONTROL_TOKEN}\"\n{keys}");
     for (i, t) in targets.iter().enumerate() {
         cfg.push_str(&format!(
             "[[disk]]\nindex = {i}\ntarget = \"{}\"\n",
@@ -206,8 +211,14 @@ fn migrate(variant: &str, how: Targets) {
     }
     drop(server);
 
+    boots_on_the_cloud(&src, targets, &format!("{name}-virtio"));
+}
+
+/// The migrated disks boot on the cloud's hardware as the source server:
+/// its root file system and hostname, an address from DHCP, its data disk.
+fn boots_on_the_cloud(src: &SourceImage, targets: Vec<PathBuf>, name: &str) {
     let report = boot::boot(&boot::BootSpec {
-        name: format!("{name}-virtio"),
+        name: name.to_owned(),
         disks: targets,
         firmware: src.firmware,
         hardware: Hardware::Cloud,
@@ -331,18 +342,7 @@ fn incremental_round_after_a_repair_resends_what_the_repair_changed_and_repairs_
     let src = SourceImage::build("bios-mbr").expect("building the source image");
     let dir = tempfile::tempdir().expect("scratch directory");
     let targets = targets_for(&src.disks, dir.path(), 0);
-    let mut cfg = format!("token = \"{TOKEN}\"\ncontrol_token = \"{CONTROL_TOKEN}\"\n");
-    cfg.push_str(&format!(
-        "incremental = true\n[[disk]]\nindex = 0\ntarget = \"{}\"\n",
-        targets[0].display()
-    ));
-    let path = dir.path().join("ferry.toml");
-    std::fs::write(&path, cfg).expect("writing the config");
-    let mut server = harness::Server::start_processing(
-        &dir.path().join("state"),
-        &["--config", path.to_str().expect("utf-8 path")],
-    );
-    server.token = TOKEN.to_owned();
+    let server = appliance_with(dir.path(), &targets, "incremental = true\n");
     let disks = [src.disks[0].as_path()];
 
     let first = server.send(&disks, &[]);
@@ -435,16 +435,5 @@ fn appliance_killed_while_repairing_processes_again_after_restart_and_the_disk_b
     }
     drop(server);
 
-    let report = boot::boot(&boot::BootSpec {
-        name: "e2e-killed-while-repairing-virtio".into(),
-        disks: targets,
-        firmware: src.firmware,
-        hardware: Hardware::Cloud,
-        snapshot: false,
-        timeout: boot::DEFAULT_TIMEOUT,
-    })
-    .expect("running the boot check");
-    let m = report.expect_booted();
-    assert_eq!(m.root_uuid, src.root_uuid, "root file system");
-    assert_eq!(m.ipv4_addr(), Some(boot::DHCP_IPV4), "DHCP");
+    boots_on_the_cloud(&src, targets, "e2e-killed-while-repairing-virtio");
 }
