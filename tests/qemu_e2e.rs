@@ -334,6 +334,31 @@ fn a_system_without_grub_puts_the_job_in_error_with_do_grub_failed() {
         "the FAQ's wording: {}",
         sent.stderr()
     );
+    // The repair changed files before it stopped at GRUB. Started again, the
+    // job takes the same source: the chunks the repair changed go back (the
+    // appliance's re-read verification holds), and processing stops at the
+    // same cause again, not at a digest mismatch.
+    let auth = format!("Bearer {CONTROL_TOKEN}");
+    let (status, body) = harness::http(
+        &server.control,
+        "POST",
+        "/v1/job/start",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(status, 200, "{body}");
+    let again = server.send(&[src.as_path()], &[]);
+    assert_processing_failed(&server, &again, ErrorCode::GrubFailed);
+    assert_eq!(
+        again.report["disks"][0]["verified"],
+        serde_json::Value::Bool(true),
+        "{}",
+        again.report
+    );
+    assert!(
+        again.disk(0, "sent_chunks") + again.disk(0, "zero_sent_chunks") > 0,
+        "the repair's changes were replaced by the source's chunks: {}",
+        again.report
+    );
 }
 
 #[test]

@@ -15,9 +15,10 @@
 //! 4. **verify**: every file system of the disks is checked read-only by its
 //!    own tool (`e2fsck -fn`, `xfs_repair -n`, `fsck.vfat -n`) after the
 //!    repair unmounted it;
-//! 5. for an incremental job, the ledger is brought in line with what the
-//!    repair wrote, so that the next round re-sends exactly the chunks that
-//!    differ from the source (and the repair runs again on them).
+//! 5. for an incremental job, or when a step failed, the ledger is brought
+//!    in line with what grow and the repair wrote, so that the next round
+//!    re-sends exactly the chunks that differ from the source (and the
+//!    repair runs again on them) and its re-read verification holds.
 //!
 //! A failure puts the job InError with the step's code (`GRUB_FAILED`,
 //! `VIRTIO_CHECK_FAILED`, `SYSTEM_NOT_FOUND`, ...). A job that only
@@ -159,8 +160,45 @@ fn run(app: &Appliance, step: &dyn Fn(&'static str)) -> Result<Status> {
         ..Default::default()
     };
 
+    // Everything from here on may write to the disks: when it fails, or when
+    // another round follows, the ledger must learn what changed.
+    let processed = grow_repair_verify(&targets, &disks, &dir, &mut report, step);
+    if app.config.incremental || processed.is_err() {
+        step("ledger");
+        for ((index, rec), target) in disks.iter().zip(&targets) {
+            match resync_ledger(app, *index, rec, target) {
+                Ok(n) => report.ledger_updated_chunks += n,
+                Err(e) => {
+                    let e = e.context(format!("updating the ledger of disk {index}"));
+                    match &processed {
+                        // The processing error is what the operator must act on.
+                        Err(_) => tracing::error!("{e:#}"),
+                        Ok(()) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+    processed?;
+    let path = dir.join("report.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&report).context("encoding the processing report")?,
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok(app.job.round_done()?.to)
+}
+
+/// Grow, mount, repair and verify the received disks.
+fn grow_repair_verify(
+    targets: &[PathBuf],
+    disks: &[(u32, DiskRecord)],
+    dir: &Path,
+    report: &mut StageReport,
+    step: &dyn Fn(&'static str),
+) -> Result<()> {
     step("grow");
-    for ((index, rec), target) in disks.iter().zip(&targets) {
+    for ((index, rec), target) in disks.iter().zip(targets) {
         if let Some(g) = grow(rec, target).with_context(|| format!("growing disk {index}"))? {
             report.grown.push(g);
         }
@@ -168,9 +206,9 @@ fn run(app: &Appliance, step: &dyn Fn(&'static str)) -> Result<Status> {
 
     step("mount");
     let staging = dir.join("root");
-    layout::tree::clean_leftovers(&staging, &targets)
+    layout::tree::clean_leftovers(&staging, targets)
         .context("cleaning up after an interrupted processing run")?;
-    let tree = mount_system(&targets, &staging, &report.source_names).map_err(|e| {
+    let (tree, full) = mount_system(targets, &staging, &report.source_names).map_err(|e| {
         if find_coded(&e).is_some() {
             e
         } else {
@@ -179,7 +217,6 @@ fn run(app: &Appliance, step: &dyn Fn(&'static str)) -> Result<Status> {
     })?;
 
     step("repair");
-    let (tree, full) = tree;
     let mut devices = DeviceMap::from_mount_tree(&tree, &report.source_names);
     restore_mount_points(&mut devices, &full);
     let outcome = repair::run_with_options(&repair::Options::new(
@@ -201,22 +238,8 @@ fn run(app: &Appliance, step: &dyn Fn(&'static str)) -> Result<Status> {
     closed?;
 
     step("verify");
-    report.verified = verify(&targets)?;
-
-    if app.config.incremental {
-        step("ledger");
-        for ((index, rec), target) in disks.iter().zip(&targets) {
-            report.ledger_updated_chunks += resync_ledger(app, *index, rec, target)
-                .with_context(|| format!("updating the ledger of disk {index}"))?;
-        }
-    }
-    let path = dir.join("report.json");
-    std::fs::write(
-        &path,
-        serde_json::to_vec_pretty(&report).context("encoding the processing report")?,
-    )
-    .with_context(|| format!("writing {}", path.display()))?;
-    Ok(app.job.round_done()?.to)
+    report.verified = verify(targets)?;
+    Ok(())
 }
 
 /// The mount points of the system itself, which the repair reads and
