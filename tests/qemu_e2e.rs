@@ -354,6 +354,11 @@ fn a_system_without_grub_puts_the_job_in_error_with_do_grub_failed() {
         "{}",
         again.report
     );
+    assert_eq!(
+        again.report["attempts"], 1,
+        "no attempt ended in a digest mismatch: {}",
+        again.report
+    );
     assert!(
         again.disk(0, "sent_chunks") + again.disk(0, "zero_sent_chunks") > 0,
         "the repair's changes were replaced by the source's chunks: {}",
