@@ -167,18 +167,14 @@ fn migrate(variant: &str, how: Targets) {
     let j = job(&server);
     assert_eq!(j["state"], "Finished", "{j}");
     assert!(j["last_error"].is_null(), "{j}");
+    assert!(j.get("step").is_none(), "no step once processed: {j}");
     let state = dir.path().join("state");
     let repair: serde_json::Value = serde_json::from_slice(
         &std::fs::read(state.join("processing/repair.json")).expect("the repair report"),
     )
     .expect("repair JSON");
     assert_eq!(repair["changed"], true, "the repair changed the system");
-    let _ = std::fs::copy(
-        state.join("processing/repair.json"),
-        boot::artifacts_dir()
-            .join("boot")
-            .join(format!("{name}.repair.json")),
-    );
+    keep_logs(dir.path(), &name);
     // The data disk arrives as it was sent: the repair touches the system
     // disk's files only.
     for (i, (s, t)) in src.disks.iter().zip(&targets).enumerate().skip(1) {
@@ -212,6 +208,19 @@ fn migrate(variant: &str, how: Targets) {
     drop(server);
 
     boots_on_the_cloud(&src, targets, &format!("{name}-virtio"));
+}
+
+/// Keep the appliance's log and its processing reports as test artifacts.
+fn keep_logs(dir: &Path, name: &str) {
+    let out = boot::artifacts_dir().join("boot");
+    let _ = std::fs::create_dir_all(&out);
+    for (from, to) in [
+        ("state.serve.log", "serve.log"),
+        ("state/processing/repair.json", "repair.json"),
+        ("state/processing/report.json", "processing.json"),
+    ] {
+        let _ = std::fs::copy(dir.join(from), out.join(format!("{name}.{to}")));
+    }
 }
 
 /// The migrated disks boot on the cloud's hardware as the source server:
@@ -424,8 +433,6 @@ fn appliance_killed_while_repairing_processes_again_after_restart_and_the_disk_b
     let disks: Vec<&Path> = src.disks.iter().map(PathBuf::as_path).collect();
     let sent = server.send(&disks, &["--no-wait"]);
     assert!(sent.ok(), "{}", sent.stderr());
-    // The repair runs in a chroot of the mounted system: kill -9 the
-    // appliance as soon as that chroot's /proc is mounted.
     let chroot_proc = std::fs::canonicalize(dir.path())
         .expect("scratch path")
         .join("state/processing/root/proc");
@@ -436,9 +443,25 @@ fn appliance_killed_while_repairing_processes_again_after_restart_and_the_disk_b
             .lines()
             .any(|l| l.split(' ').nth(4) == Some(p))
     };
+    // The repair runs in a chroot of the mounted system; kill -9 the
+    // appliance in the middle of it: while the migrated system's own
+    // update-initramfs runs, after the file steps (grub-defaults among
+    // them) and before grub-config.
     harness::wait_for(120, "the repair's chroot", || mounted(&chroot_proc));
-    assert_eq!(job(&server)["business_status"], "Processing");
+    let log = dir.path().join("state.serve.log");
+    let done = |step: &str| {
+        let needle = format!("\"{step}\"");
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("repair step done") && l.contains(&needle))
+    };
+    harness::wait_for(120, "the repair's file steps", || done("agents"));
+    let during = job(&server);
+    assert_eq!(during["business_status"], "Processing", "{during}");
+    assert_eq!(during["step"], "repair", "{during}");
     server.kill();
+    assert!(!done("grub-config"), "killed before grub-config");
 
     let server = appliance(dir.path(), &targets);
     let mut last = serde_json::Value::Null;
@@ -465,5 +488,6 @@ fn appliance_killed_while_repairing_processes_again_after_restart_and_the_disk_b
     }
     drop(server);
 
+    keep_logs(dir.path(), "e2e-killed-while-repairing");
     boots_on_the_cloud(&src, targets, "e2e-killed-while-repairing-virtio");
 }

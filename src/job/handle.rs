@@ -314,6 +314,21 @@ impl JobHandle {
         )
     }
 
+    /// The Processing stage started `step`; shown in the job until the
+    /// status changes.
+    pub fn processing_step(&self, step: &str) -> Result<()> {
+        self.update(
+            "processing step",
+            |r, _| {
+                if r.status == Status::PROCESSING {
+                    r.step = Some(step.to_owned());
+                }
+                Ok(())
+            },
+            |_| Vec::new(),
+        )
+    }
+
     /// Processing → Cleaning (the handoff).
     pub fn cleaning(&self) -> Result<StateChange> {
         self.update(
@@ -432,6 +447,25 @@ mod tests {
             assert_eq!(job.round_done().unwrap().to, end);
             assert_eq!(store.load().unwrap().unwrap().status, end);
         }
+    }
+
+    #[test]
+    fn the_processing_step_shows_only_while_processing() {
+        let (store, _clock, job) = setup(false);
+        job.processing_step("grow").unwrap();
+        assert_eq!(job.snapshot().step, None, "not processing yet");
+        job.admit_sender().unwrap();
+        job.syncing(&[(0, 10, 0)]).unwrap();
+        job.disk_verified(0).unwrap();
+        job.end_of_session(None).unwrap();
+        job.processing_step("repair").unwrap();
+        assert_eq!(job.snapshot().step.as_deref(), Some("repair"));
+        assert_eq!(
+            store.load().unwrap().unwrap().step.as_deref(),
+            Some("repair")
+        );
+        job.fail(ErrorCode::GrubFailed, "no grub").unwrap();
+        assert_eq!(job.snapshot().step, None, "cleared with the status change");
     }
 
     #[test]

@@ -496,6 +496,10 @@ pub struct JobRecord {
     pub last_error: Option<JobError>,
     #[serde(default)]
     pub disks: Vec<DiskProgress>,
+    /// The step of the Processing stage running now (grow, mount, repair,
+    /// verify, ledger); absent in any other status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 /// One status change, as told to listeners (the webhook, the status page).
@@ -528,6 +532,7 @@ impl JobRecord {
             seq: 0,
             last_error: None,
             disks: Vec::new(),
+            step: None,
         }
     }
 
@@ -543,6 +548,9 @@ impl JobRecord {
         self.status = to;
         self.updated_at = Timestamp(now);
         self.seq += 1;
+        if to != Status::PROCESSING {
+            self.step = None;
+        }
         // A new round of an incremental job starts with no disk verified.
         if from == Status::Waiting && to == Status::PREPARING {
             for d in &mut self.disks {

@@ -227,7 +227,12 @@ pub fn rewrite_resume_conf(text: &str, map: &DeviceMap) -> String {
 }
 
 /// What is wrong with a generated grub.cfg, if anything.
-pub fn check_config(cfg: &str, os: &OsInfo, root_uuid: Option<&str>) -> Vec<String> {
+pub fn check_config(
+    cfg: &str,
+    os: &OsInfo,
+    root_uuid: Option<&str>,
+    required: &[String],
+) -> Vec<String> {
     let mut problems = Vec::new();
     let linux: Vec<&str> = cfg
         .lines()
@@ -252,8 +257,13 @@ pub fn check_config(cfg: &str, os: &OsInfo, root_uuid: Option<&str>) -> Vec<Stri
             (None, _) => problems.push("an entry has no root=".to_owned()),
             _ => {}
         }
-        if !l.contains("console=ttyS0") {
-            problems.push("an entry lacks the serial console".to_owned());
+        // The recipe's arguments (serial console, stable NIC names...):
+        // a grub.cfg made before grub-defaults changed, by the source or by
+        // an interrupted repair, lacks them.
+        for arg in required {
+            if !l.split_whitespace().any(|a| a == arg) {
+                problems.push(format!("an entry lacks {arg}"));
+            }
         }
     }
     if !bls {
@@ -284,7 +294,7 @@ pub fn config_step(
     let current = ctx.tree.read(&g.config)?;
     let problems = match &current {
         None => vec!["missing".to_owned()],
-        Some(c) => check_config(c, os, root_uuid.as_deref()),
+        Some(c) => check_config(c, os, root_uuid.as_deref(), &recipe.kernel_args.add),
     };
     if !defaults_changed && problems.is_empty() {
         return Ok(());
@@ -301,7 +311,7 @@ pub fn config_step(
     if ctx.apply() {
         let cfg = ctx.tree.read(&g.config)?.unwrap_or_default();
         ctx.record_written(&g.config, current.as_deref(), Some(&cfg));
-        let left = check_config(&cfg, os, root_uuid.as_deref());
+        let left = check_config(&cfg, os, root_uuid.as_deref(), &recipe.kernel_args.add);
         if !left.is_empty() {
             return Err(coded(
                 ErrorCode::GrubFailed,
@@ -603,19 +613,31 @@ mod tests {
             cloud_init: false,
             selinux: SelinuxMode::Absent,
         };
-        let good =
-            "\tlinux\t/boot/vmlinuz-6.1.0-27-amd64 root=UUID=2222 ro console=ttyS0,115200n8\n";
-        assert!(check_config(good, &os, Some("2222")).is_empty());
+        let required = crate::repair::recipe::KernelArgs::default().add;
+        let good = "\tlinux\t/boot/vmlinuz-6.1.0-27-amd64 root=UUID=2222 ro console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0\n";
+        assert!(check_config(good, &os, Some("2222"), &required).is_empty());
         let bad = "\tlinux\t/boot/vmlinuz-6.1.0-27-amd64 root=/dev/loop0p1 ro quiet\n";
         assert_eq!(
-            check_config(bad, &os, Some("2222")),
+            check_config(bad, &os, Some("2222"), &required[1..2]),
             [
                 "an entry boots root=/dev/loop0p1 instead of root=UUID=2222",
-                "an entry lacks the serial console"
+                "an entry lacks console=ttyS0,115200n8"
+            ]
+        );
+        // A source's own grub.cfg with a serial console but the old NIC
+        // naming (what an interrupted repair leaves when it stopped before
+        // grub-config): stale, so grub-config runs even though the
+        // defaults are already right.
+        let source = "\tlinux\t/boot/vmlinuz-6.1.0-27-amd64 root=UUID=2222 ro console=tty0 console=ttyS0,115200n8\n";
+        assert_eq!(
+            check_config(source, &os, Some("2222"), &required),
+            [
+                "an entry lacks net.ifnames=0",
+                "an entry lacks biosdevname=0"
             ]
         );
         assert_eq!(
-            check_config("", &os, Some("2222")),
+            check_config("", &os, Some("2222"), &required),
             ["no kernel entry", "no entry for kernel 6.1.0-27-amd64"]
         );
     }

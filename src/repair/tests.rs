@@ -23,16 +23,27 @@ impl Runner for Fake {
         let w = |p: &str, c: &str| fs::write(self.root.join(p.trim_start_matches('/')), c).unwrap();
         let mut stdout = String::new();
         match argv[0].as_str() {
-            "update-grub" => w(
-                "/boot/grub/grub.cfg",
-                &format!("menuentry 'Debian' {{\n\tlinux\t/boot/vmlinuz-{KVER} root=UUID=22222222-2222-4222-8222-222222222222 ro console=tty0 console=ttyS0,115200n8\n}}\n"),
-            ),
+            "update-grub" => {
+                // Like grub-mkconfig: the kernel line from /etc/default/grub.
+                let defaults = fs::read_to_string(self.root.join("etc/default/grub")).unwrap();
+                let args = defaults
+                    .lines()
+                    .find_map(|l| l.strip_prefix("GRUB_CMDLINE_LINUX="))
+                    .unwrap_or("")
+                    .trim_matches('"');
+                w(
+                    "/boot/grub/grub.cfg",
+                    &format!("menuentry 'Debian' {{\n\tlinux\t/boot/vmlinuz-{KVER} root=UUID=22222222-2222-4222-8222-222222222222 ro {args}\n}}\n"),
+                )
+            }
             "update-initramfs" => {
-                let modules = fs::read_to_string(self.root.join("etc/initramfs-tools/modules")).unwrap();
+                let modules =
+                    fs::read_to_string(self.root.join("etc/initramfs-tools/modules")).unwrap();
                 w(&format!("/boot/initrd.img-{}", argv[3]), &modules)
             }
             "lsinitramfs" => {
-                let img = fs::read_to_string(self.root.join(argv[1].trim_start_matches('/'))).unwrap();
+                let img =
+                    fs::read_to_string(self.root.join(argv[1].trim_start_matches('/'))).unwrap();
                 for l in img.lines().filter(|l| !l.starts_with('#')) {
                     stdout.push_str(&format!("usr/lib/modules/{KVER}/kernel/drivers/x/{l}.ko\n"));
                 }

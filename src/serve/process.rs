@@ -99,6 +99,9 @@ impl Processor {
             .spawn(move || {
                 let result = run(&app, &|step| {
                     tracing::info!(step, "processing");
+                    if let Err(e) = app.job.processing_step(step) {
+                        tracing::warn!("recording the processing step: {e:#}");
+                    }
                     tx.send_modify(|p| p.steps.push(step));
                 });
                 let done = match result {
