@@ -716,14 +716,49 @@ fn a_killed_mount_is_cleaned_up_by_the_next_run() {
     );
     assert!(loops_of(&img).is_empty(), "leaked: {:?}", loops_of(&img));
 
-    // `ferry layout umount` cleans up after a kill as well.
+    // `ferry layout umount` cleans up after a kill as well, even while a
+    // tool the killed run started in a chroot of the tree still runs there
+    // (it would keep the root busy, and write to it after the unmount).
     hold(&staging);
     assert_eq!(mounts_under(&canon_staging()).len(), 2);
+    std::fs::create_dir_all(staging.join("bin")).unwrap();
+    run(Cmd::new("cp")
+        .arg("/bin/busybox")
+        .arg(staging.join("bin/busybox")));
+    /// Kills the process if the test fails before ferry does.
+    struct Orphan(std::process::Child);
+    impl Drop for Orphan {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut orphan = Orphan(
+        std::process::Command::new("chroot")
+            .arg(&staging)
+            .args(["/bin/busybox", "sleep", "600"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("a process in a chroot of the tree"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        orphan.0.try_wait().unwrap().is_none(),
+        "the chrooted sleep runs"
+    );
     let out = run(ferry()
         .args(["layout", "umount", "--staging"])
         .arg(&staging)
         .arg(&img));
     assert_eq!(out.trim(), "unmounted 2, detached 1");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        orphan.0.wait().unwrap().signal(),
+        Some(9),
+        "the process left in the chroot was killed"
+    );
     assert!(mounts_under(&canon_staging()).is_empty());
     assert!(loops_of(&img).is_empty());
     // The file systems survived both kills.

@@ -69,6 +69,9 @@ fn lock_staging(root: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
 /// the image files.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Leftovers {
+    /// Processes a killed run left running in a chroot of the staging dir
+    /// (an orphaned update-initramfs, say): killed before the unmount.
+    pub killed: Vec<i32>,
     pub unmounted: Vec<PathBuf>,
     pub detached: Vec<PathBuf>,
 }
@@ -89,6 +92,7 @@ pub fn clean_leftovers(staging: &Path, targets: &[PathBuf]) -> Result<Leftovers>
 fn clean_leftovers_locked(staging: &Path, targets: &[PathBuf]) -> Result<Leftovers> {
     let mut l = Leftovers::default();
     if staging.exists() {
+        l.killed = kill_chrooted(staging)?;
         l.unmounted = unmount_below(staging)?;
     }
     for t in targets {
@@ -105,10 +109,53 @@ fn clean_leftovers_locked(staging: &Path, targets: &[PathBuf]) -> Result<Leftove
             l.detached.push(lo);
         }
     }
-    if !l.unmounted.is_empty() || !l.detached.is_empty() {
-        tracing::warn!(unmounted = ?l.unmounted, detached = ?l.detached, "cleaned up after an interrupted run");
+    if !l.killed.is_empty() || !l.unmounted.is_empty() || !l.detached.is_empty() {
+        tracing::warn!(killed = ?l.killed, unmounted = ?l.unmounted, detached = ?l.detached, "cleaned up after an interrupted run");
     }
     Ok(l)
+}
+
+/// Kill every process whose root directory is `staging` or below it (the
+/// tools of a chroot session whose ferry died), and wait until they are
+/// gone, so that the leftover mounts can be unmounted and nothing writes to
+/// them afterwards.
+fn kill_chrooted(staging: &Path) -> Result<Vec<i32>> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let in_chroot = || -> Result<Vec<i32>> {
+        let mut pids = Vec::new();
+        for e in fs::read_dir("/proc").context("listing /proc")?.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            // Processes that exit meanwhile, or kernel threads, have no root.
+            if fs::read_link(e.path().join("root")).is_ok_and(|r| r.starts_with(staging)) {
+                pids.push(pid);
+            }
+        }
+        Ok(pids)
+    };
+    let found = in_chroot()?;
+    for &pid in &found {
+        match kill(Pid::from_raw(pid), Signal::SIGKILL) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => bail!(
+                "killing process {pid}, left in a chroot of {}: {e}",
+                staging.display()
+            ),
+        }
+    }
+    for _ in 0..200 {
+        if in_chroot()?.is_empty() {
+            return Ok(found);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    bail!(
+        "processes left in a chroot of {} do not exit after SIGKILL: {:?}",
+        staging.display(),
+        in_chroot()?
+    )
 }
 
 impl MountTree {
