@@ -120,17 +120,7 @@ pub fn apply(disk: &DiskLayout, target: &Path, safety: Safety) -> Result<DiskLay
 
 /// Apply every disk of `layout` to the matching target.
 pub fn apply_all(layout: &Layout, targets: &[PathBuf], safety: Safety) -> Result<Layout> {
-    layout.validate()?;
-    if layout.disks.len() != targets.len() {
-        bail!(coded(
-            ErrorCode::LayoutInvalid,
-            format!(
-                "the layout describes {} disk(s) but {} target(s) were given",
-                layout.disks.len(),
-                targets.len()
-            )
-        ));
-    }
+    layout.validate_for(targets)?;
     let mut out = Layout::default();
     for (i, (d, t)) in layout.disks.iter().zip(targets).enumerate() {
         out.disks.push(

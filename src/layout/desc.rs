@@ -160,6 +160,22 @@ impl Layout {
         serde_json::to_string_pretty(self).context("writing the layout as JSON")
     }
 
+    /// Validate the layout and check that it has one disk per target.
+    pub fn validate_for(&self, targets: &[std::path::PathBuf]) -> Result<()> {
+        self.validate()?;
+        if self.disks.len() != targets.len() {
+            bail!(coded(
+                ErrorCode::LayoutInvalid,
+                format!(
+                    "the layout describes {} disk(s) but {} target(s) were given",
+                    self.disks.len(),
+                    targets.len()
+                )
+            ));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
         let mut mounts = std::collections::HashSet::new();
         for (d, disk) in self.disks.iter().enumerate() {

@@ -168,17 +168,7 @@ impl MountTree {
         staging: &Path,
         opts: MountOptions,
     ) -> Result<MountTree> {
-        layout.validate()?;
-        if layout.disks.len() != targets.len() {
-            bail!(coded(
-                ErrorCode::LayoutInvalid,
-                format!(
-                    "the layout describes {} disk(s) but {} target(s) were given",
-                    layout.disks.len(),
-                    targets.len()
-                )
-            ));
-        }
+        layout.validate_for(targets)?;
         fs::create_dir_all(staging).with_context(|| format!("creating {}", staging.display()))?;
         let root = fs::canonicalize(staging)
             .with_context(|| format!("resolving {}", staging.display()))?;
