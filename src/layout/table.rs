@@ -217,32 +217,12 @@ fn read_mbr(mut f: File, target: &Path) -> Result<Table> {
             // A container: its logical partitions are listed below.
             continue;
         }
-        entries.push(TableEntry {
-            number: n,
-            extent: Extent {
-                start: u64::from(p.starting_lba) * SECTOR,
-                len: u64::from(p.sectors) * SECTOR,
-            },
-            kind: PartType::from_mbr_byte(p.sys),
-            partuuid: format!("{id}-{n:02x}"),
-            name: None,
-            bootable: p.boot == mbrman::BOOT_ACTIVE,
-        });
+        entries.push(mbr_entry(n, p, &id));
     }
     for (i, l) in mbr.logical_partitions.iter().enumerate() {
         let p = &l.partition;
         let n = 5 + i;
-        entries.push(TableEntry {
-            number: n,
-            extent: Extent {
-                start: u64::from(p.starting_lba) * SECTOR,
-                len: u64::from(p.sectors) * SECTOR,
-            },
-            kind: PartType::from_mbr_byte(p.sys),
-            partuuid: format!("{id}-{n:02x}"),
-            name: None,
-            bootable: p.boot == mbrman::BOOT_ACTIVE,
-        });
+        entries.push(mbr_entry(n, p, &id));
     }
     entries.sort_by_key(|e| e.extent.start);
     Ok(Table {
@@ -252,4 +232,20 @@ fn read_mbr(mut f: File, target: &Path) -> Result<Table> {
         gpt_backup_lba: None,
         gpt_last_usable_lba: None,
     })
+}
+
+/// The table entry of MBR partition number `n` (primary or logical) of the
+/// disk with identifier `id`.
+fn mbr_entry(n: usize, p: &mbrman::MBRPartitionEntry, id: &str) -> TableEntry {
+    TableEntry {
+        number: n,
+        extent: Extent {
+            start: u64::from(p.starting_lba) * SECTOR,
+            len: u64::from(p.sectors) * SECTOR,
+        },
+        kind: PartType::from_mbr_byte(p.sys),
+        partuuid: format!("{id}-{n:02x}"),
+        name: None,
+        bootable: p.boot == mbrman::BOOT_ACTIVE,
+    }
 }
