@@ -13,6 +13,7 @@ pub mod disk;
 pub mod job;
 pub mod layout;
 pub mod logging;
+pub mod pipeline;
 pub mod repair;
 pub mod send;
 pub mod serve;

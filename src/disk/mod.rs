@@ -238,7 +238,6 @@ fn map_write_err(e: std::io::Error, what: String) -> anyhow::Error {
     coded(code, format!("{what}: {e}"))
 }
 
-/// fsync the directory holding `path`, so a new file's entry is durable.
 /// BLAKE3 of every chunk of the first `size` bytes of `disk`, read on two
 /// threads.
 pub fn hash_chunks(disk: &Disk, size: u64, chunk_size: u32) -> Result<Vec<[u8; 32]>> {
@@ -277,6 +276,27 @@ pub fn hash_chunks(disk: &Disk, size: u64, chunk_size: u32) -> Result<Vec<[u8; 3
     Ok(all)
 }
 
+/// Replace `path` with `bytes` atomically and durably: a temporary file
+/// beside it, fsynced, renamed over it, the directory fsynced. A reader
+/// sees the old content or the new, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all()
+        .with_context(|| format!("flushing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    sync_dir(path)
+}
+
+/// fsync the directory holding `path`, so a new file's entry is durable.
 pub fn sync_dir(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
         let d = File::open(dir).with_context(|| format!("opening directory {}", dir.display()))?;

@@ -7,8 +7,30 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Whether `ferry send` tries again by itself after an error with this code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Retry {
+    /// A passing cause (a cut link, a busy disk): the sender retries with backoff.
+    Retry,
+    /// Someone must act first: the sender stops and prints the hint.
+    Final,
+}
+
+/// What an error with this code does to the job when it happens while the
+/// appliance writes (a failure of the round's pipeline always does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobEffect {
+    /// The job goes InError until the operator starts it again.
+    FailsJob,
+    /// A refusal or a sender-side problem: the job stays as it is, so the
+    /// sender's next attempt succeeds once the cause is fixed.
+    KeepsJob,
+}
+
 macro_rules! catalogue {
-    ($( $variant:ident => $code:literal, $msg:literal, $hint:literal; )*) => {
+    ($( $variant:ident => $code:literal [$retry:ident, $effect:ident], $msg:literal, $hint:literal; )*) => {
         /// A stable error code.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum ErrorCode { $( #[serde(rename = $code)] $variant, )* }
@@ -32,110 +54,126 @@ macro_rules! catalogue {
                 match self { $( ErrorCode::$variant => $hint, )* }
             }
 
+            /// Whether the sender retries by itself.
+            pub fn retry(self) -> Retry {
+                match self { $( ErrorCode::$variant => catalogue!(@retry $retry), )* }
+            }
+
+            /// What the error does to the job when it happens while writing.
+            pub fn job_effect(self) -> JobEffect {
+                match self { $( ErrorCode::$variant => catalogue!(@effect $effect), )* }
+            }
+
             /// Look a code string up; unknown codes (from a newer peer) give None.
             pub fn parse(s: &str) -> Option<ErrorCode> {
                 match s { $( $code => Some(ErrorCode::$variant), )* _ => None }
             }
         }
     };
+    (@retry retry) => { Retry::Retry };
+    (@retry final) => { Retry::Final };
+    (@effect fails_job) => { JobEffect::FailsJob };
+    (@effect keeps_job) => { JobEffect::KeepsJob };
 }
 
 catalogue! {
-    ConnectFailed => "CONNECT_FAILED", "Connect to Server Failed",
+    ConnectFailed => "CONNECT_FAILED" [retry, keeps_job], "Connect to Server Failed",
         "Check that the intermediate instance is running and that TCP ports 8080 and 8703 of it are reachable from this server (security group, firewall), then run the sender again.";
-    TlsFingerprintMismatch => "TLS_FINGERPRINT_MISMATCH", "The appliance's TLS certificate does not match the pinned fingerprint",
+    TlsFingerprintMismatch => "TLS_FINGERPRINT_MISMATCH" [final, keeps_job], "The appliance's TLS certificate does not match the pinned fingerprint",
         "Read the fingerprint from the appliance (`<state-dir>/tls/fingerprint`, its start-up log, or GET /v1/identity on port 8080) and pass it with --fingerprint. If it changed unexpectedly, you may not be talking to your appliance.";
-    TlsRequired => "TLS_REQUIRED", "The data port accepts only TLS connections",
+    TlsRequired => "TLS_REQUIRED" [final, keeps_job], "The data port accepts only TLS connections",
         "Use `ferry send` (which speaks TLS) to reach port 8703; plain TCP clients are refused.";
-    TlsHandshakeFailed => "TLS_HANDSHAKE_FAILED", "The TLS handshake on the data port failed",
+    TlsHandshakeFailed => "TLS_HANDSHAKE_FAILED" [final, keeps_job], "The TLS handshake on the data port failed",
         "The client does not trust the appliance's certificate (wrong --fingerprint) or does not speak TLS 1.2/1.3. Check the fingerprint and use `ferry send`.";
-    AuthFailed => "AUTH_FAILED", "Authentication failed: the job token is not valid for this appliance",
+    AuthFailed => "AUTH_FAILED" [final, keeps_job], "Authentication failed: the job token is not valid for this appliance",
         "Pass the job's token with --token or FERRY_TOKEN (embedded mode prints it at start and keeps it in `<state-dir>/token`). Repeated failures are slowed down.";
-    AuthRateLimited => "AUTH_RATE_LIMITED", "Too many failed authentication attempts",
+    AuthRateLimited => "AUTH_RATE_LIMITED" [final, keeps_job], "Too many failed authentication attempts",
         "Wait a minute, check the job token, then run the sender again.";
-    ProtocolVersion => "PROTOCOL_VERSION", "The sender and the appliance speak different protocol versions",
+    ProtocolVersion => "PROTOCOL_VERSION" [final, keeps_job], "The sender and the appliance speak different protocol versions",
         "Use a `ferry send` of the same version as the appliance (GET /v1/identity on port 8080 shows its version).";
-    FrameMalformed => "FRAME_MALFORMED", "A malformed or truncated frame was received",
+    FrameMalformed => "FRAME_MALFORMED" [retry, keeps_job], "A malformed or truncated frame was received",
         "The connection was corrupted or cut. Run the sender again; committed data is kept and the transfer resumes.";
-    FrameTooLarge => "FRAME_TOO_LARGE", "A frame longer than the protocol allows was received",
+    FrameTooLarge => "FRAME_TOO_LARGE" [final, keeps_job], "A frame longer than the protocol allows was received",
         "Use a `ferry send` of the same version as the appliance; the frame was refused before anything was allocated for it.";
-    UnexpectedFrame => "UNEXPECTED_FRAME", "A frame arrived that is not valid at this point of the protocol",
+    UnexpectedFrame => "UNEXPECTED_FRAME" [final, keeps_job], "A frame arrived that is not valid at this point of the protocol",
         "Use a `ferry send` of the same version as the appliance and run it again.";
-    ChunkHashMismatch => "CHUNK_HASH_MISMATCH", "A chunk's content does not match its hash",
+    ChunkHashMismatch => "CHUNK_HASH_MISMATCH" [final, keeps_job], "A chunk's content does not match its hash",
         "The data was corrupted in transit or the source changed while it was read. Run the sender again; the chunk was not written.";
-    ChunkDecompress => "CHUNK_DECOMPRESS", "A chunk could not be decompressed within the chunk size",
+    ChunkDecompress => "CHUNK_DECOMPRESS" [final, keeps_job], "A chunk could not be decompressed within the chunk size",
         "The data was corrupted in transit. Run the sender again; the chunk was not written.";
-    ChunkOutOfRange => "CHUNK_OUT_OF_RANGE", "A chunk's offset or length lies outside the announced disk",
+    ChunkOutOfRange => "CHUNK_OUT_OF_RANGE" [final, keeps_job], "A chunk's offset or length lies outside the announced disk",
         "Use a `ferry send` of the same version as the appliance; nothing was written.";
-    BadChunkSize => "BAD_CHUNK_SIZE", "The chunk size is outside the allowed range",
+    BadChunkSize => "BAD_CHUNK_SIZE" [final, keeps_job], "The chunk size is outside the allowed range",
         "Use a chunk size between 64 KiB and 16 MiB, a power of two (the default is 4 MiB).";
-    DiskNotConfigured => "DISK_NOT_CONFIGURED", "The source disk has no target disk on the appliance",
+    DiskNotConfigured => "DISK_NOT_CONFIGURED" [final, keeps_job], "The source disk has no target disk on the appliance",
         "Map the disk index to a target device in the appliance's config ([[disk]] index = N, target = \"/dev/...\"), or send only the configured disks.";
-    DiskBusy => "DISK_BUSY", "Another sender is already writing this disk",
+    DiskBusy => "DISK_BUSY" [retry, keeps_job], "Another sender is already writing this disk",
         "Only one sender may write a disk at a time. Stop the other `ferry send`, or wait for it to finish.";
-    DiskSizeChanged => "DISK_SIZE_CHANGED", "The source disk's size differs from the one this job started with",
+    DiskSizeChanged => "DISK_SIZE_CHANGED" [final, keeps_job], "The source disk's size differs from the one this job started with",
         "An incremental round must send a disk of the same size. Start a new job (a fresh state directory) to migrate a resized disk.";
-    TargetTooSmall => "TARGET_TOO_SMALL", "The target disk is smaller than the source disk",
+    TargetTooSmall => "TARGET_TOO_SMALL" [final, keeps_job], "The target disk is smaller than the source disk",
         "Attach a target disk at least as large as the source disk and map it in the config; nothing was written.";
-    TargetUnavailable => "TARGET_UNAVAILABLE", "The target disk cannot be opened for writing",
+    TargetUnavailable => "TARGET_UNAVAILABLE" [final, keeps_job], "The target disk cannot be opened for writing",
         "Check that the target device exists, is attached to the intermediate instance, is not mounted or in use, and is not the appliance's own system disk.";
-    TargetWriteFailed => "TARGET_WRITE_FAILED", "Do Rsync Disk x Failed",
+    TargetWriteFailed => "TARGET_WRITE_FAILED" [final, fails_job], "Do Rsync Disk x Failed",
         "Writing to the target disk failed. Check the appliance's log and the target disk, then run the sender again; committed data is kept.";
-    TargetFull => "TARGET_FULL", "Do Rsync Disk x Failed: no space left on the appliance",
+    TargetFull => "TARGET_FULL" [final, fails_job], "Do Rsync Disk x Failed: no space left on the appliance",
         "The file system holding the target disks or the job state is full. Free space or attach larger storage, then run the sender again; committed data is kept.";
-    LedgerFailed => "LEDGER_FAILED", "The job's ledger could not be read or written",
+    LedgerFailed => "LEDGER_FAILED" [final, fails_job], "The job's ledger could not be read or written",
         "Check the state directory's file system (space, permissions) and the appliance's log, then restart `ferry serve`.";
-    DigestMismatch => "DIGEST_MISMATCH", "The disk on the appliance does not match the source after the transfer",
+    DigestMismatch => "DIGEST_MISMATCH" [retry, keeps_job], "The disk on the appliance does not match the source after the transfer",
         "Run the sender again: it re-sends every chunk that differs. If this repeats, the target disk may be faulty.";
-    SourceReadFailed => "SOURCE_READ_FAILED", "Reading the source disk failed",
+    SourceReadFailed => "SOURCE_READ_FAILED" [final, keeps_job], "Reading the source disk failed",
         "Check that the source disk or image exists and is readable (run the sender as root for block devices).";
-    TransferInterrupted => "TRANSFER_INTERRUPTED", "Do Rsync Disk x Failed: the data transfer was interrupted",
+    TransferInterrupted => "TRANSFER_INTERRUPTED" [retry, keeps_job], "Do Rsync Disk x Failed: the data transfer was interrupted",
         "Check the network between this server and the intermediate instance and that the instance is running, then run the sender again; it resumes where it stopped.";
-    LayoutInvalid => "LAYOUT_INVALID", "The disk layout description is not valid",
+    LayoutInvalid => "LAYOUT_INVALID" [final, keeps_job], "The disk layout description is not valid",
         "Fix the layout description as the message says (sizes, partition types, UUIDs, labels, mount points), then run again; nothing was written.";
-    LayoutTooLarge => "LAYOUT_TOO_LARGE", "The layout does not fit the target disk",
+    LayoutTooLarge => "LAYOUT_TOO_LARGE" [final, keeps_job], "The layout does not fit the target disk",
         "Attach a larger target disk or shrink the partitions of the layout (the message gives the numbers); nothing was written.";
-    TargetInUse => "TARGET_IN_USE", "The target disk is mounted, in use, or the appliance's own system disk",
+    TargetInUse => "TARGET_IN_USE" [final, keeps_job], "The target disk is mounted, in use, or the appliance's own system disk",
         "Unmount the disk and stop what uses it (swap, loop devices, LVM), or name another disk. Only if you are sure, pass --force to override; the appliance's own disk is never a valid target.";
-    Internal => "INTERNAL", "An internal error occurred in the appliance",
+    Internal => "INTERNAL" [final, keeps_job], "An internal error occurred in the appliance",
         "Check the appliance's log for details and report the problem; committed data is kept.";
-    GrubFailed => "GRUB_FAILED", "Do Grub Failed",
+    GrubFailed => "GRUB_FAILED" [final, keeps_job], "Do Grub Failed",
         "The migrated system has no usable GRUB 2 (none installed, GRUB legacy older than 1.9, or grub-install/grub-mkconfig failed in it). Install GRUB 2 on the source server (Debian/Ubuntu: grub-pc or grub-efi-amd64; RHEL family and SUSE: grub2-pc or grub2-efi-x64), then run the migration again.";
-    VirtioCheckFailed => "VIRTIO_CHECK_FAILED", "check virtio failed",
+    VirtioCheckFailed => "VIRTIO_CHECK_FAILED" [final, keeps_job], "check virtio failed",
         "An installed kernel of the migrated system lacks the VirtIO drivers (virtio_blk, virtio_net, virtio_pci) it needs to boot on the cloud. Install a kernel with VirtIO drivers on the source server (or remove the old kernel), then run the migration again.";
-    RepairToolMissing => "REPAIR_TOOL_MISSING", "A tool the repair needs is missing from the migrated system",
+    RepairToolMissing => "REPAIR_TOOL_MISSING" [final, keeps_job], "A tool the repair needs is missing from the migrated system",
         "Install the named package on the source server (update-initramfs: initramfs-tools; dracut: dracut; grub-install: grub-pc / grub2-pc), or pick the right recipe with --recipe, then run the migration again.";
-    UnsupportedOs => "UNSUPPORTED_OS", "The migrated operating system is not supported",
+    UnsupportedOs => "UNSUPPORTED_OS" [final, keeps_job], "The migrated operating system is not supported",
         "ferry repairs Linux systems: check that the root given is the migrated system's root file system (it must hold /etc), or add a recipe for this distribution under image-recipes/.";
-    RepairFailed => "REPAIR_FAILED", "Repairing the migrated system failed",
+    RepairFailed => "REPAIR_FAILED" [final, keeps_job], "Repairing the migrated system failed",
         "A repair step failed; the report names the step and the command. Fix the cause in the migrated system (or on the source server) and run the repair again: steps already done are not repeated.";
-    RepairBadInput => "REPAIR_BAD_INPUT", "The repair was given an invalid root or device map",
+    RepairBadInput => "REPAIR_BAD_INPUT" [final, keeps_job], "The repair was given an invalid root or device map",
         "Give the directory where the migrated root file system is mounted and the disks it was migrated to (`--disk SOURCE=TARGET`, e.g. --disk /dev/sda=/dev/vdb); the root file system must be among them.";
-    ToolMissing => "TOOL_MISSING", "A tool the appliance needs is not installed",
+    ToolMissing => "TOOL_MISSING" [final, keeps_job], "A tool the appliance needs is not installed",
         "Install the Debian package named in the message on the appliance (`apt-get install -y <package>`; the appliance image has them all, see scripts/packages.txt), then start the job again (POST /v1/job/start).";
-    SystemNotFound => "SYSTEM_NOT_FOUND", "No migrated operating system was found on the received disks",
+    SystemNotFound => "SYSTEM_NOT_FOUND" [final, keeps_job], "No migrated operating system was found on the received disks",
         "Disk 0 must be the source server's system disk, with a Linux root file system holding /etc/fstab. For a migration of data disks only, run the appliance with --no-build (config: build = false); otherwise send the system disk first (`ferry send --disk /dev/sda --disk ...`) and start the job again.";
-    VerifyFailed => "VERIFY_FAILED", "The repaired disks failed verification",
-        "A file system of the migrated disks is not clean after the repair (the message names it and the check). Check the source server's file systems (fsck), then start the job again and run the sender again: only changed chunks are sent.";
-    ProcessingUnknown => "PROCESSING_UNKNOWN", "The disks are committed, but how the appliance's processing ended is unknown",
-        "The connection to the appliance dropped while it processed the round (grow, repair, verify); it goes on without the sender. Read the outcome in GET /v1/job on port 8080 (Finished or Waiting, or InError with the code and hint). Running the sender again is refused while the job is processing.";
-    JobStopped => "JOB_STOPPED", "The migration task is stopped",
+    VerifyFailed => "VERIFY_FAILED" [final, keeps_job], "The disks failed verification before the handoff",
+        "A file system of the migrated disks is not clean after the repair, or a disk re-read differs from what was committed and repaired (the message names the file system and its check, or the disk, chunk and offset). Check the target disk and the source server's file systems (fsck), then start the job again (POST /v1/job/start) and run the sender again: it re-sends what differs. Nothing was handed off.";
+    ProcessingUnknown => "PROCESSING_UNKNOWN" [final, keeps_job], "The disks are committed, but how the appliance's pipeline ended is unknown",
+        "The appliance could not be reached while it ran the round's pipeline (grow, repair, verify, handoff); it goes on without the sender. Run the sender again to follow the round to its end (nothing is re-sent), or read the outcome in GET /v1/job on port 8080 (Finished or Waiting, or InError with the code and hint).";
+    JobStopped => "JOB_STOPPED" [final, keeps_job], "The migration task is stopped",
         "Start the job again (POST /v1/job/start on port 8080, or from the control plane), then run the sender again; committed data is kept and the transfer resumes.";
-    JobFinished => "JOB_FINISHED", "The migration task is completed",
+    JobFinished => "JOB_FINISHED" [final, keeps_job], "The migration task is completed",
         "This job accepts no more data. To migrate the source server again, create a new migration task for it and start that task.";
-    JobExpired => "JOB_EXPIRED", "The migration task has expired",
+    JobExpired => "JOB_EXPIRED" [final, keeps_job], "The migration task has expired",
         "A task is valid for its validity period (7 to 90 days, 30 by default) from its creation. Delete the task and create a new migration task for the source server.";
-    JobInError => "JOB_IN_ERROR", "The migration task fails",
+    JobInError => "JOB_IN_ERROR" [final, keeps_job], "The migration task fails",
         "Read the job's last error (GET /v1/job on port 8080: code, message and hint), fix its cause, then start the job again (POST /v1/job/start) and run the sender again.";
-    JobDeleting => "JOB_DELETING", "The migration task is being deleted",
+    JobDeleting => "JOB_DELETING" [final, keeps_job], "The migration task is being deleted",
         "Wait until the task is deleted, or create another new migration task for the source server.";
-    JobBusy => "JOB_BUSY", "The migration task is processing the received data and accepts no data now",
+    JobBusy => "JOB_BUSY" [final, keeps_job], "The migration task is processing the received data and accepts no data now",
         "Wait until the job is Finished or Waiting (GET /v1/job on port 8080); an incremental job accepts the next round when it is Waiting.";
-    JobTransitionRefused => "JOB_TRANSITION_REFUSED", "The operation is not allowed in the job's current state",
+    JobHandedOff => "JOB_HANDED_OFF" [final, keeps_job], "The round's disks are handed off to the control plane for their snapshot",
+        "The appliance writes nothing to the disks until the control plane has taken the round's image and starts the next round (POST /v1/job/start on port 8080). Run the sender again after that; it sends only what changed.";
+    JobTransitionRefused => "JOB_TRANSITION_REFUSED" [final, keeps_job], "The operation is not allowed in the job's current state",
         "Ready: start or delete. Running: stop it while Preparing or Syncing; a running job cannot be deleted. Stopped and InError: start or delete. Waiting: stop, delete, or run the sender for the next round. Finished and Expired: delete.";
-    BadValidity => "BAD_VALIDITY", "The validity period of a migration task must be between 7 and 90 days",
+    BadValidity => "BAD_VALIDITY" [final, keeps_job], "The validity period of a migration task must be between 7 and 90 days",
         "Set validity_days in the appliance's config (or --validity-days) to a whole number of days from 7 to 90; the default is 30.";
-    ControlUnauthorized => "CONTROL_UNAUTHORIZED", "The control token is missing or not valid",
+    ControlUnauthorized => "CONTROL_UNAUTHORIZED" [final, keeps_job], "The control token is missing or not valid",
         "Send `Authorization: Bearer <control token>`. The control token is set with --control-token, FERRY_CONTROL_TOKEN or control_token in the config (embedded mode keeps it in `<state-dir>/control-token`); it is not the sender's job token.";
 }
 
@@ -154,6 +192,9 @@ pub struct CodedError {
     pub message: String,
     /// Specifics of this occurrence (which disk, which offset).
     pub detail: String,
+    /// The error this code was added to ([`Code::code`]), with its chain.
+    #[source]
+    pub cause: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl CodedError {
@@ -162,6 +203,7 @@ impl CodedError {
             code,
             message: code.message().to_owned(),
             detail: detail.into(),
+            cause: None,
         }
     }
 }
@@ -171,9 +213,52 @@ pub fn coded(code: ErrorCode, detail: impl Into<String>) -> anyhow::Error {
     CodedError::new(code, detail).into()
 }
 
-/// The first coded error in an error's chain.
+/// Add a code to an error as context: the cause and its own code (a
+/// `TOOL_MISSING` inside a `GRUB_FAILED`) stay in the chain, and
+/// [`find_coded`] finds the innermost one.
+pub trait Code<T> {
+    fn code(self, code: ErrorCode) -> anyhow::Result<T>;
+}
+
+impl<T, E: Into<anyhow::Error>> Code<T> for Result<T, E> {
+    fn code(self, code: ErrorCode) -> anyhow::Result<T> {
+        self.map_err(|e| {
+            anyhow::Error::new(CodedError {
+                cause: Some(e.into().into()),
+                ..CodedError::new(code, "")
+            })
+        })
+    }
+}
+
+/// The innermost coded error of an error's chain: the most specific cause
+/// (`TOOL_MISSING` with its package rather than the `GRUB_FAILED` around
+/// it), which is what the operator must act on.
 pub fn find_coded(err: &anyhow::Error) -> Option<&CodedError> {
-    err.chain().find_map(|e| e.downcast_ref::<CodedError>())
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<CodedError>())
+        .last()
+}
+
+/// The code of an error ([`find_coded`], or `INTERNAL` for an error nobody
+/// coded) and its detail: the whole chain, each coded link as its code and
+/// detail, for the peer and the job's last error, which show the code's
+/// message and hint beside it.
+pub fn describe(err: &anyhow::Error) -> (ErrorCode, String) {
+    let code = find_coded(err)
+        .map(|c| c.code)
+        .unwrap_or(ErrorCode::Internal);
+    let parts: Vec<String> = err
+        .chain()
+        .filter_map(|e| match e.downcast_ref::<CodedError>() {
+            Some(c) if c.code == code && c.detail.is_empty() => None,
+            Some(c) if c.code == code => Some(c.detail.clone()),
+            Some(c) if c.detail.is_empty() => Some(c.code.to_string()),
+            Some(c) => Some(format!("{}: {}", c.code, c.detail)),
+            None => Some(e.to_string()),
+        })
+        .collect();
+    (code, parts.join(": "))
 }
 
 /// Arguments of `ferry errors`.
@@ -196,15 +281,26 @@ pub fn catalogue_markdown() -> String {
          these stable codes, with its message and a hint of what to do. The sender prints\n\
          all three when the appliance refuses or fails; `GET /v1/job` shows the job's last\n\
          error the same way.\n\n\
-         | Code | Message | What to do |\n|---|---|---|\n",
+         `Retry`: whether `ferry send` tries again by itself. `Job`: whether the error puts\n\
+         the job InError when it happens while the appliance writes (a failure of the round's\n\
+         pipeline always does).\n\n\
+         | Code | Message | What to do | Retry | Job |\n|---|---|---|---|---|\n",
     );
     for c in ErrorCode::ALL {
         let cell = |s: &str| s.replace('|', "\\|");
         out.push_str(&format!(
-            "| `{}` | {} | {} |\n",
+            "| `{}` | {} | {} | {} | {} |\n",
             c.as_str(),
             cell(c.message()),
-            cell(c.hint())
+            cell(c.hint()),
+            match c.retry() {
+                Retry::Retry => "retries",
+                Retry::Final => "stops",
+            },
+            match c.job_effect() {
+                JobEffect::FailsJob => "InError",
+                JobEffect::KeepsJob => "kept",
+            },
         ));
     }
     out
@@ -215,6 +311,8 @@ struct Entry {
     code: &'static str,
     message: &'static str,
     hint: &'static str,
+    retry: Retry,
+    job: JobEffect,
 }
 
 /// `ferry errors`: print every code with its message and hint.
@@ -225,6 +323,8 @@ pub fn print_catalogue(args: &ErrorsArgs) -> anyhow::Result<()> {
             code: c.as_str(),
             message: c.message(),
             hint: c.hint(),
+            retry: c.retry(),
+            job: c.job_effect(),
         })
         .collect();
     if args.markdown {
@@ -268,6 +368,70 @@ mod tests {
         assert_eq!(
             ErrorCode::VirtioCheckFailed.message(),
             "check virtio failed"
+        );
+    }
+
+    #[test]
+    fn a_code_added_around_a_coded_cause_keeps_the_cause() {
+        use anyhow::Context;
+        let err = Err::<(), _>(coded(
+            ErrorCode::ToolMissing,
+            "grub-install (package grub-pc)",
+        ))
+        .context("running grub-install in /mnt/root")
+        .code(ErrorCode::GrubFailed)
+        .context("repairing the system")
+        .unwrap_err();
+        assert_eq!(
+            find_coded(&err).map(|c| c.code),
+            Some(ErrorCode::ToolMissing)
+        );
+        assert_eq!(
+            describe(&err),
+            (
+                ErrorCode::ToolMissing,
+                "repairing the system: GRUB_FAILED: running grub-install in /mnt/root: grub-install (package grub-pc)"
+                    .to_owned()
+            )
+        );
+        // Without a coded cause, the added code is the one.
+        let err = Err::<(), _>(std::io::Error::other("boom"))
+            .code(ErrorCode::GrubFailed)
+            .unwrap_err();
+        assert_eq!(describe(&err), (ErrorCode::GrubFailed, "boom".to_owned()));
+        // Nobody coded it: INTERNAL with the whole chain.
+        let err = anyhow::anyhow!("boom").context("doing x");
+        assert_eq!(
+            describe(&err),
+            (ErrorCode::Internal, "doing x: boom".to_owned())
+        );
+    }
+
+    #[test]
+    fn the_catalogue_says_which_codes_retry_and_which_fail_the_job() {
+        let retried: Vec<_> = ErrorCode::ALL
+            .iter()
+            .filter(|c| c.retry() == Retry::Retry)
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(
+            retried,
+            [
+                "CONNECT_FAILED",
+                "FRAME_MALFORMED",
+                "DISK_BUSY",
+                "DIGEST_MISMATCH",
+                "TRANSFER_INTERRUPTED"
+            ]
+        );
+        let failing: Vec<_> = ErrorCode::ALL
+            .iter()
+            .filter(|c| c.job_effect() == JobEffect::FailsJob)
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(
+            failing,
+            ["TARGET_WRITE_FAILED", "TARGET_FULL", "LEDGER_FAILED"]
         );
     }
 

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::job::errors::ErrorCode;
 use crate::job::state::{Clock, JobRecord, JobSettings, JobStore, StateChange, Status};
+use crate::job::step::Step;
 
 type Listener = Box<dyn Fn(&StateChange) + Send + Sync>;
 
@@ -314,14 +315,14 @@ impl JobHandle {
         )
     }
 
-    /// The Processing stage started `step`; shown in the job until the
-    /// status changes.
-    pub fn processing_step(&self, step: &str) -> Result<()> {
+    /// The round's pipeline started `step`; shown in the job until the
+    /// job leaves Processing and Cleaning.
+    pub fn processing_step(&self, step: Step) -> Result<()> {
         self.update(
             "processing step",
             |r, _| {
-                if r.status == Status::PROCESSING {
-                    r.step = Some(step.to_owned());
+                if matches!(r.status, Status::PROCESSING | Status::CLEANING) {
+                    r.step = Some(step);
                 }
                 Ok(())
             },
@@ -329,11 +330,27 @@ impl JobHandle {
         )
     }
 
-    /// Processing → Cleaning (the handoff).
-    pub fn cleaning(&self) -> Result<StateChange> {
+    /// Processing → Cleaning (the handoff); a job already Cleaning (a run
+    /// started again after a restart) stays so.
+    pub fn cleaning(&self) -> Result<Option<StateChange>> {
         self.update(
             "cleaning",
-            |r, now| r.transition(Status::CLEANING, "cleaning", now),
+            |r, now| {
+                if r.status == Status::CLEANING {
+                    return Ok(None);
+                }
+                r.transition(Status::CLEANING, "cleaning", now).map(Some)
+            },
+            |c| c.iter().cloned().collect(),
+        )
+    }
+
+    /// The handoff is done: the round ends Finished (or Waiting, held for
+    /// the control plane's snapshot) with the manifest's digest.
+    pub fn handed_off(&self, manifest_digest: &str) -> Result<StateChange> {
+        self.update(
+            "handoff",
+            |r, now| r.handed_off(manifest_digest, now),
             |c| vec![c.clone()],
         )
     }
@@ -452,18 +469,15 @@ mod tests {
     #[test]
     fn the_processing_step_shows_only_while_processing() {
         let (store, _clock, job) = setup(false);
-        job.processing_step("grow").unwrap();
+        job.processing_step(Step::Grow).unwrap();
         assert_eq!(job.snapshot().step, None, "not processing yet");
         job.admit_sender().unwrap();
         job.syncing(&[(0, 10, 0)]).unwrap();
         job.disk_verified(0).unwrap();
         job.end_of_session(None).unwrap();
-        job.processing_step("repair").unwrap();
-        assert_eq!(job.snapshot().step.as_deref(), Some("repair"));
-        assert_eq!(
-            store.load().unwrap().unwrap().step.as_deref(),
-            Some("repair")
-        );
+        job.processing_step(Step::Repair).unwrap();
+        assert_eq!(job.snapshot().step, Some(Step::Repair));
+        assert_eq!(store.load().unwrap().unwrap().step, Some(Step::Repair));
         job.fail(ErrorCode::GrubFailed, "no grub").unwrap();
         assert_eq!(job.snapshot().step, None, "cleared with the status change");
     }

@@ -33,6 +33,12 @@ impl DiskRecord {
     }
 }
 
+/// The meta key of the names the source knew disk `index` by (`/dev/sda`,
+/// its by-id links), as the sender announced them.
+pub fn names_key(index: u32) -> String {
+    format!("names/{index}")
+}
+
 pub struct Ledger {
     db: Database,
 }

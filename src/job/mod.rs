@@ -4,3 +4,4 @@ pub mod errors;
 pub mod handle;
 pub mod ledger;
 pub mod state;
+pub mod step;

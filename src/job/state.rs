@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::job::errors::{coded, ErrorCode};
+use crate::job::errors::{coded, Code, ErrorCode};
 
 /// The task status of the migration service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -118,6 +118,15 @@ impl Status {
             Status::Expired => 9,
             Status::Deleting => 10,
         }
+    }
+
+    /// The status's number on the wire: the metric's value, which is stable.
+    pub fn wire_code(self) -> u8 {
+        self.metric_value() as u8
+    }
+
+    pub fn from_wire_code(code: u8) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.wire_code() == code)
     }
 
     /// The code a sender is refused with in this status, if it is refused.
@@ -496,10 +505,30 @@ pub struct JobRecord {
     pub last_error: Option<JobError>,
     #[serde(default)]
     pub disks: Vec<DiskProgress>,
-    /// The step of the Processing stage running now (grow, mount, repair,
-    /// verify, ledger); absent in any other status.
+    /// The pipeline step running now; absent when the job is not Running
+    /// its pipeline (Processing or Cleaning).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::job::step::lenient"
+    )]
+    pub step: Option<crate::job::step::Step>,
+    /// The last round's handoff: its manifest's digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
+    pub handoff: Option<HandoffMark>,
+    /// The disks are handed off and the control plane has not started
+    /// another round: senders are refused, nothing writes the targets.
+    #[serde(default)]
+    pub held: bool,
+}
+
+/// A round that was handed off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffMark {
+    pub round: u32,
+    /// BLAKE3 (hex) of `handoff.json` as written.
+    pub manifest_digest: String,
+    pub at: Timestamp,
 }
 
 /// One status change, as told to listeners (the webhook, the status page).
@@ -514,6 +543,9 @@ pub struct StateChange {
     /// "committed", "processed", "error", "expired".
     pub cause: &'static str,
     pub error: Option<JobError>,
+    /// Set on the change that ends a round with its handoff.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<HandoffMark>,
 }
 
 impl JobRecord {
@@ -533,6 +565,8 @@ impl JobRecord {
             last_error: None,
             disks: Vec::new(),
             step: None,
+            handoff: None,
+            held: false,
         }
     }
 
@@ -548,8 +582,12 @@ impl JobRecord {
         self.status = to;
         self.updated_at = Timestamp(now);
         self.seq += 1;
-        if to != Status::PROCESSING {
+        if !matches!(to, Status::PROCESSING | Status::CLEANING) {
             self.step = None;
+        }
+        // Another round starts: the control plane has taken its snapshot.
+        if to == Status::PREPARING {
+            self.held = false;
         }
         // A new round of an incremental job starts with no disk verified.
         if from == Status::Waiting && to == Status::PREPARING {
@@ -590,6 +628,7 @@ impl JobRecord {
             at: Timestamp(now),
             cause,
             error: self.last_error.clone(),
+            handoff: None,
         })
     }
 
@@ -637,6 +676,13 @@ impl JobRecord {
     /// appliance) lets it in unchanged.
     pub fn admit_sender(&mut self, now: SystemTime) -> Result<Option<StateChange>> {
         self.expire_if_due(now);
+        if self.held && self.status == Status::Waiting {
+            let round = self.handoff.as_ref().map_or(0, |h| h.round);
+            return Err(coded(
+                ErrorCode::JobHandedOff,
+                format!("round {round} is handed off for its snapshot"),
+            ));
+        }
         if let Some(code) = self.status.sender_refusal() {
             let detail = match (&self.last_error, self.status) {
                 (Some(e), Status::InError) => format!("last error {}: {}", e.code, e.message),
@@ -673,6 +719,26 @@ impl JobRecord {
             Status::Finished
         };
         self.transition(to, "processed", now)
+    }
+
+    /// The round's disks are handed off: Finished, or Waiting (held until
+    /// the control plane starts the next round) if incremental.
+    pub fn handed_off(&mut self, manifest_digest: &str, now: SystemTime) -> Result<StateChange> {
+        let mark = HandoffMark {
+            round: self.rounds_completed + 1,
+            manifest_digest: manifest_digest.to_owned(),
+            at: Timestamp(now),
+        };
+        let to = if self.incremental {
+            Status::Waiting
+        } else {
+            Status::Finished
+        };
+        let mut change = self.transition(to, "handoff", now)?;
+        self.held = to == Status::Waiting;
+        self.handoff = Some(mark.clone());
+        change.handoff = Some(mark);
+        Ok(change)
     }
 
     /// Set (or reset, at the start of a round) a disk's size and committed bytes.
@@ -791,7 +857,7 @@ pub const JOB_RECORD_KEY: &str = "job";
 impl JobStore for crate::job::ledger::Ledger {
     fn load(&self) -> Result<Option<JobRecord>> {
         self.get_meta(JOB_RECORD_KEY)
-            .map_err(|e| coded(ErrorCode::LedgerFailed, format!("{e:#}")))?
+            .code(ErrorCode::LedgerFailed)?
             .map(|b| serde_json::from_slice(&b).context("decoding the job record from the ledger"))
             .transpose()
     }
@@ -799,7 +865,7 @@ impl JobStore for crate::job::ledger::Ledger {
     fn save(&self, record: &JobRecord) -> Result<()> {
         let json = serde_json::to_vec(record).context("encoding the job record")?;
         self.put_meta(JOB_RECORD_KEY, &json)
-            .map_err(|e| coded(ErrorCode::LedgerFailed, format!("{e:#}")))
+            .code(ErrorCode::LedgerFailed)
     }
 }
 

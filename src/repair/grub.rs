@@ -12,7 +12,7 @@ use super::detect::{unquote, Bootloader, OsInfo};
 use super::devices::{DeviceMap, Resolved};
 use super::engine::StepCtx;
 use super::recipe::{GrubRecipe, Recipe};
-use crate::job::errors::{coded, ErrorCode};
+use crate::job::errors::{coded, Code, ErrorCode};
 
 /// Settings written into GRUB's defaults file.
 const SETTINGS: &[(&str, &str)] = &[
@@ -307,7 +307,7 @@ pub fn config_step(
         &g.mkconfig,
         &format!("regenerate {} with the migrated system's {tool}", g.config),
     )
-    .map_err(|e| coded(ErrorCode::GrubFailed, format!("{e:#}")))?;
+    .code(ErrorCode::GrubFailed)?;
     if ctx.apply() {
         let cfg = ctx.tree.read(&g.config)?.unwrap_or_default();
         ctx.record_written(&g.config, current.as_deref(), Some(&cfg));
@@ -417,7 +417,7 @@ pub fn install_bios_step(
         "install GRUB's BIOS boot code on the target disk",
         &|| bios_digest(&disk, &tree, boot_dir),
     )
-    .map_err(|e| coded(ErrorCode::GrubFailed, format!("{e:#}")))
+    .code(ErrorCode::GrubFailed)
 }
 
 /// The removable-media path every UEFI firmware boots without an NVRAM entry.
@@ -522,7 +522,7 @@ pub fn install_uefi_step(
                 .context("reading the staged BOOTX64.EFI")
         });
         let cleanup = ctx.tree.remove(STAGE);
-        let staged = staged.map_err(|e| coded(ErrorCode::GrubFailed, format!("{e:#}")))?;
+        let staged = staged.code(ErrorCode::GrubFailed)?;
         cleanup.context("removing the loader's staging directory")?;
         esp.write(REMOVABLE, &staged)?;
         ctx.note(format!(

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use super::detect::OsInfo;
 use super::engine::StepCtx;
 use super::recipe::{expand, ConfigFormat, InitramfsRecipe, Recipe};
-use crate::job::errors::{coded, ErrorCode};
+use crate::job::errors::{coded, Code, ErrorCode};
 
 /// Included when the kernel has them.
 pub const DRIVERS: &[&str] = &[
@@ -236,7 +236,7 @@ pub fn step(ctx: &mut StepCtx, os: &OsInfo, recipe: &Recipe) -> Result<()> {
             &argv,
             &format!("regenerate the initramfs of {}: {why}", k.version),
         )
-        .map_err(|e| coded(ErrorCode::RepairFailed, format!("{e:#}")))?;
+        .code(ErrorCode::RepairFailed)?;
         if let Some(out) = ctx.query(&expand(&v.list, &vars))? {
             let miss = missing_in_listing(&out.stdout_text(), &loadable);
             if !miss.is_empty() {

@@ -24,8 +24,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::disk::{chunk_count, chunk_len, disk_digest, is_zero, zero_hash, Disk};
-use crate::job::errors::{coded, find_coded, ErrorCode};
-use crate::wire::{self, Frame};
+use crate::job::errors::{coded, describe, find_coded, ErrorCode, Retry};
+use crate::job::state::Status;
+use crate::wire::{self, Frame, RoundEvent};
 use client::Conn;
 
 /// Arguments of `ferry send`.
@@ -192,15 +193,19 @@ pub async fn run(args: SendArgs) -> Result<()> {
                 let code = find_coded(&e)
                     .map(|c| c.code)
                     .unwrap_or(ErrorCode::Internal);
-                let retryable = matches!(
-                    code,
-                    ErrorCode::ConnectFailed
-                        | ErrorCode::TransferInterrupted
-                        | ErrorCode::FrameMalformed
-                        | ErrorCode::DigestMismatch
-                        | ErrorCode::DiskBusy
-                );
-                if !retryable || attempts > args.retries {
+                if code.retry() == Retry::Final || attempts > args.retries {
+                    if jobs.iter().all(|j| j.done) && code.retry() == Retry::Retry && !args.no_wait
+                    {
+                        // Not data at risk: the disks are committed; the
+                        // outcome is in the job.
+                        break Err(coded(
+                            ErrorCode::ProcessingUnknown,
+                            format!(
+                                "every disk is committed and verified, but the appliance could not be reached to follow the round to its end ({})",
+                                describe(&e).1
+                            ),
+                        ));
+                    }
                     break Err(e);
                 }
                 let wait = Duration::from_secs(1u64 << (attempts - 1).min(4));
@@ -298,47 +303,50 @@ async fn attempt(
 }
 
 /// Every disk is verified: ask the appliance how the round ends and follow
-/// its Processing stage (grow, repair, verify) to the end. A failure there
-/// comes back as the appliance's error (code, message, hint).
+/// its pipeline (grow, repair, verify, handoff) to the end. A failure there
+/// comes back as the appliance's error (code, message, hint). A connection
+/// that drops meanwhile is a TRANSFER_INTERRUPTED, which the caller retries:
+/// the next attempt has no disk to send and follows the round again.
 async fn wait_for_round(conn: &mut Conn) -> Result<()> {
     client::send(conn, Frame::EndRound).await?;
-    let mut last_step = String::new();
+    let mut last_step = None;
     loop {
-        let frame = client::recv(conn).await.map_err(|e| {
-            if find_coded(&e).is_some_and(|c| c.code == ErrorCode::TransferInterrupted) {
-                // Not retried: the disks are committed; the outcome is in the job.
-                coded(
-                    ErrorCode::ProcessingUnknown,
-                    "every disk is committed and verified, but the connection dropped while the appliance processed the round",
-                )
-            } else {
-                e
-            }
-        })?;
-        match frame {
-            Frame::RoundStatus {
-                done: false,
-                detail,
-                ..
-            } => {
-                if detail != last_step {
-                    eprintln!("ferry send: the appliance is processing the disks: {detail}");
-                    last_step = detail;
-                }
-            }
-            Frame::RoundStatus {
-                done: true,
-                status,
-                detail,
-            } => {
-                eprintln!("ferry send: the job is {status} ({detail})");
-                return Ok(());
-            }
+        let frame = client::recv(conn)
+            .await
+            .context("following the appliance's pipeline")?;
+        let (status, event) = match frame {
+            Frame::RoundStatus { status, event } => (status, event),
             other => {
                 return Err(coded(
                     ErrorCode::UnexpectedFrame,
                     format!("expected RoundStatus, got {}", other.name()),
                 ))
+            }
+        };
+        match event {
+            RoundEvent::Step(step) => {
+                if last_step != Some(step) {
+                    eprintln!("ferry send: the appliance runs the round's pipeline: {step}");
+                    last_step = Some(step);
+                }
+            }
+            RoundEvent::Done => {
+                match status {
+                    Status::Waiting => eprintln!(
+                        "ferry send: the round is verified and handed off; the job is Waiting: \
+                         the next round starts when the control plane has taken its snapshot"
+                    ),
+                    other => eprintln!(
+                        "ferry send: the round is verified and handed off; the job is {other}"
+                    ),
+                }
+                return Ok(());
+            }
+            RoundEvent::AwaitingDisks => {
+                eprintln!(
+                    "ferry send: this sender's disks are committed; the job ({status}) waits for its other disks before it ends the round"
+                );
+                return Ok(());
             }
         }
     }

@@ -9,7 +9,6 @@ pub mod control;
 pub mod job_metrics;
 pub mod metrics;
 pub mod notify;
-pub mod process;
 pub mod session;
 pub mod tls;
 pub mod webhook;
@@ -95,8 +94,8 @@ pub struct Appliance {
     /// Control requests refused for a missing or wrong control token.
     pub unauthorized: prometheus::IntCounter,
     pub webhook: Option<webhook::Webhook>,
-    /// The Processing stage of the current round, when one runs.
-    pub processing: process::Processor,
+    /// The round's pipeline (grow, repair, verify, handoff), when one runs.
+    pub pipeline: Arc<crate::pipeline::Runner>,
 }
 
 /// Holds a disk for one session; released when dropped.
@@ -203,7 +202,16 @@ pub fn prepare(args: &ServeArgs) -> Result<Appliance> {
         Arc::clone(&job),
         webhook.as_ref().map(|w| Arc::clone(w.stats())),
     )?;
+    let pipeline = Arc::new(crate::pipeline::Runner::new(
+        crate::pipeline::Settings {
+            build: config.build,
+            state_dir: config.state_dir.clone(),
+        },
+        Arc::clone(&ledger),
+        Arc::clone(&job),
+    ));
     Ok(Appliance {
+        pipeline,
         config,
         token,
         ledger,
@@ -217,7 +225,6 @@ pub fn prepare(args: &ServeArgs) -> Result<Appliance> {
         auth: auth_limit::AuthLimiter::default(),
         busy: Mutex::new(HashSet::new()),
         data_bound: AtomicBool::new(false),
-        processing: process::Processor::default(),
     })
 }
 
@@ -324,10 +331,13 @@ async fn run(args: ServeArgs) -> Result<()> {
         .await
         .context("preparing the appliance")??;
     let app = Arc::new(app);
-    if app.job.status() == crate::job::state::Status::PROCESSING {
-        // Died while processing a round: every step is idempotent, run it again.
-        tracing::info!("the job was processing when the appliance stopped: processing again");
-        process::Processor::start(&app);
+    if matches!(
+        app.job.status(),
+        crate::job::state::Status::PROCESSING | crate::job::state::Status::CLEANING
+    ) {
+        // Died in the round's pipeline: every step is idempotent, run it again.
+        tracing::info!("the job was in its pipeline when the appliance stopped: running it again");
+        app.pipeline.start();
     }
     let data = TcpListener::bind(&app.config.data_listen)
         .await

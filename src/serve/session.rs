@@ -20,9 +20,9 @@ use tracing::Instrument;
 use super::writer::{Event, Work, Writer};
 use super::{Appliance, BusyGuard};
 use crate::disk::{chunk_count, chunk_len, Disk};
-use crate::job::errors::{coded, find_coded, ErrorCode};
+use crate::job::errors::{coded, describe, Code, ErrorCode, JobEffect};
 use crate::job::ledger::DiskRecord;
-use crate::wire::{self, auth, Frame, FrameCodec};
+use crate::wire::{self, auth, Frame, FrameCodec, RoundEvent};
 
 /// Time allowed for TLS and authentication.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -133,12 +133,10 @@ async fn connection(
     let result = session.run(&mut conn, peer, binding, shutdown).await;
     let clean = result.is_ok();
     if let Err(err) = result {
-        let code = find_coded(&err)
-            .map(|c| c.code)
-            .unwrap_or(ErrorCode::Internal);
+        let (code, detail) = describe(&err);
         count_error(app, code);
         if session.admitted && puts_job_in_error(code) {
-            let (job, detail) = (Arc::clone(&app.job), format!("{err:#}"));
+            let (job, detail) = (Arc::clone(&app.job), detail.clone());
             match tokio::task::spawn_blocking(move || job.fail(code, detail)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!("recording the job's error: {e:#}"),
@@ -146,9 +144,6 @@ async fn connection(
             }
         }
         tracing::warn!(code = %code, error = %format!("{err:#}"), "closing the connection");
-        let detail = find_coded(&err)
-            .map(|c| c.detail.clone())
-            .unwrap_or_else(|| format!("{err:#}"));
         let _ = tokio::time::timeout(
             Duration::from_secs(5),
             conn.send(Frame::error(code, &detail)),
@@ -162,75 +157,94 @@ async fn connection(
         return;
     }
     session.close().await;
-    if clean && session.admitted {
-        end_round(app, &mut conn, session.end_round).await;
+    if clean && (session.admitted || session.end_round) {
+        end_round(app, &mut conn, session.admitted, session.end_round).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.get_mut().shutdown()).await;
 }
 
-/// The sender ended its session cleanly. If every disk of the job is
-/// verified, the round is committed and the Processing stage runs (on its
-/// own thread, whatever happens to this connection). A sender that asked
-/// (`wait`) is told the steps as they run and how the round ended: a
-/// RoundStatus, or the Error that put the job InError.
-async fn end_round(app: &Arc<Appliance>, conn: &mut Conn, wait: bool) {
-    let app2 = Arc::clone(app);
-    let ended = tokio::task::spawn_blocking(move || {
-        let expected: Option<Vec<u32>> =
-            (!app2.config.embedded()).then(|| app2.config.disks.iter().map(|d| d.index).collect());
-        app2.job.end_of_session(expected.as_deref())
-    })
-    .await;
-    let committed = match ended {
-        Ok(Ok(Some(_))) => {
-            tracing::info!("every disk is verified: processing the round");
-            true
+/// The sender ended its session with EndRound. If every disk of the job is
+/// verified, the round is committed and its pipeline runs (on its own
+/// thread, whatever happens to this connection). The sender is told each
+/// step as it runs and how the round ended: a RoundStatus, or the Error that
+/// put the job InError.
+///
+/// A sender whose connection dropped while the pipeline ran reconnects and
+/// sends EndRound alone (no disk opened): it follows the run in progress, or
+/// hears how the last one ended.
+async fn end_round(app: &Arc<Appliance>, conn: &mut Conn, admitted: bool, wait: bool) {
+    use crate::job::state::Status;
+    if admitted {
+        let app2 = Arc::clone(app);
+        let ended = tokio::task::spawn_blocking(move || {
+            let expected: Option<Vec<u32>> = (!app2.config.embedded())
+                .then(|| app2.config.disks.iter().map(|d| d.index).collect());
+            app2.job.end_of_session(expected.as_deref())
+        })
+        .await;
+        match ended {
+            Ok(Ok(Some(_))) => {
+                tracing::info!("every disk is verified: running the round's pipeline");
+                let phase = app.pipeline.start();
+                if wait {
+                    follow(app, conn, phase).await;
+                }
+                return;
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!("ending the round: {e:#}"),
+            Err(e) => tracing::warn!("ending the round: {e}"),
         }
-        Ok(Ok(None)) => false,
-        Ok(Err(e)) => {
-            tracing::warn!("ending the round: {e:#}");
-            false
-        }
-        Err(e) => {
-            tracing::warn!("ending the round: {e}");
-            false
-        }
-    };
-    if !committed {
-        if wait {
-            let status = app.job.status();
-            let _ = conn
-                .send(Frame::RoundStatus {
-                    done: true,
-                    status: status.to_string(),
-                    detail: "the job waits for more disks before it processes the round".into(),
-                })
-                .await;
-        }
-        return;
     }
-    let mut phase = super::process::Processor::start(app);
     if !wait {
         return;
     }
+    let status = app.job.status();
+    if matches!(status, Status::PROCESSING | Status::CLEANING) {
+        if let Some(phase) = app.pipeline.current() {
+            follow(app, conn, phase).await;
+            return;
+        }
+    }
+    let frame = match status {
+        Status::Finished | Status::Waiting => Frame::RoundStatus {
+            status,
+            event: RoundEvent::Done,
+        },
+        Status::InError => match app.job.snapshot().last_error {
+            Some(e) => Frame::error(e.code, &e.detail),
+            None => Frame::error(ErrorCode::JobInError, ""),
+        },
+        _ => Frame::RoundStatus {
+            status,
+            event: RoundEvent::AwaitingDisks,
+        },
+    };
+    let _ = conn.send(frame).await;
+}
+
+/// Tell the sender each step of a pipeline run and how it ended.
+async fn follow(
+    app: &Arc<Appliance>,
+    conn: &mut Conn,
+    mut phase: tokio::sync::watch::Receiver<crate::pipeline::Phase>,
+) {
     let mut told = 0;
     loop {
         let now = phase.borrow_and_update().clone();
-        let status = app.job.status().to_string();
+        let status = app.job.status();
         let mut frames: Vec<Frame> = now.steps[told.min(now.steps.len())..]
             .iter()
             .map(|step| Frame::RoundStatus {
-                done: false,
-                status: status.clone(),
-                detail: (*step).to_owned(),
+                status,
+                event: RoundEvent::Step(*step),
             })
             .collect();
         told = now.steps.len();
         match &now.done {
             Some(Ok(end)) => frames.push(Frame::RoundStatus {
-                done: true,
-                status: end.to_string(),
-                detail: "processed".into(),
+                status: *end,
+                event: RoundEvent::Done,
             }),
             Some(Err(f)) => frames.push(Frame::error(f.code, &f.detail)),
             None => {}
@@ -250,9 +264,8 @@ async fn end_round(app: &Arc<Appliance>, conn: &mut Conn, wait: bool) {
             Err(_) => {
                 if let Some(step) = now.steps.last() {
                     let beat = Frame::RoundStatus {
-                        done: false,
                         status,
-                        detail: (*step).to_owned(),
+                        event: RoundEvent::Step(*step),
                     };
                     if conn.send(beat).await.is_err() {
                         return;
@@ -260,10 +273,13 @@ async fn end_round(app: &Arc<Appliance>, conn: &mut Conn, wait: bool) {
                 }
             }
             Ok(Err(_)) => {
-                // The processing thread is gone without a word: say so.
+                // The pipeline's thread is gone without a word: say so.
                 if phase.borrow().done.is_none() {
                     let _ = conn
-                        .send(Frame::error(ErrorCode::Internal, "processing stopped"))
+                        .send(Frame::error(
+                            ErrorCode::Internal,
+                            "the round's pipeline stopped",
+                        ))
                         .await;
                 }
                 return;
@@ -279,10 +295,7 @@ async fn end_round(app: &Arc<Appliance>, conn: &mut Conn, wait: bool) {
 /// leave the job as it is, so that the sender's next attempt succeeds once
 /// the cause is fixed on either side.
 fn puts_job_in_error(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::TargetWriteFailed | ErrorCode::TargetFull | ErrorCode::LedgerFailed
-    )
+    code.job_effect() == JobEffect::FailsJob
 }
 
 /// After a refusal, read and discard what the peer still sends for a moment:
@@ -545,12 +558,12 @@ impl Session {
         tokio::task::spawn_blocking(move || {
             let json = serde_json::to_vec(&names).context("encoding disk names")?;
             app.ledger
-                .put_meta(&super::process::names_key(disk), &json)
+                .put_meta(&crate::job::ledger::names_key(disk), &json)
                 .with_context(|| format!("recording the source names of disk {disk}"))
         })
         .await
         .context("recording disk names")?
-        .map_err(|e| coded(ErrorCode::LedgerFailed, format!("{e:#}")))
+        .code(ErrorCode::LedgerFailed)
     }
 
     /// Count newly committed chunks into the job's progress.
@@ -625,7 +638,7 @@ impl Session {
         let hashes = tokio::task::spawn_blocking(move || ledger.chunk_hashes(disk, count))
             .await
             .context("reading the ledger")?
-            .map_err(|e| coded(ErrorCode::LedgerFailed, format!("{e:#}")))?;
+            .code(ErrorCode::LedgerFailed)?;
         let codec_max = conn.codec().max().max(wire::postauth_max_frame(chunk_size));
         conn.codec_mut().set_max(codec_max);
         let committed = hashes.iter().filter(|h| h.is_some()).count();
@@ -748,10 +761,7 @@ fn open_target(
     chunk_size: u32,
 ) -> Result<(Disk, DiskRecord)> {
     let cfg = &app.config;
-    let existing = app
-        .ledger
-        .disk(disk)
-        .map_err(|e| coded(ErrorCode::LedgerFailed, format!("{e:#}")))?;
+    let existing = app.ledger.disk(disk).code(ErrorCode::LedgerFailed)?;
     if let Some(rec) = &existing {
         if rec.size != size {
             return Err(coded(
@@ -809,7 +819,7 @@ fn open_target(
         };
         app.ledger
             .put_disk(disk, &rec)
-            .map_err(|e| coded(ErrorCode::LedgerFailed, format!("{e:#}")))?;
+            .code(ErrorCode::LedgerFailed)?;
         return Ok((d, rec));
     }
     let path = cfg.target_for(disk).ok_or_else(|| {
@@ -841,7 +851,7 @@ fn open_target(
             };
             app.ledger
                 .put_disk(disk, &rec)
-                .map_err(|e| coded(ErrorCode::LedgerFailed, format!("{e:#}")))?;
+                .code(ErrorCode::LedgerFailed)?;
             rec
         }
     };

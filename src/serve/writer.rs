@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::disk::{chunk_count, chunk_len, disk_digest, zero_hash, Disk};
-use crate::job::errors::{coded, ErrorCode};
+use crate::job::errors::{coded, Code, ErrorCode};
 use crate::job::ledger::{DiskRecord, Ledger};
 use crate::serve::metrics::Metrics;
 
@@ -207,7 +207,7 @@ impl Writer {
         self.disk.sync_data()?;
         self.ledger
             .commit_chunks(self.disk_index, group)
-            .map_err(|e| coded(ErrorCode::LedgerFailed, format!("{e:#}")))?;
+            .code(ErrorCode::LedgerFailed)?;
         let indices = group.drain(..).map(|(i, _)| i).collect();
         let _ = events.send(Event::Committed {
             disk: self.disk_index,
@@ -225,7 +225,7 @@ impl Writer {
         let ledger = self
             .ledger
             .chunk_hashes(self.disk_index, count)
-            .map_err(|e| coded(ErrorCode::LedgerFailed, format!("{e:#}")))?;
+            .code(ErrorCode::LedgerFailed)?;
         let mut expected = Vec::with_capacity(ledger.len());
         let mut missing = Vec::new();
         for (i, h) in ledger.iter().enumerate() {
@@ -258,7 +258,7 @@ impl Writer {
         if !bad.is_empty() {
             self.ledger
                 .forget_chunks(self.disk_index, &bad)
-                .map_err(|e| coded(ErrorCode::LedgerFailed, format!("{e:#}")))?;
+                .code(ErrorCode::LedgerFailed)?;
             return Err(coded(
                 ErrorCode::DigestMismatch,
                 format!(

@@ -4,6 +4,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::job::errors::ErrorCode;
+use crate::job::state::Status;
+use crate::job::step::Step;
 
 /// Everything that can go wrong reading frames. Each maps to a stable code.
 #[derive(Debug, thiserror::Error)]
@@ -103,13 +105,29 @@ pub enum Frame {
     /// the round ends (the appliance processes the disks first when the
     /// job's last disk arrived).
     EndRound,
-    /// appliance → sender: the job's status at the end of a round. `done`
-    /// false: still processing (`detail` names the stage), more follow.
-    RoundStatus {
-        done: bool,
-        status: String,
-        detail: String,
-    },
+    /// appliance → sender: where the round is, with the job's status.
+    RoundStatus { status: Status, event: RoundEvent },
+}
+
+/// What a RoundStatus frame tells the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoundEvent {
+    /// The pipeline runs this step (sent when it starts, and every few
+    /// seconds while it runs, so the sender knows the appliance is alive).
+    Step(Step),
+    /// The round is over: verified and handed off; `status` is Finished
+    /// (or Waiting for an incremental job's next round).
+    Done,
+    /// This sender's disks are committed, but the job waits for other disks
+    /// before its round can end; `status` is the job's.
+    AwaitingDisks,
+}
+
+impl RoundEvent {
+    /// Whether more frames follow.
+    pub fn is_final(self) -> bool {
+        !matches!(self, RoundEvent::Step(_))
+    }
 }
 
 mod ty {
@@ -302,14 +320,15 @@ impl Frame {
                 ty::DISK_NAMES
             }
             Frame::EndRound => ty::END_ROUND,
-            Frame::RoundStatus {
-                done,
-                status,
-                detail,
-            } => {
-                dst.put_u8(u8::from(*done));
-                put_text(dst, status);
-                put_text(dst, detail);
+            Frame::RoundStatus { status, event } => {
+                dst.put_u8(status.wire_code());
+                let (kind, step) = match event {
+                    RoundEvent::Step(s) => (0, s.wire_code()),
+                    RoundEvent::Done => (1, 0),
+                    RoundEvent::AwaitingDisks => (2, 0),
+                };
+                dst.put_u8(kind);
+                dst.put_u8(step);
                 ty::ROUND_STATUS
             }
         };
@@ -435,15 +454,22 @@ impl Frame {
                 Frame::DiskNames { disk, names }
             }
             ty::END_ROUND => Frame::EndRound,
-            ty::ROUND_STATUS => Frame::RoundStatus {
-                done: match get_u8(&mut p, "RoundStatus")? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(malformed("RoundStatus", "bad flag")),
-                },
-                status: get_text(&mut p)?,
-                detail: get_text(&mut p)?,
-            },
+            ty::ROUND_STATUS => {
+                let status = Status::from_wire_code(get_u8(&mut p, "RoundStatus")?)
+                    .ok_or_else(|| malformed("RoundStatus", "unknown status"))?;
+                let kind = get_u8(&mut p, "RoundStatus")?;
+                let step = get_u8(&mut p, "RoundStatus")?;
+                let event = match (kind, step) {
+                    (0, s) => RoundEvent::Step(
+                        Step::from_wire_code(s)
+                            .ok_or_else(|| malformed("RoundStatus", "unknown step"))?,
+                    ),
+                    (1, 0) => RoundEvent::Done,
+                    (2, 0) => RoundEvent::AwaitingDisks,
+                    _ => return Err(malformed("RoundStatus", "unknown event")),
+                };
+                Frame::RoundStatus { status, event }
+            }
             other => return Err(WireError::UnknownType(other)),
         };
         if p.has_remaining() {
@@ -661,9 +687,16 @@ mod tests {
             },
             Frame::EndRound,
             Frame::RoundStatus {
-                done: true,
-                status: "Finished".into(),
-                detail: "repaired".into(),
+                status: Status::Finished,
+                event: RoundEvent::Done,
+            },
+            Frame::RoundStatus {
+                status: Status::PROCESSING,
+                event: RoundEvent::Step(Step::Verify),
+            },
+            Frame::RoundStatus {
+                status: Status::SYNCING,
+                event: RoundEvent::AwaitingDisks,
             },
         ]
     }
@@ -722,6 +755,24 @@ mod tests {
                 bytes: [vec![0x12, 0, 0, 0, 45], vec![0; 44], vec![9]].concat(),
                 max: 1024,
                 want: "malformed Chunk frame: unknown encoding",
+            },
+            Case {
+                name: "round status with an unknown step",
+                bytes: vec![0x31, 0, 0, 0, 3, 3, 0, 42],
+                max: 1024,
+                want: "malformed RoundStatus frame: unknown step",
+            },
+            Case {
+                name: "round status with an unknown status",
+                bytes: vec![0x31, 0, 0, 0, 3, 77, 1, 0],
+                max: 1024,
+                want: "malformed RoundStatus frame: unknown status",
+            },
+            Case {
+                name: "round status with a step on a final event",
+                bytes: vec![0x31, 0, 0, 0, 3, 7, 1, 5],
+                max: 1024,
+                want: "malformed RoundStatus frame: unknown event",
             },
         ];
         for c in cases {

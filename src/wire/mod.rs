@@ -7,10 +7,10 @@
 pub mod auth;
 pub mod frame;
 
-pub use frame::{Frame, FrameCodec, WireError, MAX_DISK_NAMES};
+pub use frame::{Frame, FrameCodec, RoundEvent, WireError, MAX_DISK_NAMES};
 
 /// Bumped on any incompatible change of the frames below.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Default data port of the appliance.
 pub const DEFAULT_DATA_PORT: u16 = 8703;

@@ -1,0 +1,236 @@
+//! Handoff (the job's Cleaning state): the targets are flushed and dropped
+//! from the page cache, `<state-dir>/handoff.json` is written atomically,
+//! and the job ends its round with the manifest's digest, which the
+//! webhook carries to the control plane. The control plane snapshots the
+//! disks the manifest names; until it starts another round the targets are
+//! not written (senders are refused with `JOB_HANDED_OFF`) nor mounted.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::verify::DiskDigest;
+use super::{RoundReport, Settings, Target};
+use crate::disk::{disk_digest, hash_chunks, Disk};
+use crate::job::errors::{coded, ErrorCode};
+use crate::job::handle::JobHandle;
+use crate::layout;
+
+/// The manifest's format version.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// `handoff.json`: what the control plane needs to make an image of the
+/// round, and to check that the disks it snapshots are what was verified.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub job_id: String,
+    /// 1 for the first round of the job, 2 for the next...
+    pub round: u32,
+    pub created_at: String,
+    /// `bios` or `uefi`, as the repair found it; absent for a job that
+    /// only replicated its disks.
+    pub boot_mode: Option<String>,
+    /// The detected OS (`/etc/os-release`) and the recipe applied.
+    pub os: Option<serde_json::Value>,
+    pub recipe: Option<String>,
+    /// The repair's steps and what each changed.
+    pub repairs: Option<serde_json::Value>,
+    pub disks: Vec<ManifestDisk>,
+    /// Seconds each step of the pipeline took.
+    pub seconds: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestDisk {
+    pub index: u32,
+    pub target: PathBuf,
+    pub source_size: u64,
+    pub target_size: u64,
+    /// `gpt`, `mbr`, or absent for a disk without a partition table.
+    pub table: Option<String>,
+    pub partitions: Vec<ManifestPartition>,
+    /// ferry's disk digest (BLAKE3 over the chunk size and every chunk's
+    /// hash) of the first `digest_bytes` bytes: `ferry verify --manifest`
+    /// recomputes it from the disk.
+    pub digest: String,
+    pub digest_bytes: u64,
+    pub chunk_size: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestPartition {
+    pub number: usize,
+    pub start: u64,
+    pub size: u64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub fs: String,
+    pub uuid: Option<String>,
+    pub label: Option<String>,
+    pub mount: Option<String>,
+}
+
+/// Where the manifest of the last handoff is.
+pub fn manifest_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("handoff.json")
+}
+
+/// Flush the targets, write the manifest; returns it with the digest of its
+/// bytes as written.
+pub fn run(
+    settings: &Settings,
+    job: &JobHandle,
+    targets: &[Target],
+    digests: &[DiskDigest],
+    report: &RoundReport,
+    repair: Option<&serde_json::Value>,
+) -> Result<(Manifest, String)> {
+    for t in targets {
+        flush(&t.path)
+            .with_context(|| format!("flushing disk {} ({})", t.index, t.path.display()))?;
+    }
+    let record = job.snapshot();
+    let mut disks = Vec::new();
+    for (t, d) in targets.iter().zip(digests) {
+        let target_size = layout::devices::disk_size(&t.path)
+            .with_context(|| format!("reading the size of {}", t.path.display()))?;
+        let (table, partitions) = describe(&t.path, target_size);
+        disks.push(ManifestDisk {
+            index: t.index,
+            target: t.path.clone(),
+            source_size: t.record.size,
+            target_size,
+            table,
+            partitions,
+            digest: hex::encode(d.digest),
+            digest_bytes: d.bytes,
+            chunk_size: d.chunk_size,
+        });
+    }
+    let field = |k: &str| {
+        repair
+            .and_then(|r| r.get(k))
+            .filter(|v| !v.is_null())
+            .cloned()
+    };
+    let manifest = Manifest {
+        version: MANIFEST_VERSION,
+        job_id: record.id.clone(),
+        round: record.rounds_completed + 1,
+        created_at: crate::job::state::Timestamp(job.now()).to_string(),
+        boot_mode: field("boot").and_then(|v| v.as_str().map(str::to_lowercase)),
+        os: field("os"),
+        recipe: field("recipe").and_then(|v| v.as_str().map(str::to_owned)),
+        repairs: field("steps"),
+        disks,
+        seconds: report.seconds.clone(),
+    };
+    let bytes = serde_json::to_vec_pretty(&manifest).context("encoding the handoff manifest")?;
+    let path = manifest_path(&settings.state_dir);
+    crate::disk::write_atomic(&path, &bytes)?;
+    let digest = hex::encode(blake3::hash(&bytes).as_bytes());
+    tracing::info!(path = %path.display(), %digest, "handoff manifest written");
+    Ok((manifest, digest))
+}
+
+/// Make the target's content durable and drop it from the page cache, so
+/// that a snapshot taken below the instance sees what was verified.
+fn flush(path: &Path) -> Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("fsync of {}", path.display()))?;
+    nix::fcntl::posix_fadvise(
+        file.as_raw_fd(),
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .with_context(|| format!("dropping {} from the page cache", path.display()))?;
+    Ok(())
+}
+
+/// The disk's partition table, if it has one ferry reads.
+fn describe(path: &Path, size: u64) -> (Option<String>, Vec<ManifestPartition>) {
+    let Ok(d) = layout::read(path) else {
+        return (None, Vec::new());
+    };
+    let table = Some(
+        match d.table {
+            layout::TableType::Gpt => "gpt",
+            layout::TableType::Mbr => "mbr",
+        }
+        .to_owned(),
+    );
+    let Ok(extents) = layout::desc::plan(&d, size) else {
+        return (table, Vec::new());
+    };
+    let parts = d
+        .partitions
+        .iter()
+        .zip(d.numbers())
+        .zip(extents)
+        .map(|((p, number), e)| ManifestPartition {
+            number,
+            start: e.start,
+            size: e.len,
+            kind: p.kind.as_str().to_owned(),
+            fs: p.fs.to_string(),
+            uuid: p.uuid.clone(),
+            label: p.label.clone(),
+            mount: p.mount.clone(),
+        })
+        .collect();
+    (table, parts)
+}
+
+/// `ferry verify --manifest`: re-read each disk and compare its digest with
+/// the manifest's. Returns one line per disk.
+pub fn check(manifest: &Manifest, disks: &[(u32, PathBuf)]) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for (index, path) in disks {
+        let entry = manifest
+            .disks
+            .iter()
+            .find(|d| d.index == *index)
+            .ok_or_else(|| {
+                coded(
+                    ErrorCode::VerifyFailed,
+                    format!("the manifest has no disk {index}"),
+                )
+            })?;
+        let disk = Disk::open_source(path)?;
+        if disk.size() < entry.digest_bytes {
+            return Err(coded(
+                ErrorCode::VerifyFailed,
+                format!(
+                    "{} holds {} bytes, the manifest's digest covers {}",
+                    path.display(),
+                    disk.size(),
+                    entry.digest_bytes
+                ),
+            ));
+        }
+        let hashes = hash_chunks(&disk, entry.digest_bytes, entry.chunk_size)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let got = hex::encode(disk_digest(entry.digest_bytes, entry.chunk_size, &hashes));
+        if got != entry.digest {
+            return Err(coded(
+                ErrorCode::VerifyFailed,
+                format!(
+                    "disk {index} ({}) does not match the manifest: digest {got}, expected {}",
+                    path.display(),
+                    entry.digest
+                ),
+            ));
+        }
+        lines.push(format!(
+            "disk {index} ({}): matches the manifest, digest {got}",
+            path.display()
+        ));
+    }
+    Ok(lines)
+}

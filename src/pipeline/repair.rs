@@ -1,0 +1,56 @@
+//! Repair: the migrated OS made to boot on the cloud's hardware by the
+//! recipe of its distribution, in a chroot of the mounted system; the
+//! report kept beside the round's. The system is unmounted afterwards,
+//! whatever the outcome.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::mount::Mounted;
+use super::Target;
+use crate::layout;
+use crate::repair::{self, BootMode, DeviceMap, Mode};
+
+/// Returns the repair's report, as kept in `report_path`.
+pub fn run(mounted: Mounted, targets: &[Target], report_path: &Path) -> Result<serde_json::Value> {
+    let Mounted { tree, full, .. } = mounted;
+    let names: Vec<Vec<String>> = targets.iter().map(|t| t.names.clone()).collect();
+    let mut devices = DeviceMap::from_mount_tree(&tree, &names);
+    restore_mount_points(&mut devices, &full);
+    let outcome = repair::run_with_options(&repair::Options::new(
+        tree.root(),
+        devices,
+        BootMode::Auto,
+        Mode::Apply,
+    ));
+    let value = serde_json::to_value(&outcome.report).context("encoding the repair report");
+    let written = value
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .and_then(|v| {
+            let json = serde_json::to_vec_pretty(v).context("encoding the repair report")?;
+            crate::disk::write_atomic(report_path, &json)
+        });
+    let closed = tree.close().context("unmounting the repaired system");
+    outcome.into_result()?;
+    written?;
+    closed?;
+    value
+}
+
+/// Give the device map the mount points of the volumes left unmounted, as
+/// the source's fstab has them.
+fn restore_mount_points(devices: &mut DeviceMap, full: &layout::Layout) {
+    for (disk, desc) in devices.disks.iter_mut().zip(&full.disks) {
+        let described = desc
+            .partitions
+            .iter()
+            .filter(|p| p.fs != layout::FsType::None);
+        for (v, p) in disk.volumes.iter_mut().zip(described) {
+            if v.mountpoint.is_none() {
+                v.mountpoint.clone_from(&p.mount);
+            }
+        }
+    }
+}
