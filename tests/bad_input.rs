@@ -31,6 +31,8 @@ fn fixture(extra: &[&str]) -> Fixture {
     let sent = server.send(&[&src], &[]);
     assert!(sent.ok(), "{}", sent.stderr());
     let before = file_hash(&server.disk_path(0));
+    // The raw connections below are the next round's senders.
+    server.start_next_round_if_held();
     Fixture {
         _dir: dir,
         server,

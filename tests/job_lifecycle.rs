@@ -139,6 +139,18 @@ fn syncing_survives_kill_9_and_the_sender_resumes_to_waiting() {
     wait_for(10, "the job to be Waiting", || shown(&job(&s)) == "Waiting");
     assert_eq!(file_hash(&src), file_hash(&s.disk_path(0)));
 
+    // The round is handed off: no sender writes the disks until the control
+    // plane, having taken its snapshot, starts the next round.
+    let refused = s.send_only(&[&src], &["--retries", "0"]);
+    assert!(!refused.ok());
+    assert!(
+        refused.stderr().contains("JOB_HANDED_OFF"),
+        "{}",
+        refused.stderr()
+    );
+    assert_eq!(file_hash(&src), file_hash(&s.disk_path(0)));
+    let (status, body) = post(&s, "/v1/job/start");
+    assert_eq!(status, 200, "{body}");
     // Incremental: the next round is accepted and ends Waiting again.
     let sent = s.send(&[&src], &[]);
     assert!(sent.ok(), "{}", sent.stderr());
@@ -349,7 +361,7 @@ fn webhook_from_ferry_serve_reports_every_state_change_signed() {
     let sent = s.send(&[&src], &[]);
     assert!(sent.ok(), "{}", sent.stderr());
     let mut events = Vec::new();
-    while events.len() < 4 {
+    while events.len() < 5 {
         let (sig, body) = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("a webhook event");
@@ -378,15 +390,24 @@ fn webhook_from_ferry_serve_reports_every_state_change_signed() {
         (1, "Ready", "Running/Preparing", "sender"),
         (2, "Running/Preparing", "Running/Syncing", "syncing"),
         (3, "Running/Syncing", "Running/Processing", "committed"),
-        (4, "Running/Processing", "Finished", "processed"),
+        (4, "Running/Processing", "Running/Cleaning", "cleaning"),
+        (5, "Running/Cleaning", "Finished", "handoff"),
     ];
     let expect: Vec<(u64, String, String, String)> = expect
         .iter()
         .map(|(n, a, b, c)| (*n, a.to_string(), b.to_string(), c.to_string()))
         .collect();
     assert_eq!(steps, expect);
-    wait_for(10, "four deliveries counted", || {
-        s.metric("ferry_webhook_events_total{outcome=\"delivered\"}") == 4.0
+    // The handoff's event names the manifest by the digest of its bytes.
+    let manifest = std::fs::read(state.join("handoff.json")).unwrap();
+    assert_eq!(
+        events[4]["handoff"]["manifest_digest"],
+        blake3::hash(&manifest).to_hex().as_str()
+    );
+    assert_eq!(events[4]["handoff"]["round"], 1);
+    assert!(events[3].get("handoff").is_none());
+    wait_for(10, "five deliveries counted", || {
+        s.metric("ferry_webhook_events_total{outcome=\"delivered\"}") == 5.0
     });
     assert_eq!(
         s.metric("ferry_webhook_events_total{outcome=\"dropped\"}"),

@@ -169,6 +169,8 @@ catalogue! {
         "Wait until the job is Finished or Waiting (GET /v1/job on port 8080); an incremental job accepts the next round when it is Waiting.";
     JobHandedOff => "JOB_HANDED_OFF" [final, keeps_job], "The round's disks are handed off to the control plane for their snapshot",
         "The appliance writes nothing to the disks until the control plane has taken the round's image and starts the next round (POST /v1/job/start on port 8080). Run the sender again after that; it sends only what changed.";
+    HandoffNotFound => "HANDOFF_NOT_FOUND" [final, keeps_job], "No round of this job has been handed off yet",
+        "The handoff manifest is written when a round's pipeline ends, the job then Finished or Waiting; watch GET /v1/job or the webhook's event with a `handoff` field, then read it again.";
     JobTransitionRefused => "JOB_TRANSITION_REFUSED" [final, keeps_job], "The operation is not allowed in the job's current state",
         "Ready: start or delete. Running: stop it while Preparing or Syncing; a running job cannot be deleted. Stopped and InError: start or delete. Waiting: stop, delete, or run the sender for the next round. Finished and Expired: delete.";
     BadValidity => "BAD_VALIDITY" [final, keeps_job], "The validity period of a migration task must be between 7 and 90 days",

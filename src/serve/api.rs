@@ -34,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::job::errors::{find_coded, ErrorCode};
+use crate::job::errors::{coded, describe, ErrorCode};
 use crate::job::handle::JobHandle;
 use crate::job::state::JobRecord;
 
@@ -60,9 +60,17 @@ pub struct ApiState {
     pub identity: Identity,
     /// Requests refused for a missing or wrong control token.
     pub unauthorized: prometheus::IntCounter,
+    /// Where the last round's handoff manifest is written.
+    manifest: Option<std::path::PathBuf>,
 }
 
 impl ApiState {
+    /// Serve the handoff manifest at `path` as `GET /v1/job/handoff`.
+    pub fn with_manifest(mut self, path: std::path::PathBuf) -> Self {
+        self.manifest = Some(path);
+        self
+    }
+
     pub fn new(
         job: Arc<JobHandle>,
         control_token: Option<&str>,
@@ -76,6 +84,7 @@ impl ApiState {
                 .map(|t| Sha256::digest(t.as_bytes()).into()),
             identity,
             unauthorized,
+            manifest: None,
         }
     }
 
@@ -182,26 +191,13 @@ impl ApiError {
 
 impl From<anyhow::Error> for ApiError {
     fn from(err: anyhow::Error) -> Self {
-        match find_coded(&err) {
-            Some(c) => {
-                let status = match c.code {
-                    ErrorCode::JobTransitionRefused => StatusCode::CONFLICT,
-                    _ => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                ApiError {
-                    status,
-                    code: c.code,
-                    message: c.message.clone(),
-                    hint: c.code.hint(),
-                    detail: c.detail.clone(),
-                }
-            }
-            None => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                format!("{err:#}"),
-            ),
-        }
+        let (code, detail) = describe(&err);
+        let status = match code {
+            ErrorCode::JobTransitionRefused => StatusCode::CONFLICT,
+            ErrorCode::HandoffNotFound => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, code, detail)
     }
 }
 
@@ -227,6 +223,7 @@ pub fn router(state: ApiState, limits: HttpLimits) -> Router {
         .route("/v1/job/stop", post(stop_job))
         .route("/v1/job/start", post(start_job))
         .route("/v1/job/delete", post(delete_job))
+        .route("/v1/job/handoff", get(get_handoff))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(status_page))
@@ -246,8 +243,7 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer);
     match presented {
         Some(token) if state.token_ok(token) => next.run(req).await,
         _ => {
@@ -264,6 +260,57 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
             )
             .into_response()
         }
+    }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header; the scheme
+/// is case-insensitive (RFC 7235).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// `GET /v1/job/handoff`: the manifest of the last round handed off, as
+/// written (its BLAKE3 is the digest the webhook carries).
+async fn get_handoff(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let Some(path) = state.manifest.clone() else {
+        return Err(coded(
+            ErrorCode::HandoffNotFound,
+            "this appliance keeps no manifest",
+        )
+        .into());
+    };
+    let read = tokio::task::spawn_blocking(move || std::fs::read(&path))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                e.to_string(),
+            )
+        })?;
+    match read {
+        Ok(bytes) => {
+            let mut resp = bytes.into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Ok(resp)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(coded(
+            ErrorCode::HandoffNotFound,
+            "no round of this job has been handed off yet",
+        )
+        .into()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            format!("reading the handoff manifest: {e}"),
+        )),
     }
 }
 
@@ -491,6 +538,22 @@ mod tests {
         assert!(!s.token_ok(""));
         let s = state(Some(""));
         assert!(!s.token_ok(""));
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let cases = [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER  abc ", Some("abc")),
+            ("Basic abc", None),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("Bearerabc", None),
+        ];
+        for (header, want) in cases {
+            assert_eq!(bearer(header), want, "{header:?}");
+        }
     }
 
     #[test]

@@ -25,7 +25,10 @@ pub fn router(app: Arc<Appliance>, limits: HttpLimits) -> Router {
             data_port: data_port(&app),
         },
         app.unauthorized.clone(),
-    );
+    )
+    .with_manifest(crate::pipeline::handoff::manifest_path(
+        &app.config.state_dir,
+    ));
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -131,9 +131,43 @@ impl Server {
         self.state.join("disks").join(format!("disk-{index}.img"))
     }
 
-    /// `ferry send` of these disks with the server's token and fingerprint.
+    /// `ferry send` of these disks with the server's token and fingerprint,
+    /// as the next round when the last one is handed off: first it starts
+    /// that round, as the control plane does once it has its snapshot.
     pub fn send(&self, disks: &[&Path], extra: &[&str]) -> Sent {
+        self.start_next_round_if_held();
+        self.send_only(disks, extra)
+    }
+
+    /// `ferry send`, and nothing else.
+    pub fn send_only(&self, disks: &[&Path], extra: &[&str]) -> Sent {
         send_to(&self.data, &self.token, &self.fingerprint, disks, extra)
+    }
+
+    /// The control token (embedded mode keeps it in the state directory).
+    pub fn control_token(&self) -> String {
+        std::fs::read_to_string(self.state.join("control-token"))
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// An authorized control request.
+    pub fn control(&self, method: &str, path: &str) -> (u16, String) {
+        let auth = format!("Bearer {}", self.control_token());
+        http(&self.control, method, path, &[("Authorization", &auth)])
+    }
+
+    /// POST /v1/job/start when the job is Waiting with its round handed off.
+    pub fn start_next_round_if_held(&self) {
+        let (status, body) = self.control("GET", "/v1/job");
+        if status != 200 {
+            return;
+        }
+        let job: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if job["state"] == "Waiting" && job["held"] == true {
+            let (status, body) = self.control("POST", "/v1/job/start");
+            assert_eq!(status, 200, "starting the next round: {body}");
+        }
     }
 }
 
