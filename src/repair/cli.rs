@@ -152,14 +152,9 @@ fn disk_of_devnum(devnum: &str) -> Option<PathBuf> {
 pub fn run(args: RepairArgs) -> Result<()> {
     let devices = device_map(&args)?;
     let boot = match args.boot {
-        BootArg::Bios => {
-            let disk = devices
-                .disk_of_mountpoint("/boot")
-                .or_else(|| devices.disk_of_mountpoint("/"))
-                .map(|d| d.target.clone())
-                .context("--boot bios: no migrated disk holds / or /boot")?;
-            BootMode::Bios { disk }
-        }
+        BootArg::Bios => BootMode::Bios {
+            disk: devices.bios_disk().context("--boot bios")?,
+        },
         BootArg::Uefi => BootMode::Uefi { esp: None },
         BootArg::Auto => BootMode::Auto,
     };

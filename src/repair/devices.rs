@@ -62,6 +62,39 @@ impl DeviceMap {
     }
 
     /// The disk holding the volume mounted at `mp`.
+    /// The disk that gets GRUB's BIOS boot code: the one holding /boot, or
+    /// /. It must be a whole disk with a partition table: boot code cannot
+    /// be embedded into a device that holds the file system itself (a
+    /// partition's node, or a loop device at a partition's offset), where
+    /// grub-install fails with "Embedding is not possible".
+    pub fn bios_disk(&self) -> anyhow::Result<std::path::PathBuf> {
+        let (mp, disk) = ["/boot", "/"]
+            .iter()
+            .find_map(|mp| self.disk_of_mountpoint(mp).map(|d| (*mp, d)))
+            .ok_or_else(|| {
+                crate::job::errors::coded(
+                    crate::job::errors::ErrorCode::RepairBadInput,
+                    "no migrated disk holds / or /boot",
+                )
+            })?;
+        let bare = disk
+            .volumes
+            .iter()
+            .any(|v| v.mountpoint.as_deref() == Some(mp) && v.partition.is_none());
+        if bare {
+            return Err(crate::job::errors::coded(
+                crate::job::errors::ErrorCode::RepairBadInput,
+                format!(
+                    "{} holds the file system of {mp} itself, not a whole disk with a partition table, so GRUB's BIOS boot code has nowhere to go; \
+                     attach the whole disk (an image: `losetup --find --show IMAGE` then `partx -a /dev/loopN`, and mount /dev/loopNpM) \
+                     and name it with --disk SOURCE=/dev/loopN (e.g. --disk /dev/sda=/dev/loop0)",
+                    disk.target.display()
+                ),
+            ));
+        }
+        Ok(disk.target.clone())
+    }
+
     pub fn disk_of_mountpoint(&self, mp: &str) -> Option<&MigratedDisk> {
         self.disks.iter().find(|d| {
             d.volumes
@@ -232,6 +265,43 @@ pub fn split_device(spec: &str) -> Option<(String, Option<u32>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn one_disk(target: &str, partition: Option<u32>, mp: &str) -> DeviceMap {
+        DeviceMap {
+            disks: vec![MigratedDisk {
+                source_names: vec!["/dev/sda".into()],
+                target: target.into(),
+                volumes: vec![Volume {
+                    partition,
+                    node: format!("{target}p1").into(),
+                    fstype: Some("ext4".into()),
+                    uuid: None,
+                    label: None,
+                    partuuid: None,
+                    mountpoint: Some(mp.into()),
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn bios_boot_code_goes_to_a_whole_disk_only() {
+        let map = one_disk("/dev/loop0", Some(2), "/");
+        assert_eq!(map.bios_disk().unwrap(), PathBuf::from("/dev/loop0"));
+        let err = one_disk("/dev/loop5", None, "/").bios_disk().unwrap_err();
+        assert_eq!(
+            crate::job::errors::find_coded(&err).map(|c| c.code),
+            Some(crate::job::errors::ErrorCode::RepairBadInput)
+        );
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("/dev/loop5 holds the file system of / itself")
+                && text.contains("--disk SOURCE=/dev/loopN"),
+            "{text}"
+        );
+        let err = one_disk("/dev/loop0", Some(1), "/srv").bios_disk().unwrap_err();
+        assert!(format!("{err:#}").contains("no migrated disk holds / or /boot"));
+    }
 
     #[test]
     fn split_device_cases() {

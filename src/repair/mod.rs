@@ -266,15 +266,9 @@ fn execute_inner(
     let boot = match &opts.boot {
         BootMode::Auto => match os.firmware {
             detect::Firmware::Uefi => BootMode::Uefi { esp: None },
-            detect::Firmware::Bios => {
-                let disk = opts
-                    .devices
-                    .disk_of_mountpoint("/boot")
-                    .or_else(|| opts.devices.disk_of_mountpoint("/"))
-                    .map(|d| d.target.clone())
-                    .context("no migrated disk holds / or /boot")?;
-                BootMode::Bios { disk }
-            }
+            detect::Firmware::Bios => BootMode::Bios {
+                disk: opts.devices.bios_disk()?,
+            },
         },
         b => b.clone(),
     };
