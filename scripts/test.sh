@@ -16,11 +16,17 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "installing: ${missing[*]}"
         apt-get update -q
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
 fi
 
 mkdir -p artifacts
 export FERRY_ARTIFACTS="$PWD/artifacts"
+# Debootstraps and source images are cached by a hash of their recipe
+# outside the checkout, so a fresh clone on the same machine (CI's) reuses
+# them; remove the directory to reclaim the space.
+if [ -z "${FERRY_CACHE:-}" ] && [ "$(id -u)" = 0 ]; then
+    export FERRY_CACHE=/var/cache/ferry-test
+fi
 cargo build --release --locked
 cargo test --release --locked --no-fail-fast -- --test-threads="${FERRY_TEST_THREADS:-2}"
