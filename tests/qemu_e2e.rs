@@ -46,6 +46,7 @@ fn appliance_with(dir: &Path, targets: &[PathBuf], keys: &str) -> harness::Serve
         &["--config", path.to_str().expect("utf-8 path")],
     );
     server.token = TOKEN.to_owned();
+    server.control_token = CONTROL_TOKEN.to_owned();
     server
 }
 
@@ -155,20 +156,24 @@ fn migrate(variant: &str, how: Targets) {
             sent.report
         );
     }
-    // The sender followed the appliance's processing to its end.
+    // The sender followed the appliance's pipeline to its end.
     let err = sent.stderr();
-    for step in ["grow", "mount", "repair", "verify"] {
+    for step in ["grow", "mount", "repair", "resync", "verify", "handoff"] {
         assert!(
-            err.contains(&format!("processing the disks: {step}")),
+            err.contains(&format!("runs the round's pipeline: {step}")),
             "no step {step} in:\n{err}"
         );
     }
-    assert!(err.contains("the job is Finished"), "{err}");
+    assert!(
+        err.contains("the round is verified and handed off; the job is Finished"),
+        "{err}"
+    );
     let j = job(&server);
     assert_eq!(j["state"], "Finished", "{j}");
     assert!(j["last_error"].is_null(), "{j}");
     assert!(j.get("step").is_none(), "no step once processed: {j}");
     let state = dir.path().join("state");
+    check_handoff(&server, &j, &targets, &state);
     let repair: serde_json::Value = serde_json::from_slice(
         &std::fs::read(state.join("processing/repair.json")).expect("the repair report"),
     )
@@ -208,6 +213,51 @@ fn migrate(variant: &str, how: Targets) {
     drop(server);
 
     boots_on_the_cloud(&src, targets, &format!("{name}-virtio"));
+}
+
+/// The handoff manifest names every target with the digest of what it holds
+/// now, read back by `ferry verify`; the job names the manifest by the
+/// digest of its bytes.
+fn check_handoff(
+    server: &harness::Server,
+    job: &serde_json::Value,
+    targets: &[PathBuf],
+    state: &Path,
+) {
+    let (status, body) = server.control("GET", "/v1/job/handoff");
+    assert_eq!(status, 200, "{body}");
+    let on_disk = std::fs::read(state.join("handoff.json")).expect("handoff.json");
+    assert_eq!(body.as_bytes(), on_disk.as_slice(), "served as written");
+    assert_eq!(
+        job["handoff"]["manifest_digest"],
+        blake3::hash(&on_disk).to_hex().as_str()
+    );
+    let m: serde_json::Value = serde_json::from_slice(&on_disk).expect("manifest JSON");
+    assert_eq!(m["job_id"], job["id"]);
+    assert_eq!(m["disks"].as_array().map(Vec::len), Some(targets.len()));
+    for (i, t) in targets.iter().enumerate() {
+        assert_eq!(m["disks"][i]["target"], t.display().to_string());
+        assert_eq!(
+            m["disks"][i]["digest_bytes"].as_u64(),
+            Some(std::fs::metadata(t).expect("target").len()),
+            "the digest covers the whole target"
+        );
+    }
+    assert!(m["recipe"].is_string(), "{m}");
+    assert!(m["repairs"].is_array(), "{m}");
+    let manifest = state.join("handoff.json");
+    let mut verify = Cmd::new(harness::FERRY)
+        .arg("verify")
+        .arg("--manifest")
+        .arg(&manifest);
+    for (i, t) in targets.iter().enumerate() {
+        verify = verify.arg("--disk").arg(format!("{i}={}", t.display()));
+    }
+    let out = verify.run().expect("ferry verify against the manifest");
+    assert_eq!(
+        out.stdout_text().matches("matches the manifest").count(),
+        targets.len()
+    );
 }
 
 /// Keep the appliance's log and its processing reports as test artifacts.
@@ -375,14 +425,44 @@ fn a_system_without_grub_puts_the_job_in_error_with_do_grub_failed() {
     );
 }
 
+/// Mount disk images' file systems (by their fstab) under a scratch
+/// directory, run `f` on the root, unmount.
+fn with_mounted<T>(disks: &[PathBuf], read_only: bool, f: impl FnOnce(&Path) -> T) -> T {
+    let staging = tempfile::tempdir().expect("a staging directory");
+    let tree = ferry::layout::MountTree::mount_existing(
+        disks,
+        &staging.path().join("root"),
+        ferry::layout::MountOptions { read_only },
+    )
+    .unwrap_or_else(|e| panic!("mounting {disks:?}: {e:#}"));
+    let out = f(tree.root());
+    tree.close().expect("unmounting");
+    out
+}
+
+/// The migration service's incremental migration: a round, its repair and
+/// handoff; the same source again (exactly the chunks the repair changed
+/// go back, and the repair runs again); then the source changes (a file
+/// added, one changed, one deleted) and a third round carries the changes
+/// under the repairs, checks clean and boots.
 #[test]
-fn incremental_round_after_a_repair_resends_what_the_repair_changed_and_repairs_again() {
+fn incremental_rounds_restore_the_repaired_chunks_carry_the_changes_and_boot() {
     boot::require_root();
-    let src = SourceImage::build("bios-mbr").expect("building the source image");
+    let built = SourceImage::build("bios-mbr").expect("building the source image");
     let dir = tempfile::tempdir().expect("scratch directory");
+    // The cached source stays as it is: this test changes its own copy.
+    let copy = dir.path().join("source-disk0.img");
+    Cmd::new("cp")
+        .arg("--sparse=always")
+        .arg(&built.disks[0])
+        .arg(&copy)
+        .run()
+        .expect("copying the source image");
+    let mut src = built.clone();
+    src.disks = vec![copy.clone()];
     let targets = targets_for(&src.disks, dir.path(), 0);
     let server = appliance_with(dir.path(), &targets, "incremental = true\n");
-    let disks = [src.disks[0].as_path()];
+    let disks = [copy.as_path()];
 
     let first = server.send(&disks, &[]);
     assert!(first.ok(), "round 1: {}", first.stderr());
@@ -395,18 +475,24 @@ fn incremental_round_after_a_repair_resends_what_the_repair_changed_and_repairs_
         &std::fs::read(dir.path().join("state/processing/report.json")).expect("stage report"),
     )
     .expect("JSON");
-    let changed = stage["ledger_updated_chunks"].as_u64().expect("a count");
+    let changed = stage["resynced_chunks"].as_u64().expect("a count");
     assert!(changed > 0, "the repair changed chunks: {stage}");
-    let repaired = harness::file_hash(&targets[0]);
     assert_ne!(
-        repaired,
-        harness::file_hash(&src.disks[0]),
+        harness::file_hash(&targets[0]),
+        harness::file_hash(&copy),
         "the target was repaired"
     );
 
-    // The same, unchanged source again: exactly the chunks the repair
-    // changed go back (the appliance's re-read verification passes), and
-    // the repair runs again on them, to the same repaired disk.
+    // Handed off: the next round waits for the control plane.
+    let held = server.send_only(&disks, &["--retries", "0"]);
+    assert!(
+        !held.ok() && held.stderr().contains("JOB_HANDED_OFF"),
+        "{}",
+        held.stderr()
+    );
+
+    // The same, unchanged source again (`send` starts the next round, as
+    // the control plane does after its snapshot).
     let second = server.send(&disks, &[]);
     assert!(second.ok(), "round 2: {}", second.stderr());
     assert_eq!(
@@ -415,12 +501,53 @@ fn incremental_round_after_a_repair_resends_what_the_repair_changed_and_repairs_
         "round 2 re-sent the chunks the repair changed: {}",
         second.report
     );
-    assert!(
-        second.stderr().contains("the job is Waiting"),
-        "{}",
-        second.stderr()
-    );
     assert_eq!(job(&server)["state"], "Waiting");
+
+    // The server changes between rounds.
+    with_mounted(&src.disks, false, |root| {
+        std::fs::write(root.join("etc/ferry-round3-added"), "added in round 3\n").expect("adding");
+        std::fs::write(root.join("etc/motd"), "changed in round 3\n").expect("changing");
+        std::fs::remove_file(root.join("etc/issue.net")).expect("deleting");
+    });
+    let third = server.send(&disks, &[]);
+    let _ = std::fs::write(
+        boot::artifacts_dir().join("boot/e2e-incremental.send.log"),
+        third.stderr(),
+    );
+    assert!(third.ok(), "round 3: {}", third.stderr());
+    let j = job(&server);
+    assert_eq!(
+        (j["state"].as_str(), j["rounds_completed"].as_u64()),
+        (Some("Waiting"), Some(3)),
+        "{j}"
+    );
+    check_handoff(&server, &j, &targets, &dir.path().join("state"));
+    keep_logs(dir.path(), "e2e-incremental");
+    with_mounted(&targets, true, |root| {
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/ferry-round3-added"))
+                .ok()
+                .as_deref(),
+            Some("added in round 3\n")
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/motd"))
+                .ok()
+                .as_deref(),
+            Some("changed in round 3\n")
+        );
+        assert!(
+            !root.join("etc/issue.net").exists(),
+            "deleted on the source"
+        );
+        let fstab = std::fs::read_to_string(root.join("etc/fstab")).expect("fstab");
+        assert!(
+            fstab.contains(&format!("UUID={}", src.root_uuid)),
+            "the repair is there again:\n{fstab}"
+        );
+    });
+    drop(server);
+    boots_on_the_cloud(&src, targets, "e2e-incremental-virtio");
 }
 
 #[test]

@@ -63,7 +63,11 @@ fn received() -> Received {
     ledger.put_disk(0, &record).unwrap();
     let disk = Disk::open_source(&img).unwrap();
     let hashes = hash_chunks(&disk, size, CHUNK).unwrap();
-    let entries: Vec<(u64, [u8; 32])> = hashes.into_iter().enumerate().map(|(i, h)| (i as u64, h)).collect();
+    let entries: Vec<(u64, [u8; 32])> = hashes
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| (i as u64, h))
+        .collect();
     ledger.commit_chunks(0, &entries).unwrap();
     let targets = vec![Target {
         index: 0,
@@ -111,7 +115,11 @@ fn resync_learns_what_the_repair_wrote_and_verify_holds() {
     require_root!();
     let r = received();
     let scope = Scope::of(&r.targets, &r.full, &mounted(&r.full), &[]).unwrap();
-    assert_eq!(resync::run(&r.ledger, &r.targets, &scope).unwrap(), 0, "nothing changed yet");
+    assert_eq!(
+        resync::run(&r.ledger, &r.targets, &scope).unwrap(),
+        0,
+        "nothing changed yet"
+    );
     // The repair writes inside the root file system (its free space's last
     // MiB, so e2fsck still finds it clean) and the table region.
     poke(&r.img, r.root.1 - 4096, b"written by the repair");
@@ -123,7 +131,10 @@ fn resync_learns_what_the_repair_wrote_and_verify_holds() {
     // The digest is what `ferry verify --manifest` recomputes from the disk.
     let disk = Disk::open_source(&r.img).unwrap();
     let hashes = hash_chunks(&disk, 96 << 20, CHUNK).unwrap();
-    assert_eq!(v.digests[0].digest, ferry::disk::disk_digest(96 << 20, CHUNK, &hashes));
+    assert_eq!(
+        v.digests[0].digest,
+        ferry::disk::disk_digest(96 << 20, CHUNK, &hashes)
+    );
 }
 
 #[test]
@@ -164,7 +175,10 @@ fn a_byte_flipped_after_the_repair_fails_verification() {
     assert_eq!(code, ErrorCode::VerifyFailed);
     let chunk = at / u64::from(CHUNK);
     assert!(
-        detail.contains(&format!("chunk {chunk} at offset {}", chunk * u64::from(CHUNK))),
+        detail.contains(&format!(
+            "chunk {chunk} at offset {}",
+            chunk * u64::from(CHUNK)
+        )),
         "{detail}"
     );
 }
@@ -183,5 +197,8 @@ fn a_dirty_file_system_fails_verification_with_its_checker() {
     ]));
     let (code, detail) = verify_error(&r);
     assert_eq!(code, ErrorCode::VerifyFailed);
-    assert!(detail.contains("is not clean") && detail.contains("e2fsck"), "{detail}");
+    assert!(
+        detail.contains("is not clean") && detail.contains("e2fsck"),
+        "{detail}"
+    );
 }

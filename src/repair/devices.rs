@@ -299,7 +299,9 @@ mod tests {
                 && text.contains("--disk SOURCE=/dev/loopN"),
             "{text}"
         );
-        let err = one_disk("/dev/loop0", Some(1), "/srv").bios_disk().unwrap_err();
+        let err = one_disk("/dev/loop0", Some(1), "/srv")
+            .bios_disk()
+            .unwrap_err();
         assert!(format!("{err:#}").contains("no migrated disk holds / or /boot"));
     }
 

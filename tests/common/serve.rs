@@ -15,6 +15,8 @@ pub struct Server {
     pub control: String,
     pub token: String,
     pub fingerprint: String,
+    /// The control token: embedded mode's generated one, or set by the test.
+    pub control_token: String,
 }
 
 impl Server {
@@ -97,6 +99,9 @@ impl Server {
         let token = std::fs::read_to_string(state.join("token"))
             .map(|t| t.trim().to_owned())
             .unwrap_or_default();
+        let control_token = std::fs::read_to_string(state.join("control-token"))
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_default();
         Server {
             child,
             state: state.to_owned(),
@@ -104,6 +109,7 @@ impl Server {
             control,
             token,
             fingerprint,
+            control_token,
         }
     }
 
@@ -144,16 +150,9 @@ impl Server {
         send_to(&self.data, &self.token, &self.fingerprint, disks, extra)
     }
 
-    /// The control token (embedded mode keeps it in the state directory).
-    pub fn control_token(&self) -> String {
-        std::fs::read_to_string(self.state.join("control-token"))
-            .map(|t| t.trim().to_owned())
-            .unwrap_or_default()
-    }
-
     /// An authorized control request.
     pub fn control(&self, method: &str, path: &str) -> (u16, String) {
-        let auth = format!("Bearer {}", self.control_token());
+        let auth = format!("Bearer {}", self.control_token);
         http(&self.control, method, path, &[("Authorization", &auth)])
     }
 
