@@ -9,6 +9,7 @@
 
 pub mod cmd;
 pub mod config;
+pub mod devname;
 pub mod disk;
 pub mod job;
 pub mod layout;

@@ -119,16 +119,24 @@ enum Targets {
     Mapped { extra: u64 },
 }
 
-fn migrate(variant: &str, how: Targets) {
+/// Whether the data connection is cut while the appliance repairs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Steady,
+    CutDuringRepair,
+}
+
+fn migrate(variant: &str, how: Targets, link: Link) {
     boot::require_root();
     let src = SourceImage::build(variant).expect("building the source image");
     let dir = tempfile::tempdir().expect("scratch directory");
     let (server, targets, extra) = match how {
         Targets::Embedded => {
-            let server = harness::Server::start_processing(
+            let mut server = harness::Server::start_processing(
                 &dir.path().join("state"),
                 &["--control-token", CONTROL_TOKEN],
             );
+            server.control_token = CONTROL_TOKEN.to_owned();
             let targets = (0..src.disks.len() as u32)
                 .map(|i| server.disk_path(i))
                 .collect::<Vec<_>>();
@@ -140,7 +148,33 @@ fn migrate(variant: &str, how: Targets) {
         }
     };
     let disks: Vec<&Path> = src.disks.iter().map(PathBuf::as_path).collect();
-    let sent = server.send(&disks, &[]);
+    let sent = match link {
+        Link::Steady => server.send(&disks, &[]),
+        Link::CutDuringRepair => {
+            // Through a relay whose connections are cut once the repair
+            // runs: the sender reconnects and follows the round to its end.
+            let relay = harness::CutProxy::start(&server.data);
+            let (to, token, fp) = (
+                relay.addr.clone(),
+                server.token.clone(),
+                server.fingerprint.clone(),
+            );
+            let owned: Vec<PathBuf> = src.disks.clone();
+            let sender = std::thread::spawn(move || {
+                let d: Vec<&Path> = owned.iter().map(PathBuf::as_path).collect();
+                harness::send_to(&to, &token, &fp, &d, &[])
+            });
+            harness::wait_for(600, "the repair step", || job(&server)["step"] == "repair");
+            relay.cut();
+            let sent = sender.join().expect("the sender thread");
+            assert!(
+                sent.stderr().contains("retrying in"),
+                "the sender saw the cut: {}",
+                sent.stderr()
+            );
+            sent
+        }
+    };
     let name = format!("e2e-{variant}");
     let log = boot::artifacts_dir()
         .join("boot")
@@ -312,17 +346,21 @@ fn assert_processing_failed(server: &harness::Server, sent: &harness::Sent, code
 
 #[test]
 fn bios_mbr_server_with_data_disk_migrates_and_boots_on_virtio() {
-    migrate("bios-mbr-data", Targets::Mapped { extra: 0 });
+    migrate("bios-mbr-data", Targets::Mapped { extra: 0 }, Link::Steady);
 }
 
 #[test]
 fn bios_gpt_server_migrates_onto_a_larger_disk_and_boots_on_virtio() {
-    migrate("bios-gpt", Targets::Mapped { extra: 512 << 20 });
+    migrate(
+        "bios-gpt",
+        Targets::Mapped { extra: 512 << 20 },
+        Link::CutDuringRepair,
+    );
 }
 
 #[test]
 fn uefi_gpt_server_migrates_to_an_embedded_appliance_and_boots_on_virtio() {
-    migrate("uefi-gpt", Targets::Embedded);
+    migrate("uefi-gpt", Targets::Embedded, Link::Steady);
 }
 
 #[test]

@@ -510,7 +510,7 @@ fn kernel_name_match(
     spec: &str,
     source_names: &[Vec<String>],
 ) -> Option<(usize, usize)> {
-    let (disk_name, part) = crate::repair::devices::split_device(spec)?;
+    let (disk_name, part) = crate::devname::split_device(spec)?;
     let part = part? as usize;
     let d = source_names
         .iter()

@@ -46,7 +46,7 @@ impl ServerCertVerifier for Pin {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = crate::serve::tls::fingerprint(end_entity.as_ref());
+        let got = crate::wire::tls::fingerprint(end_entity.as_ref());
         let matches = blake3::hash(got.as_bytes()) == blake3::hash(self.want.as_bytes());
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(got);
         if matches {

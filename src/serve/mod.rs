@@ -10,7 +10,6 @@ pub mod job_metrics;
 pub mod metrics;
 pub mod notify;
 pub mod session;
-pub mod tls;
 pub mod webhook;
 pub mod writer;
 
@@ -170,7 +169,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Appliance> {
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
     let token = resolve_token(&config)?;
     let ledger = Arc::new(Ledger::open(&config.ledger_path())?);
-    let tls = tls::load_or_create(&config.state_dir.join("tls"))?;
+    let tls = crate::wire::tls::load_or_create(&config.state_dir.join("tls"))?;
     let job = JobHandle::open(
         Arc::clone(&ledger) as Arc<dyn JobStore>,
         Arc::new(SystemClock),

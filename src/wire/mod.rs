@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod frame;
+pub mod tls;
 
 pub use frame::{Frame, FrameCodec, RoundEvent, WireError, MAX_DISK_NAMES};
 

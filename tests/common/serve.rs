@@ -313,3 +313,52 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A TCP relay on loopback in front of an address, whose live connections
+/// can be cut (as a network failure would) while it keeps accepting new
+/// ones.
+pub struct CutProxy {
+    pub addr: String,
+    live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl CutProxy {
+    pub fn start(upstream: &str) -> CutProxy {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the relay");
+        let addr = listener.local_addr().expect("relay address").to_string();
+        let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up, l) = (upstream.to_owned(), live.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(&up) else {
+                    continue;
+                };
+                {
+                    let mut l = l.lock().unwrap();
+                    l.push(client.try_clone().unwrap());
+                    l.push(server.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        CutProxy { addr, live }
+    }
+
+    /// Cut every connection relayed now.
+    pub fn cut(&self) {
+        for s in self.live.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
