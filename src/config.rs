@@ -21,8 +21,12 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The job token the sender must prove it holds.
     pub token: Option<String>,
-    /// Most concurrent data connections.
+    /// Most authenticated data sessions at once.
     pub max_sessions: usize,
+    /// Most data connections not yet authenticated, in all and from one
+    /// address; past either, the oldest is cut for the newest.
+    pub max_unauthenticated: usize,
+    pub max_unauthenticated_per_address: usize,
     /// Embedded mode: most disks and largest disk a sender may announce.
     pub max_embedded_disks: u32,
     pub max_embedded_disk_bytes: u64,
@@ -60,6 +64,8 @@ impl Default for Config {
             state_dir: PathBuf::from("./ferry-state"),
             token: None,
             max_sessions: 8,
+            max_unauthenticated: 256,
+            max_unauthenticated_per_address: 64,
             max_embedded_disks: 16,
             max_embedded_disk_bytes: 64 << 40,
             control_token: None,

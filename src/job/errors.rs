@@ -87,8 +87,8 @@ catalogue! {
         "The client does not trust the appliance's certificate (wrong --fingerprint) or does not speak TLS 1.2/1.3. Check the fingerprint and use `ferry send`.";
     AuthFailed => "AUTH_FAILED" [final, keeps_job], "Authentication failed: the job token is not valid for this appliance",
         "Pass the job's token with --token or FERRY_TOKEN (embedded mode prints it at start and keeps it in `<state-dir>/token`). Repeated failures are slowed down.";
-    AuthRateLimited => "AUTH_RATE_LIMITED" [final, keeps_job], "Too many failed authentication attempts",
-        "Wait a minute, check the job token, then run the sender again.";
+    AuthRateLimited => "AUTH_RATE_LIMITED" [retry, keeps_job], "Too many failed authentication attempts",
+        "The token was not accepted, and this address failed often in the last minute, so answers are slowed down (a correct token is always accepted). Check the job token (--token or FERRY_TOKEN); the sender retries by itself.";
     ProtocolVersion => "PROTOCOL_VERSION" [final, keeps_job], "The sender and the appliance speak different protocol versions",
         "Use a `ferry send` of the same version as the appliance (GET /v1/identity on port 8080 shows its version).";
     FrameMalformed => "FRAME_MALFORMED" [retry, keeps_job], "A malformed or truncated frame was received",
@@ -107,6 +107,8 @@ catalogue! {
         "Use a chunk size between 64 KiB and 16 MiB, a power of two (the default is 4 MiB).";
     DiskNotConfigured => "DISK_NOT_CONFIGURED" [final, keeps_job], "The source disk has no target disk on the appliance",
         "Map the disk index to a target device in the appliance's config ([[disk]] index = N, target = \"/dev/...\"), or send only the configured disks.";
+    SessionsFull => "SESSIONS_FULL" [retry, keeps_job], "Too many senders are connected to the appliance",
+        "The appliance serves at most max_sessions authenticated senders at once (8 by default); the sender retries by itself. Stop stray senders of this job, or raise max_sessions in the appliance's config.";
     DiskBusy => "DISK_BUSY" [retry, keeps_job], "Another sender is already writing this disk",
         "Only one sender may write a disk at a time. Stop the other `ferry send`, or wait for it to finish.";
     DiskSizeChanged => "DISK_SIZE_CHANGED" [final, keeps_job], "The source disk's size differs from the one this job started with",
@@ -420,7 +422,9 @@ mod tests {
             retried,
             [
                 "CONNECT_FAILED",
+                "AUTH_RATE_LIMITED",
                 "FRAME_MALFORMED",
+                "SESSIONS_FULL",
                 "DISK_BUSY",
                 "DIGEST_MISMATCH",
                 "TRANSFER_INTERRUPTED"

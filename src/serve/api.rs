@@ -32,7 +32,6 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::job::errors::{coded, describe, ErrorCode};
 use crate::job::handle::JobHandle;
@@ -109,22 +108,27 @@ impl ApiState {
 pub struct HttpLimits {
     /// Time for a request to be answered.
     pub request_timeout: Duration,
-    /// A connection that sends nothing for this long is closed (also cuts
-    /// clients that trickle their headers in to hold connections).
+    /// A connection is closed when the server has had nothing to answer
+    /// for this long since it was opened or last answered: a deadline for
+    /// the request's headers that bytes trickled in do not move.
     pub idle_timeout: Duration,
     /// Largest request body.
     pub body_limit: usize,
-    /// Connections served at once; further ones wait in the listen backlog.
+    /// Connections open at once, in all and from one address; past either,
+    /// the oldest is closed for the newest, so held connections never keep
+    /// a probe out.
     pub max_connections: usize,
+    pub max_per_address: usize,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
             request_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(10),
             body_limit: 16 * 1024,
-            max_connections: 64,
+            max_connections: 256,
+            max_per_address: 64,
         }
     }
 }
@@ -389,7 +393,15 @@ pub async fn serve(
     ));
     let listener = CappedListener {
         inner: listener,
-        permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+        admission: super::admission::Admission::new(
+            limits.max_connections,
+            limits.max_per_address,
+            prometheus::IntCounter::new(
+                "ferry_control_connections_evicted_total",
+                "Control connections closed to make room for newer ones",
+            )
+            .context("the eviction counter")?,
+        ),
         idle_timeout: limits.idle_timeout,
     };
     axum::serve(listener, router)
@@ -398,10 +410,10 @@ pub async fn serve(
         .context("serving the control API")
 }
 
-/// A listener that holds a permit per open connection.
+/// A listener whose connections hold a place in the port's budget.
 struct CappedListener {
     inner: TcpListener,
-    permits: Arc<Semaphore>,
+    admission: Arc<super::admission::Admission>,
     idle_timeout: Duration,
 }
 
@@ -410,20 +422,16 @@ impl axum::serve::Listener for CappedListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (CappedStream, SocketAddr) {
-        // Waiting for a permit before accepting leaves further clients in
-        // the kernel's backlog instead of holding sockets we do not serve.
-        let permit = match self.permits.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => unreachable!("the semaphore is never closed"),
-        };
         loop {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
+                    let ticket = self.admission.arrive(addr.ip());
                     return (
                         CappedStream {
                             inner: stream,
-                            _permit: permit,
+                            evicted: Box::pin(ticket.evicted_owned()),
+                            _ticket: ticket,
                             idle: Box::pin(tokio::time::sleep(self.idle_timeout)),
                             idle_timeout: self.idle_timeout,
                         },
@@ -444,11 +452,13 @@ impl axum::serve::Listener for CappedListener {
     }
 }
 
-/// A connection that gives its permit back when closed and is cut when the
-/// client sends nothing for `idle_timeout`.
+/// A connection that gives its place back when closed, is closed when a
+/// newer one needs the place, and is cut when the server has answered
+/// nothing for `idle_timeout` (what the client trickles in does not count).
 pub struct CappedStream {
     inner: TcpStream,
-    _permit: OwnedSemaphorePermit,
+    _ticket: super::admission::Ticket,
+    evicted: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     idle: Pin<Box<tokio::time::Sleep>>,
     idle_timeout: Duration,
 }
@@ -459,15 +469,14 @@ impl AsyncRead for CappedStream {
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
+        if self.evicted.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "control connection closed to make room for a newer one",
+            )));
+        }
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(res) => {
-                if buf.filled().len() > before {
-                    let deadline = tokio::time::Instant::now() + self.idle_timeout;
-                    self.idle.as_mut().reset(deadline);
-                }
-                Poll::Ready(res)
-            }
+            Poll::Ready(res) => Poll::Ready(res),
             Poll::Pending => match self.idle.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
@@ -485,7 +494,13 @@ impl AsyncWrite for CappedStream {
         cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            // An answer went out: the next request has its own deadline.
+            let deadline = tokio::time::Instant::now() + self.idle_timeout;
+            self.idle.as_mut().reset(deadline);
+        }
+        res
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {

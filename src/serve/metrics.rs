@@ -14,6 +14,16 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// A counter of this registry, registered.
+    pub fn register_counter(&self, name: &str, help: &str) -> anyhow::Result<IntCounter> {
+        use anyhow::Context;
+        let c = IntCounter::new(name, help).with_context(|| format!("metric {name}"))?;
+        self.registry
+            .register(Box::new(c.clone()))
+            .with_context(|| format!("registering metric {name}"))?;
+        Ok(c)
+    }
+
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let received_bytes = IntCounter::new(

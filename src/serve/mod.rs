@@ -3,6 +3,7 @@
 //! Two listeners: the data port (8703, TLS only) where senders write disks,
 //! and the control port (8080, HTTP) with health, metrics and the job API.
 
+pub mod admission;
 pub mod api;
 pub mod auth_limit;
 pub mod control;
@@ -93,6 +94,8 @@ pub struct Appliance {
     /// Control requests refused for a missing or wrong control token.
     pub unauthorized: prometheus::IntCounter,
     pub webhook: Option<webhook::Webhook>,
+    /// The data port's budget of connections not yet authenticated.
+    pub data_admission: Arc<admission::Admission>,
     /// The round's pipeline (grow, repair, verify, handoff), when one runs.
     pub pipeline: Arc<crate::pipeline::Runner>,
 }
@@ -209,7 +212,16 @@ pub fn prepare(args: &ServeArgs) -> Result<Appliance> {
         Arc::clone(&ledger),
         Arc::clone(&job),
     ));
+    let data_admission = admission::Admission::new(
+        config.max_unauthenticated,
+        config.max_unauthenticated_per_address,
+        metrics.register_counter(
+            "ferry_data_connections_evicted_total",
+            "Unauthenticated data connections cut to make room for newer ones",
+        )?,
+    );
     Ok(Appliance {
+        data_admission,
         pipeline,
         config,
         token,

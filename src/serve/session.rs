@@ -17,6 +17,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::admission::Ticket;
 use super::writer::{Event, Work, Writer};
 use super::{Appliance, BusyGuard};
 use crate::disk::{chunk_count, chunk_len, Disk};
@@ -24,8 +25,9 @@ use crate::job::errors::{coded, describe, Code, ErrorCode, JobEffect};
 use crate::job::ledger::DiskRecord;
 use crate::wire::{self, auth, Frame, FrameCodec, RoundEvent};
 
-/// Time allowed for TLS and authentication.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Time from accept to authenticated: TLS, hello, challenge and proof, all
+/// together (a sender needs milliseconds; a trickling client gets no more).
+const PREAUTH_DEADLINE: Duration = Duration::from_secs(10);
 /// A connection that sends nothing for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Chunks queued for one disk's writer beyond the one it is writing.
@@ -33,20 +35,19 @@ const WRITER_QUEUE: usize = 4;
 
 type Conn = Framed<TlsStream<TcpStream>, FrameCodec>;
 
-/// Accept connections until `shutdown`, at most `max_sessions` at once.
+/// Accept connections until `shutdown`. Every connection is accepted; until
+/// it is authenticated it holds a place in the port's unauthenticated
+/// budget (see [`super::admission`]), and then one of `max_sessions`
+/// authenticated places.
 pub async fn serve(
     app: Arc<Appliance>,
     listener: TcpListener,
     acceptor: TlsAcceptor,
     shutdown: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(app.config.max_sessions.max(1)));
+    let sessions = Arc::new(Semaphore::new(app.config.max_sessions.max(1)));
     let tracker = tokio_util::task::TaskTracker::new();
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
@@ -58,13 +59,14 @@ pub async fn serve(
                 }
             },
         };
+        let ticket = app.data_admission.arrive(peer.ip());
         let (app, acceptor, shutdown) = (Arc::clone(&app), acceptor.clone(), shutdown.clone());
+        let sessions = Arc::clone(&sessions);
         tracker.spawn(
             async move {
                 app.metrics.sessions_active.inc();
-                connection(&app, tcp, peer, acceptor, shutdown).await;
+                connection(&app, tcp, peer, acceptor, shutdown, ticket, sessions).await;
                 app.metrics.sessions_active.dec();
-                drop(permit);
             }
             .instrument(tracing::info_span!("session", %peer)),
         );
@@ -79,12 +81,19 @@ async fn connection(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     shutdown: CancellationToken,
+    ticket: Ticket,
+    sessions: Arc<Semaphore>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + PREAUTH_DEADLINE;
     // A TLS connection starts with a handshake record (0x16). Anything else
     // is a plaintext client: tell it, in our own framing, and close.
     let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+    let peeked = tokio::select! {
+        _ = ticket.evicted() => return,
+        r = tokio::time::timeout_at(deadline, tcp.peek(&mut first)) => r,
+    };
+    match peeked {
         Ok(Ok(1)) if first[0] == 0x16 => {}
         Ok(Ok(1)) => {
             count_error(app, ErrorCode::TlsRequired);
@@ -100,7 +109,11 @@ async fn connection(
         }
         _ => return,
     }
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let accepted = tokio::select! {
+        _ = ticket.evicted() => return,
+        r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => r,
+    };
+    let tls = match accepted {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             count_error(app, ErrorCode::TlsHandshakeFailed);
@@ -129,8 +142,12 @@ async fn connection(
         probe_bytes: 0,
         admitted: false,
         end_round: false,
+        unproven: Some(ticket),
+        _place: None,
     };
-    let result = session.run(&mut conn, peer, binding, shutdown).await;
+    let result = session
+        .run(&mut conn, peer, binding, shutdown, deadline, &sessions)
+        .await;
     let clean = result.is_ok();
     if let Err(err) = result {
         let (code, detail) = describe(&err);
@@ -338,6 +355,11 @@ struct Session {
     admitted: bool,
     /// The sender asked how the round ends (EndRound), and waits for it.
     end_round: bool,
+    /// The connection's place in the unauthenticated budget, until it is
+    /// authenticated.
+    unproven: Option<Ticket>,
+    /// Its place among the authenticated sessions, after.
+    _place: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Session {
@@ -347,10 +369,37 @@ impl Session {
         peer: SocketAddr,
         binding: [u8; 32],
         shutdown: CancellationToken,
+        deadline: tokio::time::Instant,
+        sessions: &Arc<Semaphore>,
     ) -> Result<()> {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.authenticate(conn, peer, binding))
-            .await
-            .map_err(|_| coded(ErrorCode::AuthFailed, "authentication timed out"))??;
+        let ticket = self.unproven.take();
+        let evicted = async {
+            match &ticket {
+                Some(t) => t.evicted().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, self.authenticate(conn, peer, binding)) => {
+                r.map_err(|_| coded(
+                    ErrorCode::AuthFailed,
+                    format!("not authenticated within {} s of connecting", PREAUTH_DEADLINE.as_secs()),
+                ))??;
+            }
+            _ = evicted => {
+                return Err(coded(
+                    ErrorCode::TransferInterrupted,
+                    "closed to make room for newer connections: too many unauthenticated ones are open",
+                ));
+            }
+        }
+        drop(ticket);
+        self._place = Some(Arc::clone(sessions).try_acquire_owned().map_err(|_| {
+            coded(
+                ErrorCode::SessionsFull,
+                format!("{} senders are connected", self.app.config.max_sessions),
+            )
+        })?);
         let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
         let mut job_changes = self.app.job.subscribe();
         loop {
@@ -434,11 +483,6 @@ impl Session {
                 ),
             ));
         }
-        if app.auth.blocked(peer.ip()) {
-            app.metrics.auth_failures.inc();
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            return Err(coded(ErrorCode::AuthRateLimited, peer.ip().to_string()));
-        }
         let server_nonce = auth::new_nonce();
         conn.send(Frame::Challenge {
             version: wire::PROTOCOL_VERSION,
@@ -455,13 +499,25 @@ impl Session {
                 ))
             }
         };
+        // The proof is checked first, in constant time: a correct one is
+        // never refused because of anyone's failures (an attacker's from the
+        // same address included); only failures are slowed down.
         let expected = auth::client_proof(&app.token, &server_nonce, &client_nonce, &binding);
         if !auth::proofs_equal(&expected, &proof) {
             app.metrics.auth_failures.inc();
             let delay = app.auth.fail(peer.ip());
-            tracing::warn!(delay_ms = delay.as_millis() as u64, "authentication failed");
+            let limited = app.auth.blocked(peer.ip());
+            tracing::warn!(
+                delay_ms = delay.as_millis() as u64,
+                limited,
+                "authentication failed"
+            );
             tokio::time::sleep(delay).await;
-            return Err(coded(ErrorCode::AuthFailed, ""));
+            return Err(if limited {
+                coded(ErrorCode::AuthRateLimited, peer.ip().to_string())
+            } else {
+                coded(ErrorCode::AuthFailed, "")
+            });
         }
         let mine = auth::server_proof(&app.token, &server_nonce, &client_nonce, &binding);
         conn.send(Frame::AuthOk { proof: mine })
