@@ -293,6 +293,29 @@ fn zstd_payload_that_expands_past_the_chunk() {
 }
 
 #[test]
+fn finish_with_a_digest_that_is_not_the_targets_is_refused() {
+    let f = fixture(&[]);
+    rt().block_on(async {
+        let mut conn = authed(&f.server).await;
+        open(&mut conn, 0, SIZE, CHUNK).await;
+        let frame = Frame::Finish {
+            disk: 0,
+            digest: [7; 32],
+            unchanged: 0,
+            zero_skipped: 0,
+        };
+        client::send(&mut conn, frame).await.unwrap();
+        assert_eq!(refusal(&mut conn).await, "DIGEST_MISMATCH");
+    });
+    // The disk is not verified and the round did not end.
+    let (_, body) = f.server.control("GET", "/v1/job");
+    let job: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(job["disks"][0]["verified"], false, "{job}");
+    assert_eq!(job["rounds_completed"], 1, "{job}");
+    f.assert_intact("DIGEST_MISMATCH");
+}
+
+#[test]
 fn chunk_beyond_the_announced_disk() {
     let f = fixture(&[]);
     rt().block_on(async {

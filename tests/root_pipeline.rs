@@ -202,3 +202,34 @@ fn a_dirty_file_system_fails_verification_with_its_checker() {
         "{detail}"
     );
 }
+
+/// A target configured by a link whose name ends in a digit, as
+/// `/dev/disk/by-id/virtio-target0` is: its partitions are the kernel's
+/// nodes of the device it names (`/dev/loop3p1`), not the link's name + `p1`.
+#[test]
+fn a_target_named_by_a_link_ending_in_a_digit_reaches_its_partitions() {
+    require_root!();
+    let r = received();
+    let out = run(ferry::cmd::Cmd::new("losetup")
+        .args(["--find", "--show"])
+        .arg(&r.img));
+    let dev = PathBuf::from(out.trim());
+    struct Detach(PathBuf);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = ferry::layout::devices::detach(&self.0);
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let link = r.img.with_file_name("virtio-target0");
+    std::os::unix::fs::symlink(&dev, &link).unwrap();
+    let mut t = r.targets.clone();
+    t[0].path = link.clone();
+    let v = verify::run(&r.ledger, &t).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(v.checked.len(), 2, "{:?}", v.checked);
+    assert!(
+        v.checked[0].starts_with(&format!("{}p1 of {}", dev.display(), link.display())),
+        "{:?}",
+        v.checked
+    );
+}

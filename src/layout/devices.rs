@@ -136,9 +136,12 @@ pub fn minor(rdev: u64) -> u64 {
     nix::sys::stat::minor(rdev)
 }
 
-/// The node of partition `n` (1-based) of a disk: `loop3p1`, `nvme0n1p1`, `vdb1`.
+/// The node of partition `n` (1-based) of a disk: `loop3p1`, `nvme0n1p1`, `vdb1`. A link to the disk (a
+/// `/dev/disk/by-id/virtio-target0` whose name ends in a digit) is resolved
+/// first: the kernel names partitions after the disk's own node.
 pub fn partition_node(disk: &Path, n: usize) -> PathBuf {
-    let s = disk.to_string_lossy();
+    let resolved = fs::canonicalize(disk).unwrap_or_else(|_| disk.to_owned());
+    let s = resolved.to_string_lossy();
     if s.ends_with(|c: char| c.is_ascii_digit()) {
         PathBuf::from(format!("{s}p{n}"))
     } else {

@@ -271,10 +271,17 @@ impl Writer {
         }
         let digest = disk_digest(rec.size, rec.chunk_size, &actual);
         if digest != sender_digest {
-            tracing::warn!(
-                disk = self.disk_index,
-                "the sender's digest differs from the target's"
-            );
+            // The target holds what the ledger says, but not what the sender
+            // read: the disk is not verified, and the round does not end.
+            return Err(coded(
+                ErrorCode::DigestMismatch,
+                format!(
+                    "disk {}: the target's digest {} differs from the sender's {}",
+                    self.disk_index,
+                    &hex::encode(digest)[..16],
+                    &hex::encode(sender_digest)[..16],
+                ),
+            ));
         }
         Ok(digest)
     }
