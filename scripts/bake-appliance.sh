@@ -171,14 +171,44 @@ DHCP=yes
 EOF
 
 # -- cloud-init: NoCloud (a cloud's image adds its own datasource here); the
-# network is systemd-networkd's above, no login user, no locale generation.
+# network is systemd-networkd's above. The module lists are Debian's minus
+# what an appliance without logins must not do or does not have: no users,
+# passwords or ssh keys (no sshd), no `mounts` (a cloud's ephemeral disk
+# stays unmounted: it may be a target), no locale generation, no rsyslog.
 cat >"$mnt/etc/cloud/cloud.cfg.d/90-ferry.cfg" <<'EOF'
 # ferry appliance: the job's configuration arrives as user-data.
 datasource_list: [ NoCloud, None ]
 network:
   config: disabled
-users: []
-locale: C.UTF-8
+users: {}
+cloud_init_modules:
+  - migrator
+  - seed_random
+  - bootcmd
+  - write-files
+  - growpart
+  - resizefs
+  - set_hostname
+  - update_hostname
+  - update_etc_hosts
+cloud_config_modules:
+  - grub-dpkg
+  - apt-configure
+  - ntp
+  - timezone
+  - disable-ec2-metadata
+  - runcmd
+cloud_final_modules:
+  - package-update-upgrade-install
+  - write-files-deferred
+  - scripts-vendor
+  - scripts-per-once
+  - scripts-per-boot
+  - scripts-per-instance
+  - scripts-user
+  - phone-home
+  - final-message
+  - power-state-change
 EOF
 
 # -- the loop driver before ferry.service starts: its unit's device ACL names
@@ -188,6 +218,9 @@ printf '# ferry: loop devices of the repair; its unit allows block-loop.\nloop\n
 
 # -- ferry, not enabled
 install -m 0755 "$ferry_bin" "$mnt/usr/local/bin/ferry"
+# The release build carries line tables (profile.release debug = 1); the
+# symbols stay for backtraces.
+if command -v strip >/dev/null; then strip --strip-debug "$mnt/usr/local/bin/ferry"; fi
 install -m 0644 "$unit" "$mnt/etc/systemd/system/ferry.service"
 install -d -m 0700 "$mnt/etc/ferry"
 rm -rf "$mnt/var/lib/ferry"
