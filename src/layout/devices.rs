@@ -251,7 +251,12 @@ pub fn ensure_partitions(
     let mut nodes = Vec::new();
     for (n, _, _) in &want {
         let node = partition_node(disk, *n);
-        ensure_node(&node, &format!("{name}{}", node_suffix(disk, *n)))?;
+        // The kernel names a partition after the disk's own name (`vdc1`,
+        // `loop3p1`), whatever link the disk was given by.
+        ensure_node(
+            &node,
+            &format!("{name}{}", node_suffix(Path::new(&name), *n)),
+        )?;
         nodes.push(node);
     }
     Ok(nodes)
