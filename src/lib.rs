@@ -7,6 +7,7 @@
 //! `repair` (making a migrated OS boot on cloud hardware), `send` (the
 //! source-side sender).
 
+pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod devname;

@@ -73,6 +73,7 @@ fn received() -> Received {
         index: 0,
         record,
         path: img.clone(),
+        configured: img.clone(),
         names: vec!["/dev/sda".into()],
     }];
     Received {

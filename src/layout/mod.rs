@@ -25,7 +25,6 @@
 
 pub mod apply;
 pub mod chroot;
-pub mod cli;
 pub mod desc;
 pub mod devices;
 pub mod fat;

@@ -47,7 +47,10 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ManifestDisk {
     pub index: u32,
+    /// The target as configured (what the control plane attached).
     pub target: PathBuf,
+    /// The kernel's node it resolved to on the appliance.
+    pub device: PathBuf,
     pub source_size: u64,
     pub target_size: u64,
     /// `gpt`, `mbr`, or absent for a disk without a partition table.
@@ -101,7 +104,8 @@ pub fn run(
         let (table, partitions) = describe(&t.path, target_size);
         disks.push(ManifestDisk {
             index: t.index,
-            target: t.path.clone(),
+            target: t.configured.clone(),
+            device: t.path.clone(),
             source_size: t.record.size,
             target_size,
             table,

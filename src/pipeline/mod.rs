@@ -66,7 +66,14 @@ impl Settings {
 pub struct Target {
     pub index: u32,
     pub record: DiskRecord,
+    /// The kernel's node of the target (`/dev/vdc`, a loop device, an image
+    /// file): links are resolved, because the migrated system's tools in
+    /// the chroot (grub-install, grub-probe) relate a partition to its disk
+    /// by the kernel's names only.
     pub path: PathBuf,
+    /// The target as configured (`/dev/disk/by-id/virtio-...`), which the
+    /// control plane knows its disks by.
+    pub configured: PathBuf,
     /// The names the source knew the disk by (`/dev/sda`, by-id links).
     pub names: Vec<String>,
 }
@@ -79,9 +86,13 @@ impl Target {
             .context("reading the job's disks")?
             .into_iter()
             .map(|(index, record)| {
+                let configured = PathBuf::from(&record.target);
+                let path =
+                    std::fs::canonicalize(&configured).unwrap_or_else(|_| configured.clone());
                 Ok(Target {
                     index,
-                    path: PathBuf::from(&record.target),
+                    path,
+                    configured,
                     names: source_names(ledger, index)?,
                     record,
                 })

@@ -20,7 +20,6 @@
 //! also returns the report of the steps done before it.
 
 pub mod chroot;
-pub mod cli;
 pub mod detect;
 pub mod devices;
 pub mod diff;

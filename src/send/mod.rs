@@ -29,56 +29,29 @@ use crate::job::state::Status;
 use crate::wire::{self, Frame, RoundEvent};
 use client::Conn;
 
-/// Arguments of `ferry send`.
-#[derive(Debug, Clone, clap::Args)]
-#[command(
-    after_help = "The appliance prints its token and fingerprint at start (embedded mode keeps them in \
-<state-dir>/token and <state-dir>/tls/fingerprint; GET /v1/identity on port 8080 shows the fingerprint).\n\n\
-Run the same command again after an interruption: only what the appliance has not committed is sent. \
-Run it again after the source changed: only the changed chunks are sent.\n\nExample:\n  \
-ferry send --to 203.0.113.7 --token $TOKEN --fingerprint $FP --disk /dev/sda --disk /dev/sdb"
-)]
-pub struct SendArgs {
+/// What `ferry send` is asked to do (its command line: `cli::send`).
+#[derive(Debug, Clone)]
+pub struct Options {
     /// The appliance: HOST or HOST:PORT (default port 8703).
-    #[arg(long, value_name = "HOST[:PORT]")]
     pub to: String,
-    /// The job token [env FERRY_TOKEN].
-    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
     pub token: String,
-    /// SHA-256 fingerprint of the appliance's TLS certificate (hex) [env FERRY_FINGERPRINT].
-    #[arg(long, env = "FERRY_FINGERPRINT")]
+    /// SHA-256 fingerprint of the appliance's TLS certificate (hex).
     pub fingerprint: String,
-    /// A source disk: block device or raw image file. Repeat for more disks;
-    /// the first is disk 0.
-    #[arg(long = "disk", value_name = "SRC", required = true)]
+    /// Source disks, disk 0 first.
     pub disks: Vec<PathBuf>,
-    /// Chunk size in bytes: a power of two from 64 KiB to 16 MiB.
-    #[arg(long, default_value_t = wire::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u32,
-    /// Most bytes of chunks in flight (sent, not yet committed by the appliance).
-    #[arg(long, default_value_t = 64 << 20)]
+    /// Most bytes of chunks in flight.
     pub window: u64,
-    /// zstd level for chunks that compress (0 turns compression off).
-    #[arg(long, default_value_t = 1)]
+    /// zstd level; 0 turns compression off.
     pub zstd_level: i32,
-    /// How many times to reconnect after a dropped connection.
-    #[arg(long, default_value_t = 5)]
+    /// Reconnects after a dropped connection.
     pub retries: u32,
-    /// Write a JSON report of what was sent and skipped to this file.
-    #[arg(long, value_name = "FILE")]
+    /// Where to write the JSON report.
     pub report: Option<PathBuf>,
-    /// Measure the transfer rate to the appliance (TLS, same framing) for
-    /// --probe-seconds, write nothing, and print MB/s and the estimated time
-    /// for the given disks.
-    #[arg(long)]
+    /// Measure the rate for `probe_seconds` instead of sending.
     pub probe: bool,
-    /// Do not wait for the appliance to process the round (grow, repair,
-    /// verify) after every disk is verified; its outcome is then only in
-    /// the job (GET /v1/job on port 8080).
-    #[arg(long)]
+    /// Do not follow the round's pipeline.
     pub no_wait: bool,
-    /// How long --probe sends.
-    #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub probe_seconds: u64,
 }
 
@@ -112,7 +85,7 @@ pub struct Report {
     pub disks: Vec<DiskReport>,
 }
 
-pub fn run_blocking(args: SendArgs) -> Result<()> {
+pub fn run_blocking(args: Options) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -132,7 +105,7 @@ struct DiskJob {
     names: Vec<String>,
 }
 
-pub async fn run(args: SendArgs) -> Result<()> {
+pub async fn run(args: Options) -> Result<()> {
     let fingerprint = pin::normalize(&args.fingerprint).ok_or_else(|| {
         coded(
             ErrorCode::TlsFingerprintMismatch,
@@ -254,7 +227,7 @@ pub async fn run(args: SendArgs) -> Result<()> {
     Ok(())
 }
 
-async fn run_probe(args: &SendArgs, to: &str, fingerprint: &str, jobs: &[DiskJob]) -> Result<()> {
+async fn run_probe(args: &Options, to: &str, fingerprint: &str, jobs: &[DiskJob]) -> Result<()> {
     let mut conn = client::connect(to, &args.token, fingerprint).await?;
     let (bytes, seconds) = probe::measure(
         &mut conn,
@@ -281,7 +254,7 @@ async fn run_probe(args: &SendArgs, to: &str, fingerprint: &str, jobs: &[DiskJob
 }
 
 async fn attempt(
-    args: &SendArgs,
+    args: &Options,
     to: &str,
     fingerprint: &str,
     jobs: &mut [DiskJob],
@@ -402,7 +375,7 @@ enum Item {
 }
 
 async fn transfer(
-    args: &SendArgs,
+    args: &Options,
     conn: &mut Conn,
     job: &mut DiskJob,
     progress: &mut progress::Progress,

@@ -15,7 +15,6 @@ pub mod webhook;
 pub mod writer;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -27,53 +26,6 @@ use crate::config::Config;
 use crate::job::handle::JobHandle;
 use crate::job::ledger::Ledger;
 use crate::job::state::{JobSettings, JobStore, SystemClock, Validity};
-
-/// Arguments of `ferry serve`. Every option overrides the config file.
-#[derive(Debug, clap::Args)]
-#[command(
-    after_help = "Without --config (or with a config that maps no [[disk]]), ferry runs in its \
-embedded mode: target disks are sparse files <state-dir>/disks/disk-<N>.img sized to what the sender \
-announces, a job token is generated and printed, and the TLS fingerprint the sender must pin is printed \
-and kept in <state-dir>/tls/fingerprint.\n\nExample:\n  ferry serve --state-dir /var/lib/ferry\n  \
-ferry send --to appliance:8703 --token $(cat /var/lib/ferry/token) \\\n      --fingerprint $(cat /var/lib/ferry/tls/fingerprint) --disk /dev/sda"
-)]
-pub struct ServeArgs {
-    /// Config file (TOML); every key has a default.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Data port address [config: data_listen, default 0.0.0.0:8703].
-    #[arg(long, value_name = "ADDR")]
-    pub data_listen: Option<String>,
-    /// Control port address [config: control_listen, default 0.0.0.0:8080].
-    #[arg(long, value_name = "ADDR")]
-    pub control_listen: Option<String>,
-    /// State directory: ledger, TLS identity, token, embedded disks [default ./ferry-state].
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// Job token senders must prove they hold [env FERRY_TOKEN, config: token; generated in embedded mode].
-    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Bearer token of the control API's /v1/job [env FERRY_CONTROL_TOKEN, config: control_token;
-    /// generated in embedded mode into <state-dir>/control-token].
-    #[arg(long, env = "FERRY_CONTROL_TOKEN", hide_env_values = true)]
-    pub control_token: Option<String>,
-    /// Incremental job: Waiting after each round instead of Finished [config: incremental].
-    #[arg(long)]
-    pub incremental: bool,
-    /// Only replicate the disks: no Processing stage (grow, repair, verify)
-    /// after a round, for a migration of data disks [config: build = false].
-    #[arg(long)]
-    pub no_build: bool,
-    /// Validity of a new job, 7 to 90 days [config: validity_days, default 30].
-    #[arg(long, value_name = "DAYS")]
-    pub validity_days: Option<u32>,
-    /// POST every job state change to this URL [config: webhook_url].
-    #[arg(long, value_name = "URL")]
-    pub webhook_url: Option<String>,
-    /// HMAC-SHA256 key of the webhook's signature [env FERRY_WEBHOOK_SECRET, config: webhook_secret].
-    #[arg(long, env = "FERRY_WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: Option<String>,
-}
 
 /// State shared by every connection of the appliance.
 pub struct Appliance {
@@ -123,50 +75,16 @@ impl Drop for BusyGuard {
     }
 }
 
-pub fn run_blocking(args: ServeArgs) -> Result<()> {
+pub fn run_blocking(config: Config) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(run(args))
+    rt.block_on(run(config))
 }
 
-/// Resolve config, state directory, token and TLS identity.
-pub fn prepare(args: &ServeArgs) -> Result<Appliance> {
-    let mut config = match &args.config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
-    if let Some(v) = &args.data_listen {
-        config.data_listen = v.clone();
-    }
-    if let Some(v) = &args.control_listen {
-        config.control_listen = v.clone();
-    }
-    if let Some(v) = &args.state_dir {
-        config.state_dir = v.clone();
-    }
-    if let Some(v) = &args.token {
-        config.token = Some(v.clone());
-    }
-    if let Some(v) = &args.control_token {
-        config.control_token = Some(v.clone());
-    }
-    if args.incremental {
-        config.incremental = true;
-    }
-    if args.no_build {
-        config.build = false;
-    }
-    if let Some(v) = args.validity_days {
-        config.validity_days = v;
-    }
-    if let Some(v) = &args.webhook_url {
-        config.webhook_url = Some(v.clone());
-    }
-    if let Some(v) = &args.webhook_secret {
-        config.webhook_secret = Some(v.clone());
-    }
+/// Resolve the state directory, token and TLS identity of `config`.
+pub fn prepare(config: Config) -> Result<Appliance> {
     let validity = Validity::days(config.validity_days)?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
@@ -337,8 +255,8 @@ fn write_secret(path: &std::path::Path, value: &str) -> Result<()> {
         .with_context(|| format!("flushing {}", path.display()))
 }
 
-async fn run(args: ServeArgs) -> Result<()> {
-    let app = tokio::task::spawn_blocking(move || prepare(&args))
+async fn run(config: Config) -> Result<()> {
+    let app = tokio::task::spawn_blocking(move || prepare(config))
         .await
         .context("preparing the appliance")??;
     let app = Arc::new(app);

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use super::desc::Layout;
-use super::safety::Safety;
-use super::tree::{clean_leftovers, fill_mount_points, MountOptions, MountTree};
+use crate::layout::desc::Layout;
+use crate::layout::safety::Safety;
+use crate::layout::tree::{clean_leftovers, fill_mount_points, MountOptions, MountTree};
 
 /// Operate on partition tables and file systems of target disks.
 ///
@@ -136,7 +136,7 @@ pub fn run(cmd: LayoutCmd) -> Result<()> {
             json,
         } => {
             let l = load(&layout)?;
-            let out = super::apply_all(&l, &targets, Safety { force })?;
+            let out = crate::layout::apply_all(&l, &targets, Safety { force })?;
             print(&out, json)
         }
         LayoutCmd::Read {
@@ -144,7 +144,7 @@ pub fn run(cmd: LayoutCmd) -> Result<()> {
             mounts,
             json,
         } => {
-            let mut l = super::read_all(&disks)?;
+            let mut l = crate::layout::read_all(&disks)?;
             if mounts {
                 fill_mount_points(&mut l, &disks)?;
             }
@@ -196,7 +196,7 @@ pub fn run(cmd: LayoutCmd) -> Result<()> {
             Ok(())
         }
         LayoutCmd::Grow { disk, force } => {
-            let r = super::grow(&disk, Safety { force })?;
+            let r = crate::layout::grow(&disk, Safety { force })?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
         }

@@ -1,11 +1,11 @@
 //! `ferry repair`: the repair engine on a mounted root, for operators and
-//! tests. The appliance's job runner calls [`super::run`] directly.
+//! tests. The appliance's job runner calls [`crate::repair::run`] directly.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use super::{probe, BootMode, DeviceMap, Mode, Options};
+use crate::repair::{probe, BootMode, DeviceMap, Mode, Options};
 
 const HELP: &str = "\
 ROOT is the directory where the migrated system's root file system is
@@ -82,7 +82,7 @@ pub struct RepairArgs {
     /// Run only these steps of the recipe (comma-separated step names, as
     /// listed below).
     #[arg(long, value_delimiter = ',', value_name = "STEP,...")]
-    pub only: Vec<super::recipe::StepName>,
+    pub only: Vec<crate::repair::recipe::StepName>,
 
     /// cloud-init datasource to configure (repeatable; default: the recipe's, AliYun then None).
     #[arg(long = "datasource", value_name = "NAME")]
@@ -168,8 +168,11 @@ pub fn run(args: RepairArgs) -> Result<()> {
     if !args.datasources.is_empty() {
         opts.datasources = Some(args.datasources.clone());
     }
-    let outcome = super::run_with_options(&opts);
-    print!("{}", super::engine::render(&outcome.report.steps, mode));
+    let outcome = crate::repair::run_with_options(&opts);
+    print!(
+        "{}",
+        crate::repair::engine::render(&outcome.report.steps, mode)
+    );
     let report_path = match (&args.report, mode) {
         (Some(p), _) => Some(p.clone()),
         (None, Mode::Apply) => Some(PathBuf::from("repair-report.json")),

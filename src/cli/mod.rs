@@ -1,0 +1,76 @@
+//! The command line: every subcommand's arguments, each in its own file,
+//! and the dispatch. The library's rooms take plain options (a
+//! [`crate::config::Config`], [`crate::send::Options`]); this room turns
+//! arguments into them.
+
+pub mod errors;
+pub mod layout;
+pub mod repair;
+pub mod send;
+pub mod serve;
+pub mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// ferry: the server-migration appliance.
+///
+/// On the migration's intermediate instance, `ferry serve` receives a source
+/// server's disks (port 8703, TLS), writes them onto the attached disks,
+/// repairs the migrated OS so it boots on cloud hardware, verifies and hands
+/// the disks off. Health, metrics and the job API are on port 8080.
+///
+/// On the source server, `ferry send` streams the server's disks to it.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about)]
+pub struct Cli {
+    /// Log format on stderr: text or json. Levels come from RUST_LOG.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the appliance: receive disks on 8703, serve health and the job API on 8080.
+    Serve(Box<serve::ServeArgs>),
+    /// Send this server's disks (block devices or image files) to an appliance.
+    Send(Box<send::SendArgs>),
+    /// List the error codes the appliance and the sender report, with hints.
+    Errors(errors::ErrorsArgs),
+    /// Partition tables, file systems, loop devices, mounts and growing.
+    #[command(subcommand)]
+    Layout(layout::LayoutCmd),
+    /// Repair a migrated root so it boots on cloud hardware (`--plan` shows diffs only).
+    Repair(repair::RepairArgs),
+    /// Check disks against a round's handoff manifest (what the control plane snapshots).
+    Verify(verify::VerifyArgs),
+}
+
+/// Parse the command line, run the subcommand, print the error chain (and
+/// the code's hint) on failure.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::logging::init(&cli.log_format);
+    let result = match cli.command {
+        Command::Serve(args) => args.config().and_then(crate::serve::run_blocking),
+        Command::Send(args) => crate::send::run_blocking((*args).into()),
+        Command::Errors(args) => errors::run(&args),
+        Command::Layout(cmd) => layout::run(cmd),
+        Command::Repair(args) => repair::run(args),
+        Command::Verify(args) => verify::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            if let Some(coded) = crate::job::errors::find_coded(&err) {
+                eprintln!("hint: {}", coded.code.hint());
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

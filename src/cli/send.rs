@@ -1,0 +1,78 @@
+//! `ferry send`: its command line, turned into the sender's [`Options`].
+
+use std::path::PathBuf;
+
+use crate::send::Options;
+use crate::wire;
+
+/// Arguments of `ferry send`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "The appliance prints its token and fingerprint at start (embedded mode keeps them in \
+<state-dir>/token and <state-dir>/tls/fingerprint; GET /v1/identity on port 8080 shows the fingerprint).\n\n\
+Run the same command again after an interruption: only what the appliance has not committed is sent. \
+Run it again after the source changed: only the changed chunks are sent.\n\nExample:\n  \
+ferry send --to 203.0.113.7 --token $TOKEN --fingerprint $FP --disk /dev/sda --disk /dev/sdb"
+)]
+pub struct SendArgs {
+    /// The appliance: HOST or HOST:PORT (default port 8703).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub to: String,
+    /// The job token [env FERRY_TOKEN].
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// SHA-256 fingerprint of the appliance's TLS certificate (hex) [env FERRY_FINGERPRINT].
+    #[arg(long, env = "FERRY_FINGERPRINT")]
+    pub fingerprint: String,
+    /// A source disk: block device or raw image file. Repeat for more disks;
+    /// the first is disk 0.
+    #[arg(long = "disk", value_name = "SRC", required = true)]
+    pub disks: Vec<PathBuf>,
+    /// Chunk size in bytes: a power of two from 64 KiB to 16 MiB.
+    #[arg(long, default_value_t = wire::DEFAULT_CHUNK_SIZE)]
+    pub chunk_size: u32,
+    /// Most bytes of chunks in flight (sent, not yet committed by the appliance).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub window: u64,
+    /// zstd level for chunks that compress (0 turns compression off).
+    #[arg(long, default_value_t = 1)]
+    pub zstd_level: i32,
+    /// How many times to reconnect after a dropped connection.
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
+    /// Write a JSON report of what was sent and skipped to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Measure the transfer rate to the appliance (TLS, same framing) for
+    /// --probe-seconds, write nothing, and print MB/s and the estimated time
+    /// for the given disks.
+    #[arg(long)]
+    pub probe: bool,
+    /// Do not wait for the appliance to process the round (grow, repair,
+    /// verify) after every disk is verified; its outcome is then only in
+    /// the job (GET /v1/job on port 8080).
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long --probe sends.
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    pub probe_seconds: u64,
+}
+
+impl From<SendArgs> for Options {
+    fn from(a: SendArgs) -> Options {
+        Options {
+            to: a.to,
+            token: a.token,
+            fingerprint: a.fingerprint,
+            disks: a.disks,
+            chunk_size: a.chunk_size,
+            window: a.window,
+            zstd_level: a.zstd_level,
+            retries: a.retries,
+            report: a.report,
+            probe: a.probe,
+            no_wait: a.no_wait,
+            probe_seconds: a.probe_seconds,
+        }
+    }
+}
