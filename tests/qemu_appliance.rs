@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use boot::{Firmware, Hardware, SourceImage};
+use boot::SourceImage;
 use ferry::cmd::Cmd;
 
 const JOB_TOKEN: &str = "appliance-job-token-0123456789";
@@ -399,23 +399,10 @@ fn baked_appliance_boots_from_cloud_init_migrates_a_server_and_the_disk_boots_on
     vm.stop();
     verify_handoff(&manifest, &target);
 
-    let report = boot::boot(&boot::BootSpec {
-        name: format!("{NAME}-migrated-virtio"),
-        disks: vec![target.clone()],
-        firmware: Firmware::Bios,
-        hardware: Hardware::Cloud,
-        snapshot: false,
-        timeout: boot::DEFAULT_TIMEOUT,
-    })
-    .expect("running the boot check");
-    let m = report.expect_booted();
-    assert_eq!(m.root_uuid, src.root_uuid, "root file system");
-    assert_eq!(m.hostname, src.hostname, "hostname");
-    assert_eq!(
-        m.ipv4_addr(),
-        Some(boot::DHCP_IPV4),
-        "address from DHCP, not the old static one (links: {:?})",
-        m.links
+    let report = boot::boots_on_the_cloud(
+        &src,
+        vec![target.clone()],
+        &format!("{NAME}-migrated-virtio"),
     );
     eprintln!(
         "appliance: image {baked:.0?}, ready {booted:.0?}, migration {migrated:.0?}, migrated boot {:.0?}, total {:.0?}",

@@ -18,7 +18,7 @@ mod harness;
 
 use std::path::{Path, PathBuf};
 
-use boot::{Hardware, SourceImage};
+use boot::SourceImage;
 use ferry::cmd::Cmd;
 use ferry::job::errors::ErrorCode;
 
@@ -246,7 +246,7 @@ fn migrate(variant: &str, how: Targets, link: Link) {
     }
     drop(server);
 
-    boots_on_the_cloud(&src, targets, &format!("{name}-virtio"));
+    boot::boots_on_the_cloud(&src, targets, &format!("{name}-virtio"));
 }
 
 /// The handoff manifest names every target with the digest of what it holds
@@ -305,30 +305,6 @@ fn keep_logs(dir: &Path, name: &str) {
     ] {
         let _ = std::fs::copy(dir.join(from), out.join(format!("{name}.{to}")));
     }
-}
-
-/// The migrated disks boot on the cloud's hardware as the source server:
-/// its root file system and hostname, an address from DHCP, its data disk.
-fn boots_on_the_cloud(src: &SourceImage, targets: Vec<PathBuf>, name: &str) {
-    let report = boot::boot(&boot::BootSpec {
-        name: name.to_owned(),
-        disks: targets,
-        firmware: src.firmware,
-        hardware: Hardware::Cloud,
-        snapshot: false,
-        timeout: boot::DEFAULT_TIMEOUT,
-    })
-    .expect("running the boot check");
-    let m = report.expect_booted();
-    assert_eq!(m.root_uuid, src.root_uuid, "root file system");
-    assert_eq!(m.hostname, src.hostname, "hostname");
-    assert_eq!(
-        m.ipv4_addr(),
-        Some(boot::DHCP_IPV4),
-        "address from DHCP, not the old static one (links: {:?})",
-        m.links
-    );
-    assert_eq!(m.data_uuid, src.data_uuid, "data disk mounted on /data");
 }
 
 /// A processing failure: the sender exits non-zero with the code and its
@@ -585,7 +561,7 @@ fn incremental_rounds_restore_the_repaired_chunks_carry_the_changes_and_boot() {
         );
     });
     drop(server);
-    boots_on_the_cloud(&src, targets, "e2e-incremental-virtio");
+    boot::boots_on_the_cloud(&src, targets, "e2e-incremental-virtio");
 }
 
 #[test]
@@ -654,5 +630,5 @@ fn appliance_killed_while_repairing_processes_again_after_restart_and_the_disk_b
     drop(server);
 
     keep_logs(dir.path(), "e2e-killed-while-repairing");
-    boots_on_the_cloud(&src, targets, "e2e-killed-while-repairing-virtio");
+    boot::boots_on_the_cloud(&src, targets, "e2e-killed-while-repairing-virtio");
 }

@@ -548,3 +548,28 @@ pub fn boot(spec: &BootSpec) -> Result<BootReport> {
         elapsed,
     })
 }
+
+/// The migrated disks boot on the cloud's hardware as the source server:
+/// its root file system and hostname, an address from DHCP, its data disk.
+pub fn boots_on_the_cloud(src: &SourceImage, targets: Vec<PathBuf>, name: &str) -> BootReport {
+    let report = boot(&BootSpec {
+        name: name.to_owned(),
+        disks: targets,
+        firmware: src.firmware,
+        hardware: Hardware::Cloud,
+        snapshot: false,
+        timeout: DEFAULT_TIMEOUT,
+    })
+    .expect("running the boot check");
+    let m = report.expect_booted();
+    assert_eq!(m.root_uuid, src.root_uuid, "root file system");
+    assert_eq!(m.hostname, src.hostname, "hostname");
+    assert_eq!(
+        m.ipv4_addr(),
+        Some(DHCP_IPV4),
+        "address from DHCP, not the old static one (links: {:?})",
+        m.links
+    );
+    assert_eq!(m.data_uuid, src.data_uuid, "data disk mounted on /data");
+    report
+}
