@@ -429,12 +429,16 @@ fn production_targets_unmapped_and_too_small_are_refused_before_writing() {
         "{}",
         sent.stderr()
     );
-    let sent = server.send(&[&src, &src], &[]);
+    let src2 = dir.path().join("src2.img");
+    mixed_image(&src2, 8, 12);
+    let sent = server.send(&[&src, &src2], &[]);
     assert!(!sent.ok());
     assert_eq!(before, file_hash(&small));
     let small_src = dir.path().join("small-src.img");
     mixed_image(&small_src, 3, 11);
-    let sent = server.send(&[&small_src, &small_src], &[]);
+    let small_src2 = dir.path().join("small-src2.img");
+    mixed_image(&small_src2, 3, 13);
+    let sent = server.send(&[&small_src, &small_src2], &[]);
     assert!(
         sent.stderr().contains("DISK_NOT_CONFIGURED"),
         "{}",

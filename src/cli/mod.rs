@@ -67,10 +67,16 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            if let Some(coded) = crate::job::errors::find_coded(&err) {
-                eprintln!("hint: {}", coded.code.hint());
+            let code = crate::job::errors::find_coded(&err).map(|c| c.code);
+            if let Some(code) = code {
+                eprintln!("hint: {}", code.hint());
             }
-            ExitCode::FAILURE
+            // Like clap's own usage errors: 2.
+            if code == Some(crate::job::errors::ErrorCode::Usage) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -77,6 +77,8 @@ macro_rules! catalogue {
 }
 
 catalogue! {
+    Usage => "USAGE" [final, keeps_job], "The command line is not valid",
+        "Fix the option the message names (`ferry <command> --help` lists them); nothing was sent or written. The command exits with status 2.";
     ConnectFailed => "CONNECT_FAILED" [retry, keeps_job], "Connect to Server Failed",
         "Check that the intermediate instance is running and that TCP ports 8080 and 8703 of it are reachable from this server (security group, firewall), then run the sender again.";
     TlsFingerprintMismatch => "TLS_FINGERPRINT_MISMATCH" [final, keeps_job], "The appliance's TLS certificate does not match the pinned fingerprint",

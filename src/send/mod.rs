@@ -105,27 +105,80 @@ struct DiskJob {
     names: Vec<String>,
 }
 
+/// The appliance's address with the default data port when none is given;
+/// a port that is not a number is a usage error.
+fn data_address(to: &str) -> Result<String> {
+    let bracketed_v6 = to.starts_with('[') && to.ends_with(']');
+    match to.rsplit_once(':') {
+        Some((host, port)) if !bracketed_v6 && !host.is_empty() => {
+            port.parse::<u16>().map_err(|_| {
+                coded(
+                    ErrorCode::Usage,
+                    format!("--to {to}: the port `{port}` is not a number (the data port is 8703)"),
+                )
+            })?;
+            Ok(to.to_owned())
+        }
+        _ if to.is_empty() => Err(coded(
+            ErrorCode::Usage,
+            "--to is empty: give the appliance's HOST or HOST:PORT",
+        )),
+        _ => Ok(format!("{to}:{}", wire::DEFAULT_DATA_PORT)),
+    }
+}
+
+/// Refuse, before connecting, what cannot be a source disk: a directory,
+/// a character device, an empty file, or the same disk twice.
+fn check_disks(disks: &[PathBuf]) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut seen: Vec<(PathBuf, usize)> = Vec::new();
+    for (i, path) in disks.iter().enumerate() {
+        let what = |why: &str| {
+            coded(
+                ErrorCode::Usage,
+                format!("--disk {} (disk {i}) {why}: name a block device (/dev/sda) or a raw image file", path.display()),
+            )
+        };
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue; // opening it says what is wrong
+        };
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            return Err(what("is a directory"));
+        }
+        if ft.is_char_device() || ft.is_fifo() || ft.is_socket() {
+            return Err(what("is not a disk"));
+        }
+        if ft.is_file() && meta.len() == 0 {
+            return Err(what("is empty"));
+        }
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        if let Some((_, first)) = seen.iter().find(|(p, _)| *p == real) {
+            return Err(what(&format!("is disk {first} again")));
+        }
+        seen.push((real, i));
+    }
+    Ok(())
+}
+
 pub async fn run(args: Options) -> Result<()> {
     let fingerprint = pin::normalize(&args.fingerprint).ok_or_else(|| {
         coded(
-            ErrorCode::TlsFingerprintMismatch,
+            ErrorCode::Usage,
             format!(
-                "`{}` is not a SHA-256 fingerprint (64 hex digits)",
+                "--fingerprint `{}` is not a SHA-256 fingerprint (64 hex digits; GET /v1/identity on the appliance's port 8080 shows it)",
                 args.fingerprint
             ),
         )
     })?;
+    check_disks(&args.disks)?;
     if !wire::valid_chunk_size(args.chunk_size) {
         return Err(coded(
             ErrorCode::BadChunkSize,
             format!("--chunk-size {}", args.chunk_size),
         ));
     }
-    let to = if args.to.contains(':') && !args.to.ends_with(']') {
-        args.to.clone()
-    } else {
-        format!("{}:{}", args.to, wire::DEFAULT_DATA_PORT)
-    };
+    let to = data_address(&args.to)?;
     let mut jobs = Vec::new();
     for (i, path) in args.disks.iter().enumerate() {
         let disk = Disk::open_source(path)
@@ -644,4 +697,35 @@ fn read_chunks(
         }
     }
     known
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_addresses_and_usage_errors() {
+        let cases = [
+            ("203.0.113.7", Ok("203.0.113.7:8703")),
+            ("appliance:9000", Ok("appliance:9000")),
+            ("[2001:db8::1]", Ok("[2001:db8::1]:8703")),
+            ("[2001:db8::1]:8703", Ok("[2001:db8::1]:8703")),
+            (
+                "host:notaport",
+                Err("--to host:notaport: the port `notaport` is not a number"),
+            ),
+            ("", Err("--to is empty")),
+        ];
+        for (to, want) in cases {
+            let got = data_address(to).map_err(|e| describe(&e));
+            match (got, want) {
+                (Ok(a), Ok(w)) => assert_eq!(a, w, "{to}"),
+                (Err((code, detail)), Err(w)) => {
+                    assert_eq!(code, ErrorCode::Usage, "{to}");
+                    assert!(detail.starts_with(w), "{to}: {detail}");
+                }
+                (got, want) => panic!("{to}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
 }
