@@ -192,16 +192,7 @@ fn migrate(variant: &str, how: Targets, link: Link) {
     }
     // The sender followed the appliance's pipeline to its end.
     let err = sent.stderr();
-    for step in ["grow", "mount", "repair", "resync", "verify", "handoff"] {
-        assert!(
-            err.contains(&format!("runs the round's pipeline: {step}")),
-            "no step {step} in:\n{err}"
-        );
-    }
-    assert!(
-        err.contains("the round is verified and handed off; the job is Finished"),
-        "{err}"
-    );
+    harness::assert_followed_the_round(&err);
     let j = job(&server);
     assert_eq!(j["state"], "Finished", "{j}");
     assert!(j["last_error"].is_null(), "{j}");

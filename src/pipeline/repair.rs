@@ -24,19 +24,18 @@ pub fn run(mounted: Mounted, targets: &[Target], report_path: &Path) -> Result<s
         BootMode::Auto,
         Mode::Apply,
     ));
-    let value = serde_json::to_value(&outcome.report).context("encoding the repair report");
-    let written = value
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .and_then(|v| {
-            let json = serde_json::to_vec_pretty(v).context("encoding the repair report")?;
-            crate::disk::write_atomic(report_path, &json)
-        });
+    // The report is kept whether the repair succeeded or not, and the
+    // system is unmounted either way.
+    let json = serde_json::to_vec_pretty(&outcome.report).context("encoding the repair report");
+    let written = json
+        .as_deref()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .and_then(|j| crate::disk::write_atomic(report_path, j));
     let closed = tree.close().context("unmounting the repaired system");
-    outcome.into_result()?;
+    let report = outcome.into_result()?;
     written?;
     closed?;
-    value
+    serde_json::to_value(&report).context("encoding the repair report")
 }
 
 /// Give the device map the mount points of the volumes left unmounted, as

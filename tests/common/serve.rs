@@ -362,3 +362,18 @@ impl CutProxy {
         }
     }
 }
+
+/// The sender's output shows every step of the round's pipeline and its
+/// end: verified, handed off, Finished.
+pub fn assert_followed_the_round(stderr: &str) {
+    for step in ["grow", "mount", "repair", "resync", "verify", "handoff"] {
+        assert!(
+            stderr.contains(&format!("runs the round's pipeline: {step}")),
+            "no step {step} in:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("the round is verified and handed off; the job is Finished"),
+        "{stderr}"
+    );
+}
