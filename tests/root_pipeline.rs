@@ -62,7 +62,8 @@ fn received() -> Received {
     };
     ledger.put_disk(0, &record).unwrap();
     let disk = Disk::open_source(&img).unwrap();
-    let hashes = hash_chunks(&disk, size, CHUNK).unwrap();
+    let count = ferry::disk::chunk_count(size, CHUNK);
+    let hashes = hash_chunks(&disk, size, CHUNK, 0..count).unwrap();
     let entries: Vec<(u64, [u8; 32])> = hashes
         .into_iter()
         .enumerate()
@@ -131,10 +132,15 @@ fn resync_learns_what_the_repair_wrote_and_verify_holds() {
     assert_eq!(v.digests[0].bytes, 96 << 20);
     // The digest is what `ferry verify --manifest` recomputes from the disk.
     let disk = Disk::open_source(&r.img).unwrap();
-    let hashes = hash_chunks(&disk, 96 << 20, CHUNK).unwrap();
+    let count = ferry::disk::chunk_count(96 << 20, CHUNK);
+    let hashes = hash_chunks(&disk, 96 << 20, CHUNK, 0..count).unwrap();
     assert_eq!(
         v.digests[0].digest,
         ferry::disk::disk_digest(96 << 20, CHUNK, &hashes)
+    );
+    assert_eq!(
+        v.digests[0].digest,
+        ferry::disk::read_digest(&disk, 96 << 20, CHUNK).unwrap()
     );
 }
 

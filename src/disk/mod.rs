@@ -55,20 +55,41 @@ pub fn zero_hash(len: usize) -> [u8; 32] {
 }
 
 /// The whole-disk digest both sides compute: BLAKE3 over the disk's geometry
-/// and the hash of every chunk in order.
+/// and the hash of every chunk in order. Fed chunk by chunk, so a disk of
+/// any size costs no memory.
+pub struct DiskDigester {
+    hasher: blake3::Hasher,
+}
+
+impl DiskDigester {
+    pub fn new(size: u64, chunk_size: u32) -> DiskDigester {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"ferry-disk-digest-v1");
+        hasher.update(&size.to_le_bytes());
+        hasher.update(&chunk_size.to_le_bytes());
+        DiskDigester { hasher }
+    }
+
+    pub fn push(&mut self, chunk_hash: &[u8; 32]) {
+        self.hasher.update(chunk_hash);
+    }
+
+    pub fn finish(&self) -> [u8; 32] {
+        *self.hasher.finalize().as_bytes()
+    }
+}
+
+/// The digest of a disk whose chunk hashes are all at hand.
 pub fn disk_digest<'a>(
     size: u64,
     chunk_size: u32,
     hashes: impl IntoIterator<Item = &'a [u8; 32]>,
 ) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    h.update(b"ferry-disk-digest-v1");
-    h.update(&size.to_le_bytes());
-    h.update(&chunk_size.to_le_bytes());
+    let mut d = DiskDigester::new(size, chunk_size);
     for c in hashes {
-        h.update(c);
+        d.push(c);
     }
-    *h.finalize().as_bytes()
+    d.finish()
 }
 
 /// A disk opened for positioned reads and writes.
@@ -240,14 +261,21 @@ fn map_write_err(e: std::io::Error, what: String) -> anyhow::Error {
 
 /// BLAKE3 of every chunk of the first `size` bytes of `disk`, read on two
 /// threads.
-pub fn hash_chunks(disk: &Disk, size: u64, chunk_size: u32) -> Result<Vec<[u8; 32]>> {
-    let count = chunk_count(size, chunk_size);
+pub fn hash_chunks(
+    disk: &Disk,
+    size: u64,
+    chunk_size: u32,
+    range: std::ops::Range<u64>,
+) -> Result<Vec<[u8; 32]>> {
     let threads = 2u64;
-    let per = count.div_ceil(threads).max(1);
+    let per = (range.end.saturating_sub(range.start))
+        .div_ceil(threads)
+        .max(1);
     let parts: Vec<Result<Vec<[u8; 32]>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let (from, to) = ((t * per).min(count), ((t + 1) * per).min(count));
+                let from = (range.start + t * per).min(range.end);
+                let to = (range.start + (t + 1) * per).min(range.end);
                 s.spawn(move || -> Result<Vec<[u8; 32]>> {
                     let mut buf = vec![0u8; chunk_size as usize];
                     let mut out = Vec::with_capacity((to - from) as usize);
@@ -269,11 +297,22 @@ pub fn hash_chunks(disk: &Disk, size: u64, chunk_size: u32) -> Result<Vec<[u8; 3
             })
             .collect()
     });
-    let mut all = Vec::with_capacity(count as usize);
+    let mut all = Vec::with_capacity((range.end - range.start) as usize);
     for p in parts {
         all.extend(p?);
     }
     Ok(all)
+}
+
+/// Re-read a whole disk and compute its digest, window by window.
+pub fn read_digest(disk: &Disk, size: u64, chunk_size: u32) -> Result<[u8; 32]> {
+    let mut d = DiskDigester::new(size, chunk_size);
+    for w in crate::job::ledger::windows(chunk_count(size, chunk_size)) {
+        for h in hash_chunks(disk, size, chunk_size, w)? {
+            d.push(&h);
+        }
+    }
+    Ok(d.finish())
 }
 
 /// Replace `path` with `bytes` atomically and durably: a temporary file

@@ -4,6 +4,7 @@
 //! after a crash, everything in the ledger is on disk and the sender re-sends
 //! the rest. Every write is a durable (fsynced) redb transaction.
 
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -131,21 +132,29 @@ impl Ledger {
             .with_context(|| format!("committing the record of disk {disk}"))
     }
 
-    /// Record chunks whose bytes are already durable on the target.
-    pub fn commit_chunks(&self, disk: u32, entries: &[(u64, [u8; 32])]) -> Result<()> {
+    /// Record chunks whose bytes are already durable on the target; returns
+    /// the indices among them that were not committed before (for the
+    /// job's progress).
+    pub fn commit_chunks(&self, disk: u32, entries: &[(u64, [u8; 32])]) -> Result<Vec<u64>> {
         let tx = self
             .db
             .begin_write()
             .context("starting a ledger transaction")?;
+        let mut new = Vec::new();
         {
             let mut t = tx.open_table(CHUNKS).context("opening the chunks table")?;
             for (index, hash) in entries {
-                t.insert((disk, *index), hash)
+                let old = t
+                    .insert((disk, *index), hash)
                     .with_context(|| format!("recording chunk {index} of disk {disk}"))?;
+                if old.is_none() {
+                    new.push(*index);
+                }
             }
         }
         tx.commit()
-            .with_context(|| format!("committing {} chunks of disk {disk}", entries.len()))
+            .with_context(|| format!("committing {} chunks of disk {disk}", entries.len()))?;
+        Ok(new)
     }
 
     /// Forget chunks (found not to match the target when re-read), so the
@@ -165,21 +174,81 @@ impl Ledger {
         tx.commit().context("committing forgotten chunks")
     }
 
-    /// Committed hashes of chunks `0..count` of a disk.
-    pub fn chunk_hashes(&self, disk: u32, count: u64) -> Result<Vec<Option<[u8; 32]>>> {
-        let len = usize::try_from(count).context("chunk count exceeds memory")?;
-        let mut out = vec![None; len];
+    /// Committed hashes of the chunks in `range` of a disk, one slot per
+    /// chunk. The range is at most [`WINDOW`] chunks: memory for a disk is
+    /// bounded whatever its size, so callers walk a disk window by window.
+    pub fn chunk_window(&self, disk: u32, range: Range<u64>) -> Result<Vec<Option<[u8; 32]>>> {
+        let len = range.end.saturating_sub(range.start);
+        anyhow::ensure!(
+            len <= WINDOW,
+            "a ledger window of {len} chunks is larger than {WINDOW}"
+        );
+        let mut out = vec![None; len as usize];
+        self.for_each_chunk(disk, range.clone(), |index, hash| {
+            out[(index - range.start) as usize] = Some(hash);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// The committed chunks among `range` of a disk, in order, at most `limit`.
+    pub fn committed(
+        &self,
+        disk: u32,
+        range: Range<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, [u8; 32])>> {
+        let mut out = Vec::new();
+        self.for_each_chunk(disk, range, |index, hash| {
+            out.push((index, hash));
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// Bytes of a disk that are committed.
+    pub fn committed_bytes(&self, disk: u32, rec: &DiskRecord) -> Result<u64> {
+        let mut bytes = 0u64;
+        self.for_each_chunk(disk, 0..rec.chunks(), |index, _| {
+            bytes += crate::disk::chunk_len(rec.size, rec.chunk_size, index) as u64;
+            true
+        })?;
+        Ok(bytes)
+    }
+
+    /// Call `f` with every committed chunk in `range`, in order, until it
+    /// returns false.
+    fn for_each_chunk(
+        &self,
+        disk: u32,
+        range: Range<u64>,
+        mut f: impl FnMut(u64, [u8; 32]) -> bool,
+    ) -> Result<()> {
+        if range.is_empty() {
+            return Ok(());
+        }
         let tx = self.db.begin_read().context("reading the ledger")?;
         let t = tx.open_table(CHUNKS).context("opening the chunks table")?;
         for row in t
-            .range((disk, 0)..(disk, count))
+            .range((disk, range.start)..(disk, range.end))
             .with_context(|| format!("reading the chunks of disk {disk}"))?
         {
             let (k, v) = row.context("reading a chunk entry")?;
-            out[k.value().1 as usize] = Some(v.value());
+            if !f(k.value().1, v.value()) {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
     }
+}
+
+/// Most chunks a caller holds at once when it walks a disk: with 32-byte
+/// hashes, a window costs about 2 MiB however large the disk is.
+pub const WINDOW: u64 = 65536;
+
+/// The windows of at most [`WINDOW`] chunks that cover `0..count`.
+pub fn windows(count: u64) -> impl Iterator<Item = Range<u64>> {
+    (0..count.div_ceil(WINDOW)).map(move |w| w * WINDOW..((w + 1) * WINDOW).min(count))
 }
 
 #[cfg(test)]
@@ -207,25 +276,49 @@ mod tests {
         let l = Ledger::open(&path).unwrap();
         assert_eq!(rec.chunks(), 3);
         assert_eq!(
-            l.chunk_hashes(0, 3).unwrap(),
+            l.chunk_window(0, 0..3).unwrap(),
             vec![Some([1; 32]), None, Some([2; 32])]
         );
         assert_eq!(
-            l.chunk_hashes(1, 3).unwrap(),
+            l.chunk_window(1, 0..3).unwrap(),
             vec![None, Some([3; 32]), None]
         );
+        assert_eq!(l.chunk_window(0, 1..3).unwrap(), vec![None, Some([2; 32])]);
+        assert_eq!(l.committed(0, 0..3, 1).unwrap(), vec![(0, [1; 32])]);
+        assert_eq!(l.committed(0, 1..3, 8).unwrap(), vec![(2, [2; 32])]);
+        // The last chunk of a 10 MiB disk in 4 MiB chunks holds 2 MiB.
+        assert_eq!(l.committed_bytes(0, &rec).unwrap(), 6 << 20);
+        assert_eq!(
+            l.commit_chunks(0, &[(1, [4; 32]), (2, [5; 32])]).unwrap(),
+            vec![1],
+            "chunk 2 was committed before"
+        );
+        l.forget_chunks(0, &[1]).unwrap();
+        l.commit_chunks(0, &[(2, [2; 32])]).unwrap();
         assert_eq!(l.get_meta("job").unwrap().as_deref(), Some(&b"{}"[..]));
         l.forget_chunks(0, &[2]).unwrap();
         assert_eq!(
-            l.chunk_hashes(0, 3).unwrap(),
+            l.chunk_window(0, 0..3).unwrap(),
             vec![Some([1; 32]), None, None]
         );
         l.put_disk(0, &rec).unwrap();
-        assert_eq!(l.chunk_hashes(0, 3).unwrap(), vec![None, None, None]);
+        assert_eq!(l.chunk_window(0, 0..3).unwrap(), vec![None, None, None]);
         assert_eq!(
-            l.chunk_hashes(1, 3).unwrap(),
+            l.chunk_window(1, 0..3).unwrap(),
             vec![None, Some([3; 32]), None]
         );
+        assert!(l.chunk_window(0, 0..WINDOW + 1).is_err());
         assert_eq!(l.disks().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn windows_cover_a_disk_exactly() {
+        assert_eq!(windows(0).count(), 0);
+        assert_eq!(windows(3).collect::<Vec<_>>(), vec![0..3]);
+        let w: Vec<_> = windows(2 * WINDOW + 1).collect();
+        assert_eq!(
+            w,
+            vec![0..WINDOW, WINDOW..2 * WINDOW, 2 * WINDOW..2 * WINDOW + 1]
+        );
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::verify::DiskDigest;
 use super::{RoundReport, Settings, Target};
-use crate::disk::{disk_digest, hash_chunks, Disk};
+use crate::disk::{read_digest, Disk};
 use crate::job::errors::{coded, ErrorCode};
 use crate::job::handle::JobHandle;
 use crate::layout;
@@ -218,9 +218,10 @@ pub fn check(manifest: &Manifest, disks: &[(u32, PathBuf)]) -> Result<Vec<String
                 ),
             ));
         }
-        let hashes = hash_chunks(&disk, entry.digest_bytes, entry.chunk_size)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let got = hex::encode(disk_digest(entry.digest_bytes, entry.chunk_size, &hashes));
+        let got = hex::encode(
+            read_digest(&disk, entry.digest_bytes, entry.chunk_size)
+                .with_context(|| format!("reading {}", path.display()))?,
+        );
         if got != entry.digest {
             return Err(coded(
                 ErrorCode::VerifyFailed,

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 
 use super::Target;
 use crate::disk::{chunk_len, zero_hash, Disk};
-use crate::job::ledger::Ledger;
+use crate::job::ledger::{windows, Ledger};
 use crate::layout::{self, GrowReport, PartType};
 
 const MIB: u64 = 1 << 20;
@@ -89,41 +89,45 @@ pub fn run(ledger: &Ledger, targets: &[Target], scope: &Scope) -> Result<u64> {
         let rec = &t.record;
         let disk = Disk::open_source(&t.path)
             .with_context(|| format!("opening disk {} to update its ledger", t.index))?;
-        let known = ledger
-            .chunk_hashes(t.index, rec.chunks())
-            .with_context(|| format!("reading the ledger of disk {}", t.index))?;
         let cs = u64::from(rec.chunk_size);
         let mut buf = vec![0u8; rec.chunk_size as usize];
-        let mut changed = Vec::new();
-        for (i, k) in known.iter().enumerate() {
-            let i = i as u64;
-            let len = chunk_len(rec.size, rec.chunk_size, i);
-            if !scope.covers(pos, i * cs, len as u64) {
+        let mut count = 0u64;
+        for w in windows(rec.chunks()) {
+            if !scope.covers(pos, w.start * cs, (w.end - w.start) * cs) {
                 continue;
             }
-            disk.read_at(&mut buf[..len], i * cs)
-                .with_context(|| format!("reading chunk {i} of disk {}", t.index))?;
-            let actual = *blake3::hash(&buf[..len]).as_bytes();
-            let expected = match k {
-                Some(h) => Some(*h),
-                None if rec.fresh => Some(zero_hash(len)),
-                None => None,
-            };
-            if expected != Some(actual) {
-                changed.push((i, actual));
+            let known = ledger
+                .chunk_window(t.index, w.clone())
+                .with_context(|| format!("reading the ledger of disk {}", t.index))?;
+            let mut changed = Vec::new();
+            for (i, k) in (w.start..).zip(known) {
+                let len = chunk_len(rec.size, rec.chunk_size, i);
+                if !scope.covers(pos, i * cs, len as u64) {
+                    continue;
+                }
+                disk.read_at(&mut buf[..len], i * cs)
+                    .with_context(|| format!("reading chunk {i} of disk {}", t.index))?;
+                let actual = *blake3::hash(&buf[..len]).as_bytes();
+                let expected = match k {
+                    Some(h) => Some(h),
+                    None if rec.fresh => Some(zero_hash(len)),
+                    None => None,
+                };
+                if expected != Some(actual) {
+                    changed.push((i, actual));
+                }
             }
-        }
-        for part in changed.chunks(4096) {
             ledger
-                .commit_chunks(t.index, part)
+                .commit_chunks(t.index, &changed)
                 .with_context(|| format!("recording the changed chunks of disk {}", t.index))?;
+            count += changed.len() as u64;
         }
         tracing::info!(
             disk = t.index,
-            chunks = changed.len(),
+            chunks = count,
             "ledger updated with the pipeline's changes"
         );
-        total += changed.len() as u64;
+        total += count;
     }
     Ok(total)
 }

@@ -8,9 +8,9 @@ use anyhow::{Context, Result};
 
 use super::Target;
 use crate::cmd::Cmd;
-use crate::disk::{chunk_len, disk_digest, hash_chunks, zero_hash, Disk};
+use crate::disk::{chunk_count, chunk_len, hash_chunks, zero_hash, Disk, DiskDigester};
 use crate::job::errors::{coded, Code, ErrorCode};
-use crate::job::ledger::Ledger;
+use crate::job::ledger::{windows, Ledger};
 use crate::layout;
 
 /// The digest of one disk's final content, as the handoff manifest names it.
@@ -49,28 +49,30 @@ pub fn digests_from_ledger(ledger: &Ledger, targets: &[Target]) -> Result<Vec<Di
         .iter()
         .map(|t| {
             let rec = &t.record;
-            let known = ledger
-                .chunk_hashes(t.index, rec.chunks())
-                .with_context(|| format!("reading the ledger of disk {}", t.index))?;
-            let hashes = known
-                .iter()
-                .enumerate()
-                .map(|(i, h)| match h {
-                    Some(h) => Ok(*h),
-                    None if rec.fresh => {
-                        Ok(zero_hash(chunk_len(rec.size, rec.chunk_size, i as u64)))
-                    }
-                    None => Err(coded(
-                        ErrorCode::VerifyFailed,
-                        format!("chunk {i} of disk {} was never committed", t.index),
-                    )),
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let mut digester = DiskDigester::new(rec.size, rec.chunk_size);
+            for w in windows(rec.chunks()) {
+                let known = ledger
+                    .chunk_window(t.index, w.clone())
+                    .with_context(|| format!("reading the ledger of disk {}", t.index))?;
+                for (i, h) in (w.start..).zip(known) {
+                    let h = match h {
+                        Some(h) => h,
+                        None if rec.fresh => zero_hash(chunk_len(rec.size, rec.chunk_size, i)),
+                        None => {
+                            return Err(coded(
+                                ErrorCode::VerifyFailed,
+                                format!("chunk {i} of disk {} was never committed", t.index),
+                            ))
+                        }
+                    };
+                    digester.push(&h);
+                }
+            }
             Ok(DiskDigest {
                 index: t.index,
                 bytes: rec.size,
                 chunk_size: rec.chunk_size,
-                digest: disk_digest(rec.size, rec.chunk_size, &hashes),
+                digest: digester.finish(),
             })
         })
         .collect()
@@ -78,6 +80,7 @@ pub fn digests_from_ledger(ledger: &Ledger, targets: &[Target]) -> Result<Vec<Di
 
 /// Re-read the whole target; compare the source's extent with the ledger.
 /// The digest covers the whole target (a grown disk's new space too).
+/// Window by window: memory stays bounded whatever the disk's size.
 fn compare_with_ledger(ledger: &Ledger, t: &Target) -> Result<DiskDigest> {
     let rec = &t.record;
     let disk = Disk::open_source(&t.path)
@@ -85,53 +88,60 @@ fn compare_with_ledger(ledger: &Ledger, t: &Target) -> Result<DiskDigest> {
     let total = layout::devices::disk_size(&t.path)
         .with_context(|| format!("reading the size of {}", t.path.display()))?
         .max(rec.size);
-    let hashes = hash_chunks(&disk, total, rec.chunk_size)
-        .with_context(|| format!("re-reading disk {} ({})", t.index, t.path.display()))?;
-    let known = ledger
-        .chunk_hashes(t.index, rec.chunks())
-        .with_context(|| format!("reading the ledger of disk {}", t.index))?;
     let cs = u64::from(rec.chunk_size);
-    for (i, k) in known.iter().enumerate() {
-        let i = i as u64;
-        let len = chunk_len(rec.size, rec.chunk_size, i);
-        // The source's last chunk may be shorter than the target's.
-        let actual = if len as u64 == cs || total == rec.size {
-            hashes[i as usize]
-        } else {
-            let mut buf = vec![0u8; len];
-            disk.read_at(&mut buf, i * cs)
-                .with_context(|| format!("reading chunk {i} of disk {}", t.index))?;
-            *blake3::hash(&buf).as_bytes()
-        };
-        let expected = match k {
-            Some(h) => *h,
-            None if rec.fresh => zero_hash(len),
-            None => {
+    let mut digester = DiskDigester::new(total, rec.chunk_size);
+    for w in windows(chunk_count(total, rec.chunk_size)) {
+        let hashes = hash_chunks(&disk, total, rec.chunk_size, w.clone())
+            .with_context(|| format!("re-reading disk {} ({})", t.index, t.path.display()))?;
+        let source = w.start.min(rec.chunks())..w.end.min(rec.chunks());
+        let known = ledger
+            .chunk_window(t.index, source.clone())
+            .with_context(|| format!("reading the ledger of disk {}", t.index))?;
+        for (i, k) in (source.start..).zip(&known) {
+            let len = chunk_len(rec.size, rec.chunk_size, i);
+            let read = hashes[(i - w.start) as usize];
+            // The source's last chunk may be shorter than the target's.
+            let actual = if len as u64 == cs || total == rec.size {
+                read
+            } else {
+                let mut buf = vec![0u8; len];
+                disk.read_at(&mut buf, i * cs)
+                    .with_context(|| format!("reading chunk {i} of disk {}", t.index))?;
+                *blake3::hash(&buf).as_bytes()
+            };
+            let expected = match k {
+                Some(h) => *h,
+                None if rec.fresh => zero_hash(len),
+                None => {
+                    return Err(coded(
+                        ErrorCode::VerifyFailed,
+                        format!("chunk {i} of disk {} was never committed", t.index),
+                    ))
+                }
+            };
+            if actual != expected {
                 return Err(coded(
                     ErrorCode::VerifyFailed,
-                    format!("chunk {i} of disk {} was never committed", t.index),
-                ))
+                    format!(
+                        "disk {} ({}): chunk {i} at offset {} differs from the ledger (read {}, expected {})",
+                        t.index,
+                        t.path.display(),
+                        i * cs,
+                        &hex::encode(actual)[..16],
+                        &hex::encode(expected)[..16],
+                    ),
+                ));
             }
-        };
-        if actual != expected {
-            return Err(coded(
-                ErrorCode::VerifyFailed,
-                format!(
-                    "disk {} ({}): chunk {i} at offset {} differs from the ledger (read {}, expected {})",
-                    t.index,
-                    t.path.display(),
-                    i * cs,
-                    &hex::encode(actual)[..16],
-                    &hex::encode(expected)[..16],
-                ),
-            ));
+        }
+        for h in &hashes {
+            digester.push(h);
         }
     }
     Ok(DiskDigest {
         index: t.index,
         bytes: total,
         chunk_size: rec.chunk_size,
-        digest: disk_digest(total, rec.chunk_size, &hashes),
+        digest: digester.finish(),
     })
 }
 

@@ -30,9 +30,20 @@ pub fn remote_error(code: &str, message: &str) -> anyhow::Error {
     anyhow::Error::new(e).context("the appliance refused")
 }
 
-/// Read the next frame; an Error frame becomes an error, a closed
-/// connection an interruption.
+/// Read the next frame other than a Pong; an Error frame becomes an error,
+/// a closed connection an interruption.
 pub async fn recv(conn: &mut Conn) -> Result<Frame> {
+    loop {
+        match recv_any(conn).await? {
+            Frame::Pong => continue,
+            f => return Ok(f),
+        }
+    }
+}
+
+/// Read the next frame, waiting as long as it takes (the caller watches the
+/// link); a Pong is returned too.
+pub async fn recv_any(conn: &mut Conn) -> Result<Frame> {
     match conn.next().await {
         Some(Ok(Frame::Error { code, message, .. })) => Err(remote_error(&code, &message)),
         Some(Ok(f)) => Ok(f),
@@ -44,13 +55,63 @@ pub async fn recv(conn: &mut Conn) -> Result<Frame> {
     }
 }
 
+/// Read the next frame other than a Pong, pinging the appliance every
+/// [`wire::HEARTBEAT`] while waiting; a link on which nothing arrives for
+/// [`wire::LINK_TIMEOUT`] is silent: TRANSFER_INTERRUPTED, and the caller
+/// reconnects.
+pub async fn recv_live(conn: &mut Conn) -> Result<Frame> {
+    let mut heard = tokio::time::Instant::now();
+    let mut ping = tokio::time::interval_at(heard + wire::HEARTBEAT, wire::HEARTBEAT);
+    loop {
+        tokio::select! {
+            frame = recv_any(conn) => match frame? {
+                Frame::Pong => heard = tokio::time::Instant::now(),
+                f => return Ok(f),
+            },
+            _ = ping.tick() => send(conn, Frame::Ping).await?,
+            _ = tokio::time::sleep_until(heard + wire::LINK_TIMEOUT) => return Err(silent()),
+        }
+    }
+}
+
+/// The error of a link on which nothing arrived for [`wire::LINK_TIMEOUT`].
+pub fn silent() -> anyhow::Error {
+    coded(
+        ErrorCode::TransferInterrupted,
+        format!(
+            "nothing heard from the appliance for {} s: the link is silent (cut or frozen on the way); reconnecting",
+            wire::LINK_TIMEOUT.as_secs()
+        ),
+    )
+}
+
+/// Send a frame. A write that cannot go out is bounded: the socket's
+/// TCP_USER_TIMEOUT ends it after [`wire::LINK_TIMEOUT`] without progress,
+/// and this bound (which allows a slow link 64 KiB/s) catches the rest.
 pub async fn send(conn: &mut Conn, frame: Frame) -> Result<()> {
-    conn.send(frame).await.map_err(|e| {
-        coded(
+    let bound = wire::LINK_TIMEOUT + Duration::from_secs(frame_len(&frame) / (64 << 10));
+    match tokio::time::timeout(bound, conn.send(frame)).await {
+        Ok(r) => r.map_err(|e| {
+            coded(
+                ErrorCode::TransferInterrupted,
+                format!("sending to the appliance: {e}"),
+            )
+        }),
+        Err(_) => Err(coded(
             ErrorCode::TransferInterrupted,
-            format!("sending to the appliance: {e}"),
-        )
-    })
+            format!(
+                "a frame could not be sent within {} s: the link is silent; reconnecting",
+                bound.as_secs()
+            ),
+        )),
+    }
+}
+
+fn frame_len(frame: &Frame) -> u64 {
+    match frame {
+        Frame::Chunk { payload, .. } | Frame::Probe { payload } => payload.len() as u64,
+        _ => 0,
+    }
 }
 
 /// Connect, verify the pinned certificate, and authenticate with the token.
@@ -73,7 +134,9 @@ pub async fn connect_tls(to: &str, fingerprint: &str) -> Result<(Conn, [u8; 32])
             ))
         }
     };
-    let _ = tcp.set_nodelay(true);
+    if let Err(e) = wire::tune_socket(&tcp) {
+        tracing::debug!("setting the socket options: {e}");
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let pin = Arc::new(Pin::new(fingerprint.to_owned(), Arc::clone(&provider)));
     let config = rustls::ClientConfig::builder_with_provider(provider)

@@ -13,7 +13,7 @@ pub mod pin;
 pub mod probe;
 pub mod progress;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -337,9 +337,11 @@ async fn wait_for_round(conn: &mut Conn) -> Result<()> {
     client::send(conn, Frame::EndRound).await?;
     let mut last_step = None;
     loop {
-        let frame = client::recv(conn)
-            .await
-            .context("following the appliance's pipeline")?;
+        // The appliance tells a step at least every 10 s while it runs.
+        let frame = match tokio::time::timeout(2 * wire::LINK_TIMEOUT, client::recv(conn)).await {
+            Ok(f) => f.context("following the appliance's pipeline")?,
+            Err(_) => return Err(client::silent()),
+        };
         let (status, event) = match frame {
             Frame::RoundStatus { status, event } => (status, event),
             other => {
@@ -454,27 +456,35 @@ async fn transfer(
         )
         .await?;
     }
-    // The manifest: what the appliance has committed of this disk.
-    let mut manifest: Vec<Option<[u8; 32]>> = Vec::with_capacity(count as usize);
+    // The manifest: what the appliance has committed of this disk, sparse
+    // (a fresh disk's is one empty page).
+    let mut manifest: HashMap<u64, [u8; 32]> = HashMap::new();
+    let mut expected_first = 0u64;
     let fresh = loop {
-        match client::recv(conn).await? {
+        match client::recv_live(conn).await? {
             Frame::Manifest {
                 disk,
                 first,
+                end,
                 fresh,
                 last,
                 entries,
             } => {
                 if disk != job.index
-                    || first != manifest.len() as u64
-                    || manifest.len() + entries.len() > count as usize
+                    || first != expected_first
+                    || end > count
+                    || (last && end != count)
+                    || (!last && end == first)
                 {
                     return Err(coded(
                         ErrorCode::UnexpectedFrame,
-                        "manifest pages out of order",
+                        format!(
+                            "manifest page {first}..{end} out of order (expected it to start at {expected_first}, of {count} chunks)"
+                        ),
                     ));
                 }
                 manifest.extend(entries);
+                expected_first = end;
                 if last {
                     break fresh;
                 }
@@ -487,9 +497,6 @@ async fn transfer(
             }
         }
     };
-    if manifest.len() != count as usize {
-        return Err(coded(ErrorCode::UnexpectedFrame, "manifest is short"));
-    }
 
     // Reading, hashing and compressing run on a thread of their own.
     let (tx, mut rx) = mpsc::channel::<Result<Item>>(4);
@@ -502,12 +509,17 @@ async fn transfer(
 
     let mut in_flight: HashSet<u64> = HashSet::new();
     let mut in_flight_bytes = 0u64;
-    let mut lens = std::collections::HashMap::new();
+    let mut lens = HashMap::new();
     let (mut unchanged, mut zero_skipped) = (0u64, 0u64);
     // Bytes of the disk settled: skipped as unchanged or zero, or committed.
     let mut settled = 0u64;
     progress.set(job.index, 0);
     let mut reader_done = false;
+    // A silent link is noticed here: the sender pings while it has nothing
+    // to send, the appliance answers, and nothing heard for LINK_TIMEOUT
+    // ends the attempt (the next one reconnects and takes the disk over).
+    let mut heard = tokio::time::Instant::now();
+    let mut ping = tokio::time::interval_at(heard + wire::HEARTBEAT, wire::HEARTBEAT);
     let result: Result<()> = async {
         loop {
             if reader_done && in_flight.is_empty() {
@@ -547,8 +559,12 @@ async fn transfer(
                         client::send(conn, Frame::Chunk { disk: job.index, index, hash, compressed, payload }).await?;
                     }
                 },
-                frame = client::recv(conn) => match frame? {
+                _ = ping.tick() => client::send(conn, Frame::Ping).await?,
+                _ = tokio::time::sleep_until(heard + wire::LINK_TIMEOUT) => return Err(client::silent()),
+                frame = client::recv_any(conn) => match frame? {
+                    Frame::Pong => heard = tokio::time::Instant::now(),
                     Frame::Ack { disk, indices } if disk == job.index => {
+                        heard = tokio::time::Instant::now();
                         for i in indices {
                             if in_flight.remove(&i) {
                                 in_flight_bytes -= lens.remove(&i).unwrap_or(0);
@@ -588,8 +604,10 @@ async fn transfer(
         },
     )
     .await?;
+    // The appliance re-reads the whole disk before it answers: minutes for a
+    // large one, during which it answers pings.
     let theirs = loop {
-        match client::recv(conn).await? {
+        match client::recv_live(conn).await? {
             Frame::Finished { disk, digest } if disk == job.index => break digest,
             Frame::Ack { .. } => continue,
             other => {
@@ -622,7 +640,7 @@ fn read_chunks(
     disk: &Disk,
     cs: u32,
     mut known: Vec<Option<[u8; 32]>>,
-    manifest: Vec<Option<[u8; 32]>>,
+    manifest: HashMap<u64, [u8; 32]>,
     fresh: bool,
     level: i32,
     tx: mpsc::Sender<Result<Item>>,
@@ -634,11 +652,13 @@ fn read_chunks(
     } else {
         None
     };
-    for (i, theirs) in manifest.iter().enumerate() {
-        let index = i as u64;
+    for (i, index) in (0..known.len()).zip(0u64..) {
         let len = chunk_len(size, cs, index);
         let zero_h = zero_hash(len);
-        let theirs = theirs.or(if fresh { Some(zero_h) } else { None });
+        let theirs = manifest
+            .get(&index)
+            .copied()
+            .or(if fresh { Some(zero_h) } else { None });
         // Confirmed in an earlier attempt of this run: no need to read again.
         if let (Some(k), Some(t)) = (known[i], theirs) {
             if k == t {

@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod api;
 pub mod auth_limit;
+pub mod claims;
 pub mod control;
 pub mod job_metrics;
 pub mod metrics;
@@ -14,9 +15,8 @@ pub mod session;
 pub mod webhook;
 pub mod writer;
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
@@ -37,7 +37,7 @@ pub struct Appliance {
     pub tls: Arc<rustls::ServerConfig>,
     pub auth: auth_limit::AuthLimiter,
     /// Disks a session is writing now.
-    busy: Mutex<HashSet<u32>>,
+    pub claims: Arc<claims::Claims>,
     pub data_bound: AtomicBool,
     /// The job: its state, progress and last error (persisted in the ledger).
     pub job: Arc<JobHandle>,
@@ -50,29 +50,6 @@ pub struct Appliance {
     pub data_admission: Arc<admission::Admission>,
     /// The round's pipeline (grow, repair, verify, handoff), when one runs.
     pub pipeline: Arc<crate::pipeline::Runner>,
-}
-
-/// Holds a disk for one session; released when dropped.
-pub struct BusyGuard {
-    app: Arc<Appliance>,
-    disk: u32,
-}
-
-impl Appliance {
-    pub fn try_claim(self: &Arc<Self>, disk: u32) -> Option<BusyGuard> {
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        busy.insert(disk).then(|| BusyGuard {
-            app: Arc::clone(self),
-            disk,
-        })
-    }
-}
-
-impl Drop for BusyGuard {
-    fn drop(&mut self) {
-        let mut busy = self.app.busy.lock().unwrap_or_else(|p| p.into_inner());
-        busy.remove(&self.disk);
-    }
 }
 
 pub fn run_blocking(config: Config) -> Result<()> {
@@ -152,7 +129,7 @@ pub fn prepare(config: Config) -> Result<Appliance> {
         fingerprint: tls.fingerprint,
         tls: tls.config,
         auth: auth_limit::AuthLimiter::default(),
-        busy: Mutex::new(HashSet::new()),
+        claims: Arc::default(),
         data_bound: AtomicBool::new(false),
     })
 }
@@ -199,15 +176,9 @@ fn resolve_token(config: &Config) -> Result<String> {
 fn restore_job_progress(job: &JobHandle, ledger: &Ledger) -> Result<()> {
     let mut committed = Vec::new();
     for (index, rec) in ledger.disks().context("reading the ledger's disks")? {
-        let hashes = ledger
-            .chunk_hashes(index, rec.chunks())
+        let bytes = ledger
+            .committed_bytes(index, &rec)
             .with_context(|| format!("reading the ledger's chunks of disk {index}"))?;
-        let bytes: u64 = hashes
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.is_some())
-            .map(|(i, _)| crate::disk::chunk_len(rec.size, rec.chunk_size, i as u64) as u64)
-            .sum();
         committed.push((index, bytes));
     }
     job.restore_progress(&committed)

@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::admission::Ticket;
+use super::claims::{Claim, Link};
 use super::writer::{Event, Work, Writer};
-use super::{Appliance, BusyGuard};
-use crate::disk::{chunk_count, chunk_len, Disk};
+use super::Appliance;
+use crate::disk::{chunk_count, Disk};
 use crate::job::errors::{coded, describe, Code, ErrorCode, JobEffect};
 use crate::job::ledger::DiskRecord;
 use crate::wire::{self, auth, Frame, FrameCodec, RoundEvent};
@@ -29,7 +30,6 @@ use crate::wire::{self, auth, Frame, FrameCodec, RoundEvent};
 /// together (a sender needs milliseconds; a trickling client gets no more).
 const PREAUTH_DEADLINE: Duration = Duration::from_secs(10);
 /// A connection that sends nothing for this long is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Chunks queued for one disk's writer beyond the one it is writing.
 const WRITER_QUEUE: usize = 4;
 
@@ -84,7 +84,9 @@ async fn connection(
     ticket: Ticket,
     sessions: Arc<Semaphore>,
 ) {
-    let _ = tcp.set_nodelay(true);
+    if let Err(e) = wire::tune_socket(&tcp) {
+        tracing::debug!("setting the socket options of {peer}: {e}");
+    }
     let deadline = tokio::time::Instant::now() + PREAUTH_DEADLINE;
     // A TLS connection starts with a handshake record (0x16). Anything else
     // is a plaintext client: tell it, in our own framing, and close.
@@ -144,6 +146,7 @@ async fn connection(
         end_round: false,
         unproven: Some(ticket),
         _place: None,
+        link: Link::new(),
     };
     let result = session
         .run(&mut conn, peer, binding, shutdown, deadline, &sessions)
@@ -237,7 +240,7 @@ async fn end_round(app: &Arc<Appliance>, conn: &mut Conn, admitted: bool, wait: 
             event: RoundEvent::AwaitingDisks,
         },
     };
-    let _ = conn.send(frame).await;
+    let _ = send_within(conn, frame).await;
 }
 
 /// Tell the sender each step of a pipeline run and how it ended.
@@ -267,7 +270,7 @@ async fn follow(
             None => {}
         }
         for frame in frames {
-            if conn.send(frame).await.is_err() {
+            if send_within(conn, frame).await.is_err() {
                 return;
             }
         }
@@ -284,7 +287,7 @@ async fn follow(
                         status,
                         event: RoundEvent::Step(*step),
                     };
-                    if conn.send(beat).await.is_err() {
+                    if send_within(conn, beat).await.is_err() {
                         return;
                     }
                 }
@@ -340,8 +343,7 @@ fn count_error(app: &Appliance, code: ErrorCode) {
 
 struct OpenDisk {
     record: DiskRecord,
-    /// Chunks known to be in the ledger, and their bytes, for the job's progress.
-    have: Vec<bool>,
+    /// Bytes of the disk in the ledger, for the job's progress.
     committed: u64,
     work: mpsc::Sender<Work>,
     thread: std::thread::JoinHandle<()>,
@@ -360,6 +362,9 @@ struct Session {
     unproven: Option<Ticket>,
     /// Its place among the authenticated sessions, after.
     _place: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// When the sender was last heard from, and whether a newer session
+    /// took a disk over.
+    link: Arc<Link>,
 }
 
 impl Session {
@@ -415,11 +420,25 @@ impl Session {
                 _ = shutdown.cancelled() => {
                     return Err(coded(ErrorCode::TransferInterrupted, "the appliance is shutting down"));
                 }
-                frame = tokio::time::timeout(IDLE_TIMEOUT, conn.next()) => match frame {
-                    Err(_) => return Err(coded(ErrorCode::TransferInterrupted, "no data for 300 s")),
-                    Ok(None) => return Ok(()),
-                    Ok(Some(Err(e))) => return Err(coded(e.code(), e.to_string())),
-                    Ok(Some(Ok(f))) => {
+                _ = self.link.taken_over() => {
+                    return Err(coded(
+                        ErrorCode::TransferInterrupted,
+                        "a newer session of the job took this session's disk over: this link was silent",
+                    ));
+                }
+                // The sender pings while it has nothing else to say: a link
+                // this quiet is cut, even if no end has closed it.
+                _ = tokio::time::sleep_until(self.link.last_heard() + wire::LINK_TIMEOUT) => {
+                    return Err(coded(
+                        ErrorCode::TransferInterrupted,
+                        format!("nothing heard from the sender for {} s: the link is silent", wire::LINK_TIMEOUT.as_secs()),
+                    ));
+                }
+                frame = conn.next() => match frame {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(coded(e.code(), e.to_string())),
+                    Some(Ok(f)) => {
+                        self.link.heard();
                         if let Err(e) = self.frame(conn, f, &events_tx).await {
                             // A writer that stopped (a full or failing
                             // target) explains a frame it could not take:
@@ -437,10 +456,10 @@ impl Session {
                     }
                 },
                 Some(ev) = events.recv() => match ev {
-                    Event::Committed { disk, indices } => {
-                        self.progress(disk, &indices);
+                    Event::Committed { disk, indices, new_bytes } => {
+                        self.progress(disk, new_bytes);
                         for part in indices.chunks(wire::MAX_ACK_ENTRIES) {
-                            conn.send(Frame::Ack { disk, indices: part.to_vec() }).await.context("sending an ack")?;
+                            send_within(conn, Frame::Ack { disk, indices: part.to_vec() }).await.context("sending an ack")?;
                         }
                     }
                     Event::Finished { disk, digest } => {
@@ -448,7 +467,7 @@ impl Session {
                         if let Err(e) = self.app.job.disk_verified(disk) {
                             tracing::warn!("recording disk {disk} as verified: {e:#}");
                         }
-                        conn.send(Frame::Finished { disk, digest }).await.context("sending the disk digest")?;
+                        send_within(conn, Frame::Finished { disk, digest }).await.context("sending the disk digest")?;
                     }
                     Event::Failed { disk, error } => {
                         return Err(error.context(format!("disk {disk}")));
@@ -588,9 +607,12 @@ impl Session {
             Frame::Probe { payload } => {
                 // The probe measures the data path; its payload is dropped here.
                 self.probe_bytes += payload.len() as u64;
-                conn.send(Frame::ProbeAck {
-                    bytes: self.probe_bytes,
-                })
+                send_within(
+                    conn,
+                    Frame::ProbeAck {
+                        bytes: self.probe_bytes,
+                    },
+                )
                 .await
                 .context("answering a probe")
             }
@@ -599,6 +621,9 @@ impl Session {
                 self.end_round = true;
                 Ok(())
             }
+            Frame::Ping => send_within(conn, Frame::Pong)
+                .await
+                .context("answering a ping"),
             other => Err(coded(
                 ErrorCode::UnexpectedFrame,
                 format!("{} after authentication", other.name()),
@@ -623,18 +648,11 @@ impl Session {
     }
 
     /// Count newly committed chunks into the job's progress.
-    fn progress(&mut self, disk: u32, indices: &[u64]) {
+    fn progress(&mut self, disk: u32, new_bytes: u64) {
         let Some(d) = self.disks.get_mut(&disk) else {
             return;
         };
-        for &i in indices {
-            if let Some(h) = d.have.get_mut(i as usize) {
-                if !*h {
-                    *h = true;
-                    d.committed += chunk_len(d.record.size, d.record.chunk_size, i) as u64;
-                }
-            }
-        }
+        d.committed += new_bytes;
         // Saved to the ledger at most every few seconds; cheap otherwise.
         if let Err(e) = self.app.job.progress(disk, d.committed) {
             tracing::warn!("recording the progress of disk {disk}: {e:#}");
@@ -680,60 +698,61 @@ impl Session {
                 .context("admitting the sender")??;
             self.admitted = true;
         }
-        let guard = self
-            .app
-            .try_claim(disk)
-            .ok_or_else(|| coded(ErrorCode::DiskBusy, format!("disk {disk}")))?;
+        let guard = self.app.claims.claim(disk, &self.link).await?;
         let app = Arc::clone(&self.app);
         let (target, record) =
             tokio::task::spawn_blocking(move || open_target(&app, disk, size, chunk_size))
                 .await
                 .context("opening the target disk")??;
         let count = chunk_count(size, chunk_size);
-        let ledger = Arc::clone(&self.app.ledger);
-        let hashes = tokio::task::spawn_blocking(move || ledger.chunk_hashes(disk, count))
-            .await
-            .context("reading the ledger")?
-            .code(ErrorCode::LedgerFailed)?;
         let codec_max = conn.codec().max().max(wire::postauth_max_frame(chunk_size));
         conn.codec_mut().set_max(codec_max);
-        let committed = hashes.iter().filter(|h| h.is_some()).count();
-        let have: Vec<bool> = hashes.iter().map(Option::is_some).collect();
-        let committed_bytes: u64 = hashes
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.is_some())
-            .map(|(i, _)| chunk_len(size, chunk_size, i as u64) as u64)
-            .sum();
+        let ledger = Arc::clone(&self.app.ledger);
+        let rec = record.clone();
+        let committed_bytes =
+            tokio::task::spawn_blocking(move || ledger.committed_bytes(disk, &rec))
+                .await
+                .context("reading the ledger")?
+                .code(ErrorCode::LedgerFailed)?;
         {
             let job = Arc::clone(&self.app.job);
             tokio::task::spawn_blocking(move || job.syncing(&[(disk, size, committed_bytes)]))
                 .await
                 .context("recording the disk in the job")??;
         }
-        tracing::info!(disk, size, chunk_size, committed, target = %record.target, "disk opened");
-        let pages = hashes.chunks(wire::MANIFEST_PAGE).count().max(1);
-        for (n, page) in hashes.chunks(wire::MANIFEST_PAGE).enumerate() {
-            conn.send(Frame::Manifest {
-                disk,
-                first: (n * wire::MANIFEST_PAGE) as u64,
-                fresh: record.fresh,
-                last: n + 1 == pages,
-                entries: page.to_vec(),
+        tracing::info!(disk, size, chunk_size, committed_bytes, target = %record.target, "disk opened");
+        // The manifest, page by page from the ledger: memory and wire cost
+        // what is committed, whatever the disk's size.
+        let mut first = 0u64;
+        loop {
+            let ledger = Arc::clone(&self.app.ledger);
+            let entries = tokio::task::spawn_blocking(move || {
+                ledger.committed(disk, first..count, wire::MANIFEST_PAGE)
             })
             .await
-            .context("sending the manifest")?;
-        }
-        if hashes.is_empty() {
-            conn.send(Frame::Manifest {
-                disk,
-                first: 0,
-                fresh: record.fresh,
-                last: true,
-                entries: Vec::new(),
-            })
+            .context("reading the ledger")?
+            .code(ErrorCode::LedgerFailed)?;
+            let end = match entries.last() {
+                Some(&(last, _)) if entries.len() == wire::MANIFEST_PAGE => last + 1,
+                _ => count,
+            };
+            send_within(
+                conn,
+                Frame::Manifest {
+                    disk,
+                    first,
+                    end,
+                    fresh: record.fresh,
+                    last: end == count,
+                    entries,
+                },
+            )
             .await
             .context("sending the manifest")?;
+            if end == count {
+                break;
+            }
+            first = end;
         }
         let (work_tx, work_rx) = mpsc::channel(WRITER_QUEUE);
         let writer = Writer {
@@ -748,7 +767,7 @@ impl Session {
             .name(format!("ferry-writer-{disk}"))
             .spawn(move || {
                 // The disk stays claimed until its writer has stopped.
-                let _guard: BusyGuard = guard;
+                let _guard: Claim = guard;
                 writer.run(work_rx, events);
             })
             .context("starting a writer thread")?;
@@ -756,7 +775,6 @@ impl Session {
             disk,
             OpenDisk {
                 record,
-                have,
                 committed: committed_bytes,
                 work: work_tx,
                 thread,
@@ -774,6 +792,27 @@ impl Session {
                 tracing::error!(disk, "writer thread panicked");
             }
         }
+    }
+}
+
+/// Send a frame within [`wire::LINK_TIMEOUT`]: a write that cannot go out
+/// for that long meets a silent link (the kernel's TCP_USER_TIMEOUT says the
+/// same a moment later).
+async fn send_within(conn: &mut Conn, frame: Frame) -> Result<()> {
+    match tokio::time::timeout(wire::LINK_TIMEOUT, conn.send(frame)).await {
+        Ok(r) => r.map_err(|e| {
+            coded(
+                ErrorCode::TransferInterrupted,
+                format!("sending to the sender: {e}"),
+            )
+        }),
+        Err(_) => Err(coded(
+            ErrorCode::TransferInterrupted,
+            format!(
+                "a frame could not be sent for {} s: the link is silent",
+                wire::LINK_TIMEOUT.as_secs()
+            ),
+        )),
     }
 }
 

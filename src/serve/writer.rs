@@ -9,9 +9,9 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::disk::{chunk_count, chunk_len, disk_digest, zero_hash, Disk};
+use crate::disk::{chunk_count, chunk_len, zero_hash, Disk, DiskDigester};
 use crate::job::errors::{coded, Code, ErrorCode};
-use crate::job::ledger::{DiskRecord, Ledger};
+use crate::job::ledger::{windows, DiskRecord, Ledger};
 use crate::serve::metrics::Metrics;
 
 /// Work for a writer, in the order the sender sent it.
@@ -34,13 +34,29 @@ pub enum Work {
 
 /// What a writer reports back to its session.
 pub enum Event {
-    Committed { disk: u32, indices: Vec<u64> },
-    Finished { disk: u32, digest: [u8; 32] },
-    Failed { disk: u32, error: anyhow::Error },
+    /// Chunks durable and in the ledger; `new_bytes`: how many of their
+    /// bytes were not committed before (the job's progress).
+    Committed {
+        disk: u32,
+        indices: Vec<u64>,
+        new_bytes: u64,
+    },
+    Finished {
+        disk: u32,
+        digest: [u8; 32],
+    },
+    Failed {
+        disk: u32,
+        error: anyhow::Error,
+    },
 }
 
 /// Most chunks committed in one group.
 const MAX_GROUP: usize = 64;
+
+/// Longest a group collects before it is committed: acks keep coming on a
+/// slow target, so the sender never mistakes it for a silent link.
+const MAX_GROUP_TIME: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub struct Writer {
     pub disk_index: u32,
@@ -58,6 +74,7 @@ impl Writer {
         let mut group: Vec<(u64, [u8; 32])> = Vec::new();
         let mut buf = Vec::with_capacity(self.record.chunk_size as usize);
         while let Some(first) = rx.blocking_recv() {
+            let collecting = Instant::now();
             let mut next = Some(first);
             let mut finish = None;
             while let Some(work) = next.take() {
@@ -85,7 +102,7 @@ impl Writer {
                         }
                     },
                 }
-                if group.len() >= MAX_GROUP {
+                if group.len() >= MAX_GROUP || collecting.elapsed() >= MAX_GROUP_TIME {
                     break;
                 }
                 next = rx.try_recv().ok();
@@ -205,71 +222,81 @@ impl Writer {
             return Ok(());
         }
         self.disk.sync_data()?;
-        self.ledger
+        let new = self
+            .ledger
             .commit_chunks(self.disk_index, group)
             .code(ErrorCode::LedgerFailed)?;
+        let (size, cs) = (self.record.size, self.record.chunk_size);
+        let new_bytes = new.iter().map(|&i| chunk_len(size, cs, i) as u64).sum();
         let indices = group.drain(..).map(|(i, _)| i).collect();
         let _ = events.send(Event::Committed {
             disk: self.disk_index,
             indices,
+            new_bytes,
         });
         Ok(())
     }
 
     /// Re-read the whole target, compare every chunk with the ledger and
-    /// compute the disk digest. Chunks that do not match are forgotten so the
-    /// next round sends them again.
+    /// compute the disk digest, window by window (memory stays bounded
+    /// whatever the disk's size). Chunks that do not match are forgotten so
+    /// the next round sends them again.
     fn verify(&self, sender_digest: [u8; 32]) -> Result<[u8; 32]> {
         let rec = &self.record;
         let count = chunk_count(rec.size, rec.chunk_size);
-        let ledger = self
-            .ledger
-            .chunk_hashes(self.disk_index, count)
-            .code(ErrorCode::LedgerFailed)?;
-        let mut expected = Vec::with_capacity(ledger.len());
-        let mut missing = Vec::new();
-        for (i, h) in ledger.iter().enumerate() {
-            match (h, rec.fresh) {
-                (Some(h), _) => expected.push(*h),
-                (None, true) => {
-                    expected.push(zero_hash(chunk_len(rec.size, rec.chunk_size, i as u64)))
-                }
-                (None, false) => {
-                    missing.push(i as u64);
-                    expected.push([0; 32]);
+        let mut digester = DiskDigester::new(rec.size, rec.chunk_size);
+        let (mut missing, mut first_missing) = (0u64, None);
+        let (mut bad, mut first_bad) = (0u64, None);
+        for w in windows(count) {
+            let known = self
+                .ledger
+                .chunk_window(self.disk_index, w.clone())
+                .code(ErrorCode::LedgerFailed)?;
+            let actual = crate::disk::hash_chunks(&self.disk, rec.size, rec.chunk_size, w.clone())
+                .with_context(|| format!("re-reading disk {}", self.disk_index))?;
+            let mut forget = Vec::new();
+            for (i, (k, a)) in (w.start..).zip(known.iter().zip(&actual)) {
+                digester.push(a);
+                let expected = match (k, rec.fresh) {
+                    (Some(h), _) => *h,
+                    (None, true) => zero_hash(chunk_len(rec.size, rec.chunk_size, i)),
+                    (None, false) => {
+                        missing += 1;
+                        first_missing.get_or_insert(i);
+                        continue;
+                    }
+                };
+                if *a != expected {
+                    bad += 1;
+                    first_bad.get_or_insert(i);
+                    forget.push(i);
                 }
             }
+            if !forget.is_empty() {
+                self.ledger
+                    .forget_chunks(self.disk_index, &forget)
+                    .code(ErrorCode::LedgerFailed)?;
+            }
         }
-        if !missing.is_empty() {
+        if let Some(first) = first_missing {
             return Err(coded(
                 ErrorCode::DigestMismatch,
                 format!(
-                    "{} chunks of disk {} were never sent (first: {})",
-                    missing.len(),
-                    self.disk_index,
-                    missing[0]
+                    "{missing} chunks of disk {} were never sent (first: {first})",
+                    self.disk_index
                 ),
             ));
         }
-        let actual = self.rehash(count)?;
-        let bad: Vec<u64> = (0..count)
-            .filter(|&i| actual[i as usize] != expected[i as usize])
-            .collect();
-        if !bad.is_empty() {
-            self.ledger
-                .forget_chunks(self.disk_index, &bad)
-                .code(ErrorCode::LedgerFailed)?;
+        if let Some(first) = first_bad {
             return Err(coded(
                 ErrorCode::DigestMismatch,
                 format!(
-                    "{} chunks of disk {} differ from the ledger when re-read (first: {})",
-                    bad.len(),
-                    self.disk_index,
-                    bad[0]
+                    "{bad} chunks of disk {} differ from the ledger when re-read (first: {first})",
+                    self.disk_index
                 ),
             ));
         }
-        let digest = disk_digest(rec.size, rec.chunk_size, &actual);
+        let digest = digester.finish();
         if digest != sender_digest {
             // The target holds what the ledger says, but not what the sender
             // read: the disk is not verified, and the round does not end.
@@ -284,13 +311,5 @@ impl Writer {
             ));
         }
         Ok(digest)
-    }
-
-    /// Hash every chunk of the target, on two threads.
-    fn rehash(&self, count: u64) -> Result<Vec<[u8; 32]>> {
-        let rec = &self.record;
-        debug_assert_eq!(count, chunk_count(rec.size, rec.chunk_size));
-        crate::disk::hash_chunks(&self.disk, rec.size, rec.chunk_size)
-            .with_context(|| format!("re-reading disk {}", self.disk_index))
     }
 }

@@ -37,7 +37,8 @@ impl WireError {
 }
 
 /// One entry of a disk manifest: what the appliance has committed for a chunk.
-pub type ManifestEntry = Option<[u8; 32]>;
+/// A committed chunk in a manifest page: its index and hash.
+pub type ManifestEntry = (u64, [u8; 32]);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -61,12 +62,16 @@ pub enum Frame {
         size: u64,
         chunk_size: u32,
     },
-    /// appliance → sender: committed hashes of chunks `first..first+entries.len()`.
-    /// `fresh`: the target was zero when the job began, so a chunk without an
-    /// entry reads as zeros. `last`: no more pages follow.
+    /// appliance → sender: the committed chunks among `first..end`, in
+    /// ascending order (a chunk of the range without an entry is not
+    /// committed). Sparse, so a page costs what is committed, not what the
+    /// disk's size is. `fresh`: the target was zero when the job began, so a
+    /// chunk without an entry reads as zeros. `last`: no more pages follow
+    /// (`end` is then the disk's chunk count).
     Manifest {
         disk: u32,
         first: u64,
+        end: u64,
         fresh: bool,
         last: bool,
         entries: Vec<ManifestEntry>,
@@ -107,6 +112,11 @@ pub enum Frame {
     EndRound,
     /// appliance → sender: where the round is, with the job's status.
     RoundStatus { status: Status, event: RoundEvent },
+    /// sender → appliance, when it has sent nothing for a while: the link
+    /// is alive. The appliance answers at once with Pong.
+    Ping,
+    /// appliance → sender: the answer to Ping.
+    Pong,
 }
 
 /// What a RoundStatus frame tells the sender.
@@ -148,6 +158,8 @@ mod ty {
     pub const DISK_NAMES: u8 = 0x17;
     pub const END_ROUND: u8 = 0x30;
     pub const ROUND_STATUS: u8 = 0x31;
+    pub const PING: u8 = 0x40;
+    pub const PONG: u8 = 0x41;
 }
 
 /// Most names in a DiskNames frame.
@@ -176,6 +188,8 @@ impl Frame {
             Frame::DiskNames { .. } => "DiskNames",
             Frame::EndRound => "EndRound",
             Frame::RoundStatus { .. } => "RoundStatus",
+            Frame::Ping => "Ping",
+            Frame::Pong => "Pong",
         }
     }
 
@@ -239,22 +253,19 @@ impl Frame {
             Frame::Manifest {
                 disk,
                 first,
+                end,
                 fresh,
                 last,
                 entries,
             } => {
                 dst.put_u32(*disk);
                 dst.put_u64(*first);
+                dst.put_u64(*end);
                 dst.put_u8(u8::from(*fresh) | (u8::from(*last) << 1));
                 dst.put_u32(entries.len() as u32);
-                for e in entries {
-                    match e {
-                        None => dst.put_u8(0),
-                        Some(h) => {
-                            dst.put_u8(1);
-                            dst.put_slice(h);
-                        }
-                    }
+                for (index, hash) in entries {
+                    dst.put_u64(*index);
+                    dst.put_slice(hash);
                 }
                 ty::MANIFEST
             }
@@ -320,6 +331,8 @@ impl Frame {
                 ty::DISK_NAMES
             }
             Frame::EndRound => ty::END_ROUND,
+            Frame::Ping => ty::PING,
+            Frame::Pong => ty::PONG,
             Frame::RoundStatus { status, event } => {
                 dst.put_u8(status.wire_code());
                 let (kind, step) = match event {
@@ -369,22 +382,33 @@ impl Frame {
             ty::MANIFEST => {
                 let disk = get_u32(&mut p, "Manifest")?;
                 let first = get_u64(&mut p, "Manifest")?;
+                let end = get_u64(&mut p, "Manifest")?;
                 let flags = get_u8(&mut p, "Manifest")?;
                 let count = get_u32(&mut p, "Manifest")? as usize;
-                if count > crate::wire::MANIFEST_PAGE || count > p.remaining() {
+                if count > crate::wire::MANIFEST_PAGE || count.saturating_mul(40) > p.remaining() {
                     return Err(malformed("Manifest", "entry count exceeds the page"));
                 }
-                let mut entries = Vec::with_capacity(count);
+                if end < first {
+                    return Err(malformed("Manifest", "the range ends before it starts"));
+                }
+                let mut entries: Vec<ManifestEntry> = Vec::with_capacity(count);
                 for _ in 0..count {
-                    entries.push(match get_u8(&mut p, "Manifest")? {
-                        0 => None,
-                        1 => Some(get32(&mut p, "Manifest")?),
-                        _ => return Err(malformed("Manifest", "bad entry tag")),
-                    });
+                    let index = get_u64(&mut p, "Manifest")?;
+                    let in_order = entries
+                        .last()
+                        .map_or(index >= first, |&(prev, _)| index > prev);
+                    if !in_order || index >= end {
+                        return Err(malformed(
+                            "Manifest",
+                            "entries out of order or out of the range",
+                        ));
+                    }
+                    entries.push((index, get32(&mut p, "Manifest")?));
                 }
                 Frame::Manifest {
                     disk,
                     first,
+                    end,
                     fresh: flags & 1 != 0,
                     last: flags & 2 != 0,
                     entries,
@@ -454,6 +478,8 @@ impl Frame {
                 Frame::DiskNames { disk, names }
             }
             ty::END_ROUND => Frame::EndRound,
+            ty::PING => Frame::Ping,
+            ty::PONG => Frame::Pong,
             ty::ROUND_STATUS => {
                 let status = Status::from_wire_code(get_u8(&mut p, "RoundStatus")?)
                     .ok_or_else(|| malformed("RoundStatus", "unknown status"))?;
@@ -651,9 +677,10 @@ mod tests {
             Frame::Manifest {
                 disk: 1,
                 first: 8192,
+                end: 1 << 30,
                 fresh: true,
                 last: false,
-                entries: vec![None, Some([1; 32])],
+                entries: vec![(8193, [1; 32]), (1 << 29, [2; 32])],
             },
             Frame::Chunk {
                 disk: 0,
@@ -698,6 +725,8 @@ mod tests {
                 status: Status::SYNCING,
                 event: RoundEvent::AwaitingDisks,
             },
+            Frame::Ping,
+            Frame::Pong,
         ]
     }
 
