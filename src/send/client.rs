@@ -91,6 +91,13 @@ pub fn silent() -> anyhow::Error {
 pub async fn send(conn: &mut Conn, frame: Frame) -> Result<()> {
     let bound = wire::LINK_TIMEOUT + Duration::from_secs(frame_len(&frame) / (64 << 10));
     match tokio::time::timeout(bound, conn.send(frame)).await {
+        Ok(Err(wire::WireError::Io(e))) if e.kind() == std::io::ErrorKind::TimedOut => Err(coded(
+            ErrorCode::TransferInterrupted,
+            format!(
+                "sending to the appliance: nothing it was sent was acknowledged for {} s ({e}): the link is silent; reconnecting",
+                wire::LINK_TIMEOUT.as_secs()
+            ),
+        )),
         Ok(r) => r.map_err(|e| {
             coded(
                 ErrorCode::TransferInterrupted,

@@ -196,6 +196,19 @@ impl Sent {
 }
 
 pub fn send_to(to: &str, token: &str, fp: &str, disks: &[&Path], extra: &[&str]) -> Sent {
+    send_to_within(to, token, fp, disks, extra, Duration::from_secs(1800))
+}
+
+/// `ferry send`, killed if it has not ended within `limit` (a sender that
+/// hangs fails the test instead of hanging it).
+pub fn send_to_within(
+    to: &str,
+    token: &str,
+    fp: &str,
+    disks: &[&Path],
+    extra: &[&str],
+    limit: Duration,
+) -> Sent {
     let report = tempfile::NamedTempFile::new().unwrap();
     let mut cmd = Command::new(FERRY);
     cmd.args([
@@ -215,7 +228,22 @@ pub fn send_to(to: &str, token: &str, fp: &str, disks: &[&Path], extra: &[&str])
     for d in disks {
         cmd.arg("--disk").arg(d);
     }
-    let output = cmd.output().expect("running ferry send");
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running ferry send");
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(limit).is_err() {
+            eprintln!("ferry send did not end within {limit:?}: killing it");
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    });
+    let output = child.wait_with_output().expect("waiting for ferry send");
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
     let text = std::fs::read_to_string(report.path()).unwrap_or_default();
     let report = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
     Sent { output, report }
@@ -315,20 +343,34 @@ pub fn free_port() -> u16 {
 }
 
 /// A TCP relay on loopback in front of an address, whose live connections
-/// can be cut (as a network failure would) while it keeps accepting new
-/// ones.
+/// can be cut (as a network failure would) or frozen (as a half-open link
+/// is: nothing passes, nothing is closed) while it keeps accepting new ones.
 pub struct CutProxy {
     pub addr: String,
     live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    /// Freeze the next connection that has relayed this many bytes upstream.
+    freeze_at: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Connections frozen so far.
+    pub frozen: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl CutProxy {
     pub fn start(upstream: &str) -> CutProxy {
+        use std::io::{Read, Write};
         use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding the relay");
         let addr = listener.local_addr().expect("relay address").to_string();
-        let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (up, l) = (upstream.to_owned(), live.clone());
+        let live = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let freeze_at = Arc::new(AtomicU64::new(u64::MAX));
+        let frozen = Arc::new(AtomicU64::new(0));
+        let (up, l, at, fz) = (
+            upstream.to_owned(),
+            live.clone(),
+            freeze_at.clone(),
+            frozen.clone(),
+        );
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -340,19 +382,53 @@ impl CutProxy {
                     l.push(client.try_clone().unwrap());
                     l.push(server.try_clone().unwrap());
                 }
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
+                let stop = Arc::new(AtomicBool::new(false));
+                for (upstream, mut from, mut to) in [
+                    (
+                        true,
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                    ),
+                    (false, server, client),
                 ] {
+                    let (at, fz, stop) = (at.clone(), fz.clone(), stop.clone());
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        let mut buf = vec![0u8; 64 << 10];
+                        let mut relayed = 0u64;
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if upstream && relayed + n as u64 >= at.load(Ordering::SeqCst) {
+                                // Once: the next connections pass.
+                                at.store(u64::MAX, Ordering::SeqCst);
+                                fz.fetch_add(1, Ordering::SeqCst);
+                                stop.store(true, Ordering::SeqCst);
+                            }
+                            if stop.load(Ordering::SeqCst) {
+                                // A black hole: hold both sockets open, pass nothing.
+                                loop {
+                                    std::thread::sleep(Duration::from_secs(3600));
+                                }
+                            }
+                            relayed += n as u64;
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
                         let _ = to.shutdown(std::net::Shutdown::Both);
                         let _ = from.shutdown(std::net::Shutdown::Both);
                     });
                 }
             }
         });
-        CutProxy { addr, live }
+        CutProxy {
+            addr,
+            live,
+            freeze_at,
+            frozen,
+        }
     }
 
     /// Cut every connection relayed now.
@@ -360,6 +436,13 @@ impl CutProxy {
         for s in self.live.lock().unwrap().drain(..) {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// Freeze the next connection once it has relayed `bytes` upstream:
+    /// from then on it passes nothing either way and stays open.
+    pub fn freeze_after(&self, bytes: u64) {
+        self.freeze_at
+            .store(bytes, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
