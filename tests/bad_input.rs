@@ -578,3 +578,40 @@ fn a_full_target_puts_the_job_in_error_and_a_start_after_making_room_resumes() {
     );
     assert_eq!(job(&server)["state"], "Waiting");
 }
+
+#[test]
+fn a_disk_larger_than_the_state_directory_can_hold_is_refused_before_it_is_recorded() {
+    let f = fixture(&[]);
+    rt().block_on(async {
+        let mut conn = authed(&f.server).await;
+        client::send(
+            &mut conn,
+            Frame::OpenDisk {
+                disk: 1,
+                size: 20 << 40,
+                chunk_size: CHUNK,
+            },
+        )
+        .await
+        .unwrap();
+        let err = client::recv(&mut conn).await.unwrap_err();
+        let detail = format!("{err:#}");
+        assert_eq!(
+            find_coded(&err).map(|c| c.code.as_str()),
+            Some("TARGET_TOO_SMALL"),
+            "{detail}"
+        );
+        assert!(
+            detail.contains("disk 1 of 20.0 TiB (21990232555520 bytes) does not fit in")
+                && detail.contains("free; give the state directory a larger file system"),
+            "{detail}"
+        );
+    });
+    // Nothing recorded, no image left, and the job goes on.
+    assert!(!f.server.disk_path(1).exists());
+    let (_, body) = f.server.control("GET", "/v1/job");
+    let job: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(job["disks"].as_array().map(Vec::len), Some(1), "{job}");
+    assert_ne!(job["status"], "InError", "{job}");
+    f.assert_intact("TARGET_TOO_SMALL");
+}

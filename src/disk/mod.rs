@@ -251,12 +251,34 @@ impl Disk {
 }
 
 fn map_write_err(e: std::io::Error, what: String) -> anyhow::Error {
-    let code = if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
-        ErrorCode::TargetFull
-    } else {
-        ErrorCode::TargetWriteFailed
+    let code = match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorCode::TargetFull,
+        // The file system cannot hold a file that large (ext4: 16 TiB).
+        Some(libc::EFBIG) => {
+            return coded(
+                ErrorCode::TargetTooSmall,
+                format!("{what}: {e}: the file system cannot hold a file this large; use a file system that can (xfs) or a target device"),
+            )
+        }
+        _ => ErrorCode::TargetWriteFailed,
     };
     coded(code, format!("{what}: {e}"))
+}
+
+/// A byte count for people: `20.0 TiB`, `512.0 MiB`, `17 B`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
 }
 
 /// BLAKE3 of every chunk of the first `size` bytes of `disk`, read on two

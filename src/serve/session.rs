@@ -848,6 +848,28 @@ fn writer_gone(disk: u32) -> anyhow::Error {
     )
 }
 
+/// An embedded disk's image lives on the state directory's file system:
+/// refuse a disk larger than its free space, with the numbers.
+fn room_for_image(path: &std::path::Path, disk: u32, size: u64) -> Result<()> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let st = nix::sys::statvfs::statvfs(dir)
+        .with_context(|| format!("reading the free space of {}", dir.display()))?;
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    if size > free {
+        return Err(coded(
+            ErrorCode::TargetTooSmall,
+            format!(
+                "disk {disk} of {} ({size} bytes) does not fit in {}: its file system has {} ({free} bytes) free; give the state directory a larger file system, or configure a target device for disk {disk}",
+                crate::disk::human_bytes(size),
+                dir.display(),
+                crate::disk::human_bytes(free)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Find or create the target of `disk` and its ledger record.
 fn open_target(
     app: &Appliance,
@@ -905,7 +927,12 @@ fn open_target(
         }
         // Nothing of this disk is committed (or its image is gone): the image
         // is created anew, so every chunk not yet written reads as zeros.
-        let d = Disk::create_sparse(&path, size)?;
+        // It must fit, or the job would fail half-way: refused now, before
+        // the disk is recorded.
+        room_for_image(&path, disk, size)?;
+        let d = Disk::create_sparse(&path, size).inspect_err(|_| {
+            let _ = std::fs::remove_file(&path);
+        })?;
         let rec = DiskRecord {
             size,
             chunk_size,
