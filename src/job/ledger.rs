@@ -4,11 +4,14 @@
 //! after a crash, everything in the ledger is on disk and the sender re-sends
 //! the rest. Every write is a durable (fsynced) redb transaction.
 
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+
+use crate::job::errors::{coded, Code, ErrorCode};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DISKS: TableDefinition<u32, &[u8]> = TableDefinition::new("disks");
@@ -44,18 +47,65 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// Open the ledger at `path`, creating it (mode 0600: it names the
+    /// migrated disks and holds their hashes) if it does not exist. A file
+    /// that is not a ledger, or a damaged one, is LEDGER_FAILED naming the
+    /// file and what to do, never a panic.
     pub fn open(path: &Path) -> Result<Ledger> {
-        let db = Database::create(path)
-            .with_context(|| format!("opening the job ledger {}", path.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("opening the job ledger {}", path.display()))
+            .code(ErrorCode::LedgerFailed)?;
+        let mode = file
+            .metadata()
+            .with_context(|| format!("inspecting the job ledger {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making the job ledger {} private", path.display()))?;
+        }
+        let damaged = |e: &dyn std::fmt::Display| {
+            coded(
+                ErrorCode::LedgerFailed,
+                format!(
+                    "the ledger {} is damaged ({e}): move it aside to start the job over; \
+                     the token and certificate are kept",
+                    path.display()
+                ),
+            )
+        };
+        let db = match quiet_catch_unwind(|| redb::Builder::new().create_file(file)) {
+            Err(panic) => return Err(damaged(&panic)),
+            Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+                return Err(coded(
+                    ErrorCode::LedgerFailed,
+                    format!("the ledger {} is open in another process", path.display()),
+                ))
+            }
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+                if e.kind() != std::io::ErrorKind::InvalidData
+                    && e.kind() != std::io::ErrorKind::UnexpectedEof =>
+            {
+                return Err(e)
+                    .with_context(|| format!("reading the job ledger {}", path.display()))
+                    .code(ErrorCode::LedgerFailed)
+            }
+            Ok(Err(e)) => return Err(damaged(&e)),
+        };
         let ledger = Ledger { db };
-        // Create the tables so that readers never meet a missing one.
-        let tx = ledger
-            .db
-            .begin_write()
-            .context("starting a ledger transaction")?;
-        tx.open_table(META).context("creating the meta table")?;
-        tx.open_table(DISKS).context("creating the disks table")?;
-        tx.open_table(CHUNKS).context("creating the chunks table")?;
+        // Create the tables so that readers never meet a missing one; a
+        // table of the wrong type is damage too.
+        let tx = ledger.db.begin_write().map_err(|e| damaged(&e))?;
+        tx.open_table(META).map_err(|e| damaged(&e))?;
+        tx.open_table(DISKS).map_err(|e| damaged(&e))?;
+        tx.open_table(CHUNKS).map_err(|e| damaged(&e))?;
         tx.commit().context("committing the ledger's tables")?;
         Ok(ledger)
     }
@@ -165,6 +215,30 @@ impl Ledger {
         tx.commit().context("committing forgotten chunks")
     }
 
+    /// How many chunks of a disk are committed, and how many bytes they
+    /// hold, counted without holding them: a record's chunk count is not
+    /// trusted to fit in memory.
+    pub fn committed(&self, disk: u32, rec: &DiskRecord) -> Result<(u64, u64)> {
+        let count = rec.chunks();
+        let tx = self.db.begin_read().context("reading the ledger")?;
+        let t = tx.open_table(CHUNKS).context("opening the chunks table")?;
+        let (mut chunks, mut bytes) = (0u64, 0u64);
+        for row in t
+            .range((disk, 0)..(disk, count))
+            .with_context(|| format!("reading the chunks of disk {disk}"))?
+        {
+            let (k, _) = row.context("reading a chunk entry")?;
+            let index = k.value().1;
+            let start = index.saturating_mul(u64::from(rec.chunk_size));
+            chunks += 1;
+            bytes += rec
+                .size
+                .saturating_sub(start)
+                .min(u64::from(rec.chunk_size));
+        }
+        Ok((chunks, bytes))
+    }
+
     /// Committed hashes of chunks `0..count` of a disk.
     pub fn chunk_hashes(&self, disk: u32, count: u64) -> Result<Vec<Option<[u8; 32]>>> {
         let len = usize::try_from(count).context("chunk count exceeds memory")?;
@@ -180,6 +254,36 @@ impl Ledger {
         }
         Ok(out)
     }
+}
+
+/// Run `f`, turning a panic into its message, without the panic hook's
+/// report on stderr. redb checks some invariants of a file it opens with
+/// assertions (a file shorter than its header says panics): for a damaged
+/// ledger that is an error to report, not a crash of the appliance.
+fn quiet_catch_unwind<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    use std::cell::Cell;
+    thread_local! {
+        static QUIET: Cell<bool> = const { Cell::new(false) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result.map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the store panicked while opening it".to_owned())
+    })
 }
 
 #[cfg(test)]
@@ -227,5 +331,60 @@ mod tests {
             vec![None, Some([3; 32]), None]
         );
         assert_eq!(l.disks().unwrap().len(), 2);
+        assert_eq!(l.committed(1, &rec).unwrap(), (1, 4 << 20));
+        l.commit_chunks(1, &[(2, [4; 32])]).unwrap();
+        assert_eq!(l.committed(1, &rec).unwrap(), (2, 6 << 20));
+        assert_eq!(l.committed(0, &rec).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn the_ledger_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        drop(Ledger::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Ledger::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn a_damaged_ledger_is_named_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        {
+            let l = Ledger::open(&path).unwrap();
+            l.put_meta("job", b"{}").unwrap();
+        }
+        let len = std::fs::metadata(&path).unwrap().len();
+        let cases: [(&str, Vec<u8>); 3] = [
+            ("garbage", b"this is not a ledger at all\n".repeat(200)),
+            (
+                "truncated",
+                std::fs::read(&path).unwrap()[..(len / 3) as usize].to_vec(),
+            ),
+            ("header only", std::fs::read(&path).unwrap()[..512].to_vec()),
+        ];
+        for (name, bytes) in cases {
+            std::fs::write(&path, &bytes).unwrap();
+            let err = match Ledger::open(&path) {
+                Ok(_) => panic!("{name}: a damaged ledger opened"),
+                Err(e) => e,
+            };
+            let text = format!("{err:#}");
+            assert_eq!(
+                crate::job::errors::find_coded(&err).map(|c| c.code),
+                Some(ErrorCode::LedgerFailed),
+                "{name}: {text}"
+            );
+            assert!(
+                text.contains(&format!("the ledger {} is damaged (", path.display()))
+                    && text.ends_with(
+                        "): move it aside to start the job over; the token and certificate are kept)"
+                    ),
+                "{name}: {text}"
+            );
+        }
     }
 }

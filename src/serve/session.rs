@@ -819,6 +819,12 @@ fn open_target(
     let cfg = &app.config;
     let existing = app.ledger.disk(disk).code(ErrorCode::LedgerFailed)?;
     if let Some(rec) = &existing {
+        super::records::check(cfg, disk, rec).map_err(|why| {
+            coded(
+                ErrorCode::LedgerFailed,
+                super::refused_record(cfg, disk, &why),
+            )
+        })?;
         if rec.size != size {
             return Err(coded(
                 ErrorCode::DiskSizeChanged,
