@@ -14,9 +14,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use ferry::job::ledger::{DiskRecord, Ledger};
+use ferry::job::state::{JobRecord, JobSettings, JobStore, Status, Validity};
 use harness::{http, mixed_image, Server, FERRY};
 use serde_json::Value;
 
@@ -220,6 +221,17 @@ fn a_disk_record_no_sender_could_make_is_refused_without_a_crash() {
         l.put_disk(1, &rec(15 << 40, 64 << 10)).unwrap();
         l.commit_chunks(1, &[(7, [1; 32]), ((15 << 24) - 1, [2; 32])])
             .unwrap();
+        // The job was Syncing with it when the appliance stopped.
+        let mut job = JobRecord::new(
+            "syncing-job".into(),
+            JobSettings {
+                incremental: true,
+                validity: Validity::days(30).unwrap(),
+            },
+            SystemTime::now(),
+        );
+        job.status = Status::SYNCING;
+        l.save(&job).unwrap();
     }
     let s = Server::start(&state, &[]);
     let (status, body) = s.http("GET", "/readyz");
@@ -232,6 +244,17 @@ fn a_disk_record_no_sender_could_make_is_refused_without_a_crash() {
     assert_eq!(v["reasons"], serde_json::json!([reason.clone()]));
     assert_eq!(v["checks"]["ledger_records_valid"], false);
     assert_eq!(s.http("GET", "/livez").0, 200);
+    // A job running with it is InError with the reason, not crash-looping.
+    let auth = format!("Bearer {}", s.control_token);
+    let (status, body) = http(&s.control, "GET", "/v1/job", &[("Authorization", &auth)]);
+    assert_eq!(status, 200, "{body}");
+    let job: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(job["state"], "InError", "{body}");
+    assert!(
+        body.contains("LEDGER_FAILED") && body.contains("the ledger's record of disk 0 is refused"),
+        "{body}"
+    );
+    s.control("POST", "/v1/job/start");
     let src = dir.path().join("src.img");
     mixed_image(&src, 8, 2);
     let sent = s.send(&[&src], &["--retries", "0"]);

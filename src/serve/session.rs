@@ -844,6 +844,15 @@ fn open_target(
             ));
         }
     }
+    if chunk_count(size, chunk_size) > super::records::MAX_CHUNKS {
+        return Err(coded(
+            ErrorCode::BadChunkSize,
+            format!(
+                "disk {disk} of {size} bytes in chunks of {chunk_size} bytes would have more than {} chunks; send with a larger --chunk-size",
+                super::records::MAX_CHUNKS
+            ),
+        ));
+    }
     if cfg.embedded() {
         if disk >= cfg.max_embedded_disks {
             return Err(coded(
