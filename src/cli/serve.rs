@@ -11,8 +11,12 @@ use crate::config::Config;
 #[command(
     after_help = "Without --config (or with a config that maps no [[disk]]), ferry runs in its \
 embedded mode: target disks are sparse files <state-dir>/disks/disk-<N>.img sized to what the sender \
-announces, a job token is generated and printed, and the TLS fingerprint the sender must pin is printed \
-and kept in <state-dir>/tls/fingerprint.\n\nExample:\n  ferry serve --state-dir /var/lib/ferry\n  \
+announces, and a job token is generated into <state-dir>/token (printed only on a terminal). The TLS \
+fingerprint the sender must pin is printed and kept in <state-dir>/tls/fingerprint.\n\nAt start, both \
+ports are bound before anything is written to the state directory; a second `ferry serve` on the same \
+state directory is refused, naming the first one's PID. A configured target that does not exist leaves \
+the appliance running but not ready (GET /readyz says why, and so does systemd's STATUS=) until it \
+appears.\n\nExample:\n  ferry serve --state-dir /var/lib/ferry\n  \
 ferry send --to appliance:8703 --token $(cat /var/lib/ferry/token) \\\n      --fingerprint $(cat /var/lib/ferry/tls/fingerprint) --disk /dev/sda"
 )]
 pub struct ServeArgs {
@@ -32,7 +36,7 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Bearer token of the control API's /v1/job [env FERRY_CONTROL_TOKEN, config: control_token;
-    /// generated in embedded mode into <state-dir>/control-token].
+    /// without one, generated into <state-dir>/control-token].
     #[arg(long, env = "FERRY_CONTROL_TOKEN", hide_env_values = true)]
     pub control_token: Option<String>,
     /// Incremental job: Waiting after each round instead of Finished [config: incremental].

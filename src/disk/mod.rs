@@ -140,15 +140,18 @@ impl Disk {
     /// Create (or re-create, emptied) a sparse image file of `size` bytes.
     pub fn create_sparse(path: &Path, size: u64) -> Result<Disk> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            private_dir(dir)?;
         }
+        // The image holds the migrated server's whole disk: only root reads it.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(path)
             .with_context(|| format!("creating target image {}", path.display()))?;
+        set_mode(&file, path, 0o600)?;
         file.set_len(size)
             .map_err(|e| map_write_err(e, format!("sizing {} to {size} bytes", path.display())))?;
         file.sync_all()
@@ -338,8 +341,8 @@ pub fn read_digest(disk: &Disk, size: u64, chunk_size: u32) -> Result<[u8; 32]> 
 }
 
 /// Replace `path` with `bytes` atomically and durably: a temporary file
-/// beside it, fsynced, renamed over it, the directory fsynced. A reader
-/// sees the old content or the new, never a part.
+/// beside it (mode 0600), fsynced, renamed over it, the directory fsynced.
+/// A reader sees the old content or the new, never a part.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let name = path
@@ -347,7 +350,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(bytes)
         .with_context(|| format!("writing {}", tmp.display()))?;
     f.sync_all()
@@ -355,6 +364,38 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     sync_dir(path)
+}
+
+/// Create a directory (and its missing parents) that only its owner may
+/// enter, mode 0700, or tighten an existing one to that: the state
+/// directory and its disks hold the migrated server's data, keys and tokens.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let meta = std::fs::metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private (mode 0700)", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Give an open file exactly `mode`: a file that existed before keeps its
+/// old mode through `open`, whatever mode `open` was asked for.
+pub fn set_mode(file: &File, path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("inspecting {}", path.display()))?;
+    if meta.permissions().mode() & 0o7777 != mode {
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {} to {mode:04o}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// fsync the directory holding `path`, so a new file's entry is durable.
@@ -390,6 +431,27 @@ mod tests {
         assert!(!is_zero(&b));
         assert_eq!(zero_hash(4099), *blake3::hash(&vec![0u8; 4099]).as_bytes());
         assert_eq!(zero_hash(5), *blake3::hash(&[0u8; 5]).as_bytes());
+    }
+
+    #[test]
+    fn images_and_their_directory_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let disks = dir.path().join("state/disks");
+        let p = disks.join("d.img");
+        Disk::create_sparse(&p, 4096).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&p), 0o600);
+        assert_eq!(mode(&disks), 0o700);
+        assert_eq!(mode(&dir.path().join("state")), 0o700);
+        // An image left by an older version, readable by all, is tightened.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&disks, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Disk::create_sparse(&p, 4096).unwrap();
+        assert_eq!((mode(&p), mode(&disks)), (0o600, 0o700));
+        let a = dir.path().join("a.json");
+        write_atomic(&a, b"{}").unwrap();
+        assert_eq!(mode(&a), 0o600);
     }
 
     #[test]

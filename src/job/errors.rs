@@ -124,7 +124,7 @@ catalogue! {
     TargetFull => "TARGET_FULL" [final, fails_job], "Do Rsync Disk x Failed: no space left on the appliance",
         "The file system holding the target disks or the job state is full. Free space or attach larger storage, then run the sender again; committed data is kept.";
     LedgerFailed => "LEDGER_FAILED" [final, fails_job], "The job's ledger could not be read or written",
-        "Check the state directory's file system (space, permissions) and the appliance's log, then restart `ferry serve`.";
+        "Check the state directory's file system (space, permissions) and the appliance's log, then restart `ferry serve`. A ledger the message calls damaged, or a disk record it refuses, cannot be repaired: move the ledger (`<state-dir>/ledger.redb`) aside and the job starts over, with the same token and certificate.";
     DigestMismatch => "DIGEST_MISMATCH" [retry, keeps_job], "The disk on the appliance does not match the source after the transfer",
         "Run the sender again: it re-sends every chunk that differs. If this repeats, the target disk may be faulty.";
     SourceReadFailed => "SOURCE_READ_FAILED" [final, keeps_job], "Reading the source disk failed",

@@ -5,11 +5,14 @@
 //! the rest. Every write is a durable (fsynced) redb transaction.
 
 use std::ops::Range;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+
+use crate::job::errors::{coded, Code, ErrorCode};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DISKS: TableDefinition<u32, &[u8]> = TableDefinition::new("disks");
@@ -45,18 +48,65 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// Open the ledger at `path`, creating it (mode 0600: it names the
+    /// migrated disks and holds their hashes) if it does not exist. A file
+    /// that is not a ledger, or a damaged one, is LEDGER_FAILED naming the
+    /// file and what to do, never a panic.
     pub fn open(path: &Path) -> Result<Ledger> {
-        let db = Database::create(path)
-            .with_context(|| format!("opening the job ledger {}", path.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("opening the job ledger {}", path.display()))
+            .code(ErrorCode::LedgerFailed)?;
+        let mode = file
+            .metadata()
+            .with_context(|| format!("inspecting the job ledger {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making the job ledger {} private", path.display()))?;
+        }
+        let damaged = |e: &dyn std::fmt::Display| {
+            coded(
+                ErrorCode::LedgerFailed,
+                format!(
+                    "the ledger {} is damaged ({e}): move it aside to start the job over; \
+                     the token and certificate are kept",
+                    path.display()
+                ),
+            )
+        };
+        let db = match quiet_catch_unwind(|| redb::Builder::new().create_file(file)) {
+            Err(panic) => return Err(damaged(&panic)),
+            Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+                return Err(coded(
+                    ErrorCode::LedgerFailed,
+                    format!("the ledger {} is open in another process", path.display()),
+                ))
+            }
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+                if e.kind() != std::io::ErrorKind::InvalidData
+                    && e.kind() != std::io::ErrorKind::UnexpectedEof =>
+            {
+                return Err(e)
+                    .with_context(|| format!("reading the job ledger {}", path.display()))
+                    .code(ErrorCode::LedgerFailed)
+            }
+            Ok(Err(e)) => return Err(damaged(&e)),
+        };
         let ledger = Ledger { db };
-        // Create the tables so that readers never meet a missing one.
-        let tx = ledger
-            .db
-            .begin_write()
-            .context("starting a ledger transaction")?;
-        tx.open_table(META).context("creating the meta table")?;
-        tx.open_table(DISKS).context("creating the disks table")?;
-        tx.open_table(CHUNKS).context("creating the chunks table")?;
+        // Create the tables so that readers never meet a missing one; a
+        // table of the wrong type is damage too.
+        let tx = ledger.db.begin_write().map_err(|e| damaged(&e))?;
+        tx.open_table(META).map_err(|e| damaged(&e))?;
+        tx.open_table(DISKS).map_err(|e| damaged(&e))?;
+        tx.open_table(CHUNKS).map_err(|e| damaged(&e))?;
         tx.commit().context("committing the ledger's tables")?;
         Ok(ledger)
     }
@@ -251,6 +301,36 @@ pub fn windows(count: u64) -> impl Iterator<Item = Range<u64>> {
     (0..count.div_ceil(WINDOW)).map(move |w| w * WINDOW..((w + 1) * WINDOW).min(count))
 }
 
+/// Run `f`, turning a panic into its message, without the panic hook's
+/// report on stderr. redb checks some invariants of a file it opens with
+/// assertions (a file shorter than its header says panics): for a damaged
+/// ledger that is an error to report, not a crash of the appliance.
+fn quiet_catch_unwind<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    use std::cell::Cell;
+    thread_local! {
+        static QUIET: Cell<bool> = const { Cell::new(false) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result.map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the store panicked while opening it".to_owned())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +389,61 @@ mod tests {
         );
         assert!(l.chunk_window(0, 0..WINDOW + 1).is_err());
         assert_eq!(l.disks().unwrap().len(), 2);
+        assert_eq!(l.committed_bytes(1, &rec).unwrap(), 4 << 20);
+        l.commit_chunks(1, &[(2, [4; 32])]).unwrap();
+        assert_eq!(l.committed_bytes(1, &rec).unwrap(), 6 << 20);
+        assert_eq!(l.committed_bytes(0, &rec).unwrap(), 0);
+    }
+
+    #[test]
+    fn the_ledger_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        drop(Ledger::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Ledger::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn a_damaged_ledger_is_named_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        {
+            let l = Ledger::open(&path).unwrap();
+            l.put_meta("job", b"{}").unwrap();
+        }
+        let len = std::fs::metadata(&path).unwrap().len();
+        let cases: [(&str, Vec<u8>); 3] = [
+            ("garbage", b"this is not a ledger at all\n".repeat(200)),
+            (
+                "truncated",
+                std::fs::read(&path).unwrap()[..(len / 3) as usize].to_vec(),
+            ),
+            ("header only", std::fs::read(&path).unwrap()[..512].to_vec()),
+        ];
+        for (name, bytes) in cases {
+            std::fs::write(&path, &bytes).unwrap();
+            let err = match Ledger::open(&path) {
+                Ok(_) => panic!("{name}: a damaged ledger opened"),
+                Err(e) => e,
+            };
+            let text = format!("{err:#}");
+            assert_eq!(
+                crate::job::errors::find_coded(&err).map(|c| c.code),
+                Some(ErrorCode::LedgerFailed),
+                "{name}: {text}"
+            );
+            assert!(
+                text.contains(&format!("the ledger {} is damaged (", path.display()))
+                    && text.ends_with(
+                        "): move it aside to start the job over; the token and certificate are kept)"
+                    ),
+                "{name}: {text}"
+            );
+        }
     }
 
     #[test]

@@ -220,7 +220,8 @@ pub fn run(
     on_step: &dyn Fn(Step),
 ) -> Result<Status> {
     let dir = settings.work_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The round's reports and the mount points of the migrated system.
+    crate::disk::private_dir(&dir)?;
     let targets = Target::all(ledger)?;
     if targets.is_empty() {
         return Err(coded(ErrorCode::SystemNotFound, "the job has no disks"));

@@ -14,6 +14,7 @@ use crate::repair::{self, BootMode, DeviceMap, Mode};
 
 /// Returns the repair's report, as kept in `report_path`.
 pub fn run(mounted: Mounted, targets: &[Target], report_path: &Path) -> Result<serde_json::Value> {
+    let _umask = SystemUmask::set();
     let Mounted { tree, full, .. } = mounted;
     let names: Vec<Vec<String>> = targets.iter().map(|t| t.names.clone()).collect();
     let mut devices = DeviceMap::from_mount_tree(&tree, &names);
@@ -51,5 +52,26 @@ fn restore_mount_points(devices: &mut DeviceMap, full: &layout::Layout) {
                 v.mountpoint.clone_from(&p.mount);
             }
         }
+    }
+}
+
+/// The umask of a server (022) while the migrated system is repaired, the
+/// unit's private 077 restored after. What the system's own tools make in
+/// it (grub-mkconfig, update-initramfs, dracut) and the directories the
+/// repair adds get the modes they would get on the server. The umask is the
+/// process's: meanwhile, the appliance's own files stay private because
+/// each is created with an explicit mode (0600, 0700).
+struct SystemUmask(nix::sys::stat::Mode);
+
+impl SystemUmask {
+    fn set() -> SystemUmask {
+        use nix::sys::stat::{umask, Mode};
+        SystemUmask(umask(Mode::from_bits_truncate(0o022)))
+    }
+}
+
+impl Drop for SystemUmask {
+    fn drop(&mut self) {
+        nix::sys::stat::umask(self.0);
     }
 }

@@ -57,7 +57,8 @@ pub async fn serve(app: Arc<Appliance>, listener: TcpListener, shutdown: Cancell
 }
 
 /// 503 with the reasons until the job store answers, the targets are
-/// writable and the data port is bound. (The config is loaded before this
+/// writable, the ledger's disk records were accepted at start
+/// ([`super::records`]) and the data port is bound. (The config is loaded before this
 /// port is served at all.) Checked on every request: a target that goes
 /// away makes the appliance unready again.
 async fn readyz(State(app): State<Arc<Appliance>>) -> impl IntoResponse {
@@ -77,6 +78,7 @@ async fn readyz(State(app): State<Arc<Appliance>>) -> impl IntoResponse {
         reasons.push(r.clone());
     }
     reasons.extend(targets.iter().cloned());
+    reasons.extend(app.refused_records.iter().cloned());
     let data_bound = app.data_bound.load(Ordering::SeqCst);
     if !data_bound {
         reasons.push("the data port is not bound yet".into());
@@ -94,6 +96,7 @@ async fn readyz(State(app): State<Arc<Appliance>>) -> impl IntoResponse {
                 "config_loaded": true,
                 "job_store_open": store.is_ok(),
                 "targets_writable": targets.is_empty(),
+                "ledger_records_valid": app.refused_records.is_empty(),
                 "data_port_bound": data_bound,
             },
             "reasons": reasons,
@@ -104,14 +107,15 @@ async fn readyz(State(app): State<Arc<Appliance>>) -> impl IntoResponse {
 /// Why targets cannot be written, one reason per target (empty: all fine).
 /// Opening for writing without writing proves the device or file exists
 /// and that this process may write it.
-fn targets_writable(config: &crate::config::Config) -> Vec<String> {
+pub(crate) fn targets_writable(config: &crate::config::Config) -> Vec<String> {
     if config.embedded() {
         let dir = config.state_dir.join("disks");
-        let probe = std::fs::create_dir_all(&dir).and_then(|()| tempfile::tempfile_in(&dir));
+        let probe = crate::disk::private_dir(&dir)
+            .and_then(|()| tempfile::tempfile_in(&dir).map_err(anyhow::Error::from));
         return match probe {
             Ok(_) => Vec::new(),
             Err(e) => vec![format!(
-                "the embedded disks' directory {} is not writable: {e}",
+                "the embedded disks' directory {} is not writable: {e:#}",
                 dir.display()
             )],
         };

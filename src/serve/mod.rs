@@ -9,12 +9,15 @@ pub mod auth_limit;
 pub mod claims;
 pub mod control;
 pub mod job_metrics;
+pub mod lock;
 pub mod metrics;
 pub mod notify;
+pub mod records;
 pub mod session;
 pub mod webhook;
 pub mod writer;
 
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -23,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::job::errors::{Code, ErrorCode};
 use crate::job::handle::JobHandle;
 use crate::job::ledger::Ledger;
 use crate::job::state::{JobSettings, JobStore, SystemClock, Validity};
@@ -41,7 +45,8 @@ pub struct Appliance {
     pub data_bound: AtomicBool,
     /// The job: its state, progress and last error (persisted in the ledger).
     pub job: Arc<JobHandle>,
-    /// None: no control token, so /v1/job answers 401 to everyone.
+    /// Given, kept from an earlier start, or generated: never None once
+    /// prepared.
     pub control_token: Option<String>,
     /// Control requests refused for a missing or wrong control token.
     pub unauthorized: prometheus::IntCounter,
@@ -50,6 +55,11 @@ pub struct Appliance {
     pub data_admission: Arc<admission::Admission>,
     /// The round's pipeline (grow, repair, verify, handoff), when one runs.
     pub pipeline: Arc<crate::pipeline::Runner>,
+    /// Disk records of the ledger refused at start, with the reason: the
+    /// appliance serves, but is not ready until they are dealt with.
+    pub refused_records: Vec<String>,
+    /// This appliance's hold on the state directory.
+    _lock: lock::StateLock,
 }
 
 pub fn run_blocking(config: Config) -> Result<()> {
@@ -60,14 +70,36 @@ pub fn run_blocking(config: Config) -> Result<()> {
     rt.block_on(run(config))
 }
 
-/// Resolve the state directory, token and TLS identity of `config`.
-pub fn prepare(config: Config) -> Result<Appliance> {
+/// Open the state directory of `config` (creating it, mode 0700), take its
+/// lock (or keep `lock`, taken before the ports were bound), and resolve the
+/// token, the TLS identity and the job.
+pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Appliance> {
     let validity = Validity::days(config.validity_days)?;
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+    crate::disk::private_dir(&config.state_dir)
+        .with_context(|| format!("preparing state directory {}", config.state_dir.display()))?;
+    let lock = match lock {
+        Some(mut lock) => {
+            lock.write_pid()?;
+            lock
+        }
+        None => lock::StateLock::take(&config.state_dir)?,
+    };
     let token = resolve_token(&config)?;
-    let ledger = Arc::new(Ledger::open(&config.ledger_path())?);
+    let ledger_path = config.ledger_path();
+    let ledger_existed = ledger_path.exists();
+    let ledger = Arc::new(Ledger::open(&ledger_path)?);
     let tls = crate::wire::tls::load_or_create(&config.state_dir.join("tls"))?;
+    if tls.created && ledger_existed {
+        tracing::warn!(
+            fingerprint = %tls.fingerprint,
+            "the data port's TLS identity was missing from {} and has been generated anew: senders \
+             that pinned the old fingerprint are refused (TLS_FINGERPRINT_MISMATCH); give them the new \
+             one (--fingerprint {}, kept in {}, also GET /v1/identity)",
+            config.state_dir.join("tls").display(),
+            tls.fingerprint,
+            config.state_dir.join("tls/fingerprint").display(),
+        );
+    }
     let job = JobHandle::open(
         Arc::clone(&ledger) as Arc<dyn JobStore>,
         Arc::new(SystemClock),
@@ -76,7 +108,7 @@ pub fn prepare(config: Config) -> Result<Appliance> {
             validity,
         },
     )?;
-    restore_job_progress(&job, &ledger)?;
+    let refused_records = restore_job_progress(&config, &job, &ledger)?;
     let control_token = resolve_control_token(&config)?;
     let webhook = match (&config.webhook_url, &config.webhook_secret) {
         (Some(url), Some(secret)) => {
@@ -131,6 +163,8 @@ pub fn prepare(config: Config) -> Result<Appliance> {
         auth: auth_limit::AuthLimiter::default(),
         claims: Arc::default(),
         data_bound: AtomicBool::new(false),
+        refused_records,
+        _lock: lock,
     })
 }
 
@@ -154,38 +188,68 @@ fn resolve_token(config: &Config) -> Result<String> {
         "no job token: pass --token, set FERRY_TOKEN, or put `token = \"...\"` in the config"
     );
     let t = hex::encode(rand::random::<[u8; 24]>());
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        writeln!(f, "{t}").with_context(|| format!("writing {}", path.display()))?;
-        f.sync_all()
-            .with_context(|| format!("flushing {}", path.display()))?;
+    write_secret(&path, &t)?;
+    // On a terminal, for the person who started it; never into a log (the
+    // journal, a file, a pipe), which others may read.
+    if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
+        println!("token: {t} (generated, kept in {})", path.display());
+    } else {
+        println!("token: generated, kept in {}", path.display());
     }
-    println!("token: {t} (generated, kept in {})", path.display());
     Ok(t)
 }
 
-/// After a restart, show each disk's progress as the ledger has it.
-fn restore_job_progress(job: &JobHandle, ledger: &Ledger) -> Result<()> {
+/// After a restart, show each disk's progress as the ledger has it, after
+/// checking each disk record ([`records::check`]). A record refused is
+/// logged and returned, and a job that was running with it goes InError
+/// (LEDGER_FAILED): the appliance starts anyway, never to crash-loop on it.
+fn restore_job_progress(config: &Config, job: &JobHandle, ledger: &Ledger) -> Result<Vec<String>> {
     let mut committed = Vec::new();
-    for (index, rec) in ledger.disks().context("reading the ledger's disks")? {
+    let mut refused = Vec::new();
+    let disks = ledger
+        .disks()
+        .with_context(|| {
+            format!(
+                "reading the disks of the ledger {}",
+                config.ledger_path().display()
+            )
+        })
+        .code(ErrorCode::LedgerFailed)?;
+    for (index, rec) in disks {
+        if let Err(why) = records::check(config, index, &rec) {
+            refused.push(refused_record(config, index, &why));
+            continue;
+        }
         let bytes = ledger
             .committed_bytes(index, &rec)
-            .with_context(|| format!("reading the ledger's chunks of disk {index}"))?;
+            .with_context(|| format!("reading the ledger's chunks of disk {index}"))
+            .code(ErrorCode::LedgerFailed)?;
         committed.push((index, bytes));
     }
-    job.restore_progress(&committed)
+    job.restore_progress(&committed)?;
+    for reason in &refused {
+        tracing::error!("{reason}");
+    }
+    if let Some(first) = refused.first() {
+        if job.status().state() == crate::job::state::JobState::Running {
+            job.fail(ErrorCode::LedgerFailed, first.clone())
+                .context("recording the refused disk record in the job")?;
+        }
+    }
+    Ok(refused)
 }
 
-/// The control token: given, kept from an earlier start, or (embedded mode)
-/// generated; None in production mode without one, which locks /v1/job.
+/// What to say of a refused record: which, why, and what to do.
+pub fn refused_record(config: &Config, index: u32, why: &str) -> String {
+    format!(
+        "the ledger's record of disk {index} is refused: {why}; move the ledger {} aside to start \
+         the job over (the token and certificate are kept)",
+        config.ledger_path().display()
+    )
+}
+
+/// The control token: given, kept from an earlier start, or generated and
+/// kept in the state directory.
 fn resolve_control_token(config: &Config) -> Result<Option<String>> {
     if let Some(t) = &config.control_token {
         anyhow::ensure!(
@@ -201,13 +265,18 @@ fn resolve_control_token(config: &Config) -> Result<Option<String>> {
             return Ok(Some(t));
         }
     }
-    if !config.embedded() {
-        tracing::warn!("no control token (--control-token, FERRY_CONTROL_TOKEN, control_token): /v1/job refuses every request");
-        return Ok(None);
-    }
+    // Never a /v1/job that refuses everyone: without a configured token, one
+    // is made and kept, and whoever may read the state directory may use it.
     let t = hex::encode(rand::random::<[u8; 24]>());
     write_secret(&path, &t)?;
-    println!("control-token: kept in {}", path.display());
+    if !config.embedded() {
+        tracing::warn!(
+            "no control token was configured (--control-token, FERRY_CONTROL_TOKEN, control_token): \
+             generated one, kept in {}",
+            path.display()
+        );
+    }
+    println!("control-token: generated, kept in {}", path.display());
     Ok(Some(t))
 }
 
@@ -221,13 +290,22 @@ fn write_secret(path: &std::path::Path, value: &str) -> Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
+    crate::disk::set_mode(&f, path, 0o600)?;
     writeln!(f, "{value}").with_context(|| format!("writing {}", path.display()))?;
     f.sync_all()
         .with_context(|| format!("flushing {}", path.display()))
 }
 
 async fn run(config: Config) -> Result<()> {
-    let app = tokio::task::spawn_blocking(move || prepare(config))
+    // Nothing is written to the state directory before both ports are
+    // bound: an appliance that cannot serve leaves no state behind. A lock
+    // file that exists already is taken first (taking it writes nothing),
+    // so that a second appliance on the same state directory is told so
+    // rather than that its ports are taken.
+    let lock = lock::StateLock::take_existing(&config.state_dir)?;
+    let data = bind(&config.data_listen, "data", "data_listen").await?;
+    let control = bind(&config.control_listen, "control", "control_listen").await?;
+    let app = tokio::task::spawn_blocking(move || prepare(config, lock))
         .await
         .context("preparing the appliance")??;
     let app = Arc::new(app);
@@ -239,12 +317,6 @@ async fn run(config: Config) -> Result<()> {
         tracing::info!("the job was in its pipeline when the appliance stopped: running it again");
         app.pipeline.start();
     }
-    let data = TcpListener::bind(&app.config.data_listen)
-        .await
-        .with_context(|| format!("binding the data port {}", app.config.data_listen))?;
-    let control = TcpListener::bind(&app.config.control_listen)
-        .await
-        .with_context(|| format!("binding the control port {}", app.config.control_listen))?;
     let data_addr = data
         .local_addr()
         .context("reading the data port's address")?;
@@ -266,13 +338,22 @@ async fn run(config: Config) -> Result<()> {
             format!("{} configured target disk(s)", app.config.disks.len())
         }
     );
-    tracing::info!(%data_addr, %control_addr, fingerprint = %app.fingerprint, job = %app.job.snapshot().id, status = %app.job.status(), "ferry serve is ready");
-    if let Err(err) = notify::ready(&format!(
-        "job {}: data port {data_addr}, control port {control_addr}",
-        app.job.status()
-    )) {
+    let serving = format!("data port {data_addr}, control port {control_addr}");
+    let problems = start_problems(&app).await;
+    for p in &problems {
+        tracing::warn!("not ready: {p}");
+    }
+    if problems.is_empty() {
+        tracing::info!(%data_addr, %control_addr, fingerprint = %app.fingerprint, job = %app.job.snapshot().id, status = %app.job.status(), "ferry serve is ready");
+    } else {
+        tracing::warn!(%data_addr, %control_addr, fingerprint = %app.fingerprint, job = %app.job.snapshot().id, status = %app.job.status(), "ferry serve is serving, but not ready (GET /readyz says why)");
+    }
+    // READY=1 either way: the appliance is up and /readyz tells the truth;
+    // STATUS= says why it is not ready, for `systemctl status`.
+    if let Err(err) = notify::ready(&status_line(&app, &serving, &problems)) {
         tracing::warn!("{err:#}");
     }
+    spawn_readiness_watch(Arc::clone(&app), serving, problems);
     let _watchdog = notify::spawn_watchdog();
     {
         // Expiry is checked on every read too; this makes it happen (and its
@@ -314,6 +395,74 @@ async fn run(config: Config) -> Result<()> {
         w.close();
     }
     Ok(())
+}
+
+/// Bind one of the two ports; a port that is taken is named, with what to do.
+async fn bind(addr: &str, which: &str, key: &str) -> Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let port = addr.rsplit_once(':').map_or(addr, |(_, p)| p);
+            Err(anyhow::anyhow!(
+                "port {port} is in use by another process; stop it or set {key} (--{})",
+                key.replace('_', "-")
+            ))
+            .with_context(|| format!("binding the {which} port {addr}"))
+        }
+        Err(e) => Err(e).with_context(|| format!("binding the {which} port {addr}")),
+    }
+}
+
+/// Why the appliance is not ready, besides what only a request can see:
+/// one reason per target that cannot be written, and per refused record.
+async fn start_problems(app: &Arc<Appliance>) -> Vec<String> {
+    let checker = Arc::clone(app);
+    let mut problems =
+        tokio::task::spawn_blocking(move || control::targets_writable(&checker.config))
+            .await
+            .unwrap_or_else(|e| vec![format!("checking the targets failed: {e}")]);
+    problems.extend(app.refused_records.iter().cloned());
+    problems
+}
+
+fn status_line(app: &Appliance, serving: &str, problems: &[String]) -> String {
+    if problems.is_empty() {
+        format!("job {}: {serving}", app.job.status())
+    } else {
+        format!(
+            "not ready: {} (job {}: {serving})",
+            problems.join("; "),
+            app.job.status()
+        )
+    }
+}
+
+/// Until every target can be written, look again every few seconds and
+/// tell systemd's STATUS= (and the log) when that changes: a disk attached
+/// after the start makes the appliance ready without a restart.
+fn spawn_readiness_watch(app: Arc<Appliance>, serving: String, mut problems: Vec<String>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        tick.tick().await;
+        while !problems.is_empty() {
+            tick.tick().await;
+            let now = start_problems(&app).await;
+            if now == problems {
+                continue;
+            }
+            if now.is_empty() {
+                tracing::info!("every target can be written now: ferry serve is ready");
+            } else {
+                for p in now.iter().filter(|p| !problems.contains(p)) {
+                    tracing::warn!("not ready: {p}");
+                }
+            }
+            if let Err(err) = notify::status(&status_line(&app, &serving, &now)) {
+                tracing::warn!("{err:#}");
+            }
+            problems = now;
+        }
+    });
 }
 
 async fn wait_for_signal() {

@@ -880,6 +880,12 @@ fn open_target(
     let cfg = &app.config;
     let existing = app.ledger.disk(disk).code(ErrorCode::LedgerFailed)?;
     if let Some(rec) = &existing {
+        super::records::check(cfg, disk, rec).map_err(|why| {
+            coded(
+                ErrorCode::LedgerFailed,
+                super::refused_record(cfg, disk, &why),
+            )
+        })?;
         if rec.size != size {
             return Err(coded(
                 ErrorCode::DiskSizeChanged,
@@ -898,6 +904,15 @@ fn open_target(
                 ),
             ));
         }
+    }
+    if chunk_count(size, chunk_size) > super::records::MAX_CHUNKS {
+        return Err(coded(
+            ErrorCode::BadChunkSize,
+            format!(
+                "disk {disk} of {size} bytes in chunks of {chunk_size} bytes would have more than {} chunks; send with a larger --chunk-size",
+                super::records::MAX_CHUNKS
+            ),
+        ));
     }
     if cfg.embedded() {
         if disk >= cfg.max_embedded_disks {

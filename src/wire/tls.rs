@@ -12,6 +12,8 @@ pub struct TlsIdentity {
     pub config: Arc<rustls::ServerConfig>,
     /// Lowercase hex SHA-256 of the certificate (DER).
     pub fingerprint: String,
+    /// The certificate and key were missing and have just been generated.
+    pub created: bool,
 }
 
 /// SHA-256 of a DER certificate, as lowercase hex.
@@ -22,8 +24,9 @@ pub fn fingerprint(der: &[u8]) -> String {
 pub fn load_or_create(dir: &Path) -> Result<TlsIdentity> {
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
-    if !cert_path.exists() || !key_path.exists() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::disk::private_dir(dir)?;
+    let created = !cert_path.exists() || !key_path.exists();
+    if created {
         let ck = rcgen::generate_simple_self_signed(vec!["ferry".to_owned()])
             .context("generating the data port's TLS certificate")?;
         write_private(&key_path, ck.key_pair.serialize_pem().as_bytes())?;
@@ -45,8 +48,12 @@ pub fn load_or_create(dir: &Path) -> Result<TlsIdentity> {
         .first()
         .with_context(|| format!("{} holds no certificate", cert_path.display()))?;
     let fingerprint = fingerprint(first.as_ref());
-    std::fs::write(dir.join("fingerprint"), format!("{fingerprint}\n"))
-        .with_context(|| format!("writing {}", dir.join("fingerprint").display()))?;
+    let fingerprint_path = dir.join("fingerprint");
+    if std::fs::read_to_string(&fingerprint_path).ok().as_deref()
+        != Some(&format!("{fingerprint}\n"))
+    {
+        write_private(&fingerprint_path, format!("{fingerprint}\n").as_bytes())?;
+    }
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -58,6 +65,7 @@ pub fn load_or_create(dir: &Path) -> Result<TlsIdentity> {
     Ok(TlsIdentity {
         config: Arc::new(config),
         fingerprint,
+        created,
     })
 }
 
@@ -90,7 +98,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = load_or_create(dir.path()).unwrap();
         let b = load_or_create(dir.path()).unwrap();
+        assert_eq!((a.created, b.created), (true, false));
         assert_eq!(a.fingerprint, b.fingerprint);
+        use std::os::unix::fs::PermissionsExt;
+        for (name, mode) in [
+            ("", 0o700),
+            ("cert.pem", 0o600),
+            ("key.pem", 0o600),
+            ("fingerprint", 0o600),
+        ] {
+            let m = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(m & 0o777, mode, "{name}");
+        }
         assert_eq!(a.fingerprint.len(), 64);
         let on_disk = std::fs::read_to_string(dir.path().join("fingerprint")).unwrap();
         assert_eq!(on_disk.trim(), a.fingerprint);
