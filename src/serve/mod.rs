@@ -99,6 +99,7 @@ pub fn prepare(config: Config) -> Result<Appliance> {
             validity,
         },
     )?;
+    job.set_stall_after(std::time::Duration::from_secs(config.stall_after_secs));
     restore_job_progress(&job, &ledger)?;
     let control_token = resolve_control_token(&config)?;
     let webhook = match (&config.webhook_url, &config.webhook_secret) {
