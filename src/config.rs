@@ -39,6 +39,9 @@ pub struct Config {
     pub build: bool,
     /// Validity of the job in days (7 to 90).
     pub validity_days: u32,
+    /// A Syncing job that has received no data for this many seconds is
+    /// shown as stalled (GET /v1/job, the status page, ferry_job_stalled).
+    pub stall_after_secs: u64,
     /// The control plane's URL for state-change webhooks, and the HMAC key.
     pub webhook_url: Option<String>,
     pub webhook_secret: Option<String>,
@@ -72,6 +75,7 @@ impl Default for Config {
             incremental: false,
             build: true,
             validity_days: crate::job::state::Validity::DEFAULT_DAYS,
+            stall_after_secs: crate::job::handle::JobHandle::DEFAULT_STALL_AFTER.as_secs(),
             webhook_url: None,
             webhook_secret: None,
             disks: Vec::new(),
@@ -97,6 +101,10 @@ impl Config {
             );
         }
         crate::job::state::Validity::days(cfg.validity_days)?;
+        anyhow::ensure!(
+            cfg.stall_after_secs >= 1,
+            "stall_after_secs must be at least 1"
+        );
         anyhow::ensure!(
             cfg.webhook_url.is_none() || cfg.webhook_secret.is_some(),
             "webhook_url needs webhook_secret (the HMAC key shared with the control plane)"
@@ -137,6 +145,7 @@ mod tests {
         assert!(c.embedded());
         assert_eq!(c.data_listen, "0.0.0.0:8703");
         assert_eq!(c.control_listen, "0.0.0.0:8080");
+        assert_eq!(c.stall_after_secs, 30);
     }
 
     #[test]
@@ -162,5 +171,7 @@ mod tests {
         assert_eq!(e.to_string(), "disk index 0 is mapped twice");
         let e = Config::parse("data_listn = \"x\"").unwrap_err();
         assert!(e.to_string().contains("unknown field `data_listn`"), "{e}");
+        let e = Config::parse("stall_after_secs = 0").unwrap_err();
+        assert_eq!(e.to_string(), "stall_after_secs must be at least 1");
     }
 }

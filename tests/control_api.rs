@@ -320,3 +320,58 @@ async fn a_held_connection_gives_way_and_trickled_bytes_do_not_keep_one_open() {
     }
     assert!(cut, "still open after {:?} of trickling", started.elapsed());
 }
+
+/// Wrong control tokens from one address are answered 401 with a
+/// `Retry-After` that grows with the address's failures, then refused at
+/// once with 429 CONTROL_RATE_LIMITED; the right token is answered 200
+/// throughout, also from the same address while it is limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_control_tokens_are_slowed_down_and_never_lock_out_the_right_one() {
+    let s = start(HttpLimits::default()).await;
+    let c = client();
+    let wrong = |i: usize| {
+        let req = c
+            .get(format!("{}/v1/job", s.base))
+            .bearer_auth(format!("guess-{i}"));
+        async move {
+            let resp = req.send().await.unwrap();
+            let retry: u64 = resp.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap();
+            (status, retry, body["code"].as_str().unwrap().to_owned())
+        }
+    };
+    // Ten guesses at once: each is answered after its own delay; the
+    // Retry-After of each tells the wait of the one after it.
+    let mut answers = futures::future::join_all((0..10).map(wrong)).await;
+    answers.sort_by_key(|a| a.1);
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [401; 10]);
+    assert!(answers.iter().all(|a| a.2 == "CONTROL_UNAUTHORIZED"));
+    let waits: Vec<u64> = answers.iter().map(|a| a.1).collect();
+    assert_eq!(&waits[..9], &[1, 1, 2, 4, 4, 4, 4, 4, 4], "{waits:?}");
+    assert!((50..=60).contains(&waits[9]), "the tenth blocks: {waits:?}");
+
+    // The right token from the same address: answered, and nothing about
+    // the guesses changes that.
+    let (status, job) = call(&c, &s, "GET", "/v1/job").await;
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["state"], "Ready");
+
+    // Further guesses are refused at once, as long as they go on.
+    for i in 10..13 {
+        let (status, retry, code) = wrong(i).await;
+        assert_eq!((status, code.as_str()), (429, "CONTROL_RATE_LIMITED"));
+        assert!((50..=60).contains(&retry), "{retry}");
+    }
+    let (status, _) = call(&c, &s, "POST", "/v1/job/start").await;
+    assert_eq!(status, 200, "a limited address still starts the job");
+    assert_eq!(s.unauthorized.get(), 13);
+    // A request without a token guessed nothing: 401 at once, no limit.
+    let resp = c.get(format!("{}/v1/job", s.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+}

@@ -181,6 +181,8 @@ catalogue! {
         "Set validity_days in the appliance's config (or --validity-days) to a whole number of days from 7 to 90; the default is 30.";
     ControlUnauthorized => "CONTROL_UNAUTHORIZED" [final, keeps_job], "The control token is missing or not valid",
         "Send `Authorization: Bearer <control token>`. The control token is set with --control-token, FERRY_CONTROL_TOKEN or control_token in the config (embedded mode keeps it in `<state-dir>/control-token`); it is not the sender's job token.";
+    ControlRateLimited => "CONTROL_RATE_LIMITED" [final, keeps_job], "Too many wrong control tokens from this address",
+        "Wrong control tokens from this address are answered slowly and then refused for a while; a correct one is always accepted. Wait the seconds of the Retry-After header, then send the right control token (see CONTROL_UNAUTHORIZED).";
 }
 
 impl std::fmt::Display for ErrorCode {

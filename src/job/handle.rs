@@ -5,6 +5,7 @@
 //! that a client has seen survives a crash. Listeners (the webhook) are told
 //! of status changes after the save, outside the lock, and must not block.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +25,8 @@ pub struct JobHandle {
     /// Bumped on every change (status or progress), for waiters.
     version: watch::Sender<u64>,
     listeners: Mutex<Vec<Listener>>,
+    /// Seconds without data after which a Syncing job is stalled.
+    stall_after_secs: AtomicU64,
 }
 
 struct Inner {
@@ -36,6 +39,9 @@ struct Inner {
 
 impl JobHandle {
     pub const PROGRESS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
+    /// A Syncing job without data for this long is stalled, unless the
+    /// configuration says otherwise.
+    pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30);
 
     /// Load the job from the store, or create a new Ready one with
     /// `settings`. A loaded job keeps its own settings and status: a job that
@@ -78,6 +84,7 @@ impl JobHandle {
             clock,
             version,
             listeners: Mutex::new(Vec::new()),
+            stall_after_secs: AtomicU64::new(Self::DEFAULT_STALL_AFTER.as_secs()),
         });
         handle.tick().context("checking the job's validity")?;
         Ok(handle)
@@ -107,12 +114,25 @@ impl JobHandle {
         self.clock.now()
     }
 
-    /// The job as it is now (after expiring it if its time has come).
+    /// The job as it is now (after expiring it if its time has come), its
+    /// rates measured up to now.
     pub fn snapshot(&self) -> JobRecord {
         if let Err(err) = self.tick() {
             tracing::warn!("checking the job's validity: {err:#}");
         }
-        self.lock().record.clone()
+        let mut record = self.lock().record.clone();
+        record.refresh_rates(self.clock.now());
+        record
+    }
+
+    /// A Syncing job without data for this long is stalled.
+    pub fn stall_after(&self) -> Duration {
+        Duration::from_secs(self.stall_after_secs.load(Ordering::Relaxed))
+    }
+
+    pub fn set_stall_after(&self, after: Duration) {
+        self.stall_after_secs
+            .store(after.as_secs().max(1), Ordering::Relaxed);
     }
 
     pub fn status(&self) -> Status {
@@ -218,7 +238,7 @@ impl JobHandle {
                     _ => Some(r.transition(Status::SYNCING, "syncing", now)?),
                 };
                 for &(index, size, committed) in disks {
-                    r.set_disk(index, size, committed);
+                    r.disk_opened(index, size, committed, now);
                 }
                 Ok(change)
             },

@@ -8,6 +8,7 @@
 //! rounds), Expired and Deleting. Every change goes through [`TRANSITIONS`];
 //! anything not listed there is refused with `JOB_TRANSITION_REFUSED`.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -390,7 +391,8 @@ pub struct DiskProgress {
     pub size: u64,
     /// Bytes of the disk that are committed (durable and in the ledger).
     pub committed: u64,
-    /// Smoothed commit rate in bytes per second.
+    /// Commit rate over the last [`DiskProgress::RATE_WINDOW`], in bytes per
+    /// second: 0 once no data has arrived for that long.
     #[serde(default)]
     pub rate_bps: f64,
     /// Seconds until the disk is committed at the current rate.
@@ -400,8 +402,14 @@ pub struct DiskProgress {
     /// this round.
     #[serde(default)]
     pub verified: bool,
+    /// When the disk last moved: a sender opened it, or data arrived and
+    /// its committed bytes grew.
+    #[serde(default)]
+    pub last_progress_at: Option<Timestamp>,
+    /// (when, committed bytes from then on), oldest first, spanning the rate
+    /// window and one sample before it.
     #[serde(skip)]
-    last_sample: Option<(SystemTime, u64)>,
+    samples: VecDeque<(SystemTime, u64)>,
 }
 
 impl DiskProgress {
@@ -413,38 +421,56 @@ impl DiskProgress {
             rate_bps: 0.0,
             eta_secs: None,
             verified: false,
-            last_sample: None,
+            last_progress_at: None,
+            samples: VecDeque::new(),
         }
     }
 
-    /// Samples closer together than this are folded into the next one:
-    /// rates over a few milliseconds are noise.
-    const MIN_SAMPLE: Duration = Duration::from_millis(500);
-    /// Time constant of the exponential smoothing of the rate.
-    const SMOOTHING_SECS: f64 = 10.0;
+    /// The rate is what was committed in this window, divided by it: it
+    /// follows the link within seconds and falls to 0 when data stops,
+    /// where an average since the start would go on claiming a transfer.
+    pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+    /// A new sample replaces the last one while the one before that is
+    /// closer than this: at most two are kept per this span of the window.
+    const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+    /// Less time than this since the first sample gives no rate yet: a
+    /// rate over a few milliseconds is noise.
+    const MIN_SPAN: Duration = Duration::from_millis(500);
 
     /// Record that `committed` bytes are committed at `now`, updating the
-    /// smoothed rate and the ETA.
+    /// rate and the ETA.
     pub fn record(&mut self, committed: u64, now: SystemTime) {
         let committed = committed.min(self.size);
-        match self.last_sample {
-            None => self.last_sample = Some((now, self.committed)),
-            Some((t0, c0)) => {
-                let dt = now.duration_since(t0).unwrap_or_default();
-                if dt >= Self::MIN_SAMPLE {
-                    let inst = committed.saturating_sub(c0) as f64 / dt.as_secs_f64();
-                    self.rate_bps = if self.rate_bps == 0.0 {
-                        inst
-                    } else {
-                        let alpha = 1.0 - (-dt.as_secs_f64() / Self::SMOOTHING_SECS).exp();
-                        alpha * inst + (1.0 - alpha) * self.rate_bps
-                    };
-                    self.last_sample = Some((now, committed));
-                }
-            }
+        if committed > self.committed {
+            self.last_progress_at = Some(Timestamp(now));
         }
         self.committed = committed;
-        let remaining = self.size - self.committed;
+        // The last sample is always now; it replaces the one before when
+        // that is closer than SAMPLE_EVERY to the one before it.
+        let n = self.samples.len();
+        let close = n >= 2
+            && now
+                .duration_since(self.samples[n - 2].0)
+                .unwrap_or_default()
+                < Self::SAMPLE_EVERY;
+        if close {
+            self.samples[n - 1] = (now, committed);
+        } else {
+            self.samples.push_back((now, committed));
+        }
+        // Keep one sample at or before the window's start: the baseline.
+        let start = now.checked_sub(Self::RATE_WINDOW).unwrap_or(now);
+        while self.samples.len() > 1 && self.samples[1].0 <= start {
+            self.samples.pop_front();
+        }
+        self.refresh(now);
+    }
+
+    /// Bring the rate and the ETA to `now`: what was committed in the
+    /// window before it.
+    pub fn refresh(&mut self, now: SystemTime) {
+        let remaining = self.size.saturating_sub(self.committed);
+        self.rate_bps = self.rate_at(now);
         self.eta_secs = if remaining == 0 {
             Some(0)
         } else if self.rate_bps > 0.0 {
@@ -452,16 +478,51 @@ impl DiskProgress {
         } else {
             None
         };
-        if remaining == 0 {
-            self.rate_bps = 0.0;
-        }
     }
 
-    /// Forget the rate: no data flows until the next sample pair.
+    fn rate_at(&self, now: SystemTime) -> f64 {
+        let Some(&(first, _)) = self.samples.front() else {
+            return 0.0;
+        };
+        if self.is_committed() {
+            return 0.0;
+        }
+        let window_start = now.checked_sub(Self::RATE_WINDOW).unwrap_or(first);
+        // Committed bytes at the window's start, interpolated between the
+        // samples around it; when the samples begin inside the window, the
+        // span is shorter.
+        let before = self.samples.iter().rposition(|(t, _)| *t <= window_start);
+        let (from, base) = match before {
+            None => self.samples[0],
+            Some(k) => match self.samples.get(k + 1) {
+                None => (window_start, self.samples[k].1),
+                Some(&(t1, c1)) => {
+                    let (t0, c0) = self.samples[k];
+                    let part = window_start
+                        .duration_since(t0)
+                        .unwrap_or_default()
+                        .as_secs_f64()
+                        / t1.duration_since(t0)
+                            .unwrap_or_default()
+                            .as_secs_f64()
+                            .max(1e-9);
+                    let base = c0 as f64 + (c1.saturating_sub(c0)) as f64 * part;
+                    (window_start, base as u64)
+                }
+            },
+        };
+        let span = now.duration_since(from).unwrap_or_default();
+        if span < Self::MIN_SPAN {
+            return 0.0;
+        }
+        self.committed.saturating_sub(base) as f64 / span.as_secs_f64()
+    }
+
+    /// Forget the rate: no data flows until the next samples.
     pub fn pause(&mut self) {
         self.rate_bps = 0.0;
         self.eta_secs = self.is_committed().then_some(0);
-        self.last_sample = None;
+        self.samples.clear();
     }
 
     pub fn is_committed(&self) -> bool {
@@ -753,6 +814,48 @@ impl JobRecord {
         }
     }
 
+    /// A sender opened disk `index` for this round: its size and the bytes
+    /// already committed (from the ledger, when a round resumes). The disk
+    /// moved now, which is where its silence is counted from.
+    pub fn disk_opened(&mut self, index: u32, size: u64, committed: u64, now: SystemTime) {
+        self.set_disk(index, size, committed);
+        if let Some(d) = self.disks.iter_mut().find(|d| d.index == index) {
+            d.last_progress_at = Some(Timestamp(now));
+        }
+    }
+
+    /// Bring every disk's rate and ETA to `now` (they fall to 0 when data
+    /// stops, without a sample to say so).
+    pub fn refresh_rates(&mut self, now: SystemTime) {
+        for d in &mut self.disks {
+            d.refresh(now);
+        }
+    }
+
+    /// When data last arrived for any disk (or a sender opened one).
+    pub fn last_progress_at(&self) -> Option<Timestamp> {
+        self.disks.iter().filter_map(|d| d.last_progress_at).max()
+    }
+
+    /// How long a Syncing job has received no data while some disk still
+    /// waits for it; None when it is not waiting for data (not Syncing, or
+    /// every disk committed and being verified).
+    pub fn no_data_for(&self, now: SystemTime) -> Option<Duration> {
+        if self.status != Status::SYNCING || self.all_committed() {
+            return None;
+        }
+        let since = self
+            .last_progress_at()
+            .map_or(self.updated_at, |t| t.max(self.updated_at));
+        Some(now.duration_since(since.0).unwrap_or_default())
+    }
+
+    /// A Syncing job that has received no data for `after`: the sender
+    /// stopped, or the link is down.
+    pub fn stalled(&self, now: SystemTime, after: Duration) -> bool {
+        self.no_data_for(now).is_some_and(|d| d >= after)
+    }
+
     /// Record a disk's committed bytes.
     pub fn record_progress(&mut self, index: u32, committed: u64, now: SystemTime) -> Result<()> {
         let disk = self
@@ -801,7 +904,9 @@ impl JobRecord {
 
     /// Sum of the disks' rates, bytes per second.
     pub fn sync_rate_bps(&self) -> f64 {
-        self.disks.iter().map(|d| d.rate_bps).sum()
+        // A fold from +0.0: the sum of no floats is -0.0, which /metrics
+        // would show as "-0".
+        self.disks.iter().fold(0.0, |acc, d| acc + d.rate_bps)
     }
 }
 
@@ -1198,39 +1303,51 @@ mod tests {
     }
 
     #[test]
-    fn progress_rate_and_eta() {
+    fn progress_rate_over_a_recent_window_and_eta() {
         const MB: u64 = 1_000_000;
         let mut r = record(S::SYNCING, false);
         r.set_disk(0, 1000 * MB, 100 * MB);
-        let t = t0();
-        r.record_progress(0, 100 * MB, t).unwrap();
-        assert_eq!(r.disks[0].eta_secs, None);
-        // 100 MB in 10 s: 10 MB/s, 800 MB left: 80 s.
-        r.record_progress(0, 200 * MB, t + Duration::from_secs(10))
-            .unwrap();
-        assert_eq!(r.disks[0].rate_bps, 10.0 * MB as f64);
-        assert_eq!(r.disks[0].eta_secs, Some(80));
-        // Faster for 10 s: the rate moves toward 30 MB/s but not all the way.
-        r.record_progress(0, 500 * MB, t + Duration::from_secs(20))
-            .unwrap();
-        let rate = r.disks[0].rate_bps;
-        let alpha = 1.0 - (-1.0f64).exp();
-        assert!((rate - (alpha * 30.0 + (1.0 - alpha) * 10.0) * MB as f64).abs() < 1.0);
-        assert_eq!(
-            r.disks[0].eta_secs,
-            Some((500.0 * MB as f64 / rate).ceil() as u64)
+        let at = |ms: u64| t0() + Duration::from_millis(ms);
+        let rate_eta = |r: &JobRecord| (r.disks[0].rate_bps / MB as f64, r.disks[0].eta_secs);
+        // The first sample is the baseline: no rate yet, nothing arrived.
+        r.record_progress(0, 100 * MB, at(0)).unwrap();
+        assert_eq!(rate_eta(&r), (0.0, None));
+        assert_eq!(r.disks[0].last_progress_at, None);
+        // 100 MB in 5 s: 20 MB/s, 800 MB left: 40 s.
+        r.record_progress(0, 200 * MB, at(5_000)).unwrap();
+        assert_eq!(rate_eta(&r), (20.0, Some(40)));
+        assert_eq!(r.disks[0].last_progress_at, Some(Timestamp(at(5_000))));
+        // 300 MB more by 10 s: 400 MB in the 10 s window.
+        r.record_progress(0, 500 * MB, at(10_000)).unwrap();
+        assert_eq!(rate_eta(&r), (40.0, Some(13)));
+        // Nothing more arrives: the window slides past the data, the rate
+        // falls and reaches 0, the ETA goes, the last arrival stays.
+        r.refresh_rates(at(15_000));
+        assert_eq!(rate_eta(&r), (30.0, Some(17)));
+        r.refresh_rates(at(20_000));
+        assert_eq!(rate_eta(&r), (0.0, None));
+        assert_eq!(r.disks[0].last_progress_at, Some(Timestamp(at(10_000))));
+        // The window starts between the samples of 10 s and 20 s.
+        r.record_progress(0, 600 * MB, at(20_000)).unwrap();
+        r.record_progress(0, 610 * MB, at(20_100)).unwrap();
+        assert!((rate_eta(&r).0 - 10.9).abs() < 1e-6, "{:?}", rate_eta(&r));
+        assert_eq!(r.disks[0].committed, 610 * MB);
+        // A steady flow keeps a bounded number of samples.
+        for i in 1..=400u64 {
+            r.record_progress(0, 610 * MB + i * MB / 2, at(20_100 + i * 100))
+                .unwrap();
+        }
+        assert!(
+            r.disks[0].samples.len() <= 82,
+            "{}",
+            r.disks[0].samples.len()
         );
-        // Samples 100 ms apart do not move the rate.
-        r.record_progress(0, 510 * MB, t + Duration::from_millis(20_100))
-            .unwrap();
-        assert_eq!(r.disks[0].rate_bps, rate);
-        assert_eq!(r.disks[0].committed, 510 * MB);
+        assert!((rate_eta(&r).0 - 5.0).abs() < 1e-6, "{:?}", rate_eta(&r));
         // Done.
-        r.record_progress(0, 1000 * MB, t + Duration::from_secs(40))
-            .unwrap();
-        assert_eq!((r.disks[0].eta_secs, r.disks[0].rate_bps), (Some(0), 0.0));
+        r.record_progress(0, 1000 * MB, at(70_000)).unwrap();
+        assert_eq!(rate_eta(&r), (0.0, Some(0)));
         assert!(r.all_committed());
-        let err = r.record_progress(3, 1, t).unwrap_err();
+        let err = r.record_progress(3, 1, t0()).unwrap_err();
         assert_eq!(
             format!("{err:#}"),
             "recording progress of disk 3, which the job does not know"

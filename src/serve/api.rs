@@ -7,11 +7,13 @@
 //! sender reads the fingerprint it pins from there before it has any token.
 //!
 //! The status page at `/` is open but holds no data: it is a static page
-//! that reads the control token from the URL's fragment (`/#token=...`) and
-//! fetches `/v1/job` with it. A fragment is never sent to the server, so the
-//! token does not end up in access logs, proxies or Referer headers, and an
-//! operator can still bookmark the page. Without a token the page asks for
-//! one. Serving coarse progress openly was the alternative; it would tell
+//! that asks for the control token (or takes it once from a link's fragment,
+//! `/#token=...`, which it then removes from the address) and keeps it in
+//! the tab's memory and session storage only, never in a URL the browser
+//! sends: the token does not end up in access logs, proxies, Referer headers
+//! or the history. It fetches `/v1/job` with it and stops or starts the job
+//! on the operator's click. Without a token the page asks for one and says
+//! where to find it. Serving coarse progress openly was the alternative; it would tell
 //! anyone who can reach 8080 what is being migrated and how far, which the
 //! design rules out ("everything that reads job detail needs the control
 //! token").
@@ -20,9 +22,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -35,7 +37,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::job::errors::{coded, describe, ErrorCode};
 use crate::job::handle::JobHandle;
-use crate::job::state::JobRecord;
+use crate::job::state::{JobRecord, Timestamp};
+use crate::serve::auth_limit::AuthLimiter;
 
 /// The status page: one self-contained file, no external assets.
 pub const STATUS_PAGE: &str = include_str!("status.html");
@@ -61,6 +64,8 @@ pub struct ApiState {
     pub unauthorized: prometheus::IntCounter,
     /// Where the last round's handoff manifest is written.
     manifest: Option<std::path::PathBuf>,
+    /// Wrong control tokens, per address.
+    auth: Arc<AuthLimiter>,
 }
 
 impl ApiState {
@@ -84,6 +89,7 @@ impl ApiState {
             identity,
             unauthorized,
             manifest: None,
+            auth: Arc::new(AuthLimiter::default()),
         }
     }
 
@@ -133,7 +139,8 @@ impl Default for HttpLimits {
     }
 }
 
-/// The job as GET /v1/job shows it: the record plus totals.
+/// The job as GET /v1/job shows it: the record plus totals, and whether
+/// data still arrives.
 #[derive(Debug, Serialize)]
 pub struct JobView {
     #[serde(flatten)]
@@ -143,10 +150,20 @@ pub struct JobView {
     pub sync_rate_bps: f64,
     /// Seconds until every disk is committed at the current rate.
     pub eta_secs: Option<u64>,
+    /// When data last arrived for any disk (or a sender opened one).
+    pub last_progress_at: Option<Timestamp>,
+    /// Seconds without data while Syncing with disks still to commit;
+    /// None when the job waits for no data.
+    pub no_data_secs: Option<u64>,
+    /// No data for `stall_after_secs` while Syncing: the sender stopped or
+    /// the link is down.
+    pub stalled: bool,
+    pub stall_after_secs: u64,
 }
 
-impl From<JobRecord> for JobView {
-    fn from(record: JobRecord) -> Self {
+impl JobView {
+    /// The view of `record` at `now` (its rates already measured to now).
+    pub fn at(record: JobRecord, now: SystemTime, stall_after: Duration) -> Self {
         let total_bytes = record.disks.iter().map(|d| d.size).sum();
         let committed_bytes = record.disks.iter().map(|d| d.committed).sum();
         let sync_rate_bps = record.sync_rate_bps();
@@ -160,7 +177,12 @@ impl From<JobRecord> for JobView {
                 .map(|d| d.eta_secs)
                 .try_fold(0u64, |acc, e| e.map(|e| acc.max(e)))
         };
+        let no_data = record.no_data_for(now);
         JobView {
+            last_progress_at: record.last_progress_at(),
+            no_data_secs: no_data.map(|d| d.as_secs()),
+            stalled: no_data.is_some_and(|d| d >= stall_after),
+            stall_after_secs: stall_after.as_secs(),
             record,
             total_bytes,
             committed_bytes,
@@ -242,28 +264,84 @@ pub fn router(state: ApiState, limits: HttpLimits) -> Router {
         .with_state(state)
 }
 
+/// The token is checked first, in constant time: a correct one is let in
+/// whatever failed before it from the same address. A wrong one is counted
+/// per address and answered after a delay that grows with the address's
+/// recent failures (401, with `Retry-After`); past the limit it is refused
+/// at once (429 CONTROL_RATE_LIMITED, with `Retry-After`). A request without
+/// any token guesses nothing and is answered 401 at once.
 async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer);
-    match presented {
-        Some(token) if state.token_ok(token) => next.run(req).await,
-        _ => {
-            state.unauthorized.inc();
-            tracing::warn!(path = %req.uri().path(), "control API request without a valid control token");
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::ControlUnauthorized,
-                if presented.is_some() {
-                    "the bearer token is not the control token"
-                } else {
-                    "no bearer token in the Authorization header"
-                },
-            )
-            .into_response()
-        }
+    if presented.is_some_and(|token| state.token_ok(token)) {
+        return next.run(req).await;
+    }
+    state.unauthorized.inc();
+    let path = req.uri().path().to_owned();
+    if presented.is_none() {
+        tracing::warn!(%path, "control API request without a control token");
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::ControlUnauthorized,
+            "no bearer token in the Authorization header",
+        )
+        .into_response();
+    }
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0 .0.ip());
+    if let Some(wait) = state.auth.retry_after(ip) {
+        state.auth.fail(ip);
+        tracing::warn!(%path, %ip, retry_after_s = wait.as_secs(), "wrong control token from a rate-limited address");
+        let mut resp = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::ControlRateLimited,
+            format!("{ip} sent too many wrong control tokens in the last minute"),
+        )
+        .into_response();
+        set_retry_after(&mut resp, wait);
+        return resp;
+    }
+    let delay = state.auth.fail(ip);
+    // What the next wrong token from here would wait, or how long this
+    // address is now refused: the client is told to take that long before
+    // trying again.
+    let next_wait = state
+        .auth
+        .retry_after(ip)
+        .unwrap_or_else(|| delay.saturating_mul(2).min(AuthLimiter::delay(usize::MAX)));
+    tracing::warn!(%path, %ip, delay_ms = delay.as_millis() as u64, "wrong control token");
+    tokio::time::sleep(delay).await;
+    let mut resp = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::ControlUnauthorized,
+        "the bearer token is not the control token",
+    )
+    .into_response();
+    set_retry_after(&mut resp, next_wait);
+    resp
+}
+
+/// `Retry-After` in whole seconds, rounded up (at least 1).
+fn set_retry_after(resp: &mut Response, wait: Duration) {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+}
+
+/// The peer of a control connection, for the per-address limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, CappedListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, CappedListener>) -> Self {
+        Peer(*stream.remote_addr())
     }
 }
 
@@ -358,8 +436,12 @@ async fn job_call<T: Send + 'static>(
 }
 
 async fn get_job(State(state): State<ApiState>) -> Result<Json<JobView>, ApiError> {
-    let record = job_call(&state, |job| Ok(job.snapshot())).await?;
-    Ok(Json(record.into()))
+    let view = job_call(&state, |job| {
+        let record = job.snapshot();
+        Ok(JobView::at(record, job.now(), job.stall_after()))
+    })
+    .await?;
+    Ok(Json(view))
 }
 
 async fn stop_job(State(state): State<ApiState>) -> Result<Json<JobView>, ApiError> {
@@ -404,14 +486,17 @@ pub async fn serve(
         ),
         idle_timeout: limits.idle_timeout,
     };
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving the control API")
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("serving the control API")
 }
 
 /// A listener whose connections hold a place in the port's budget.
-struct CappedListener {
+pub struct CappedListener {
     inner: TcpListener,
     admission: Arc<super::admission::Admission>,
     idle_timeout: Duration,
@@ -573,18 +658,16 @@ mod tests {
 
     #[test]
     fn job_view_totals_and_eta_of_the_slowest_disk() {
-        let mut r = JobRecord::new(
-            "j".into(),
-            JobSettings::default(),
-            std::time::SystemTime::now(),
-        );
+        let now = std::time::SystemTime::now();
+        let after = Duration::from_secs(30);
+        let mut r = JobRecord::new("j".into(), JobSettings::default(), now);
         r.set_disk(0, 100, 50);
         r.set_disk(1, 300, 0);
         r.disks[0].eta_secs = Some(10);
         r.disks[0].rate_bps = 5.0;
         r.disks[1].eta_secs = Some(60);
         r.disks[1].rate_bps = 5.0;
-        let v = JobView::from(r.clone());
+        let v = JobView::at(r.clone(), now, after);
         assert_eq!(
             (
                 v.total_bytes,
@@ -595,6 +678,35 @@ mod tests {
             (400, 50, 10.0, Some(60))
         );
         r.disks[1].eta_secs = None;
-        assert_eq!(JobView::from(r).eta_secs, None);
+        assert_eq!(JobView::at(r, now, after).eta_secs, None);
+    }
+
+    #[test]
+    fn a_syncing_job_without_data_is_stalled() {
+        let t0 = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+        let after = Duration::from_secs(30);
+        let mut r = JobRecord::new("j".into(), JobSettings::default(), t0);
+        let view = |r: &JobRecord, secs: u64| {
+            let v = JobView::at(r.clone(), t0 + Duration::from_secs(secs), after);
+            (v.stalled, v.no_data_secs)
+        };
+        assert_eq!(view(&r, 100), (false, None), "Ready waits for no data");
+        r.admit_sender(t0).unwrap();
+        r.transition(crate::job::state::Status::SYNCING, "syncing", t0)
+            .unwrap();
+        r.disk_opened(0, 1000, 0, t0 + Duration::from_secs(5));
+        r.record_progress(0, 100, t0 + Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(view(&r, 39), (false, Some(29)));
+        assert_eq!(view(&r, 40), (true, Some(30)));
+        let v = JobView::at(r.clone(), t0 + Duration::from_secs(40), after);
+        assert_eq!(
+            v.last_progress_at,
+            Some(Timestamp(t0 + Duration::from_secs(10)))
+        );
+        // Every byte committed: the disk is being verified, nothing is missing.
+        r.record_progress(0, 1000, t0 + Duration::from_secs(50))
+            .unwrap();
+        assert_eq!(view(&r, 500), (false, None));
     }
 }

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the appliance, named `ferry_<noun>_<unit>`.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -81,6 +83,25 @@ impl Metrics {
             .expect("unique metric");
         registry
             .register(Box::new(chunk_write_seconds.clone()))
+            .expect("unique metric");
+        // Constant per process: which build answers, for dashboards and
+        // alerts that join on it (the Prometheus `_info` convention).
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "ferry_build_info",
+                "Always 1; the labels tell the version of ferry and of its data protocol",
+            ),
+            &["version", "protocol_version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                crate::wire::PROTOCOL_VERSION.to_string().as_str(),
+            ])
+            .set(1);
+        registry
+            .register(Box::new(build_info))
             .expect("unique metric");
         for outcome in ["written", "zeroed", "zero_skipped", "unchanged", "rejected"] {
             chunks.with_label_values(&[outcome]);

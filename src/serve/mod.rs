@@ -108,6 +108,7 @@ pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Applianc
             validity,
         },
     )?;
+    job.set_stall_after(std::time::Duration::from_secs(config.stall_after_secs));
     let refused_records = restore_job_progress(&config, &job, &ledger)?;
     let control_token = resolve_control_token(&config)?;
     let webhook = match (&config.webhook_url, &config.webhook_secret) {

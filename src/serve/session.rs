@@ -64,15 +64,32 @@ pub async fn serve(
         let sessions = Arc::clone(&sessions);
         tracker.spawn(
             async move {
-                app.metrics.sessions_active.inc();
+                // Counted down however the connection ends (a panic in it
+                // included), so the gauge cannot stay up after a session.
+                let _open = OpenGuard::new(&app.metrics.sessions_active);
                 connection(&app, tcp, peer, acceptor, shutdown, ticket, sessions).await;
-                app.metrics.sessions_active.dec();
             }
             .instrument(tracing::info_span!("session", %peer)),
         );
     }
     tracker.close();
     tracker.wait().await;
+}
+
+/// One open data connection in the `ferry_sessions_active` gauge.
+struct OpenGuard(prometheus::IntGauge);
+
+impl OpenGuard {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        OpenGuard(gauge.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 async fn connection(
