@@ -1,11 +1,15 @@
 //! `ferry send`'s exit status tells the kind of failure (a refusal, the
-//! network), over real sockets against a real `ferry serve` on loopback.
+//! network, a wrong address), and its messages name what it met, over real
+//! sockets against a real `ferry serve` on loopback.
 
 #[path = "common/serve.rs"]
 mod harness;
 
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use harness::*;
 
@@ -19,6 +23,22 @@ fn image(dir: &Path) -> std::path::PathBuf {
 
 fn status(sent: &Sent) -> i32 {
     sent.output.status.code().unwrap_or(-1)
+}
+
+/// A loopback listener that answers every connection with `reply` and
+/// closes it, as a service that is not ferry's would.
+fn listener_replying(reply: &'static [u8]) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.write_all(reply);
+            let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+            let _ = conn.read(&mut [0u8; 1024]);
+        }
+    });
+    addr
 }
 
 #[test]
@@ -80,6 +100,73 @@ fn a_closed_port_is_a_network_failure_exit_4() {
         1,
         "{err}"
     );
+}
+
+#[test]
+fn the_control_port_is_named_with_the_data_port_exit_2_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    // A data port given by number, as on an instance: /v1/identity names it.
+    let data_port = free_port();
+    let server = Server::start_on(
+        &dir.path().join("state"),
+        &format!("127.0.0.1:{data_port}"),
+        &[],
+    );
+    let img = image(dir.path());
+    let sent = send_to(
+        &server.control,
+        &server.token,
+        &server.fingerprint,
+        &[&img],
+        &["--retries", "3"],
+    );
+    let err = sent.stderr();
+    assert_eq!(status(&sent), 2, "{err}");
+    assert!(err.contains("WRONG_SERVICE"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: this is ferry's control port (HTTP); the data port is {data_port}",
+            server.control
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("retrying"), "{err}");
+}
+
+#[test]
+fn a_service_that_is_not_ferry_is_named_exit_2_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let cases = [
+        (
+            "an SSH server",
+            listener_replying(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"),
+            "does not speak ferry's protocol",
+        ),
+        (
+            "a web server",
+            listener_replying(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            ),
+            "does not speak ferry's protocol (it answers HTTP)",
+        ),
+    ];
+    for (name, addr, want) in cases {
+        let sent = send_to(
+            &addr,
+            "a-token-of-sixteen-chars",
+            FP,
+            &[&img],
+            &["--retries", "3"],
+        );
+        let err = sent.stderr();
+        assert_eq!(status(&sent), 2, "{name}: {err}");
+        assert!(
+            err.contains("WRONG_SERVICE") && err.contains(&format!("the service at {addr} {want}")),
+            "{name}: {err}"
+        );
+        assert!(!err.contains("retrying"), "{name}: {err}");
+    }
 }
 
 #[test]

@@ -167,6 +167,8 @@ catalogue! {
         "Use `ferry send` (which speaks TLS) to reach port 8703; plain TCP clients are refused.";
     TlsHandshakeFailed => "TLS_HANDSHAKE_FAILED" [final, keeps_job, network], "The TLS handshake on the data port failed",
         "The client does not trust the appliance's certificate (wrong --fingerprint) or does not speak TLS 1.2/1.3. Check the fingerprint and use `ferry send`.";
+    WrongService => "WRONG_SERVICE" [final, keeps_job, usage], "The address is not an appliance's data port",
+        "Point `ferry send --to` at the appliance's data port (8703 unless its data_listen says otherwise); the message says what answered instead. Port 8080 is the appliance's control port (HTTP: health, metrics, the job API), which the sender does not use. Nothing was sent.";
     AuthFailed => "AUTH_FAILED" [final, keeps_job, refused], "Authentication failed: the job token is not valid for this appliance",
         "Pass the job's token with --token or FERRY_TOKEN (embedded mode prints it at start and keeps it in `<state-dir>/token`). Repeated failures are slowed down.";
     AuthRateLimited => "AUTH_RATE_LIMITED" [retry, keeps_job, refused], "Too many failed authentication attempts",
@@ -491,6 +493,7 @@ mod tests {
             (ErrorCode::SourceReadFailed, 1),
             (ErrorCode::Usage, 2),
             (ErrorCode::BadChunkSize, 2),
+            (ErrorCode::WrongService, 2),
             (ErrorCode::AuthFailed, 3),
             (ErrorCode::TargetTooSmall, 3),
             (ErrorCode::JobStopped, 3),

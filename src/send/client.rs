@@ -93,10 +93,17 @@ pub async fn connect_tls(to: &str, fingerprint: &str) -> Result<(Conn, [u8; 32])
                     ErrorCode::TlsFingerprintMismatch,
                     format!("expected {fingerprint}, the appliance at {to} presented {seen}"),
                 ),
-                _ => coded(
+                Some(_) => coded(
                     ErrorCode::ConnectFailed,
                     format!("TLS handshake with {to}: {e}"),
                 ),
+                None => match super::peer::wrong_service(to, &e).await {
+                    Some(wrong) => wrong,
+                    None => coded(
+                        ErrorCode::ConnectFailed,
+                        format!("TLS handshake with {to}: {e}"),
+                    ),
+                },
             });
         }
         Err(_) => {

@@ -9,6 +9,7 @@
 //! retry re-sends only what was not committed.
 
 pub mod client;
+pub mod peer;
 pub mod pin;
 pub mod probe;
 pub mod progress;
