@@ -79,7 +79,7 @@ fn a_wrong_token_is_a_refusal_exit_3_not_retried() {
 }
 
 #[test]
-fn a_closed_port_is_a_network_failure_exit_4() {
+fn a_closed_port_is_a_network_failure_exit_4_whose_message_names_the_port() {
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path());
     let port = free_port();
@@ -95,6 +95,12 @@ fn a_closed_port_is_a_network_failure_exit_4() {
     let err = sent.stderr();
     assert_eq!(status(&sent), 4, "{err}");
     assert!(err.contains("CONNECT_FAILED"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "is the appliance listening on port {port}, and is that port open to this server"
+        )),
+        "{err}"
+    );
     assert_eq!(
         err.matches("retrying in 1 s (attempt 2 of 2)").count(),
         1,

@@ -160,7 +160,7 @@ catalogue! {
     Usage => "USAGE" [final, keeps_job, usage], "The command line is not valid",
         "Fix the option the message names (`ferry <command> --help` lists them); nothing was sent or written. The command exits with status 2.";
     ConnectFailed => "CONNECT_FAILED" [retry, keeps_job, network], "Connect to Server Failed",
-        "Check that the intermediate instance is running and that TCP ports 8080 and 8703 of it are reachable from this server (security group, firewall), then run the sender again.";
+        "Check that the intermediate instance is running and that the data port the message names (8703 unless --to gives another) is open to this server in the instance's security group and firewall; the sender retries by itself, then run it again.";
     TlsFingerprintMismatch => "TLS_FINGERPRINT_MISMATCH" [final, keeps_job, network], "The appliance's TLS certificate does not match the pinned fingerprint",
         "Read the fingerprint from the appliance (`<state-dir>/tls/fingerprint`, its start-up log, or GET /v1/identity on port 8080) and pass it with --fingerprint. If it changed unexpectedly, you may not be talking to your appliance.";
     TlsRequired => "TLS_REQUIRED" [final, keeps_job, network], "The data port accepts only TLS connections",
