@@ -110,6 +110,6 @@ fn usage_errors_exit_2_at_once_and_name_the_mistake() {
         "--retries",
         "0",
     ]);
-    assert_eq!(status, 1, "{err}");
+    assert_eq!(status, 4, "{err}");
     assert!(err.contains("CONNECT_FAILED"), "{err}");
 }

@@ -22,6 +22,8 @@ struct Entry {
     hint: &'static str,
     retry: Retry,
     job: JobEffect,
+    /// `ferry send`'s exit status when it stops with this code.
+    exit: u8,
 }
 
 /// `ferry errors`: print every code with its message and hint.
@@ -34,6 +36,7 @@ pub fn run(args: &ErrorsArgs) -> anyhow::Result<()> {
             hint: c.hint(),
             retry: c.retry(),
             job: c.job_effect(),
+            exit: c.exit().status(),
         })
         .collect();
     if args.markdown {
@@ -42,7 +45,10 @@ pub fn run(args: &ErrorsArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&entries)?);
     } else {
         for e in entries {
-            println!("{}\n  {}\n  hint: {}\n", e.code, e.message, e.hint);
+            println!(
+                "{}\n  {}\n  hint: {}\n  `ferry send` exits with status {}\n",
+                e.code, e.message, e.hint, e.exit
+            );
         }
     }
     Ok(())

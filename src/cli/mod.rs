@@ -14,6 +14,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::job::errors::{ErrorCode, Exit};
+
 /// ferry: the server-migration appliance.
 ///
 /// On the migration's intermediate instance, `ferry serve` receives a source
@@ -55,6 +57,7 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::logging::init(&cli.log_format);
+    let send = matches!(cli.command, Command::Send(_));
     let result = match cli.command {
         Command::Serve(args) => args.config().and_then(crate::serve::run_blocking),
         Command::Send(args) => crate::send::run_blocking((*args).into()),
@@ -71,12 +74,14 @@ pub fn main() -> ExitCode {
             if let Some(code) = code {
                 eprintln!("hint: {}", code.hint());
             }
-            // Like clap's own usage errors: 2.
-            if code == Some(crate::job::errors::ErrorCode::Usage) {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
+            // The sender's status tells the kind of failure (its --help
+            // lists them); elsewhere usage errors exit 2 like clap's own.
+            let status = match code {
+                Some(code) if send => code.exit().status(),
+                Some(ErrorCode::Usage) => Exit::Usage.status(),
+                _ => 1,
+            };
+            ExitCode::from(status)
         }
     }
 }

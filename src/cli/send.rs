@@ -2,18 +2,30 @@
 
 use std::path::PathBuf;
 
+use crate::job::errors::exit_statuses;
 use crate::send::Options;
 use crate::wire;
 
-/// Arguments of `ferry send`.
-#[derive(Debug, Clone, clap::Args)]
-#[command(
-    after_help = "The appliance prints its token and fingerprint at start (embedded mode keeps them in \
+/// Where the token and fingerprint come from, what a second run does, an
+/// example, and the exit statuses (from the error catalogue).
+fn after_help() -> String {
+    let mut help = String::from(
+        "The appliance prints its token and fingerprint at start (embedded mode keeps them in \
 <state-dir>/token and <state-dir>/tls/fingerprint; GET /v1/identity on port 8080 shows the fingerprint).\n\n\
 Run the same command again after an interruption: only what the appliance has not committed is sent. \
 Run it again after the source changed: only the changed chunks are sent.\n\nExample:\n  \
-ferry send --to 203.0.113.7 --token $TOKEN --fingerprint $FP --disk /dev/sda --disk /dev/sdb"
-)]
+ferry send --to 203.0.113.7 --token $TOKEN --fingerprint $FP --disk /dev/sda --disk /dev/sdb\n\n\
+Exit status (`ferry errors` shows each code's):\n",
+    );
+    for (status, meaning) in exit_statuses() {
+        help.push_str(&format!("  {status}  {meaning}\n"));
+    }
+    help
+}
+
+/// Arguments of `ferry send`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = after_help())]
 pub struct SendArgs {
     /// The appliance: HOST or HOST:PORT (default port 8703).
     #[arg(long, value_name = "HOST[:PORT]")]

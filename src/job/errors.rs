@@ -29,8 +29,78 @@ pub enum JobEffect {
     KeepsJob,
 }
 
+/// What kind of failure an error is, as the exit status of `ferry send`
+/// when it stops with it: a script tells a mistake on the command line from
+/// a refusal, a network failure or data that did not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exit {
+    /// 1: anything else (a source disk that cannot be read, an internal error).
+    Other,
+    /// 2: the command line is not valid, like clap's own usage errors.
+    Usage,
+    /// 3: the appliance refused the sender or failed the round.
+    Refused,
+    /// 4: the appliance could not be reached, the link was lost, or TLS failed.
+    Network,
+    /// 5: the data did not verify.
+    Verification,
+}
+
+impl Exit {
+    pub const ALL: [Exit; 5] = [
+        Exit::Other,
+        Exit::Usage,
+        Exit::Refused,
+        Exit::Network,
+        Exit::Verification,
+    ];
+
+    /// The process's exit status.
+    pub fn status(self) -> u8 {
+        match self {
+            Exit::Other => 1,
+            Exit::Usage => 2,
+            Exit::Refused => 3,
+            Exit::Network => 4,
+            Exit::Verification => 5,
+        }
+    }
+
+    /// What the status says, for `ferry send --help` and the README.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Exit::Other => "another failure: a source disk that cannot be read, an internal error",
+            Exit::Usage => "the command line is not valid, or --to names a port that is not the appliance's data port; nothing was sent",
+            Exit::Refused => "the appliance refused the sender or failed the round: a wrong token, a job state that takes no data, a disk too large for its target, a failure writing or processing the disks (the code and its hint say which)",
+            Exit::Network => "the appliance could not be reached or the connection was lost, after the retries, or TLS failed (a certificate that does not match --fingerprint too)",
+            Exit::Verification => "the data did not verify: a chunk or a whole disk on the appliance differs from the source, or the appliance's verification before the handoff failed",
+        }
+    }
+}
+
+/// `ferry send`'s exit statuses with what each says, 0 first.
+pub fn exit_statuses() -> Vec<(u8, &'static str)> {
+    let ok = (
+        0,
+        "every disk is committed and verified, and the round was followed to its end (unless --no-wait)",
+    );
+    std::iter::once(ok)
+        .chain(Exit::ALL.iter().map(|e| (e.status(), e.meaning())))
+        .collect()
+}
+
+/// The exit statuses as a Markdown list, as docs/errors.md and the README
+/// show them.
+pub fn exit_statuses_markdown() -> String {
+    exit_statuses()
+        .iter()
+        .map(|(status, meaning)| format!("- `{status}`: {meaning}\n"))
+        .collect()
+}
+
 macro_rules! catalogue {
-    ($( $variant:ident => $code:literal [$retry:ident, $effect:ident], $msg:literal, $hint:literal; )*) => {
+    ($( $variant:ident => $code:literal [$retry:ident, $effect:ident, $exit:ident], $msg:literal, $hint:literal; )*) => {
         /// A stable error code.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum ErrorCode { $( #[serde(rename = $code)] $variant, )* }
@@ -64,6 +134,11 @@ macro_rules! catalogue {
                 match self { $( ErrorCode::$variant => catalogue!(@effect $effect), )* }
             }
 
+            /// How `ferry send` exits when it stops with this code.
+            pub fn exit(self) -> Exit {
+                match self { $( ErrorCode::$variant => catalogue!(@exit $exit), )* }
+            }
+
             /// Look a code string up; unknown codes (from a newer peer) give None.
             pub fn parse(s: &str) -> Option<ErrorCode> {
                 match s { $( $code => Some(ErrorCode::$variant), )* _ => None }
@@ -74,114 +149,121 @@ macro_rules! catalogue {
     (@retry final) => { Retry::Final };
     (@effect fails_job) => { JobEffect::FailsJob };
     (@effect keeps_job) => { JobEffect::KeepsJob };
+    (@exit other) => { Exit::Other };
+    (@exit usage) => { Exit::Usage };
+    (@exit refused) => { Exit::Refused };
+    (@exit network) => { Exit::Network };
+    (@exit verification) => { Exit::Verification };
 }
 
 catalogue! {
-    Usage => "USAGE" [final, keeps_job], "The command line is not valid",
+    Usage => "USAGE" [final, keeps_job, usage], "The command line is not valid",
         "Fix the option the message names (`ferry <command> --help` lists them); nothing was sent or written. The command exits with status 2.";
-    ConnectFailed => "CONNECT_FAILED" [retry, keeps_job], "Connect to Server Failed",
-        "Check that the intermediate instance is running and that TCP ports 8080 and 8703 of it are reachable from this server (security group, firewall), then run the sender again.";
-    TlsFingerprintMismatch => "TLS_FINGERPRINT_MISMATCH" [final, keeps_job], "The appliance's TLS certificate does not match the pinned fingerprint",
+    ConnectFailed => "CONNECT_FAILED" [retry, keeps_job, network], "Connect to Server Failed",
+        "Check that the intermediate instance is running and that the data port the message names (8703 unless --to gives another) is open to this server in the instance's security group and firewall; the sender retries by itself, then run it again.";
+    TlsFingerprintMismatch => "TLS_FINGERPRINT_MISMATCH" [final, keeps_job, network], "The appliance's TLS certificate does not match the pinned fingerprint",
         "Read the fingerprint from the appliance (`<state-dir>/tls/fingerprint`, its start-up log, or GET /v1/identity on port 8080) and pass it with --fingerprint. If it changed unexpectedly, you may not be talking to your appliance.";
-    TlsRequired => "TLS_REQUIRED" [final, keeps_job], "The data port accepts only TLS connections",
+    TlsRequired => "TLS_REQUIRED" [final, keeps_job, network], "The data port accepts only TLS connections",
         "Use `ferry send` (which speaks TLS) to reach port 8703; plain TCP clients are refused.";
-    TlsHandshakeFailed => "TLS_HANDSHAKE_FAILED" [final, keeps_job], "The TLS handshake on the data port failed",
+    TlsHandshakeFailed => "TLS_HANDSHAKE_FAILED" [final, keeps_job, network], "The TLS handshake on the data port failed",
         "The client does not trust the appliance's certificate (wrong --fingerprint) or does not speak TLS 1.2/1.3. Check the fingerprint and use `ferry send`.";
-    AuthFailed => "AUTH_FAILED" [final, keeps_job], "Authentication failed: the job token is not valid for this appliance",
+    WrongService => "WRONG_SERVICE" [final, keeps_job, usage], "The address is not an appliance's data port",
+        "Point `ferry send --to` at the appliance's data port (8703 unless its data_listen says otherwise); the message says what answered instead. Port 8080 is the appliance's control port (HTTP: health, metrics, the job API), which the sender does not use. Nothing was sent.";
+    AuthFailed => "AUTH_FAILED" [final, keeps_job, refused], "Authentication failed: the job token is not valid for this appliance",
         "Pass the job's token with --token or FERRY_TOKEN (embedded mode prints it at start and keeps it in `<state-dir>/token`). Repeated failures are slowed down.";
-    AuthRateLimited => "AUTH_RATE_LIMITED" [retry, keeps_job], "Too many failed authentication attempts",
+    AuthRateLimited => "AUTH_RATE_LIMITED" [retry, keeps_job, refused], "Too many failed authentication attempts",
         "The token was not accepted, and this address failed often in the last minute, so answers are slowed down (a correct token is always accepted). Check the job token (--token or FERRY_TOKEN); the sender retries by itself.";
-    ProtocolVersion => "PROTOCOL_VERSION" [final, keeps_job], "The sender and the appliance speak different protocol versions",
+    ProtocolVersion => "PROTOCOL_VERSION" [final, keeps_job, refused], "The sender and the appliance speak different protocol versions",
         "Use a `ferry send` of the same version as the appliance (GET /v1/identity on port 8080 shows its version).";
-    FrameMalformed => "FRAME_MALFORMED" [retry, keeps_job], "A malformed or truncated frame was received",
+    FrameMalformed => "FRAME_MALFORMED" [retry, keeps_job, network], "A malformed or truncated frame was received",
         "The connection was corrupted or cut. Run the sender again; committed data is kept and the transfer resumes.";
-    FrameTooLarge => "FRAME_TOO_LARGE" [final, keeps_job], "A frame longer than the protocol allows was received",
+    FrameTooLarge => "FRAME_TOO_LARGE" [final, keeps_job, refused], "A frame longer than the protocol allows was received",
         "Use a `ferry send` of the same version as the appliance; the frame was refused before anything was allocated for it.";
-    UnexpectedFrame => "UNEXPECTED_FRAME" [final, keeps_job], "A frame arrived that is not valid at this point of the protocol",
+    UnexpectedFrame => "UNEXPECTED_FRAME" [final, keeps_job, refused], "A frame arrived that is not valid at this point of the protocol",
         "Use a `ferry send` of the same version as the appliance and run it again.";
-    ChunkHashMismatch => "CHUNK_HASH_MISMATCH" [final, keeps_job], "A chunk's content does not match its hash",
+    ChunkHashMismatch => "CHUNK_HASH_MISMATCH" [final, keeps_job, verification], "A chunk's content does not match its hash",
         "The data was corrupted in transit or the source changed while it was read. Run the sender again; the chunk was not written.";
-    ChunkDecompress => "CHUNK_DECOMPRESS" [final, keeps_job], "A chunk could not be decompressed within the chunk size",
+    ChunkDecompress => "CHUNK_DECOMPRESS" [final, keeps_job, verification], "A chunk could not be decompressed within the chunk size",
         "The data was corrupted in transit. Run the sender again; the chunk was not written.";
-    ChunkOutOfRange => "CHUNK_OUT_OF_RANGE" [final, keeps_job], "A chunk's offset or length lies outside the announced disk",
+    ChunkOutOfRange => "CHUNK_OUT_OF_RANGE" [final, keeps_job, refused], "A chunk's offset or length lies outside the announced disk",
         "Use a `ferry send` of the same version as the appliance; nothing was written.";
-    BadChunkSize => "BAD_CHUNK_SIZE" [final, keeps_job], "The chunk size is outside the allowed range",
+    BadChunkSize => "BAD_CHUNK_SIZE" [final, keeps_job, usage], "The chunk size is outside the allowed range",
         "Use a chunk size between 64 KiB and 16 MiB, a power of two (the default is 4 MiB).";
-    DiskNotConfigured => "DISK_NOT_CONFIGURED" [final, keeps_job], "The source disk has no target disk on the appliance",
+    DiskNotConfigured => "DISK_NOT_CONFIGURED" [final, keeps_job, refused], "The source disk has no target disk on the appliance",
         "Map the disk index to a target device in the appliance's config ([[disk]] index = N, target = \"/dev/...\"), or send only the configured disks.";
-    SessionsFull => "SESSIONS_FULL" [retry, keeps_job], "Too many senders are connected to the appliance",
+    SessionsFull => "SESSIONS_FULL" [retry, keeps_job, refused], "Too many senders are connected to the appliance",
         "The appliance serves at most max_sessions authenticated senders at once (8 by default); the sender retries by itself. Stop stray senders of this job, or raise max_sessions in the appliance's config.";
-    DiskBusy => "DISK_BUSY" [retry, keeps_job], "Another sender is already writing this disk",
+    DiskBusy => "DISK_BUSY" [retry, keeps_job, refused], "Another sender is already writing this disk",
         "Only one sender may write a disk at a time. Stop the other `ferry send`, or wait for it to finish.";
-    DiskSizeChanged => "DISK_SIZE_CHANGED" [final, keeps_job], "The source disk's size differs from the one this job started with",
+    DiskSizeChanged => "DISK_SIZE_CHANGED" [final, keeps_job, refused], "The source disk's size differs from the one this job started with",
         "An incremental round must send a disk of the same size. Start a new job (a fresh state directory) to migrate a resized disk.";
-    TargetTooSmall => "TARGET_TOO_SMALL" [final, keeps_job], "The target disk is smaller than the source disk",
+    TargetTooSmall => "TARGET_TOO_SMALL" [final, keeps_job, refused], "The target disk is smaller than the source disk",
         "Attach a target disk at least as large as the source disk and map it in the config; nothing was written.";
-    TargetUnavailable => "TARGET_UNAVAILABLE" [final, keeps_job], "The target disk cannot be opened for writing",
+    TargetUnavailable => "TARGET_UNAVAILABLE" [final, keeps_job, refused], "The target disk cannot be opened for writing",
         "Check that the target device exists, is attached to the intermediate instance, is not mounted or in use, and is not the appliance's own system disk.";
-    TargetWriteFailed => "TARGET_WRITE_FAILED" [final, fails_job], "Do Rsync Disk x Failed",
+    TargetWriteFailed => "TARGET_WRITE_FAILED" [final, fails_job, refused], "Do Rsync Disk x Failed",
         "Writing to the target disk failed. Check the appliance's log and the target disk, then run the sender again; committed data is kept.";
-    TargetFull => "TARGET_FULL" [final, fails_job], "Do Rsync Disk x Failed: no space left on the appliance",
+    TargetFull => "TARGET_FULL" [final, fails_job, refused], "Do Rsync Disk x Failed: no space left on the appliance",
         "The file system holding the target disks or the job state is full. Free space or attach larger storage, then run the sender again; committed data is kept.";
-    LedgerFailed => "LEDGER_FAILED" [final, fails_job], "The job's ledger could not be read or written",
+    LedgerFailed => "LEDGER_FAILED" [final, fails_job, refused], "The job's ledger could not be read or written",
         "Check the state directory's file system (space, permissions) and the appliance's log, then restart `ferry serve`. A ledger the message calls damaged, or a disk record it refuses, cannot be repaired: move the ledger (`<state-dir>/ledger.redb`) aside and the job starts over, with the same token and certificate.";
-    DigestMismatch => "DIGEST_MISMATCH" [retry, keeps_job], "The disk on the appliance does not match the source after the transfer",
+    DigestMismatch => "DIGEST_MISMATCH" [retry, keeps_job, verification], "The disk on the appliance does not match the source after the transfer",
         "Run the sender again: it re-sends every chunk that differs. If this repeats, the target disk may be faulty.";
-    SourceReadFailed => "SOURCE_READ_FAILED" [final, keeps_job], "Reading the source disk failed",
+    SourceReadFailed => "SOURCE_READ_FAILED" [final, keeps_job, other], "Reading the source disk failed",
         "Check that the source disk or image exists and is readable (run the sender as root for block devices).";
-    TransferInterrupted => "TRANSFER_INTERRUPTED" [retry, keeps_job], "Do Rsync Disk x Failed: the data transfer was interrupted",
+    TransferInterrupted => "TRANSFER_INTERRUPTED" [retry, keeps_job, network], "Do Rsync Disk x Failed: the data transfer was interrupted",
         "Check the network between this server and the intermediate instance and that the instance is running, then run the sender again; it resumes where it stopped.";
-    LayoutInvalid => "LAYOUT_INVALID" [final, keeps_job], "The disk layout description is not valid",
+    LayoutInvalid => "LAYOUT_INVALID" [final, keeps_job, refused], "The disk layout description is not valid",
         "Fix the layout description as the message says (sizes, partition types, UUIDs, labels, mount points), then run again; nothing was written.";
-    LayoutTooLarge => "LAYOUT_TOO_LARGE" [final, keeps_job], "The layout does not fit the target disk",
+    LayoutTooLarge => "LAYOUT_TOO_LARGE" [final, keeps_job, refused], "The layout does not fit the target disk",
         "Attach a larger target disk or shrink the partitions of the layout (the message gives the numbers); nothing was written.";
-    TargetInUse => "TARGET_IN_USE" [final, keeps_job], "The target disk is mounted, in use, or the appliance's own system disk",
+    TargetInUse => "TARGET_IN_USE" [final, keeps_job, refused], "The target disk is mounted, in use, or the appliance's own system disk",
         "Unmount the disk and stop what uses it (swap, loop devices, LVM), or name another disk. Only if you are sure, pass --force to override; the appliance's own disk is never a valid target.";
-    Internal => "INTERNAL" [final, keeps_job], "An internal error occurred in the appliance",
+    Internal => "INTERNAL" [final, keeps_job, other], "An internal error occurred in the appliance",
         "Check the appliance's log for details and report the problem; committed data is kept.";
-    GrubFailed => "GRUB_FAILED" [final, keeps_job], "Do Grub Failed",
+    GrubFailed => "GRUB_FAILED" [final, keeps_job, refused], "Do Grub Failed",
         "The migrated system has no usable GRUB 2 (none installed, GRUB legacy older than 1.9, or grub-install/grub-mkconfig failed in it). Install GRUB 2 on the source server (Debian/Ubuntu: grub-pc or grub-efi-amd64; RHEL family and SUSE: grub2-pc or grub2-efi-x64), then run the migration again.";
-    VirtioCheckFailed => "VIRTIO_CHECK_FAILED" [final, keeps_job], "check virtio failed",
+    VirtioCheckFailed => "VIRTIO_CHECK_FAILED" [final, keeps_job, refused], "check virtio failed",
         "An installed kernel of the migrated system lacks the VirtIO drivers (virtio_blk, virtio_net, virtio_pci) it needs to boot on the cloud. Install a kernel with VirtIO drivers on the source server (or remove the old kernel), then run the migration again.";
-    RepairToolMissing => "REPAIR_TOOL_MISSING" [final, keeps_job], "A tool the repair needs is missing from the migrated system",
+    RepairToolMissing => "REPAIR_TOOL_MISSING" [final, keeps_job, refused], "A tool the repair needs is missing from the migrated system",
         "Install the named package on the source server (update-initramfs: initramfs-tools; dracut: dracut; grub-install: grub-pc / grub2-pc), or pick the right recipe with --recipe, then run the migration again.";
-    UnsupportedOs => "UNSUPPORTED_OS" [final, keeps_job], "The migrated operating system is not supported",
+    UnsupportedOs => "UNSUPPORTED_OS" [final, keeps_job, refused], "The migrated operating system is not supported",
         "ferry repairs Linux systems: check that the root given is the migrated system's root file system (it must hold /etc), or add a recipe for this distribution under image-recipes/.";
-    RepairFailed => "REPAIR_FAILED" [final, keeps_job], "Repairing the migrated system failed",
+    RepairFailed => "REPAIR_FAILED" [final, keeps_job, refused], "Repairing the migrated system failed",
         "A repair step failed; the report names the step and the command. Fix the cause in the migrated system (or on the source server) and run the repair again: steps already done are not repeated.";
-    RepairBadInput => "REPAIR_BAD_INPUT" [final, keeps_job], "The repair was given an invalid root or device map",
+    RepairBadInput => "REPAIR_BAD_INPUT" [final, keeps_job, refused], "The repair was given an invalid root or device map",
         "Give the directory where the migrated root file system is mounted and the disks it was migrated to (`--disk SOURCE=TARGET`, e.g. --disk /dev/sda=/dev/vdb); the root file system must be among them.";
-    ToolMissing => "TOOL_MISSING" [final, keeps_job], "A tool the appliance needs is not installed",
+    ToolMissing => "TOOL_MISSING" [final, keeps_job, refused], "A tool the appliance needs is not installed",
         "Install the Debian package named in the message on the appliance (`apt-get install -y <package>`; the appliance image has them all, see scripts/packages.txt), then start the job again (POST /v1/job/start).";
-    SystemNotFound => "SYSTEM_NOT_FOUND" [final, keeps_job], "No migrated operating system was found on the received disks",
+    SystemNotFound => "SYSTEM_NOT_FOUND" [final, keeps_job, refused], "No migrated operating system was found on the received disks",
         "Disk 0 must be the source server's system disk, with a Linux root file system holding /etc/fstab. For a migration of data disks only, run the appliance with --no-build (config: build = false); otherwise send the system disk first (`ferry send --disk /dev/sda --disk ...`) and start the job again.";
-    VerifyFailed => "VERIFY_FAILED" [final, keeps_job], "The disks failed verification before the handoff",
+    VerifyFailed => "VERIFY_FAILED" [final, keeps_job, verification], "The disks failed verification before the handoff",
         "A file system of the migrated disks is not clean after the repair, or a disk re-read differs from what was committed and repaired (the message names the file system and its check, or the disk, chunk and offset). Check the target disk and the source server's file systems (fsck), then start the job again (POST /v1/job/start) and run the sender again: it re-sends what differs. Nothing was handed off.";
-    ProcessingUnknown => "PROCESSING_UNKNOWN" [final, keeps_job], "The disks are committed, but how the appliance's pipeline ended is unknown",
+    ProcessingUnknown => "PROCESSING_UNKNOWN" [final, keeps_job, network], "The disks are committed, but how the appliance's pipeline ended is unknown",
         "The appliance could not be reached while it ran the round's pipeline (grow, repair, verify, handoff); it goes on without the sender. Run the sender again to follow the round to its end (nothing is re-sent), or read the outcome in GET /v1/job on port 8080 (Finished or Waiting, or InError with the code and hint).";
-    JobStopped => "JOB_STOPPED" [final, keeps_job], "The migration task is stopped",
+    JobStopped => "JOB_STOPPED" [final, keeps_job, refused], "The migration task is stopped",
         "Start the job again (POST /v1/job/start on port 8080, or from the control plane), then run the sender again; committed data is kept and the transfer resumes.";
-    JobFinished => "JOB_FINISHED" [final, keeps_job], "The migration task is completed",
+    JobFinished => "JOB_FINISHED" [final, keeps_job, refused], "The migration task is completed",
         "This job accepts no more data. To migrate the source server again, create a new migration task for it and start that task.";
-    JobExpired => "JOB_EXPIRED" [final, keeps_job], "The migration task has expired",
+    JobExpired => "JOB_EXPIRED" [final, keeps_job, refused], "The migration task has expired",
         "A task is valid for its validity period (7 to 90 days, 30 by default) from its creation. Delete the task and create a new migration task for the source server.";
-    JobInError => "JOB_IN_ERROR" [final, keeps_job], "The migration task fails",
+    JobInError => "JOB_IN_ERROR" [final, keeps_job, refused], "The migration task fails",
         "Read the job's last error (GET /v1/job on port 8080: code, message and hint), fix its cause, then start the job again (POST /v1/job/start) and run the sender again.";
-    JobDeleting => "JOB_DELETING" [final, keeps_job], "The migration task is being deleted",
+    JobDeleting => "JOB_DELETING" [final, keeps_job, refused], "The migration task is being deleted",
         "Wait until the task is deleted, or create another new migration task for the source server.";
-    JobBusy => "JOB_BUSY" [final, keeps_job], "The migration task is processing the received data and accepts no data now",
+    JobBusy => "JOB_BUSY" [final, keeps_job, refused], "The migration task is processing the received data and accepts no data now",
         "Wait until the job is Finished or Waiting (GET /v1/job on port 8080); an incremental job accepts the next round when it is Waiting.";
-    JobHandedOff => "JOB_HANDED_OFF" [final, keeps_job], "The round's disks are handed off to the control plane for their snapshot",
+    JobHandedOff => "JOB_HANDED_OFF" [final, keeps_job, refused], "The round's disks are handed off to the control plane for their snapshot",
         "The appliance writes nothing to the disks until the control plane has taken the round's image and starts the next round (POST /v1/job/start on port 8080). Run the sender again after that; it sends only what changed.";
-    HandoffNotFound => "HANDOFF_NOT_FOUND" [final, keeps_job], "No round of this job has been handed off yet",
+    HandoffNotFound => "HANDOFF_NOT_FOUND" [final, keeps_job, refused], "No round of this job has been handed off yet",
         "The handoff manifest is written when a round's pipeline ends, the job then Finished or Waiting; watch GET /v1/job or the webhook's event with a `handoff` field, then read it again.";
-    JobTransitionRefused => "JOB_TRANSITION_REFUSED" [final, keeps_job], "The operation is not allowed in the job's current state",
+    JobTransitionRefused => "JOB_TRANSITION_REFUSED" [final, keeps_job, refused], "The operation is not allowed in the job's current state",
         "Ready: start or delete. Running: stop it while Preparing or Syncing; a running job cannot be deleted. Stopped and InError: start or delete. Waiting: stop, delete, or run the sender for the next round. Finished and Expired: delete.";
-    BadValidity => "BAD_VALIDITY" [final, keeps_job], "The validity period of a migration task must be between 7 and 90 days",
+    BadValidity => "BAD_VALIDITY" [final, keeps_job, refused], "The validity period of a migration task must be between 7 and 90 days",
         "Set validity_days in the appliance's config (or --validity-days) to a whole number of days from 7 to 90; the default is 30.";
-    ControlUnauthorized => "CONTROL_UNAUTHORIZED" [final, keeps_job], "The control token is missing or not valid",
+    ControlUnauthorized => "CONTROL_UNAUTHORIZED" [final, keeps_job, refused], "The control token is missing or not valid",
         "Send `Authorization: Bearer <control token>`. The control token is set with --control-token, FERRY_CONTROL_TOKEN or control_token in the config (embedded mode keeps it in `<state-dir>/control-token`); it is not the sender's job token.";
-    ControlRateLimited => "CONTROL_RATE_LIMITED" [final, keeps_job], "Too many wrong control tokens from this address",
+    ControlRateLimited => "CONTROL_RATE_LIMITED" [final, keeps_job, refused], "Too many wrong control tokens from this address",
         "Wrong control tokens from this address are answered slowly and then refused for a while; a correct one is always accepted. Wait the seconds of the Retry-After header, then send the right control token (see CONTROL_UNAUTHORIZED).";
 }
 
@@ -280,13 +362,17 @@ pub fn catalogue_markdown() -> String {
          error the same way.\n\n\
          `Retry`: whether `ferry send` tries again by itself. `Job`: whether the error puts\n\
          the job InError when it happens while the appliance writes (a failure of the round's\n\
-         pipeline always does).\n\n\
-         | Code | Message | What to do | Retry | Job |\n|---|---|---|---|---|\n",
+         pipeline always does). `Exit`: the exit status of `ferry send` when it stops with the\n\
+         error:\n\n",
+    );
+    out.push_str(&exit_statuses_markdown());
+    out.push_str(
+        "\n| Code | Message | What to do | Retry | Job | Exit |\n|---|---|---|---|---|---|\n",
     );
     for c in ErrorCode::ALL {
         let cell = |s: &str| s.replace('|', "\\|");
         out.push_str(&format!(
-            "| `{}` | {} | {} | {} | {} |\n",
+            "| `{}` | {} | {} | {} | {} | {} |\n",
             c.as_str(),
             cell(c.message()),
             cell(c.hint()),
@@ -298,6 +384,7 @@ pub fn catalogue_markdown() -> String {
                 JobEffect::FailsJob => "InError",
                 JobEffect::KeepsJob => "kept",
             },
+            c.exit().status(),
         ));
     }
     out
@@ -399,6 +486,33 @@ mod tests {
             failing,
             ["TARGET_WRITE_FAILED", "TARGET_FULL", "LEDGER_FAILED"]
         );
+    }
+
+    #[test]
+    fn the_exit_status_tells_the_kind_of_failure() {
+        let cases = [
+            (ErrorCode::Internal, 1),
+            (ErrorCode::SourceReadFailed, 1),
+            (ErrorCode::Usage, 2),
+            (ErrorCode::BadChunkSize, 2),
+            (ErrorCode::WrongService, 2),
+            (ErrorCode::AuthFailed, 3),
+            (ErrorCode::TargetTooSmall, 3),
+            (ErrorCode::JobStopped, 3),
+            (ErrorCode::GrubFailed, 3),
+            (ErrorCode::ConnectFailed, 4),
+            (ErrorCode::TransferInterrupted, 4),
+            (ErrorCode::TlsFingerprintMismatch, 4),
+            (ErrorCode::ProcessingUnknown, 4),
+            (ErrorCode::DigestMismatch, 5),
+            (ErrorCode::ChunkHashMismatch, 5),
+            (ErrorCode::VerifyFailed, 5),
+        ];
+        for (code, status) in cases {
+            assert_eq!(code.exit().status(), status, "{code}");
+        }
+        let statuses: Vec<u8> = exit_statuses().iter().map(|(s, _)| *s).collect();
+        assert_eq!(statuses, [0, 1, 2, 3, 4, 5]);
     }
 
     #[test]

@@ -133,11 +133,16 @@ pub async fn connect(to: &str, token: &str, fingerprint: &str) -> Result<Conn> {
 pub async fn connect_tls(to: &str, fingerprint: &str) -> Result<(Conn, [u8; 32])> {
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(coded(ErrorCode::ConnectFailed, format!("{to}: {e}"))),
+        Ok(Err(e)) => {
+            return Err(coded(
+                ErrorCode::ConnectFailed,
+                format!("{to}: {e}; {}", is_the_port_open(to)),
+            ))
+        }
         Err(_) => {
             return Err(coded(
                 ErrorCode::ConnectFailed,
-                format!("{to}: no answer within 15 s"),
+                format!("{to}: no answer within 15 s; {}", is_the_port_open(to)),
             ))
         }
     };
@@ -163,10 +168,17 @@ pub async fn connect_tls(to: &str, fingerprint: &str) -> Result<(Conn, [u8; 32])
                     ErrorCode::TlsFingerprintMismatch,
                     format!("expected {fingerprint}, the appliance at {to} presented {seen}"),
                 ),
-                _ => coded(
+                Some(_) => coded(
                     ErrorCode::ConnectFailed,
                     format!("TLS handshake with {to}: {e}"),
                 ),
+                None => match super::peer::wrong_service(to, &e).await {
+                    Some(wrong) => wrong,
+                    None => coded(
+                        ErrorCode::ConnectFailed,
+                        format!("TLS handshake with {to}: {e}"),
+                    ),
+                },
             });
         }
         Err(_) => {
@@ -187,6 +199,17 @@ pub async fn connect_tls(to: &str, fingerprint: &str) -> Result<(Conn, [u8; 32])
         FrameCodec::new(wire::postauth_max_frame(wire::MIN_CHUNK_SIZE)),
     );
     Ok((conn, binding))
+}
+
+/// The question a failed connection asks, with the data port this sender
+/// used: the catalogue's hint cannot know it.
+fn is_the_port_open(to: &str) -> String {
+    let port = to
+        .rsplit_once(':')
+        .map_or(wire::DEFAULT_DATA_PORT.to_string(), |(_, p)| p.to_owned());
+    format!(
+        "is the appliance listening on port {port}, and is that port open to this server in its security group and firewall?"
+    )
 }
 
 /// The challenge–response, both ways.

@@ -9,6 +9,7 @@
 //! retry re-sends only what was not committed.
 
 pub mod client;
+pub mod peer;
 pub mod pin;
 pub mod probe;
 pub mod progress;
@@ -26,6 +27,7 @@ use tokio::sync::mpsc;
 use crate::disk::{chunk_count, chunk_len, disk_digest, is_zero, zero_hash, Disk};
 use crate::job::errors::{coded, describe, find_coded, ErrorCode, Retry};
 use crate::job::state::Status;
+use crate::job::step::Step;
 use crate::wire::{self, Frame, RoundEvent};
 use client::Conn;
 
@@ -235,12 +237,12 @@ pub async fn run(args: Options) -> Result<()> {
                     break Err(e);
                 }
                 let wait = Duration::from_secs(1u64 << (attempts - 1).min(4));
-                eprintln!(
+                progress.println(&format!(
                     "ferry send: {e:#}; retrying in {} s (attempt {} of {})",
                     wait.as_secs(),
                     attempts + 1,
                     args.retries + 1
-                );
+                ));
                 tokio::time::sleep(wait).await;
             }
         }
@@ -321,7 +323,7 @@ async fn attempt(
         job.done = true;
     }
     if !args.no_wait {
-        wait_for_round(&mut conn).await?;
+        wait_for_round(&mut conn, progress).await?;
     }
     // close_notify, so the appliance sees a clean end rather than a cut.
     let _ = tokio::io::AsyncWriteExt::shutdown(conn.get_mut()).await;
@@ -333,9 +335,9 @@ async fn attempt(
 /// comes back as the appliance's error (code, message, hint). A connection
 /// that drops meanwhile is a TRANSFER_INTERRUPTED, which the caller retries:
 /// the next attempt has no disk to send and follows the round again.
-async fn wait_for_round(conn: &mut Conn) -> Result<()> {
+async fn wait_for_round(conn: &mut Conn, progress: &progress::Progress) -> Result<()> {
     client::send(conn, Frame::EndRound).await?;
-    let mut last_step = None;
+    let mut steps: Vec<Step> = Vec::new();
     loop {
         // The appliance tells a step at least every 10 s while it runs.
         let frame = match tokio::time::timeout(2 * wire::LINK_TIMEOUT, client::recv(conn)).await {
@@ -353,30 +355,53 @@ async fn wait_for_round(conn: &mut Conn) -> Result<()> {
         };
         match event {
             RoundEvent::Step(step) => {
-                if last_step != Some(step) {
-                    eprintln!("ferry send: the appliance runs the round's pipeline: {step}");
-                    last_step = Some(step);
+                // The same step again is the appliance's heartbeat.
+                if steps.last() != Some(&step) {
+                    progress.println(&format!(
+                        "ferry send: the appliance runs the round's pipeline: {step}"
+                    ));
+                    steps.push(step);
                 }
             }
             RoundEvent::Done => {
-                match status {
-                    Status::Waiting => eprintln!(
-                        "ferry send: the round is verified and handed off; the job is Waiting: \
-                         the next round starts when the control plane has taken its snapshot"
-                    ),
-                    other => eprintln!(
-                        "ferry send: the round is verified and handed off; the job is {other}"
-                    ),
-                }
+                progress.println(&format!("ferry send: {}", round_outcome(&steps, status)));
                 return Ok(());
             }
             RoundEvent::AwaitingDisks => {
-                eprintln!(
+                progress.println(&format!(
                     "ferry send: this sender's disks are committed; the job ({status}) waits for its other disks before it ends the round"
-                );
+                ));
                 return Ok(());
             }
         }
+    }
+}
+
+/// How the round ended, from the steps this sender saw: "processed" only
+/// when the appliance ran more than the handoff (a job that only
+/// replicates disks has nothing else to run), and nothing about the steps
+/// when the round had ended before this sender asked.
+fn round_outcome(steps: &[Step], status: Status) -> String {
+    let processing: Vec<&str> = steps
+        .iter()
+        .filter(|s| **s != Step::Handoff)
+        .map(|s| s.as_str())
+        .collect();
+    let round = if !processing.is_empty() {
+        format!(
+            "the round is processed ({}) and handed off",
+            processing.join(", ")
+        )
+    } else if steps.contains(&Step::Handoff) {
+        "the disks are verified and handed off; the job only replicates disks, so nothing was processed".to_owned()
+    } else {
+        "the round had already ended".to_owned()
+    };
+    match status {
+        Status::Waiting => format!(
+            "{round}; the job is Waiting: the next round starts when the control plane has taken its snapshot"
+        ),
+        other => format!("{round}; the job is {other}"),
     }
 }
 
@@ -630,7 +655,7 @@ async fn transfer(
     }
     job.report.digest = hex::encode(digest);
     job.report.verified = true;
-    progress.set(job.index, size);
+    progress.finish_disk(job.index);
     Ok(())
 }
 
@@ -722,6 +747,47 @@ fn read_chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processed_is_said_only_of_a_round_that_was() {
+        let all = [
+            Step::Grow,
+            Step::Mount,
+            Step::Repair,
+            Step::Resync,
+            Step::Verify,
+            Step::Handoff,
+        ];
+        let cases: [(&str, &[Step], Status, &str); 4] = [
+            (
+                "a round with its pipeline",
+                &all,
+                Status::Finished,
+                "the round is processed (grow, mount, repair, resync, verify) and handed off; the job is Finished",
+            ),
+            (
+                "a job that only replicates",
+                &[Step::Handoff],
+                Status::Finished,
+                "the disks are verified and handed off; the job only replicates disks, so nothing was processed; the job is Finished",
+            ),
+            (
+                "an incremental round",
+                &[Step::Handoff],
+                Status::Waiting,
+                "the disks are verified and handed off; the job only replicates disks, so nothing was processed; the job is Waiting: the next round starts when the control plane has taken its snapshot",
+            ),
+            (
+                "a round that had ended before",
+                &[],
+                Status::CLEANING,
+                "the round had already ended; the job is Running/Cleaning",
+            ),
+        ];
+        for (name, steps, status, want) in cases {
+            assert_eq!(round_outcome(steps, status), want, "{name}");
+        }
+    }
 
     #[test]
     fn data_addresses_and_usage_errors() {
