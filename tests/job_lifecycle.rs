@@ -158,11 +158,12 @@ fn syncing_survives_kill_9_and_the_sender_resumes_to_waiting() {
         job(&s)["rounds_completed"] == 2
     });
     assert_eq!(shown(&job(&s)), "Waiting");
-    // Delete from Waiting: Deleting refuses senders.
+    // Delete from Waiting: the disks are forgotten and a fresh job is Ready.
+    let id = job(&s)["id"].clone();
     let (status, body) = post(&s, "/v1/job/delete");
-    assert_eq!((status, shown(&body)), (200, "Deleting".into()));
-    let sent = s.send(&[&src], &["--retries", "0"]);
-    assert_refused(&sent, ErrorCode::JobDeleting);
+    assert_eq!((status, shown(&body)), (200, "Ready".into()));
+    assert_ne!(body["id"], id);
+    assert!(!s.disk_path(0).exists());
 }
 
 #[test]
@@ -488,5 +489,89 @@ fn serve_tells_systemd_it_is_ready() {
     assert!(
         msg.starts_with("READY=1\nSTATUS=job Ready: data port 127.0.0.1:"),
         "{msg}"
+    );
+}
+
+#[test]
+fn a_disk_sent_wrongly_is_reset_and_a_deleted_job_starts_over_with_the_same_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (wrong, right) = (dir.path().join("wrong.img"), dir.path().join("right.img"));
+    mixed_image(&wrong, 8, 2);
+    mixed_image(&right, 12, 3);
+    let s = Server::start_job(&state, "127.0.0.1:0", &[]);
+    // The wrong disk first: the job Finishes with it, and the right one is
+    // refused as a disk whose size changed.
+    let sent = s.send(&[&wrong], &[]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    wait_for(10, "the job to be Finished", || {
+        shown(&job(&s)) == "Finished"
+    });
+    let before = job(&s);
+
+    // A disk the job never saw is not there to reset.
+    let (status, body) = post(&s, "/v1/job/disks/5/reset");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("DISK_NOT_CONFIGURED")),
+        "{body}"
+    );
+
+    // Finished refuses senders; delete starts the job over.
+    let (status, body) = post(&s, "/v1/job/delete");
+    assert_eq!((status, shown(&body)), (200, "Ready".into()), "{body}");
+    assert_ne!(body["id"], before["id"], "a fresh job has a new id");
+    assert_eq!(body["disks"].as_array().map(Vec::len), Some(0), "{body}");
+    assert_eq!(body["rounds_completed"], 0);
+    assert!(!s.disk_path(0).exists(), "the deleted job's image is gone");
+    // The same token and fingerprint: the same command now migrates the
+    // right disk, from the start.
+    let sent = s.send(&[&right], &[]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    assert_eq!(file_hash(&right), file_hash(&s.disk_path(0)));
+    wait_for(10, "the new job to be Finished", || {
+        shown(&job(&s)) == "Finished"
+    });
+
+    // No round runs in a Finished job: a reset forgets disk 0 (its ledger
+    // entries and its image).
+    let (status, body) = post(&s, "/v1/job/disks/0/reset");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["disks"].as_array().map(Vec::len), Some(0), "{body}");
+    assert!(!s.disk_path(0).exists(), "the reset disk's image is gone");
+}
+
+#[test]
+fn a_wrongly_announced_disk_is_reset_between_rounds_and_sent_again_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (wrong, right) = (dir.path().join("wrong.img"), dir.path().join("right.img"));
+    mixed_image(&wrong, 8, 4);
+    mixed_image(&right, 12, 5);
+    let s = Server::start(&state, &[]);
+    let sent = s.send(&[&wrong], &[]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    let sent = s.send(&[&right], &["--retries", "0"]);
+    assert_refused(&sent, ErrorCode::DiskSizeChanged);
+    // The refused round is still Preparing: no reset while a round runs.
+    let (status, body) = post(&s, "/v1/job/disks/0/reset");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("JOB_TRANSITION_REFUSED")),
+        "{body}"
+    );
+    // Stopped, disk 0 is reset; the next round sends the right disk whole.
+    let (status, body) = post(&s, "/v1/job/stop");
+    assert_eq!((status, shown(&body)), (200, "Stopped".into()), "{body}");
+    let (status, body) = post(&s, "/v1/job/disks/0/reset");
+    assert_eq!(status, 200, "{body}");
+    post(&s, "/v1/job/start");
+    let sent = s.send_only(&[&right], &[]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    assert_eq!(file_hash(&right), file_hash(&s.disk_path(0)));
+    assert_eq!(
+        sent.disk(0, "unchanged_bytes"),
+        0,
+        "nothing of the wrong disk is reused"
     );
 }

@@ -180,7 +180,7 @@ async fn status_page_shows_state_and_disk_progress() {
         .unwrap();
     for e in [
         r#"<span id="state" class="badge InError">InError</span>"#,
-        r#"<code id="error-code">TARGET_WRITE_FAILED</code> <span id="error-message">Do Rsync Disk x Failed</span>"#,
+        r#"<code id="error-code">TARGET_WRITE_FAILED</code> <span id="error-message">Do Rsync Disk 0 Failed</span>"#,
         r#"<div id="error-detail" class="muted">disk 0 at offset 4294967296</div>"#,
         // Nothing flows in InError: no rate, no time left.
         r#"<b id="rate">—</b>"#,

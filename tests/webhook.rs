@@ -102,7 +102,7 @@ async fn status_changes_are_posted_signed_in_order_with_retry() {
             r#"{{"event":"job.status_changed","seq":2,"job_id":"{id}","from":{{"state":"Running","business_status":"Preparing"}},"to":{{"state":"Running","business_status":"Syncing"}},"at":"2026-09-21T14:13:22.000Z","cause":"syncing","error":null}}"#
         ),
         format!(
-            r#"{{"event":"job.status_changed","seq":3,"job_id":"{id}","from":{{"state":"Running","business_status":"Syncing"}},"to":{{"state":"InError","business_status":null}},"at":"2026-09-21T14:13:25.000Z","cause":"error","error":{{"code":"TARGET_WRITE_FAILED","message":"Do Rsync Disk x Failed","hint":"{}","detail":"disk 0 at offset 0","at":"2026-09-21T14:13:25.000Z"}}}}"#,
+            r#"{{"event":"job.status_changed","seq":3,"job_id":"{id}","from":{{"state":"Running","business_status":"Syncing"}},"to":{{"state":"InError","business_status":null}},"at":"2026-09-21T14:13:25.000Z","cause":"error","error":{{"code":"TARGET_WRITE_FAILED","message":"Do Rsync Disk 0 Failed","hint":"{}","detail":"disk 0 at offset 0","at":"2026-09-21T14:13:25.000Z"}}}}"#,
             ferry::job::errors::ErrorCode::TargetWriteFailed.hint()
         ),
     ];

@@ -119,6 +119,16 @@ macro_rules! catalogue {
                 match self { $( ErrorCode::$variant => $msg, )* }
             }
 
+            /// The message of one occurrence: the FAQ's "Do Rsync Disk x
+            /// Failed" names the disk that `detail` is about ("disk 1: ...").
+            pub fn message_for(self, detail: &str) -> String {
+                let msg = self.message();
+                match (msg.contains("Disk x"), disk_named_in(detail)) {
+                    (true, Some(n)) => msg.replacen("Disk x", &format!("Disk {n}"), 1),
+                    _ => msg.to_owned(),
+                }
+            }
+
             /// What to do about it.
             pub fn hint(self) -> &'static str {
                 match self { $( ErrorCode::$variant => $hint, )* }
@@ -334,6 +344,15 @@ pub fn find_coded(err: &anyhow::Error) -> Option<&CodedError> {
 /// coded) and its detail: the whole chain, each coded link as its code and
 /// detail, for the peer and the job's last error, which show the code's
 /// message and hint beside it.
+/// The first disk index a detail names: "disk 3" in "disk 3: writing ...".
+fn disk_named_in(detail: &str) -> Option<u32> {
+    detail.match_indices("disk ").find_map(|(at, word)| {
+        let rest = &detail[at + word.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    })
+}
+
 pub fn describe(err: &anyhow::Error) -> (ErrorCode, String) {
     let code = find_coded(err)
         .map(|c| c.code)
@@ -525,6 +544,27 @@ mod tests {
         assert_eq!(
             format!("{err:#}"),
             "opening disk 0: DISK_BUSY: Another sender is already writing this disk (disk 0)"
+        );
+    }
+
+    #[test]
+    fn do_rsync_disk_names_the_disk_of_the_detail() {
+        let cases = [
+            ("disk 1: writing chunk 3", "Do Rsync Disk 1 Failed"),
+            ("writing disk 12 at offset 0", "Do Rsync Disk 12 Failed"),
+            ("the target is gone", "Do Rsync Disk x Failed"),
+            ("disk of the source", "Do Rsync Disk x Failed"),
+        ];
+        for (detail, want) in cases {
+            assert_eq!(
+                ErrorCode::TargetWriteFailed.message_for(detail),
+                want,
+                "{detail}"
+            );
+        }
+        assert_eq!(
+            ErrorCode::AuthFailed.message_for("disk 1"),
+            ErrorCode::AuthFailed.message()
         );
     }
 }

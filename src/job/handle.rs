@@ -204,6 +204,17 @@ impl JobHandle {
         self.update("delete", |r, now| r.delete(now), |c| vec![c.clone()])
     }
 
+    /// Deleting → a fresh Ready job (see [`JobRecord::renew`]).
+    pub fn renew(&self) -> Result<StateChange> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.update("renew", |r, now| r.renew(id, now), |c| vec![c.clone()])
+    }
+
+    /// Forget a disk's progress in the job record.
+    pub fn forget_disk(&self, index: u32) -> Result<()> {
+        self.update("reset a disk", |r, _| r.forget_disk(index), |_| Vec::new())
+    }
+
     /// A sender authenticated: refuse it by the job's status (with the
     /// status's code), or let it in, moving Ready and Waiting to Preparing.
     pub fn admit_sender(&self) -> Result<()> {

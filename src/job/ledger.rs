@@ -35,6 +35,12 @@ impl DiskRecord {
     pub fn chunks(&self) -> u64 {
         self.size.div_ceil(u64::from(self.chunk_size))
     }
+
+    /// Bytes of chunk `index` (the last one may be short).
+    pub fn chunk_len(&self, index: u64) -> u64 {
+        let cs = u64::from(self.chunk_size);
+        self.size.saturating_sub(index.saturating_mul(cs)).min(cs)
+    }
 }
 
 /// The meta key of the names the source knew disk `index` by (`/dev/sda`,
@@ -182,6 +188,28 @@ impl Ledger {
             .with_context(|| format!("committing the record of disk {disk}"))
     }
 
+    /// Forget a disk: its record, its chunks and the names the source knew
+    /// it by. The next sender to open it starts it over.
+    pub fn forget_disk(&self, disk: u32) -> Result<()> {
+        let tx = self
+            .db
+            .begin_write()
+            .context("starting a ledger transaction")?;
+        {
+            let mut t = tx.open_table(DISKS).context("opening the disks table")?;
+            t.remove(disk)
+                .with_context(|| format!("forgetting the record of disk {disk}"))?;
+            let mut c = tx.open_table(CHUNKS).context("opening the chunks table")?;
+            c.retain_in((disk, 0)..=(disk, u64::MAX), |_, _| false)
+                .with_context(|| format!("forgetting the chunks of disk {disk}"))?;
+            let mut m = tx.open_table(META).context("opening the meta table")?;
+            m.remove(names_key(disk).as_str())
+                .with_context(|| format!("forgetting the names of disk {disk}"))?;
+        }
+        tx.commit()
+            .with_context(|| format!("committing the reset of disk {disk}"))
+    }
+
     /// Record chunks whose bytes are already durable on the target; returns
     /// the indices among them that were not committed before (for the
     /// job's progress).
@@ -260,7 +288,7 @@ impl Ledger {
     pub fn committed_bytes(&self, disk: u32, rec: &DiskRecord) -> Result<u64> {
         let mut bytes = 0u64;
         self.for_each_chunk(disk, 0..rec.chunks(), |index, _| {
-            bytes += crate::disk::chunk_len(rec.size, rec.chunk_size, index) as u64;
+            bytes += rec.chunk_len(index);
             true
         })?;
         Ok(bytes)

@@ -231,6 +231,8 @@ pub const TRANSITIONS: &[(Status, Status)] = &[
     (Status::Waiting, Status::Deleting),
     (Status::Finished, Status::Deleting),
     (Status::Expired, Status::Deleting),
+    // Deleted: its disks forgotten, the job starts over as a fresh one.
+    (Status::Deleting, Status::Ready),
 ];
 
 /// Whether `from → to` is in the table.
@@ -373,11 +375,12 @@ pub struct JobError {
 
 impl JobError {
     pub fn new(code: ErrorCode, detail: impl Into<String>, at: SystemTime) -> Self {
+        let detail = detail.into();
         JobError {
             code,
-            message: code.message().to_owned(),
+            message: code.message_for(&detail),
             hint: code.hint().to_owned(),
-            detail: detail.into(),
+            detail,
             at: Timestamp(at),
         }
     }
@@ -691,6 +694,38 @@ impl JobRecord {
             error: self.last_error.clone(),
             handoff: None,
         })
+    }
+
+    /// A Deleting job whose disks are forgotten starts over: a fresh job
+    /// (new id, Ready, a new validity period) that keeps the settings. The
+    /// sequence of state changes goes on, so the control plane sees the
+    /// change from Deleting to Ready in order.
+    pub fn renew(&mut self, id: String, now: SystemTime) -> Result<StateChange> {
+        let change = self.transition(Status::Ready, "deleted: the job starts over", now)?;
+        let settings = JobSettings {
+            incremental: self.incremental,
+            validity: self.validity_days,
+        };
+        let seq = self.seq;
+        *self = JobRecord::new(id.clone(), settings, now);
+        self.seq = seq;
+        Ok(StateChange {
+            job_id: id,
+            ..change
+        })
+    }
+
+    /// Forget one disk's progress (its ledger entries are forgotten by the
+    /// caller): only while no round runs.
+    pub fn forget_disk(&mut self, index: u32) -> Result<()> {
+        if self.status.state() == JobState::Running || self.status == Status::Deleting {
+            return Err(refused_operation(
+                &format!("reset (disk {index}): stop it first"),
+                self.status,
+            ));
+        }
+        self.disks.retain(|d| d.index != index);
+        Ok(())
     }
 
     /// Whether the validity period is over at `now`.
@@ -1031,6 +1066,7 @@ mod tests {
             (S::Waiting, S::Deleting),
             (S::Finished, S::Deleting),
             (S::Expired, S::Deleting),
+            (S::Deleting, S::Ready),
         ];
         let mut refused = 0;
         for from in S::ALL {
@@ -1120,7 +1156,7 @@ mod tests {
             (S::PROCESSING, Err("JOB_BUSY: The migration task is processing the received data and accepts no data now (the job is Running/Processing)")),
             (S::CLEANING, Err("JOB_BUSY: The migration task is processing the received data and accepts no data now (the job is Running/Cleaning)")),
             (S::Stopped, Err("JOB_STOPPED: The migration task is stopped (the job is Stopped)")),
-            (S::InError, Err("JOB_IN_ERROR: The migration task fails (last error TARGET_WRITE_FAILED: Do Rsync Disk x Failed)")),
+            (S::InError, Err("JOB_IN_ERROR: The migration task fails (last error TARGET_WRITE_FAILED: Do Rsync Disk 0 Failed)")),
             (S::Finished, Err("JOB_FINISHED: The migration task is completed (the job is Finished)")),
             (S::Expired, Err("JOB_EXPIRED: The migration task has expired (expired at 2026-10-21T14:13:20.000Z)")),
             (S::Deleting, Err("JOB_DELETING: The migration task is being deleted (the job is Deleting)")),
@@ -1266,7 +1302,7 @@ mod tests {
         assert_eq!(json["state"], "InError");
         assert_eq!(json["business_status"], serde_json::Value::Null);
         assert_eq!(json["last_error"]["code"], "TARGET_WRITE_FAILED");
-        assert_eq!(json["last_error"]["message"], "Do Rsync Disk x Failed");
+        assert_eq!(json["last_error"]["message"], "Do Rsync Disk 0 Failed");
         assert_eq!(json["created_at"], "2026-09-21T14:13:20.000Z");
         assert_eq!(json["expires_at"], "2026-10-21T14:13:20.000Z");
         assert_eq!(json["disks"][0]["index"], 0);

@@ -66,12 +66,20 @@ pub struct ApiState {
     manifest: Option<std::path::PathBuf>,
     /// Wrong control tokens, per address.
     auth: Arc<AuthLimiter>,
+    /// Disk resets and the end of a deletion; None: refused (501).
+    resets: Option<Arc<dyn super::reset::Resets>>,
 }
 
 impl ApiState {
     /// Serve the handoff manifest at `path` as `GET /v1/job/handoff`.
     pub fn with_manifest(mut self, path: std::path::PathBuf) -> Self {
         self.manifest = Some(path);
+        self
+    }
+
+    /// Reset disks and finish deletions through `resets`.
+    pub fn with_resets(mut self, resets: Arc<dyn super::reset::Resets>) -> Self {
+        self.resets = Some(resets);
         self
     }
 
@@ -89,6 +97,7 @@ impl ApiState {
             identity,
             unauthorized,
             manifest: None,
+            resets: None,
             auth: Arc::new(AuthLimiter::default()),
         }
     }
@@ -205,12 +214,13 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
         ApiError {
             status,
             code,
-            message: code.message().to_owned(),
+            message: code.message_for(&detail),
             hint: code.hint(),
-            detail: detail.into(),
+            detail,
         }
     }
 }
@@ -219,8 +229,8 @@ impl From<anyhow::Error> for ApiError {
     fn from(err: anyhow::Error) -> Self {
         let (code, detail) = describe(&err);
         let status = match code {
-            ErrorCode::JobTransitionRefused => StatusCode::CONFLICT,
-            ErrorCode::HandoffNotFound => StatusCode::NOT_FOUND,
+            ErrorCode::JobTransitionRefused | ErrorCode::DiskBusy => StatusCode::CONFLICT,
+            ErrorCode::HandoffNotFound | ErrorCode::DiskNotConfigured => StatusCode::NOT_FOUND,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, code, detail)
@@ -249,6 +259,7 @@ pub fn router(state: ApiState, limits: HttpLimits) -> Router {
         .route("/v1/job/stop", post(stop_job))
         .route("/v1/job/start", post(start_job))
         .route("/v1/job/delete", post(delete_job))
+        .route("/v1/job/disks/{index}/reset", post(reset_disk))
         .route("/v1/job/handoff", get(get_handoff))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -454,8 +465,30 @@ async fn start_job(State(state): State<ApiState>) -> Result<Json<JobView>, ApiEr
     get_job(State(state)).await
 }
 
+/// Delete: the job goes Deleting, its disks are forgotten, and a fresh
+/// Ready job takes its place (same token and TLS identity).
 async fn delete_job(State(state): State<ApiState>) -> Result<Json<JobView>, ApiError> {
     job_call(&state, |job| job.delete()).await?;
+    if let Some(resets) = state.resets.clone() {
+        tokio::task::spawn_blocking(move || resets.finish_delete())
+            .await
+            .map_err(|e| anyhow::anyhow!("deletion task failed: {e}"))??;
+    }
+    get_job(State(state)).await
+}
+
+/// Forget one disk (announced wrongly, say): its ledger entries and, in
+/// embedded mode, its image. The next sender sends it from the start.
+async fn reset_disk(
+    State(state): State<ApiState>,
+    axum::extract::Path(index): axum::extract::Path<u32>,
+) -> Result<Json<JobView>, ApiError> {
+    let Some(resets) = state.resets.clone() else {
+        return Err(anyhow::anyhow!("this appliance cannot reset disks").into());
+    };
+    tokio::task::spawn_blocking(move || resets.reset_disk(index))
+        .await
+        .map_err(|e| anyhow::anyhow!("reset task failed: {e}"))??;
     get_job(State(state)).await
 }
 

@@ -69,6 +69,19 @@ pub struct Claim {
 }
 
 impl Claims {
+    /// Hold `disk` now, if no session does (for a reset).
+    pub fn hold(self: &Arc<Self>, disk: u32) -> Option<Claim> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.contains_key(&disk) {
+            return None;
+        }
+        held.insert(disk, Link::new());
+        Some(Claim {
+            claims: Arc::clone(self),
+            disk,
+        })
+    }
+
     /// Claim `disk` for the session on `link`: at once when it is free,
     /// after a wait when its holder closes or is silent and taken over, or
     /// DISK_BUSY when a live session keeps it.

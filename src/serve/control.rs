@@ -28,7 +28,8 @@ pub fn router(app: Arc<Appliance>, limits: HttpLimits) -> Router {
     )
     .with_manifest(crate::pipeline::handoff::manifest_path(
         &app.config.state_dir,
-    ));
+    ))
+    .with_resets(Arc::new(Arc::clone(&app)));
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -13,6 +13,7 @@ pub mod lock;
 pub mod metrics;
 pub mod notify;
 pub mod records;
+pub mod reset;
 pub mod session;
 pub mod webhook;
 pub mod writer;
@@ -310,6 +311,14 @@ async fn run(config: Config) -> Result<()> {
         .await
         .context("preparing the appliance")??;
     let app = Arc::new(app);
+    if app.job.status() == crate::job::state::Status::Deleting {
+        // Stopped while it was being deleted: finish the deletion.
+        let app2 = Arc::clone(&app);
+        tokio::task::spawn_blocking(move || reset::Resets::finish_delete(&app2))
+            .await
+            .context("finishing the job's deletion")?
+            .context("finishing the job's deletion")?;
+    }
     if matches!(
         app.job.status(),
         crate::job::state::Status::PROCESSING | crate::job::state::Status::CLEANING

@@ -198,7 +198,7 @@ impl Frame {
         let message = if detail.is_empty() {
             code.message().to_owned()
         } else {
-            format!("{} ({detail})", code.message())
+            format!("{} ({detail})", code.message_for(detail))
         };
         Frame::Error {
             code: code.as_str().to_owned(),
@@ -655,6 +655,17 @@ pub fn encode(frame: &Frame) -> BytesMut {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_error_frame_names_the_disk_of_its_detail() {
+        match Frame::error(ErrorCode::TransferInterrupted, "disk 2: cut") {
+            Frame::Error { message, .. } => assert_eq!(
+                message,
+                "Do Rsync Disk 2 Failed: the data transfer was interrupted (disk 2: cut)"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn samples() -> Vec<Frame> {
         vec![
