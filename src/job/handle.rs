@@ -303,6 +303,14 @@ impl JobHandle {
         Ok(())
     }
 
+    /// The sender of disk `index` pinged: alive, reading (kept in memory;
+    /// the next progress saves it).
+    pub fn sender_alive(&self, index: u32) {
+        let now = self.clock.now();
+        self.lock().record.sender_alive(index, now);
+        self.version.send_modify(|v| *v += 1);
+    }
+
     /// The appliance verified disk `index` (its digest matched the sender's).
     pub fn disk_verified(&self, index: u32) -> Result<()> {
         self.update(

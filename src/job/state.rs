@@ -405,8 +405,9 @@ pub struct DiskProgress {
     /// this round.
     #[serde(default)]
     pub verified: bool,
-    /// When the disk last moved: a sender opened it, or data arrived and
-    /// its committed bytes grew.
+    /// When the disk last moved: a sender opened it, data arrived and its
+    /// committed bytes grew, or its sender said it is still reading it (a
+    /// ping while it skips unchanged or zero chunks, which send nothing).
     #[serde(default)]
     pub last_progress_at: Option<Timestamp>,
     /// (when, committed bytes from then on), oldest first, spanning the rate
@@ -854,6 +855,15 @@ impl JobRecord {
     /// moved now, which is where its silence is counted from.
     pub fn disk_opened(&mut self, index: u32, size: u64, committed: u64, now: SystemTime) {
         self.set_disk(index, size, committed);
+        if let Some(d) = self.disks.iter_mut().find(|d| d.index == index) {
+            d.last_progress_at = Some(Timestamp(now));
+        }
+    }
+
+    /// The sender of disk `index` is alive and reading it (it pinged):
+    /// a resume that skips what is committed sends no data for a while, and
+    /// is not a stall.
+    pub fn sender_alive(&mut self, index: u32, now: SystemTime) {
         if let Some(d) = self.disks.iter_mut().find(|d| d.index == index) {
             d.last_progress_at = Some(Timestamp(now));
         }
@@ -1363,6 +1373,13 @@ mod tests {
         r.refresh_rates(at(20_000));
         assert_eq!(rate_eta(&r), (0.0, None));
         assert_eq!(r.disks[0].last_progress_at, Some(Timestamp(at(10_000))));
+        // A sender that pings while it skips committed chunks moved the
+        // disk without data: its silence counts from then, the rate stays 0.
+        r.sender_alive(0, at(19_000));
+        assert_eq!(r.disks[0].last_progress_at, Some(Timestamp(at(19_000))));
+        assert_eq!(rate_eta(&r), (0.0, None));
+        r.sender_alive(7, at(19_500));
+        r.disks[0].last_progress_at = Some(Timestamp(at(10_000)));
         // The window starts between the samples of 10 s and 20 s.
         r.record_progress(0, 600 * MB, at(20_000)).unwrap();
         r.record_progress(0, 610 * MB, at(20_100)).unwrap();
