@@ -226,6 +226,12 @@ pub fn run(
     if targets.is_empty() {
         return Err(coded(ErrorCode::SystemNotFound, "the job has no disks"));
     }
+    // First of all, what a run killed midway left: its chroot's processes,
+    // its mounts and its loop devices, or grow would meet busy partitions
+    // and fail with them still in place.
+    let paths: Vec<std::path::PathBuf> = targets.iter().map(|t| t.path.clone()).collect();
+    crate::layout::tree::clean_leftovers(&dir.join(STAGING), &paths)
+        .context("cleaning up after an interrupted run")?;
     let mut report = RoundReport {
         source_names: targets.iter().map(|t| t.names.clone()).collect(),
         ..Default::default()
@@ -290,6 +296,9 @@ pub fn run(
     Ok(end.to)
 }
 
+/// Where the migrated system is mounted, under the work directory.
+const STAGING: &str = "root";
+
 /// Grow, mount and repair; returns what they may have written.
 fn build(
     targets: &[Target],
@@ -303,7 +312,7 @@ fn build(
     timed(report, step, t);
 
     let (step, t) = timer(Step::Mount);
-    let mounted = mount::system(targets, &dir.join("root"))?;
+    let mounted = mount::system(targets, &dir.join(STAGING))?;
     timed(report, step, t);
 
     let (step, t) = timer(Step::Repair);

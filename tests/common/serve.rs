@@ -78,9 +78,10 @@ impl Server {
         while control.is_empty() {
             line.clear();
             if out.read_line(&mut line).unwrap() == 0 {
+                let status = child.wait().ok();
                 panic!(
-                    "ferry serve exited before it was ready: see {}",
-                    state.with_extension("serve.log").display()
+                    "ferry serve exited before it was ready ({status:?}); its log:\n{}",
+                    keep_log(state)
                 );
             }
             if let Some(v) = line.trim().strip_prefix("data-listen: ") {
@@ -331,6 +332,30 @@ pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The tail of an appliance's log, also copied to the artifacts directory
+/// (when there is one) so that it outlives the test's scratch directory.
+pub fn keep_log(state: &Path) -> String {
+    let path = state.with_extension("serve.log");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    if let Ok(dir) = std::env::var("FERRY_ARTIFACTS") {
+        let name = format!(
+            "serve-{}-{}.log",
+            std::process::id(),
+            state
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("state")
+        );
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(Path::new(&dir).join(name), &text);
+    }
+    let tail = text.len().saturating_sub(8192);
+    let start = (tail..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    text[start..].to_owned()
 }
 
 /// A free loopback port (bound and released).
