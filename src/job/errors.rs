@@ -323,8 +323,14 @@ pub trait Code<T> {
 impl<T, E: Into<anyhow::Error>> Code<T> for Result<T, E> {
     fn code(self, code: ErrorCode) -> anyhow::Result<T> {
         self.map_err(|e| {
+            let e = e.into();
+            // Already this code (a step's own error, coded again by its
+            // caller): said once, not "CODE: message: CODE: message".
+            if find_coded(&e).is_some_and(|c| c.code == code) {
+                return e;
+            }
             anyhow::Error::new(CodedError {
-                cause: Some(e.into().into()),
+                cause: Some(e.into()),
                 ..CodedError::new(code, "")
             })
         })
@@ -565,6 +571,27 @@ mod tests {
         assert_eq!(
             ErrorCode::AuthFailed.message_for("disk 1"),
             ErrorCode::AuthFailed.message()
+        );
+    }
+
+    #[test]
+    fn a_code_added_to_an_error_of_the_same_code_is_said_once() {
+        let err = anyhow::Context::context(
+            Err::<(), _>(coded(ErrorCode::SystemNotFound, "no /etc/os-release")),
+            "reading the received disks",
+        )
+        .code(ErrorCode::SystemNotFound)
+        .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "reading the received disks: SYSTEM_NOT_FOUND: No migrated operating system was found on the received disks (no /etc/os-release)"
+        );
+        assert_eq!(
+            describe(&err),
+            (
+                ErrorCode::SystemNotFound,
+                "reading the received disks: no /etc/os-release".to_owned()
+            )
         );
     }
 }
