@@ -406,15 +406,7 @@ fn production_targets_unmapped_and_too_small_are_refused_before_writing() {
         .unwrap();
     std::fs::write(&small, vec![0xee; 4 << 20]).unwrap();
     let before = file_hash(&small);
-    let cfg = dir.path().join("ferry.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "token = \"a-long-enough-job-token\"\n[[disk]]\nindex = 0\ntarget = \"{}\"\n",
-            small.display()
-        ),
-    )
-    .unwrap();
+    let cfg = target_config(dir.path(), "a-long-enough-job-token", &[&small]);
     let mut server = Server::start(
         &dir.path().join("state"),
         &["--config", cfg.to_str().unwrap()],

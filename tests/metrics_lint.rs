@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 
 use ferry::cmd::{self, Cmd};
-use harness::Server;
+use harness::{target_config, Server};
 
 const JOB_TOKEN: &str = "job-token-0123456789abcdef";
 
@@ -176,15 +176,7 @@ fn metrics_pass_promtool_with_a_configured_target() {
         .unwrap()
         .set_len(16 << 20)
         .unwrap();
-    let config = dir.path().join("ferry.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "token = \"{JOB_TOKEN}\"\n[[disk]]\nindex = 0\ntarget = \"{}\"\n",
-            target.display()
-        ),
-    )
-    .unwrap();
+    let config = target_config(dir.path(), JOB_TOKEN, &[&target]);
     let s = Server::start_job(
         &dir.path().join("state"),
         "127.0.0.1:0",

@@ -103,15 +103,7 @@ fn a_64_tib_disk_in_64_kib_chunks_is_served_in_bounded_memory_across_a_restart()
         .unwrap()
         .set_len(SIZE)
         .unwrap();
-    let cfg = dir.path().join("ferry.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "token = \"a-long-enough-job-token\"\n[[disk]]\nindex = 0\ntarget = \"{}\"\n",
-            target.display()
-        ),
-    )
-    .unwrap();
+    let cfg = target_config(dir.path(), "a-long-enough-job-token", &[&target]);
     let state = dir.path().join("state");
     let start = || {
         let mut s = Server::start(&state, &["--config", cfg.to_str().unwrap()]);

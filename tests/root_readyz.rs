@@ -12,7 +12,7 @@ mod harness;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use harness::Server;
+use harness::{target_config, Server};
 use serde_json::Value;
 
 /// A tmpfs of `mib` MiB at `dir`, unmounted when dropped.
@@ -128,15 +128,7 @@ fn readyz_is_503_while_a_target_files_file_system_is_full() {
         .unwrap()
         .set_len(32 << 20)
         .unwrap();
-    let config = dir.path().join("ferry.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "token = \"job-token-0123456789abcdef\"\n[[disk]]\nindex = 0\ntarget = \"{}\"\n",
-            target.display()
-        ),
-    )
-    .unwrap();
+    let config = target_config(dir.path(), "job-token-0123456789abcdef", &[&target]);
     let s = Server::start_job(
         &dir.path().join("state"),
         "127.0.0.1:0",

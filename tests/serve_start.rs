@@ -343,16 +343,8 @@ fn a_missing_target_starts_not_ready_with_one_warning_and_the_reason_in_status()
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let target = dir.path().join("target.img");
-    let config = dir.path().join("ferry.toml");
     // No control token configured: one is generated and kept.
-    std::fs::write(
-        &config,
-        format!(
-            "token = \"job-token-0123456789abcdef\"\n[[disk]]\nindex = 0\ntarget = \"{}\"\n",
-            target.display()
-        ),
-    )
-    .unwrap();
+    let config = harness::target_config(dir.path(), "job-token-0123456789abcdef", &[&target]);
     let s = Notified::start(&state, &["--config", config.to_str().unwrap()]);
     let reason = format!(
         "the target of disk 0 ({}) is not writable: No such file or directory (os error 2)",

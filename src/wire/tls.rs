@@ -69,24 +69,9 @@ pub fn load_or_create(dir: &Path) -> Result<TlsIdentity> {
     })
 }
 
+/// Written atomically and private (0600): the key is the appliance's identity.
 fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all()
-        .with_context(|| format!("flushing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    crate::disk::sync_dir(path)
+    crate::disk::write_atomic(path, data)
 }
 
 #[cfg(test)]

@@ -358,6 +358,18 @@ pub fn keep_log(state: &Path) -> String {
     text[start..].to_owned()
 }
 
+/// `dir/ferry.toml` for a job that writes configured targets: the job token
+/// and disk N → `targets[N]`.
+pub fn target_config(dir: &Path, token: &str, targets: &[&Path]) -> PathBuf {
+    let mut text = format!("token = \"{token}\"\n");
+    for (i, t) in targets.iter().enumerate() {
+        text += &format!("[[disk]]\nindex = {i}\ntarget = \"{}\"\n", t.display());
+    }
+    let path = dir.join("ferry.toml");
+    std::fs::write(&path, text).expect("writing the config");
+    path
+}
+
 /// A free loopback port (bound and released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
