@@ -62,6 +62,8 @@ pub async fn recv_any(conn: &mut Conn) -> Result<Frame> {
 pub async fn recv_live(conn: &mut Conn) -> Result<Frame> {
     let mut heard = tokio::time::Instant::now();
     let mut ping = tokio::time::interval_at(heard + wire::HEARTBEAT, wire::HEARTBEAT);
+    // After a long write, one ping, not a burst of the ticks it missed.
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             frame = recv_any(conn) => match frame? {

@@ -545,6 +545,8 @@ async fn transfer(
     // ends the attempt (the next one reconnects and takes the disk over).
     let mut heard = tokio::time::Instant::now();
     let mut ping = tokio::time::interval_at(heard + wire::HEARTBEAT, wire::HEARTBEAT);
+    // After a long write, one ping, not a burst of the ticks it missed.
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result: Result<()> = async {
         loop {
             if reader_done && in_flight.is_empty() {
