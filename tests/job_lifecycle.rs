@@ -65,6 +65,11 @@ fn one_shot_job_finishes_then_refuses_with_the_advice_to_create_a_new_task() {
     mixed_image(&src, 24, 1);
     let s = Server::start_job(&state, "127.0.0.1:0", &[]);
     assert_eq!(shown(&job(&s)), "Ready");
+    // It names the data port it bound, though the config asked for any.
+    let (_, body) = http(&s.control, "GET", "/v1/identity", &[]);
+    let identity: Value = serde_json::from_str(&body).unwrap();
+    let port: u64 = s.data.rsplit_once(':').unwrap().1.parse().unwrap();
+    assert_eq!(identity["data_port"], port, "{identity}");
     // Stop is not allowed in Ready; start is.
     let (status, body) = post(&s, "/v1/job/stop");
     assert_eq!(

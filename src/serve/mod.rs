@@ -307,6 +307,12 @@ async fn run(config: Config) -> Result<()> {
     let lock = lock::StateLock::take_existing(&config.state_dir)?;
     let data = bind(&config.data_listen, "data", "data_listen").await?;
     let control = bind(&config.control_listen, "control", "control_listen").await?;
+    // What the appliance tells of itself (GET /v1/identity) is the port it
+    // bound, also when the config asked for any (`:0`).
+    let mut config = config;
+    if let Ok(addr) = data.local_addr() {
+        config.data_listen = addr.to_string();
+    }
     let app = tokio::task::spawn_blocking(move || prepare(config, lock))
         .await
         .context("preparing the appliance")??;
