@@ -3,7 +3,7 @@
 //! A record is written once by a sender's OpenDisk and read at every start
 //! and every later OpenDisk. One that no sender could have had accepted (a
 //! chunk size outside the protocol's, a disk larger than its target can
-//! hold, more chunks than the appliance keeps for a disk) is refused with
+//! hold, more chunks than a disk may have) is refused with
 //! the reason, so that it never crashes the appliance later, and never at
 //! every restart under systemd.
 
@@ -13,8 +13,10 @@ use crate::config::Config;
 use crate::job::ledger::DiskRecord;
 use crate::wire;
 
-/// Most chunks of one disk: 64 TiB in the smallest chunks. The appliance
-/// keeps a few bytes per chunk of an open disk.
+/// Most chunks of one disk: 64 TiB in the smallest chunks. Memory does not
+/// grow with the count (the ledger and the disks are walked in windows);
+/// this bounds the time a re-read of a disk takes, and what a record may
+/// claim.
 pub const MAX_CHUNKS: u64 = (64 << 40) / wire::MIN_CHUNK_SIZE as u64;
 
 /// Why the record of disk `index` cannot be used, if it cannot.
@@ -31,7 +33,7 @@ pub fn check(config: &Config, index: u32, rec: &DiskRecord) -> Result<(), String
     if chunks > MAX_CHUNKS {
         return Err(format!(
             "its {} bytes in chunks of {} bytes make {chunks} chunks, more than the {MAX_CHUNKS} \
-             the appliance keeps for a disk",
+             a disk may have",
             rec.size, rec.chunk_size
         ));
     }
@@ -133,7 +135,7 @@ mod tests {
                 rec(u64::MAX, 64 << 10),
                 Err(format!(
                     "its {} bytes in chunks of 65536 bytes make 281474976710656 chunks, more than \
-                     the 1073741824 the appliance keeps for a disk",
+                     the 1073741824 a disk may have",
                     u64::MAX
                 )),
             ),
