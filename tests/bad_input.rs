@@ -607,3 +607,36 @@ fn a_disk_larger_than_the_state_directory_can_hold_is_refused_before_it_is_recor
     assert_ne!(job["status"], "InError", "{job}");
     f.assert_intact("TARGET_TOO_SMALL");
 }
+
+#[test]
+fn a_sender_that_goes_silent_is_closed_after_the_link_timeout_and_its_disk_freed() {
+    let f = fixture(&[]);
+    rt().block_on(async {
+        let mut conn = authed(&f.server).await;
+        open(&mut conn, 0, SIZE, CHUNK).await;
+        // No frame, no ping: as a sender behind a frozen link looks.
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(std::time::Duration::from_secs(90), client::recv(&mut conn))
+            .await
+            .expect("the appliance kept a silent session open")
+            .unwrap_err();
+        let waited = started.elapsed();
+        assert_eq!(
+            find_coded(&err).map(|c| c.code.as_str()),
+            Some("TRANSFER_INTERRUPTED"),
+            "{err:#}"
+        );
+        assert!(
+            format!("{err:#}")
+                .contains("nothing heard from the sender for 30 s: the link is silent"),
+            "{err:#}"
+        );
+        assert!(
+            waited >= std::time::Duration::from_secs(29),
+            "closed after {waited:?}"
+        );
+        eprintln!("a silent sender was closed after {waited:?}");
+    });
+    // The disk is free again: the next sender gets it at once.
+    f.assert_intact("TRANSFER_INTERRUPTED");
+}
