@@ -29,7 +29,6 @@ use crate::wire::{self, auth, Frame, FrameCodec, RoundEvent};
 /// Time from accept to authenticated: TLS, hello, challenge and proof, all
 /// together (a sender needs milliseconds; a trickling client gets no more).
 const PREAUTH_DEADLINE: Duration = Duration::from_secs(10);
-/// A connection that sends nothing for this long is closed.
 /// Chunks queued for one disk's writer beyond the one it is writing.
 const WRITER_QUEUE: usize = 4;
 
