@@ -76,7 +76,8 @@ async fn authed(s: &Server) -> Conn {
         .unwrap()
 }
 
-async fn open(conn: &mut Conn, disk: u32, size: u64, chunk_size: u32) {
+/// Send OpenDisk, and nothing else.
+async fn announce(conn: &mut Conn, disk: u32, size: u64, chunk_size: u32) {
     client::send(
         conn,
         Frame::OpenDisk {
@@ -87,6 +88,11 @@ async fn open(conn: &mut Conn, disk: u32, size: u64, chunk_size: u32) {
     )
     .await
     .unwrap();
+}
+
+/// Open a disk: OpenDisk, then its whole manifest.
+async fn open(conn: &mut Conn, disk: u32, size: u64, chunk_size: u32) {
+    announce(conn, disk, size, chunk_size).await;
     loop {
         match client::recv(conn).await.unwrap() {
             Frame::Manifest { last: true, .. } => return,
@@ -364,31 +370,13 @@ fn disk_index_not_configured_and_two_senders_on_one_disk() {
     let f = fixture(&[]);
     rt().block_on(async {
         let mut conn = authed(&f.server).await;
-        client::send(
-            &mut conn,
-            Frame::OpenDisk {
-                disk: 16,
-                size: SIZE,
-                chunk_size: CHUNK,
-            },
-        )
-        .await
-        .unwrap();
+        announce(&mut conn, 16, SIZE, CHUNK).await;
         assert_eq!(refusal(&mut conn).await, "DISK_NOT_CONFIGURED");
 
         let mut first = authed(&f.server).await;
         open(&mut first, 0, SIZE, CHUNK).await;
         let mut second = authed(&f.server).await;
-        client::send(
-            &mut second,
-            Frame::OpenDisk {
-                disk: 0,
-                size: SIZE,
-                chunk_size: CHUNK,
-            },
-        )
-        .await
-        .unwrap();
+        announce(&mut second, 0, SIZE, CHUNK).await;
         assert_eq!(refusal(&mut second).await, "DISK_BUSY");
         first.get_mut().shutdown().await.unwrap();
     });
@@ -576,16 +564,7 @@ fn a_disk_larger_than_the_state_directory_can_hold_is_refused_before_it_is_recor
     let f = fixture(&[]);
     rt().block_on(async {
         let mut conn = authed(&f.server).await;
-        client::send(
-            &mut conn,
-            Frame::OpenDisk {
-                disk: 1,
-                size: 20 << 40,
-                chunk_size: CHUNK,
-            },
-        )
-        .await
-        .unwrap();
+        announce(&mut conn, 1, 20 << 40, CHUNK).await;
         let err = client::recv(&mut conn).await.unwrap_err();
         let detail = format!("{err:#}");
         assert_eq!(
