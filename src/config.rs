@@ -37,6 +37,22 @@ pub struct Config {
     /// Process each round's disks (grow, repair, verify) so the migrated
     /// system boots on the cloud; false for a job that only replicates disks.
     pub build: bool,
+    /// Boot the repaired disks under QEMU before the handoff (a job that
+    /// builds only), through copy-on-write overlays: nothing is written to
+    /// the targets. A disk that does not boot puts the job InError with
+    /// BOOT_TEST_FAILED.
+    pub boot_test: bool,
+    /// Longest a boot test may take, in seconds.
+    pub boot_test_timeout_secs: u64,
+    /// Memory of the test machine, in MiB (at most half the appliance's).
+    pub boot_test_memory_mib: u64,
+    /// CPUs of the test machine (at most the appliance's).
+    pub boot_test_cpus: u32,
+    /// `auto` (KVM when /dev/kvm works, else TCG), `kvm` or `tcg`.
+    pub boot_test_accel: String,
+    /// Repair recipes from this directory instead of the built-in ones
+    /// (the files of image-recipes/, with changes or added distributions).
+    pub recipes_dir: Option<PathBuf>,
     /// Validity of the job in days (7 to 90).
     pub validity_days: u32,
     /// A Syncing job that has received no data for this many seconds is
@@ -74,6 +90,12 @@ impl Default for Config {
             control_token: None,
             incremental: false,
             build: true,
+            boot_test: true,
+            boot_test_timeout_secs: 600,
+            boot_test_memory_mib: 1024,
+            boot_test_cpus: 2,
+            boot_test_accel: "auto".into(),
+            recipes_dir: None,
             validity_days: crate::job::state::Validity::DEFAULT_DAYS,
             stall_after_secs: crate::job::handle::JobHandle::DEFAULT_STALL_AFTER.as_secs(),
             webhook_url: None,
@@ -104,6 +126,20 @@ impl Config {
         anyhow::ensure!(
             cfg.stall_after_secs >= 1,
             "stall_after_secs must be at least 1"
+        );
+        anyhow::ensure!(
+            cfg.boot_test_timeout_secs >= 30,
+            "boot_test_timeout_secs must be at least 30 (a boot under emulation takes a minute or more)"
+        );
+        anyhow::ensure!(
+            cfg.boot_test_memory_mib >= 256,
+            "boot_test_memory_mib must be at least 256"
+        );
+        anyhow::ensure!(cfg.boot_test_cpus >= 1, "boot_test_cpus must be at least 1");
+        anyhow::ensure!(
+            ["auto", "kvm", "tcg"].contains(&cfg.boot_test_accel.as_str()),
+            "boot_test_accel must be \"auto\", \"kvm\" or \"tcg\", not {:?}",
+            cfg.boot_test_accel
         );
         anyhow::ensure!(
             cfg.webhook_url.is_none() || cfg.webhook_secret.is_some(),

@@ -46,6 +46,17 @@ pub struct ServeArgs {
     /// after a round, for a migration of data disks [config: build = false].
     #[arg(long)]
     pub no_build: bool,
+    /// Do not boot the repaired disks under QEMU before the handoff
+    /// [config: boot_test = false]. By default a job that builds boots its
+    /// disks through copy-on-write overlays (nothing is written to them) and
+    /// hands off only a system that reached its login prompt and asked for
+    /// an address by DHCP.
+    #[arg(long)]
+    pub no_boot_test: bool,
+    /// Repair recipes from this directory instead of the built-in ones
+    /// [config: recipes_dir].
+    #[arg(long, value_name = "DIR")]
+    pub recipes: Option<PathBuf>,
     /// Validity of a new job, 7 to 90 days [config: validity_days, default 30].
     #[arg(long, value_name = "DAYS")]
     pub validity_days: Option<u32>,
@@ -85,6 +96,12 @@ impl ServeArgs {
         }
         if args.no_build {
             config.build = false;
+        }
+        if args.no_boot_test {
+            config.boot_test = false;
+        }
+        if let Some(v) = &args.recipes {
+            config.recipes_dir = Some(v.clone());
         }
         if let Some(v) = args.validity_days {
             config.validity_days = v;

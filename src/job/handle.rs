@@ -13,7 +13,9 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::job::errors::ErrorCode;
-use crate::job::state::{Clock, JobRecord, JobSettings, JobStore, StateChange, Status};
+use crate::job::state::{
+    refused_operation, Clock, JobRecord, JobSettings, JobStore, StateChange, Status,
+};
 use crate::job::step::Step;
 
 type Listener = Box<dyn Fn(&StateChange) + Send + Sync>;
@@ -378,9 +380,21 @@ impl JobHandle {
                 if r.status == Status::CLEANING {
                     return Ok(None);
                 }
+                if r.status != Status::PROCESSING {
+                    return Err(refused_operation("moved to Cleaning", r.status));
+                }
                 r.transition(Status::CLEANING, "cleaning", now).map(Some)
             },
             |c| c.iter().cloned().collect(),
+        )
+    }
+
+    /// The control plane takes the disks of a round whose boot test failed.
+    pub fn handoff_anyway(&self) -> Result<StateChange> {
+        self.update(
+            "handoff anyway",
+            |r, now| r.handoff_anyway(now),
+            |c| vec![c.clone()],
         )
     }
 

@@ -224,6 +224,8 @@ pub const TRANSITIONS: &[(Status, Status)] = &[
     (Status::InError, Status::PREPARING),
     (Status::InError, Status::Expired),
     (Status::InError, Status::Deleting),
+    // The control plane takes the disks of a round whose boot test failed.
+    (Status::InError, Status::CLEANING),
     // Incremental: the next round, or an end to it.
     (Status::Waiting, Status::PREPARING),
     (Status::Waiting, Status::Stopped),
@@ -808,6 +810,28 @@ impl JobRecord {
             .inspect_err(|_| self.last_error = previous)
     }
 
+    /// The control plane hands off the disks of a round whose boot test
+    /// failed: InError → Cleaning, only for that error, which is kept for
+    /// the record until the round ends.
+    pub fn handoff_anyway(&mut self, now: SystemTime) -> Result<StateChange> {
+        let boot_failed = self.status == Status::InError
+            && self
+                .last_error
+                .as_ref()
+                .is_some_and(|e| e.code == ErrorCode::BootTestFailed);
+        if !boot_failed {
+            return Err(refused_operation(
+                "handed off anyway: only a round whose boot test failed (BOOT_TEST_FAILED) can be",
+                self.status,
+            ));
+        }
+        self.transition(
+            Status::CLEANING,
+            "handoff despite the failed boot test",
+            now,
+        )
+    }
+
     /// The end of a round's processing: Finished, or Waiting if incremental.
     pub fn round_done(&mut self, now: SystemTime) -> Result<StateChange> {
         let to = if self.incremental {
@@ -955,7 +979,7 @@ impl JobRecord {
     }
 }
 
-fn refused_operation(what: &str, status: Status) -> anyhow::Error {
+pub(crate) fn refused_operation(what: &str, status: Status) -> anyhow::Error {
     coded(
         ErrorCode::JobTransitionRefused,
         format!("a job that is {status} cannot be {what}"),
@@ -1043,6 +1067,31 @@ mod tests {
 
     use Status as S;
 
+    #[test]
+    fn only_a_failed_boot_test_is_handed_off_anyway() {
+        let refused = "JOB_TRANSITION_REFUSED: The operation is not allowed in the job's current state (a job that is InError cannot be handed off anyway: only a round whose boot test failed (BOOT_TEST_FAILED) can be)";
+        for (code, ok) in [
+            (ErrorCode::BootTestFailed, true),
+            (ErrorCode::GrubFailed, false),
+            (ErrorCode::VerifyFailed, false),
+        ] {
+            let mut r = record(S::PROCESSING, false);
+            r.fail(code, "x", t0()).unwrap();
+            let got = r.handoff_anyway(t0());
+            if ok {
+                let change = got.unwrap();
+                assert_eq!((change.from, change.to), (S::InError, S::CLEANING));
+                assert_eq!(r.last_error.as_ref().map(|e| e.code), Some(code));
+            } else {
+                assert_eq!(format!("{:#}", got.unwrap_err()), refused, "{code}");
+                assert_eq!(r.status, S::InError);
+            }
+        }
+        let mut r = record(S::Finished, false);
+        assert!(r.handoff_anyway(t0()).is_err());
+        assert_eq!(r.status, S::Finished);
+    }
+
     /// Every pair of statuses, with whether it is allowed: the table above,
     /// written out again by hand so that a change to it shows up here.
     #[test]
@@ -1070,6 +1119,7 @@ mod tests {
             (S::InError, S::PREPARING),
             (S::InError, S::Expired),
             (S::InError, S::Deleting),
+            (S::InError, S::CLEANING),
             (S::Waiting, S::PREPARING),
             (S::Waiting, S::Stopped),
             (S::Waiting, S::Expired),

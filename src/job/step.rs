@@ -18,17 +18,21 @@ pub enum Step {
     Resync,
     /// File systems checked read-only, every disk re-read against the ledger.
     Verify,
+    /// The repaired disks booted under QEMU through copy-on-write overlays,
+    /// as the cloud's machine would boot them.
+    Boot,
     /// Targets flushed, the manifest written, the control plane told.
     Handoff,
 }
 
 impl Step {
-    pub const ALL: [Step; 6] = [
+    pub const ALL: [Step; 7] = [
         Step::Grow,
         Step::Mount,
         Step::Repair,
         Step::Resync,
         Step::Verify,
+        Step::Boot,
         Step::Handoff,
     ];
 
@@ -39,6 +43,7 @@ impl Step {
             Step::Repair => "repair",
             Step::Resync => "resync",
             Step::Verify => "verify",
+            Step::Boot => "boot",
             Step::Handoff => "handoff",
         }
     }
@@ -52,6 +57,7 @@ impl Step {
             Step::Resync => 4,
             Step::Verify => 5,
             Step::Handoff => 6,
+            Step::Boot => 7,
         }
     }
 

@@ -42,6 +42,10 @@ pub struct Manifest {
     pub disks: Vec<ManifestDisk>,
     /// Seconds each step of the pipeline took.
     pub seconds: BTreeMap<String, f64>,
+    /// The boot test's verdict: stages reached and their times, the
+    /// accelerator, and `handed_off_anyway` when the control plane took
+    /// the disks despite a failed test; absent when no test ran.
+    pub boot_test: Option<super::boot::Verdict>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,8 +94,8 @@ pub fn run(
     targets: &[Target],
     digests: &[DiskDigest],
     report: &RoundReport,
-    repair: Option<&serde_json::Value>,
 ) -> Result<(Manifest, String)> {
+    let repair = report.repair.as_ref();
     for t in targets {
         flush(&t.path)
             .with_context(|| format!("flushing disk {} ({})", t.index, t.path.display()))?;
@@ -126,12 +130,13 @@ pub fn run(
         job_id: record.id.clone(),
         round: record.rounds_completed + 1,
         created_at: crate::job::state::Timestamp(job.now()).to_string(),
-        boot_mode: field("boot").and_then(|v| v.as_str().map(str::to_lowercase)),
+        boot_mode: super::boot_mode(repair).map(str::to_lowercase),
         os: field("os"),
         recipe: field("recipe").and_then(|v| v.as_str().map(str::to_owned)),
         repairs: field("steps"),
         disks,
         seconds: report.seconds.clone(),
+        boot_test: report.boot_test.clone(),
     };
     let bytes = serde_json::to_vec_pretty(&manifest).context("encoding the handoff manifest")?;
     let path = manifest_path(&settings.state_dir);

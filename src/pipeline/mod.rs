@@ -9,9 +9,11 @@
 //! | repair | [`repair`] | the recipe of its distribution (fstab, GRUB, initramfs with virtio, DHCP, cloud-init...); report in `<state-dir>/processing/repair.json` |
 //! | resync | [`resync`] | the ledger learns the new hash of every chunk that grow and repair changed, and only those: chunks outside what they may write keep the source's hash |
 //! | verify | [`verify`] | every file system checked read-only by its own tool; every disk re-read and compared chunk by chunk with the ledger |
+//! | boot | [`boot`] | the disks booted under QEMU as the cloud's machine, through copy-on-write overlays (nothing written to them): the console read for each stage of the boot, the capture for the guest's DHCP request; verdict in `processing/boot/verdict.json` and the manifest |
 //! | handoff | [`handoff`] | targets flushed and dropped from the page cache, `<state-dir>/handoff.json` written, the control plane told |
 //!
 //! A job that only replicates disks (`build = false`) runs only the handoff:
+//! and a job with `boot_test = false` skips the boot.
 //! its disks were re-read and compared with the ledger when each was
 //! committed. A failure puts the job InError with the innermost code of the
 //! error (`GRUB_FAILED`, `TOOL_MISSING`, `VERIFY_FAILED`...) and nothing is
@@ -22,6 +24,7 @@
 //! Narrow inputs: the driver takes the [`Settings`], the ledger and the job
 //! handle, never the whole appliance.
 
+pub mod boot;
 pub mod grow;
 pub mod handoff;
 pub mod mount;
@@ -50,6 +53,10 @@ pub struct Settings {
     /// Grow, mount, repair, resync and verify before the handoff; false for
     /// a job that only replicates disks.
     pub build: bool,
+    /// The boot test before the handoff (a job that builds only).
+    pub boot_test: boot::Settings,
+    /// Repair recipes from this directory instead of the built-in ones.
+    pub recipes_dir: Option<PathBuf>,
     /// Where `processing/` (reports, the staging mount point) and
     /// `handoff.json` live.
     pub state_dir: PathBuf,
@@ -135,6 +142,11 @@ impl Runner {
         }
     }
 
+    /// Where the boot test keeps its console, capture and verdict.
+    pub fn boot_test_dir(&self) -> PathBuf {
+        self.settings.work_dir().join(boot::DIR)
+    }
+
     /// The run in progress or the last one, if any ran in this process.
     pub fn current(&self) -> Option<watch::Receiver<Phase>> {
         self.current
@@ -145,6 +157,16 @@ impl Runner {
 
     /// Start the pipeline (or join the run in progress) and watch it.
     pub fn start(self: &Arc<Self>) -> watch::Receiver<Phase> {
+        self.start_with(run)
+    }
+
+    /// Hand off a round whose boot test failed, as the control plane asked
+    /// (or join the run in progress).
+    pub fn start_handoff_anyway(self: &Arc<Self>) -> watch::Receiver<Phase> {
+        self.start_with(handoff_anyway)
+    }
+
+    fn start_with(self: &Arc<Self>, what: RunFn) -> watch::Receiver<Phase> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rx) = current.as_ref() {
             if rx.borrow().done.is_none() {
@@ -157,7 +179,7 @@ impl Runner {
         let spawned = std::thread::Builder::new()
             .name("ferry-pipeline".into())
             .spawn(move || {
-                let result = run(&me.settings, &me.ledger, &me.job, &|step| {
+                let result = what(&me.settings, &me.ledger, &me.job, &|step| {
                     tracing::info!(%step, "pipeline step");
                     if let Err(e) = me.job.processing_step(step) {
                         tracing::warn!("recording the pipeline step: {e:#}");
@@ -196,6 +218,9 @@ impl Runner {
     }
 }
 
+/// A run of the pipeline (or of a part of it).
+type RunFn = fn(&Settings, &Ledger, &JobHandle, &dyn Fn(Step)) -> Result<Status>;
+
 /// What a run did, kept in `<state-dir>/processing/report.json` and, in
 /// part, in the handoff manifest.
 #[derive(Debug, Default, Serialize)]
@@ -210,6 +235,8 @@ pub struct RoundReport {
     pub seconds: BTreeMap<String, f64>,
     /// The repair's report (also in `processing/repair.json`).
     pub repair: Option<serde_json::Value>,
+    /// The boot test's verdict (also in `processing/boot/verdict.json`).
+    pub boot_test: Option<boot::Verdict>,
 }
 
 /// The pipeline itself; returns the status the round ended in.
@@ -222,6 +249,12 @@ pub fn run(
     let dir = settings.work_dir();
     // The round's reports and the mount points of the migrated system.
     crate::disk::private_dir(&dir)?;
+    // A handoff despite a failed boot test that a restart interrupted.
+    if job.status() == Status::CLEANING
+        && boot::load_verdict(&dir).is_some_and(|v| v.handed_off_anyway)
+    {
+        return handoff_anyway(settings, ledger, job, on_step);
+    }
     let targets = Target::all(ledger)?;
     if targets.is_empty() {
         return Err(coded(ErrorCode::SystemNotFound, "the job has no disks"));
@@ -250,7 +283,14 @@ pub fn run(
         // From here on the disks may be written: whatever happens, the
         // ledger must learn what changed, or a restarted job would verify
         // against hashes the disks no longer have.
-        let built = build(&targets, &dir, &mut report, &mut timer, &timed);
+        let built = build(
+            &targets,
+            &dir,
+            settings.recipes_dir.as_deref(),
+            &mut report,
+            &mut timer,
+            &timed,
+        );
         let (step, t) = timer(Step::Resync);
         let scope = match &built {
             Ok(scope) => scope.clone(),
@@ -273,27 +313,136 @@ pub fn run(
         let verified = verify::run(ledger, &targets)?;
         timed(&mut report, step, t);
         report.checked = verified.checked;
+        if settings.boot_test.enabled {
+            let (step, t) = timer(Step::Boot);
+            let firmware = firmware_of(report.repair.as_ref());
+            let verdict = boot::run(&settings.boot_test, &targets, firmware, &dir)?;
+            timed(&mut report, step, t);
+            let passed = verdict.passed();
+            let detail = verdict.failure_detail();
+            report.boot_test = Some(verdict);
+            if !passed {
+                write_json(&dir.join("report.json"), &report)?;
+                return Err(coded(ErrorCode::BootTestFailed, detail));
+            }
+        }
         verified.digests
     } else {
         verify::digests_from_ledger(ledger, &targets)?
     };
+    hand_off(
+        settings, job, &targets, &digests, report, &mut timer, &timed,
+    )
+}
 
+/// The end of every run: Cleaning, the manifest, the round's end.
+fn hand_off(
+    settings: &Settings,
+    job: &JobHandle,
+    targets: &[Target],
+    digests: &[verify::DiskDigest],
+    mut report: RoundReport,
+    timer: &mut dyn FnMut(Step) -> (Step, Instant),
+    timed: &dyn Fn(&mut RoundReport, Step, Instant),
+) -> Result<Status> {
+    let dir = settings.work_dir();
     let (step, t) = timer(Step::Handoff);
     job.cleaning().context("moving the job to Cleaning")?;
     let path = dir.join("report.json");
     write_json(&path, &report)?;
-    let (_, digest) = handoff::run(
-        settings,
-        job,
-        &targets,
-        &digests,
-        &report,
-        report.repair.as_ref(),
-    )?;
+    let (_, digest) = handoff::run(settings, job, targets, digests, &report)?;
     timed(&mut report, step, t);
     write_json(&path, &report)?;
     let end = job.handed_off(&digest).context("ending the round")?;
     Ok(end.to)
+}
+
+/// The control plane takes the disks of a round whose boot test failed:
+/// InError → Cleaning → the handoff, the verdict marked as overridden in
+/// the manifest. Nothing is built, verified or booted again: the disks are
+/// as the failed run verified them (the boot test writes nothing to them),
+/// and the ledger holds their hashes.
+fn handoff_anyway(
+    settings: &Settings,
+    ledger: &Ledger,
+    job: &JobHandle,
+    on_step: &dyn Fn(Step),
+) -> Result<Status> {
+    let dir = settings.work_dir();
+    let mut verdict = boot::load_verdict(&dir)
+        .filter(|v| !v.passed())
+        .ok_or_else(|| {
+            coded(
+                ErrorCode::HandoffNotFound,
+                "no failed boot test of this round is on record",
+            )
+        })?;
+    let targets = Target::all(ledger)?;
+    let digests = verify::digests_from_ledger(ledger, &targets)?;
+    verdict.handed_off_anyway = true;
+    boot::save_verdict(&dir, &verdict)?;
+    let mut report: RoundReport = std::fs::read(dir.join("report.json"))
+        .ok()
+        .and_then(|raw| serde_json::from_slice::<StoredReport>(&raw).ok())
+        .map(StoredReport::into_report)
+        .unwrap_or_default();
+    report.boot_test = Some(verdict);
+    let timed = |report: &mut RoundReport, step: Step, started: Instant| {
+        report
+            .seconds
+            .insert(step.to_string(), started.elapsed().as_secs_f64());
+    };
+    let mut timer = |step: Step| {
+        on_step(step);
+        (step, Instant::now())
+    };
+    hand_off(
+        settings, job, &targets, &digests, report, &mut timer, &timed,
+    )
+}
+
+/// The parts of a kept `report.json` a later handoff carries on.
+#[derive(serde::Deserialize)]
+struct StoredReport {
+    #[serde(default)]
+    source_names: Vec<Vec<String>>,
+    #[serde(default)]
+    checked: Vec<String>,
+    #[serde(default)]
+    resynced_chunks: u64,
+    #[serde(default)]
+    seconds: BTreeMap<String, f64>,
+    #[serde(default)]
+    repair: Option<serde_json::Value>,
+}
+
+impl StoredReport {
+    fn into_report(self) -> RoundReport {
+        RoundReport {
+            source_names: self.source_names,
+            checked: self.checked,
+            resynced_chunks: self.resynced_chunks,
+            seconds: self.seconds,
+            repair: self.repair,
+            ..Default::default()
+        }
+    }
+}
+
+/// How the repaired system boots, from the repair's report (`bios` unless
+/// it says `uefi`).
+pub fn firmware_of(repair: Option<&serde_json::Value>) -> boot::Firmware {
+    match boot_mode(repair) {
+        Some("uefi") => boot::Firmware::Uefi,
+        _ => boot::Firmware::Bios,
+    }
+}
+
+/// The repair report's boot mode: `{"mode": "bios", ...}`.
+pub fn boot_mode(repair: Option<&serde_json::Value>) -> Option<&str> {
+    let boot = repair?.get("boot")?;
+    boot.as_str()
+        .or_else(|| boot.get("mode").and_then(|m| m.as_str()))
 }
 
 /// Where the migrated system is mounted, under the work directory.
@@ -303,6 +452,7 @@ const STAGING: &str = "root";
 fn build(
     targets: &[Target],
     dir: &std::path::Path,
+    recipes_dir: Option<&std::path::Path>,
     report: &mut RoundReport,
     timer: &mut dyn FnMut(Step) -> (Step, Instant),
     timed: &dyn Fn(&mut RoundReport, Step, Instant),
@@ -317,7 +467,12 @@ fn build(
 
     let (step, t) = timer(Step::Repair);
     let scope = resync::Scope::of(targets, &mounted.full, &mounted.mounted, &report.grown)?;
-    report.repair = Some(repair::run(mounted, targets, &dir.join("repair.json"))?);
+    report.repair = Some(repair::run(
+        mounted,
+        targets,
+        &dir.join("repair.json"),
+        recipes_dir,
+    )?);
     timed(report, step, t);
     Ok(scope)
 }

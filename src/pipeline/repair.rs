@@ -13,18 +13,20 @@ use crate::layout;
 use crate::repair::{self, BootMode, DeviceMap, Mode};
 
 /// Returns the repair's report, as kept in `report_path`.
-pub fn run(mounted: Mounted, targets: &[Target], report_path: &Path) -> Result<serde_json::Value> {
+pub fn run(
+    mounted: Mounted,
+    targets: &[Target],
+    report_path: &Path,
+    recipes_dir: Option<&Path>,
+) -> Result<serde_json::Value> {
     let _umask = SystemUmask::set();
     let Mounted { tree, full, .. } = mounted;
     let names: Vec<Vec<String>> = targets.iter().map(|t| t.names.clone()).collect();
     let mut devices = DeviceMap::from_mount_tree(&tree, &names);
     restore_mount_points(&mut devices, &full);
-    let outcome = repair::run_with_options(&repair::Options::new(
-        tree.root(),
-        devices,
-        BootMode::Auto,
-        Mode::Apply,
-    ));
+    let mut options = repair::Options::new(tree.root(), devices, BootMode::Auto, Mode::Apply);
+    options.recipes_dir = recipes_dir.map(Path::to_owned);
+    let outcome = repair::run_with_options(&options);
     // The report is kept whether the repair succeeded or not, and the
     // system is unmounted either way.
     let json = serde_json::to_vec_pretty(&outcome.report).context("encoding the repair report");

@@ -30,7 +30,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -68,12 +68,21 @@ pub struct ApiState {
     auth: Arc<AuthLimiter>,
     /// Disk resets and the end of a deletion; None: refused (501).
     resets: Option<Arc<dyn super::reset::Resets>>,
+    /// The round's pipeline: its boot test's files, the handoff of a round
+    /// whose boot test failed.
+    pipeline: Option<Arc<crate::pipeline::Runner>>,
 }
 
 impl ApiState {
     /// Serve the handoff manifest at `path` as `GET /v1/job/handoff`.
     pub fn with_manifest(mut self, path: std::path::PathBuf) -> Self {
         self.manifest = Some(path);
+        self
+    }
+
+    /// Serve the boot test's files and hand off failed ones through `pipeline`.
+    pub fn with_pipeline(mut self, pipeline: Arc<crate::pipeline::Runner>) -> Self {
+        self.pipeline = Some(pipeline);
         self
     }
 
@@ -98,6 +107,7 @@ impl ApiState {
             unauthorized,
             manifest: None,
             resets: None,
+            pipeline: None,
             auth: Arc::new(AuthLimiter::default()),
         }
     }
@@ -230,7 +240,10 @@ impl From<anyhow::Error> for ApiError {
         let (code, detail) = describe(&err);
         let status = match code {
             ErrorCode::JobTransitionRefused | ErrorCode::DiskBusy => StatusCode::CONFLICT,
-            ErrorCode::HandoffNotFound | ErrorCode::DiskNotConfigured => StatusCode::NOT_FOUND,
+            ErrorCode::HandoffNotFound
+            | ErrorCode::DiskNotConfigured
+            | ErrorCode::BootTestNotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Usage => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, code, detail)
@@ -260,7 +273,10 @@ pub fn router(state: ApiState, limits: HttpLimits) -> Router {
         .route("/v1/job/start", post(start_job))
         .route("/v1/job/delete", post(delete_job))
         .route("/v1/job/disks/{index}/reset", post(reset_disk))
-        .route("/v1/job/handoff", get(get_handoff))
+        .route("/v1/job/handoff", get(get_handoff).post(post_handoff))
+        .route("/v1/job/boot-test", get(get_boot_test))
+        .route("/v1/job/boot-test/console", get(get_boot_console))
+        .route("/v1/job/boot-test/capture", get(get_boot_capture))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(status_page))
@@ -405,6 +421,107 @@ async fn get_handoff(State(state): State<ApiState>) -> Result<Response, ApiError
             format!("reading the handoff manifest: {e}"),
         )),
     }
+}
+
+/// What `POST /v1/job/handoff` takes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandoffRequest {
+    #[serde(default)]
+    despite_failed_boot_test: bool,
+}
+
+/// `POST /v1/job/handoff` with `{"despite_failed_boot_test": true}`: the
+/// control plane takes the disks of a round whose boot test failed; the
+/// manifest records it (`boot_test.handed_off_anyway`).
+async fn post_handoff(
+    State(state): State<ApiState>,
+    body: axum::body::Bytes,
+) -> Result<Json<JobView>, ApiError> {
+    let req: HandoffRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        HandoffRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::Usage,
+                format!("the body is not {{\"despite_failed_boot_test\": true}}: {e}"),
+            )
+        })?
+    };
+    if !req.despite_failed_boot_test {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::Usage,
+            "a round is handed off by its pipeline; this call only hands off a round whose boot test failed, and needs {\"despite_failed_boot_test\": true} to say so",
+        ));
+    }
+    let Some(pipeline) = state.pipeline.clone() else {
+        return Err(anyhow::anyhow!("this appliance runs no pipeline").into());
+    };
+    job_call(&state, |job| job.handoff_anyway()).await?;
+    pipeline.start_handoff_anyway();
+    get_job(State(state)).await
+}
+
+/// A file of the boot test, read off the async threads.
+async fn boot_test_file(
+    state: &ApiState,
+    name: &'static str,
+    kind: &'static str,
+) -> Result<Response, ApiError> {
+    let Some(pipeline) = state.pipeline.clone() else {
+        return Err(coded(
+            ErrorCode::BootTestNotFound,
+            "this appliance runs no pipeline",
+        )
+        .into());
+    };
+    let path = pipeline.boot_test_dir().join(name);
+    let read = tokio::task::spawn_blocking(move || std::fs::read(&path))
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the boot test's {name}: {e}"))?;
+    match read {
+        Ok(bytes) => {
+            let mut resp = bytes.into_response();
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(resp)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(coded(
+            ErrorCode::BootTestNotFound,
+            format!("no boot test of this job has written its {name}"),
+        )
+        .into()),
+        Err(e) => Err(anyhow::anyhow!("reading the boot test's {name}: {e}").into()),
+    }
+}
+
+/// `GET /v1/job/boot-test`: the last boot test's verdict.
+async fn get_boot_test(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    boot_test_file(&state, crate::pipeline::boot::VERDICT, "application/json").await
+}
+
+/// `GET /v1/job/boot-test/console`: the test machine's serial console.
+async fn get_boot_console(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    boot_test_file(
+        &state,
+        crate::pipeline::boot::CONSOLE,
+        "text/plain; charset=utf-8",
+    )
+    .await
+}
+
+/// `GET /v1/job/boot-test/capture`: the test machine's network traffic (pcap).
+async fn get_boot_capture(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    boot_test_file(
+        &state,
+        crate::pipeline::boot::CAPTURE,
+        "application/vnd.tcpdump.pcap",
+    )
+    .await
 }
 
 async fn status_page() -> Response {

@@ -29,7 +29,8 @@ pub fn router(app: Arc<Appliance>, limits: HttpLimits) -> Router {
     .with_manifest(crate::pipeline::handoff::manifest_path(
         &app.config.state_dir,
     ))
-    .with_resets(Arc::new(Arc::clone(&app)));
+    .with_resets(Arc::new(Arc::clone(&app)))
+    .with_pipeline(Arc::clone(&app.pipeline));
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

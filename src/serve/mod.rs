@@ -136,6 +136,16 @@ pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Applianc
     let pipeline = Arc::new(crate::pipeline::Runner::new(
         crate::pipeline::Settings {
             build: config.build,
+            boot_test: crate::pipeline::boot::Settings {
+                enabled: config.boot_test,
+                timeout: std::time::Duration::from_secs(config.boot_test_timeout_secs),
+                memory_mib: config.boot_test_memory_mib,
+                cpus: config.boot_test_cpus,
+                // Config::parse admits only the names from_name knows.
+                accel: crate::pipeline::boot::Accel::from_name(&config.boot_test_accel)
+                    .unwrap_or_default(),
+            },
+            recipes_dir: config.recipes_dir.clone(),
             state_dir: config.state_dir.clone(),
         },
         Arc::clone(&ledger),

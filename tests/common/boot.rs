@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ferry::cmd::Cmd;
+use ferry::pipeline::boot::console::{self, Stop};
 
 pub const MARKER: &str = "FERRY-BOOT-MARKER";
 /// The address QEMU's user network hands out by DHCP to the first client.
@@ -266,25 +267,7 @@ impl BootReport {
 
 /// Removes terminal escape sequences (systemd's colours and spinner).
 pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for c in chars.by_ref() {
-                    if ('@'..='~').contains(&c) {
-                        break;
-                    }
-                }
-            } else {
-                chars.next();
-            }
-        } else if c != '\r' {
-            out.push(c);
-        }
-    }
-    out
+    console::strip_ansi(text)
 }
 
 /// Parses the fields of a marker line (text from `FERRY-BOOT-MARKER` on).
@@ -327,24 +310,12 @@ pub fn parse_marker(line: &str) -> Result<Marker> {
     })
 }
 
-/// The first decisive event among the complete lines of a serial log.
+/// The first decisive event of a serial log: the marker, or a failure as
+/// the appliance's boot test tells them apart (one reader of consoles).
 pub fn scan_serial(raw: &str) -> Option<Outcome> {
     let text = strip_ansi(raw);
     // Only whole lines: the last one may still be arriving.
-    let complete = match text.rfind('\n') {
-        Some(end) => &text[..end],
-        None => return None,
-    };
-    // The prompt itself ends no line: GRUB waits after it.
-    let tail = text[complete.len()..].trim();
-    if tail == "grub>" || tail == "grub rescue>" {
-        let last_error = complete
-            .lines()
-            .rev()
-            .find(|l| l.contains("error:"))
-            .unwrap_or(tail);
-        return Some(Outcome::GrubPrompt(last_error.trim().to_owned()));
-    }
+    let complete = &text[..text.rfind('\n').unwrap_or(0)];
     for line in complete.lines() {
         if let Some(pos) = line.find(MARKER) {
             // The unit echoes to ttyS0 and, through the journal, to the
@@ -353,17 +324,13 @@ pub fn scan_serial(raw: &str) -> Option<Outcome> {
                 return Some(Outcome::Booted(m));
             }
         }
-        if line.contains("ALERT!") && line.contains("does not exist") {
-            return Some(Outcome::RootNotFound(line.trim().to_owned()));
-        }
-        if line.contains("You are in emergency mode") {
-            return Some(Outcome::EmergencyMode(line.trim().to_owned()));
-        }
-        if line.contains("Kernel panic - not syncing") {
-            return Some(Outcome::KernelPanic(line.trim().to_owned()));
-        }
     }
-    None
+    Some(match console::read(raw).stop? {
+        Stop::GrubPrompt(l) | Stop::NoKernel(l) => Outcome::GrubPrompt(l),
+        Stop::RootNotFound(l) => Outcome::RootNotFound(l),
+        Stop::EmergencyMode(l) => Outcome::EmergencyMode(l),
+        Stop::KernelPanic(l) => Outcome::KernelPanic(l),
+    })
 }
 
 /// The QEMU argv for a boot, without the serial file.
