@@ -22,6 +22,10 @@ struct Server {
 }
 
 async fn start(limits: HttpLimits) -> Server {
+    start_with(limits, |state| state).await
+}
+
+async fn start_with(limits: HttpLimits, with: impl FnOnce(ApiState) -> ApiState) -> Server {
     let clock = Arc::new(ManualClock::new(
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000),
     ));
@@ -42,6 +46,7 @@ async fn start(limits: HttpLimits) -> Server {
         },
         unauthorized.clone(),
     );
+    let state = with(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -374,4 +379,149 @@ async fn wrong_control_tokens_are_slowed_down_and_never_lock_out_the_right_one()
     // A request without a token guessed nothing: 401 at once, no limit.
     let resp = c.get(format!("{}/v1/job", s.base)).send().await.unwrap();
     assert_eq!(resp.status(), 401);
+}
+
+/// A verdict as the boot stage writes it, failed at the initramfs.
+fn failed_verdict() -> ferry::pipeline::boot::Verdict {
+    serde_json::from_value(serde_json::json!({
+        "verdict": "failed", "stage": "initramfs", "failure": "root_not_found",
+        "reason": "the initramfs did not find the root file system: ALERT!",
+        "stage_seconds": {"kernel": 3.0, "initramfs": 4.0}, "dhcp_seconds": null,
+        "seconds": 200.0, "accelerator": "tcg", "accelerator_note": null,
+        "firmware": "bios", "cpus": 1, "memory_mib": 1024, "console_tail": ["ALERT!"]
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn only_a_failed_boot_test_is_handed_off_anyway_and_only_when_asked_to() {
+    use ferry::job::errors::ErrorCode;
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().to_owned();
+    let ledger =
+        Arc::new(ferry::job::ledger::Ledger::open(&state_dir.join("ledger.redb")).unwrap());
+    let runner_slot = Arc::new(std::sync::Mutex::new(None));
+    let slot = Arc::clone(&runner_slot);
+    let s = start_with(HttpLimits::default(), move |state: ApiState| {
+        let runner = Arc::new(ferry::pipeline::Runner::new(
+            ferry::pipeline::Settings {
+                build: true,
+                boot_test: Default::default(),
+                recipes_dir: None,
+                state_dir: state_dir.clone(),
+            },
+            ledger,
+            state.job.clone(),
+        ));
+        *slot.lock().unwrap() = Some(Arc::clone(&runner));
+        state
+            .with_manifest(ferry::pipeline::handoff::manifest_path(&state_dir))
+            .with_pipeline(runner)
+    })
+    .await;
+    let c = client();
+    let post = |body: Option<&'static str>| {
+        let mut req = c
+            .post(format!("{}/v1/job/handoff", s.base))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.header("Content-Type", "application/json").body(b);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = call(&c, &s, "GET", "/v1/job/boot-test").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("BOOT_TEST_NOT_FOUND")),
+        "{body}"
+    );
+    let (status, body) = call(&c, &s, "GET", "/v1/job/boot-test/console").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("BOOT_TEST_NOT_FOUND")),
+        "{body}"
+    );
+
+    // Without the flag, or with a body that is not the request: refused.
+    for body in [
+        None,
+        Some("{}"),
+        Some(r#"{"despite_failed_boot_test": false}"#),
+        Some("yes please"),
+        Some(r#"{"force": true}"#),
+    ] {
+        let (status, e) = post(body).await;
+        assert_eq!(
+            (status, e["code"].as_str()),
+            (400, Some("USAGE")),
+            "{body:?}: {e}"
+        );
+    }
+    let anyway = Some(r#"{"despite_failed_boot_test": true}"#);
+    let refused = |state: &str| {
+        format!("a job that is {state} cannot be handed off anyway: only a round whose boot test failed (BOOT_TEST_FAILED) can be")
+    };
+    let (status, e) = post(anyway).await;
+    assert_eq!(status, 409, "{e}");
+    assert_eq!(e["detail"], refused("Ready"));
+    // Another error is not a boot test's.
+    s.job.start().unwrap();
+    s.job.fail(ErrorCode::GrubFailed, "no grub").unwrap();
+    let (status, e) = post(anyway).await;
+    assert_eq!(
+        (status, e["detail"].as_str()),
+        (409, Some(refused("InError").as_str())),
+        "{e}"
+    );
+
+    // A failed boot test: the round is handed off, and the manifest says how.
+    s.job.start().unwrap();
+    s.job
+        .fail(
+            ErrorCode::BootTestFailed,
+            "the boot reached stage initramfs",
+        )
+        .unwrap();
+    std::fs::create_dir_all(dir.path().join("processing/boot")).unwrap();
+    ferry::pipeline::boot::save_verdict(&dir.path().join("processing"), &failed_verdict()).unwrap();
+    let (status, body) = call(&c, &s, "GET", "/v1/job/boot-test").await;
+    assert_eq!(
+        (status, &body["failure"]),
+        (200, &Value::from("root_not_found")),
+        "{body}"
+    );
+    let (status, view) = post(anyway).await;
+    assert_eq!(status, 200, "{view}");
+    let runner = runner_slot.lock().unwrap().clone().unwrap();
+    let mut phase = runner.current().unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        phase.wait_for(|p| p.done.is_some()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        runner.current().unwrap().borrow().done,
+        Some(Ok(ferry::job::state::Status::Finished))
+    );
+    let (_, job) = call(&c, &s, "GET", "/v1/job").await;
+    assert_eq!(job["state"], "Finished", "{job}");
+    let (status, m) = call(&c, &s, "GET", "/v1/job/handoff").await;
+    assert_eq!(status, 200);
+    assert_eq!(m["boot_test"]["verdict"], "failed", "{m}");
+    assert_eq!(m["boot_test"]["handed_off_anyway"], true, "{m}");
+    assert_eq!(m["boot_test"]["stage"], "initramfs", "{m}");
+    // The verdict on record says so too, and there is nothing left to force.
+    let (_, v) = call(&c, &s, "GET", "/v1/job/boot-test").await;
+    assert_eq!(v["handed_off_anyway"], true, "{v}");
+    let (status, e) = post(anyway).await;
+    assert_eq!(
+        (status, e["detail"].as_str()),
+        (409, Some(refused("Finished").as_str())),
+        "{e}"
+    );
 }
