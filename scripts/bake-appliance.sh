@@ -44,7 +44,7 @@ done
 # The appliance's system. Beside the boot essentials: cloud-init and what it
 # uses; the tools ferry runs on the host side (src/cmd.rs package_of) and the
 # file systems it makes, checks and grows; GRUB's BIOS and EFI images for
-# repairs that install a boot loader.
+# repairs that install a boot loader; QEMU and OVMF for the boot test.
 packages=(
     linux-image-cloud-amd64 initramfs-tools systemd-sysv udev kmod dbus
     systemd-resolved iproute2 cloud-init cloud-guest-utils
@@ -54,6 +54,8 @@ packages=(
     grub-pc grub-pc-bin grub-efi-amd64-bin grub2-common
     e2fsprogs xfsprogs btrfs-progs dosfstools mtools fdisk gdisk util-linux mount
     cpio zstd coreutils
+    # The boot test: the repaired disks booted under QEMU before the handoff.
+    qemu-system-x86 qemu-utils ovmf
 )
 include=$(IFS=,; echo "${packages[*]}")
 
@@ -279,6 +281,11 @@ grep -q "root=UUID=$root_uuid" "$mnt/boot/grub/grub.cfg" \
 # The device the installer saw was a loop device: a later grub-pc upgrade on
 # the instance asks debconf, which must name the instance's own disk.
 echo "grub-pc grub-pc/install_devices multiselect /dev/vda" | in_root debconf-set-selections
+
+# The boot test runs the migrated disks under QEMU, UEFI ones with OVMF.
+for f in /usr/bin/qemu-system-x86_64 /usr/bin/qemu-img /usr/share/OVMF/OVMF_CODE.fd /usr/share/OVMF/OVMF_VARS.fd; do
+    [ -e "$mnt$f" ] || die "the image lacks $f, which the boot test needs"
+done
 
 # Nothing of the bake stays in the image.
 rm -rf "$mnt"/tmp/* "$mnt"/var/tmp/* "$mnt"/var/log/*.log "$mnt"/var/cache/apt/*.bin

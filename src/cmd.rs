@@ -188,6 +188,7 @@ pub fn package_of(program: &str) -> &'static str {
         }
         "chroot" | "cp" | "sync" => "coreutils",
         "qemu-system-x86_64" => "qemu-system-x86",
+        "qemu-img" => "qemu-utils",
         "zstd" => "zstd",
         _ => "the package that provides it",
     }
