@@ -304,7 +304,7 @@ fn inspect_tree(dir: &Path, source: Source) -> Result<Report> {
         });
     }
     if crate::repair::windows::is_windows(&dir) {
-        windows::inspect(&dir, "the tree", &mut r)?;
+        windows::inspect(&dir, None, &mut r)?;
     } else {
         linux::inspect(&dir, None, &mut r)?;
     }
@@ -476,7 +476,7 @@ fn windows_on(
         let found = (|| -> Result<bool> {
             let m = layout::ntfs::NtfsMount::mount(&node, staging, true)?;
             let res = if crate::repair::windows::is_windows(m.dir()) {
-                windows::inspect(m.dir(), &volume, r).map(|()| true)
+                windows::inspect(m.dir(), Some((di, number)), r).map(|()| true)
             } else {
                 Ok(false)
             };

@@ -15,13 +15,22 @@ use crate::repair::windows::{self as win, WindowsInfo, SAN_POLICY_ONLINE};
 pub struct WindowsReport {
     /// Where the system volume is (`disk 0 partition 2`, `the tree`).
     pub volume: String,
+    /// The disk (index) and partition (number) of the volume, on disks.
+    pub disk: Option<usize>,
+    pub partition: Option<usize>,
     #[serde(flatten)]
     pub info: WindowsInfo,
     /// Whether it can boot on the cloud's virtio hardware.
     pub virtio: bool,
 }
 
-pub fn inspect(root: &Path, volume: &str, r: &mut Report) -> Result<()> {
+/// Inspect the Windows volume mounted at `root`, partition `at.1` of disk
+/// `at.0` when it is on disks.
+pub fn inspect(root: &Path, at: Option<(usize, usize)>, r: &mut Report) -> Result<()> {
+    let volume = match at {
+        Some((d, p)) => format!("disk {d} partition {p}"),
+        None => "the tree".to_owned(),
+    };
     let info = win::detect(root).context("reading the Windows registry")?;
     let problems = win::virtio_problems(&info);
     if !problems.is_empty() {
@@ -44,7 +53,9 @@ pub fn inspect(root: &Path, volume: &str, r: &mut Report) -> Result<()> {
         ));
     }
     r.systems.push(System::Windows(Box::new(WindowsReport {
-        volume: volume.to_owned(),
+        volume,
+        disk: at.map(|a| a.0),
+        partition: at.map(|a| a.1),
         virtio: problems.is_empty(),
         info,
     })));

@@ -4,6 +4,7 @@
 //!
 //! | step | file | what it does |
 //! |---|---|---|
+//! | check | [`check`] | `ferry check` on the received disks, read-only: a blocker stops the round with its code before anything is changed; report in `<state-dir>/processing/check.json` and `/v1/job` |
 //! | grow | [`grow`] | each disk whose target is larger than its source: GPT backup header to the end, last partition and its file system grown |
 //! | mount | [`mount`] | the received system's own file systems (`/`, `/boot`, `/boot/efi`, `/usr`, `/var`); data file systems stay unmounted and exactly as they arrived |
 //! | repair | [`repair`] | the recipe of its distribution (fstab, GRUB, initramfs with virtio, DHCP, cloud-init...); report in `<state-dir>/processing/repair.json` |
@@ -22,6 +23,7 @@
 //! Narrow inputs: the driver takes the [`Settings`], the ledger and the job
 //! handle, never the whole appliance.
 
+pub mod check;
 pub mod grow;
 pub mod handoff;
 pub mod mount;
@@ -250,7 +252,7 @@ pub fn run(
         // From here on the disks may be written: whatever happens, the
         // ledger must learn what changed, or a restarted job would verify
         // against hashes the disks no longer have.
-        let built = build(&targets, &dir, &mut report, &mut timer, &timed);
+        let built = build(&targets, &dir, job, &mut report, &mut timer, &timed);
         let (step, t) = timer(Step::Resync);
         let scope = match &built {
             Ok(scope) => scope.clone(),
@@ -303,13 +305,33 @@ const STAGING: &str = "root";
 fn build(
     targets: &[Target],
     dir: &std::path::Path,
+    job: &JobHandle,
     report: &mut RoundReport,
     timer: &mut dyn FnMut(Step) -> (Step, Instant),
     timed: &dyn Fn(&mut RoundReport, Step, Instant),
 ) -> Result<resync::Scope> {
+    let (step, t) = timer(Step::Check);
+    let checked = check::run(targets, &dir.join(STAGING), dir, job)?;
+    timed(report, step, t);
+
     let (step, t) = timer(Step::Grow);
     report.grown = grow::run(targets)?;
     timed(report, step, t);
+
+    if let Some(windows) = checked.windows() {
+        // Prepared through its registry; no Linux step touches it.
+        let (step, t) = timer(Step::Repair);
+        let (scope, repaired) = repair::windows(
+            targets,
+            windows,
+            &dir.join(STAGING),
+            &dir.join("repair.json"),
+            &report.grown,
+        )?;
+        report.repair = Some(repaired);
+        timed(report, step, t);
+        return Ok(scope);
+    }
 
     let (step, t) = timer(Step::Mount);
     let mounted = mount::system(targets, &dir.join(STAGING))?;
