@@ -279,6 +279,14 @@ fn a_mounted_tree_is_checked_with_its_own_mounts() {
     assert!(mounted[0].1.ends_with("p4"), "{mounted:?}");
     assert_eq!(mounted[1].0, "/boot");
     assert!(mounted[1].1.ends_with("p2"), "{mounted:?}");
+    // The superblock read through the mounted device.
+    assert!(
+        r["filesystems"][0]["format"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("features has_journal ")),
+        "{}",
+        r["filesystems"][0]
+    );
     assert_eq!(r["blockers"], 0);
 }
 
