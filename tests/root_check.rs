@@ -675,6 +675,10 @@ fn the_appliance_stops_a_system_without_grub_before_it_changes_anything() {
     )
     .unwrap();
     assert_eq!(&kept, c);
+    // The same report as `ferry check` on the received disk.
+    let (ok, cli, _) = check_disks(std::slice::from_ref(&target), &work.path().join("stage"));
+    assert!(!ok);
+    assert_eq!(&cli, c, "the appliance's check differs from ferry check's");
     // Nothing was changed: the target is the source byte for byte, and so
     // is every file of its root.
     assert_eq!(harness::file_hash(&target), harness::file_hash(&disks[0]));

@@ -235,9 +235,69 @@ impl Report {
     }
 }
 
+/// What the repair cannot use as a system file system although the kernel
+/// may mount it.
+fn repair_problem(fstype: &str) -> Option<String> {
+    (fstype == "btrfs").then(|| {
+        "ferry's repair mounts ext2/3/4 and XFS system file systems; btrfs is copied as it is but not mounted, repaired or checked".to_owned()
+    })
+}
+
+fn fs_info(
+    device: String,
+    mount: Option<String>,
+    fstype: String,
+    uuid: Option<String>,
+    sb: Option<fs::Superblock>,
+) -> FsInfo {
+    FsInfo {
+        mountable: fs::kernel_mounts(&fstype) && sb.as_ref().is_none_or(|s| s.problem.is_none()),
+        checker: fs::checker(&fstype),
+        format: sb.as_ref().map(|s| s.format.clone()),
+        problem: sb
+            .and_then(|s| s.problem)
+            .or_else(|| repair_problem(&fstype)),
+        uuid,
+        mount,
+        device,
+        fstype,
+    }
+}
+
+/// A file system the appliance cannot mount or the repair cannot use: a
+/// blocker when it is one of the system's own, a warning for data (copied
+/// block for block, not mounted).
+fn fs_findings(r: &mut Report) {
+    for f in &r.filesystems {
+        let Some(problem) = &f.problem else {
+            continue;
+        };
+        let system = f
+            .mount
+            .as_deref()
+            .is_some_and(|m| linux::SYSTEM_MOUNTS.contains(&m));
+        let detail = format!(
+            "{} on {} ({}): {problem}",
+            f.mount.as_deref().unwrap_or("unmounted"),
+            f.device,
+            f.fstype
+        );
+        r.findings.push(Finding::new(
+            if system {
+                Severity::Blocker
+            } else {
+                Severity::Warning
+            },
+            ErrorCode::FsUnsupported,
+            detail,
+        ));
+    }
+}
+
 /// The running server: its root, its mounts, how its disks will be read.
 pub fn live() -> Result<Report> {
     let mut r = inspect_tree(Path::new("/"), Source::Live)?;
+    fs_findings(&mut r);
     r.consistency = Some(
         "none: block mode reads each disk while the server runs (no snapshot is taken)".to_owned(),
     );
@@ -258,7 +318,9 @@ pub fn root(dir: &Path) -> Result<Report> {
             format!("--root {} is not a directory", dir.display()),
         ));
     }
-    Ok(inspect_tree(dir, Source::Root)?.finish())
+    let mut r = inspect_tree(dir, Source::Root)?;
+    fs_findings(&mut r);
+    Ok(r.finish())
 }
 
 fn inspect_tree(dir: &Path, source: Source) -> Result<Report> {
@@ -291,17 +353,13 @@ fn inspect_tree(dir: &Path, source: Source) -> Result<Report> {
             m.fstype.clone()
         };
         let sb = fs::superblock(Path::new(&m.source), 0, &fstype);
-        r.filesystems.push(FsInfo {
-            device: m.source.clone(),
-            mount: Some(mp.clone()),
-            mountable: fs::kernel_mounts(&fstype)
-                && sb.as_ref().is_none_or(|s| s.problem.is_none()),
-            checker: fs::checker(&fstype),
-            format: sb.as_ref().map(|s| s.format.clone()),
-            problem: sb.and_then(|s| s.problem),
-            uuid: None,
+        r.filesystems.push(fs_info(
+            m.source.clone(),
+            Some(mp.clone()),
             fstype,
-        });
+            None,
+            sb,
+        ));
     }
     if crate::repair::windows::is_windows(&dir) {
         windows::inspect(&dir, None, &mut r)?;
@@ -351,17 +409,8 @@ pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result
                 lvm.push(device.clone());
             }
             let sb = fs::superblock(path, e.start, &fstype);
-            r.filesystems.push(FsInfo {
-                mountable: fs::kernel_mounts(&fstype)
-                    && sb.as_ref().is_none_or(|s| s.problem.is_none()),
-                checker: fs::checker(&fstype),
-                format: sb.as_ref().map(|s| s.format.clone()),
-                problem: sb.and_then(|s| s.problem),
-                uuid: p.uuid.clone(),
-                mount: None,
-                device,
-                fstype,
-            });
+            r.filesystems
+                .push(fs_info(device, None, fstype, p.uuid.clone(), sb));
         }
     }
     if let Some(found) = windows_on(&described, paths, &ntfs, staging, &mut r)? {
@@ -437,6 +486,7 @@ pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result
             p.mount = None;
         }
     }
+    fs_findings(&mut r);
     let tree = MountTree::mount(&system, paths, staging, MountOptions { read_only: true })
         .context("mounting the received system read-only")?;
     let esp = tree.fat("/boot/efi").ok();
