@@ -804,3 +804,44 @@ fn the_appliance_prepares_windows_and_grows_its_ntfs_onto_a_larger_disk() {
     assert_eq!(r["systems"][0]["san_policy"], 1);
     assert_eq!(findings(&r), []);
 }
+
+#[test]
+fn a_linux_server_without_blockers_goes_on_to_its_repair_and_handoff() {
+    require_root!();
+    let work = tempfile::tempdir().unwrap();
+    let disks = source_image("bios-gpt", work.path());
+    let target = target_for(&disks[0], work.path(), 256 << 20);
+    let server = appliance(work.path(), std::slice::from_ref(&target));
+    let sent = server.send(&[disks[0].as_path()], &[]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    harness::assert_followed_the_round(&sent.stderr());
+    let j = job(&server);
+    assert_eq!(j["state"], "Finished", "{j}");
+    let c = &j["check"];
+    assert_eq!(c["blockers"], 0, "{c}");
+    assert_eq!(c["systems"][0]["kind"], "linux");
+    assert_eq!(
+        c["systems"][0]["os"]["pretty_name"],
+        "Debian GNU/Linux 12 (bookworm)"
+    );
+    assert_eq!(
+        blockers(c),
+        [],
+        "checked before the grow: the source's own sizes"
+    );
+    // The check ran first, on the disks as they arrived.
+    let steps: Vec<String> = serde_json::from_slice::<Value>(
+        &std::fs::read(work.path().join("state/processing/report.json")).unwrap(),
+    )
+    .unwrap()["seconds"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    for s in [
+        "check", "grow", "mount", "repair", "resync", "verify", "handoff",
+    ] {
+        assert!(steps.iter().any(|x| x == s), "no {s} in {steps:?}");
+    }
+}
