@@ -172,14 +172,12 @@ pub fn xfs(versionnum: u16) -> Superblock {
 /// there for NTFS).
 pub fn kernel_mounts(fstype: &str) -> bool {
     if fstype == "ntfs" {
-        return tool("ntfs-3g").is_some();
+        return crate::cmd::have("ntfs-3g");
     }
-    let fstype = if fstype == "vfat" {
+    if fstype == "vfat" {
         // The ESP is read and written in-process (fatfs): no driver needed.
         return true;
-    } else {
-        fstype
-    };
+    }
     std::fs::read_to_string("/proc/filesystems").is_ok_and(|t| {
         t.lines()
             .any(|l| l.split_whitespace().last() == Some(fstype))
@@ -196,14 +194,7 @@ pub fn checker(fstype: &str) -> Option<String> {
         "ntfs" => "ntfsfix",
         _ => return None,
     };
-    tool(name).map(|_| name.to_owned())
-}
-
-fn tool(name: &str) -> Option<std::path::PathBuf> {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.exists())
+    crate::cmd::have(name).then(|| name.to_owned())
 }
 
 #[cfg(test)]

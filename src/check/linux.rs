@@ -125,7 +125,7 @@ pub fn inspect(root: &Path, esp: Option<&FatPartition>, r: &mut Report) -> Resul
         efi_loaders: efi_loaders(&tree, esp, os.firmware),
     };
     let lvm = lvm(&tree, r, &mut f)?;
-    let space = space(root, &tree, &kernels, &mut f)?;
+    let space = space(&tree, &kernels, &mut f)?;
     let network = network(&tree, &os, &mut f)?;
     if os.selinux == SelinuxMode::Enforcing {
         f.push(Finding::new(
@@ -461,12 +461,7 @@ fn lvm(tree: &Tree, r: &Report, f: &mut Vec<Finding>) -> Result<LvmReport> {
     })
 }
 
-fn space(
-    root: &Path,
-    tree: &Tree,
-    kernels: &[KernelReport],
-    f: &mut Vec<Finding>,
-) -> Result<Vec<SpaceReport>> {
+fn space(tree: &Tree, kernels: &[KernelReport], f: &mut Vec<Finding>) -> Result<Vec<SpaceReport>> {
     // A new initramfs is written beside the old one before it replaces it.
     let largest = kernels
         .iter()
@@ -508,7 +503,6 @@ fn space(
             },
         ));
     }
-    let _ = root;
     for (_, s) in &out {
         let mut short = Vec::new();
         if s.free_bytes < s.need_bytes {

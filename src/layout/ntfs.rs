@@ -8,21 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::cmd::Cmd;
-use crate::job::errors::{coded, ErrorCode};
-
-fn require(tool: &str) -> Result<()> {
-    let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
-        .iter()
-        .any(|d| Path::new(d).join(tool).exists());
-    if found {
-        Ok(())
-    } else {
-        Err(coded(
-            ErrorCode::ToolMissing,
-            format!("{tool} (package ntfs-3g) is not installed"),
-        ))
-    }
-}
 
 /// An NTFS volume mounted through ntfs-3g.
 #[derive(Debug)]
@@ -34,7 +19,6 @@ pub struct NtfsMount {
 impl NtfsMount {
     /// Mount the NTFS on `node` at `dir` (which must exist).
     pub fn mount(node: &Path, dir: &Path, read_only: bool) -> Result<NtfsMount> {
-        require("ntfs-3g")?;
         let mut c = Cmd::new("ntfs-3g");
         if read_only {
             c = c.args(["-o", "ro"]);
@@ -139,7 +123,6 @@ fn holders_of(node: &Path) -> Vec<i32> {
 
 /// Grow the NTFS on `node` to fill its partition, then check it.
 pub fn resize(node: &Path) -> Result<()> {
-    require("ntfsresize")?;
     // --force: the volume of a live copy is marked in use by Windows; the
     // partition already has its new size, which ntfsresize fills.
     Cmd::new("ntfsresize")
@@ -153,7 +136,6 @@ pub fn resize(node: &Path) -> Result<()> {
 
 /// `ntfsfix --no-action`: reports what it would fix, writes nothing.
 pub fn check(node: &Path) -> Result<()> {
-    require("ntfsfix")?;
     Cmd::new("ntfsfix")
         .arg("--no-action")
         .arg(node)
