@@ -468,6 +468,22 @@ fn windows_shaped_disks_are_recognised_and_checked_for_virtio() {
         )]
     );
 
+    // The same from the volume mounted by someone else (ntfs-3g, FUSE).
+    {
+        let m = Ntfs::mount(&with, true);
+        let (ok, r2, err) = check(
+            &["--root", m.path().to_str().unwrap()],
+            &work.path().join("stage"),
+        );
+        assert!(ok, "{r2:#}\n{err}");
+        assert_eq!(r2["source"], "root");
+        assert_eq!(r2["systems"][0]["kind"], "windows");
+        assert_eq!(r2["systems"][0]["volume"], "the tree");
+        assert_eq!(r2["systems"][0]["virtio"], true);
+        assert_eq!(r2["filesystems"][0]["fstype"], "ntfs");
+        assert_eq!(r2["filesystems"][0]["mount"], "/");
+    }
+
     let without = windows_image("no-virtio", work.path());
     let (ok, r, _) = check_disks(std::slice::from_ref(&without), &work.path().join("stage"));
     assert!(!ok);

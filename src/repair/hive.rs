@@ -25,6 +25,16 @@ impl RegValue {
     /// hivexsh's `setval` spelling.
     fn setval(&self) -> String {
         match self {
+            // hivexsh takes 7-bit ASCII only: other text goes as its
+            // UTF-16LE bytes with the terminating NUL, as Windows stores it.
+            RegValue::String { kind, text } if !text.is_ascii() => {
+                let bytes: Vec<u8> = text
+                    .encode_utf16()
+                    .chain(std::iter::once(0))
+                    .flat_map(u16::to_le_bytes)
+                    .collect();
+                RegValue::Hex { kind: *kind, bytes }.setval()
+            }
             RegValue::String { kind: 2, text } => format!("expandstring:{text}"),
             RegValue::String { text, .. } => format!("string:{text}"),
             RegValue::Dword(v) => format!("dword:0x{v:08x}"),
@@ -299,6 +309,11 @@ mod tests {
             "expandstring:\\SystemRoot\\System32\\drivers\\viostor.sys"
         );
         assert_eq!(v[3].1.setval(), "hex:7:41,00,00,00,00,00");
+        let accented = RegValue::String {
+            kind: 1,
+            text: "é".into(),
+        };
+        assert_eq!(accented.setval(), "hex:1:e9,00,00,00");
     }
 
     #[test]

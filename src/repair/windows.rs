@@ -277,3 +277,108 @@ pub fn prepare(root: &Path, mode: Mode) -> Result<(WindowsInfo, Vec<StepReport>)
     }
     Ok((info, vec![step]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn driver(start: Option<u32>, file: bool) -> Driver {
+        Driver {
+            name: "viostor".into(),
+            start,
+            image_path: None,
+            file: file.then(|| "Windows/System32/drivers/viostor.sys".into()),
+        }
+    }
+
+    fn info(storage: Vec<Driver>, net: Option<Driver>) -> WindowsInfo {
+        WindowsInfo {
+            product_name: "Windows Server 2016 Standard".into(),
+            current_version: None,
+            current_build: None,
+            edition: None,
+            control_set: "ControlSet001".into(),
+            storage_drivers: storage,
+            net_driver: net,
+            san_policy: None,
+        }
+    }
+
+    #[test]
+    fn virtio_needs_a_boot_start_storage_driver_with_its_file_and_netkvm() {
+        let net = || {
+            Some(Driver {
+                name: "netkvm".into(),
+                ..driver(Some(3), true)
+            })
+        };
+        let cases: Vec<(&str, WindowsInfo, Vec<&str>)> = vec![
+            ("installed", info(vec![driver(Some(0), true)], net()), vec![]),
+            (
+                "demand start",
+                info(vec![driver(Some(3), true)], net()),
+                vec!["no VirtIO storage driver starts at boot with its file present: viostor (start 3, file Windows/System32/drivers/viostor.sys)"],
+            ),
+            (
+                "file missing",
+                info(vec![driver(Some(0), false)], net()),
+                vec!["no VirtIO storage driver starts at boot with its file present: viostor (start 0, file missing)"],
+            ),
+            (
+                "nothing",
+                info(vec![], None),
+                vec![
+                    "no VirtIO storage driver (viostor or vioscsi) is installed",
+                    "the VirtIO network driver netkvm is not installed",
+                ],
+            ),
+            (
+                "netkvm disabled",
+                info(
+                    vec![driver(Some(0), true)],
+                    Some(Driver { name: "netkvm".into(), ..driver(Some(4), true) }),
+                ),
+                vec!["the VirtIO network driver netkvm is disabled or its file is missing (start 4, file Windows/System32/drivers/viostor.sys)"],
+            ),
+        ];
+        for (name, i, want) in cases {
+            assert_eq!(virtio_problems(&i), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn paths_are_found_whatever_their_case() {
+        let d = tempfile::tempdir().unwrap();
+        let hive = d.path().join("WINDOWS/system32/CONFIG");
+        std::fs::create_dir_all(&hive).unwrap();
+        std::fs::write(hive.join("system"), b"regf").unwrap();
+        assert!(is_windows(d.path()));
+        assert_eq!(find_ci(d.path(), SYSTEM_HIVE), Some(hive.join("system")));
+        assert_eq!(
+            driver_file(
+                d.path(),
+                "viostor",
+                Some("\\SystemRoot\\System32\\drivers\\viostor.sys")
+            ),
+            None
+        );
+        let drivers = d.path().join("WINDOWS/system32/DRIVERS");
+        std::fs::create_dir_all(&drivers).unwrap();
+        std::fs::write(drivers.join("viostor.sys"), b"MZ").unwrap();
+        assert_eq!(
+            driver_file(
+                d.path(),
+                "viostor",
+                Some("\\SystemRoot\\System32\\drivers\\viostor.sys")
+            )
+            .as_deref(),
+            Some("WINDOWS/system32/DRIVERS/viostor.sys")
+        );
+        assert_eq!(
+            driver_file(d.path(), "viostor", None).as_deref(),
+            Some("WINDOWS/system32/DRIVERS/viostor.sys"),
+            "without an ImagePath, the default place"
+        );
+        assert!(!is_windows(&drivers));
+    }
+}
