@@ -54,6 +54,9 @@ packages=(
     grub-pc grub-pc-bin grub-efi-amd64-bin grub2-common
     e2fsprogs xfsprogs btrfs-progs dosfstools mtools fdisk gdisk util-linux mount
     cpio zstd coreutils
+    # Windows system disks: NTFS through FUSE (ntfs-3g, ntfsresize, ntfsfix),
+    # registry hives read and written offline (hivexsh).
+    ntfs-3g libhivex-bin
 )
 include=$(IFS=,; echo "${packages[*]}")
 
