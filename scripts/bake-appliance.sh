@@ -56,6 +56,9 @@ packages=(
     cpio zstd coreutils
     # The boot test: the repaired disks booted under QEMU before the handoff.
     qemu-system-x86 qemu-utils ovmf
+    # Windows system disks: NTFS through FUSE (ntfs-3g, ntfsresize, ntfsfix),
+    # registry hives read and written offline (hivexsh).
+    ntfs-3g libhivex-bin
 )
 include=$(IFS=,; echo "${packages[*]}")
 

@@ -190,6 +190,8 @@ pub fn package_of(program: &str) -> &'static str {
         "qemu-system-x86_64" => "qemu-system-x86",
         "qemu-img" => "qemu-utils",
         "zstd" => "zstd",
+        "ntfs-3g" | "ntfsresize" | "ntfsfix" | "mkntfs" => "ntfs-3g",
+        "hivexsh" | "hivexget" => "libhivex-bin",
         _ => "the package that provides it",
     }
 }

@@ -4,9 +4,11 @@
 //! appliance: `wire` (frames shared by sender and receiver), `serve` (the
 //! appliance's listeners), `job` (ledger, states, error codes), `disk`
 //! (target disks), `layout` (partitions, file systems, loops, mounts),
-//! `repair` (making a migrated OS boot on cloud hardware), `send` (the
+//! `repair` (making a migrated OS boot on cloud hardware), `check` (what
+//! will fail, before the move), `send` (the
 //! source-side sender).
 
+pub mod check;
 pub mod cli;
 pub mod cmd;
 pub mod config;

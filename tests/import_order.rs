@@ -22,21 +22,25 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("layout", &["job", "cmd", "devname", "disk"][..]),
         ("repair", &["job", "cmd", "devname", "disk", "layout"][..]),
         (
-            "pipeline",
+            "check",
             &["job", "cmd", "devname", "disk", "layout", "repair"][..],
+        ),
+        (
+            "pipeline",
+            &["job", "cmd", "devname", "disk", "layout", "repair", "check"][..],
         ),
         (
             "serve",
             &[
                 "job", "cmd", "devname", "logging", "config", "disk", "wire", "layout", "repair",
-                "pipeline",
+                "check", "pipeline",
             ][..],
         ),
         (
             "send",
             &[
                 "job", "cmd", "devname", "logging", "config", "disk", "wire", "layout", "repair",
-                "pipeline",
+                "check", "pipeline",
             ][..],
         ),
     ])

@@ -73,7 +73,10 @@ fn user_data() -> String {
         // The appliance's own boot test would boot a guest under TCG inside
         // this TCG guest; the host suites (qemu_e2e) show it.
         .replace("      # boot_test = false\n", "      boot_test = false\n");
-    assert!(filled.contains("\n      boot_test = false\n"), "no boot_test line");
+    assert!(
+        filled.contains("\n      boot_test = false\n"),
+        "no boot_test line"
+    );
     assert!(filled.starts_with("#cloud-config\n"), "not a cloud-config");
     for line in filled.lines().filter(|l| !l.trim_start().starts_with('#')) {
         assert!(

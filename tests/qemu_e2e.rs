@@ -404,10 +404,10 @@ fn a_system_without_grub_puts_the_job_in_error_with_do_grub_failed() {
         "the FAQ's wording: {}",
         sent.stderr()
     );
-    // The repair changed files before it stopped at GRUB. Started again, the
-    // job takes the same source: the chunks the repair changed go back (the
-    // appliance's re-read verification holds), and processing stops at the
-    // same cause again, not at a digest mismatch.
+    // The check stops the round at GRUB before the repair changes anything.
+    // Started again, the job takes the same source (the appliance's re-read
+    // verification holds), and processing stops at the same cause again,
+    // not at a digest mismatch.
     let auth = format!("Bearer {CONTROL_TOKEN}");
     let (status, body) = harness::http(
         &server.control,

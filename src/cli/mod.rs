@@ -3,6 +3,7 @@
 //! [`crate::config::Config`], [`crate::send::Options`]); this room turns
 //! arguments into them.
 
+pub mod check;
 pub mod errors;
 pub mod layout;
 pub mod repair;
@@ -48,6 +49,8 @@ pub enum Command {
     Layout(layout::LayoutCmd),
     /// Repair a migrated root so it boots on cloud hardware (`--plan` shows diffs only).
     Repair(repair::RepairArgs),
+    /// Inspect a server (running, mounted, or its disks) and say what will fail, before the move.
+    Check(check::CheckArgs),
     /// Check disks against a round's handoff manifest (what the control plane snapshots).
     Verify(verify::VerifyArgs),
 }
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Layout(cmd) => layout::run(cmd),
         Command::Repair(args) => repair::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Check(args) => check::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -234,7 +234,7 @@ catalogue! {
     GrubFailed => "GRUB_FAILED" [final, keeps_job, refused], "Do Grub Failed",
         "The migrated system has no usable GRUB 2 (none installed, GRUB legacy older than 1.9, or grub-install/grub-mkconfig failed in it). Install GRUB 2 on the source server (Debian/Ubuntu: grub-pc or grub-efi-amd64; RHEL family and SUSE: grub2-pc or grub2-efi-x64), then run the migration again.";
     VirtioCheckFailed => "VIRTIO_CHECK_FAILED" [final, keeps_job, refused], "check virtio failed",
-        "An installed kernel of the migrated system lacks the VirtIO drivers (virtio_blk, virtio_net, virtio_pci) it needs to boot on the cloud. Install a kernel with VirtIO drivers on the source server (or remove the old kernel), then run the migration again.";
+        "An installed kernel of the migrated system lacks the VirtIO drivers (virtio_blk, virtio_net, virtio_pci) it needs to boot on the cloud. Install a kernel with VirtIO drivers on the source server (or remove the old kernel), then run the migration again. Windows: install the VirtIO drivers on the source server (the virtio-win package: a storage driver, viostor or vioscsi, started at boot, and netkvm for the network), then run `ferry check` and the migration again.";
     RepairToolMissing => "REPAIR_TOOL_MISSING" [final, keeps_job, refused], "A tool the repair needs is missing from the migrated system",
         "Install the named package on the source server (update-initramfs: initramfs-tools; dracut: dracut; grub-install: grub-pc / grub2-pc), or pick the right recipe with --recipe, then run the migration again.";
     UnsupportedOs => "UNSUPPORTED_OS" [final, keeps_job, refused], "The migrated operating system is not supported",
@@ -246,7 +246,7 @@ catalogue! {
     ToolMissing => "TOOL_MISSING" [final, keeps_job, refused], "A tool the appliance needs is not installed",
         "Install the Debian package named in the message on the appliance (`apt-get install -y <package>`; the appliance image has them all, see scripts/packages.txt), then start the job again (POST /v1/job/start).";
     SystemNotFound => "SYSTEM_NOT_FOUND" [final, keeps_job, refused], "No migrated operating system was found on the received disks",
-        "Disk 0 must be the source server's system disk, with a Linux root file system holding /etc/fstab. For a migration of data disks only, run the appliance with --no-build (config: build = false); otherwise send the system disk first (`ferry send --disk /dev/sda --disk ...`) and start the job again.";
+        "Disk 0 must be the source server's system disk, with a Linux root file system holding /etc/fstab, or an NTFS partition holding Windows/System32/config/SYSTEM. For a migration of data disks only, run the appliance with --no-build (config: build = false); otherwise send the system disk first (`ferry send --disk /dev/sda --disk ...`) and start the job again.";
     VerifyFailed => "VERIFY_FAILED" [final, keeps_job, verification], "The disks failed verification before the handoff",
         "A file system of the migrated disks is not clean after the repair, or a disk re-read differs from what was committed and repaired (the message names the file system and its check, or the disk, chunk and offset). Check the target disk and the source server's file systems (fsck), then start the job again (POST /v1/job/start) and run the sender again: it re-sends what differs. Nothing was handed off.";
     BootTestFailed => "BOOT_TEST_FAILED" [final, keeps_job, refused], "The repaired disks did not boot in the appliance's boot test",
@@ -255,6 +255,22 @@ catalogue! {
         "The boot test runs after verify in a job that builds (unless boot_test = false); watch GET /v1/job for the step `boot`, then read it again.";
     ProcessingUnknown => "PROCESSING_UNKNOWN" [final, keeps_job, network], "The disks are committed, but how the appliance's pipeline ended is unknown",
         "The appliance could not be reached while it ran the round's pipeline (grow, repair, verify, handoff); it goes on without the sender. Run the sender again to follow the round to its end (nothing is re-sent), or read the outcome in GET /v1/job on port 8080 (Finished or Waiting, or InError with the code and hint).";
+    FsUnsupported => "FS_UNSUPPORTED" [final, keeps_job, refused], "A file system of the migrated system cannot be mounted or checked by the appliance",
+        "The message names the file system and why (XFS V4, which the appliance's kernel and current kernels no longer mount; an ext4 feature the appliance's kernel does not know; a system file system ferry does not repair, such as btrfs). Move the system onto a supported file system on the source server (ext4, or XFS made by a current mkfs.xfs, which is V5), then run `ferry check` and the migration again.";
+    LvmUnsupported => "LVM_UNSUPPORTED" [final, keeps_job, refused], "The migrated system's root or boot file system is on LVM, which ferry does not repair",
+        "ferry repairs systems whose /, /boot and /usr are plain partitions; logical volumes are copied block for block but not mounted (data volumes keep working on the cloud). Move the system file systems onto partitions on the source server, or migrate with --no-build and repair the image by hand.";
+    SpaceLow => "SPACE_LOW" [final, keeps_job, refused], "Not enough free space or inodes on / or /boot for the repair",
+        "The repair writes a new initramfs per kernel into /boot and new configuration files into /. Free the space or inodes the message names on the source server (remove old kernels: `apt autoremove`, `dnf remove --oldinstallonly`; clear /var/cache), then run `ferry check` and the migration again.";
+    SelinuxEnforcing => "SELINUX_ENFORCING" [final, keeps_job, refused], "check selinux failed: SELinux is enforcing on the migrated system",
+        "Nothing to do for ferry: the repair schedules a full relabel on the first boot (`/.autorelabel`), which makes that boot longer. To avoid it, disable SELinux on the source server (/etc/selinux/config: SELINUX=disabled, see the FAQ's \"How do I disable SELinux?\").";
+    NetworkStatic => "NETWORK_STATIC" [final, keeps_job, refused], "The network has a static configuration that will not work on the cloud",
+        "Nothing to do: the repair configures the first network interface by DHCP on the cloud and keeps the old files aside. Note the addresses the message names if services are bound to them; the cloud assigns the instance's address.";
+    PlatformAgents => "PLATFORM_AGENTS" [final, keeps_job, refused], "Guest agents of the old platform are installed",
+        "Nothing to do: the repair masks the agents the message names (VMware tools, Hyper-V daemons, Xen tools) so they do not fail on the cloud. Uninstall them on the source server after the migration if you no longer need them.";
+    LiveConsistency => "LIVE_CONSISTENCY" [final, keeps_job, refused], "The disks are read while the server runs",
+        "Block mode reads each disk as it is while it is being read: data that changes meanwhile may be inconsistent on the target. Stop the services that write (databases, mail) during the transfer, or run an incremental job (--incremental) and make the last round with them stopped.";
+    WindowsSanPolicy => "WINDOWS_SAN_POLICY" [final, keeps_job, refused], "Windows would bring the data disks up offline, without their drive letters",
+        "Nothing to do: the appliance sets the SAN policy of the migrated Windows to bring every disk online (partmgr SanPolicy = 1) before the handoff, so data disks keep their drive letters (the FAQ's \"drive letters of data disks are missing\"). The job's report records the value it replaced.";
     JobStopped => "JOB_STOPPED" [final, keeps_job, refused], "The migration task is stopped",
         "Start the job again (POST /v1/job/start on port 8080, or from the control plane), then run the sender again; committed data is kept and the transfer resumes.";
     JobFinished => "JOB_FINISHED" [final, keeps_job, refused], "The migration task is completed",

@@ -371,6 +371,18 @@ impl JobHandle {
         )
     }
 
+    /// Keep the report of the round's check of the received disks.
+    pub fn checked(&self, report: serde_json::Value) -> Result<()> {
+        self.update(
+            "check report",
+            |r, _| {
+                r.check = Some(report);
+                Ok(())
+            },
+            |_| Vec::new(),
+        )
+    }
+
     /// Processing → Cleaning (the handoff); a job already Cleaning (a run
     /// started again after a restart) stays so.
     pub fn cleaning(&self) -> Result<Option<StateChange>> {

@@ -583,6 +583,11 @@ pub struct JobRecord {
     /// The last round's handoff: its manifest's digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoff: Option<HandoffMark>,
+    /// The report of the last round's check of the received disks before
+    /// the repair (`ferry check`'s JSON): what the repair would meet, and
+    /// the blockers that put the job InError.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<serde_json::Value>,
     /// The disks are handed off and the control plane has not started
     /// another round: senders are refused, nothing writes the targets.
     #[serde(default)]
@@ -633,6 +638,7 @@ impl JobRecord {
             disks: Vec::new(),
             step: None,
             handoff: None,
+            check: None,
             held: false,
         }
     }

@@ -8,6 +8,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Step {
+    /// The received disks are inspected: what the repair would fail on
+    /// stops the round before anything is changed.
+    Check,
     /// Each disk whose target is larger than its source is grown.
     Grow,
     /// The received system's own file systems are mounted.
@@ -26,7 +29,8 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 7] = [
+    pub const ALL: [Step; 8] = [
+        Step::Check,
         Step::Grow,
         Step::Mount,
         Step::Repair,
@@ -38,6 +42,7 @@ impl Step {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Step::Check => "check",
             Step::Grow => "grow",
             Step::Mount => "mount",
             Step::Repair => "repair",
@@ -58,6 +63,7 @@ impl Step {
             Step::Verify => 5,
             Step::Handoff => 6,
             Step::Boot => 7,
+            Step::Check => 8,
         }
     }
 

@@ -389,7 +389,11 @@ impl FsType {
         matches!(self, FsType::Ext4 | FsType::Ext3 | FsType::Xfs)
     }
     pub fn growable(&self) -> bool {
-        matches!(self, FsType::Ext4 | FsType::Ext3 | FsType::Xfs)
+        matches!(self, FsType::Ext4 | FsType::Ext3 | FsType::Xfs) || self.is_ntfs()
+    }
+    /// NTFS (a Windows volume), reached through ntfs-3g.
+    pub fn is_ntfs(&self) -> bool {
+        matches!(self, FsType::Other(s) if s == "ntfs")
     }
     /// blkid's TYPE value.
     pub fn as_str(&self) -> &str {

@@ -302,6 +302,7 @@ fn grow_fs(node: &Path, fs: &FsType) -> Result<()> {
             }
             res.map(|_| ())
         }
+        ntfs if ntfs.is_ntfs() => super::ntfs::resize(node),
         other => Err(anyhow!("{other} is not grown")),
     }
 }

@@ -31,6 +31,7 @@ pub mod fat;
 pub mod grow;
 pub mod mkfs;
 pub mod mount;
+pub mod ntfs;
 pub mod read;
 pub mod safety;
 pub mod table;

@@ -217,10 +217,17 @@ impl MountTree {
             }
             let node = tree.disks[di].partitions()[pi].clone();
             let mut flags = MsFlags::empty();
+            let mut data = None;
             if opts.read_only {
                 flags |= MsFlags::MS_RDONLY;
+                // Read-only without log replay: looking must not change the disk.
+                data = Some(if p.fs == FsType::Xfs {
+                    "norecovery"
+                } else {
+                    "noload"
+                });
             }
-            let g = MountGuard::mount(&node.to_string_lossy(), &dir, p.fs.as_str(), flags, None)?;
+            let g = MountGuard::mount(&node.to_string_lossy(), &dir, p.fs.as_str(), flags, data)?;
             tree.mounts.push(g);
         }
         tracing::info!(root = %tree.root.display(), mounts = tree.mounts.len(), "layout mounted");

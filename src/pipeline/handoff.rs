@@ -131,7 +131,8 @@ pub fn run(
         round: record.rounds_completed + 1,
         created_at: crate::job::state::Timestamp(job.now()).to_string(),
         boot_mode: super::boot_mode(repair).map(str::to_lowercase),
-        os: field("os"),
+        // A Windows system's registry facts stand where a Linux OS would.
+        os: field("os").or_else(|| field("windows")),
         recipe: field("recipe").and_then(|v| v.as_str().map(str::to_owned)),
         repairs: field("steps"),
         disks,

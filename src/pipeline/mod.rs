@@ -4,6 +4,7 @@
 //!
 //! | step | file | what it does |
 //! |---|---|---|
+//! | check | [`check`] | `ferry check` on the received disks, read-only: a blocker stops the round with its code before anything is changed; report in `<state-dir>/processing/check.json` and `/v1/job` |
 //! | grow | [`grow`] | each disk whose target is larger than its source: GPT backup header to the end, last partition and its file system grown |
 //! | mount | [`mount`] | the received system's own file systems (`/`, `/boot`, `/boot/efi`, `/usr`, `/var`); data file systems stay unmounted and exactly as they arrived |
 //! | repair | [`repair`] | the recipe of its distribution (fstab, GRUB, initramfs with virtio, DHCP, cloud-init...); report in `<state-dir>/processing/repair.json` |
@@ -25,6 +26,7 @@
 //! handle, never the whole appliance.
 
 pub mod boot;
+pub mod check;
 pub mod grow;
 pub mod handoff;
 pub mod mount;
@@ -237,6 +239,9 @@ pub struct RoundReport {
     pub repair: Option<serde_json::Value>,
     /// The boot test's verdict (also in `processing/boot/verdict.json`).
     pub boot_test: Option<boot::Verdict>,
+    /// Why a job with the boot test on did not run it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_test_skipped: Option<String>,
 }
 
 /// The pipeline itself; returns the status the round ended in.
@@ -286,6 +291,7 @@ pub fn run(
         let built = build(
             &targets,
             &dir,
+            job,
             settings.recipes_dir.as_deref(),
             &mut report,
             &mut timer,
@@ -313,7 +319,19 @@ pub fn run(
         let verified = verify::run(ledger, &targets)?;
         timed(&mut report, step, t);
         report.checked = verified.checked;
-        if settings.boot_test.enabled {
+        let windows = report
+            .repair
+            .as_ref()
+            .and_then(|r| r.get("windows"))
+            .is_some_and(|w| !w.is_null());
+        if settings.boot_test.enabled && windows {
+            // Windows says nothing on a serial console and answers no
+            // console reader; its boot is judged on the cloud.
+            report.boot_test_skipped = Some(
+                "a Windows system: its boot shows nothing on the serial console the test reads"
+                    .to_owned(),
+            );
+        } else if settings.boot_test.enabled {
             let (step, t) = timer(Step::Boot);
             let firmware = firmware_of(report.repair.as_ref());
             let verdict = boot::run(&settings.boot_test, &targets, firmware, &dir)?;
@@ -452,14 +470,34 @@ const STAGING: &str = "root";
 fn build(
     targets: &[Target],
     dir: &std::path::Path,
+    job: &JobHandle,
     recipes_dir: Option<&std::path::Path>,
     report: &mut RoundReport,
     timer: &mut dyn FnMut(Step) -> (Step, Instant),
     timed: &dyn Fn(&mut RoundReport, Step, Instant),
 ) -> Result<resync::Scope> {
+    let (step, t) = timer(Step::Check);
+    let checked = check::run(targets, &dir.join(STAGING), dir, job)?;
+    timed(report, step, t);
+
     let (step, t) = timer(Step::Grow);
     report.grown = grow::run(targets)?;
     timed(report, step, t);
+
+    if let Some(windows) = checked.windows() {
+        // Prepared through its registry; no Linux step touches it.
+        let (step, t) = timer(Step::Repair);
+        let (scope, repaired) = repair::windows(
+            targets,
+            windows,
+            &dir.join(STAGING),
+            &dir.join("repair.json"),
+            &report.grown,
+        )?;
+        report.repair = Some(repaired);
+        timed(report, step, t);
+        return Ok(scope);
+    }
 
     let (step, t) = timer(Step::Mount);
     let mounted = mount::system(targets, &dir.join(STAGING))?;

@@ -8,8 +8,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::mount::Mounted;
+use super::resync::Scope;
 use super::Target;
-use crate::layout;
+use crate::check::windows::WindowsReport;
+use crate::job::errors::{coded, ErrorCode};
+use crate::layout::{self, GrowReport};
 use crate::repair::{self, BootMode, DeviceMap, Mode};
 
 /// Returns the repair's report, as kept in `report_path`.
@@ -39,6 +42,69 @@ pub fn run(
     written?;
     closed?;
     serde_json::to_value(&report).context("encoding the repair report")
+}
+
+/// A Windows system: its volume mounted read-write through ntfs-3g and
+/// prepared through its registry (the SAN policy), never a Linux step.
+/// Returns what may have been written and the report, as kept in
+/// `report_path`.
+pub fn windows(
+    targets: &[Target],
+    found: &WindowsReport,
+    staging: &Path,
+    report_path: &Path,
+    grown: &[GrowReport],
+) -> Result<(Scope, serde_json::Value)> {
+    let (Some(di), Some(number)) = (found.disk, found.partition) else {
+        return Err(coded(
+            ErrorCode::SystemNotFound,
+            "the check found Windows, but not on which disk",
+        ));
+    };
+    let paths: Vec<std::path::PathBuf> = targets.iter().map(|t| t.path.clone()).collect();
+    // Read again: grow may have changed the partition.
+    let full = layout::read_all(&paths).context("reading the received disks")?;
+    let mut mounted = full.clone();
+    let disk = full
+        .disks
+        .get(di)
+        .with_context(|| format!("the Windows disk {di} vanished"))?;
+    let index = disk
+        .numbers()
+        .iter()
+        .position(|n| *n == number)
+        .with_context(|| format!("partition {number} of disk {di} vanished"))?;
+    mounted.disks[di].partitions[index].mount = Some("/".to_owned());
+    let scope = Scope::of(targets, &full, &mounted, grown)?;
+    let size = layout::devices::disk_size(&paths[di])?;
+    let extents = layout::desc::plan(disk, size)?;
+    let numbered: Vec<(usize, _)> = disk.numbers().into_iter().zip(extents).collect();
+    let reread = std::fs::metadata(&paths[di])
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+    let attached = layout::devices::AttachedDisk::attach(&paths[di], &numbered, reread)?;
+    let node = attached.partitions()[index].clone();
+    std::fs::create_dir_all(staging).with_context(|| format!("creating {}", staging.display()))?;
+    let prepared = (|| -> Result<repair::Report> {
+        let m = layout::ntfs::NtfsMount::mount(&node, staging, false)?;
+        let outcome = repair::run_with_options(&repair::Options::new(
+            m.dir(),
+            DeviceMap::default(),
+            BootMode::Auto,
+            Mode::Apply,
+        ));
+        let json =
+            serde_json::to_vec_pretty(&outcome.report).context("encoding the repair report")?;
+        crate::disk::write_atomic(report_path, &json)?;
+        let closed = m.close().context("unmounting the prepared Windows volume");
+        let report = outcome.into_result()?;
+        closed?;
+        Ok(report)
+    })();
+    let closed = attached.close();
+    let report = prepared?;
+    closed?;
+    let value = serde_json::to_value(&report).context("encoding the repair report")?;
+    Ok((scope, value))
 }
 
 /// Give the device map the mount points of the volumes left unmounted, as

@@ -162,6 +162,7 @@ fn check_file_systems(targets: &[Target]) -> Result<Vec<String>> {
                 }
                 layout::FsType::Xfs => Cmd::new("xfs_repair").arg("-n").arg(node),
                 layout::FsType::Vfat => Cmd::new("fsck.vfat").arg("-n").arg(node),
+                ref ntfs if ntfs.is_ntfs() => Cmd::new("ntfsfix").arg("--no-action").arg(node),
                 _ => continue,
             };
             let what = format!("{} of {} ({})", node.display(), target.display(), p.fs);

@@ -41,6 +41,14 @@ pub enum Change {
     Removed { path: String },
     /// A command run in the migrated system.
     Command { argv: Vec<String>, why: String },
+    /// A registry value of a Windows hive set (`old` None: it was absent).
+    Registry {
+        hive: String,
+        key: String,
+        value: String,
+        old: Option<String>,
+        new: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -297,6 +305,16 @@ pub fn render(steps: &[StepReport], mode: Mode) -> String {
                 }
                 Change::Rename { from, to } => out.push_str(&format!("   rename {from} -> {to}\n")),
                 Change::Removed { path } => out.push_str(&format!("   remove {path}\n")),
+                Change::Registry {
+                    hive,
+                    key,
+                    value,
+                    old,
+                    new,
+                } => out.push_str(&format!(
+                    "   registry {hive} {key}\\{value}: {} -> {new}\n",
+                    old.as_deref().unwrap_or("(absent)")
+                )),
                 Change::Command { argv, why } => {
                     let verb = if mode == Mode::Plan {
                         "would run"

@@ -27,12 +27,14 @@ pub mod engine;
 pub mod esp;
 pub mod fstab;
 pub mod grub;
+pub mod hive;
 pub mod initramfs;
 pub mod network;
 pub mod probe;
 pub mod recipe;
 pub mod system;
 pub mod tree;
+pub mod windows;
 
 use std::path::PathBuf;
 
@@ -110,6 +112,9 @@ pub struct Report {
     pub changed: bool,
     pub steps: Vec<StepReport>,
     pub error: Option<ReportError>,
+    /// A Windows system: what its registry says (`os` is for Linux).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<windows::WindowsInfo>,
 }
 
 impl Report {
@@ -123,6 +128,7 @@ impl Report {
             changed: false,
             steps: Vec::new(),
             error: None,
+            windows: None,
         }
     }
 }
@@ -166,7 +172,9 @@ pub fn run(
 
 /// [`run`] with every option.
 pub fn run_with_options(opts: &Options) -> Outcome {
-    if opts.mode == Mode::Plan {
+    // A Windows system is prepared through its registry: no chroot, no
+    // Linux tool runs in it.
+    if opts.mode == Mode::Plan || windows::is_windows(&opts.root) {
         return execute(opts, None);
     }
     let session = match chroot::enter(&opts.root, &opts.devices) {
@@ -246,6 +254,15 @@ fn execute_inner(
             ErrorCode::RepairBadInput,
             format!("{} is not a directory", opts.root.display()),
         ));
+    }
+    if windows::is_windows(&opts.root) {
+        *current = Some("san-policy".to_owned());
+        let (info, steps) = windows::prepare(&opts.root, opts.mode)
+            .context("preparing the migrated Windows system")?;
+        report.windows = Some(info);
+        report.steps = steps;
+        *current = None;
+        return Ok(());
     }
     let tree = Tree::new(&opts.root);
     let os = detect::detect(&tree).context("detecting the migrated OS")?;

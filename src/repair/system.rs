@@ -16,10 +16,15 @@ const UNIT_DIRS: &[&str] = &[
 
 /// The in-tree path of a unit's file (not following a mask).
 fn unit_file(ctx: &StepCtx, unit: &str) -> Option<String> {
+    unit_file_in(ctx.tree, unit)
+}
+
+/// The path of a unit's file in `tree` (not following a mask).
+pub fn unit_file_in(tree: &super::tree::Tree, unit: &str) -> Option<String> {
     UNIT_DIRS
         .iter()
         .map(|d| format!("{d}/{unit}"))
-        .find(|p| ctx.tree.link_target(p).as_deref() != Some("/dev/null") && ctx.tree.exists(p))
+        .find(|p| tree.link_target(p).as_deref() != Some("/dev/null") && tree.exists(p))
 }
 
 fn masked(ctx: &StepCtx, unit: &str) -> bool {

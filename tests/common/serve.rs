@@ -486,7 +486,9 @@ impl CutProxy {
 /// The sender's output shows every step of the round's pipeline and its
 /// end: processed, handed off, Finished.
 pub fn assert_followed_the_round(stderr: &str) {
-    for step in ["grow", "mount", "repair", "resync", "verify", "handoff"] {
+    for step in [
+        "check", "grow", "mount", "repair", "resync", "verify", "handoff",
+    ] {
         assert!(
             stderr.contains(&format!("runs the round's pipeline: {step}")),
             "no step {step} in:\n{stderr}"
@@ -494,7 +496,7 @@ pub fn assert_followed_the_round(stderr: &str) {
     }
     assert!(
         stderr.contains(
-            "the round is processed (grow, mount, repair, resync, verify) and handed off; the job is Finished"
+            "the round is processed (check, grow, mount, repair, resync, verify) and handed off; the job is Finished"
         ),
         "{stderr}"
     );
