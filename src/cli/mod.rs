@@ -9,6 +9,7 @@ pub mod repair;
 pub mod send;
 pub mod serve;
 pub mod verify;
+pub mod watchdog;
 
 use std::process::ExitCode;
 
@@ -50,6 +51,10 @@ pub enum Command {
     Repair(repair::RepairArgs),
     /// Check disks against a round's handoff manifest (what the control plane snapshots).
     Verify(verify::VerifyArgs),
+    /// The watchdog `ferry send --consistency freeze` starts: thaws the
+    /// file systems if the sender dies while they are frozen.
+    #[command(name = "freeze-watchdog", hide = true)]
+    FreezeWatchdog(watchdog::WatchdogArgs),
 }
 
 /// Parse the command line, run the subcommand, print the error chain (and
@@ -65,6 +70,7 @@ pub fn main() -> ExitCode {
         Command::Layout(cmd) => layout::run(cmd),
         Command::Repair(args) => repair::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::FreezeWatchdog(args) => watchdog::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

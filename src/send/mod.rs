@@ -9,6 +9,7 @@
 //! retry re-sends only what was not committed.
 
 pub mod client;
+pub mod consistency;
 pub mod peer;
 pub mod pin;
 pub mod probe;
@@ -55,6 +56,8 @@ pub struct Options {
     /// Do not follow the round's pipeline.
     pub no_wait: bool,
     pub probe_seconds: u64,
+    /// What to do about file systems mounted read-write on a source disk.
+    pub consistency: consistency::Settings,
 }
 
 /// What happened to one disk, over every attempt.
@@ -85,6 +88,7 @@ pub struct Report {
     pub attempts: u32,
     pub seconds: f64,
     pub disks: Vec<DiskReport>,
+    pub consistency: consistency::Report,
 }
 
 pub fn run_blocking(args: Options) -> Result<()> {
@@ -105,6 +109,9 @@ struct DiskJob {
     done: bool,
     /// The names this system knows the disk by (none for an image file).
     names: Vec<String>,
+    /// Its mounted file systems, and how its last attempt copied them.
+    plan: Option<consistency::DiskPlan>,
+    consistency: Option<consistency::DiskConsistency>,
 }
 
 /// The appliance's address with the default data port when none is given;
@@ -199,10 +206,21 @@ pub async fn run(args: Options) -> Result<()> {
             names: disk_names(path),
             disk: Arc::new(disk),
             done: false,
+            plan: None,
+            consistency: None,
         });
     }
     if args.probe {
         return run_probe(&args, &to, &fingerprint, &jobs).await;
+    }
+    let (disks, settings) = (args.disks.clone(), args.consistency.clone());
+    let plans = tokio::task::spawn_blocking(move || {
+        consistency::plan(&consistency::Host::default(), &disks, &settings)
+    })
+    .await
+    .context("finding the mounted file systems of the source disks")??;
+    for (job, plan) in jobs.iter_mut().zip(plans) {
+        job.plan = Some(plan);
     }
     let mut progress = progress::Progress::new(
         progress::ProgressMode::detect(),
@@ -252,6 +270,11 @@ pub async fn run(args: Options) -> Result<()> {
         attempts,
         seconds: started.elapsed().as_secs_f64(),
         disks: jobs.iter().map(|j| j.report.clone()).collect(),
+        consistency: consistency::Report {
+            mode: args.consistency.mode,
+            max_freeze_seconds: args.consistency.max_freeze.as_secs_f64(),
+            disks: jobs.iter().filter_map(|j| j.consistency.clone()).collect(),
+        },
     };
     for d in &report.disks {
         eprintln!(
@@ -266,6 +289,9 @@ pub async fn run(args: Options) -> Result<()> {
             d.zero_skipped_bytes,
             if d.verified { format!("verified, digest {}", d.digest) } else { "NOT verified".to_owned() }
         );
+    }
+    for line in consistency::summary(&report.consistency) {
+        eprintln!("{line}");
     }
     if let Some(path) = &args.report {
         std::fs::write(
@@ -523,6 +549,187 @@ async fn transfer(
         }
     };
 
+    let mut passes = consistency::Passes::new(job.index, job.plan.as_ref(), &args.consistency);
+    let (mut manifest, mut fresh) = (manifest, fresh);
+    let (mut unchanged, mut zero_skipped) = (0u64, 0u64);
+    loop {
+        let (p, next) = off_runtime(passes, |p| p.next_pass()).await?;
+        passes = p;
+        let pass = match next {
+            Ok(Some(pass)) => pass,
+            Ok(None) => break,
+            Err(e) => {
+                job.consistency = Some(passes.report.clone());
+                return Err(e);
+            }
+        };
+        if pass.number() > 1 {
+            // What the last pass read is committed: this one re-reads every
+            // chunk and sends those that changed since.
+            manifest = job
+                .known
+                .iter()
+                .zip(0u64..)
+                .filter_map(|(h, i)| h.map(|h| (i, h)))
+                .collect();
+            fresh = false;
+            job.known = vec![None; count as usize];
+            progress.println(&match &pass {
+                consistency::Pass::Frozen { what, .. } => format!(
+                    "ferry send: disk {}: froze {what}; final pass {}",
+                    job.index,
+                    pass.number()
+                ),
+                consistency::Pass::Live { n } => {
+                    format!("ferry send: disk {}: live pass {n}", job.index)
+                }
+            });
+        }
+        let before = (
+            job.report.sent_chunks,
+            job.report.zero_sent_chunks,
+            job.report.sent_bytes,
+        );
+        let sent = send_pass(
+            args,
+            conn,
+            job,
+            std::mem::take(&mut manifest),
+            fresh,
+            &pass,
+            progress,
+        )
+        .await;
+        let changed_chunks =
+            job.report.sent_chunks - before.0 + job.report.zero_sent_chunks - before.1;
+        let changed_bytes = job.report.sent_bytes - before.2
+            + (job.report.zero_sent_chunks - before.1) * u64::from(cs);
+        let (p, ended) = off_runtime(passes, move |p| match sent {
+            Ok(counts) => p.done(changed_chunks, changed_bytes).map(|()| counts),
+            Err(e) => {
+                if let Err(t) = p.abort() {
+                    tracing::error!("{t:#}");
+                }
+                Err(e)
+            }
+        })
+        .await?;
+        passes = p;
+        job.consistency = Some(passes.report.clone());
+        if let consistency::Pass::Frozen { .. } = pass {
+            for f in &passes.report.frozen {
+                progress.println(&format!(
+                    "ferry send: disk {}: thawed {} (frozen {:.2} s)",
+                    job.index,
+                    f.mount_point.display(),
+                    f.frozen_seconds
+                ));
+            }
+        }
+        (unchanged, zero_skipped) = ended?;
+    }
+
+    // Every chunk is committed; compare whole-disk digests.
+    let hashes: Vec<[u8; 32]> = job
+        .known
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            h.ok_or_else(|| coded(ErrorCode::Internal, format!("chunk {i} was never hashed")))
+        })
+        .collect::<Result<_>>()?;
+    let digest = disk_digest(size, cs, &hashes);
+    client::send(
+        conn,
+        Frame::Finish {
+            disk: job.index,
+            digest,
+            unchanged,
+            zero_skipped,
+        },
+    )
+    .await?;
+    // The appliance re-reads the whole disk before it answers: minutes for a
+    // large one, during which it answers pings.
+    let theirs = loop {
+        match client::recv_live(conn).await? {
+            Frame::Finished { disk, digest } if disk == job.index => break digest,
+            Frame::Ack { .. } => continue,
+            other => {
+                return Err(coded(
+                    ErrorCode::UnexpectedFrame,
+                    format!("expected Finished, got {}", other.name()),
+                ))
+            }
+        }
+    };
+    if theirs != digest {
+        return Err(coded(
+            ErrorCode::DigestMismatch,
+            format!(
+                "source digest {}, appliance digest {}",
+                hex::encode(digest),
+                hex::encode(theirs)
+            ),
+        ));
+    }
+    job.report.digest = hex::encode(digest);
+    job.report.verified = true;
+    progress.finish_disk(job.index);
+    Ok(())
+}
+
+/// Run `f` on `value` off the async runtime (it may block: ioctls that
+/// flush a file system, processes started), and hand both back.
+async fn off_runtime<T: Send + 'static, R: Send + 'static>(
+    mut value: T,
+    f: impl FnOnce(&mut T) -> R + Send + 'static,
+) -> Result<(T, R)> {
+    tokio::task::spawn_blocking(move || {
+        let r = f(&mut value);
+        (value, r)
+    })
+    .await
+    .context("joining a blocking task")
+}
+
+/// One pass over a disk: every chunk read (on a thread of its own), what
+/// the appliance lacks sent, until all of it is committed. A frozen pass
+/// must end before its deadline. Returns the chunks left as they were and
+/// the zero chunks skipped.
+async fn send_pass(
+    args: &Options,
+    conn: &mut Conn,
+    job: &mut DiskJob,
+    manifest: HashMap<u64, [u8; 32]>,
+    fresh: bool,
+    pass: &consistency::Pass,
+    progress: &mut progress::Progress,
+) -> Result<(u64, u64)> {
+    let (size, cs) = (job.disk.size(), args.chunk_size);
+    let deadline = match pass {
+        consistency::Pass::Frozen { deadline, hold, .. } => {
+            let deadline = tokio::time::Instant::from_std(*deadline);
+            if !hold.is_zero() {
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + *hold)).await;
+            }
+            Some(deadline)
+        }
+        consistency::Pass::Live { .. } => None,
+    };
+    let past_deadline = || {
+        coded(
+            ErrorCode::FreezeTooLong,
+            format!(
+                "disk {}: the final pass did not end within --max-freeze ({} s)",
+                job.index,
+                args.consistency.max_freeze.as_secs_f64()
+            ),
+        )
+    };
+    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+        return Err(past_deadline());
+    }
     // Reading, hashing and compressing run on a thread of their own.
     let (tx, mut rx) = mpsc::channel::<Result<Item>>(4);
     let disk = Arc::clone(&job.disk);
@@ -588,6 +795,7 @@ async fn transfer(
                 },
                 _ = ping.tick() => client::send(conn, Frame::Ping).await?,
                 _ = tokio::time::sleep_until(heard + wire::LINK_TIMEOUT) => return Err(client::silent()),
+                _ = tokio::time::sleep_until(deadline.unwrap_or(heard)), if deadline.is_some() => return Err(past_deadline()),
                 frame = client::recv_any(conn) => match frame? {
                     Frame::Pong => heard = tokio::time::Instant::now(),
                     Frame::Ack { disk, indices } if disk == job.index => {
@@ -610,55 +818,7 @@ async fn transfer(
     let known = reader.await.context("joining the reader thread")?;
     job.known = known;
     result?;
-
-    // Every chunk is committed; compare whole-disk digests.
-    let hashes: Vec<[u8; 32]> = job
-        .known
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            h.ok_or_else(|| coded(ErrorCode::Internal, format!("chunk {i} was never hashed")))
-        })
-        .collect::<Result<_>>()?;
-    let digest = disk_digest(size, cs, &hashes);
-    client::send(
-        conn,
-        Frame::Finish {
-            disk: job.index,
-            digest,
-            unchanged,
-            zero_skipped,
-        },
-    )
-    .await?;
-    // The appliance re-reads the whole disk before it answers: minutes for a
-    // large one, during which it answers pings.
-    let theirs = loop {
-        match client::recv_live(conn).await? {
-            Frame::Finished { disk, digest } if disk == job.index => break digest,
-            Frame::Ack { .. } => continue,
-            other => {
-                return Err(coded(
-                    ErrorCode::UnexpectedFrame,
-                    format!("expected Finished, got {}", other.name()),
-                ))
-            }
-        }
-    };
-    if theirs != digest {
-        return Err(coded(
-            ErrorCode::DigestMismatch,
-            format!(
-                "source digest {}, appliance digest {}",
-                hex::encode(digest),
-                hex::encode(theirs)
-            ),
-        ));
-    }
-    job.report.digest = hex::encode(digest);
-    job.report.verified = true;
-    progress.finish_disk(job.index);
-    Ok(())
+    Ok((unchanged, zero_skipped))
 }
 
 /// The reader thread: decide for every chunk, in order, what to send.
