@@ -499,3 +499,67 @@ fn a_freeze_longer_than_max_freeze_is_thawed_and_reported() {
     let seconds = frozen["frozen_seconds"].as_f64().unwrap();
     assert!(seconds >= 1.0, "{report}");
 }
+
+/// A loop device on an image file, detached when dropped.
+struct Loop(PathBuf);
+
+impl Loop {
+    fn attach(image: &Path) -> Loop {
+        let out = run(Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(image));
+        Loop(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_copy_sent_as_it_is_has_its_journals_replayed() {
+    use ferry::layout::{journal, FsType};
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ext4 = LoopFs::make(dir.path(), "ext4", 64, "");
+    let xfs = LoopFs::make(dir.path(), "xfs", 320, "");
+    let writer = Writer::start(&[&ext4.mnt, &xfs.mnt], &dir.path().join("writer.log"));
+    let server = Server::start(&dir.path().join("state"), &[]);
+    let sent = server.send(
+        &[ext4.image.as_path(), xfs.image.as_path()],
+        &["--consistency", "none"],
+    );
+    assert!(sent.ok(), "{}", sent.stderr());
+    writer.stop();
+    assert!(
+        sent.stderr().contains(
+            "crash-consistent at best: the appliance replays the journals before it mounts them"
+        ),
+        "{}",
+        sent.stderr()
+    );
+    let passes = &sent.report["consistency"]["disks"][0]["passes"];
+    assert_eq!(passes.as_array().unwrap().len(), 1, "one pass as it is");
+
+    // What the appliance's mount step does to each received file system.
+    for (i, fs) in [(0, FsType::Ext4), (1, FsType::Xfs)] {
+        let lo = Loop::attach(&server.disk_path(i));
+        assert!(
+            journal::dirty(&lo.0, &fs).unwrap(),
+            "{fs}: a copy of a mounted file system carries a journal"
+        );
+        let scratch = dir.path().join(format!("scratch-{i}"));
+        let done = journal::recover(&lo.0, &fs, &scratch).unwrap().unwrap();
+        eprintln!("{fs}: {}", done.action);
+        assert!(!journal::dirty(&lo.0, &fs).unwrap(), "{fs}: replayed");
+        assert_eq!(journal::recover(&lo.0, &fs, &scratch).unwrap(), None);
+        match fs {
+            FsType::Ext4 => run(Command::new("e2fsck").arg("-fn").arg(&lo.0)),
+            _ => run(Command::new("xfs_repair").arg("-n").arg(&lo.0)),
+        };
+    }
+}

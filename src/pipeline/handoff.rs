@@ -42,6 +42,11 @@ pub struct Manifest {
     pub disks: Vec<ManifestDisk>,
     /// Seconds each step of the pipeline took.
     pub seconds: BTreeMap<String, f64>,
+    /// File systems that arrived with a journal to replay (copied while
+    /// mounted), and what the appliance did: `{disk, partition, node, fs,
+    /// action}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub journals: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,6 +137,11 @@ pub fn run(
         repairs: field("steps"),
         disks,
         seconds: report.seconds.clone(),
+        journals: report
+            .journals
+            .iter()
+            .filter_map(|j| serde_json::to_value(j).ok())
+            .collect(),
     };
     let bytes = serde_json::to_vec_pretty(&manifest).context("encoding the handoff manifest")?;
     let path = manifest_path(&settings.state_dir);

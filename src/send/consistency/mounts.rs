@@ -13,6 +13,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::layout::mount::parse_mountinfo;
+
+/// What this room needs of a mountinfo line.
+struct MountLine {
+    dev: String,
+    mount_point: PathBuf,
+    fstype: String,
+    source: String,
+    super_rw: bool,
+}
+
 /// Where the kernel's views are: `/sys` and `/proc/self/mountinfo`.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -69,63 +80,6 @@ impl MountedFs {
             self.source
         )
     }
-}
-
-/// One line of mountinfo, the fields this room needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct MountLine {
-    dev: String,
-    mount_point: PathBuf,
-    fstype: String,
-    source: String,
-    super_rw: bool,
-}
-
-/// mountinfo's fields: `id parent major:minor root point options
-/// [optional...] - fstype source super-options`, spaces and the like
-/// escaped as octal (`\040`).
-fn parse_mountinfo(text: &str) -> Vec<MountLine> {
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let left: Vec<&str> = left.split(' ').collect();
-            let right: Vec<&str> = right.split(' ').collect();
-            if left.len() < 6 || right.len() < 3 {
-                return None;
-            }
-            Some(MountLine {
-                dev: left[2].to_owned(),
-                mount_point: PathBuf::from(unescape(left[4])),
-                fstype: right[0].to_owned(),
-                source: unescape(right[1]),
-                super_rw: right[2].split(',').any(|o| o == "rw"),
-            })
-        })
-        .collect()
-}
-
-/// Undo mountinfo's octal escapes (`\040` is a space).
-fn unescape(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let oct = bytes
-            .get(i + 1..i + 4)
-            .filter(|o| bytes[i] == b'\\' && o.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match oct {
-            Some(o) => {
-                let v = o.iter().fold(0u32, |v, b| v * 8 + u32::from(b - b'0'));
-                out.push(v as u8);
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A device-mapper name of LVM (`vg--data-lv--one`: dashes of the names
@@ -257,6 +211,13 @@ impl Host {
             .with_context(|| format!("reading {}", self.mountinfo.display()))?;
         let mut found: Vec<MountedFs> = Vec::new();
         for line in parse_mountinfo(&text) {
+            let line = MountLine {
+                dev: line.devno,
+                mount_point: line.mount_point,
+                fstype: line.fstype,
+                source: line.source,
+                super_rw: line.read_write,
+            };
             // btrfs shows an anonymous device number: its source names the device.
             let source_dev = source_dev(&line.source);
             let Some((block, dev)) = stacked
@@ -312,13 +273,13 @@ garbage
         let lines = parse_mountinfo(text);
         assert_eq!(lines.len(), 4);
         assert_eq!(lines[1].mount_point, PathBuf::from("/mnt/my data"));
-        assert_eq!(lines[1].dev, "7:3");
+        assert_eq!(lines[1].devno, "7:3");
         assert_eq!(lines[1].fstype, "ext4");
         assert!(
-            lines[2].super_rw,
+            lines[2].read_write,
             "a read-only bind of a writable file system"
         );
-        assert!(!lines[3].super_rw);
+        assert!(!lines[3].read_write);
     }
 
     #[test]
@@ -432,9 +393,9 @@ garbage
         assert_eq!(names, ["dm-0", "dm-1", "sda", "sda1", "sda2"]);
         // The mounts of those numbers, without sdb's.
         let text = std::fs::read_to_string(&host.mountinfo).unwrap();
-        let lines: Vec<MountLine> = parse_mountinfo(&text)
+        let lines: Vec<_> = parse_mountinfo(&text)
             .into_iter()
-            .filter(|l| stacked.iter().any(|(_, d)| *d == l.dev))
+            .filter(|l| stacked.iter().any(|(_, d)| *d == l.devno))
             .collect();
         let points: Vec<&Path> = lines.iter().map(|l| l.mount_point.as_path()).collect();
         assert_eq!(
