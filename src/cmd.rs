@@ -212,6 +212,7 @@ pub fn package_of(program: &str) -> &'static str {
         "chroot" | "cp" | "sync" => "coreutils",
         "qemu-system-x86_64" => "qemu-system-x86",
         "zstd" => "zstd",
+        "lvs" | "vgs" | "pvs" | "lvcreate" | "lvremove" => "lvm2",
         _ => "the package that provides it",
     }
 }

@@ -574,16 +574,9 @@ async fn transfer(
                 .collect();
             fresh = false;
             job.known = vec![None; count as usize];
-            progress.println(&match &pass {
-                consistency::Pass::Frozen { what, .. } => format!(
-                    "ferry send: disk {}: froze {what}; final pass {}",
-                    job.index,
-                    pass.number()
-                ),
-                consistency::Pass::Live { n } => {
-                    format!("ferry send: disk {}: live pass {n}", job.index)
-                }
-            });
+        }
+        if let Some(line) = pass.announce(job.index) {
+            progress.println(&line);
         }
         let before = (
             job.report.sent_chunks,
@@ -715,7 +708,7 @@ async fn send_pass(
             }
             Some(deadline)
         }
-        consistency::Pass::Live { .. } => None,
+        consistency::Pass::Live { .. } | consistency::Pass::Snapshot { .. } => None,
     };
     let past_deadline = || {
         coded(
@@ -735,8 +728,12 @@ async fn send_pass(
     let disk = Arc::clone(&job.disk);
     let known = std::mem::take(&mut job.known);
     let level = args.zstd_level;
+    let overlay = match pass {
+        consistency::Pass::Snapshot { overlay, .. } => Some(Arc::clone(overlay)),
+        _ => None,
+    };
     let reader = tokio::task::spawn_blocking(move || {
-        read_chunks(&disk, cs, known, manifest, fresh, level, tx)
+        read_chunks(&disk, overlay, cs, known, manifest, fresh, level, tx)
     });
 
     let mut in_flight: HashSet<u64> = HashSet::new();
@@ -823,8 +820,10 @@ async fn send_pass(
 
 /// The reader thread: decide for every chunk, in order, what to send.
 /// Returns the hashes it knows, for the next attempt and the digest.
+#[allow(clippy::too_many_arguments)]
 fn read_chunks(
     disk: &Disk,
+    overlay: Option<Arc<consistency::snapshot::Overlay>>,
     cs: u32,
     mut known: Vec<Option<[u8; 32]>>,
     manifest: HashMap<u64, [u8; 32]>,
@@ -862,7 +861,12 @@ fn read_chunks(
             }
         }
         let data = &mut buf[..len];
-        if let Err(e) = disk.read_at(data, index * u64::from(cs)) {
+        let read = match &overlay {
+            // The volumes' extents from their snapshots (--consistency snapshot).
+            Some(o) => o.read_at(disk, data, index * u64::from(cs)),
+            None => disk.read_at(data, index * u64::from(cs)),
+        };
+        if let Err(e) = read {
             let _ = tx.blocking_send(Err(coded(ErrorCode::SourceReadFailed, format!("{e:#}"))));
             return known;
         }

@@ -21,6 +21,7 @@
 pub mod freeze;
 mod ioctl;
 pub mod mounts;
+pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -167,6 +168,12 @@ pub fn plan(host: &Host, disks: &[PathBuf], settings: &Settings) -> Result<Vec<D
 pub enum Pass {
     /// Read the disk as it is; from the second on, send what changed.
     Live { n: u32 },
+    /// Read the disk with its volumes' extents from their snapshots.
+    Snapshot {
+        n: u32,
+        overlay: std::sync::Arc<snapshot::Overlay>,
+        what: String,
+    },
     /// The file systems are frozen: send what changed, before `deadline`.
     Frozen {
         n: u32,
@@ -178,9 +185,23 @@ pub enum Pass {
 }
 
 impl Pass {
+    /// What the sender says as the pass starts (nothing for a plain first one).
+    pub fn announce(&self, disk: u32) -> Option<String> {
+        match self {
+            Pass::Live { n: 1 } => None,
+            Pass::Live { n } => Some(format!("ferry send: disk {disk}: live pass {n}")),
+            Pass::Frozen { n, what, .. } => Some(format!(
+                "ferry send: disk {disk}: froze {what}; final pass {n}"
+            )),
+            Pass::Snapshot { what, .. } => Some(format!(
+                "ferry send: disk {disk}: reading the snapshots {what}"
+            )),
+        }
+    }
+
     pub fn number(&self) -> u32 {
         match self {
-            Pass::Live { n } | Pass::Frozen { n, .. } => *n,
+            Pass::Live { n } | Pass::Frozen { n, .. } | Pass::Snapshot { n, .. } => *n,
         }
     }
 }
@@ -225,6 +246,7 @@ pub struct Passes {
     rw: Vec<MountedFs>,
     max_freeze: Duration,
     frozen: Option<Frozen>,
+    snapshots: Option<snapshot::Snapshots>,
     pass_started: Instant,
     pub report: DiskConsistency,
     finished: bool,
@@ -254,6 +276,7 @@ impl Passes {
             rw,
             max_freeze: settings.max_freeze,
             frozen: None,
+            snapshots: None,
             pass_started: Instant::now(),
             finished: false,
         }
@@ -268,6 +291,9 @@ impl Passes {
         let n = self.report.passes.len() as u32 + 1;
         self.pass_started = Instant::now();
         let Some(last) = self.report.passes.last() else {
+            if self.mode == Some(Mode::Snapshot) && !self.rw.is_empty() {
+                return self.snapshot(n).map(Some);
+            }
             return Ok(Some(Pass::Live { n }));
         };
         if last.frozen || self.mode != Some(Mode::Freeze) || self.rw.is_empty() {
@@ -300,10 +326,33 @@ impl Passes {
         }))
     }
 
+    /// Take the snapshots of the disk's volumes for its one pass.
+    fn snapshot(&mut self, n: u32) -> Result<Pass> {
+        let volumes: Vec<mounts::Lv> = self.rw.iter().filter_map(|m| m.lvm.clone()).collect();
+        let host = Host::default();
+        let disk = host
+            .disk_blocks(&self.source)
+            .ok()
+            .and_then(|b| b.into_iter().next())
+            .unwrap_or_default();
+        let taken =
+            snapshot::Snapshots::take(&volumes, &|pv| snapshot::pv_offset(&host, &disk, pv))?;
+        let pass = Pass::Snapshot {
+            n,
+            overlay: std::sync::Arc::clone(&taken.overlay),
+            what: snapshot::describe(&taken.devices),
+        };
+        self.snapshots = Some(taken);
+        Ok(pass)
+    }
+
     /// A pass ended with everything it sent committed. After the frozen
     /// one, the file systems are thawed. Blocking.
     pub fn done(&mut self, changed_chunks: u64, changed_bytes: u64) -> Result<()> {
         let frozen = self.frozen.take();
+        if let Some(s) = self.snapshots.take() {
+            s.remove()?;
+        }
         self.report.passes.push(PassRecord {
             pass: self.report.passes.len() as u32 + 1,
             frozen: frozen.is_some(),
@@ -324,6 +373,9 @@ impl Passes {
     /// A pass failed: thaw whatever it froze, and say so when the freeze
     /// is what failed it.
     pub fn abort(&mut self) -> Result<()> {
+        if let Some(s) = self.snapshots.take() {
+            s.remove()?;
+        }
         if let Some(f) = self.frozen.take() {
             self.report.frozen = f.thaw()?;
         }

@@ -121,7 +121,7 @@ impl Host {
 
     /// The block devices a source disk is: the device itself, or for an
     /// image file the loop devices it backs.
-    fn disk_blocks(&self, disk: &Path) -> Result<Vec<String>> {
+    pub fn disk_blocks(&self, disk: &Path) -> Result<Vec<String>> {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
         let meta = std::fs::metadata(disk)
             .with_context(|| format!("reading what {} is", disk.display()))?;
