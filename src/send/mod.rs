@@ -591,6 +591,7 @@ async fn transfer(
             fresh,
             &pass,
             progress,
+            &mut passes,
         )
         .await;
         let changed_chunks =
@@ -690,6 +691,7 @@ async fn off_runtime<T: Send + 'static, R: Send + 'static>(
 /// the appliance lacks sent, until all of it is committed. A frozen pass
 /// must end before its deadline. Returns the chunks left as they were and
 /// the zero chunks skipped.
+#[allow(clippy::too_many_arguments)] // the transfer's state, lent for one pass
 async fn send_pass(
     args: &Options,
     conn: &mut Conn,
@@ -698,6 +700,7 @@ async fn send_pass(
     fresh: bool,
     pass: &consistency::Pass,
     progress: &mut progress::Progress,
+    passes: &mut consistency::Passes,
 ) -> Result<(u64, u64)> {
     let (size, cs) = (job.disk.size(), args.chunk_size);
     let deadline = match pass {
@@ -759,7 +762,14 @@ async fn send_pass(
             let can_send = !reader_done && in_flight_bytes < args.window && in_flight.len() < 4096;
             tokio::select! {
                 item = rx.recv(), if can_send => match item {
-                    None => reader_done = true,
+                    None => {
+                        reader_done = true;
+                        if deadline.is_some() {
+                            // The frozen pass has read all it sends: the file
+                            // systems run again while it travels and commits.
+                            tokio::task::block_in_place(|| passes.read_done())?;
+                        }
+                    }
                     Some(Err(e)) => return Err(e),
                     Some(Ok(Item::Skip { len, zero, .. })) => {
                         settled += len as u64;

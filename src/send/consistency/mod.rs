@@ -247,6 +247,8 @@ pub struct Passes {
     max_freeze: Duration,
     frozen: Option<Frozen>,
     snapshots: Option<snapshot::Snapshots>,
+    /// The pass running is the frozen one (thawed or not yet).
+    frozen_pass: bool,
     pass_started: Instant,
     pub report: DiskConsistency,
     finished: bool,
@@ -277,6 +279,7 @@ impl Passes {
             max_freeze: settings.max_freeze,
             frozen: None,
             snapshots: None,
+            frozen_pass: false,
             pass_started: Instant::now(),
             finished: false,
         }
@@ -297,6 +300,7 @@ impl Passes {
             return Ok(Some(Pass::Live { n }));
         };
         if last.frozen || self.mode != Some(Mode::Freeze) || self.rw.is_empty() {
+            self.frozen_pass = false;
             self.finished = true;
             return Ok(None);
         }
@@ -346,21 +350,11 @@ impl Passes {
         Ok(pass)
     }
 
-    /// A pass ended with everything it sent committed. After the frozen
-    /// one, the file systems are thawed. Blocking.
-    pub fn done(&mut self, changed_chunks: u64, changed_bytes: u64) -> Result<()> {
-        let frozen = self.frozen.take();
-        if let Some(s) = self.snapshots.take() {
-            s.remove()?;
-        }
-        self.report.passes.push(PassRecord {
-            pass: self.report.passes.len() as u32 + 1,
-            frozen: frozen.is_some(),
-            changed_chunks,
-            changed_bytes,
-            seconds: self.pass_started.elapsed().as_secs_f64(),
-        });
-        if let Some(f) = frozen {
+    /// The frozen pass has read everything: thaw now, while its last
+    /// chunks travel and commit. Blocking.
+    pub fn read_done(&mut self) -> Result<()> {
+        if let Some(f) = self.frozen.take() {
+            self.frozen_pass = true;
             let elapsed = f.elapsed();
             self.report.frozen = f.thaw()?;
             if elapsed > self.max_freeze {
@@ -368,6 +362,23 @@ impl Passes {
             }
         }
         Ok(())
+    }
+
+    /// A pass ended with everything it sent committed. After the frozen
+    /// one, the file systems are thawed if they were not yet. Blocking.
+    pub fn done(&mut self, changed_chunks: u64, changed_bytes: u64) -> Result<()> {
+        if let Some(s) = self.snapshots.take() {
+            s.remove()?;
+        }
+        let frozen = self.frozen.is_some() || self.frozen_pass;
+        self.report.passes.push(PassRecord {
+            pass: self.report.passes.len() as u32 + 1,
+            frozen,
+            changed_chunks,
+            changed_bytes,
+            seconds: self.pass_started.elapsed().as_secs_f64(),
+        });
+        self.read_done()
     }
 
     /// A pass failed: thaw whatever it froze, and say so when the freeze
