@@ -75,8 +75,8 @@ pub struct SendArgs {
     #[arg(long, value_enum)]
     pub consistency: Option<crate::send::consistency::Mode>,
     /// With --consistency freeze: the longest the file systems stay frozen;
-    /// past it they are thawed and the sender stops.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    /// past it they are thawed and the sender stops (1 s to a day).
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub max_freeze: u64,
 }
 
