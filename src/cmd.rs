@@ -165,6 +165,29 @@ impl Cmd {
         ))
     }
 
+    /// Start it and leave it running, in a process group of its own, so
+    /// that a signal to the caller's group (a Ctrl-C) does not reach it and
+    /// it outlives the caller: stdin and stdout are pipes to the caller,
+    /// stderr is the caller's.
+    pub fn spawn_detached(&self) -> Result<std::process::Child> {
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new(&self.program);
+        c.args(&self.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0);
+        for (k, v) in &self.envs {
+            c.env(k, v);
+        }
+        if let Some(d) = &self.cwd {
+            c.current_dir(d);
+        }
+        tracing::debug!(command = %self.display(), "starting");
+        c.spawn()
+            .with_context(|| format!("starting `{}`", self.display()))
+    }
+
     /// Run and parse stdout as JSON.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
         let out = self.run()?;
@@ -192,6 +215,7 @@ pub fn package_of(program: &str) -> &'static str {
         "zstd" => "zstd",
         "ntfs-3g" | "ntfsresize" | "ntfsfix" | "mkntfs" => "ntfs-3g",
         "hivexsh" | "hivexget" => "libhivex-bin",
+        "lvs" | "vgs" | "pvs" | "lvcreate" | "lvremove" => "lvm2",
         _ => "the package that provides it",
     }
 }

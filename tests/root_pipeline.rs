@@ -9,6 +9,7 @@ mod layout_common;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use ferry::cmd::Cmd;
 use ferry::disk::{hash_chunks, Disk};
 use ferry::job::errors::{describe, ErrorCode};
 use ferry::job::ledger::{DiskRecord, Ledger};
@@ -243,4 +244,83 @@ fn a_target_named_by_a_link_ending_in_a_digit_reaches_its_partitions() {
             v.checked
         );
     }
+}
+
+/// The data partition as a disk sent while it was mounted and written
+/// (`ferry send --consistency none`) holds it: a journal to replay, and
+/// the ledger has those bytes as sent.
+fn crash_copy_of_the_data_partition(r: &Received) {
+    let (start, end) = r.data;
+    let lo = run(Cmd::new("losetup").args([
+        "--find".to_owned(),
+        "--show".to_owned(),
+        "--offset".to_owned(),
+        start.to_string(),
+        "--sizelimit".to_owned(),
+        (end - start).to_string(),
+        r.img.display().to_string(),
+    ]));
+    let lo = lo.trim().to_owned();
+    let mnt = r.img.with_extension("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    run(Cmd::new("mount").arg(&lo).arg(&mnt));
+    for i in 0..20 {
+        std::fs::write(mnt.join(format!("f{i}")), vec![i as u8; 10_000]).unwrap();
+    }
+    std::fs::File::open(mnt.join("f19"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    // The partition as the kernel has it on its device while mounted.
+    let mut copy = vec![0u8; (end - start) as usize];
+    std::fs::File::open(&lo)
+        .unwrap()
+        .read_exact_at(&mut copy, 0)
+        .unwrap();
+    run(Cmd::new("umount").arg(&mnt));
+    run(Cmd::new("losetup").args(["-d", &lo]));
+    poke(&r.img, start, &copy);
+    let disk = Disk::open_source(&r.img).unwrap();
+    let size = r.targets[0].record.size;
+    let count = ferry::disk::chunk_count(size, CHUNK);
+    let hashes = hash_chunks(&disk, size, CHUNK, 0..count).unwrap();
+    let entries: Vec<(u64, [u8; 32])> = (0u64..).zip(hashes).collect();
+    r.ledger.commit_chunks(0, &entries).unwrap();
+}
+
+#[test]
+fn a_journal_a_received_file_system_carries_is_replayed_and_learnt() {
+    use ferry::pipeline::mount::replay_journals;
+    require_root!();
+    let r = received();
+    crash_copy_of_the_data_partition(&r);
+    let features = run(Cmd::new("dumpe2fs").args([
+        "-h".to_owned(),
+        format!("{}?offset={}", r.img.display(), r.data.0),
+    ]));
+    assert!(features.contains("needs_recovery"), "{features}");
+
+    let scratch = r.img.with_extension("scratch");
+    let replayed = replay_journals(&r.targets, &scratch).unwrap();
+    assert_eq!(replayed.len(), 1, "{replayed:?}");
+    assert_eq!((replayed[0].disk, replayed[0].partition), (0, 2));
+    assert_eq!(replayed[0].range, r.data);
+    assert_eq!(replayed[0].recovery.action, "journal replayed (e2fsck -p)");
+    let json = serde_json::to_value(&replayed[0]).unwrap();
+    assert_eq!(json["fs"], "ext4", "{json}");
+    assert!(
+        replay_journals(&r.targets, &scratch).unwrap().is_empty(),
+        "replayed once"
+    );
+
+    // The replay wrote the data partition, which the repair does not: the
+    // scope must name it for the ledger to learn it, or verify fails.
+    let mut scope = Scope::of(&r.targets, &r.full, &mounted(&r.full), &[]).unwrap();
+    let (code, detail) = verify_error(&r);
+    assert_eq!(code, ErrorCode::VerifyFailed, "{detail}");
+    assert!(detail.contains("differs from the ledger"), "{detail}");
+    scope.add(0, replayed[0].range.0, replayed[0].range.1);
+    assert!(resync::run(&r.ledger, &r.targets, &scope).unwrap() > 0);
+    let v = verify::run(&r.ledger, &r.targets).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(v.checked.len(), 2, "{:?}", v.checked);
 }

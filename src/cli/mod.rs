@@ -10,6 +10,7 @@ pub mod repair;
 pub mod send;
 pub mod serve;
 pub mod verify;
+pub mod watchdog;
 
 use std::process::ExitCode;
 
@@ -53,6 +54,10 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Check disks against a round's handoff manifest (what the control plane snapshots).
     Verify(verify::VerifyArgs),
+    /// The watchdog `ferry send --consistency freeze` starts: thaws the
+    /// file systems if the sender dies while they are frozen.
+    #[command(name = "freeze-watchdog", hide = true)]
+    FreezeWatchdog(watchdog::WatchdogArgs),
 }
 
 /// Parse the command line, run the subcommand, print the error chain (and
@@ -69,6 +74,7 @@ pub fn main() -> ExitCode {
         Command::Repair(args) => repair::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Check(args) => check::run(args),
+        Command::FreezeWatchdog(args) => watchdog::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,6 +68,16 @@ pub struct SendArgs {
     /// How long --probe sends.
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub probe_seconds: u64,
+    /// How to copy file systems that are mounted read-write on a source
+    /// disk (required when there is one): freeze (live passes, then the
+    /// file systems frozen for the final one), snapshot (LVM snapshots),
+    /// none (as they are: crash-consistent at best).
+    #[arg(long, value_enum)]
+    pub consistency: Option<crate::send::consistency::Mode>,
+    /// With --consistency freeze: the longest the file systems stay frozen;
+    /// past it they are thawed and the sender stops (1 s to a day).
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub max_freeze: u64,
 }
 
 impl From<SendArgs> for Options {
@@ -85,6 +95,10 @@ impl From<SendArgs> for Options {
             probe: a.probe,
             no_wait: a.no_wait,
             probe_seconds: a.probe_seconds,
+            consistency: crate::send::consistency::Settings {
+                mode: a.consistency,
+                max_freeze: std::time::Duration::from_secs(a.max_freeze),
+            },
         }
     }
 }

@@ -221,6 +221,14 @@ catalogue! {
         "Run the sender again: it re-sends every chunk that differs. If this repeats, the target disk may be faulty.";
     SourceReadFailed => "SOURCE_READ_FAILED" [final, keeps_job, other], "Reading the source disk failed",
         "Check that the source disk or image exists and is readable (run the sender as root for block devices).";
+    SourceMountedRw => "SOURCE_MOUNTED_RW" [final, keeps_job, usage], "A file system of a source disk is mounted read-write: choose how to copy it consistently",
+        "A running server changes its file systems while they are read, and the copy would be torn. Run the sender again with --consistency freeze (live passes, then each mounted file system frozen for the last short one, at most --max-freeze), --consistency snapshot (an LVM snapshot of each file system; it must be on LVM with free extents in its volume group), or --consistency none (crash-consistent at best: the appliance replays the journals). Nothing was sent.";
+    FreezeFailed => "FREEZE_FAILED" [final, keeps_job, other], "Freezing or thawing a file system of the source failed",
+        "The message names the file system and the kernel's answer. Run the sender as root; a file system that does not support freezing (or is frozen by someone else) cannot be copied with --consistency freeze: use --consistency snapshot where it is on LVM, or stop what writes it and unmount it or remount it read-only. Every file system this run froze was thawed.";
+    FreezeTooLong => "FREEZE_TOO_LONG" [final, keeps_job, other], "The source's file systems stayed frozen longer than --max-freeze, and were thawed",
+        "The final pass did not end within --max-freeze: the changes left to send were too many for the link, or reading stalled. Nothing was verified; the file systems are thawed. Run the sender again (it resumes), at a quieter time or with a larger --max-freeze.";
+    SnapshotFailed => "SNAPSHOT_FAILED" [final, keeps_job, other], "An LVM snapshot of a source file system could not be taken, read or removed",
+        "The message names the logical volume and the LVM command. A snapshot needs the file system on an LVM logical volume whose volume group has free extents (vgs shows VFree); extend the volume group or use --consistency freeze. A snapshot left by an earlier run (named ferry-snap-*) is removed by the next run.";
     TransferInterrupted => "TRANSFER_INTERRUPTED" [retry, keeps_job, network], "Do Rsync Disk x Failed: the data transfer was interrupted",
         "Check the network between this server and the intermediate instance and that the instance is running, then run the sender again; it resumes where it stopped.";
     LayoutInvalid => "LAYOUT_INVALID" [final, keeps_job, refused], "The disk layout description is not valid",

@@ -29,6 +29,7 @@ pub mod desc;
 pub mod devices;
 pub mod fat;
 pub mod grow;
+pub mod journal;
 pub mod mkfs;
 pub mod mount;
 pub mod ntfs;

@@ -16,6 +16,9 @@ pub struct MountInfo {
     pub mount_point: PathBuf,
     pub fstype: String,
     pub source: String,
+    /// The file system (its super block) is writable, whatever this one
+    /// mount's own options say.
+    pub read_write: bool,
 }
 
 pub fn mountinfo() -> Result<Vec<MountInfo>> {
@@ -24,7 +27,9 @@ pub fn mountinfo() -> Result<Vec<MountInfo>> {
     Ok(parse_mountinfo(&text))
 }
 
-fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+/// mountinfo's lines: `id parent major:minor root point options
+/// [optional...] - fstype source super-options`.
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
     let mut out = Vec::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
@@ -40,6 +45,9 @@ fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
             mount_point: PathBuf::from(unescape_octal(fields[4])),
             fstype: fields[sep + 1].to_owned(),
             source: unescape_octal(fields[sep + 2]),
+            read_write: fields
+                .get(sep + 3)
+                .is_some_and(|o| o.split(',').any(|o| o == "rw")),
         });
     }
     out
@@ -52,7 +60,7 @@ fn unescape_octal(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
-            && i + 3 < b.len()
+            && i + 4 <= b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');

@@ -46,6 +46,11 @@ pub struct Manifest {
     /// accelerator, and `handed_off_anyway` when the control plane took
     /// the disks despite a failed test; absent when no test ran.
     pub boot_test: Option<super::boot::Verdict>,
+    /// File systems that arrived with a journal to replay (copied while
+    /// mounted), and what the appliance did: `{disk, partition, node, fs,
+    /// action}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub journals: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,6 +143,11 @@ pub fn run(
         disks,
         seconds: report.seconds.clone(),
         boot_test: report.boot_test.clone(),
+        journals: report
+            .journals
+            .iter()
+            .filter_map(|j| serde_json::to_value(j).ok())
+            .collect(),
     };
     let bytes = serde_json::to_vec_pretty(&manifest).context("encoding the handoff manifest")?;
     let path = manifest_path(&settings.state_dir);

@@ -242,6 +242,9 @@ pub struct RoundReport {
     /// Why a job with the boot test on did not run it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot_test_skipped: Option<String>,
+    /// File systems that arrived with a journal to replay (a source copied
+    /// while mounted), and what was done.
+    pub journals: Vec<mount::Replayed>,
 }
 
 /// The pipeline itself; returns the status the round ended in.
@@ -481,6 +484,9 @@ fn build(
     timed(report, step, t);
 
     let (step, t) = timer(Step::Grow);
+    // Before anything grows or mounts them: a file system copied while it
+    // was mounted is brought to the state its next mount would make.
+    report.journals = mount::replay_journals(targets, &dir.join("journal"))?;
     report.grown = grow::run(targets)?;
     timed(report, step, t);
 
@@ -504,7 +510,12 @@ fn build(
     timed(report, step, t);
 
     let (step, t) = timer(Step::Repair);
-    let scope = resync::Scope::of(targets, &mounted.full, &mounted.mounted, &report.grown)?;
+    let mut scope = resync::Scope::of(targets, &mounted.full, &mounted.mounted, &report.grown)?;
+    for r in &report.journals {
+        if let Some(pos) = targets.iter().position(|t| t.index == r.disk) {
+            scope.add(pos, r.range.0, r.range.1);
+        }
+    }
     report.repair = Some(repair::run(
         mounted,
         targets,

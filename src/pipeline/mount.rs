@@ -54,3 +54,66 @@ pub fn system(targets: &[Target], staging: &Path) -> Result<Mounted> {
         mounted,
     })
 }
+
+/// A received file system whose journal was replayed, and where it lies.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Replayed {
+    pub disk: u32,
+    pub partition: usize,
+    #[serde(flatten)]
+    pub recovery: layout::journal::Recovery,
+    /// Its bytes on the disk, which the ledger must learn again.
+    #[serde(skip)]
+    pub range: (u64, u64),
+}
+
+/// Replay the journal of every ext4 and xfs of the received disks that
+/// carries one (a disk sent with `--consistency none`, or a frozen xfs's
+/// covered log), before anything else reads, grows or mounts them.
+pub fn replay_journals(targets: &[Target], scratch: &Path) -> Result<Vec<Replayed>> {
+    let paths: Vec<PathBuf> = targets.iter().map(|t| t.path.clone()).collect();
+    let described = layout::read_all(&paths).context("reading the received disks")?;
+    let mut replayed = Vec::new();
+    for ((d, path), t) in described.disks.iter().zip(&paths).zip(targets) {
+        let size = layout::devices::disk_size(path)
+            .with_context(|| format!("reading the size of {}", path.display()))?;
+        let extents = layout::desc::plan(d, size)
+            .with_context(|| format!("placing the partitions of {}", path.display()))?;
+        let numbered: Vec<(usize, _)> = d.numbers().into_iter().zip(extents.clone()).collect();
+        let attached = layout::devices::AttachedDisk::attach(path, &numbered, false)?;
+        let mut failure = None;
+        for (pi, (p, node)) in d.partitions.iter().zip(attached.partitions()).enumerate() {
+            if !matches!(
+                p.fs,
+                layout::FsType::Ext4 | layout::FsType::Ext3 | layout::FsType::Xfs
+            ) {
+                continue;
+            }
+            match layout::journal::recover(node, &p.fs, scratch).with_context(|| {
+                format!(
+                    "replaying the journal of {} on disk {} ({})",
+                    p.fs,
+                    t.index,
+                    node.display()
+                )
+            }) {
+                Ok(Some(recovery)) => replayed.push(Replayed {
+                    disk: t.index,
+                    partition: pi + 1,
+                    recovery,
+                    range: (extents[pi].start, extents[pi].end()),
+                }),
+                Ok(None) => {}
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        attached.close()?;
+        if let Some(e) = failure {
+            return Err(e).code(ErrorCode::VerifyFailed);
+        }
+    }
+    Ok(replayed)
+}

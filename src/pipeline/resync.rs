@@ -73,6 +73,13 @@ impl Scope {
         Ok(Scope { ranges })
     }
 
+    /// Add bytes `start..end` of disk number `pos` (in target order).
+    pub fn add(&mut self, pos: usize, start: u64, end: u64) {
+        if let Some(r) = self.ranges.get_mut(pos) {
+            r.push((start, end));
+        }
+    }
+
     /// Whether chunk `index` of disk number `pos` (in target order) overlaps
     /// what the pipeline may have written.
     pub fn covers(&self, pos: usize, start: u64, len: u64) -> bool {

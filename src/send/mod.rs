@@ -9,6 +9,7 @@
 //! retry re-sends only what was not committed.
 
 pub mod client;
+pub mod consistency;
 pub mod peer;
 pub mod pin;
 pub mod probe;
@@ -55,6 +56,8 @@ pub struct Options {
     /// Do not follow the round's pipeline.
     pub no_wait: bool,
     pub probe_seconds: u64,
+    /// What to do about file systems mounted read-write on a source disk.
+    pub consistency: consistency::Settings,
 }
 
 /// What happened to one disk, over every attempt.
@@ -85,6 +88,7 @@ pub struct Report {
     pub attempts: u32,
     pub seconds: f64,
     pub disks: Vec<DiskReport>,
+    pub consistency: consistency::Report,
 }
 
 pub fn run_blocking(args: Options) -> Result<()> {
@@ -105,6 +109,9 @@ struct DiskJob {
     done: bool,
     /// The names this system knows the disk by (none for an image file).
     names: Vec<String>,
+    /// Its mounted file systems, and how its last attempt copied them.
+    plan: Option<consistency::DiskPlan>,
+    consistency: Option<consistency::DiskConsistency>,
 }
 
 /// The appliance's address with the default data port when none is given;
@@ -199,10 +206,21 @@ pub async fn run(args: Options) -> Result<()> {
             names: disk_names(path),
             disk: Arc::new(disk),
             done: false,
+            plan: None,
+            consistency: None,
         });
     }
     if args.probe {
         return run_probe(&args, &to, &fingerprint, &jobs).await;
+    }
+    let (disks, settings) = (args.disks.clone(), args.consistency.clone());
+    let plans = tokio::task::spawn_blocking(move || {
+        consistency::plan(&consistency::Host::default(), &disks, &settings)
+    })
+    .await
+    .context("finding the mounted file systems of the source disks")??;
+    for (job, plan) in jobs.iter_mut().zip(plans) {
+        job.plan = Some(plan);
     }
     let mut progress = progress::Progress::new(
         progress::ProgressMode::detect(),
@@ -252,6 +270,11 @@ pub async fn run(args: Options) -> Result<()> {
         attempts,
         seconds: started.elapsed().as_secs_f64(),
         disks: jobs.iter().map(|j| j.report.clone()).collect(),
+        consistency: consistency::Report {
+            mode: args.consistency.mode,
+            max_freeze_seconds: args.consistency.max_freeze.as_secs_f64(),
+            disks: jobs.iter().filter_map(|j| j.consistency.clone()).collect(),
+        },
     };
     for d in &report.disks {
         eprintln!(
@@ -266,6 +289,9 @@ pub async fn run(args: Options) -> Result<()> {
             d.zero_skipped_bytes,
             if d.verified { format!("verified, digest {}", d.digest) } else { "NOT verified".to_owned() }
         );
+    }
+    for line in consistency::summary(&report.consistency) {
+        eprintln!("{line}");
     }
     if let Some(path) = &args.report {
         std::fs::write(
@@ -523,93 +549,79 @@ async fn transfer(
         }
     };
 
-    // Reading, hashing and compressing run on a thread of their own.
-    let (tx, mut rx) = mpsc::channel::<Result<Item>>(4);
-    let disk = Arc::clone(&job.disk);
-    let known = std::mem::take(&mut job.known);
-    let level = args.zstd_level;
-    let reader = tokio::task::spawn_blocking(move || {
-        read_chunks(&disk, cs, known, manifest, fresh, level, tx)
-    });
-
-    let mut in_flight: HashSet<u64> = HashSet::new();
-    let mut in_flight_bytes = 0u64;
-    let mut lens = HashMap::new();
+    let mut passes = consistency::Passes::new(job.index, job.plan.as_ref(), &args.consistency);
+    let (mut manifest, mut fresh) = (manifest, fresh);
     let (mut unchanged, mut zero_skipped) = (0u64, 0u64);
-    // Bytes of the disk settled: skipped as unchanged or zero, or committed.
-    let mut settled = 0u64;
-    progress.set(job.index, 0);
-    let mut reader_done = false;
-    // A silent link is noticed here: the sender pings while it has nothing
-    // to send, the appliance answers, and nothing heard for LINK_TIMEOUT
-    // ends the attempt (the next one reconnects and takes the disk over).
-    let mut heard = tokio::time::Instant::now();
-    let mut ping = tokio::time::interval_at(heard + wire::HEARTBEAT, wire::HEARTBEAT);
-    // After a long write, one ping, not a burst of the ticks it missed.
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let result: Result<()> = async {
-        loop {
-            if reader_done && in_flight.is_empty() {
-                return Ok(());
+    loop {
+        let (p, next) = off_runtime(passes, |p| p.next_pass()).await?;
+        passes = p;
+        let pass = match next {
+            Ok(Some(pass)) => pass,
+            Ok(None) => break,
+            Err(e) => {
+                job.consistency = Some(passes.report.clone());
+                return Err(e);
             }
-            let can_send = !reader_done && in_flight_bytes < args.window && in_flight.len() < 4096;
-            tokio::select! {
-                item = rx.recv(), if can_send => match item {
-                    None => reader_done = true,
-                    Some(Err(e)) => return Err(e),
-                    Some(Ok(Item::Skip { len, zero, .. })) => {
-                        settled += len as u64;
-                        progress.set(job.index, settled);
-                        if zero {
-                            zero_skipped += 1;
-                            job.report.zero_skipped_chunks += 1;
-                            job.report.zero_skipped_bytes += len as u64;
-                        } else {
-                            unchanged += 1;
-                            job.report.unchanged_chunks += 1;
-                            job.report.unchanged_bytes += len as u64;
-                        }
-                    }
-                    Some(Ok(Item::Zero { index })) => {
-                        in_flight.insert(index);
-                        lens.insert(index, 0u64);
-                        job.report.zero_sent_chunks += 1;
-                        client::send(conn, Frame::Zero { disk: job.index, index }).await?;
-                    }
-                    Some(Ok(Item::Data { index, len, hash, compressed, payload })) => {
-                        in_flight.insert(index);
-                        in_flight_bytes += len as u64;
-                        lens.insert(index, len as u64);
-                        job.report.sent_chunks += 1;
-                        job.report.sent_bytes += len as u64;
-                        job.report.wire_bytes += payload.len() as u64;
-                        client::send(conn, Frame::Chunk { disk: job.index, index, hash, compressed, payload }).await?;
-                    }
-                },
-                _ = ping.tick() => client::send(conn, Frame::Ping).await?,
-                _ = tokio::time::sleep_until(heard + wire::LINK_TIMEOUT) => return Err(client::silent()),
-                frame = client::recv_any(conn) => match frame? {
-                    Frame::Pong => heard = tokio::time::Instant::now(),
-                    Frame::Ack { disk, indices } if disk == job.index => {
-                        heard = tokio::time::Instant::now();
-                        for i in indices {
-                            if in_flight.remove(&i) {
-                                in_flight_bytes -= lens.remove(&i).unwrap_or(0);
-                                settled += chunk_len(size, cs, i) as u64;
-                            }
-                        }
-                        progress.set(job.index, settled);
-                    }
-                    other => return Err(coded(ErrorCode::UnexpectedFrame, format!("expected Ack, got {}", other.name()))),
-                },
+        };
+        if pass.number() > 1 {
+            // What the last pass read is committed: this one re-reads every
+            // chunk and sends those that changed since.
+            manifest = job
+                .known
+                .iter()
+                .zip(0u64..)
+                .filter_map(|(h, i)| h.map(|h| (i, h)))
+                .collect();
+            fresh = false;
+            job.known = vec![None; count as usize];
+        }
+        if let Some(line) = pass.announce(job.index) {
+            progress.println(&line);
+        }
+        let before = (
+            job.report.sent_chunks,
+            job.report.zero_sent_chunks,
+            job.report.sent_bytes,
+        );
+        let sent = send_pass(
+            args,
+            conn,
+            job,
+            std::mem::take(&mut manifest),
+            fresh,
+            &pass,
+            progress,
+            &mut passes,
+        )
+        .await;
+        let changed_chunks =
+            job.report.sent_chunks - before.0 + job.report.zero_sent_chunks - before.1;
+        let changed_bytes = job.report.sent_bytes - before.2
+            + (job.report.zero_sent_chunks - before.1) * u64::from(cs);
+        let (p, ended) = off_runtime(passes, move |p| match sent {
+            Ok(counts) => p.done(changed_chunks, changed_bytes).map(|()| counts),
+            Err(e) => {
+                if let Err(t) = p.abort() {
+                    tracing::error!("{t:#}");
+                }
+                Err(e)
+            }
+        })
+        .await?;
+        passes = p;
+        job.consistency = Some(passes.report.clone());
+        if let consistency::Pass::Frozen { .. } = pass {
+            for f in &passes.report.frozen {
+                progress.println(&format!(
+                    "ferry send: disk {}: thawed {} (frozen {:.2} s)",
+                    job.index,
+                    f.mount_point.display(),
+                    f.frozen_seconds
+                ));
             }
         }
+        (unchanged, zero_skipped) = ended?;
     }
-    .await;
-    drop(rx);
-    let known = reader.await.context("joining the reader thread")?;
-    job.known = known;
-    result?;
 
     // Every chunk is committed; compare whole-disk digests.
     let hashes: Vec<[u8; 32]> = job
@@ -661,10 +673,167 @@ async fn transfer(
     Ok(())
 }
 
+/// Run `f` on `value` off the async runtime (it may block: ioctls that
+/// flush a file system, processes started), and hand both back.
+async fn off_runtime<T: Send + 'static, R: Send + 'static>(
+    mut value: T,
+    f: impl FnOnce(&mut T) -> R + Send + 'static,
+) -> Result<(T, R)> {
+    tokio::task::spawn_blocking(move || {
+        let r = f(&mut value);
+        (value, r)
+    })
+    .await
+    .context("joining a blocking task")
+}
+
+/// One pass over a disk: every chunk read (on a thread of its own), what
+/// the appliance lacks sent, until all of it is committed. A frozen pass
+/// must end before its deadline. Returns the chunks left as they were and
+/// the zero chunks skipped.
+#[allow(clippy::too_many_arguments)] // the transfer's state, lent for one pass
+async fn send_pass(
+    args: &Options,
+    conn: &mut Conn,
+    job: &mut DiskJob,
+    manifest: HashMap<u64, [u8; 32]>,
+    fresh: bool,
+    pass: &consistency::Pass,
+    progress: &mut progress::Progress,
+    passes: &mut consistency::Passes,
+) -> Result<(u64, u64)> {
+    let (size, cs) = (job.disk.size(), args.chunk_size);
+    let deadline = match pass {
+        consistency::Pass::Frozen { deadline, hold, .. } => {
+            let deadline = tokio::time::Instant::from_std(*deadline);
+            if !hold.is_zero() {
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + *hold)).await;
+            }
+            Some(deadline)
+        }
+        consistency::Pass::Live { .. } | consistency::Pass::Snapshot { .. } => None,
+    };
+    let past_deadline = || {
+        coded(
+            ErrorCode::FreezeTooLong,
+            format!(
+                "disk {}: the final pass did not end within --max-freeze ({} s)",
+                job.index,
+                args.consistency.max_freeze.as_secs_f64()
+            ),
+        )
+    };
+    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+        return Err(past_deadline());
+    }
+    // Reading, hashing and compressing run on a thread of their own.
+    let (tx, mut rx) = mpsc::channel::<Result<Item>>(4);
+    let disk = Arc::clone(&job.disk);
+    let known = std::mem::take(&mut job.known);
+    let level = args.zstd_level;
+    let overlay = match pass {
+        consistency::Pass::Snapshot { overlay, .. } => Some(Arc::clone(overlay)),
+        _ => None,
+    };
+    let reader = tokio::task::spawn_blocking(move || {
+        read_chunks(&disk, overlay, cs, known, manifest, fresh, level, tx)
+    });
+
+    let mut in_flight: HashSet<u64> = HashSet::new();
+    let mut in_flight_bytes = 0u64;
+    let mut lens = HashMap::new();
+    let (mut unchanged, mut zero_skipped) = (0u64, 0u64);
+    // Bytes of the disk settled: skipped as unchanged or zero, or committed.
+    let mut settled = 0u64;
+    progress.set(job.index, 0);
+    let mut reader_done = false;
+    // A silent link is noticed here: the sender pings while it has nothing
+    // to send, the appliance answers, and nothing heard for LINK_TIMEOUT
+    // ends the attempt (the next one reconnects and takes the disk over).
+    let mut heard = tokio::time::Instant::now();
+    let mut ping = tokio::time::interval_at(heard + wire::HEARTBEAT, wire::HEARTBEAT);
+    // After a long write, one ping, not a burst of the ticks it missed.
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result: Result<()> = async {
+        loop {
+            if reader_done && in_flight.is_empty() {
+                return Ok(());
+            }
+            let can_send = !reader_done && in_flight_bytes < args.window && in_flight.len() < 4096;
+            tokio::select! {
+                item = rx.recv(), if can_send => match item {
+                    None => {
+                        reader_done = true;
+                        if deadline.is_some() {
+                            // The frozen pass has read all it sends: the file
+                            // systems run again while it travels and commits.
+                            tokio::task::block_in_place(|| passes.read_done())?;
+                        }
+                    }
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(Item::Skip { len, zero, .. })) => {
+                        settled += len as u64;
+                        progress.set(job.index, settled);
+                        if zero {
+                            zero_skipped += 1;
+                            job.report.zero_skipped_chunks += 1;
+                            job.report.zero_skipped_bytes += len as u64;
+                        } else {
+                            unchanged += 1;
+                            job.report.unchanged_chunks += 1;
+                            job.report.unchanged_bytes += len as u64;
+                        }
+                    }
+                    Some(Ok(Item::Zero { index })) => {
+                        in_flight.insert(index);
+                        lens.insert(index, 0u64);
+                        job.report.zero_sent_chunks += 1;
+                        client::send(conn, Frame::Zero { disk: job.index, index }).await?;
+                    }
+                    Some(Ok(Item::Data { index, len, hash, compressed, payload })) => {
+                        in_flight.insert(index);
+                        in_flight_bytes += len as u64;
+                        lens.insert(index, len as u64);
+                        job.report.sent_chunks += 1;
+                        job.report.sent_bytes += len as u64;
+                        job.report.wire_bytes += payload.len() as u64;
+                        client::send(conn, Frame::Chunk { disk: job.index, index, hash, compressed, payload }).await?;
+                    }
+                },
+                _ = ping.tick() => client::send(conn, Frame::Ping).await?,
+                _ = tokio::time::sleep_until(heard + wire::LINK_TIMEOUT) => return Err(client::silent()),
+                _ = tokio::time::sleep_until(deadline.unwrap_or(heard)), if deadline.is_some() => return Err(past_deadline()),
+                frame = client::recv_any(conn) => match frame? {
+                    Frame::Pong => heard = tokio::time::Instant::now(),
+                    Frame::Ack { disk, indices } if disk == job.index => {
+                        heard = tokio::time::Instant::now();
+                        for i in indices {
+                            if in_flight.remove(&i) {
+                                in_flight_bytes -= lens.remove(&i).unwrap_or(0);
+                                settled += chunk_len(size, cs, i) as u64;
+                            }
+                        }
+                        progress.set(job.index, settled);
+                    }
+                    other => return Err(coded(ErrorCode::UnexpectedFrame, format!("expected Ack, got {}", other.name()))),
+                },
+            }
+        }
+    }
+    .await;
+    drop(rx);
+    let known = reader.await.context("joining the reader thread")?;
+    job.known = known;
+    result?;
+    Ok((unchanged, zero_skipped))
+}
+
 /// The reader thread: decide for every chunk, in order, what to send.
 /// Returns the hashes it knows, for the next attempt and the digest.
+#[allow(clippy::too_many_arguments)]
 fn read_chunks(
     disk: &Disk,
+    overlay: Option<Arc<consistency::snapshot::Overlay>>,
     cs: u32,
     mut known: Vec<Option<[u8; 32]>>,
     manifest: HashMap<u64, [u8; 32]>,
@@ -702,7 +871,12 @@ fn read_chunks(
             }
         }
         let data = &mut buf[..len];
-        if let Err(e) = disk.read_at(data, index * u64::from(cs)) {
+        let read = match &overlay {
+            // The volumes' extents from their snapshots (--consistency snapshot).
+            Some(o) => o.read_at(disk, data, index * u64::from(cs)),
+            None => disk.read_at(data, index * u64::from(cs)),
+        };
+        if let Err(e) = read {
             let _ = tx.blocking_send(Err(coded(ErrorCode::SourceReadFailed, format!("{e:#}"))));
             return known;
         }
