@@ -496,8 +496,10 @@ fn a_freeze_longer_than_max_freeze_is_thawed_and_reported() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let frozen = &report["consistency"]["disks"][0]["frozen"][0];
+    // Held frozen until the limit: the limit's clock starts just before the
+    // freeze ioctl, the report's just after it, so a hair under 1 s.
     let seconds = frozen["frozen_seconds"].as_f64().unwrap();
-    assert!(seconds >= 1.0, "{report}");
+    assert!(seconds >= 0.9, "{report}");
 }
 
 /// A loop device on an image file, detached when dropped.
