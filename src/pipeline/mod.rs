@@ -277,11 +277,7 @@ pub fn run(
         source_names: targets.iter().map(|t| t.names.clone()).collect(),
         ..Default::default()
     };
-    let timed = |report: &mut RoundReport, step: Step, started: Instant| {
-        report
-            .seconds
-            .insert(step.to_string(), started.elapsed().as_secs_f64());
-    };
+    let timed = record_seconds;
     let mut timer = |step: Step| {
         on_step(step);
         (step, Instant::now())
@@ -408,11 +404,7 @@ fn handoff_anyway(
         .map(StoredReport::into_report)
         .unwrap_or_default();
     report.boot_test = Some(verdict);
-    let timed = |report: &mut RoundReport, step: Step, started: Instant| {
-        report
-            .seconds
-            .insert(step.to_string(), started.elapsed().as_secs_f64());
-    };
+    let timed = record_seconds;
     let mut timer = |step: Step| {
         on_step(step);
         (step, Instant::now())
@@ -524,6 +516,13 @@ fn build(
     )?);
     timed(report, step, t);
     Ok(scope)
+}
+
+/// Keeps how long a step took in the round's report.
+fn record_seconds(report: &mut RoundReport, step: Step, started: Instant) {
+    report
+        .seconds
+        .insert(step.to_string(), started.elapsed().as_secs_f64());
 }
 
 fn write_json(path: &std::path::Path, value: &impl Serialize) -> Result<()> {
