@@ -95,10 +95,19 @@ async fn open(conn: &mut Conn, disk: u32, size: u64, chunk_size: u32) {
     announce(conn, disk, size, chunk_size).await;
     loop {
         match client::recv(conn).await.unwrap() {
-            Frame::Manifest { last: true, .. } => return,
+            Frame::Manifest { last: true, .. } => break,
             Frame::Manifest { .. } => continue,
             other => panic!("expected a manifest, got {other:?}"),
         }
+    }
+    // The key for data streams, and the job's bandwidth limit.
+    match client::recv(conn).await.unwrap() {
+        Frame::StreamKey { disk: d, .. } if d == disk => {}
+        other => panic!("expected a stream key, got {other:?}"),
+    }
+    match client::recv(conn).await.unwrap() {
+        Frame::Bandwidth { bytes_per_sec: 0 } => {}
+        other => panic!("expected the bandwidth limit (none), got {other:?}"),
     }
 }
 

@@ -117,6 +117,16 @@ pub enum Frame {
     Ping,
     /// appliance → sender: the answer to Ping.
     Pong,
+    /// appliance → sender, after the manifest of a disk: the key with which
+    /// the sender's other connections of the job attach to the disk.
+    StreamKey { disk: u32, key: [u8; 32] },
+    /// sender → appliance, on a data stream (an authenticated connection
+    /// that opens no disk): the Chunk frames of `disk` that follow on this
+    /// connection go to the writer of the session that opened it.
+    Attach { disk: u32, key: [u8; 32] },
+    /// appliance → sender: the job's bandwidth limit in bytes per second,
+    /// 0 for none; sent when a disk is opened and whenever it changes.
+    Bandwidth { bytes_per_sec: u64 },
 }
 
 /// What a RoundStatus frame tells the sender.
@@ -160,6 +170,9 @@ mod ty {
     pub const ROUND_STATUS: u8 = 0x31;
     pub const PING: u8 = 0x40;
     pub const PONG: u8 = 0x41;
+    pub const STREAM_KEY: u8 = 0x18;
+    pub const ATTACH: u8 = 0x19;
+    pub const BANDWIDTH: u8 = 0x50;
 }
 
 /// Most names in a DiskNames frame.
@@ -190,6 +203,9 @@ impl Frame {
             Frame::RoundStatus { .. } => "RoundStatus",
             Frame::Ping => "Ping",
             Frame::Pong => "Pong",
+            Frame::StreamKey { .. } => "StreamKey",
+            Frame::Attach { .. } => "Attach",
+            Frame::Bandwidth { .. } => "Bandwidth",
         }
     }
 
@@ -333,6 +349,20 @@ impl Frame {
             Frame::EndRound => ty::END_ROUND,
             Frame::Ping => ty::PING,
             Frame::Pong => ty::PONG,
+            Frame::StreamKey { disk, key } => {
+                dst.put_u32(*disk);
+                dst.put_slice(key);
+                ty::STREAM_KEY
+            }
+            Frame::Attach { disk, key } => {
+                dst.put_u32(*disk);
+                dst.put_slice(key);
+                ty::ATTACH
+            }
+            Frame::Bandwidth { bytes_per_sec } => {
+                dst.put_u64(*bytes_per_sec);
+                ty::BANDWIDTH
+            }
             Frame::RoundStatus { status, event } => {
                 dst.put_u8(status.wire_code());
                 let (kind, step) = match event {
@@ -480,6 +510,17 @@ impl Frame {
             ty::END_ROUND => Frame::EndRound,
             ty::PING => Frame::Ping,
             ty::PONG => Frame::Pong,
+            ty::STREAM_KEY => Frame::StreamKey {
+                disk: get_u32(&mut p, "StreamKey")?,
+                key: get32(&mut p, "StreamKey")?,
+            },
+            ty::ATTACH => Frame::Attach {
+                disk: get_u32(&mut p, "Attach")?,
+                key: get32(&mut p, "Attach")?,
+            },
+            ty::BANDWIDTH => Frame::Bandwidth {
+                bytes_per_sec: get_u64(&mut p, "Bandwidth")?,
+            },
             ty::ROUND_STATUS => {
                 let status = Status::from_wire_code(get_u8(&mut p, "RoundStatus")?)
                     .ok_or_else(|| malformed("RoundStatus", "unknown status"))?;
@@ -644,6 +685,26 @@ impl Encoder<&Frame> for FrameCodec {
     }
 }
 
+/// The bytes of a Chunk frame before its payload, for a writer that sends
+/// the payload from its own buffer rather than copying it into a frame's.
+pub fn chunk_head(
+    disk: u32,
+    index: u64,
+    hash: &[u8; 32],
+    compressed: bool,
+    payload_len: usize,
+) -> [u8; HEADER + crate::wire::CHUNK_HEADER_LEN] {
+    let mut head = [0u8; HEADER + crate::wire::CHUNK_HEADER_LEN];
+    let len = (crate::wire::CHUNK_HEADER_LEN + payload_len) as u32;
+    head[0] = ty::CHUNK;
+    head[1..5].copy_from_slice(&len.to_be_bytes());
+    head[5..9].copy_from_slice(&disk.to_be_bytes());
+    head[9..17].copy_from_slice(&index.to_be_bytes());
+    head[17..49].copy_from_slice(hash);
+    head[49] = u8::from(compressed);
+    head
+}
+
 /// Encode one frame into fresh bytes (tests and raw writers).
 pub fn encode(frame: &Frame) -> BytesMut {
     let mut b = BytesMut::new();
@@ -738,6 +799,17 @@ mod tests {
             },
             Frame::Ping,
             Frame::Pong,
+            Frame::StreamKey {
+                disk: 2,
+                key: [11; 32],
+            },
+            Frame::Attach {
+                disk: 2,
+                key: [11; 32],
+            },
+            Frame::Bandwidth {
+                bytes_per_sec: 12_500_000,
+            },
         ]
     }
 
@@ -749,6 +821,20 @@ mod tests {
             assert_eq!(got.as_ref(), Some(&f), "{}", f.name());
             assert!(buf.is_empty());
         }
+    }
+
+    #[test]
+    fn a_chunk_head_is_the_start_of_its_frame() {
+        let payload = Bytes::from_static(b"payload bytes");
+        let frame = Frame::Chunk {
+            disk: 7,
+            index: 1 << 33,
+            hash: [5; 32],
+            compressed: true,
+            payload: payload.clone(),
+        };
+        let head = chunk_head(7, 1 << 33, &[5; 32], true, payload.len());
+        assert_eq!([&head[..], &payload[..]].concat(), encode(&frame).to_vec());
     }
 
     #[test]
