@@ -89,24 +89,36 @@ fn the_control_planes_limit_holds_and_a_change_takes_effect_within_2_s() {
     let (status, job) = set_limit(&s, r#"{"bytes_per_sec": 4194304}"#);
     assert_eq!(status, 200, "{job}");
     assert_eq!(job["bandwidth_limit_bytes_per_sec"], 4194304);
-    let mut sender = spawn_send(&s, &src, &[]);
+    let sender = spawn_send(&s, &src, &[]);
     wait_for(60, "the first bytes", || {
         s.metric("ferry_received_bytes_total") > 2.0 * MIB
     });
-    assert_near(rate_over(&s, Duration::from_secs(5)), 4.0 * MIB, "at 4 MiB/s");
+    assert_near(
+        rate_over(&s, Duration::from_secs(5)),
+        4.0 * MIB,
+        "at 4 MiB/s",
+    );
 
     // Raised during the transfer: the rate from 2 s after the change on is
     // the new limit's.
     let (status, job) = set_limit(&s, r#"{"bytes_per_sec": 16777216}"#);
     assert_eq!(status, 200, "{job}");
     std::thread::sleep(Duration::from_secs(2));
-    assert_near(rate_over(&s, Duration::from_secs(3)), 16.0 * MIB, "raised to 16 MiB/s");
+    assert_near(
+        rate_over(&s, Duration::from_secs(3)),
+        16.0 * MIB,
+        "raised to 16 MiB/s",
+    );
 
     // Lowered again.
     let (status, _) = set_limit(&s, r#"{"bytes_per_sec": 3145728}"#);
     assert_eq!(status, 200);
     std::thread::sleep(Duration::from_secs(2));
-    assert_near(rate_over(&s, Duration::from_secs(4)), 3.0 * MIB, "lowered to 3 MiB/s");
+    assert_near(
+        rate_over(&s, Duration::from_secs(4)),
+        3.0 * MIB,
+        "lowered to 3 MiB/s",
+    );
 
     // Lifted: the rest goes at once, and arrives bit-exact.
     let (status, job) = set_limit(&s, r#"{"bytes_per_sec": null}"#);
@@ -121,7 +133,10 @@ fn the_control_planes_limit_holds_and_a_change_takes_effect_within_2_s() {
         "the appliance's bandwidth limit is 16.0 MiB/s; the limit now is 16.0 MiB/s",
         "the appliance's bandwidth limit is lifted; the limit now is none",
     ] {
-        assert!(stderr.contains(told), "the sender did not say `{told}`:\n{stderr}");
+        assert!(
+            stderr.contains(told),
+            "the sender did not say `{told}`:\n{stderr}"
+        );
     }
 }
 
@@ -138,12 +153,20 @@ fn bwlimit_holds_and_the_lower_of_the_two_limits_applies() {
     wait_for(60, "the first bytes", || {
         s.metric("ferry_received_bytes_total") > 2.0 * MIB
     });
-    assert_near(rate_over(&s, Duration::from_secs(5)), 5.0 * MIB, "--bwlimit 5M");
+    assert_near(
+        rate_over(&s, Duration::from_secs(5)),
+        5.0 * MIB,
+        "--bwlimit 5M",
+    );
     // Now the appliance's is lower.
     let (status, _) = set_limit(&s, r#"{"bytes_per_sec": 2097152}"#);
     assert_eq!(status, 200);
     std::thread::sleep(Duration::from_secs(2));
-    assert_near(rate_over(&s, Duration::from_secs(4)), 2.0 * MIB, "the appliance's 2 MiB/s");
+    assert_near(
+        rate_over(&s, Duration::from_secs(4)),
+        2.0 * MIB,
+        "the appliance's 2 MiB/s",
+    );
     let _ = sender.kill();
     let _ = sender.wait();
 }
@@ -154,8 +177,16 @@ fn the_bandwidth_api_refuses_what_is_not_a_limit_and_needs_the_control_token() {
     let s = Server::start_job(&dir.path().join("state"), "127.0.0.1:0", &[]);
     let cases = [
         ("not JSON", "fast", "the body is not {\"bytes_per_sec\": N}"),
-        ("a string", r#"{"bytes_per_sec": "10M"}"#, "the body is not {\"bytes_per_sec\": N}"),
-        ("another field", r#"{"rate": 5}"#, "the body is not {\"bytes_per_sec\": N}"),
+        (
+            "a string",
+            r#"{"bytes_per_sec": "10M"}"#,
+            "the body is not {\"bytes_per_sec\": N}",
+        ),
+        (
+            "another field",
+            r#"{"rate": 5}"#,
+            "the body is not {\"bytes_per_sec\": N}",
+        ),
         (
             "below the smallest",
             r#"{"bytes_per_sec": 1000}"#,
@@ -170,7 +201,10 @@ fn the_bandwidth_api_refuses_what_is_not_a_limit_and_needs_the_control_token() {
             err["detail"].as_str().unwrap_or("").starts_with(detail),
             "{name}: {err}"
         );
-        assert!(err["hint"].as_str().unwrap_or("").contains("bytes_per_sec"), "{name}: {err}");
+        assert!(
+            err["hint"].as_str().unwrap_or("").contains("bytes_per_sec"),
+            "{name}: {err}"
+        );
     }
     // 0 lifts the limit, as null does.
     let (status, job) = set_limit(&s, r#"{"bytes_per_sec": 0}"#);

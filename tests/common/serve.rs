@@ -164,7 +164,10 @@ impl Server {
             &self.control,
             method,
             path,
-            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
             body,
         )
     }
