@@ -713,16 +713,19 @@ async fn transfer(
                     job.report.sent_chunks += 1;
                     job.report.sent_bytes += w.len as u64;
                     job.report.wire_bytes += w.payload.len() as u64;
-                    lanes.pool.send(streams::Chunk {
+                    let sent = lanes.pool.send(streams::Chunk {
                         disk: job.index,
                         key,
                         index: w.index,
                         hash: w.hash,
                         compressed: w.compressed,
                         payload: w.payload,
-                    }).await?;
+                    }).await;
+                    if let Err(e) = sent {
+                        return Err(why_streams_failed(conn, e).await);
+                    }
                 }
-                _ = lanes.pool.failed() => return Err(why_streams_failed(conn, lanes.pool).await),
+                _ = lanes.pool.failed() => return Err(why_streams_failed(conn, lanes.pool.error()).await),
                 _ = ping.tick() => client::send(conn, Frame::Ping).await?,
                 _ = tokio::time::sleep_until(heard + wire::LINK_TIMEOUT) => return Err(client::silent()),
                 frame = client::recv_any(conn) => match frame? {
@@ -808,7 +811,7 @@ async fn transfer(
 /// A data stream failed: when the appliance failed the disk (a full target,
 /// a chunk that did not verify), it says why on the disk's control
 /// connection, and that is the error, not the stream's symptom.
-async fn why_streams_failed(conn: &mut Conn, pool: &streams::Pool) -> anyhow::Error {
+async fn why_streams_failed(conn: &mut Conn, stream_error: anyhow::Error) -> anyhow::Error {
     let told = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
             if let Err(e) = client::recv_any(conn).await {
@@ -819,7 +822,7 @@ async fn why_streams_failed(conn: &mut Conn, pool: &streams::Pool) -> anyhow::Er
     .await;
     match told {
         Ok(e) if describe(&e).0 != ErrorCode::TransferInterrupted => e,
-        _ => pool.error(),
+        _ => stream_error,
     }
 }
 

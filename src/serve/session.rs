@@ -22,7 +22,7 @@ use super::claims::{Claim, Link};
 use super::streams::{Attached, Published};
 use super::writer::{Event, Payload, Work, Writer};
 use super::Appliance;
-use crate::disk::buffers::BufPool;
+use crate::disk::buffers::{Buf, BufPool};
 use crate::disk::{chunk_count, Disk};
 use crate::job::errors::{coded, describe, Code, ErrorCode, JobEffect};
 use crate::job::ledger::DiskRecord;
@@ -585,6 +585,7 @@ impl Session {
         // on the chunk size the sender announces.
         conn.codec_mut()
             .set_max(wire::postauth_max_frame(wire::MIN_CHUNK_SIZE));
+        conn.codec_mut().split_chunks(true);
         tracing::info!("sender authenticated");
         Ok(())
     }
@@ -620,6 +621,34 @@ impl Session {
                 let d = self.disk(disk)?;
                 check_index(d, disk, index)?;
                 d.work.send(work).await.map_err(|_| writer_gone(disk))
+            }
+            Frame::ChunkHead {
+                disk,
+                index,
+                hash,
+                len,
+            } => {
+                // Checked before its payload is read.
+                let attached = self.attached.get(&disk).cloned();
+                if attached.is_none() {
+                    check_index(self.disk(disk)?, disk, index)?;
+                }
+                let buf = self.read_payload(conn, disk, len).await?;
+                self.app.metrics.received_bytes.inc_by(len as u64);
+                let work = Work::Chunk {
+                    index,
+                    hash,
+                    payload: Payload::Plain(buf),
+                };
+                match attached {
+                    Some(a) => attached_work(&a, disk, index, work).await,
+                    None => self
+                        .disk(disk)?
+                        .work
+                        .send(work)
+                        .await
+                        .map_err(|_| writer_gone(disk)),
+                }
             }
             Frame::Attach { disk, key } => self.attach(conn, disk, &key),
             Frame::Zero { disk, index } => {
@@ -684,11 +713,7 @@ impl Session {
         if compressed {
             return Ok(Payload::Packed(payload));
         }
-        let pool = match (self.disks.get(&disk), self.attached.get(&disk)) {
-            (Some(d), _) => &d.buffers,
-            (None, Some(a)) => &a.buffers,
-            (None, None) => return Err(self.disk(disk).err().unwrap_or_else(|| writer_gone(disk))),
-        };
+        let pool = self.buffers(disk)?;
         if payload.len() > pool.size() {
             return Err(coded(
                 ErrorCode::ChunkOutOfRange,
@@ -702,6 +727,61 @@ impl Session {
         let mut buf = pool.get(payload.len());
         buf.copy_from_slice(&payload);
         Ok(Payload::Plain(buf))
+    }
+
+    /// The payload of a chunk whose head came alone: what the codec has
+    /// of it already, then the rest straight from the connection into a
+    /// buffer of the disk's writer (one copy less than through the codec's
+    /// buffer). Bounded like a frame's write: a payload that stops coming
+    /// is a silent link.
+    async fn read_payload(&self, conn: &mut Conn, disk: u32, len: usize) -> Result<Buf> {
+        use tokio::io::AsyncReadExt;
+        let pool = self.buffers(disk)?;
+        if len > pool.size() {
+            return Err(coded(
+                ErrorCode::ChunkOutOfRange,
+                format!(
+                    "a chunk of disk {disk} holds {len} bytes, more than its chunk size {}",
+                    pool.size()
+                ),
+            ));
+        }
+        let mut buf = pool.get(len);
+        let have = conn.read_buffer().len().min(len);
+        buf[..have].copy_from_slice(&conn.read_buffer()[..have]);
+        bytes::Buf::advance(conn.read_buffer_mut(), have);
+        match tokio::time::timeout(
+            wire::LINK_TIMEOUT,
+            conn.get_mut().read_exact(&mut buf[have..]),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(buf),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(coded(
+                ErrorCode::FrameMalformed,
+                format!("connection cut in the middle of a chunk of disk {disk}"),
+            )),
+            Ok(Err(e)) => Err(coded(
+                ErrorCode::TransferInterrupted,
+                format!("reading a chunk of disk {disk}: {e}"),
+            )),
+            Err(_) => Err(coded(
+                ErrorCode::TransferInterrupted,
+                format!(
+                    "a chunk of disk {disk} did not arrive within {} s: the link is silent",
+                    wire::LINK_TIMEOUT.as_secs()
+                ),
+            )),
+        }
+    }
+
+    /// The chunk buffers of `disk`'s writer, opened here or attached to.
+    fn buffers(&self, disk: u32) -> Result<&Arc<BufPool>> {
+        match (self.disks.get(&disk), self.attached.get(&disk)) {
+            (Some(d), _) => Ok(&d.buffers),
+            (None, Some(a)) => Ok(&a.buffers),
+            (None, None) => Err(self.disk(disk).err().unwrap_or_else(|| writer_gone(disk))),
+        }
     }
 
     /// This connection is a data stream of the sender that opened `disk`

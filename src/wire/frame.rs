@@ -127,6 +127,16 @@ pub enum Frame {
     /// appliance → sender: the job's bandwidth limit in bytes per second,
     /// 0 for none; sent when a disk is opened and whenever it changes.
     Bandwidth { bytes_per_sec: u64 },
+    /// Not a frame of its own: the head of an uncompressed Chunk frame
+    /// whose `len` payload bytes have not all arrived, from a codec told
+    /// to [`FrameCodec::split_chunks`]. The reader takes the payload from
+    /// the connection itself, into a buffer of its own.
+    ChunkHead {
+        disk: u32,
+        index: u64,
+        hash: [u8; 32],
+        len: usize,
+    },
 }
 
 /// What a RoundStatus frame tells the sender.
@@ -206,6 +216,7 @@ impl Frame {
             Frame::StreamKey { .. } => "StreamKey",
             Frame::Attach { .. } => "Attach",
             Frame::Bandwidth { .. } => "Bandwidth",
+            Frame::ChunkHead { .. } => "Chunk",
         }
     }
 
@@ -362,6 +373,16 @@ impl Frame {
             Frame::Bandwidth { bytes_per_sec } => {
                 dst.put_u64(*bytes_per_sec);
                 ty::BANDWIDTH
+            }
+            // A head is only ever decoded; its frame was a Chunk.
+            Frame::ChunkHead {
+                disk,
+                index,
+                hash,
+                len,
+            } => {
+                dst.put_slice(&chunk_head(*disk, *index, hash, false, *len)[HEADER..]);
+                ty::CHUNK
             }
             Frame::RoundStatus { status, event } => {
                 dst.put_u8(status.wire_code());
@@ -617,13 +638,25 @@ fn get_text(p: &mut Bytes) -> Result<String, WireError> {
 #[derive(Debug)]
 pub struct FrameCodec {
     max: usize,
+    split: bool,
 }
+
+/// Smallest payload a codec that splits chunks leaves to its reader.
+const SPLIT_MIN: usize = 64 << 10;
 
 const HEADER: usize = 5;
 
 impl FrameCodec {
     pub fn new(max: usize) -> Self {
-        FrameCodec { max }
+        FrameCodec { max, split: false }
+    }
+
+    /// Decode an uncompressed chunk whose payload has not all arrived as
+    /// a [`Frame::ChunkHead`], leaving the payload to the reader: it reads
+    /// it straight into its own buffer rather than into this codec's (which
+    /// is copied out of again, and is fresh memory for every chunk).
+    pub fn split_chunks(&mut self, on: bool) {
+        self.split = on;
     }
 
     pub fn set_max(&mut self, max: usize) {
@@ -650,6 +683,22 @@ impl Decoder for FrameCodec {
             return Err(WireError::TooLarge { len, max: self.max });
         }
         if src.len() < HEADER + len {
+            let head = HEADER + crate::wire::CHUNK_HEADER_LEN;
+            if self.split
+                && ty == ty::CHUNK
+                && len >= crate::wire::CHUNK_HEADER_LEN + SPLIT_MIN
+                && src.len() >= head
+                && src[head - 1] == 0
+            {
+                let mut h = src.split_to(head).freeze();
+                h.advance(HEADER);
+                return Ok(Some(Frame::ChunkHead {
+                    disk: get_u32(&mut h, "Chunk")?,
+                    index: get_u64(&mut h, "Chunk")?,
+                    hash: get32(&mut h, "Chunk")?,
+                    len: len - crate::wire::CHUNK_HEADER_LEN,
+                }));
+            }
             src.reserve(HEADER + len - src.len());
             return Ok(None);
         }
@@ -835,6 +884,43 @@ mod tests {
         };
         let head = chunk_head(7, 1 << 33, &[5; 32], true, payload.len());
         assert_eq!([&head[..], &payload[..]].concat(), encode(&frame).to_vec());
+    }
+
+    #[test]
+    fn a_splitting_codec_leaves_a_plain_chunks_payload_to_its_reader() {
+        let payload = Bytes::from(vec![7u8; 256 << 10]);
+        let chunk = |compressed| Frame::Chunk {
+            disk: 1,
+            index: 9,
+            hash: [3; 32],
+            compressed,
+            payload: payload.clone(),
+        };
+        let mut codec = FrameCodec::new(1 << 20);
+        codec.split_chunks(true);
+        // Whole in the buffer: the frame as it is.
+        let mut buf = encode(&chunk(false));
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(chunk(false)));
+        // Its head and part of its payload: the head; the rest stays.
+        let mut buf = encode(&chunk(false));
+        buf.truncate(50 + 1000);
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Frame::ChunkHead {
+                disk: 1,
+                index: 9,
+                hash: [3; 32],
+                len: 256 << 10
+            })
+        );
+        assert_eq!(buf.len(), 1000);
+        // A compressed chunk waits whole, as does any chunk without splitting.
+        let mut buf = encode(&chunk(true));
+        buf.truncate(50 + 1000);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        let mut buf = encode(&chunk(false));
+        buf.truncate(50 + 1000);
+        assert_eq!(FrameCodec::new(1 << 20).decode(&mut buf).unwrap(), None);
     }
 
     #[test]
