@@ -25,8 +25,9 @@ port=${BENCH_PORT:-19703}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 for t in zstd nc python3 dd; do command -v "$t" >/dev/null || { echo "missing $t (apt-get install -y zstd netcat-openbsd)"; exit 1; }; done
-cargo build --release --quiet
-ferry=$PWD/target/release/ferry
+# FERRY_BIN: another build of ferry to measure (an earlier version, say).
+if [ -z "${FERRY_BIN:-}" ]; then cargo build --release --quiet; fi
+ferry=${FERRY_BIN:-$PWD/target/release/ferry}
 # shellcheck disable=SC2206
 send_extra=(${FERRY_SEND_ARGS:-})
 

@@ -7,6 +7,7 @@
 # at least 0.80), and what one stream alone reaches.
 #
 # usage: scripts/bench-wan.sh [SIZE_MIB=1024]
+# FERRY_WAN_ARGS adds arguments to the send over the long link (e.g. "--streams 16").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FERRY_WAN_MIB=${1:-1024} cargo test --release --quiet --test wan -- --ignored --nocapture \

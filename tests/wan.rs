@@ -87,6 +87,16 @@ fn over_a_long_link_several_streams_carry_two_disks_bit_exact() {
     );
 }
 
+/// CPU-seconds (user and system) of this process so far: the relay's
+/// threads, beside the test's own waiting.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
 /// The benchmark of `scripts/bench-wan.sh`: the same random source over
 /// loopback, over the long link with the streams the sender picks, and
 /// over the long link with one stream; prints the rates and the ratio.
@@ -101,8 +111,14 @@ fn wan_throughput_against_loopback() {
     let src = dir.path().join("src.img");
     random_image(&src, mib, 11);
     let rate = |secs: f64| mib as f64 / secs;
+    let extra: Vec<String> = std::env::var("FERRY_WAN_ARGS")
+        .map(|a| a.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let (direct, _) = timed_send(dir.path(), "direct", &[&src], false, &[]);
-    let (long, conns) = timed_send(dir.path(), "wan", &[&src], true, &[]);
+    let started = cpu_seconds();
+    let (long, conns) = timed_send(dir.path(), "wan", &[&src], true, &extra);
+    let relay_cpu = cpu_seconds() - started;
     let (one, _) = timed_send(dir.path(), "wan1", &[&src], true, &["--streams", "1"]);
     println!(
         "random source: {mib} MiB; link: {} ms each way, {} MiB in flight per connection",
@@ -127,4 +143,7 @@ fn wan_throughput_against_loopback() {
         direct / long
     );
     println!("ratio one stream / loopback         = {:.2}", direct / one);
+    println!(
+        "CPU of the relay over the long link = {relay_cpu:.2} s (it shares the machine's cores with ferry)"
+    );
 }

@@ -51,7 +51,7 @@ pub struct SendArgs {
     #[arg(long, default_value_t = wire::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u32,
     /// Most bytes of chunks in flight (sent, not yet committed by the
-    /// appliance), all disks together [default: 64 MiB and 4 MiB per data stream].
+    /// appliance), all disks together [default: 64 MiB and 16 MiB per data stream].
     #[arg(long, value_name = "BYTES")]
     pub window: Option<u64>,
     /// TLS connections that carry the chunks, all disks together (each disk

@@ -320,6 +320,12 @@ async fn run_probe(args: &Options, to: &str, fingerprint: &str, jobs: &[DiskJob]
 /// The window without a data stream: what a LAN needs.
 const DEFAULT_WINDOW: u64 = 64 << 20;
 
+/// And more per data stream: a long link holds what its streams carry in a
+/// round trip, and the commit (fdatasync) adds its own time. The sender
+/// keeps nothing of what is in flight (a retry reads again), so a large
+/// window costs no memory; it bounds what a retry sends again.
+const PER_STREAM_WINDOW: u64 = 16 << 20;
+
 /// What one attempt shares among its disks: the data streams, the window
 /// of bytes in flight, the bandwidth limit.
 struct Lanes<'a> {
@@ -361,7 +367,7 @@ async fn attempt(
         let (more, pool) = futures::future::try_join(more, pool).await?;
         let window_bytes = args
             .window
-            .unwrap_or(DEFAULT_WINDOW + pool.len() as u64 * (4 << 20));
+            .unwrap_or(DEFAULT_WINDOW + pool.len() as u64 * PER_STREAM_WINDOW);
         let window = tokio::sync::Semaphore::new(window_bytes as usize);
         let lanes = Lanes {
             pool: &pool,
@@ -845,18 +851,21 @@ fn bandwidth(limit: &ratelimit::RateLimit, bytes_per_sec: u64, progress: &progre
     }
 }
 
-/// Whether a chunk is worth compressing: zstd is tried on a sample from its
-/// start, and a chunk whose sample does not shrink (random or already
-/// compressed data) is sent as it is, without compressing it all for nothing.
+/// Whether a chunk is worth compressing: zstd is tried on four samples
+/// across it, and a chunk none of whose samples shrinks (random or already
+/// compressed data) is sent as it is, without compressing it all for
+/// nothing; one part that compresses (a stripe of text) is enough.
 fn worth_compressing(compressor: &mut zstd::bulk::Compressor<'_>, data: &[u8]) -> bool {
-    const SAMPLE: usize = 64 << 10;
-    if data.len() <= 2 * SAMPLE {
+    const SAMPLE: usize = 16 << 10;
+    if data.len() < 8 * SAMPLE {
         return true;
     }
-    match compressor.compress(&data[..SAMPLE]) {
-        Ok(p) => p.len() < SAMPLE - SAMPLE / 32,
-        Err(_) => false,
-    }
+    (0..4).any(|k| {
+        let at = k * (data.len() / 4);
+        compressor
+            .compress(&data[at..at + SAMPLE])
+            .is_ok_and(|p| p.len() < SAMPLE - SAMPLE / 32)
+    })
 }
 
 /// The reader thread: decide for every chunk, in order, what to send.
@@ -953,6 +962,25 @@ fn read_chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_is_compressed_when_a_part_of_it_shrinks() {
+        use rand::RngCore;
+        let mut c = zstd::bulk::Compressor::new(1).unwrap();
+        let mut random = vec![0u8; 4 << 20];
+        rand::thread_rng().fill_bytes(&mut random);
+        assert!(!worth_compressing(&mut c, &random), "random data");
+        let mut striped = random.clone();
+        // A quarter of text after the random start, as a disk's stripes are.
+        for (i, b) in striped[2 << 20..3 << 20].iter_mut().enumerate() {
+            *b = b"a log line that compresses\n"[i % 27];
+        }
+        assert!(worth_compressing(&mut c, &striped), "a stripe of text");
+        assert!(
+            worth_compressing(&mut c, &random[..4096]),
+            "a small chunk is always tried"
+        );
+    }
 
     #[test]
     fn processed_is_said_only_of_a_round_that_was() {

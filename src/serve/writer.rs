@@ -67,6 +67,11 @@ pub enum Event {
 /// Most chunks committed in one group.
 const MAX_GROUP: usize = 64;
 
+/// Most bytes committed in one group: acks come back while data keeps
+/// coming, so that the sender's window, not one long fdatasync, paces a
+/// long link.
+const MAX_GROUP_BYTES: u64 = 64 << 20;
+
 /// Longest a group collects before it is committed: acks keep coming on a
 /// slow target, so the sender never mistakes it for a silent link.
 const MAX_GROUP_TIME: std::time::Duration = std::time::Duration::from_secs(3);
@@ -135,7 +140,10 @@ impl Writer {
                         }
                     },
                 }
-                if group.len() >= MAX_GROUP || collecting.elapsed() >= MAX_GROUP_TIME {
+                if group.len() >= MAX_GROUP
+                    || group.len() as u64 * u64::from(self.record.chunk_size) >= MAX_GROUP_BYTES
+                    || collecting.elapsed() >= MAX_GROUP_TIME
+                {
                     break;
                 }
                 next = rx.try_recv().ok();

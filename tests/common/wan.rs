@@ -21,7 +21,10 @@ pub struct WanProxy {
 
 struct Pipe {
     /// Bytes read and not yet delivered, with when they are due.
-    queue: VecDeque<(Instant, Vec<u8>)>,
+    queue: VecDeque<(Instant, Vec<u8>, usize)>,
+    /// Buffers delivered, to read into again (a fresh one for every read
+    /// costs the relay more CPU than its copies).
+    free: Vec<Vec<u8>>,
     /// Bytes delivered whose acknowledgement has not come back yet.
     unacked: VecDeque<(Instant, usize)>,
     in_flight: usize,
@@ -66,6 +69,7 @@ fn direction(mut from: TcpStream, mut to: TcpStream, delay: Duration, window: us
     let shared = Arc::new(Shared {
         pipe: Mutex::new(Pipe {
             queue: VecDeque::new(),
+            free: Vec::new(),
             unacked: VecDeque::new(),
             in_flight: 0,
             closed: false,
@@ -74,10 +78,9 @@ fn direction(mut from: TcpStream, mut to: TcpStream, delay: Duration, window: us
     });
     let reader = Arc::clone(&shared);
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; 256 << 10];
         loop {
             // Read no more than the window leaves room for.
-            let room = {
+            let (room, mut buf) = {
                 let mut p = reader.pipe.lock().unwrap();
                 loop {
                     let now = Instant::now();
@@ -86,7 +89,8 @@ fn direction(mut from: TcpStream, mut to: TcpStream, delay: Duration, window: us
                         p.in_flight -= n;
                     }
                     if p.in_flight < window {
-                        break window - p.in_flight;
+                        let buf = p.free.pop().unwrap_or_else(|| vec![0u8; 256 << 10]);
+                        break (window - p.in_flight, buf);
                     }
                     let wait = p
                         .unacked
@@ -101,15 +105,14 @@ fn direction(mut from: TcpStream, mut to: TcpStream, delay: Duration, window: us
             };
             let mut p = reader.pipe.lock().unwrap();
             p.in_flight += n;
-            p.queue
-                .push_back((Instant::now() + delay, buf[..n].to_vec()));
+            p.queue.push_back((Instant::now() + delay, buf, n));
             reader.cond.notify_all();
         }
         reader.pipe.lock().unwrap().closed = true;
         reader.cond.notify_all();
     });
     std::thread::spawn(move || loop {
-        let (due, bytes) = {
+        let (due, bytes, n) = {
             let mut p = shared.pipe.lock().unwrap();
             loop {
                 if let Some(front) = p.queue.pop_front() {
@@ -126,12 +129,13 @@ fn direction(mut from: TcpStream, mut to: TcpStream, delay: Duration, window: us
         if due > now {
             std::thread::sleep(due - now);
         }
-        if to.write_all(&bytes).is_err() {
+        if to.write_all(&bytes[..n]).is_err() {
             from_shutdown(&shared);
             return;
         }
         let mut p = shared.pipe.lock().unwrap();
-        p.unacked.push_back((Instant::now() + delay, bytes.len()));
+        p.unacked.push_back((Instant::now() + delay, n));
+        p.free.push(bytes);
         shared.cond.notify_all();
     });
 }
