@@ -82,7 +82,7 @@ impl Default for Config {
             control_listen: "0.0.0.0:8080".into(),
             state_dir: PathBuf::from("./ferry-state"),
             token: None,
-            max_sessions: 8,
+            max_sessions: 64,
             max_unauthenticated: 256,
             max_unauthenticated_per_address: 64,
             max_embedded_disks: 16,

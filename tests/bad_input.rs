@@ -95,10 +95,19 @@ async fn open(conn: &mut Conn, disk: u32, size: u64, chunk_size: u32) {
     announce(conn, disk, size, chunk_size).await;
     loop {
         match client::recv(conn).await.unwrap() {
-            Frame::Manifest { last: true, .. } => return,
+            Frame::Manifest { last: true, .. } => break,
             Frame::Manifest { .. } => continue,
             other => panic!("expected a manifest, got {other:?}"),
         }
+    }
+    // The key for data streams, and the job's bandwidth limit.
+    match client::recv(conn).await.unwrap() {
+        Frame::StreamKey { disk: d, .. } if d == disk => {}
+        other => panic!("expected a stream key, got {other:?}"),
+    }
+    match client::recv(conn).await.unwrap() {
+        Frame::Bandwidth { bytes_per_sec: 0 } => {}
+        other => panic!("expected the bandwidth limit (none), got {other:?}"),
     }
 }
 
@@ -618,4 +627,72 @@ fn a_sender_that_goes_silent_is_closed_after_the_link_timeout_and_its_disk_freed
     });
     // The disk is free again: the next sender gets it at once.
     f.assert_intact("TRANSFER_INTERRUPTED");
+}
+
+#[test]
+fn a_target_changed_after_its_chunks_were_committed_fails_the_re_read() {
+    use std::os::unix::fs::FileExt;
+    let f = fixture(&[]);
+    let cs = CHUNK as usize;
+    let src = std::fs::read(&f.src).unwrap();
+    rt().block_on(async {
+        let mut conn = authed(&f.server).await;
+        open(&mut conn, 0, SIZE, CHUNK).await;
+        // Chunk 1 anew, written in this session (the re-read compares it
+        // by the checksum of what was verified); chunk 0 was committed by
+        // the earlier round (the re-read hashes it).
+        let fresh: Vec<u8> = (0..cs).map(|i| (i * 7 % 251) as u8).collect();
+        let hash = *blake3::hash(&fresh).as_bytes();
+        let chunk = Frame::Chunk {
+            disk: 0,
+            index: 1,
+            hash,
+            compressed: false,
+            payload: Bytes::from(fresh),
+        };
+        client::send(&mut conn, chunk).await.unwrap();
+        match client::recv(&mut conn).await.unwrap() {
+            Frame::Ack { disk: 0, indices } => assert_eq!(indices, vec![1]),
+            other => panic!("expected the ack of chunk 1, got {other:?}"),
+        }
+        // Both change on the target behind the appliance's back.
+        let img = std::fs::OpenOptions::new()
+            .write(true)
+            .open(f.server.disk_path(0))
+            .unwrap();
+        img.write_all_at(b"changed", 100).unwrap();
+        img.write_all_at(b"changed", CHUNK as u64 + 100).unwrap();
+        img.sync_all().unwrap();
+        let hashes = [*blake3::hash(&src[..cs]).as_bytes(), hash];
+        let digest = ferry::disk::disk_digest(SIZE, CHUNK, &hashes);
+        let finish = Frame::Finish {
+            disk: 0,
+            digest,
+            unchanged: 0,
+            zero_skipped: 0,
+        };
+        client::send(&mut conn, finish).await.unwrap();
+        let err = loop {
+            match client::recv(&mut conn).await {
+                Ok(Frame::Ack { .. }) => continue,
+                Ok(other) => panic!("expected a refusal, got {other:?}"),
+                Err(e) => break e,
+            }
+        };
+        let text = format!("{err:#}");
+        assert_eq!(
+            find_coded(&err).map(|c| c.code.as_str()),
+            Some("DIGEST_MISMATCH"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2 chunks of disk 0 differ from the ledger when re-read (first: 0)"),
+            "{text}"
+        );
+    });
+    // The changed chunks are forgotten: the next sender sends them again.
+    let again = f.server.send(&[&f.src], &[]);
+    assert!(again.ok(), "{}", again.stderr());
+    assert_eq!(again.disk(0, "sent_chunks"), 2, "{}", again.report);
+    assert_eq!(file_hash(&f.src), file_hash(&f.server.disk_path(0)));
 }

@@ -82,12 +82,22 @@ async fn open(conn: &mut Conn) -> (Vec<u64>, usize) {
                 pages += 1;
                 committed.extend(entries.iter().map(|(i, _)| *i));
                 if last {
-                    return (committed, pages);
+                    break;
                 }
             }
             other => panic!("expected a manifest, got {other:?}"),
         }
     }
+    // Then the key for data streams and the job's bandwidth limit.
+    match client::recv(conn).await.unwrap() {
+        Frame::StreamKey { disk: 0, .. } => {}
+        other => panic!("expected a stream key, got {other:?}"),
+    }
+    match client::recv(conn).await.unwrap() {
+        Frame::Bandwidth { .. } => {}
+        other => panic!("expected the bandwidth limit, got {other:?}"),
+    }
+    (committed, pages)
 }
 
 #[test]

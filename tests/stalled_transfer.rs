@@ -58,6 +58,8 @@ fn a_frozen_then_killed_sender_is_reported_stalled_and_its_session_ends() {
             "65536",
             "--retries",
             "0",
+            "--streams",
+            "1",
         ])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -74,7 +76,8 @@ fn a_frozen_then_killed_sender_is_reported_stalled_and_its_session_ends() {
     assert_eq!(j["stalled"], false, "{j}");
     assert_eq!(j["stall_after_secs"], 2);
     assert!(j["disks"][0]["last_progress_at"].is_string(), "{j}");
-    assert_eq!(s.metric("ferry_sessions_active"), 1.0);
+    // The disk's control connection and its one data stream.
+    assert_eq!(s.metric("ferry_sessions_active"), 2.0);
 
     kill(pid, Signal::SIGSTOP).unwrap();
     // What was in flight is committed; then nothing more arrives.
@@ -134,8 +137,8 @@ fn a_frozen_then_killed_sender_is_reported_stalled_and_its_session_ends() {
         (at - unix_seconds(&arrived)).abs() < 0.002,
         "{at} vs {arrived}"
     );
-    // The frozen sender's connection is still open.
-    assert_eq!(s.metric("ferry_sessions_active"), 1.0);
+    // The frozen sender's connections are still open.
+    assert_eq!(s.metric("ferry_sessions_active"), 2.0);
 
     // Killed: the kernel closes its socket, the session ends at once.
     sender.kill().unwrap();

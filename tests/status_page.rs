@@ -132,6 +132,8 @@ async fn status_page_shows_state_and_disk_progress() {
     job.progress(1, 2 * GIB).unwrap();
     clock.advance(Duration::from_secs(10));
     job.progress(0, 4 * GIB).unwrap();
+    // The control plane limited the senders' bandwidth (100 Mbit/s).
+    job.set_bandwidth_limit(Some(12_500_000)).unwrap();
 
     let (base, unauthorized) = serve_api(job.clone()).await;
 
@@ -151,6 +153,7 @@ async fn status_page_shows_state_and_disk_progress() {
         r#"<div class="disk done" data-index="1"><div class="head"><span class="name">disk 1 · 2.0 GiB of 2.0 GiB</span><span class="pct">100.0 %</span></div>"#,
         r#"time left done</div>"#,
         r#"<b id="mode">one-shot</b>"#,
+        r#"<b id="bwlimit">12.5 MB/s</b>"#,
         r#"<section class="card" id="login" hidden="">"#,
         r#"<div class="card error" id="error" hidden="">"#,
     ];
@@ -167,7 +170,9 @@ async fn status_page_shows_state_and_disk_progress() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     assert!(png.len() > 10_000, "screenshot of {} bytes", png.len());
 
-    // The job fails: the page shows the error with its hint.
+    // The job fails: the page shows the error with its hint. The limit
+    // was lifted meanwhile.
+    job.set_bandwidth_limit(None).unwrap();
     job.fail(
         ferry::job::errors::ErrorCode::TargetWriteFailed,
         "disk 0 at offset 4294967296",
@@ -186,6 +191,7 @@ async fn status_page_shows_state_and_disk_progress() {
         r#"<b id="rate">—</b>"#,
         r#"<b id="eta">—</b>"#,
         r#"rate — · time left —</div>"#,
+        r#"<b id="bwlimit">none</b>"#,
     ] {
         assert!(dom.contains(e), "the page lacks {e}\n{dom}");
     }

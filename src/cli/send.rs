@@ -23,6 +23,13 @@ Exit status (`ferry errors` shows each code's):\n",
     help
 }
 
+/// `--bwlimit`: a rate, 0 for none (clap shows the error).
+fn parse_bwlimit(text: &str) -> Result<u64, String> {
+    crate::send::ratelimit::parse_rate(text)
+        .map(|r| r.unwrap_or(0))
+        .map_err(|e| crate::job::errors::describe(&e).1)
+}
+
 /// Arguments of `ferry send`.
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = after_help())]
@@ -43,9 +50,20 @@ pub struct SendArgs {
     /// Chunk size in bytes: a power of two from 64 KiB to 16 MiB.
     #[arg(long, default_value_t = wire::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u32,
-    /// Most bytes of chunks in flight (sent, not yet committed by the appliance).
-    #[arg(long, default_value_t = 64 << 20)]
-    pub window: u64,
+    /// Most bytes of chunks in flight (sent, not yet committed by the
+    /// appliance), all disks together [default: 64 MiB and 16 MiB per data stream].
+    #[arg(long, value_name = "BYTES")]
+    pub window: Option<u64>,
+    /// TLS connections that carry the chunks, all disks together (each disk
+    /// has its own connection for its manifest and acks besides) [default:
+    /// 2, and one more per 8 ms of round trip to the appliance, at most 16].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::send::streams::MAX_STREAMS as u64))]
+    pub streams: Option<u64>,
+    /// Most bytes per second to send: 50M (MiB/s; K, M, G are binary) or
+    /// 400mbit (bits per second). The appliance's limit, which the control
+    /// plane sets and changes during the transfer, applies when it is lower.
+    #[arg(long, value_name = "RATE", value_parser = parse_bwlimit)]
+    pub bwlimit: Option<u64>,
     /// zstd level for chunks that compress (0 turns compression off).
     #[arg(long, default_value_t = 1)]
     pub zstd_level: i32,
@@ -89,6 +107,8 @@ impl From<SendArgs> for Options {
             disks: a.disks,
             chunk_size: a.chunk_size,
             window: a.window,
+            streams: a.streams.map(|n| n as usize),
+            bwlimit: a.bwlimit.filter(|&n| n > 0),
             zstd_level: a.zstd_level,
             retries: a.retries,
             report: a.report,

@@ -202,7 +202,7 @@ catalogue! {
     DiskNotConfigured => "DISK_NOT_CONFIGURED" [final, keeps_job, refused], "The source disk has no target disk on the appliance",
         "Map the disk index to a target device in the appliance's config ([[disk]] index = N, target = \"/dev/...\"), or send only the configured disks.";
     SessionsFull => "SESSIONS_FULL" [retry, keeps_job, refused], "Too many senders are connected to the appliance",
-        "The appliance serves at most max_sessions authenticated senders at once (8 by default); the sender retries by itself. Stop stray senders of this job, or raise max_sessions in the appliance's config.";
+        "The appliance serves at most max_sessions authenticated senders at once (64 by default; a sender uses one per disk and one per data stream); the sender retries by itself. Stop stray senders of this job, or raise max_sessions in the appliance's config.";
     DiskBusy => "DISK_BUSY" [retry, keeps_job, refused], "Another sender is already writing this disk",
         "Only one sender may write a disk at a time. Stop the other `ferry send`, or wait for it to finish.";
     DiskSizeChanged => "DISK_SIZE_CHANGED" [final, keeps_job, refused], "The source disk's size differs from the one this job started with",
@@ -297,6 +297,8 @@ catalogue! {
         "The handoff manifest is written when a round's pipeline ends, the job then Finished or Waiting; watch GET /v1/job or the webhook's event with a `handoff` field, then read it again.";
     JobTransitionRefused => "JOB_TRANSITION_REFUSED" [final, keeps_job, refused], "The operation is not allowed in the job's current state",
         "Ready: start or delete. Running: stop it while Preparing or Syncing; a running job cannot be deleted. Stopped and InError: start or delete. Waiting: stop, delete, or run the sender for the next round. Finished and Expired: delete.";
+    BadBandwidth => "BAD_BANDWIDTH" [final, keeps_job, usage], "The bandwidth limit is not valid",
+        "POST /v1/job/bandwidth takes the JSON body {\"bytes_per_sec\": N} with N at least 65536 (64 KiB/s), or 0 or null to lift the limit; `ferry send --bwlimit` takes a rate such as 50M (bytes per second, K/M/G are binary) or 400mbit (bits per second). The lower of the two applies.";
     BadValidity => "BAD_VALIDITY" [final, keeps_job, refused], "The validity period of a migration task must be between 7 and 90 days",
         "Set validity_days in the appliance's config (or --validity-days) to a whole number of days from 7 to 90; the default is 30.";
     ControlUnauthorized => "CONTROL_UNAUTHORIZED" [final, keeps_job, refused], "The control token is missing or not valid",

@@ -212,6 +212,24 @@ impl JobHandle {
         self.update("renew", |r, now| r.renew(id, now), |c| vec![c.clone()])
     }
 
+    /// The senders' bandwidth limit (bytes per second), if any.
+    pub fn bandwidth_limit(&self) -> Option<u64> {
+        self.lock().record.bandwidth_limit_bytes_per_sec
+    }
+
+    /// Set or lift (None) the senders' bandwidth limit; sessions push it to
+    /// their senders at once (they watch the job's changes).
+    pub fn set_bandwidth_limit(&self, limit: Option<u64>) -> Result<()> {
+        self.update(
+            "setting the bandwidth limit",
+            |r, _| {
+                r.bandwidth_limit_bytes_per_sec = limit;
+                Ok(())
+            },
+            |_| Vec::new(),
+        )
+    }
+
     /// Forget a disk's progress in the job record.
     pub fn forget_disk(&self, index: u32) -> Result<()> {
         self.update("reset a disk", |r, _| r.forget_disk(index), |_| Vec::new())

@@ -592,6 +592,10 @@ pub struct JobRecord {
     /// another round: senders are refused, nothing writes the targets.
     #[serde(default)]
     pub held: bool,
+    /// The bandwidth limit the control plane set for the senders, in bytes
+    /// per second (POST /v1/job/bandwidth); None: no limit.
+    #[serde(default)]
+    pub bandwidth_limit_bytes_per_sec: Option<u64>,
 }
 
 /// A round that was handed off.
@@ -640,6 +644,7 @@ impl JobRecord {
             handoff: None,
             check: None,
             held: false,
+            bandwidth_limit_bytes_per_sec: None,
         }
     }
 
@@ -715,9 +720,11 @@ impl JobRecord {
             incremental: self.incremental,
             validity: self.validity_days,
         };
-        let seq = self.seq;
+        let (seq, bandwidth) = (self.seq, self.bandwidth_limit_bytes_per_sec);
         *self = JobRecord::new(id.clone(), settings, now);
         self.seq = seq;
+        // The control plane's limit is the link's, not the job's data.
+        self.bandwidth_limit_bytes_per_sec = bandwidth;
         Ok(StateChange {
             job_id: id,
             ..change

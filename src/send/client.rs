@@ -151,7 +151,7 @@ pub async fn connect_tls(to: &str, fingerprint: &str) -> Result<(Conn, [u8; 32])
     if let Err(e) = wire::tune_socket(&tcp) {
         tracing::debug!("setting the socket options: {e}");
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(wire::tls::provider());
     let pin = Arc::new(Pin::new(fingerprint.to_owned(), Arc::clone(&provider)));
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

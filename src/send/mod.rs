@@ -14,6 +14,8 @@ pub mod peer;
 pub mod pin;
 pub mod probe;
 pub mod progress;
+pub mod ratelimit;
+pub mod streams;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -43,8 +45,14 @@ pub struct Options {
     /// Source disks, disk 0 first.
     pub disks: Vec<PathBuf>,
     pub chunk_size: u32,
-    /// Most bytes of chunks in flight.
-    pub window: u64,
+    /// Most bytes of chunks in flight, all disks together; None: 64 MiB
+    /// and 4 MiB more per data stream.
+    pub window: Option<u64>,
+    /// Data streams (TLS connections carrying chunks); None: by the round
+    /// trip to the appliance.
+    pub streams: Option<usize>,
+    /// Most bytes per second (`--bwlimit`); the appliance may set a lower one.
+    pub bwlimit: Option<u64>,
     /// zstd level; 0 turns compression off.
     pub zstd_level: i32,
     /// Reconnects after a dropped connection.
@@ -231,9 +239,10 @@ pub async fn run(args: Options) -> Result<()> {
     );
     let started = Instant::now();
     let mut attempts = 0u32;
+    let limit = Arc::new(ratelimit::RateLimit::new(args.bwlimit));
     let result = loop {
         attempts += 1;
-        match attempt(&args, &to, &fingerprint, &mut jobs, &mut progress).await {
+        match attempt(&args, &to, &fingerprint, &mut jobs, &progress, &limit).await {
             Ok(()) => break Ok(()),
             Err(e) => {
                 let code = find_coded(&e)
@@ -313,7 +322,7 @@ async fn run_probe(args: &Options, to: &str, fingerprint: &str, jobs: &[DiskJob]
     let (bytes, seconds) = probe::measure(
         &mut conn,
         Duration::from_secs(args.probe_seconds.max(1)),
-        args.window,
+        args.window.unwrap_or(DEFAULT_WINDOW),
     )
     .await
     .context("measuring the transfer rate")?;
@@ -334,26 +343,118 @@ async fn run_probe(args: &Options, to: &str, fingerprint: &str, jobs: &[DiskJob]
     Ok(())
 }
 
+/// The window without a data stream: what a LAN needs.
+const DEFAULT_WINDOW: u64 = 64 << 20;
+
+/// And more per data stream: a long link holds what its streams carry in a
+/// round trip, and the commit (fdatasync) adds its own time. The sender
+/// keeps nothing of what is in flight (a retry reads again), so a large
+/// window costs no memory; it bounds what a retry sends again.
+const PER_STREAM_WINDOW: u64 = 16 << 20;
+
+/// What one attempt shares among its disks: the data streams, the window
+/// of bytes in flight, the bandwidth limit.
+struct Lanes<'a> {
+    pool: &'a streams::Pool,
+    /// Bytes of chunks in flight (sent, not acknowledged), in permits.
+    window: &'a tokio::sync::Semaphore,
+    window_bytes: u64,
+    limit: &'a ratelimit::RateLimit,
+}
+
+impl Lanes<'_> {
+    /// Permits a chunk of `len` bytes takes (a chunk larger than the whole
+    /// window takes it all).
+    fn permits(&self, len: u64) -> u32 {
+        len.min(self.window_bytes) as u32
+    }
+}
+
 async fn attempt(
     args: &Options,
     to: &str,
     fingerprint: &str,
     jobs: &mut [DiskJob],
-    progress: &mut progress::Progress,
+    progress: &progress::Progress,
+    limit: &Arc<ratelimit::RateLimit>,
 ) -> Result<()> {
-    let mut conn = client::connect(to, &args.token, fingerprint).await?;
-    for job in jobs.iter_mut().filter(|j| !j.done) {
-        transfer(args, &mut conn, job, progress)
-            .await
-            .with_context(|| format!("disk {} ({})", job.index, job.report.source))?;
-        job.done = true;
+    let mut first = client::connect(to, &args.token, fingerprint).await?;
+    let pending = jobs.iter().filter(|j| !j.done).count();
+    if pending > 0 {
+        let n = match args.streams {
+            Some(n) => n,
+            None => streams::auto_streams(round_trip(&mut first).await?),
+        };
+        // A control connection per disk (the first is one), and the streams.
+        let more = futures::future::try_join_all(
+            (1..pending).map(|_| client::connect(to, &args.token, fingerprint)),
+        );
+        let pool = streams::Pool::connect(n, to, &args.token, fingerprint, Arc::clone(limit));
+        let (more, pool) = futures::future::try_join(more, pool).await?;
+        let window_bytes = args
+            .window
+            .unwrap_or(DEFAULT_WINDOW + pool.len() as u64 * PER_STREAM_WINDOW);
+        let window = tokio::sync::Semaphore::new(window_bytes as usize);
+        let lanes = Lanes {
+            pool: &pool,
+            window: &window,
+            window_bytes,
+            limit,
+        };
+        tracing::debug!(streams = pool.len(), window_bytes, "sending the disks");
+        let mut conns: Vec<Conn> = std::iter::once(first).chain(more).collect();
+        // The disks go in parallel, each on its own control connection; a
+        // disk that fails does not stop the others (what they commit is kept).
+        let results = futures::future::join_all(
+            jobs.iter_mut()
+                .filter(|j| !j.done)
+                .zip(conns.iter_mut())
+                .map(|(job, conn)| {
+                    let lanes = &lanes;
+                    async move {
+                        transfer(args, conn, job, progress, lanes)
+                            .await
+                            .with_context(|| {
+                                format!("disk {} ({})", job.index, job.report.source)
+                            })?;
+                        job.done = true;
+                        Ok::<(), anyhow::Error>(())
+                    }
+                }),
+        )
+        .await;
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        pool.close().await?;
+        // Each disk's session ends; the first connection asks how the round ends.
+        let mut rest = conns.split_off(1);
+        for c in &mut rest {
+            let _ = tokio::io::AsyncWriteExt::shutdown(c.get_mut()).await;
+        }
+        first = conns
+            .pop()
+            .ok_or_else(|| coded(ErrorCode::Internal, "no connection"))?;
     }
     if !args.no_wait {
-        wait_for_round(&mut conn, progress).await?;
+        wait_for_round(&mut first, progress).await?;
     }
     // close_notify, so the appliance sees a clean end rather than a cut.
-    let _ = tokio::io::AsyncWriteExt::shutdown(conn.get_mut()).await;
+    let _ = tokio::io::AsyncWriteExt::shutdown(first.get_mut()).await;
     Ok(())
+}
+
+/// The round trip to the appliance, measured with a Ping.
+async fn round_trip(conn: &mut Conn) -> Result<Duration> {
+    let start = Instant::now();
+    client::send(conn, Frame::Ping).await?;
+    match tokio::time::timeout(wire::LINK_TIMEOUT, client::recv_any(conn)).await {
+        Ok(Ok(Frame::Pong)) => Ok(start.elapsed()),
+        Ok(Ok(other)) => Err(coded(
+            ErrorCode::UnexpectedFrame,
+            format!("expected Pong, got {}", other.name()),
+        )),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(client::silent()),
+    }
 }
 
 /// Every disk is verified: ask the appliance how the round ends and follow
@@ -372,6 +473,8 @@ async fn wait_for_round(conn: &mut Conn, progress: &progress::Progress) -> Resul
         };
         let (status, event) = match frame {
             Frame::RoundStatus { status, event } => (status, event),
+            // Told as the disks ended; nothing is sent any more.
+            Frame::Bandwidth { .. } => continue,
             other => {
                 return Err(coded(
                     ErrorCode::UnexpectedFrame,
@@ -480,11 +583,21 @@ enum Item {
     },
 }
 
+/// A data chunk waiting for room in the window.
+struct Waiting {
+    index: u64,
+    len: usize,
+    hash: [u8; 32],
+    compressed: bool,
+    payload: Bytes,
+}
+
 async fn transfer(
     args: &Options,
     conn: &mut Conn,
     job: &mut DiskJob,
-    progress: &mut progress::Progress,
+    progress: &progress::Progress,
+    lanes: &Lanes<'_>,
 ) -> Result<()> {
     let (size, cs) = (job.disk.size(), args.chunk_size);
     let count = chunk_count(size, cs);
@@ -548,6 +661,16 @@ async fn transfer(
             }
         }
     };
+    // The key with which the data streams attach to the disk.
+    let key = match client::recv_live(conn).await? {
+        Frame::StreamKey { disk, key } if disk == job.index => key,
+        other => {
+            return Err(coded(
+                ErrorCode::UnexpectedFrame,
+                format!("expected StreamKey, got {}", other.name()),
+            ))
+        }
+    };
 
     let mut passes = consistency::Passes::new(job.index, job.plan.as_ref(), &args.consistency);
     let (mut manifest, mut fresh) = (manifest, fresh);
@@ -592,6 +715,8 @@ async fn transfer(
             &pass,
             progress,
             &mut passes,
+            lanes,
+            key,
         )
         .await;
         let changed_chunks =
@@ -649,6 +774,7 @@ async fn transfer(
         match client::recv_live(conn).await? {
             Frame::Finished { disk, digest } if disk == job.index => break digest,
             Frame::Ack { .. } => continue,
+            Frame::Bandwidth { bytes_per_sec } => bandwidth(lanes.limit, bytes_per_sec, progress),
             other => {
                 return Err(coded(
                     ErrorCode::UnexpectedFrame,
@@ -699,8 +825,10 @@ async fn send_pass(
     manifest: HashMap<u64, [u8; 32]>,
     fresh: bool,
     pass: &consistency::Pass,
-    progress: &mut progress::Progress,
+    progress: &progress::Progress,
     passes: &mut consistency::Passes,
+    lanes: &Lanes<'_>,
+    key: [u8; 32],
 ) -> Result<(u64, u64)> {
     let (size, cs) = (job.disk.size(), args.chunk_size);
     let deadline = match pass {
@@ -729,7 +857,12 @@ async fn send_pass(
     // Reading, hashing and compressing run on a thread of their own.
     let (tx, mut rx) = mpsc::channel::<Result<Item>>(4);
     let disk = Arc::clone(&job.disk);
-    let known = std::mem::take(&mut job.known);
+    let mut known = std::mem::take(&mut job.known);
+    let count = chunk_count(size, cs);
+    if known.len() as u64 != count {
+        // An earlier attempt's reader was stopped before it gave them back.
+        known = vec![None; count as usize];
+    }
     let level = args.zstd_level;
     let overlay = match pass {
         consistency::Pass::Snapshot { overlay, .. } => Some(Arc::clone(overlay)),
@@ -740,13 +873,15 @@ async fn send_pass(
     });
 
     let mut in_flight: HashSet<u64> = HashSet::new();
-    let mut in_flight_bytes = 0u64;
+    // Permits of the shared window this disk holds.
+    let mut held = 0u64;
     let mut lens = HashMap::new();
     let (mut unchanged, mut zero_skipped) = (0u64, 0u64);
     // Bytes of the disk settled: skipped as unchanged or zero, or committed.
     let mut settled = 0u64;
     progress.set(job.index, 0);
     let mut reader_done = false;
+    let mut waiting: Option<Waiting> = None;
     // A silent link is noticed here: the sender pings while it has nothing
     // to send, the appliance answers, and nothing heard for LINK_TIMEOUT
     // ends the attempt (the next one reconnects and takes the disk over).
@@ -756,12 +891,13 @@ async fn send_pass(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result: Result<()> = async {
         loop {
-            if reader_done && in_flight.is_empty() {
+            if reader_done && waiting.is_none() && in_flight.is_empty() {
                 return Ok(());
             }
-            let can_send = !reader_done && in_flight_bytes < args.window && in_flight.len() < 4096;
+            let can_read = !reader_done && waiting.is_none() && in_flight.len() < 4096;
+            let permits = waiting.as_ref().map_or(0, |w| lanes.permits(w.len as u64));
             tokio::select! {
-                item = rx.recv(), if can_send => match item {
+                item = rx.recv(), if can_read => match item {
                     None => {
                         reader_done = true;
                         if deadline.is_some() {
@@ -791,25 +927,45 @@ async fn send_pass(
                         client::send(conn, Frame::Zero { disk: job.index, index }).await?;
                     }
                     Some(Ok(Item::Data { index, len, hash, compressed, payload })) => {
-                        in_flight.insert(index);
-                        in_flight_bytes += len as u64;
-                        lens.insert(index, len as u64);
-                        job.report.sent_chunks += 1;
-                        job.report.sent_bytes += len as u64;
-                        job.report.wire_bytes += payload.len() as u64;
-                        client::send(conn, Frame::Chunk { disk: job.index, index, hash, compressed, payload }).await?;
+                        waiting = Some(Waiting { index, len, hash, compressed, payload });
                     }
                 },
+                permit = lanes.window.acquire_many(permits), if waiting.is_some() => {
+                    permit.map_err(|_| coded(ErrorCode::Internal, "the window is closed"))?.forget();
+                    held += u64::from(permits);
+                    let w = waiting.take().ok_or_else(|| coded(ErrorCode::Internal, "no chunk waits"))?;
+                    in_flight.insert(w.index);
+                    lens.insert(w.index, w.len as u64);
+                    job.report.sent_chunks += 1;
+                    job.report.sent_bytes += w.len as u64;
+                    job.report.wire_bytes += w.payload.len() as u64;
+                    let sent = lanes.pool.send(streams::Chunk {
+                        disk: job.index,
+                        key,
+                        index: w.index,
+                        hash: w.hash,
+                        compressed: w.compressed,
+                        payload: w.payload,
+                    }).await;
+                    if let Err(e) = sent {
+                        return Err(why_streams_failed(conn, e).await);
+                    }
+                }
+                _ = lanes.pool.failed() => return Err(why_streams_failed(conn, lanes.pool.error()).await),
                 _ = ping.tick() => client::send(conn, Frame::Ping).await?,
                 _ = tokio::time::sleep_until(heard + wire::LINK_TIMEOUT) => return Err(client::silent()),
                 _ = tokio::time::sleep_until(deadline.unwrap_or(heard)), if deadline.is_some() => return Err(past_deadline()),
                 frame = client::recv_any(conn) => match frame? {
                     Frame::Pong => heard = tokio::time::Instant::now(),
+                    Frame::Bandwidth { bytes_per_sec } => bandwidth(lanes.limit, bytes_per_sec, progress),
                     Frame::Ack { disk, indices } if disk == job.index => {
                         heard = tokio::time::Instant::now();
                         for i in indices {
                             if in_flight.remove(&i) {
-                                in_flight_bytes -= lens.remove(&i).unwrap_or(0);
+                                let len = lens.remove(&i).unwrap_or(0);
+                                let p = u64::from(lanes.permits(len));
+                                lanes.window.add_permits(p as usize);
+                                held -= p;
                                 settled += chunk_len(size, cs, i) as u64;
                             }
                         }
@@ -821,11 +977,67 @@ async fn send_pass(
         }
     }
     .await;
+    // What this disk holds of the window goes back to the other disks.
+    lanes.window.add_permits(held as usize);
     drop(rx);
     let known = reader.await.context("joining the reader thread")?;
     job.known = known;
     result?;
     Ok((unchanged, zero_skipped))
+}
+
+/// A data stream failed: when the appliance failed the disk (a full target,
+/// a chunk that did not verify), it says why on the disk's control
+/// connection, and that is the error, not the stream's symptom.
+async fn why_streams_failed(conn: &mut Conn, stream_error: anyhow::Error) -> anyhow::Error {
+    let told = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Err(e) = client::recv_any(conn).await {
+                return e;
+            }
+        }
+    })
+    .await;
+    match told {
+        Ok(e) if describe(&e).0 != ErrorCode::TransferInterrupted => e,
+        _ => stream_error,
+    }
+}
+
+/// The appliance told its bandwidth limit: apply it, and say so when the
+/// limit that applies changed.
+fn bandwidth(limit: &ratelimit::RateLimit, bytes_per_sec: u64, progress: &progress::Progress) {
+    if limit.set_remote(bytes_per_sec) {
+        let now = match limit.limit() {
+            Some(n) => format!("{}/s", crate::disk::human_bytes(n)),
+            None => "none".to_owned(),
+        };
+        progress.println(&format!(
+            "ferry send: the appliance's bandwidth limit is {}; the limit now is {now}",
+            if bytes_per_sec == 0 {
+                "lifted".to_owned()
+            } else {
+                format!("{}/s", crate::disk::human_bytes(bytes_per_sec))
+            }
+        ));
+    }
+}
+
+/// Whether a chunk is worth compressing: zstd is tried on four samples
+/// across it, and a chunk none of whose samples shrinks (random or already
+/// compressed data) is sent as it is, without compressing it all for
+/// nothing; one part that compresses (a stripe of text) is enough.
+fn worth_compressing(compressor: &mut zstd::bulk::Compressor<'_>, data: &[u8]) -> bool {
+    const SAMPLE: usize = 16 << 10;
+    if data.len() < 8 * SAMPLE {
+        return true;
+    }
+    (0..4).any(|k| {
+        let at = k * (data.len() / 4);
+        compressor
+            .compress(&data[at..at + SAMPLE])
+            .is_ok_and(|p| p.len() < SAMPLE - SAMPLE / 32)
+    })
 }
 
 /// The reader thread: decide for every chunk, in order, what to send.
@@ -842,7 +1054,8 @@ fn read_chunks(
     tx: mpsc::Sender<Result<Item>>,
 ) -> Vec<Option<[u8; 32]>> {
     let size = disk.size();
-    let mut buf = vec![0u8; cs as usize];
+    // Chunks travel in these buffers to the socket and come back.
+    let pool = crate::disk::buffers::BufPool::new(cs as usize, 64);
     let mut compressor = if level > 0 {
         zstd::bulk::Compressor::new(level).ok()
     } else {
@@ -870,21 +1083,22 @@ fn read_chunks(
                 continue;
             }
         }
-        let data = &mut buf[..len];
+        let mut buf = pool.get(len);
+        let at = index * u64::from(cs);
         let read = match &overlay {
             // The volumes' extents from their snapshots (--consistency snapshot).
-            Some(o) => o.read_at(disk, data, index * u64::from(cs)),
-            None => disk.read_at(data, index * u64::from(cs)),
+            Some(o) => o.read_at(disk, &mut buf, at),
+            None => disk.read_at(&mut buf, at),
         };
         if let Err(e) = read {
             let _ = tx.blocking_send(Err(coded(ErrorCode::SourceReadFailed, format!("{e:#}"))));
             return known;
         }
-        let zero = is_zero(data);
+        let zero = is_zero(&buf);
         let hash = if zero {
             zero_h
         } else {
-            *blake3::hash(data).as_bytes()
+            *blake3::hash(&buf).as_bytes()
         };
         known[i] = Some(hash);
         let item = if theirs == Some(hash) {
@@ -894,7 +1108,11 @@ fn read_chunks(
         } else {
             let packed = compressor
                 .as_mut()
-                .and_then(|c| c.compress(data).ok())
+                .and_then(|c| {
+                    worth_compressing(c, &buf)
+                        .then(|| c.compress(&buf).ok())
+                        .flatten()
+                })
                 .filter(|p| p.len() < len);
             match packed {
                 Some(p) => Item::Data {
@@ -909,7 +1127,8 @@ fn read_chunks(
                     len,
                     hash,
                     compressed: false,
-                    payload: Bytes::copy_from_slice(data),
+                    // No copy: the buffer goes back to the pool once sent.
+                    payload: Bytes::from_owner(buf),
                 },
             }
         };
@@ -923,6 +1142,25 @@ fn read_chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_is_compressed_when_a_part_of_it_shrinks() {
+        use rand::RngCore;
+        let mut c = zstd::bulk::Compressor::new(1).unwrap();
+        let mut random = vec![0u8; 4 << 20];
+        rand::thread_rng().fill_bytes(&mut random);
+        assert!(!worth_compressing(&mut c, &random), "random data");
+        let mut striped = random.clone();
+        // A quarter of text after the random start, as a disk's stripes are.
+        for (i, b) in striped[2 << 20..3 << 20].iter_mut().enumerate() {
+            *b = b"a log line that compresses\n"[i % 27];
+        }
+        assert!(worth_compressing(&mut c, &striped), "a stripe of text");
+        assert!(
+            worth_compressing(&mut c, &random[..4096]),
+            "a small chunk is always tried"
+        );
+    }
 
     #[test]
     fn processed_is_said_only_of_a_round_that_was() {

@@ -243,7 +243,7 @@ impl From<anyhow::Error> for ApiError {
             ErrorCode::HandoffNotFound
             | ErrorCode::DiskNotConfigured
             | ErrorCode::BootTestNotFound => StatusCode::NOT_FOUND,
-            ErrorCode::Usage => StatusCode::BAD_REQUEST,
+            ErrorCode::Usage | ErrorCode::BadBandwidth => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, code, detail)
@@ -277,6 +277,7 @@ pub fn router(state: ApiState, limits: HttpLimits) -> Router {
         .route("/v1/job/boot-test", get(get_boot_test))
         .route("/v1/job/boot-test/console", get(get_boot_console))
         .route("/v1/job/boot-test/capture", get(get_boot_capture))
+        .route("/v1/job/bandwidth", post(set_bandwidth))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(status_page))
@@ -606,6 +607,39 @@ async fn reset_disk(
     tokio::task::spawn_blocking(move || resets.reset_disk(index))
         .await
         .map_err(|e| anyhow::anyhow!("reset task failed: {e}"))??;
+    get_job(State(state)).await
+}
+
+/// The body of `POST /v1/job/bandwidth`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BandwidthRequest {
+    /// Bytes per second; 0 or null lifts the limit.
+    bytes_per_sec: Option<u64>,
+}
+
+/// Set or lift the senders' bandwidth limit: saved in the job and pushed
+/// to every connected sender, which applies it at once.
+async fn set_bandwidth(
+    State(state): State<ApiState>,
+    body: axum::body::Bytes,
+) -> Result<Json<JobView>, ApiError> {
+    let bad =
+        |detail: String| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadBandwidth, detail);
+    let req: BandwidthRequest = serde_json::from_slice(&body)
+        .map_err(|e| bad(format!("the body is not {{\"bytes_per_sec\": N}}: {e}")))?;
+    let limit = req.bytes_per_sec.filter(|&n| n > 0);
+    if let Some(n) = limit.filter(|&n| n < crate::wire::MIN_BANDWIDTH) {
+        return Err(bad(format!(
+            "{n} bytes per second is below the smallest limit, {}",
+            crate::wire::MIN_BANDWIDTH
+        )));
+    }
+    job_call(&state, move |job| job.set_bandwidth_limit(limit)).await?;
+    match limit {
+        Some(n) => tracing::info!(bytes_per_sec = n, "bandwidth limit set"),
+        None => tracing::info!("bandwidth limit lifted"),
+    }
     get_job(State(state)).await
 }
 

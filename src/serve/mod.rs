@@ -15,6 +15,7 @@ pub mod notify;
 pub mod records;
 pub mod reset;
 pub mod session;
+pub mod streams;
 pub mod webhook;
 pub mod writer;
 
@@ -43,6 +44,12 @@ pub struct Appliance {
     pub auth: auth_limit::AuthLimiter,
     /// Disks a session is writing now.
     pub claims: Arc<claims::Claims>,
+    /// Disks open for the data streams of their senders.
+    pub streams: Arc<streams::Streams>,
+    /// Held while a session ends the round and starts its pipeline, so that
+    /// another session of the sender ending at the same moment finds the
+    /// pipeline it started.
+    pub round_end: tokio::sync::Mutex<()>,
     pub data_bound: AtomicBool,
     /// The job: its state, progress and last error (persisted in the ledger).
     pub job: Arc<JobHandle>,
@@ -174,6 +181,8 @@ pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Applianc
         tls: tls.config,
         auth: auth_limit::AuthLimiter::default(),
         claims: Arc::default(),
+        streams: Arc::default(),
+        round_end: tokio::sync::Mutex::new(()),
         data_bound: AtomicBool::new(false),
         refused_records,
         _lock: lock,

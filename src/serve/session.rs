@@ -19,8 +19,10 @@ use tracing::Instrument;
 
 use super::admission::Ticket;
 use super::claims::{Claim, Link};
-use super::writer::{Event, Work, Writer};
+use super::streams::{Attached, Published};
+use super::writer::{Event, Payload, Work, Writer};
 use super::Appliance;
+use crate::disk::buffers::{Buf, BufPool};
 use crate::disk::{chunk_count, Disk};
 use crate::job::errors::{coded, describe, Code, ErrorCode, JobEffect};
 use crate::job::ledger::DiskRecord;
@@ -32,7 +34,13 @@ const PREAUTH_DEADLINE: Duration = Duration::from_secs(10);
 /// Chunks queued for one disk's writer beyond the one it is writing.
 const WRITER_QUEUE: usize = 4;
 
-type Conn = Framed<TlsStream<TcpStream>, FrameCodec>;
+/// TLS over a buffered socket: rustls reads its records a few KiB at a
+/// time, and a read buffer turns those reads into one system call per
+/// [`READ_BUFFER`] rather than one per record.
+type Conn = Framed<TlsStream<tokio::io::BufReader<TcpStream>>, FrameCodec>;
+
+/// Bytes read from a data socket at once.
+const READ_BUFFER: usize = 256 << 10;
 
 /// Accept connections until `shutdown`. Every connection is accepted; until
 /// it is authenticated it holds a place in the port's unauthenticated
@@ -129,7 +137,7 @@ async fn connection(
     }
     let accepted = tokio::select! {
         _ = ticket.evicted() => return,
-        r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => r,
+        r = tokio::time::timeout_at(deadline, acceptor.accept(tokio::io::BufReader::with_capacity(READ_BUFFER, tcp))) => r,
     };
     let tls = match accepted {
         Ok(Ok(s)) => s,
@@ -163,6 +171,8 @@ async fn connection(
         unproven: Some(ticket),
         _place: None,
         link: Link::new(),
+        attached: HashMap::new(),
+        bandwidth_told: None,
     };
     let result = session
         .run(&mut conn, peer, binding, shutdown, deadline, &sessions)
@@ -211,6 +221,7 @@ async fn connection(
 async fn end_round(app: &Arc<Appliance>, conn: &mut Conn, admitted: bool, wait: bool) {
     use crate::job::state::Status;
     if admitted {
+        let ending = app.round_end.lock().await;
         let app2 = Arc::clone(app);
         let ended = tokio::task::spawn_blocking(move || {
             let expected: Option<Vec<u32>> = (!app2.config.embedded())
@@ -222,6 +233,7 @@ async fn end_round(app: &Arc<Appliance>, conn: &mut Conn, admitted: bool, wait: 
             Ok(Ok(Some(_))) => {
                 tracing::info!("every disk is verified: running the round's pipeline");
                 let phase = app.pipeline.start();
+                drop(ending);
                 if wait {
                     follow(app, conn, phase).await;
                 }
@@ -363,6 +375,10 @@ struct OpenDisk {
     committed: u64,
     work: mpsc::Sender<Work>,
     thread: std::thread::JoinHandle<()>,
+    /// The writer's chunk buffers.
+    buffers: Arc<BufPool>,
+    /// Open to the sender's data streams while this session holds it.
+    _published: Published,
 }
 
 struct Session {
@@ -381,6 +397,12 @@ struct Session {
     /// When the sender was last heard from, and whether a newer session
     /// took a disk over.
     link: Arc<Link>,
+    /// Disks of other sessions this connection carries chunks for (it is
+    /// a data stream of their sender).
+    attached: HashMap<u32, Attached>,
+    /// The bandwidth limit last told to the sender (bytes per second, 0
+    /// for none); None before a disk is opened.
+    bandwidth_told: Option<u64>,
 }
 
 impl Session {
@@ -432,6 +454,7 @@ impl Session {
                     if let (true, Some(code)) = (self.admitted, status.sender_refusal()) {
                         return Err(coded(code, format!("the job became {status} during the transfer")));
                     }
+                    self.tell_bandwidth(conn).await?;
                 }
                 _ = shutdown.cancelled() => {
                     return Err(coded(ErrorCode::TransferInterrupted, "the appliance is shutting down"));
@@ -562,6 +585,7 @@ impl Session {
         // on the chunk size the sender announces.
         conn.codec_mut()
             .set_max(wire::postauth_max_frame(wire::MIN_CHUNK_SIZE));
+        conn.codec_mut().split_chunks(true);
         tracing::info!("sender authenticated");
         Ok(())
     }
@@ -585,18 +609,52 @@ impl Session {
                 compressed,
                 payload,
             } => {
-                let d = self.disk(disk)?;
-                check_index(d, disk, index)?;
                 self.app.metrics.received_bytes.inc_by(payload.len() as u64);
                 let work = Work::Chunk {
                     index,
                     hash,
-                    compressed,
-                    payload,
+                    payload: self.payload(disk, compressed, payload)?,
                 };
+                if let Some(a) = self.attached.get(&disk) {
+                    return attached_work(a, disk, index, work).await;
+                }
+                let d = self.disk(disk)?;
+                check_index(d, disk, index)?;
                 d.work.send(work).await.map_err(|_| writer_gone(disk))
             }
+            Frame::ChunkHead {
+                disk,
+                index,
+                hash,
+                len,
+            } => {
+                // Checked before its payload is read.
+                let attached = self.attached.get(&disk).cloned();
+                if attached.is_none() {
+                    check_index(self.disk(disk)?, disk, index)?;
+                }
+                let buf = self.read_payload(conn, disk, len).await?;
+                self.app.metrics.received_bytes.inc_by(len as u64);
+                let work = Work::Chunk {
+                    index,
+                    hash,
+                    payload: Payload::Plain(buf),
+                };
+                match attached {
+                    Some(a) => attached_work(&a, disk, index, work).await,
+                    None => self
+                        .disk(disk)?
+                        .work
+                        .send(work)
+                        .await
+                        .map_err(|_| writer_gone(disk)),
+                }
+            }
+            Frame::Attach { disk, key } => self.attach(conn, disk, &key),
             Frame::Zero { disk, index } => {
+                if let Some(a) = self.attached.get(&disk) {
+                    return attached_work(a, disk, index, Work::Zero { index }).await;
+                }
                 let d = self.disk(disk)?;
                 check_index(d, disk, index)?;
                 d.work
@@ -645,6 +703,131 @@ impl Session {
                 format!("{} after authentication", other.name()),
             )),
         }
+    }
+
+    /// A chunk's payload for its writer. An uncompressed one is copied out
+    /// of the connection's read buffer now, so that the buffer is free
+    /// again for the next frame rather than a fresh allocation (fresh
+    /// pages) for every chunk, into a pooled buffer O_DIRECT can write.
+    fn payload(&self, disk: u32, compressed: bool, payload: bytes::Bytes) -> Result<Payload> {
+        if compressed {
+            return Ok(Payload::Packed(payload));
+        }
+        let pool = self.buffers(disk)?;
+        if payload.len() > pool.size() {
+            return Err(coded(
+                ErrorCode::ChunkOutOfRange,
+                format!(
+                    "a chunk of disk {disk} holds {} bytes, more than its chunk size {}",
+                    payload.len(),
+                    pool.size()
+                ),
+            ));
+        }
+        let mut buf = pool.get(payload.len());
+        buf.copy_from_slice(&payload);
+        Ok(Payload::Plain(buf))
+    }
+
+    /// The payload of a chunk whose head came alone: what the codec has
+    /// of it already, then the rest straight from the connection into a
+    /// buffer of the disk's writer (one copy less than through the codec's
+    /// buffer). Bounded like a frame's write: a payload that stops coming
+    /// is a silent link.
+    async fn read_payload(&self, conn: &mut Conn, disk: u32, len: usize) -> Result<Buf> {
+        use tokio::io::AsyncReadExt;
+        let pool = self.buffers(disk)?;
+        if len > pool.size() {
+            return Err(coded(
+                ErrorCode::ChunkOutOfRange,
+                format!(
+                    "a chunk of disk {disk} holds {len} bytes, more than its chunk size {}",
+                    pool.size()
+                ),
+            ));
+        }
+        let mut buf = pool.get(len);
+        let have = conn.read_buffer().len().min(len);
+        buf[..have].copy_from_slice(&conn.read_buffer()[..have]);
+        bytes::Buf::advance(conn.read_buffer_mut(), have);
+        match tokio::time::timeout(
+            wire::LINK_TIMEOUT,
+            conn.get_mut().read_exact(&mut buf[have..]),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(buf),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(coded(
+                ErrorCode::FrameMalformed,
+                format!("connection cut in the middle of a chunk of disk {disk}"),
+            )),
+            Ok(Err(e)) => Err(coded(
+                ErrorCode::TransferInterrupted,
+                format!("reading a chunk of disk {disk}: {e}"),
+            )),
+            Err(_) => Err(coded(
+                ErrorCode::TransferInterrupted,
+                format!(
+                    "a chunk of disk {disk} did not arrive within {} s: the link is silent",
+                    wire::LINK_TIMEOUT.as_secs()
+                ),
+            )),
+        }
+    }
+
+    /// The chunk buffers of `disk`'s writer, opened here or attached to.
+    fn buffers(&self, disk: u32) -> Result<&Arc<BufPool>> {
+        match (self.disks.get(&disk), self.attached.get(&disk)) {
+            (Some(d), _) => Ok(&d.buffers),
+            (None, Some(a)) => Ok(&a.buffers),
+            (None, None) => Err(self.disk(disk).err().unwrap_or_else(|| writer_gone(disk))),
+        }
+    }
+
+    /// This connection is a data stream of the sender that opened `disk`
+    /// in another session: its chunks go to that session's writer.
+    fn attach(&mut self, conn: &mut Conn, disk: u32, key: &[u8; 32]) -> Result<()> {
+        if self.disks.contains_key(&disk) || self.attached.contains_key(&disk) {
+            return Err(coded(
+                ErrorCode::UnexpectedFrame,
+                format!("Attach to disk {disk}, which this connection already carries"),
+            ));
+        }
+        let a = self.app.streams.attach(disk, key).ok_or_else(|| {
+            coded(
+                ErrorCode::TransferInterrupted,
+                format!("a data stream asked for disk {disk}, which no session of the job has open with that key (its session ended)"),
+            )
+        })?;
+        let codec_max = conn
+            .codec()
+            .max()
+            .max(wire::postauth_max_frame(a.chunk_size));
+        conn.codec_mut().set_max(codec_max);
+        self.attached.insert(disk, a);
+        Ok(())
+    }
+
+    /// Tell the sender the job's bandwidth limit when it changed (or was
+    /// never told), once it sends data.
+    async fn tell_bandwidth(&mut self, conn: &mut Conn) -> Result<()> {
+        if self.disks.is_empty() {
+            return Ok(());
+        }
+        let limit = self.app.job.bandwidth_limit().unwrap_or(0);
+        if self.bandwidth_told == Some(limit) {
+            return Ok(());
+        }
+        send_within(
+            conn,
+            Frame::Bandwidth {
+                bytes_per_sec: limit,
+            },
+        )
+        .await
+        .context("telling the bandwidth limit")?;
+        self.bandwidth_told = Some(limit);
+        Ok(())
     }
 
     /// Keep the names the source knew a disk by, for the repair.
@@ -716,10 +899,13 @@ impl Session {
         }
         let guard = self.app.claims.claim(disk, &self.link).await?;
         let app = Arc::clone(&self.app);
-        let (target, record) =
-            tokio::task::spawn_blocking(move || open_target(&app, disk, size, chunk_size))
-                .await
-                .context("opening the target disk")??;
+        let (target, record) = tokio::task::spawn_blocking(move || {
+            let (mut target, record) = open_target(&app, disk, size, chunk_size)?;
+            target.use_direct_io();
+            Ok::<_, anyhow::Error>((target, record))
+        })
+        .await
+        .context("opening the target disk")??;
         let count = chunk_count(size, chunk_size);
         let codec_max = conn.codec().max().max(wire::postauth_max_frame(chunk_size));
         conn.codec_mut().set_max(codec_max);
@@ -771,12 +957,28 @@ impl Session {
             first = end;
         }
         let (work_tx, work_rx) = mpsc::channel(WRITER_QUEUE);
+        // Enough for the queue, the chunk being written, and one being
+        // filled by each connection that feeds the writer.
+        let buffers = BufPool::new(chunk_size as usize, 2 * WRITER_QUEUE + 4);
+        let (published, key) = self.app.streams.publish(
+            disk,
+            Attached {
+                work: work_tx.clone(),
+                closed: CancellationToken::new(),
+                link: Arc::clone(&self.link),
+                chunks: count,
+                chunk_size,
+                buffers: Arc::clone(&buffers),
+            },
+        );
         let writer = Writer {
             disk_index: disk,
+            written: HashMap::new(),
             disk: target,
             record: record.clone(),
             ledger: Arc::clone(&self.app.ledger),
             metrics: Arc::clone(&self.app.metrics),
+            buffers: Arc::clone(&buffers),
         };
         let events = events.clone();
         let thread = std::thread::Builder::new()
@@ -794,14 +996,24 @@ impl Session {
                 committed: committed_bytes,
                 work: work_tx,
                 thread,
+                buffers,
+                _published: published,
             },
         );
-        Ok(())
+        send_within(conn, Frame::StreamKey { disk, key })
+            .await
+            .context("sending the stream key")?;
+        self.tell_bandwidth(conn).await
     }
 
     /// Stop the writers; each commits what it wrote before it returns.
     async fn close(&mut self) {
+        self.attached.clear();
         for (disk, d) in self.disks.drain() {
+            // The sender's data streams hold the queue too: the writer
+            // stops when told, not when every handle is gone.
+            drop(d._published);
+            let _ = d.work.send(Work::Close).await;
             drop(d.work);
             let joined = tokio::task::spawn_blocking(move || d.thread.join()).await;
             if !matches!(joined, Ok(Ok(()))) {
@@ -855,6 +1067,31 @@ fn check_index(d: &OpenDisk, disk: u32, index: u64) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Chunks of a disk another session of the sender opened.
+async fn attached_work(a: &Attached, disk: u32, index: u64, work: Work) -> Result<()> {
+    if index >= a.chunks {
+        return Err(coded(
+            ErrorCode::ChunkOutOfRange,
+            format!(
+                "chunk {index} of disk {disk}, which has {} chunks of {} bytes",
+                a.chunks, a.chunk_size
+            ),
+        ));
+    }
+    a.link.heard();
+    tokio::select! {
+        r = a.work.send(work) => r.map_err(|_| closed_by_owner(disk)),
+        _ = a.closed.cancelled() => Err(closed_by_owner(disk)),
+    }
+}
+
+fn closed_by_owner(disk: u32) -> anyhow::Error {
+    coded(
+        ErrorCode::TransferInterrupted,
+        format!("disk {disk} was closed by the session that opened it"),
+    )
 }
 
 fn writer_gone(disk: u32) -> anyhow::Error {

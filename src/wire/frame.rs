@@ -117,6 +117,26 @@ pub enum Frame {
     Ping,
     /// appliance → sender: the answer to Ping.
     Pong,
+    /// appliance → sender, after the manifest of a disk: the key with which
+    /// the sender's other connections of the job attach to the disk.
+    StreamKey { disk: u32, key: [u8; 32] },
+    /// sender → appliance, on a data stream (an authenticated connection
+    /// that opens no disk): the Chunk frames of `disk` that follow on this
+    /// connection go to the writer of the session that opened it.
+    Attach { disk: u32, key: [u8; 32] },
+    /// appliance → sender: the job's bandwidth limit in bytes per second,
+    /// 0 for none; sent when a disk is opened and whenever it changes.
+    Bandwidth { bytes_per_sec: u64 },
+    /// Not a frame of its own: the head of an uncompressed Chunk frame
+    /// whose `len` payload bytes have not all arrived, from a codec told
+    /// to [`FrameCodec::split_chunks`]. The reader takes the payload from
+    /// the connection itself, into a buffer of its own.
+    ChunkHead {
+        disk: u32,
+        index: u64,
+        hash: [u8; 32],
+        len: usize,
+    },
 }
 
 /// What a RoundStatus frame tells the sender.
@@ -160,6 +180,9 @@ mod ty {
     pub const ROUND_STATUS: u8 = 0x31;
     pub const PING: u8 = 0x40;
     pub const PONG: u8 = 0x41;
+    pub const STREAM_KEY: u8 = 0x18;
+    pub const ATTACH: u8 = 0x19;
+    pub const BANDWIDTH: u8 = 0x50;
 }
 
 /// Most names in a DiskNames frame.
@@ -190,6 +213,10 @@ impl Frame {
             Frame::RoundStatus { .. } => "RoundStatus",
             Frame::Ping => "Ping",
             Frame::Pong => "Pong",
+            Frame::StreamKey { .. } => "StreamKey",
+            Frame::Attach { .. } => "Attach",
+            Frame::Bandwidth { .. } => "Bandwidth",
+            Frame::ChunkHead { .. } => "Chunk",
         }
     }
 
@@ -333,6 +360,30 @@ impl Frame {
             Frame::EndRound => ty::END_ROUND,
             Frame::Ping => ty::PING,
             Frame::Pong => ty::PONG,
+            Frame::StreamKey { disk, key } => {
+                dst.put_u32(*disk);
+                dst.put_slice(key);
+                ty::STREAM_KEY
+            }
+            Frame::Attach { disk, key } => {
+                dst.put_u32(*disk);
+                dst.put_slice(key);
+                ty::ATTACH
+            }
+            Frame::Bandwidth { bytes_per_sec } => {
+                dst.put_u64(*bytes_per_sec);
+                ty::BANDWIDTH
+            }
+            // A head is only ever decoded; its frame was a Chunk.
+            Frame::ChunkHead {
+                disk,
+                index,
+                hash,
+                len,
+            } => {
+                dst.put_slice(&chunk_head(*disk, *index, hash, false, *len)[HEADER..]);
+                ty::CHUNK
+            }
             Frame::RoundStatus { status, event } => {
                 dst.put_u8(status.wire_code());
                 let (kind, step) = match event {
@@ -480,6 +531,17 @@ impl Frame {
             ty::END_ROUND => Frame::EndRound,
             ty::PING => Frame::Ping,
             ty::PONG => Frame::Pong,
+            ty::STREAM_KEY => Frame::StreamKey {
+                disk: get_u32(&mut p, "StreamKey")?,
+                key: get32(&mut p, "StreamKey")?,
+            },
+            ty::ATTACH => Frame::Attach {
+                disk: get_u32(&mut p, "Attach")?,
+                key: get32(&mut p, "Attach")?,
+            },
+            ty::BANDWIDTH => Frame::Bandwidth {
+                bytes_per_sec: get_u64(&mut p, "Bandwidth")?,
+            },
             ty::ROUND_STATUS => {
                 let status = Status::from_wire_code(get_u8(&mut p, "RoundStatus")?)
                     .ok_or_else(|| malformed("RoundStatus", "unknown status"))?;
@@ -576,13 +638,25 @@ fn get_text(p: &mut Bytes) -> Result<String, WireError> {
 #[derive(Debug)]
 pub struct FrameCodec {
     max: usize,
+    split: bool,
 }
+
+/// Smallest payload a codec that splits chunks leaves to its reader.
+const SPLIT_MIN: usize = 64 << 10;
 
 const HEADER: usize = 5;
 
 impl FrameCodec {
     pub fn new(max: usize) -> Self {
-        FrameCodec { max }
+        FrameCodec { max, split: false }
+    }
+
+    /// Decode an uncompressed chunk whose payload has not all arrived as
+    /// a [`Frame::ChunkHead`], leaving the payload to the reader: it reads
+    /// it straight into its own buffer rather than into this codec's (which
+    /// is copied out of again, and is fresh memory for every chunk).
+    pub fn split_chunks(&mut self, on: bool) {
+        self.split = on;
     }
 
     pub fn set_max(&mut self, max: usize) {
@@ -609,6 +683,22 @@ impl Decoder for FrameCodec {
             return Err(WireError::TooLarge { len, max: self.max });
         }
         if src.len() < HEADER + len {
+            let head = HEADER + crate::wire::CHUNK_HEADER_LEN;
+            if self.split
+                && ty == ty::CHUNK
+                && len >= crate::wire::CHUNK_HEADER_LEN + SPLIT_MIN
+                && src.len() >= head
+                && src[head - 1] == 0
+            {
+                let mut h = src.split_to(head).freeze();
+                h.advance(HEADER);
+                return Ok(Some(Frame::ChunkHead {
+                    disk: get_u32(&mut h, "Chunk")?,
+                    index: get_u64(&mut h, "Chunk")?,
+                    hash: get32(&mut h, "Chunk")?,
+                    len: len - crate::wire::CHUNK_HEADER_LEN,
+                }));
+            }
             src.reserve(HEADER + len - src.len());
             return Ok(None);
         }
@@ -642,6 +732,26 @@ impl Encoder<&Frame> for FrameCodec {
         item.encode_into(dst);
         Ok(())
     }
+}
+
+/// The bytes of a Chunk frame before its payload, for a writer that sends
+/// the payload from its own buffer rather than copying it into a frame's.
+pub fn chunk_head(
+    disk: u32,
+    index: u64,
+    hash: &[u8; 32],
+    compressed: bool,
+    payload_len: usize,
+) -> [u8; HEADER + crate::wire::CHUNK_HEADER_LEN] {
+    let mut head = [0u8; HEADER + crate::wire::CHUNK_HEADER_LEN];
+    let len = (crate::wire::CHUNK_HEADER_LEN + payload_len) as u32;
+    head[0] = ty::CHUNK;
+    head[1..5].copy_from_slice(&len.to_be_bytes());
+    head[5..9].copy_from_slice(&disk.to_be_bytes());
+    head[9..17].copy_from_slice(&index.to_be_bytes());
+    head[17..49].copy_from_slice(hash);
+    head[49] = u8::from(compressed);
+    head
 }
 
 /// Encode one frame into fresh bytes (tests and raw writers).
@@ -738,6 +848,17 @@ mod tests {
             },
             Frame::Ping,
             Frame::Pong,
+            Frame::StreamKey {
+                disk: 2,
+                key: [11; 32],
+            },
+            Frame::Attach {
+                disk: 2,
+                key: [11; 32],
+            },
+            Frame::Bandwidth {
+                bytes_per_sec: 12_500_000,
+            },
         ]
     }
 
@@ -749,6 +870,57 @@ mod tests {
             assert_eq!(got.as_ref(), Some(&f), "{}", f.name());
             assert!(buf.is_empty());
         }
+    }
+
+    #[test]
+    fn a_chunk_head_is_the_start_of_its_frame() {
+        let payload = Bytes::from_static(b"payload bytes");
+        let frame = Frame::Chunk {
+            disk: 7,
+            index: 1 << 33,
+            hash: [5; 32],
+            compressed: true,
+            payload: payload.clone(),
+        };
+        let head = chunk_head(7, 1 << 33, &[5; 32], true, payload.len());
+        assert_eq!([&head[..], &payload[..]].concat(), encode(&frame).to_vec());
+    }
+
+    #[test]
+    fn a_splitting_codec_leaves_a_plain_chunks_payload_to_its_reader() {
+        let payload = Bytes::from(vec![7u8; 256 << 10]);
+        let chunk = |compressed| Frame::Chunk {
+            disk: 1,
+            index: 9,
+            hash: [3; 32],
+            compressed,
+            payload: payload.clone(),
+        };
+        let mut codec = FrameCodec::new(1 << 20);
+        codec.split_chunks(true);
+        // Whole in the buffer: the frame as it is.
+        let mut buf = encode(&chunk(false));
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(chunk(false)));
+        // Its head and part of its payload: the head; the rest stays.
+        let mut buf = encode(&chunk(false));
+        buf.truncate(50 + 1000);
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Frame::ChunkHead {
+                disk: 1,
+                index: 9,
+                hash: [3; 32],
+                len: 256 << 10
+            })
+        );
+        assert_eq!(buf.len(), 1000);
+        // A compressed chunk waits whole, as does any chunk without splitting.
+        let mut buf = encode(&chunk(true));
+        buf.truncate(50 + 1000);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        let mut buf = encode(&chunk(false));
+        buf.truncate(50 + 1000);
+        assert_eq!(FrameCodec::new(1 << 20).decode(&mut buf).unwrap(), None);
     }
 
     #[test]

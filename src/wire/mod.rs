@@ -11,7 +11,12 @@ pub mod tls;
 pub use frame::{Frame, FrameCodec, RoundEvent, WireError, MAX_DISK_NAMES};
 
 /// Bumped on any incompatible change of the frames below.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
+
+/// The smallest bandwidth limit (bytes per second): below it a 4 MiB
+/// chunk takes a minute, and a limit that low is a typo more likely than
+/// a link.
+pub const MIN_BANDWIDTH: u64 = 64 << 10;
 
 /// Default data port of the appliance.
 pub const DEFAULT_DATA_PORT: u16 = 8703;

@@ -157,6 +157,21 @@ impl Server {
         http(&self.control, method, path, &[("Authorization", &auth)])
     }
 
+    /// An authorized control request with a JSON body.
+    pub fn control_json(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let auth = format!("Bearer {}", self.control_token);
+        http_body(
+            &self.control,
+            method,
+            path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        )
+    }
+
     /// POST /v1/job/start when the job is Waiting with its round handed off.
     pub fn start_next_round_if_held(&self) {
         let (status, body) = self.control("GET", "/v1/job");
@@ -252,15 +267,28 @@ pub fn send_to_within(
 
 /// A minimal HTTP/1.1 client for the control port.
 pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    http_body(addr, method, path, headers, "")
+}
+
+/// The same, with a request body.
+pub fn http_body(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
     );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
+    req.push_str(body);
     s.write_all(req.as_bytes()).unwrap();
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
