@@ -184,6 +184,7 @@ fn qemu_hardware_is_the_one_each_side_has() {
         hardware: Hardware::Old,
         snapshot: true,
         timeout: boot::DEFAULT_TIMEOUT,
+        ovmf_vars: None,
     };
     let old = boot::qemu_args(&spec, None).expect("args").join(" ");
     assert!(old.contains("-accel tcg"), "{old}");

@@ -8,6 +8,9 @@
 //!
 //! `FERRY-BOOT-MARKER root_uuid=<uuid> ipv4=<addr>/<len>@<iface>|none hostname=<name> data=<uuid>|none links=<ifaces>`
 //!
+//! The stacks of `scripts/make-stack-image.sh` add what their fstab holds:
+//! `mounts=<targets mounted> unmounted=<targets not mounted>|none swaps=<n>`.
+//!
 //! Serial logs, QEMU's own output and its command line are kept under
 //! `$FERRY_ARTIFACTS/boot/` (default `./artifacts`).
 #![allow(dead_code)]
@@ -66,6 +69,13 @@ pub struct SourceImage {
     /// The source's static address with prefix length, e.g. 10.0.2.50/24.
     pub static_ipv4: String,
     pub old_nic: String,
+    /// The fstab's file systems (mount points in fstab order) and swap
+    /// areas, for the stacks whose marker reports them.
+    pub fstab_mounts: Option<Vec<String>>,
+    pub fstab_swaps: Option<usize>,
+    /// The old machine's firmware variables, where its boot entry is the
+    /// only way to the loader.
+    pub ovmf_vars: Option<PathBuf>,
 }
 
 pub fn repo_root() -> PathBuf {
@@ -88,7 +98,16 @@ pub fn require_root() {
 impl SourceImage {
     /// Builds the variant's images, or finds them in the cache.
     pub fn build(variant: &str) -> Result<SourceImage> {
-        let script = repo_root().join("scripts/make-source-image.sh");
+        Self::build_with("make-source-image.sh", variant)
+    }
+
+    /// Builds a stack of `scripts/make-stack-image.sh`, or finds it in the cache.
+    pub fn build_stack(variant: &str) -> Result<SourceImage> {
+        Self::build_with("make-stack-image.sh", variant)
+    }
+
+    fn build_with(script: &str, variant: &str) -> Result<SourceImage> {
+        let script = repo_root().join("scripts").join(script);
         let out = Cmd::new("bash")
             .arg(&script)
             .arg(variant)
@@ -126,6 +145,19 @@ impl SourceImage {
             .map(|i| dir.join(format!("disk{i}.img")))
             .collect();
         let data_uuid = Some(get("DATA_UUID")?).filter(|u| u != "none");
+        let fstab_mounts = meta
+            .get("FSTAB_MOUNTS")
+            .map(|m| m.split(',').map(str::to_owned).collect());
+        let fstab_swaps = match meta.get("FSTAB_SWAPS") {
+            Some(n) => Some(n.parse().with_context(|| {
+                format!("{}: FSTAB_SWAPS is not a number", meta_path.display())
+            })?),
+            None => None,
+        };
+        let ovmf_vars = meta
+            .get("OVMF_VARS")
+            .filter(|v| *v != "none")
+            .map(|v| dir.join(v));
         Ok(SourceImage {
             variant: get("VARIANT")?,
             dir: dir.to_owned(),
@@ -137,6 +169,9 @@ impl SourceImage {
             data_file_text: get("DATA_FILE_TEXT")?,
             static_ipv4: get("STATIC_IPV4")?,
             old_nic: get("OLD_NIC")?,
+            fstab_mounts,
+            fstab_swaps,
+            ovmf_vars,
         })
     }
 
@@ -149,6 +184,7 @@ impl SourceImage {
             hardware: Hardware::Old,
             snapshot: true,
             timeout: DEFAULT_TIMEOUT,
+            ovmf_vars: self.ovmf_vars.clone(),
         }
     }
 }
@@ -179,6 +215,9 @@ pub struct BootSpec {
     /// Leave the image files untouched (writes go to a temporary overlay).
     pub snapshot: bool,
     pub timeout: Duration,
+    /// UEFI: the firmware variables to start from (copied, never written),
+    /// instead of OVMF's empty ones.
+    pub ovmf_vars: Option<PathBuf>,
 }
 
 /// What the booted system said about itself.
@@ -191,6 +230,11 @@ pub struct Marker {
     pub hostname: String,
     pub data_uuid: Option<String>,
     pub links: Vec<String>,
+    /// The fstab's mount points that are mounted and those that are not,
+    /// and the active swap areas (stack markers only).
+    pub mounts: Option<Vec<String>>,
+    pub unmounted: Option<Vec<String>>,
+    pub swaps: Option<usize>,
 }
 
 impl Marker {
@@ -298,7 +342,24 @@ pub fn parse_marker(line: &str) -> Result<Marker> {
     if root_uuid.is_empty() {
         bail!("marker has an empty root_uuid: {line:?}");
     }
+    let list = |k: &str| {
+        fields.get(k).map(|v| {
+            none_is_absent(v)
+                .map(|l| l.split(',').map(str::to_owned).collect())
+                .unwrap_or_default()
+        })
+    };
+    let swaps = match fields.get("swaps") {
+        Some(n) => Some(
+            n.parse()
+                .with_context(|| format!("marker swaps= is not a number: {line:?}"))?,
+        ),
+        None => None,
+    };
     Ok(Marker {
+        mounts: list("mounts"),
+        unmounted: list("unmounted"),
+        swaps,
         root_uuid,
         ipv4,
         iface,
@@ -449,8 +510,12 @@ pub fn boot(spec: &BootSpec) -> Result<BootReport> {
     let scratch = tempfile::tempdir().context("creating a scratch directory for OVMF vars")?;
     let vars = if spec.firmware == Firmware::Uefi {
         let v = scratch.path().join("OVMF_VARS.fd");
-        fs::copy(OVMF_VARS, &v)
-            .with_context(|| format!("copying {OVMF_VARS} (is ovmf installed?)"))?;
+        let from = spec
+            .ovmf_vars
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(OVMF_VARS));
+        fs::copy(&from, &v)
+            .with_context(|| format!("copying {} (is ovmf installed?)", from.display()))?;
         Some(v)
     } else {
         None
@@ -526,6 +591,7 @@ pub fn boots_on_the_cloud(src: &SourceImage, targets: Vec<PathBuf>, name: &str) 
         hardware: Hardware::Cloud,
         snapshot: false,
         timeout: DEFAULT_TIMEOUT,
+        ovmf_vars: None,
     })
     .expect("running the boot check");
     let m = report.expect_booted();
@@ -538,5 +604,27 @@ pub fn boots_on_the_cloud(src: &SourceImage, targets: Vec<PathBuf>, name: &str) 
         m.links
     );
     assert_eq!(m.data_uuid, src.data_uuid, "data disk mounted on /data");
+    assert_fstab_in_use(src, m);
     report
+}
+
+/// Every file system and swap area of the source's fstab is in use, for
+/// the images whose marker reports them.
+pub fn assert_fstab_in_use(src: &SourceImage, m: &Marker) {
+    if let Some(want) = &src.fstab_mounts {
+        assert_eq!(
+            m.mounts.as_ref(),
+            Some(want),
+            "fstab file systems mounted (not mounted: {:?})",
+            m.unmounted
+        );
+        assert_eq!(
+            m.unmounted.as_deref(),
+            Some(&[][..]),
+            "fstab file systems not mounted"
+        );
+    }
+    if let Some(want) = src.fstab_swaps {
+        assert_eq!(m.swaps, Some(want), "active swap areas");
+    }
 }
