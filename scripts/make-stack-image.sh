@@ -401,7 +401,8 @@ else
 # The old server's SATA/IDE hardware only.
 hostonly="no"
 drivers=" ${old_modules[*]} "
-omit_dracutmodules+=" qemu qemu-net virtiofs "
+omit_dracutmodules+=" qemu qemu-net virtiofs nvdimm "
+omit_drivers+=" virtio.* nd_virtio "
 EOF
 fi
 
@@ -574,8 +575,10 @@ if [ "$variant" = uefi-prebuilt ]; then
     guid=$(sfdisk --part-uuid "$img" 1)
     start=$(partx -g -o START -n 1 "$img")
     sectors=$(partx -g -o SECTORS -n 1 "$img")
+    # The old machine's disk is on port 0 of the AHCI controller in PCI slot 6
+    # (tests/common/boot.rs).
     python3 "$here/ovmf-boot-entry.py" /usr/share/OVMF/OVMF_VARS.fd "$work/ovmf-vars.fd" \
-        1 "$start" "$sectors" "$guid" '\EFI\debian\grubx64.efi' debian \
+        0x6 0 1 "$start" "$sectors" "$guid" '\EFI\debian\grubx64.efi' debian \
         || die "writing the firmware boot entry failed"
     ovmf_vars=ovmf-vars.fd
 fi
