@@ -392,6 +392,7 @@ fn run(stack: Stack) {
 }
 
 #[test]
+#[ignore = "pending the engine: LVM_UNSUPPORTED at the check (no LVM reader yet)"]
 fn lvm_server_boots_fails_unrepaired_and_migrates_onto_a_larger_disk() {
     run(Stack {
         variant: "lvm",
@@ -410,6 +411,7 @@ fn xfs_gpt_server_with_var_and_sdx_swap_boots_fails_unrepaired_and_migrates() {
 }
 
 #[test]
+#[ignore = "pending the engine: btrfs is not probed or mounted (FS_UNSUPPORTED)"]
 fn btrfs_subvolume_server_boots_fails_unrepaired_and_migrates() {
     run(Stack {
         variant: "btrfs",
@@ -419,6 +421,7 @@ fn btrfs_subvolume_server_boots_fails_unrepaired_and_migrates() {
 }
 
 #[test]
+#[ignore = "pending the engine: the Debian recipe looks only for update-initramfs (REPAIR_TOOL_MISSING)"]
 fn dracut_networkmanager_server_boots_fails_unrepaired_and_migrates() {
     run(Stack {
         variant: "dracut-nm",
@@ -446,6 +449,7 @@ fn bullseye_server_boots_fails_unrepaired_and_migrates() {
 }
 
 #[test]
+#[ignore = "pending the engine: the loader ferry writes looks for modules under /boot/grub"]
 fn prebuilt_uefi_grub_server_boots_fails_unrepaired_and_migrates() {
     run(Stack {
         variant: "uefi-prebuilt",
