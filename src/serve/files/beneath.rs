@@ -101,7 +101,7 @@ fn refusal(rel: &[u8], e: Errno) -> anyhow::Error {
         ),
         Errno::NOTDIR => coded(
             ErrorCode::UnsafePath,
-            format!("`{shown}`: a component is not a directory"),
+            format!("`{shown}`: a component is a symlink or not a directory"),
         ),
         other => coded(
             ErrorCode::TargetWriteFailed,
