@@ -414,6 +414,51 @@ fn a_device_node_where_a_file_was_is_replaced_not_written_through() {
 }
 
 #[test]
+fn compressed_pieces_and_holes_arrive_as_sent() {
+    let f = Fixture::new();
+    f.base();
+    let text: Vec<u8> = b"a line that compresses well\n".repeat(4096);
+    let size = 3 << 20;
+    let mut h = ContentHash::default();
+    h.piece(0, &text);
+    h.piece(2 << 20, b"tail");
+    let frames = vec![
+        put(Entry {
+            size,
+            ..entry(b"etc/sparse-log", Kind::File)
+        }),
+        Frame::FileData {
+            tree: 0,
+            offset: 0,
+            compressed: true,
+            payload: Bytes::from(zstd::bulk::compress(&text, 1).unwrap()),
+        },
+        Frame::FileData {
+            tree: 0,
+            offset: 2 << 20,
+            compressed: false,
+            payload: Bytes::from_static(b"tail"),
+        },
+        Frame::FileEnd {
+            tree: 0,
+            hash: h.finish(size),
+        },
+    ];
+    assert_eq!(rt().block_on(session(&f.server, frames)), Ok(1));
+    let got = std::fs::read(f.root().join("etc/sparse-log")).unwrap();
+    assert_eq!(got.len() as u64, size);
+    assert_eq!(&got[..text.len()], &text[..]);
+    assert!(got[text.len()..2 << 20].iter().all(|&b| b == 0));
+    assert_eq!(&got[2 << 20..(2 << 20) + 4], b"tail");
+    let m = std::fs::metadata(f.root().join("etc/sparse-log")).unwrap();
+    assert!(
+        m.blocks() * 512 < 1 << 20,
+        "{} blocks: the hole was written",
+        m.blocks()
+    );
+}
+
+#[test]
 fn content_beyond_the_announced_size_and_a_wrong_hash_are_refused() {
     let f = Fixture::new();
     let mut long = file(b"etc/a", b"12345");

@@ -84,7 +84,8 @@ pub struct SendArgs {
     /// plane sets and changes during the transfer, applies when it is lower.
     #[arg(long, value_name = "RATE", value_parser = parse_bwlimit)]
     pub bwlimit: Option<u64>,
-    /// zstd level for chunks that compress (0 turns compression off).
+    /// zstd level for chunks that compress (0 turns compression off; file
+    /// mode compresses only while the link, not the sender, is the bottleneck).
     #[arg(long, default_value_t = 1)]
     pub zstd_level: i32,
     /// How many times to reconnect after a dropped connection.

@@ -411,8 +411,21 @@ struct Session {
 
 /// A tree (file mode) open in a session: its writer's queue and thread.
 struct OpenTree {
-    work: mpsc::Sender<TreeWork>,
+    work: mpsc::Sender<Vec<TreeWork>>,
     thread: std::thread::JoinHandle<()>,
+    /// Work not yet handed to the writer: frames that arrived together go
+    /// together (one wake-up of the writer for many small files).
+    batch: Vec<TreeWork>,
+    batch_bytes: usize,
+}
+
+/// Most work items, and content bytes, handed to a tree's writer at once.
+const TREE_BATCH: usize = 256;
+const TREE_BATCH_BYTES: usize = 8 << 20;
+
+/// Whether the connection's buffer holds another whole frame.
+fn frame_ready(buf: &[u8]) -> bool {
+    buf.len() >= 5 && buf.len() - 5 >= u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize
 }
 
 /// Claims of trees are kept apart from those of disks.
@@ -721,7 +734,10 @@ impl Session {
                 .await
                 .context("answering a ping"),
             Frame::OpenTree { tree } => self.open_tree(conn, tree, events).await,
-            Frame::Entry { tree, entry } => self.tree_work(tree, TreeWork::Entry(entry)).await,
+            Frame::Entry { tree, entry } => {
+                let more = frame_ready(conn.read_buffer());
+                self.tree_work(tree, TreeWork::Entry(entry), more).await
+            }
             Frame::FileData {
                 tree,
                 offset,
@@ -729,6 +745,7 @@ impl Session {
                 payload,
             } => {
                 self.app.metrics.received_bytes.inc_by(payload.len() as u64);
+                let more = frame_ready(conn.read_buffer());
                 self.tree_work(
                     tree,
                     TreeWork::Data {
@@ -736,14 +753,21 @@ impl Session {
                         compressed,
                         payload,
                     },
+                    more,
                 )
                 .await
             }
-            Frame::FileEnd { tree, hash } => self.tree_work(tree, TreeWork::End { hash }).await,
-            Frame::Remove { tree, path } => self.tree_work(tree, TreeWork::Remove(path)).await,
+            Frame::FileEnd { tree, hash } => {
+                let more = frame_ready(conn.read_buffer());
+                self.tree_work(tree, TreeWork::End { hash }, more).await
+            }
+            Frame::Remove { tree, path } => {
+                let more = frame_ready(conn.read_buffer());
+                self.tree_work(tree, TreeWork::Remove(path), more).await
+            }
             Frame::CloseTree { tree } => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                self.tree_work(tree, TreeWork::Close(tx)).await?;
+                self.tree_work(tree, TreeWork::Close(tx), false).await?;
                 let s = rx.await.map_err(|_| tree_writer_gone(tree))??;
                 tracing::info!(
                     tree,
@@ -1072,21 +1096,25 @@ impl Session {
         self.tell_bandwidth(conn).await
     }
 
-    fn tree(&self, tree: u32) -> Result<&OpenTree> {
-        self.trees.get(&tree).ok_or_else(|| {
+    /// Queue work for a tree's writer; hand the batch over unless another
+    /// frame is already waiting and the batch is small.
+    async fn tree_work(&mut self, tree: u32, work: TreeWork, more: bool) -> Result<()> {
+        let t = self.trees.get_mut(&tree).ok_or_else(|| {
             coded(
                 ErrorCode::UnexpectedFrame,
                 format!("tree {tree} was not opened in this connection"),
             )
-        })
-    }
-
-    async fn tree_work(&self, tree: u32, work: TreeWork) -> Result<()> {
-        self.tree(tree)?
-            .work
-            .send(work)
-            .await
-            .map_err(|_| tree_writer_gone(tree))
+        })?;
+        if let TreeWork::Data { payload, .. } = &work {
+            t.batch_bytes += payload.len();
+        }
+        t.batch.push(work);
+        if more && t.batch.len() < TREE_BATCH && t.batch_bytes < TREE_BATCH_BYTES {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut t.batch);
+        t.batch_bytes = 0;
+        t.work.send(batch).await.map_err(|_| tree_writer_gone(tree))
     }
 
     /// File mode: admit the sender, claim the tree, send the manifest of
@@ -1191,9 +1219,9 @@ impl Session {
                 // The queue stays open until the error is told, so that a
                 // session that cannot queue work finds why.
                 let mut work_rx = work_rx;
-                if let Err(error) = writer.run(&mut work_rx) {
+                writer.run(&mut work_rx, |error| {
                     let _ = events.send(Event::TreeFailed { tree, error });
-                }
+                });
                 drop(work_rx);
             })
             .context("starting a tree writer thread")?;
@@ -1202,6 +1230,8 @@ impl Session {
             OpenTree {
                 work: work_tx,
                 thread,
+                batch: Vec::new(),
+                batch_bytes: 0,
             },
         );
         Ok(())

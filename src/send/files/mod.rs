@@ -84,6 +84,10 @@ pub struct TreeReport {
     pub excludes: Option<String>,
 }
 
+/// Most frames, and content bytes, sent with one flush.
+const SEND_BATCH: usize = 256;
+const SEND_BATCH_BYTES: usize = 4 << 20;
+
 /// Send the tree of `f` as tree 0.
 pub async fn run(args: &Options, f: &FileOptions) -> Result<()> {
     let fingerprint = super::pin::normalize(&args.fingerprint).ok_or_else(|| {
@@ -202,7 +206,7 @@ async fn attempt(
     client::send(&mut conn, Frame::OpenTree { tree: TREE }).await?;
     let manifest = read_manifest(&mut conn, TREE).await?;
     let counts = Arc::new(Counts::default());
-    let (tx, mut rx) = mpsc::channel::<Frame>(64);
+    let (tx, mut rx) = mpsc::channel::<Frame>(256);
     let producer = {
         let (root, excludes, counts) = (f.root.clone(), excludes.clone(), Arc::clone(&counts));
         let level = args.zstd_level;
@@ -219,7 +223,21 @@ async fn attempt(
         tokio::select! {
             frame = rx.recv() => match frame {
                 Some(frame) => {
-                    if let Err(e) = client::send(&mut conn, frame).await {
+                    // What else is queued goes with it, in one flush.
+                    let mut batch = vec![frame];
+                    let mut bytes = 0usize;
+                    while batch.len() < SEND_BATCH && bytes < SEND_BATCH_BYTES {
+                        match rx.try_recv() {
+                            Ok(f) => {
+                                if let Frame::FileData { payload, .. } = &f {
+                                    bytes += payload.len();
+                                }
+                                batch.push(f);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = client::send_all(&mut conn, batch).await {
                         break Err(e);
                     }
                 }
@@ -509,7 +527,12 @@ fn send_file(
                 counts
                     .content_bytes
                     .fetch_add(got as u64, Ordering::Relaxed);
-                let (compressed, payload) = pack(compressor.as_deref_mut(), buf);
+                // Compress only while the link is what holds the transfer
+                // back (the queue to it more than half full): on a link
+                // faster than zstd, compressing costs time and saves none.
+                let link_bound = tx.capacity() < tx.max_capacity() / 2;
+                let (compressed, payload) =
+                    pack(compressor.as_deref_mut().filter(|_| link_bound), buf);
                 counts
                     .wire_bytes
                     .fetch_add(payload.len() as u64, Ordering::Relaxed);

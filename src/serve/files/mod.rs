@@ -122,25 +122,42 @@ impl TreeWriter {
         })
     }
 
-    /// Take work until the session closes the tree or goes away; the first
-    /// error stops the writer and is returned.
-    pub fn run(mut self, work: &mut mpsc::Receiver<TreeWork>) -> Result<()> {
-        while let Some(w) = work.blocking_recv() {
-            match w {
-                TreeWork::Close(answer) => {
-                    let r = self.close();
-                    let failed = r.is_err();
-                    let _ = answer.send(r);
-                    if failed {
-                        return Ok(());
+    /// Take work until the session closes the tree or goes away. The first
+    /// error stops the writer and is given to `failed` before the work
+    /// still queued is dropped: a session that finds its queue (or a
+    /// close's answer) gone then finds the error too.
+    pub fn run(
+        mut self,
+        work: &mut mpsc::Receiver<Vec<TreeWork>>,
+        failed: impl FnOnce(anyhow::Error),
+    ) {
+        while let Some(batch) = work.blocking_recv() {
+            let mut items = batch.into_iter();
+            for w in items.by_ref() {
+                let r = match w {
+                    TreeWork::Close(answer) => {
+                        let r = self.close();
+                        let failed = r.is_err();
+                        let _ = answer.send(r);
+                        if failed {
+                            return;
+                        }
+                        Ok(())
                     }
+                    w => self.take(w),
+                };
+                if let Err(e) = r {
+                    failed(e);
+                    drop(items);
+                    return;
                 }
-                w => self.take(w)?,
             }
         }
         // The session is gone without closing: keep what is complete.
         self.open = None;
-        self.commit()
+        if let Err(e) = self.commit() {
+            failed(e);
+        }
     }
 
     fn take(&mut self, w: TreeWork) -> Result<()> {
