@@ -236,6 +236,24 @@ fn a_debian_tree_arrives_equal_then_a_rerun_sends_only_what_changed() {
     );
     assert_eq!(differences(&src, &dst, &["--delete"]), "");
     assert!(!dst.join("usr/bin/yes").exists());
+
+    // A directory becomes a file, a file a directory, a file a symlink;
+    // then the new file goes too: each rerun leaves the trees equal.
+    sh(&format!(
+        "cd '{}' && rm -r usr/share/doc/bash && echo now-a-file > usr/share/doc/bash && rm etc/issue.net && mkdir -p etc/issue.net/d && echo x > etc/issue.net/d/f && rm etc/motd && ln -s issue etc/motd",
+        src.display()
+    ));
+    let fourth = send_tree(&server, &src, &layout, &[]);
+    assert!(fourth.ok(), "{}", fourth.stderr());
+    assert_eq!(differences(&src, &dst, &["--delete"]), "");
+    sh(&format!(
+        "cd '{}' && rm usr/share/doc/bash && rm -r etc/issue.net",
+        src.display()
+    ));
+    let fifth = send_tree(&server, &src, &layout, &[]);
+    assert!(fifth.ok(), "{}", fifth.stderr());
+    assert_eq!(report(&fifth, "removed"), 2, "{}", fifth.stderr());
+    assert_eq!(differences(&src, &dst, &["--delete"]), "");
 }
 
 #[test]

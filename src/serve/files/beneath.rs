@@ -64,12 +64,14 @@ impl Root {
         self.open_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)
     }
 
-    /// The directory `rel`, or None if it (or a directory on its way) does
-    /// not exist; refusals as for [`Root::dir`].
+    /// The directory `rel`, or None if there is none there: nothing, or
+    /// not a directory (a directory the source replaced by a file or a
+    /// symlink took what it held with it; nothing is followed). A symlink
+    /// or `..` on the way refuses as for [`Root::dir`].
     pub fn dir_if_exists(&self, rel: &[u8]) -> Result<Option<OwnedFd>> {
         match self.raw(rel, OFlags::PATH | OFlags::DIRECTORY) {
             Ok(fd) => Ok(Some(fd)),
-            Err(Errno::NOENT) => Ok(None),
+            Err(Errno::NOENT | Errno::NOTDIR) => Ok(None),
             Err(e) => Err(refusal(rel, e)),
         }
     }
