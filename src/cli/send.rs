@@ -45,12 +45,7 @@ pub struct SendArgs {
     pub fingerprint: String,
     /// A source disk: block device or raw image file. Repeat for more disks;
     /// the first is disk 0.
-    #[arg(
-        long = "disk",
-        value_name = "SRC",
-        required_unless_present = "root",
-        conflicts_with = "root"
-    )]
+    #[arg(long = "disk", value_name = "SRC", conflicts_with = "root")]
     pub disks: Vec<PathBuf>,
     /// block: whole disks, chunk by chunk; file: the files of a tree, entry
     /// by entry (onto a layout that may be smaller than the source's).

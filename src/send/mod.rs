@@ -188,7 +188,7 @@ pub async fn run(args: Options) -> Result<()> {
     if args.disks.is_empty() {
         return Err(coded(
             ErrorCode::Usage,
-            "--root and --layout send a tree: give them with --mode file",
+            "give the source disks with --disk SRC (block mode), or a tree with --mode file --root DIR --layout FILE",
         ));
     }
     let fingerprint = pin::normalize(&args.fingerprint).ok_or_else(|| {

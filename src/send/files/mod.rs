@@ -6,6 +6,7 @@
 //! The walk and the reads run on a blocking thread that hands frames to
 //! the connection's task through a bounded queue.
 
+pub mod discover;
 pub mod excludes;
 pub mod walk;
 
@@ -101,9 +102,36 @@ pub async fn run(args: &Options, f: &FileOptions) -> Result<()> {
     })?;
     let to = super::data_address(&args.to)?;
     if f.root.as_os_str().is_empty() {
+        // A live server: say what would be sent; sending it needs the
+        // appliance to lay out its targets, which this version does not.
+        let mounts = crate::layout::mount::mountinfo()?;
+        let fstab = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
+        let found = discover::discover(
+            &mounts,
+            &crate::layout::tree::parse_fstab(&fstab),
+            Path::new("/sys/firmware"),
+        );
+        eprintln!(
+            "ferry send: this server boots by {:?}; its local file systems:",
+            found.boot
+        );
+        for fs in &found.file_systems {
+            eprintln!(
+                "  {} ({}, {})",
+                fs.mount_point.display(),
+                fs.fstype,
+                fs.source
+            );
+        }
+        for (spec, mp) in &found.not_mounted {
+            eprintln!(
+                "  {} ({spec}) is in fstab but not mounted: it would not be sent",
+                mp.display()
+            );
+        }
         return Err(coded(
             ErrorCode::Usage,
-            "--mode file needs --root DIR and --layout FILE (the discovery of a live server's file systems is not part of this version)",
+            "--mode file sends a tree given with --root DIR and --layout FILE; sending a live server's file systems as they are found needs the appliance to lay out its targets, which this version does not do",
         ));
     }
     if !f.root.is_dir() {
