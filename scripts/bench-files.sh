@@ -9,8 +9,9 @@
 #     ferry : ferry send --mode file --root SRC → ferry serve (TLS, hashes,
 #             ledger, syncfs), then sync
 #   no-change rerun: the same two commands again.
-# Each of ROUNDS rounds (default 3) starts from empty targets and a fresh
-# appliance, and alternates which tool goes first; the medians are printed
+# Each of ROUNDS rounds (default 3) runs each tool's copy and rerun from an
+# empty target (the other's removed and trimmed away, the appliance fresh),
+# alternating which tool goes first; the medians are printed
 # with ferry's ratios to rsync (goal: <= 0.7 on the initial copy, <= 1.0 on
 # the rerun), and rsync checks that both copies equal the source.
 # FERRY_SEND_ARGS adds arguments to every `ferry send` (e.g. "--zstd-level 0").
@@ -93,13 +94,18 @@ start_ferry() {
 tar -cf - -C "$src" . | cat > /dev/null
 
 now() { date +%s.%N; }
+# Each run starts with the previous one's writes on disk and a moment of
+# quiet, so that neither pays for the other's writeback.
+settle() { sync; sleep 2; }
 run_rsync() {
+    settle
     local t0; t0=$(now)
     rsync -aHAX --numeric-ids "$src/" "rsync://127.0.0.1:$port/bench/"
     sync
     echo "$(now) - $t0" | bc
 }
 run_ferry() {
+    settle
     local t0; t0=$(now)
     "$ferry" send --mode file --root "$src" --layout "$work/layout.toml" \
         --to "127.0.0.1:$data_port" --token "$token" --fingerprint "$fp" "${send_extra[@]}" 2> "$work/send.log"
@@ -110,22 +116,32 @@ run_ferry() {
 command -v bc >/dev/null || { echo "missing bc (apt-get install -y bc)"; exit 1; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
+# Each tool's copy and rerun run on their own: the other's target is
+# removed first and its blocks given back (fstrim: the loop device punches
+# them out of its backing file), so neither pays for the other's data.
+clean() {
+    rm -rf "$dst_rsync"; mkdir -p "$dst_rsync"
+    start_ferry
+    fstrim "$mnt" 2>/dev/null || true
+}
 R1=(); F1=(); R2=(); F2=()
 for round in $(seq "$rounds"); do
     echo "round $round of $rounds..."
-    rm -rf "$dst_rsync"; mkdir -p "$dst_rsync"
-    start_ferry
-    sync
     if [ $((round % 2)) = 1 ]; then
-        r1=$(run_rsync); f1=$(run_ferry); r2=$(run_rsync); f2=$(run_ferry)
+        clean; r1=$(run_rsync); r2=$(run_rsync)
+        clean; f1=$(run_ferry); f2=$(run_ferry)
     else
-        f1=$(run_ferry); r1=$(run_rsync); f2=$(run_ferry); r2=$(run_rsync)
+        clean; f1=$(run_ferry); f2=$(run_ferry)
+        clean; r1=$(run_rsync); r2=$(run_rsync)
     fi
     echo "  initial: rsync $r1 s, ferry $f1 s; rerun: rsync $r2 s, ferry $f2 s"
     R1+=("$r1"); F1+=("$f1"); R2+=("$r2"); F2+=("$f2")
 done
 r1=$(median "${R1[@]}"); f1=$(median "${F1[@]}"); r2=$(median "${R2[@]}"); f2=$(median "${F2[@]}")
 
+# Both copies, for the comparison: the last round left one of them.
+if [ ! -d "$state/trees/tree-0" ]; then run_ferry > /dev/null; fi
+if [ -z "$(ls -A "$dst_rsync")" ]; then run_rsync > /dev/null; fi
 tree=$state/trees/tree-0
 diff_ferry=$(rsync -aHAXn --checksum --itemize-changes --numeric-ids --delete "$src/" "$tree/" | wc -l)
 diff_rsync=$(rsync -aHAXn --checksum --itemize-changes --numeric-ids --delete "$src/" "$dst_rsync/" | wc -l)
