@@ -337,6 +337,32 @@ fn kill_9_of_either_side_then_a_rerun_leaves_the_trees_equal() {
 }
 
 #[test]
+fn a_deleted_job_forgets_its_tree() {
+    let fs = Tmpfs::mount("1G");
+    let src = fs.path().join("src");
+    sh(&format!(
+        "mkdir -p '{0}/etc' && echo a > '{0}/etc/a' && echo b > '{0}/etc/b'",
+        src.display()
+    ));
+    let layout = layout_file(fs.path());
+    let server = Server::start(&fs.path().join("state"), &[]);
+    let sent = send_tree(&server, &src, &layout, &[]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    let dst = tree_root(&server);
+    assert!(dst.join("etc/a").exists());
+    let (status, body) = server.control("POST", "/v1/job/stop");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.control("POST", "/v1/job/delete");
+    assert_eq!(status, 200, "{body}");
+    assert!(!dst.exists(), "the tree outlived its job");
+    // The fresh job's sender sends the whole tree again.
+    let again = send_tree(&server, &src, &layout, &[]);
+    assert!(again.ok(), "{}", again.stderr());
+    assert_eq!(report(&again, "sent_entries"), 2, "{}", again.stderr());
+    assert_eq!(differences(&src, &dst, &["--delete"]), "");
+}
+
+#[test]
 fn excluded_paths_are_neither_sent_nor_removed() {
     let fs = Tmpfs::mount("1G");
     let src = fs.path().join("src");

@@ -349,6 +349,53 @@ impl Ledger {
         })
     }
 
+    /// The trees that have committed entries.
+    pub fn trees(&self) -> Result<Vec<u32>> {
+        let tx = self.db.begin_read().context("reading the ledger")?;
+        let t = tx
+            .open_table(ENTRIES)
+            .context("opening the entries table")?;
+        let mut out = Vec::new();
+        let mut from = vec![0u8; 4];
+        loop {
+            let next = t
+                .range(from.as_slice()..)
+                .context("reading the entries")?
+                .next();
+            let Some(row) = next else { break };
+            let (k, _) = row.context("reading an entry")?;
+            let tree = u32::from_be_bytes(k.value()[..4].try_into().context("an entry's key")?);
+            out.push(tree);
+            match tree.checked_add(1) {
+                Some(n) => from = n.to_be_bytes().to_vec(),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forget every entry of a tree: the next sender sends it whole.
+    pub fn forget_tree(&self, tree: u32) -> Result<()> {
+        let tx = self
+            .db
+            .begin_write()
+            .context("starting a ledger transaction")?;
+        {
+            let mut t = tx
+                .open_table(ENTRIES)
+                .context("opening the entries table")?;
+            let from = tree.to_be_bytes().to_vec();
+            let to = match tree.checked_add(1) {
+                Some(n) => n.to_be_bytes().to_vec(),
+                None => vec![0xff; 5],
+            };
+            t.retain_in(from.as_slice()..to.as_slice(), |_, _| false)
+                .with_context(|| format!("forgetting the entries of tree {tree}"))?;
+        }
+        tx.commit()
+            .with_context(|| format!("committing the reset of tree {tree}"))
+    }
+
     /// Committed entries of a tree after `after` (from the start for
     /// None), in path order: at most `limit` of them and about `bytes`.
     pub fn entries(
@@ -458,6 +505,10 @@ mod entry_tests {
             ["etc0", "usr"]
         );
         assert_eq!(names(l.entries(1, None, 10, 1 << 20).unwrap()), ["data"]);
+        assert_eq!(l.trees().unwrap(), [0, 1]);
+        l.forget_tree(0).unwrap();
+        assert_eq!(l.trees().unwrap(), [1]);
+        assert!(l.entries(0, None, 10, 1 << 20).unwrap().is_empty());
     }
 }
 

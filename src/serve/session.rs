@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::admission::Ticket;
 use super::claims::{Claim, Link};
-use super::files::{TreeWork, TreeWriter};
+use super::files::{TreeWork, TreeWriter, TREE_CLAIM};
 use super::streams::{Attached, Published};
 use super::writer::{Event, Payload, Work, Writer};
 use super::Appliance;
@@ -427,9 +427,6 @@ const TREE_BATCH_BYTES: usize = 8 << 20;
 fn frame_ready(buf: &[u8]) -> bool {
     buf.len() >= 5 && buf.len() - 5 >= u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize
 }
-
-/// Claims of trees are kept apart from those of disks.
-const TREE_CLAIM: u32 = 1 << 31;
 
 impl Session {
     async fn run(

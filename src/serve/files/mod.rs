@@ -31,6 +31,9 @@ use crate::job::errors::{coded, Code, ErrorCode};
 use crate::job::ledger::Ledger;
 use beneath::Root;
 
+/// Claims of trees are kept apart from those of disks.
+pub const TREE_CLAIM: u32 = 1 << 31;
+
 /// Work for a tree's writer, in the order the sender sent it.
 pub enum TreeWork {
     Entry(Box<Entry>),
