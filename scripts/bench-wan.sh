@@ -3,8 +3,10 @@
 # loopback, through a relay that delays every byte by 50 ms each way and
 # holds at most 4 MiB in flight per connection (a TCP window over a 100 ms
 # round trip), with the data streams the sender picks, and with one stream.
-# Prints the rates and ferry's ratio over the long link to loopback (goal:
-# at least 0.80), and what one stream alone reaches.
+# Prints the rates and the ratio of ferry's throughput over the long link to
+# loopback's (goal: at least 0.80; the throughput is the difference between
+# a large source and a small one, without the fixed round trips of the
+# set-up), the whole-transfer ratio, and what one stream alone reaches.
 #
 # usage: scripts/bench-wan.sh [SIZE_MIB=1024]
 # FERRY_WAN_ARGS adds arguments to the send over the long link (e.g. "--streams 16").

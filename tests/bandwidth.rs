@@ -188,6 +188,16 @@ fn the_bandwidth_api_refuses_what_is_not_a_limit_and_needs_the_control_token() {
             "the body is not {\"bytes_per_sec\": N}",
         ),
         (
+            "no field (a typo must not lift the limit)",
+            "{}",
+            "the body is not {\"bytes_per_sec\": N}: missing field `bytes_per_sec`",
+        ),
+        (
+            "above the largest",
+            r#"{"bytes_per_sec": 18446744073709551615}"#,
+            "18446744073709551615 bytes per second is above the largest limit",
+        ),
+        (
             "below the smallest",
             r#"{"bytes_per_sec": 1000}"#,
             "1000 bytes per second is below the smallest limit, 65536",

@@ -304,7 +304,7 @@ catalogue! {
     JobTransitionRefused => "JOB_TRANSITION_REFUSED" [final, keeps_job, refused], "The operation is not allowed in the job's current state",
         "Ready: start or delete. Running: stop it while Preparing or Syncing; a running job cannot be deleted. Stopped and InError: start or delete. Waiting: stop, delete, or run the sender for the next round. Finished and Expired: delete.";
     BadBandwidth => "BAD_BANDWIDTH" [final, keeps_job, usage], "The bandwidth limit is not valid",
-        "POST /v1/job/bandwidth takes the JSON body {\"bytes_per_sec\": N} with N at least 65536 (64 KiB/s), or 0 or null to lift the limit; `ferry send --bwlimit` takes a rate such as 50M (bytes per second, K/M/G are binary) or 400mbit (bits per second). The lower of the two applies.";
+        "POST /v1/job/bandwidth takes the JSON body {\"bytes_per_sec\": N} with N from 65536 (64 KiB/s) to 2^50 (1 PiB/s), or 0 or null to lift the limit (the field is required); `ferry send --bwlimit` takes a rate such as 50M (bytes per second, K/M/G are binary) or 400mbit (bits per second). The lower of the two applies.";
     BadValidity => "BAD_VALIDITY" [final, keeps_job, refused], "The validity period of a migration task must be between 7 and 90 days",
         "Set validity_days in the appliance's config (or --validity-days) to a whole number of days from 7 to 90; the default is 30.";
     ControlUnauthorized => "CONTROL_UNAUTHORIZED" [final, keeps_job, refused], "The control token is missing or not valid",

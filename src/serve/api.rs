@@ -614,9 +614,21 @@ async fn reset_disk(
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BandwidthRequest {
-    /// Bytes per second; 0 or null lifts the limit.
+    /// Bytes per second; 0 or null lifts the limit. The field must be
+    /// there: an empty body lifting the limit would hide a typo.
+    #[serde(deserialize_with = "present")]
     bytes_per_sec: Option<u64>,
 }
+
+/// A field that may be null but not missing (`Option` fields are otherwise
+/// taken as null when missing).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    serde::Deserialize::deserialize(d)
+}
+
+/// The highest limit taken: far above any link, and exact as a JSON number
+/// in every control plane's language (2^53 - 1 is the most a double holds).
+const MAX_BANDWIDTH: u64 = 1 << 50;
 
 /// Set or lift the senders' bandwidth limit: saved in the job and pushed
 /// to every connected sender, which applies it at once.
@@ -633,6 +645,11 @@ async fn set_bandwidth(
         return Err(bad(format!(
             "{n} bytes per second is below the smallest limit, {}",
             crate::wire::MIN_BANDWIDTH
+        )));
+    }
+    if let Some(n) = limit.filter(|&n| n > MAX_BANDWIDTH) {
+        return Err(bad(format!(
+            "{n} bytes per second is above the largest limit, {MAX_BANDWIDTH} (1 PiB/s); 0 or null lifts the limit"
         )));
     }
     job_call(&state, move |job| job.set_bandwidth_limit(limit)).await?;

@@ -4,14 +4,24 @@
 //! acknowledgement of a real link would come back (one delay after it
 //! delivered them). One TCP stream through it moves at most a window per
 //! round trip, as over a real link of that round trip.
+//!
+//! The bytes wait in kernel pipes, moved in and out with `splice`: the
+//! relay shares the machine's cores with both ends, and a relay that
+//! copied every byte twice through its own buffers would cost more CPU per
+//! GiB than the sender and the appliance together, and measure itself.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use nix::fcntl::{fcntl, splice, FcntlArg, SpliceFFlags};
+
+/// What one pipe of the relay holds at most.
+const PIPE_BYTES: usize = 1 << 20;
 
 pub struct WanProxy {
     pub addr: String,
@@ -19,12 +29,26 @@ pub struct WanProxy {
     pub connections: Arc<AtomicU64>,
 }
 
+/// A kernel pipe holding bytes on their way.
+struct Segment {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Segment {
+    fn new() -> Segment {
+        let (read, write) = nix::unistd::pipe().expect("a pipe for the relay");
+        // As much as the kernel allows; a smaller pipe only means more of them.
+        let _ = fcntl(write.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_BYTES as i32));
+        Segment { read, write }
+    }
+}
+
 struct Pipe {
     /// Bytes read and not yet delivered, with when they are due.
-    queue: VecDeque<(Instant, Vec<u8>, usize)>,
-    /// Buffers delivered, to read into again (a fresh one for every read
-    /// costs the relay more CPU than its copies).
-    free: Vec<Vec<u8>>,
+    queue: VecDeque<(Instant, Segment, usize)>,
+    /// Pipes emptied, to fill again.
+    free: Vec<Segment>,
     /// Bytes delivered whose acknowledgement has not come back yet.
     unacked: VecDeque<(Instant, usize)>,
     in_flight: usize,
@@ -65,7 +89,7 @@ impl WanProxy {
     }
 }
 
-fn direction(mut from: TcpStream, mut to: TcpStream, delay: Duration, window: usize) {
+fn direction(from: TcpStream, to: TcpStream, delay: Duration, window: usize) {
     let shared = Arc::new(Shared {
         pipe: Mutex::new(Pipe {
             queue: VecDeque::new(),
@@ -80,7 +104,7 @@ fn direction(mut from: TcpStream, mut to: TcpStream, delay: Duration, window: us
     std::thread::spawn(move || {
         loop {
             // Read no more than the window leaves room for.
-            let (room, mut buf) = {
+            let (room, seg) = {
                 let mut p = reader.pipe.lock().unwrap();
                 loop {
                     let now = Instant::now();
@@ -89,8 +113,8 @@ fn direction(mut from: TcpStream, mut to: TcpStream, delay: Duration, window: us
                         p.in_flight -= n;
                     }
                     if p.in_flight < window {
-                        let buf = p.free.pop().unwrap_or_else(|| vec![0u8; 256 << 10]);
-                        break (window - p.in_flight, buf);
+                        let seg = p.free.pop().unwrap_or_else(Segment::new);
+                        break (window - p.in_flight, seg);
                     }
                     let wait = p
                         .unacked
@@ -99,20 +123,27 @@ fn direction(mut from: TcpStream, mut to: TcpStream, delay: Duration, window: us
                     p = reader.cond.wait_timeout(p, wait).unwrap().0;
                 }
             };
-            let n = match from.read(&mut buf[..room.min(256 << 10)]) {
+            let n = match splice(
+                &from,
+                None,
+                &seg.write,
+                None,
+                room.min(PIPE_BYTES),
+                SpliceFFlags::SPLICE_F_MOVE,
+            ) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
             let mut p = reader.pipe.lock().unwrap();
             p.in_flight += n;
-            p.queue.push_back((Instant::now() + delay, buf, n));
+            p.queue.push_back((Instant::now() + delay, seg, n));
             reader.cond.notify_all();
         }
         reader.pipe.lock().unwrap().closed = true;
         reader.cond.notify_all();
     });
     std::thread::spawn(move || loop {
-        let (due, bytes, n) = {
+        let (due, seg, n) = {
             let mut p = shared.pipe.lock().unwrap();
             loop {
                 if let Some(front) = p.queue.pop_front() {
@@ -129,13 +160,26 @@ fn direction(mut from: TcpStream, mut to: TcpStream, delay: Duration, window: us
         if due > now {
             std::thread::sleep(due - now);
         }
-        if to.write_all(&bytes[..n]).is_err() {
-            from_shutdown(&shared);
-            return;
+        let mut left = n;
+        while left > 0 {
+            match splice(
+                &seg.read,
+                None,
+                &to,
+                None,
+                left,
+                SpliceFFlags::SPLICE_F_MOVE,
+            ) {
+                Ok(0) | Err(_) => {
+                    from_shutdown(&shared);
+                    return;
+                }
+                Ok(k) => left -= k,
+            }
         }
         let mut p = shared.pipe.lock().unwrap();
         p.unacked.push_back((Instant::now() + delay, n));
-        p.free.push(bytes);
+        p.free.push(seg);
         shared.cond.notify_all();
     });
 }
