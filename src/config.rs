@@ -164,6 +164,11 @@ impl Config {
         self.state_dir.join("ledger.redb")
     }
 
+    /// File mode: where the entries of file system `tree` are written.
+    pub fn tree_root(&self, tree: u32) -> PathBuf {
+        self.state_dir.join("trees").join(format!("tree-{tree}"))
+    }
+
     pub fn embedded_disk_path(&self, index: u32) -> PathBuf {
         self.state_dir
             .join("disks")

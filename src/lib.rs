@@ -14,6 +14,7 @@ pub mod cmd;
 pub mod config;
 pub mod devname;
 pub mod disk;
+pub mod files;
 pub mod job;
 pub mod layout;
 pub mod logging;

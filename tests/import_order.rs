@@ -15,9 +15,12 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("config", &["job"][..]),
         ("logging", &[][..]),
         ("disk", base),
+        ("files", &["job"][..]),
         (
             "wire",
-            &["job", "cmd", "devname", "logging", "config", "disk"][..],
+            &[
+                "job", "cmd", "devname", "logging", "config", "disk", "files",
+            ][..],
         ),
         ("layout", &["job", "cmd", "devname", "disk"][..]),
         ("repair", &["job", "cmd", "devname", "disk", "layout"][..]),
@@ -32,15 +35,15 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         (
             "serve",
             &[
-                "job", "cmd", "devname", "logging", "config", "disk", "wire", "layout", "repair",
-                "check", "pipeline",
+                "job", "cmd", "devname", "logging", "config", "disk", "files", "wire", "layout",
+                "repair", "check", "pipeline",
             ][..],
         ),
         (
             "send",
             &[
-                "job", "cmd", "devname", "logging", "config", "disk", "wire", "layout", "repair",
-                "check", "pipeline",
+                "job", "cmd", "devname", "logging", "config", "disk", "files", "wire", "layout",
+                "repair", "check", "pipeline",
             ][..],
         ),
     ])

@@ -85,6 +85,32 @@ fn usage_errors_exit_2_at_once_and_name_the_mistake() {
             "--to 127.0.0.1:notaport: the port `notaport` is not a number".to_owned(),
         ),
         (
+            "no disk and no tree",
+            vec!["--to", "127.0.0.1:9", "--fingerprint", FP],
+            "give the source disks with --disk SRC (block mode), or a tree with --mode file --root DIR --layout FILE".to_owned(),
+        ),
+        (
+            "file mode of the live server (its file systems are listed, nothing is sent)",
+            vec!["--to", "127.0.0.1:9", "--fingerprint", FP, "--mode", "file"],
+            "--mode file sends a tree given with --root DIR and --layout FILE".to_owned(),
+        ),
+        (
+            "file mode with a root that is not a directory",
+            vec![
+                "--to",
+                "127.0.0.1:9",
+                "--fingerprint",
+                FP,
+                "--mode",
+                "file",
+                "--root",
+                &i,
+                "--layout",
+                &i,
+            ],
+            format!("--root {i}: not a directory"),
+        ),
+        (
             "a fingerprint that is not 64 hex digits",
             vec!["--to", "127.0.0.1:9", "--fingerprint", "abc", "--disk", &i],
             "--fingerprint `abc` is not a SHA-256 fingerprint".to_owned(),

@@ -45,8 +45,23 @@ pub struct SendArgs {
     pub fingerprint: String,
     /// A source disk: block device or raw image file. Repeat for more disks;
     /// the first is disk 0.
-    #[arg(long = "disk", value_name = "SRC", required = true)]
+    #[arg(long = "disk", value_name = "SRC", conflicts_with = "root")]
     pub disks: Vec<PathBuf>,
+    /// block: whole disks, chunk by chunk; file: the files of a tree, entry
+    /// by entry (onto a layout that may be smaller than the source's).
+    #[arg(long, value_enum, default_value_t = Mode::Block)]
+    pub mode: Mode,
+    /// File mode: the root of the tree to send.
+    #[arg(long, value_name = "DIR", requires = "layout")]
+    pub root: Option<PathBuf>,
+    /// File mode with --root: the source's layout, as `ferry layout read` prints it.
+    #[arg(long, value_name = "FILE", requires = "root")]
+    pub layout: Option<PathBuf>,
+    /// File mode: the directory of the exclude lists (rsync_excludes_linux.txt
+    /// for the system disk, rsync_excludes_linux_disk<N>.txt for data disk N)
+    /// [default: Excludes beside this binary].
+    #[arg(long, value_name = "DIR")]
+    pub excludes: Option<PathBuf>,
     /// Chunk size in bytes: a power of two from 64 KiB to 16 MiB.
     #[arg(long, default_value_t = wire::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u32,
@@ -64,7 +79,8 @@ pub struct SendArgs {
     /// plane sets and changes during the transfer, applies when it is lower.
     #[arg(long, value_name = "RATE", value_parser = parse_bwlimit)]
     pub bwlimit: Option<u64>,
-    /// zstd level for chunks that compress (0 turns compression off).
+    /// zstd level for chunks that compress (0 turns compression off; file
+    /// mode compresses only while the link, not the sender, is the bottleneck).
     #[arg(long, default_value_t = 1)]
     pub zstd_level: i32,
     /// How many times to reconnect after a dropped connection.
@@ -98,9 +114,22 @@ pub struct SendArgs {
     pub max_freeze: u64,
 }
 
+/// How `ferry send` copies the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Block,
+    File,
+}
+
 impl From<SendArgs> for Options {
     fn from(a: SendArgs) -> Options {
+        let files = (a.mode == Mode::File).then(|| crate::send::files::FileOptions {
+            root: a.root.clone().unwrap_or_default(),
+            layout: a.layout.clone(),
+            excludes: a.excludes.clone(),
+        });
         Options {
+            files,
             to: a.to,
             token: a.token,
             fingerprint: a.fingerprint,

@@ -217,6 +217,12 @@ catalogue! {
         "The file system holding the target disks or the job state is full. Free space or attach larger storage, then run the sender again; committed data is kept.";
     LedgerFailed => "LEDGER_FAILED" [final, fails_job, refused], "The job's ledger could not be read or written",
         "Check the state directory's file system (space, permissions) and the appliance's log, then restart `ferry serve`. A ledger the message calls damaged, or a disk record it refuses, cannot be repaired: move the ledger (`<state-dir>/ledger.redb`) aside and the job starts over, with the same token and certificate.";
+    UnsafePath => "UNSAFE_PATH" [final, keeps_job, refused], "The sender sent a file path that could reach outside the target file system",
+        "File mode accepts only relative paths without `..`, `.` or empty components and without NUL bytes, and never writes through a symlink; the entry was refused and nothing outside the target was touched. Use `ferry send --mode file` of the same version as the appliance; if it sent this path, report it.";
+    ExcludesInvalid => "EXCLUDES_INVALID" [final, keeps_job, usage], "An exclude list is not valid",
+        "Fix the line the message names: one path a line, relative to the file system's root (a leading `/` is allowed), a trailing `/` for a directory, no `..` components; blank lines and lines starting with `#` are ignored. Nothing was sent.";
+    SourceTreeUnreadable => "SOURCE_TREE_UNREADABLE" [final, keeps_job, other], "A file or directory of the source tree could not be read",
+        "The message names the path and the system's answer. Run the sender as root, or exclude the path (rsync_excludes_linux.txt, see `ferry send --help`), then run it again; what was committed is kept.";
     DigestMismatch => "DIGEST_MISMATCH" [retry, keeps_job, verification], "The disk on the appliance does not match the source after the transfer",
         "Run the sender again: it re-sends every chunk that differs. If this repeats, the target disk may be faulty.";
     SourceReadFailed => "SOURCE_READ_FAILED" [final, keeps_job, other], "Reading the source disk failed",

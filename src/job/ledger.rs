@@ -17,6 +17,16 @@ use crate::job::errors::{coded, Code, ErrorCode};
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DISKS: TableDefinition<u32, &[u8]> = TableDefinition::new("disks");
 const CHUNKS: TableDefinition<(u32, u64), [u8; 32]> = TableDefinition::new("chunks");
+/// File mode's committed entries: the tree's index (4 bytes, big-endian)
+/// and the entry's path → the entry's stamp, opaque here.
+const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
+
+fn entry_key(tree: u32, path: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + path.len());
+    k.extend_from_slice(&tree.to_be_bytes());
+    k.extend_from_slice(path);
+    k
+}
 
 /// What the job knows about one target disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +123,7 @@ impl Ledger {
         tx.open_table(META).map_err(|e| damaged(&e))?;
         tx.open_table(DISKS).map_err(|e| damaged(&e))?;
         tx.open_table(CHUNKS).map_err(|e| damaged(&e))?;
+        tx.open_table(ENTRIES).map_err(|e| damaged(&e))?;
         tx.commit().context("committing the ledger's tables")?;
         Ok(ledger)
     }
@@ -294,6 +305,139 @@ impl Ledger {
         Ok(bytes)
     }
 
+    /// Record file-mode entries whose bytes are durable beneath the
+    /// target root, and forget paths removed there (a removed directory's
+    /// entries beneath it too), in one transaction.
+    pub fn commit_entries(
+        &self,
+        tree: u32,
+        put: &[(Vec<u8>, Vec<u8>)],
+        removed: &[Vec<u8>],
+    ) -> Result<()> {
+        let tx = self
+            .db
+            .begin_write()
+            .context("starting a ledger transaction")?;
+        {
+            let mut t = tx
+                .open_table(ENTRIES)
+                .context("opening the entries table")?;
+            for path in removed {
+                let key = entry_key(tree, path);
+                t.remove(key.as_slice())
+                    .context("forgetting a removed entry")?;
+                // Everything beneath it: keys from `path/` to `path0`
+                // ('0' follows '/').
+                let mut from = key.clone();
+                from.push(b'/');
+                let mut to = key;
+                to.push(b'0');
+                t.retain_in(from.as_slice()..to.as_slice(), |_, _| false)
+                    .context("forgetting the entries beneath a removed directory")?;
+            }
+            for (path, stamp) in put {
+                t.insert(entry_key(tree, path).as_slice(), stamp.as_slice())
+                    .context("recording an entry")?;
+            }
+        }
+        tx.commit().with_context(|| {
+            format!(
+                "committing {} entries and {} removals of tree {tree}",
+                put.len(),
+                removed.len()
+            )
+        })
+    }
+
+    /// The trees that have committed entries.
+    pub fn trees(&self) -> Result<Vec<u32>> {
+        let tx = self.db.begin_read().context("reading the ledger")?;
+        let t = tx
+            .open_table(ENTRIES)
+            .context("opening the entries table")?;
+        let mut out = Vec::new();
+        let mut from = vec![0u8; 4];
+        loop {
+            let next = t
+                .range(from.as_slice()..)
+                .context("reading the entries")?
+                .next();
+            let Some(row) = next else { break };
+            let (k, _) = row.context("reading an entry")?;
+            let tree = u32::from_be_bytes(k.value()[..4].try_into().context("an entry's key")?);
+            out.push(tree);
+            match tree.checked_add(1) {
+                Some(n) => from = n.to_be_bytes().to_vec(),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forget every entry of a tree: the next sender sends it whole.
+    pub fn forget_tree(&self, tree: u32) -> Result<()> {
+        let tx = self
+            .db
+            .begin_write()
+            .context("starting a ledger transaction")?;
+        {
+            let mut t = tx
+                .open_table(ENTRIES)
+                .context("opening the entries table")?;
+            let from = tree.to_be_bytes().to_vec();
+            let to = match tree.checked_add(1) {
+                Some(n) => n.to_be_bytes().to_vec(),
+                None => vec![0xff; 5],
+            };
+            t.retain_in(from.as_slice()..to.as_slice(), |_, _| false)
+                .with_context(|| format!("forgetting the entries of tree {tree}"))?;
+        }
+        tx.commit()
+            .with_context(|| format!("committing the reset of tree {tree}"))
+    }
+
+    /// Committed entries of a tree after `after` (from the start for
+    /// None), in path order: at most `limit` of them and about `bytes`.
+    pub fn entries(
+        &self,
+        tree: u32,
+        after: Option<&[u8]>,
+        limit: usize,
+        bytes: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let tx = self.db.begin_read().context("reading the ledger")?;
+        let t = tx
+            .open_table(ENTRIES)
+            .context("opening the entries table")?;
+        let from = match after {
+            Some(p) => {
+                let mut k = entry_key(tree, p);
+                k.push(0);
+                k
+            }
+            None => tree.to_be_bytes().to_vec(),
+        };
+        let to = match tree.checked_add(1) {
+            Some(next) => next.to_be_bytes().to_vec(),
+            None => vec![0xff; 5],
+        };
+        let mut out = Vec::new();
+        let mut size = 0usize;
+        for row in t
+            .range(from.as_slice()..to.as_slice())
+            .with_context(|| format!("reading the entries of tree {tree}"))?
+        {
+            let (k, v) = row.context("reading an entry")?;
+            let path = k.value()[4..].to_vec();
+            size += path.len() + v.value().len();
+            out.push((path, v.value().to_vec()));
+            if out.len() >= limit || size >= bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// Call `f` with every committed chunk in `range`, in order, until it
     /// returns false.
     fn for_each_chunk(
@@ -317,6 +461,54 @@ impl Ledger {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod entry_tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_paged_in_order_and_removed_with_what_they_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("l.redb")).unwrap();
+        let put = |p: &str| (p.as_bytes().to_vec(), vec![1u8]);
+        l.commit_entries(
+            0,
+            &[
+                put("etc"),
+                put("etc/a"),
+                put("etc/b"),
+                put("etc0"),
+                put("usr"),
+            ],
+            &[],
+        )
+        .unwrap();
+        l.commit_entries(1, &[put("data")], &[]).unwrap();
+        let names = |v: Vec<(Vec<u8>, Vec<u8>)>| -> Vec<String> {
+            v.into_iter()
+                .map(|(p, _)| String::from_utf8(p).unwrap())
+                .collect()
+        };
+        assert_eq!(
+            names(l.entries(0, None, 2, 1 << 20).unwrap()),
+            ["etc", "etc/a"]
+        );
+        assert_eq!(
+            names(l.entries(0, Some(b"etc/a"), 10, 1 << 20).unwrap()),
+            ["etc/b", "etc0", "usr"]
+        );
+        l.commit_entries(0, &[], &[b"etc".to_vec()]).unwrap();
+        assert_eq!(
+            names(l.entries(0, None, 10, 1 << 20).unwrap()),
+            ["etc0", "usr"]
+        );
+        assert_eq!(names(l.entries(1, None, 10, 1 << 20).unwrap()), ["data"]);
+        assert_eq!(l.trees().unwrap(), [0, 1]);
+        l.forget_tree(0).unwrap();
+        assert_eq!(l.trees().unwrap(), [1]);
+        assert!(l.entries(0, None, 10, 1 << 20).unwrap().is_empty());
     }
 }
 

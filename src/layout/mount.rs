@@ -13,6 +13,9 @@ pub struct MountInfo {
     pub id: u64,
     /// "major:minor" of the mounted device.
     pub devno: String,
+    /// The directory of the file system this mount shows (`/` but for a
+    /// bind mount of a subdirectory).
+    pub root: PathBuf,
     pub mount_point: PathBuf,
     pub fstype: String,
     pub source: String,
@@ -42,6 +45,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
         out.push(MountInfo {
             id: fields[0].parse().unwrap_or(0),
             devno: fields[2].to_owned(),
+            root: PathBuf::from(unescape_octal(fields[3])),
             mount_point: PathBuf::from(unescape_octal(fields[4])),
             fstype: fields[sep + 1].to_owned(),
             source: unescape_octal(fields[sep + 2]),

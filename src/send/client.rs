@@ -92,7 +92,23 @@ pub fn silent() -> anyhow::Error {
 /// and this bound (which allows a slow link 64 KiB/s) catches the rest.
 pub async fn send(conn: &mut Conn, frame: Frame) -> Result<()> {
     let bound = wire::LINK_TIMEOUT + Duration::from_secs(frame_len(&frame) / (64 << 10));
-    match tokio::time::timeout(bound, conn.send(frame)).await {
+    sent_within(bound, conn.send(frame)).await
+}
+
+/// Send frames with one flush at the end (one TLS record and one write for
+/// many small frames), bounded as [`send`] is for their bytes together.
+pub async fn send_all(conn: &mut Conn, frames: Vec<Frame>) -> Result<()> {
+    let bytes: u64 = frames.iter().map(frame_len).sum();
+    let bound = wire::LINK_TIMEOUT + Duration::from_secs(bytes / (64 << 10));
+    let mut items = futures::stream::iter(frames.into_iter().map(Ok));
+    sent_within(bound, conn.send_all(&mut items)).await
+}
+
+async fn sent_within(
+    bound: Duration,
+    sending: impl std::future::Future<Output = Result<(), wire::WireError>>,
+) -> Result<()> {
+    match tokio::time::timeout(bound, sending).await {
         Ok(Err(wire::WireError::Io(e))) if e.kind() == std::io::ErrorKind::TimedOut => Err(coded(
             ErrorCode::TransferInterrupted,
             format!(
@@ -118,7 +134,9 @@ pub async fn send(conn: &mut Conn, frame: Frame) -> Result<()> {
 
 fn frame_len(frame: &Frame) -> u64 {
     match frame {
-        Frame::Chunk { payload, .. } | Frame::Probe { payload } => payload.len() as u64,
+        Frame::Chunk { payload, .. }
+        | Frame::Probe { payload }
+        | Frame::FileData { payload, .. } => payload.len() as u64,
         _ => 0,
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod consistency;
+pub mod files;
 pub mod peer;
 pub mod pin;
 pub mod probe;
@@ -66,6 +67,8 @@ pub struct Options {
     pub probe_seconds: u64,
     /// What to do about file systems mounted read-write on a source disk.
     pub consistency: consistency::Settings,
+    /// File mode (`--mode file`): the tree to send instead of disks.
+    pub files: Option<files::FileOptions>,
 }
 
 /// What happened to one disk, over every attempt.
@@ -179,6 +182,15 @@ fn check_disks(disks: &[PathBuf]) -> Result<()> {
 }
 
 pub async fn run(args: Options) -> Result<()> {
+    if let Some(f) = &args.files {
+        return files::run(&args, f).await;
+    }
+    if args.disks.is_empty() {
+        return Err(coded(
+            ErrorCode::Usage,
+            "give the source disks with --disk SRC (block mode), or a tree with --mode file --root DIR --layout FILE",
+        ));
+    }
     let fingerprint = pin::normalize(&args.fingerprint).ok_or_else(|| {
         coded(
             ErrorCode::Usage,

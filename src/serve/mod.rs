@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth_limit;
 pub mod claims;
 pub mod control;
+pub mod files;
 pub mod job_metrics;
 pub mod lock;
 pub mod metrics;

@@ -67,8 +67,20 @@ impl Resets for Arc<Appliance> {
                 )
             })?);
         }
+        let trees = self.ledger.trees().code(ErrorCode::LedgerFailed)?;
+        for tree in &trees {
+            held.push(self.claims.hold(super::files::TREE_CLAIM | tree).ok_or_else(|| {
+                coded(
+                    ErrorCode::DiskBusy,
+                    format!("tree {tree} is still being written; the deletion is finished at the next start"),
+                )
+            })?);
+        }
         for (index, _) in disks {
             forget(self, index)?;
+        }
+        for tree in trees {
+            forget_tree(self, tree)?;
         }
         let manifest = crate::pipeline::handoff::manifest_path(&self.config.state_dir);
         remove_if_present(&manifest)?;
@@ -86,6 +98,27 @@ fn forget(app: &Appliance, index: u32) -> Result<()> {
         remove_if_present(&app.config.embedded_disk_path(index))?;
     }
     Ok(())
+}
+
+/// Forget a tree's entries, then remove what was written of it (its own
+/// directory under the state directory; never beneath a mount).
+fn forget_tree(app: &Appliance, tree: u32) -> Result<()> {
+    app.ledger.forget_tree(tree).code(ErrorCode::LedgerFailed)?;
+    let root = app.config.tree_root(tree);
+    if crate::layout::mount::is_mount_point(&root)? {
+        return Err(coded(
+            ErrorCode::TargetInUse,
+            format!(
+                "{} is a mount point: unmount it, then delete the job again",
+                root.display()
+            ),
+        ));
+    }
+    match std::fs::remove_dir_all(&root) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", root.display())),
+    }
 }
 
 fn remove_if_present(path: &std::path::Path) -> Result<()> {

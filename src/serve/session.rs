@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use super::admission::Ticket;
 use super::claims::{Claim, Link};
+use super::files::{TreeWork, TreeWriter, TREE_CLAIM};
 use super::streams::{Attached, Published};
 use super::writer::{Event, Payload, Work, Writer};
 use super::Appliance;
@@ -173,6 +174,7 @@ async fn connection(
         link: Link::new(),
         attached: HashMap::new(),
         bandwidth_told: None,
+        trees: HashMap::new(),
     };
     let result = session
         .run(&mut conn, peer, binding, shutdown, deadline, &sessions)
@@ -403,6 +405,27 @@ struct Session {
     /// The bandwidth limit last told to the sender (bytes per second, 0
     /// for none); None before a disk is opened.
     bandwidth_told: Option<u64>,
+    /// File mode: the trees this session writes.
+    trees: HashMap<u32, OpenTree>,
+}
+
+/// A tree (file mode) open in a session: its writer's queue and thread.
+struct OpenTree {
+    work: mpsc::Sender<Vec<TreeWork>>,
+    thread: std::thread::JoinHandle<()>,
+    /// Work not yet handed to the writer: frames that arrived together go
+    /// together (one wake-up of the writer for many small files).
+    batch: Vec<TreeWork>,
+    batch_bytes: usize,
+}
+
+/// Most work items, and content bytes, handed to a tree's writer at once.
+const TREE_BATCH: usize = 256;
+const TREE_BATCH_BYTES: usize = 8 << 20;
+
+/// Whether the connection's buffer holds another whole frame.
+fn frame_ready(buf: &[u8]) -> bool {
+    buf.len() >= 5 && buf.len() - 5 >= u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize
 }
 
 impl Session {
@@ -483,8 +506,14 @@ impl Session {
                             // target) explains a frame it could not take:
                             // report its error, not the symptom.
                             while let Ok(ev) = events.try_recv() {
-                                if let Event::Failed { disk, error } = ev {
-                                    return Err(error.context(format!("disk {disk}")));
+                                match ev {
+                                    Event::Failed { disk, error } => {
+                                        return Err(error.context(format!("disk {disk}")));
+                                    }
+                                    Event::TreeFailed { tree, error } => {
+                                        return Err(error.context(format!("tree {tree}")));
+                                    }
+                                    _ => {}
                                 }
                             }
                             return Err(e);
@@ -510,6 +539,9 @@ impl Session {
                     }
                     Event::Failed { disk, error } => {
                         return Err(error.context(format!("disk {disk}")));
+                    }
+                    Event::TreeFailed { tree, error } => {
+                        return Err(error.context(format!("tree {tree}")));
                     }
                 },
             }
@@ -698,6 +730,61 @@ impl Session {
             Frame::Ping => send_within(conn, Frame::Pong)
                 .await
                 .context("answering a ping"),
+            Frame::OpenTree { tree } => self.open_tree(conn, tree, events).await,
+            Frame::Entry { tree, entry } => {
+                let more = frame_ready(conn.read_buffer());
+                self.tree_work(tree, TreeWork::Entry(entry), more).await
+            }
+            Frame::FileData {
+                tree,
+                offset,
+                compressed,
+                payload,
+            } => {
+                self.app.metrics.received_bytes.inc_by(payload.len() as u64);
+                let more = frame_ready(conn.read_buffer());
+                self.tree_work(
+                    tree,
+                    TreeWork::Data {
+                        offset,
+                        compressed,
+                        payload,
+                    },
+                    more,
+                )
+                .await
+            }
+            Frame::FileEnd { tree, hash } => {
+                let more = frame_ready(conn.read_buffer());
+                self.tree_work(tree, TreeWork::End { hash }, more).await
+            }
+            Frame::Remove { tree, path } => {
+                let more = frame_ready(conn.read_buffer());
+                self.tree_work(tree, TreeWork::Remove(path), more).await
+            }
+            Frame::CloseTree { tree } => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.tree_work(tree, TreeWork::Close(tx), false).await?;
+                let s = rx.await.map_err(|_| tree_writer_gone(tree))??;
+                tracing::info!(
+                    tree,
+                    entries = s.entries,
+                    removed = s.removed,
+                    bytes = s.bytes,
+                    "tree committed"
+                );
+                send_within(
+                    conn,
+                    Frame::TreeClosed {
+                        tree,
+                        entries: s.entries,
+                        removed: s.removed,
+                        bytes: s.bytes,
+                    },
+                )
+                .await
+                .context("sending the end of the tree")
+            }
             other => Err(coded(
                 ErrorCode::UnexpectedFrame,
                 format!("{} after authentication", other.name()),
@@ -1006,8 +1093,156 @@ impl Session {
         self.tell_bandwidth(conn).await
     }
 
+    /// Queue work for a tree's writer; hand the batch over unless another
+    /// frame is already waiting and the batch is small.
+    async fn tree_work(&mut self, tree: u32, work: TreeWork, more: bool) -> Result<()> {
+        let t = self.trees.get_mut(&tree).ok_or_else(|| {
+            coded(
+                ErrorCode::UnexpectedFrame,
+                format!("tree {tree} was not opened in this connection"),
+            )
+        })?;
+        if let TreeWork::Data { payload, .. } = &work {
+            t.batch_bytes += payload.len();
+        }
+        t.batch.push(work);
+        if more && t.batch.len() < TREE_BATCH && t.batch_bytes < TREE_BATCH_BYTES {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut t.batch);
+        t.batch_bytes = 0;
+        t.work.send(batch).await.map_err(|_| tree_writer_gone(tree))
+    }
+
+    /// File mode: admit the sender, claim the tree, send the manifest of
+    /// its committed entries, and start its writer.
+    async fn open_tree(
+        &mut self,
+        conn: &mut Conn,
+        tree: u32,
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> Result<()> {
+        if tree >= crate::files::MAX_TREES {
+            return Err(coded(
+                ErrorCode::DiskNotConfigured,
+                format!(
+                    "tree {tree}: a job has at most {} file systems",
+                    crate::files::MAX_TREES
+                ),
+            ));
+        }
+        if self.trees.contains_key(&tree) {
+            return Err(coded(
+                ErrorCode::UnexpectedFrame,
+                format!("tree {tree} is already open"),
+            ));
+        }
+        if !self.admitted {
+            let job = Arc::clone(&self.app.job);
+            tokio::task::spawn_blocking(move || job.admit_sender())
+                .await
+                .context("admitting the sender")??;
+            self.admitted = true;
+        }
+        let guard = self.app.claims.claim(TREE_CLAIM | tree, &self.link).await?;
+        let codec_max = conn
+            .codec()
+            .max()
+            .max(crate::files::FILE_CHUNK + 64)
+            .max(crate::files::MAX_XATTR_BYTES + 4 * crate::files::MAX_PATH);
+        conn.codec_mut().set_max(codec_max);
+        let root = self.app.config.tree_root(tree);
+        let ledger = Arc::clone(&self.app.ledger);
+        let writer = tokio::task::spawn_blocking(move || TreeWriter::open(tree, &root, ledger))
+            .await
+            .context("opening the tree")??;
+        let mut after: Option<Vec<u8>> = None;
+        let mut total = 0usize;
+        loop {
+            let ledger = Arc::clone(&self.app.ledger);
+            let from = after.clone();
+            let rows = tokio::task::spawn_blocking(move || {
+                ledger.entries(
+                    tree,
+                    from.as_deref(),
+                    crate::files::MANIFEST_PAGE_ENTRIES,
+                    crate::files::MANIFEST_PAGE_BYTES,
+                )
+            })
+            .await
+            .context("reading the ledger")?
+            .code(ErrorCode::LedgerFailed)?;
+            let last = rows.len() < crate::files::MANIFEST_PAGE_ENTRIES
+                && rows.iter().map(|(p, v)| p.len() + v.len()).sum::<usize>()
+                    < crate::files::MANIFEST_PAGE_BYTES;
+            after = rows.last().map(|(p, _)| p.clone());
+            let mut entries = Vec::with_capacity(rows.len());
+            for (path, raw) in rows {
+                let stamp = crate::files::Stamp::from_bytes(&raw).ok_or_else(|| {
+                    coded(
+                        ErrorCode::LedgerFailed,
+                        format!(
+                            "the ledger's entry of `{}` is damaged",
+                            crate::files::display(&path)
+                        ),
+                    )
+                })?;
+                entries.push((path, stamp));
+            }
+            total += entries.len();
+            send_within(
+                conn,
+                Frame::TreeManifest {
+                    tree,
+                    last,
+                    entries,
+                },
+            )
+            .await
+            .context("sending the tree's manifest")?;
+            if last {
+                break;
+            }
+        }
+        tracing::info!(tree, committed = total, "tree opened");
+        let (work_tx, work_rx) = mpsc::channel(64);
+        let events = events.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("ferry-tree-{tree}"))
+            // Removing a deep directory recurses once per level.
+            .stack_size(16 << 20)
+            .spawn(move || {
+                let _guard: Claim = guard;
+                // The queue stays open until the error is told, so that a
+                // session that cannot queue work finds why.
+                let mut work_rx = work_rx;
+                writer.run(&mut work_rx, |error| {
+                    let _ = events.send(Event::TreeFailed { tree, error });
+                });
+                drop(work_rx);
+            })
+            .context("starting a tree writer thread")?;
+        self.trees.insert(
+            tree,
+            OpenTree {
+                work: work_tx,
+                thread,
+                batch: Vec::new(),
+                batch_bytes: 0,
+            },
+        );
+        Ok(())
+    }
+
     /// Stop the writers; each commits what it wrote before it returns.
     async fn close(&mut self) {
+        for (tree, t) in self.trees.drain() {
+            drop(t.work);
+            let joined = tokio::task::spawn_blocking(move || t.thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!(tree, "tree writer thread panicked");
+            }
+        }
         self.attached.clear();
         for (disk, d) in self.disks.drain() {
             // The sender's data streams hold the queue too: the writer
@@ -1091,6 +1326,13 @@ fn closed_by_owner(disk: u32) -> anyhow::Error {
     coded(
         ErrorCode::TransferInterrupted,
         format!("disk {disk} was closed by the session that opened it"),
+    )
+}
+
+fn tree_writer_gone(tree: u32) -> anyhow::Error {
+    coded(
+        ErrorCode::Internal,
+        format!("the writer of tree {tree} has stopped"),
     )
 }
 

@@ -62,6 +62,11 @@ pub enum Event {
         disk: u32,
         error: anyhow::Error,
     },
+    /// File mode: the writer of a tree stopped with this error.
+    TreeFailed {
+        tree: u32,
+        error: anyhow::Error,
+    },
 }
 
 /// Most chunks committed in one group.

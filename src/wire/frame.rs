@@ -3,6 +3,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
+use crate::files::{self, Entry, Kind, Stamp, Time};
 use crate::job::errors::ErrorCode;
 use crate::job::state::Status;
 use crate::job::step::Step;
@@ -127,6 +128,43 @@ pub enum Frame {
     /// appliance → sender: the job's bandwidth limit in bytes per second,
     /// 0 for none; sent when a disk is opened and whenever it changes.
     Bandwidth { bytes_per_sec: u64 },
+    /// sender → appliance: this session sends the entries of file system
+    /// `tree` (file mode; 0 is the root file system).
+    OpenTree { tree: u32 },
+    /// appliance → sender: committed entries of the tree, in pages in the
+    /// ledger's order; `last`: no more pages follow.
+    TreeManifest {
+        tree: u32,
+        last: bool,
+        entries: Vec<(Vec<u8>, Stamp)>,
+    },
+    /// sender → appliance: one entry; a regular file's content follows in
+    /// FileData frames and a FileEnd.
+    Entry { tree: u32, entry: Box<Entry> },
+    /// sender → appliance: a piece of the current file's content at
+    /// `offset` (pieces ascend; what lies between them is a hole).
+    FileData {
+        tree: u32,
+        offset: u64,
+        compressed: bool,
+        payload: Bytes,
+    },
+    /// sender → appliance: the current file is complete; `hash` is its
+    /// [`files::ContentHash`].
+    FileEnd { tree: u32, hash: [u8; 32] },
+    /// sender → appliance: this path is gone from the source (a directory
+    /// goes with what it holds).
+    Remove { tree: u32, path: Vec<u8> },
+    /// sender → appliance: every entry of the tree is sent.
+    CloseTree { tree: u32 },
+    /// appliance → sender: the tree is durable and in the ledger: entries
+    /// written, paths removed, content bytes written in this session.
+    TreeClosed {
+        tree: u32,
+        entries: u64,
+        removed: u64,
+        bytes: u64,
+    },
     /// Not a frame of its own: the head of an uncompressed Chunk frame
     /// whose `len` payload bytes have not all arrived, from a codec told
     /// to [`FrameCodec::split_chunks`]. The reader takes the payload from
@@ -183,6 +221,14 @@ mod ty {
     pub const STREAM_KEY: u8 = 0x18;
     pub const ATTACH: u8 = 0x19;
     pub const BANDWIDTH: u8 = 0x50;
+    pub const OPEN_TREE: u8 = 0x60;
+    pub const TREE_MANIFEST: u8 = 0x61;
+    pub const ENTRY: u8 = 0x62;
+    pub const FILE_DATA: u8 = 0x63;
+    pub const FILE_END: u8 = 0x64;
+    pub const REMOVE: u8 = 0x65;
+    pub const CLOSE_TREE: u8 = 0x66;
+    pub const TREE_CLOSED: u8 = 0x67;
 }
 
 /// Most names in a DiskNames frame.
@@ -217,6 +263,14 @@ impl Frame {
             Frame::Attach { .. } => "Attach",
             Frame::Bandwidth { .. } => "Bandwidth",
             Frame::ChunkHead { .. } => "Chunk",
+            Frame::OpenTree { .. } => "OpenTree",
+            Frame::TreeManifest { .. } => "TreeManifest",
+            Frame::Entry { .. } => "Entry",
+            Frame::FileData { .. } => "FileData",
+            Frame::FileEnd { .. } => "FileEnd",
+            Frame::Remove { .. } => "Remove",
+            Frame::CloseTree { .. } => "CloseTree",
+            Frame::TreeClosed { .. } => "TreeClosed",
         }
     }
 
@@ -373,6 +427,67 @@ impl Frame {
             Frame::Bandwidth { bytes_per_sec } => {
                 dst.put_u64(*bytes_per_sec);
                 ty::BANDWIDTH
+            }
+            Frame::OpenTree { tree } => {
+                dst.put_u32(*tree);
+                ty::OPEN_TREE
+            }
+            Frame::TreeManifest {
+                tree,
+                last,
+                entries,
+            } => {
+                dst.put_u32(*tree);
+                dst.put_u8(u8::from(*last));
+                dst.put_u32(entries.len() as u32);
+                for (path, stamp) in entries {
+                    put_bytes16(dst, path);
+                    dst.put_slice(&stamp.to_bytes());
+                }
+                ty::TREE_MANIFEST
+            }
+            Frame::Entry { tree, entry } => {
+                dst.put_u32(*tree);
+                put_entry(dst, entry);
+                ty::ENTRY
+            }
+            Frame::FileData {
+                tree,
+                offset,
+                compressed,
+                payload,
+            } => {
+                dst.put_u32(*tree);
+                dst.put_u64(*offset);
+                dst.put_u8(u8::from(*compressed));
+                dst.put_slice(payload);
+                ty::FILE_DATA
+            }
+            Frame::FileEnd { tree, hash } => {
+                dst.put_u32(*tree);
+                dst.put_slice(hash);
+                ty::FILE_END
+            }
+            Frame::Remove { tree, path } => {
+                dst.put_u32(*tree);
+                put_bytes16(dst, path);
+                ty::REMOVE
+            }
+            Frame::CloseTree { tree } => {
+                dst.put_u32(*tree);
+                ty::CLOSE_TREE
+            }
+            Frame::TreeClosed {
+                tree,
+                entries,
+                removed,
+                bytes,
+            } => {
+                dst.put_u32(*tree);
+                dst.put_u64(*entries);
+                dst.put_u64(*removed);
+                dst.put_u64(*bytes);
+                ty::TREE_CLOSED
             }
             // A head is only ever decoded; its frame was a Chunk.
             Frame::ChunkHead {
@@ -558,6 +673,78 @@ impl Frame {
                 };
                 Frame::RoundStatus { status, event }
             }
+            ty::OPEN_TREE => Frame::OpenTree {
+                tree: get_u32(&mut p, "OpenTree")?,
+            },
+            ty::TREE_MANIFEST => {
+                let k = "TreeManifest";
+                let tree = get_u32(&mut p, k)?;
+                let last = match get_u8(&mut p, k)? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(malformed(k, "unknown flag")),
+                };
+                let count = get_u32(&mut p, k)? as usize;
+                // Each entry takes at least its length prefix and stamp.
+                if count > files::MANIFEST_PAGE_ENTRIES
+                    || count.saturating_mul(2 + files::STAMP_LEN) > p.remaining()
+                {
+                    return Err(malformed(k, "entry count exceeds the page"));
+                }
+                let mut entries = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let path = get_bytes16(&mut p, k, files::MAX_PATH)?;
+                    need(&p, files::STAMP_LEN, k)?;
+                    let raw = p.split_to(files::STAMP_LEN);
+                    let stamp = Stamp::from_bytes(&raw)
+                        .ok_or_else(|| malformed(k, "unknown entry kind"))?;
+                    entries.push((path, stamp));
+                }
+                Frame::TreeManifest {
+                    tree,
+                    last,
+                    entries,
+                }
+            }
+            ty::ENTRY => Frame::Entry {
+                tree: get_u32(&mut p, "Entry")?,
+                entry: Box::new(get_entry(&mut p)?),
+            },
+            ty::FILE_DATA => {
+                let tree = get_u32(&mut p, "FileData")?;
+                let offset = get_u64(&mut p, "FileData")?;
+                let compressed = match get_u8(&mut p, "FileData")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(malformed("FileData", "unknown encoding")),
+                };
+                if p.remaining() > files::FILE_CHUNK {
+                    return Err(malformed("FileData", "piece larger than the file chunk"));
+                }
+                Frame::FileData {
+                    tree,
+                    offset,
+                    compressed,
+                    payload: std::mem::take(&mut p),
+                }
+            }
+            ty::FILE_END => Frame::FileEnd {
+                tree: get_u32(&mut p, "FileEnd")?,
+                hash: get32(&mut p, "FileEnd")?,
+            },
+            ty::REMOVE => Frame::Remove {
+                tree: get_u32(&mut p, "Remove")?,
+                path: get_bytes16(&mut p, "Remove", files::MAX_PATH)?,
+            },
+            ty::CLOSE_TREE => Frame::CloseTree {
+                tree: get_u32(&mut p, "CloseTree")?,
+            },
+            ty::TREE_CLOSED => Frame::TreeClosed {
+                tree: get_u32(&mut p, "TreeClosed")?,
+                entries: get_u64(&mut p, "TreeClosed")?,
+                removed: get_u64(&mut p, "TreeClosed")?,
+                bytes: get_u64(&mut p, "TreeClosed")?,
+            },
             other => return Err(WireError::UnknownType(other)),
         };
         if p.has_remaining() {
@@ -576,6 +763,100 @@ fn put_text(dst: &mut BytesMut, s: &str) {
     }
     dst.put_u16(end as u16);
     dst.put_slice(&s.as_bytes()[..end]);
+}
+
+/// Raw bytes with a u16 length (paths, symlink targets).
+fn put_bytes16(dst: &mut BytesMut, b: &[u8]) {
+    let b = &b[..b.len().min(u16::MAX as usize)];
+    dst.put_u16(b.len() as u16);
+    dst.put_slice(b);
+}
+
+fn get_bytes16(p: &mut Bytes, kind: &'static str, max: usize) -> Result<Vec<u8>, WireError> {
+    let len = get_u16(p, kind)? as usize;
+    if len > max {
+        return Err(malformed(kind, "a path or name longer than allowed"));
+    }
+    need(p, len, kind)?;
+    Ok(p.split_to(len).to_vec())
+}
+
+fn put_entry(dst: &mut BytesMut, e: &Entry) {
+    put_bytes16(dst, &e.path);
+    dst.put_u8(e.kind.wire_code());
+    dst.put_u32(e.mode);
+    dst.put_u32(e.uid);
+    dst.put_u32(e.gid);
+    dst.put_u64(e.size);
+    for t in [e.mtime, e.ctime] {
+        dst.put_i64(t.sec);
+        dst.put_u32(t.nsec);
+    }
+    dst.put_u64(e.rdev);
+    put_bytes16(dst, &e.target);
+    dst.put_u16(e.xattrs.len() as u16);
+    for (name, value) in &e.xattrs {
+        put_bytes16(dst, name);
+        dst.put_u32(value.len() as u32);
+        dst.put_slice(value);
+    }
+}
+
+/// An entry, every length bounded before it is read: a path, a target, a
+/// count of xattrs and their bytes.
+fn get_entry(p: &mut Bytes) -> Result<Entry, WireError> {
+    let k = "Entry";
+    let path = get_bytes16(p, k, files::MAX_PATH)?;
+    let kind =
+        Kind::from_wire_code(get_u8(p, k)?).ok_or_else(|| malformed(k, "unknown entry kind"))?;
+    let mode = get_u32(p, k)?;
+    if mode & !0o7777 != 0 {
+        return Err(malformed(k, "mode bits beyond 07777"));
+    }
+    let uid = get_u32(p, k)?;
+    let gid = get_u32(p, k)?;
+    let size = get_u64(p, k)?;
+    let mut times = [Time::default(); 2];
+    for t in &mut times {
+        need(p, 12, k)?;
+        let sec = p.get_i64();
+        let nsec = p.get_u32();
+        if nsec >= 1_000_000_000 {
+            return Err(malformed(k, "nanoseconds of a time beyond a second"));
+        }
+        *t = Time { sec, nsec };
+    }
+    let rdev = get_u64(p, k)?;
+    let target = get_bytes16(p, k, files::MAX_TARGET)?;
+    let count = get_u16(p, k)? as usize;
+    if count > files::MAX_XATTRS || count.saturating_mul(6) > p.remaining() {
+        return Err(malformed(k, "too many extended attributes"));
+    }
+    let mut xattrs = Vec::with_capacity(count);
+    let mut total = 0usize;
+    for _ in 0..count {
+        let name = get_bytes16(p, k, files::MAX_NAME)?;
+        let len = get_u32(p, k)? as usize;
+        total = total.saturating_add(name.len() + len);
+        if total > files::MAX_XATTR_BYTES {
+            return Err(malformed(k, "extended attributes larger than allowed"));
+        }
+        need(p, len, k)?;
+        xattrs.push((name, p.split_to(len).to_vec()));
+    }
+    Ok(Entry {
+        path,
+        kind,
+        mode,
+        uid,
+        gid,
+        size,
+        mtime: times[0],
+        ctime: times[1],
+        rdev,
+        target,
+        xattrs,
+    })
 }
 
 fn truncate(mut s: String) -> String {
@@ -859,6 +1140,67 @@ mod tests {
             Frame::Bandwidth {
                 bytes_per_sec: 12_500_000,
             },
+            Frame::OpenTree { tree: 1 },
+            Frame::TreeManifest {
+                tree: 1,
+                last: true,
+                entries: vec![(
+                    b"etc/\xffx".to_vec(),
+                    Stamp {
+                        kind: Kind::Symlink,
+                        size: 3,
+                        mtime: Time { sec: 1, nsec: 2 },
+                        ctime: Time { sec: 3, nsec: 4 },
+                        mode: 0o777,
+                        uid: 0,
+                        gid: 0,
+                        hash: [1; 32],
+                    },
+                )],
+            },
+            Frame::Entry {
+                tree: 0,
+                entry: Box::new(Entry {
+                    path: b"usr/bin/ping".to_vec(),
+                    kind: Kind::File,
+                    mode: 0o4755,
+                    uid: 0,
+                    gid: 0,
+                    size: 12345,
+                    mtime: Time {
+                        sec: 1_700_000_000,
+                        nsec: 123_456_789,
+                    },
+                    ctime: Time {
+                        sec: 1_700_000_001,
+                        nsec: 0,
+                    },
+                    rdev: 0,
+                    target: Vec::new(),
+                    xattrs: vec![(b"security.capability".to_vec(), vec![1, 0, 0, 2])],
+                }),
+            },
+            Frame::FileData {
+                tree: 0,
+                offset: 1 << 20,
+                compressed: false,
+                payload: Bytes::from_static(b"data"),
+            },
+            Frame::FileEnd {
+                tree: 0,
+                hash: [5; 32],
+            },
+            Frame::Remove {
+                tree: 0,
+                path: b"tmp/gone".to_vec(),
+            },
+            Frame::CloseTree { tree: 0 },
+            Frame::TreeClosed {
+                tree: 0,
+                entries: 10,
+                removed: 1,
+                bytes: 100,
+            },
         ]
     }
 
@@ -967,6 +1309,29 @@ mod tests {
                 bytes: [vec![0x12, 0, 0, 0, 45], vec![0; 44], vec![9]].concat(),
                 max: 1024,
                 want: "malformed Chunk frame: unknown encoding",
+            },
+            Case {
+                name: "entry with a path longer than allowed",
+                bytes: [vec![0x62, 0, 0, 0, 6, 0, 0, 0, 0, 0x10, 0x01]].concat(),
+                max: 1024,
+                want: "malformed Entry frame: a path or name longer than allowed",
+            },
+            Case {
+                name: "entry whose xattr count lies",
+                bytes: [
+                    vec![0x62, 0, 0, 0, 64, 0, 0, 0, 0, 0, 1, b'a', 1],
+                    vec![0; 4 + 4 + 4 + 8 + 12 + 12 + 8 + 2],
+                    vec![0, 100],
+                ]
+                .concat(),
+                max: 1024,
+                want: "malformed Entry frame: too many extended attributes",
+            },
+            Case {
+                name: "manifest count lies",
+                bytes: vec![0x61, 0, 0, 0, 9, 0, 0, 0, 0, 1, 0, 0, 0x10, 0],
+                max: 1024,
+                want: "malformed TreeManifest frame: entry count exceeds the page",
             },
             Case {
                 name: "round status with an unknown step",

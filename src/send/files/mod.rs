@@ -1,0 +1,615 @@
+//! File mode's sender: walk a tree, compare it with the appliance's
+//! manifest of committed entries, and send what changed (entries, content
+//! in pieces with holes left out), then remove on the target what is gone
+//! from the source (never an excluded path).
+//!
+//! The walk and the reads run on a blocking thread that hands frames to
+//! the connection's task through a bounded queue.
+
+pub mod discover;
+pub mod excludes;
+pub mod walk;
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use rustix::fs::{Mode, OFlags, SeekFrom};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::client::{self, Conn};
+use super::Options;
+use crate::files::{self, ContentHash, Entry, Kind, Stamp, Time};
+use crate::job::errors::{coded, find_coded, ErrorCode, Retry};
+use crate::wire::{self, Frame};
+use excludes::Excludes;
+
+/// What file mode is asked to send.
+#[derive(Debug, Clone)]
+pub struct FileOptions {
+    /// The root of the tree (`--root`).
+    pub root: PathBuf,
+    /// The layout of the source, as `ferry layout read` prints it.
+    pub layout: Option<PathBuf>,
+    /// Where the exclude lists are (`--excludes`); default: `Excludes`
+    /// beside the sender.
+    pub excludes: Option<PathBuf>,
+}
+
+/// Counters of one attempt, read by the progress line while it runs.
+#[derive(Debug, Default)]
+struct Counts {
+    entries: AtomicU64,
+    dirs: AtomicU64,
+    files: AtomicU64,
+    content_bytes: AtomicU64,
+    wire_bytes: AtomicU64,
+    unchanged: AtomicU64,
+    removed: AtomicU64,
+    resent_changed: AtomicU64,
+    changed_while_read: AtomicU64,
+}
+
+/// What happened to the tree (the last attempt's counts).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TreeReport {
+    pub tree: u32,
+    pub root: String,
+    pub attempts: u32,
+    pub seconds: f64,
+    /// Entries sent other than directories, and files among them.
+    pub sent_entries: u64,
+    pub sent_files: u64,
+    /// Directories: always sent (their metadata is set after their content).
+    pub sent_dirs: u64,
+    pub content_bytes: u64,
+    pub wire_bytes: u64,
+    pub unchanged: u64,
+    pub removed: u64,
+    pub excluded: u64,
+    pub sockets_skipped: u64,
+    pub mount_points: u64,
+    /// Files re-sent because they changed while they were read.
+    pub resent_changed: u64,
+    /// Files that kept changing: sent as last read.
+    pub changed_while_read: u64,
+    pub committed_entries: u64,
+    pub committed_removals: u64,
+    pub committed_bytes: u64,
+    pub excludes: Option<String>,
+}
+
+/// Most frames, and content bytes, sent with one flush.
+const SEND_BATCH: usize = 256;
+const SEND_BATCH_BYTES: usize = 4 << 20;
+
+/// Send the tree of `f` as tree 0.
+pub async fn run(args: &Options, f: &FileOptions) -> Result<()> {
+    let fingerprint = super::pin::normalize(&args.fingerprint).ok_or_else(|| {
+        coded(
+            ErrorCode::Usage,
+            format!(
+                "--fingerprint `{}` is not a SHA-256 fingerprint (64 hex digits; GET /v1/identity on the appliance's port 8080 shows it)",
+                args.fingerprint
+            ),
+        )
+    })?;
+    let to = super::data_address(&args.to)?;
+    if f.root.as_os_str().is_empty() {
+        // A live server: say what would be sent; sending it needs the
+        // appliance to lay out its targets, which this version does not.
+        let mounts = crate::layout::mount::mountinfo()?;
+        let fstab = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
+        let found = discover::discover(
+            &mounts,
+            &crate::layout::tree::parse_fstab(&fstab),
+            Path::new("/sys/firmware"),
+        );
+        eprintln!(
+            "ferry send: this server boots by {:?}; its local file systems:",
+            found.boot
+        );
+        for fs in &found.file_systems {
+            eprintln!(
+                "  {} ({}, {})",
+                fs.mount_point.display(),
+                fs.fstype,
+                fs.source
+            );
+        }
+        for (spec, mp) in &found.not_mounted {
+            eprintln!(
+                "  {} ({spec}) is in fstab but not mounted: it would not be sent",
+                mp.display()
+            );
+        }
+        return Err(coded(
+            ErrorCode::Usage,
+            "--mode file sends a tree given with --root DIR and --layout FILE; sending a live server's file systems as they are found needs the appliance to lay out its targets, which this version does not do",
+        ));
+    }
+    if !f.root.is_dir() {
+        return Err(coded(
+            ErrorCode::Usage,
+            format!("--root {}: not a directory", f.root.display()),
+        ));
+    }
+    if let Some(layout) = &f.layout {
+        let text = std::fs::read_to_string(layout)
+            .with_context(|| format!("reading the layout {}", layout.display()))
+            .map_err(|e| coded(ErrorCode::Usage, format!("{e:#}")))?;
+        crate::layout::desc::Layout::parse(&text)
+            .with_context(|| format!("parsing the layout {}", layout.display()))?;
+    }
+    let dir = f.excludes.clone().or_else(excludes::default_dir);
+    let excludes = match &dir {
+        Some(d) => Excludes::load(d, 0)?,
+        None => Excludes::default(),
+    };
+    if let Some(src) = &excludes.source {
+        eprintln!(
+            "ferry send: excluding the paths listed in {}",
+            src.display()
+        );
+    }
+    let started = Instant::now();
+    let mut attempts = 0u32;
+    let result = loop {
+        attempts += 1;
+        match attempt(args, &to, &fingerprint, f, &excludes).await {
+            Ok(r) => break Ok(r),
+            Err(e) => {
+                let code = find_coded(&e)
+                    .map(|c| c.code)
+                    .unwrap_or(ErrorCode::Internal);
+                if code.retry() == Retry::Final || attempts > args.retries {
+                    break Err(e);
+                }
+                let wait = Duration::from_secs(1u64 << (attempts - 1).min(4));
+                eprintln!(
+                    "ferry send: {e:#}; retrying in {} s (attempt {} of {})",
+                    wait.as_secs(),
+                    attempts + 1,
+                    args.retries + 1
+                );
+                tokio::time::sleep(wait).await;
+            }
+        }
+    };
+    let mut report = result?;
+    report.attempts = attempts;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.excludes = excludes.source.as_ref().map(|p| p.display().to_string());
+    eprintln!(
+        "tree {} ({}): sent {} entries ({} files, {} bytes of content, {} bytes on the wire) and {} directories; {} unchanged; {} removed; {} excluded; {} sockets skipped; {} mount points sent empty; {} re-sent after changing while read; the appliance committed {} entries, {} removals, {} bytes ({:.1} s)",
+        report.tree,
+        report.root,
+        report.sent_entries,
+        report.sent_files,
+        report.content_bytes,
+        report.wire_bytes,
+        report.sent_dirs,
+        report.unchanged,
+        report.removed,
+        report.excluded,
+        report.sockets_skipped,
+        report.mount_points,
+        report.resent_changed,
+        report.committed_entries,
+        report.committed_removals,
+        report.committed_bytes,
+        report.seconds,
+    );
+    if report.changed_while_read > 0 {
+        eprintln!(
+            "ferry send: {} files kept changing while they were read and were sent as last read; run the sender again (or stop what writes them) for a consistent copy",
+            report.changed_while_read
+        );
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(
+            path,
+            serde_json::to_vec_pretty(&report).context("encoding the report")?,
+        )
+        .with_context(|| format!("writing the report {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn attempt(
+    args: &Options,
+    to: &str,
+    fingerprint: &str,
+    f: &FileOptions,
+    excludes: &Excludes,
+) -> Result<TreeReport> {
+    const TREE: u32 = 0;
+    let mut conn = client::connect(to, &args.token, fingerprint).await?;
+    client::send(&mut conn, Frame::OpenTree { tree: TREE }).await?;
+    let manifest = read_manifest(&mut conn, TREE).await?;
+    let counts = Arc::new(Counts::default());
+    let (tx, mut rx) = mpsc::channel::<Frame>(256);
+    let producer = {
+        let (root, excludes, counts) = (f.root.clone(), excludes.clone(), Arc::clone(&counts));
+        let level = args.zstd_level;
+        tokio::task::spawn_blocking(move || {
+            produce(&root, &excludes, manifest, &tx, level, &counts)
+        })
+    };
+    let started = Instant::now();
+    let mut ping = tokio::time::interval(wire::HEARTBEAT);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut progress = tokio::time::interval(Duration::from_secs(5));
+    progress.tick().await;
+    let sent = loop {
+        tokio::select! {
+            frame = rx.recv() => match frame {
+                Some(frame) => {
+                    // What else is queued goes with it, in one flush.
+                    let mut batch = vec![frame];
+                    let mut bytes = 0usize;
+                    while batch.len() < SEND_BATCH && bytes < SEND_BATCH_BYTES {
+                        match rx.try_recv() {
+                            Ok(f) => {
+                                if let Frame::FileData { payload, .. } = &f {
+                                    bytes += payload.len();
+                                }
+                                batch.push(f);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = client::send_all(&mut conn, batch).await {
+                        break Err(e);
+                    }
+                }
+                None => break Ok(()),
+            },
+            incoming = client::recv_any(&mut conn) => match incoming {
+                Ok(Frame::Pong | Frame::Bandwidth { .. }) => {}
+                Ok(other) => break Err(coded(
+                    ErrorCode::UnexpectedFrame,
+                    format!("{} while the tree was sent", other.name()),
+                )),
+                Err(e) => break Err(e),
+            },
+            _ = ping.tick() => {
+                if let Err(e) = client::send(&mut conn, Frame::Ping).await {
+                    break Err(e);
+                }
+            }
+            _ = progress.tick() => print_progress(TREE, &counts, started.elapsed()),
+        }
+    };
+    // The producer stops when the queue is gone.
+    drop(rx);
+    let produced = producer.await.context("walking the tree")?;
+    sent?;
+    let skipped = produced?;
+    client::send(&mut conn, Frame::CloseTree { tree: TREE }).await?;
+    let closed = loop {
+        match client::recv_live(&mut conn).await? {
+            Frame::TreeClosed {
+                tree,
+                entries,
+                removed,
+                bytes,
+            } if tree == TREE => break (entries, removed, bytes),
+            Frame::Bandwidth { .. } => continue,
+            other => {
+                return Err(coded(
+                    ErrorCode::UnexpectedFrame,
+                    format!("expected TreeClosed, got {}", other.name()),
+                ))
+            }
+        }
+    };
+    let _ = tokio::io::AsyncWriteExt::shutdown(conn.get_mut()).await;
+    let c = &counts;
+    Ok(TreeReport {
+        tree: TREE,
+        root: f.root.display().to_string(),
+        sent_entries: c.entries.load(Ordering::Relaxed),
+        sent_files: c.files.load(Ordering::Relaxed),
+        sent_dirs: c.dirs.load(Ordering::Relaxed),
+        content_bytes: c.content_bytes.load(Ordering::Relaxed),
+        wire_bytes: c.wire_bytes.load(Ordering::Relaxed),
+        unchanged: c.unchanged.load(Ordering::Relaxed),
+        removed: c.removed.load(Ordering::Relaxed),
+        excluded: skipped.excluded,
+        sockets_skipped: skipped.sockets,
+        mount_points: skipped.mount_points,
+        resent_changed: c.resent_changed.load(Ordering::Relaxed),
+        changed_while_read: c.changed_while_read.load(Ordering::Relaxed),
+        committed_entries: closed.0,
+        committed_removals: closed.1,
+        committed_bytes: closed.2,
+        ..Default::default()
+    })
+}
+
+fn print_progress(tree: u32, c: &Counts, elapsed: Duration) {
+    let bytes = c.content_bytes.load(Ordering::Relaxed);
+    let rate = bytes as f64 / elapsed.as_secs_f64().max(0.001) / 1e6;
+    eprintln!(
+        "ferry send: tree {tree}: {} entries sent ({} files, {} of content, {rate:.1} MB/s), {} unchanged",
+        c.entries.load(Ordering::Relaxed),
+        c.files.load(Ordering::Relaxed),
+        crate::disk::human_bytes(bytes),
+        c.unchanged.load(Ordering::Relaxed),
+    );
+}
+
+async fn read_manifest(conn: &mut Conn, tree: u32) -> Result<HashMap<Vec<u8>, Stamp>> {
+    let mut manifest = HashMap::new();
+    loop {
+        match client::recv(conn).await? {
+            Frame::TreeManifest {
+                tree: t,
+                last,
+                entries,
+            } if t == tree => {
+                manifest.extend(entries);
+                if last {
+                    return Ok(manifest);
+                }
+            }
+            Frame::Bandwidth { .. } => continue,
+            other => {
+                return Err(coded(
+                    ErrorCode::UnexpectedFrame,
+                    format!("expected TreeManifest, got {}", other.name()),
+                ))
+            }
+        }
+    }
+}
+
+/// The queue to the connection's task is gone: that task has the error.
+fn queue_gone() -> anyhow::Error {
+    coded(
+        ErrorCode::TransferInterrupted,
+        "the connection to the appliance closed while the tree was sent",
+    )
+}
+
+/// Walk, compare and queue the frames of the tree; then the removals.
+fn produce(
+    root: &Path,
+    excludes: &Excludes,
+    mut manifest: HashMap<Vec<u8>, Stamp>,
+    tx: &mpsc::Sender<Frame>,
+    level: i32,
+    counts: &Counts,
+) -> Result<walk::Skipped> {
+    let mut compressor = if level > 0 {
+        Some(zstd::bulk::Compressor::new(level).context("starting zstd")?)
+    } else {
+        None
+    };
+    let skipped = walk::walk(root, excludes, |found| {
+        let old = manifest.remove(&found.entry.path);
+        // Directories are always sent: their metadata is applied after
+        // their content, which may have changed beneath them.
+        if found.entry.kind != Kind::Dir {
+            if let Some(s) = old {
+                if s.same_as(&found.entry.stamp([0; 32])) {
+                    counts.unchanged.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
+        }
+        if found.entry.kind == Kind::File {
+            send_file(found, tx, compressor.as_mut(), counts)
+        } else {
+            if found.entry.kind == Kind::Dir {
+                counts.dirs.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counts.entries.fetch_add(1, Ordering::Relaxed);
+            }
+            tx.blocking_send(Frame::Entry {
+                tree: 0,
+                entry: Box::new(found.entry),
+            })
+            .map_err(|_| queue_gone())
+        }
+    })?;
+    let mut gone: Vec<Vec<u8>> = manifest
+        .into_keys()
+        .filter(|p| p != b"." && !excludes.covers(p))
+        .collect();
+    gone.sort();
+    let mut last: Option<Vec<u8>> = None;
+    for p in gone {
+        if let Some(r) = &last {
+            if p.starts_with(r) && p.get(r.len()) == Some(&b'/') {
+                continue;
+            }
+        }
+        counts.removed.fetch_add(1, Ordering::Relaxed);
+        tx.blocking_send(Frame::Remove {
+            tree: 0,
+            path: p.clone(),
+        })
+        .map_err(|_| queue_gone())?;
+        last = Some(p);
+    }
+    Ok(skipped)
+}
+
+/// How many times a file that changes while it is read is read again.
+const REREADS: u32 = 3;
+
+fn open_source(path: &Path) -> std::io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    // O_NOATIME keeps the source's access times; it needs the file's owner
+    // or root.
+    match rustix::fs::open(path, flags | OFlags::NOATIME, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(rustix::io::Errno::PERM) => Ok(rustix::fs::open(path, flags, Mode::empty())?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What tells a file's content changed: its length, mtime and ctime.
+fn version(st: &rustix::fs::Stat) -> (u64, Time, Time) {
+    (
+        st.st_size as u64,
+        Time {
+            sec: st.st_mtime,
+            nsec: st.st_mtime_nsec as u32,
+        },
+        Time {
+            sec: st.st_ctime,
+            nsec: st.st_ctime_nsec as u32,
+        },
+    )
+}
+
+/// Send a regular file: its entry as opened, its data pieces (holes left
+/// out), its hash; again when it changed while it was read.
+fn send_file(
+    found: walk::Found,
+    tx: &mpsc::Sender<Frame>,
+    mut compressor: Option<&mut zstd::bulk::Compressor<'static>>,
+    counts: &Counts,
+) -> Result<()> {
+    let shown = || {
+        files::display(std::os::unix::ffi::OsStrExt::as_bytes(
+            found.source.as_os_str(),
+        ))
+    };
+    let unreadable = |e: &dyn std::fmt::Display| {
+        coded(ErrorCode::SourceTreeUnreadable, format!("{}: {e}", shown()))
+    };
+    let mut entry: Entry = found.entry;
+    for round in 0..REREADS {
+        let fd = match open_source(&found.source) {
+            Ok(fd) => fd,
+            // Gone, or replaced by a symlink, since the walk saw it.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ELOOP)) => {
+                return Ok(())
+            }
+            Err(e) => return Err(unreadable(&e)),
+        };
+        let before = rustix::fs::fstat(&fd).map_err(|e| unreadable(&e))?;
+        if rustix::fs::FileType::from_raw_mode(before.st_mode) != rustix::fs::FileType::RegularFile
+        {
+            return Ok(());
+        }
+        let (size, mtime, ctime) = version(&before);
+        entry.size = size;
+        entry.mtime = mtime;
+        entry.ctime = ctime;
+        entry.mode = before.st_mode & 0o7777;
+        entry.uid = before.st_uid;
+        entry.gid = before.st_gid;
+        counts.entries.fetch_add(1, Ordering::Relaxed);
+        counts.files.fetch_add(1, Ordering::Relaxed);
+        tx.blocking_send(Frame::Entry {
+            tree: 0,
+            entry: Box::new(entry.clone()),
+        })
+        .map_err(|_| queue_gone())?;
+        let mut hash = ContentHash::default();
+        let mut pos = 0u64;
+        let mut short = false;
+        while pos < size {
+            let data = match rustix::fs::seek(&fd, SeekFrom::Data(pos)) {
+                Ok(d) => d,
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(e) => return Err(unreadable(&e)),
+            };
+            if data >= size {
+                break;
+            }
+            let hole = match rustix::fs::seek(&fd, SeekFrom::Hole(data)) {
+                Ok(h) => h.min(size),
+                Err(e) => return Err(unreadable(&e)),
+            };
+            let mut off = data;
+            while off < hole {
+                let want = ((hole - off) as usize).min(files::FILE_CHUNK);
+                let mut buf = vec![0u8; want];
+                let mut got = 0usize;
+                while got < want {
+                    let n = rustix::io::pread(&fd, &mut buf[got..], off + got as u64)
+                        .map_err(|e| unreadable(&e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    got += n;
+                }
+                buf.truncate(got);
+                if got == 0 {
+                    short = true;
+                    break;
+                }
+                hash.piece(off, &buf);
+                counts
+                    .content_bytes
+                    .fetch_add(got as u64, Ordering::Relaxed);
+                // Compress only while the link is what holds the transfer
+                // back (the queue to it more than half full): on a link
+                // faster than zstd, compressing costs time and saves none.
+                let link_bound = tx.capacity() < tx.max_capacity() / 2;
+                let (compressed, payload) =
+                    pack(compressor.as_deref_mut().filter(|_| link_bound), buf);
+                counts
+                    .wire_bytes
+                    .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                tx.blocking_send(Frame::FileData {
+                    tree: 0,
+                    offset: off,
+                    compressed,
+                    payload,
+                })
+                .map_err(|_| queue_gone())?;
+                off += got as u64;
+                if got < want {
+                    short = true;
+                    break;
+                }
+            }
+            if short {
+                break;
+            }
+            pos = hole;
+        }
+        tx.blocking_send(Frame::FileEnd {
+            tree: 0,
+            hash: hash.finish(size),
+        })
+        .map_err(|_| queue_gone())?;
+        let after = rustix::fs::fstat(&fd).map_err(|e| unreadable(&e))?;
+        if !short && version(&after) == (size, mtime, ctime) {
+            return Ok(());
+        }
+        if round + 1 < REREADS {
+            counts.resent_changed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    counts.changed_while_read.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(path = %shown(), "the file kept changing while it was read; sent as last read");
+    Ok(())
+}
+
+/// A piece compressed when that saves an eighth of it.
+fn pack(compressor: Option<&mut zstd::bulk::Compressor<'static>>, buf: Vec<u8>) -> (bool, Bytes) {
+    if let Some(c) = compressor {
+        if buf.len() >= 512 {
+            if let Ok(z) = c.compress(&buf) {
+                if z.len() < buf.len() - buf.len() / 8 {
+                    return (true, Bytes::from(z));
+                }
+            }
+        }
+    }
+    (false, Bytes::from(buf))
+}

@@ -1,0 +1,425 @@
+//! Root-only tests of file mode on a real debootstrapped Debian tree with
+//! every kind of entry added, through a real `ferry serve` and `ferry send
+//! --mode file --root --layout` over loopback, compared with a tool ferry
+//! did not write: `rsync -aHAXn --checksum --itemize-changes --numeric-ids`
+//! lists nothing. Source and target live on a tmpfs the test mounts (the
+//! tree is big and the machine's disk is small).
+
+#[path = "common/serve.rs"]
+mod harness;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use harness::*;
+
+const LAYOUT: &str = r#"
+[[disk]]
+table = "mbr"
+[[disk.partition]]
+size = "rest"
+type = "linux"
+fs = "ext4"
+mount = "/"
+"#;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sh(script: &str) -> String {
+    run(Command::new("sh").args(["-euc", script]))
+}
+
+/// A tmpfs mounted for the test, unmounted at the end.
+pub struct Tmpfs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size},mode=0755"))
+            .arg("tmpfs")
+            .arg(dir.path()));
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// The cached Debian root file system of `scripts/rootfs.sh bios`.
+pub fn rootfs_tarball() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cache = std::env::var("FERRY_CACHE").unwrap_or_else(|_| "/var/cache/ferry-test".to_owned());
+    let out = run(Command::new(repo.join("scripts/rootfs.sh"))
+        .arg("bios")
+        .env("FERRY_CACHE", cache));
+    PathBuf::from(out.trim())
+}
+
+/// Unpack the Debian tree into `dir` and add an entry of every kind.
+pub fn debian_tree(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    run(Command::new("tar")
+        .args([
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "-I",
+            "zstd",
+            "-xpf",
+        ])
+        .arg(rootfs_tarball())
+        .arg("-C")
+        .arg(dir));
+    add_cases(dir);
+}
+
+/// A sparse file, hard links, setuid and setgid, a capability, ACLs, user
+/// xattrs, a device node, a fifo, a symlink loop, a name with a newline
+/// and one with invalid UTF-8.
+pub fn add_cases(dir: &Path) {
+    sh(&format!(
+        r#"cd '{}'
+mkdir -p srv/cases/shared srv/cases/sticky
+truncate -s 1G srv/cases/sparse.img
+printf 'middle' | dd of=srv/cases/sparse.img bs=1 seek=536870912 conv=notrunc status=none
+printf 'tail' | dd of=srv/cases/sparse.img bs=1 seek=1073741820 conv=notrunc status=none
+echo linked > srv/cases/hl-a
+ln srv/cases/hl-a srv/cases/hl-b
+ln srv/cases/hl-a srv/hl-c
+cp usr/bin/true srv/cases/suid && chmod 4755 srv/cases/suid
+cp usr/bin/true srv/cases/sgid && chown 0:50 srv/cases/sgid && chmod 2755 srv/cases/sgid
+chmod 1777 srv/cases/sticky
+cp usr/bin/true srv/cases/capped && setcap cap_net_raw,cap_net_bind_service+ep srv/cases/capped
+echo acl > srv/cases/acl && setfacl -m u:1001:rw,g:1002:r srv/cases/acl
+setfacl -d -m g:50:rx srv/cases/shared && setfacl -m u:1001:rwx srv/cases/shared
+setfattr -n user.note -v 'kept' srv/cases/hl-a
+setfattr -n trusted.mark -v 'also kept' srv/cases/acl
+mknod srv/cases/blockdev b 7 200
+mknod srv/cases/chardev c 1 3
+mkfifo srv/cases/fifo
+ln -s loop-b srv/cases/loop-a
+ln -s loop-a srv/cases/loop-b
+ln -s /nonexistent/target srv/cases/dangling
+printf 'newline\n' > "srv/cases/$(printf 'new\nline')"
+printf 'bytes\n' > "srv/cases/$(printf 'bad\377name')"
+chown -h 1234:4321 srv/cases/loop-a
+touch -h -d '2001-02-03 04:05:06.123456789' srv/cases/loop-b
+"#,
+        dir.display()
+    ));
+}
+
+pub fn layout_file(dir: &Path) -> PathBuf {
+    let p = dir.join("layout.toml");
+    std::fs::write(&p, LAYOUT).unwrap();
+    p
+}
+
+/// `ferry send --mode file` of `src` to the server.
+pub fn send_tree(s: &Server, src: &Path, layout: &Path, extra: &[&str]) -> Sent {
+    let mut args = vec![
+        "--mode".to_owned(),
+        "file".to_owned(),
+        "--root".to_owned(),
+        src.display().to_string(),
+        "--layout".to_owned(),
+        layout.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    s.send_only(&[], &args)
+}
+
+/// rsync's own listing of what differs between the trees: empty when
+/// they are equal (with `--delete`, extra paths on the target count too).
+pub fn differences(src: &Path, dst: &Path, extra: &[&str]) -> String {
+    let out = Command::new("rsync")
+        .args(["-aHAXn", "--checksum", "--itemize-changes", "--numeric-ids"])
+        .args(extra)
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", dst.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rsync: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn tree_root(s: &Server) -> PathBuf {
+    s.state.join("trees/tree-0")
+}
+
+fn report(sent: &Sent, field: &str) -> u64 {
+    sent.report[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {field} in {}", sent.report))
+}
+
+#[test]
+fn a_debian_tree_arrives_equal_then_a_rerun_sends_only_what_changed() {
+    let fs = Tmpfs::mount("8G");
+    let src = fs.path().join("src");
+    debian_tree(&src);
+    let layout = layout_file(fs.path());
+    let server = Server::start(&fs.path().join("state"), &[]);
+    let sent = send_tree(&server, &src, &layout, &[]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    let dst = tree_root(&server);
+    assert_eq!(differences(&src, &dst, &[]), "");
+    assert_eq!(differences(&src, &dst, &["--delete"]), "");
+    // The sparse file is sparse: two pieces of data, not a gigabyte.
+    let sparse = std::fs::metadata(dst.join("srv/cases/sparse.img")).unwrap();
+    assert_eq!(sparse.len(), 1 << 30);
+    assert!(
+        sparse.blocks() * 512 <= 64 << 10,
+        "{} blocks",
+        sparse.blocks()
+    );
+    let du = run(Command::new("du")
+        .args(["-k"])
+        .arg(dst.join("srv/cases/sparse.img")));
+    let kib: u64 = du.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(kib <= 64, "du says {kib} KiB");
+    // Hard links are links.
+    let a = std::fs::metadata(dst.join("srv/cases/hl-a")).unwrap();
+    let c = std::fs::metadata(dst.join("srv/hl-c")).unwrap();
+    assert_eq!((a.ino(), a.nlink()), (c.ino(), 3));
+    let caps = run(Command::new("getcap").arg(dst.join("srv/cases/capped")));
+    assert!(
+        caps.contains("cap_net_bind_service,cap_net_raw=ep"),
+        "{caps}"
+    );
+
+    // Nothing changed: nothing but directories is sent.
+    let again = send_tree(&server, &src, &layout, &[]);
+    assert!(again.ok(), "{}", again.stderr());
+    assert_eq!(report(&again, "sent_entries"), 0, "{}", again.stderr());
+    assert_eq!(report(&again, "removed"), 0);
+    assert_eq!(report(&again, "content_bytes"), 0);
+
+    // A few touched, one with new content, one deleted.
+    sh(&format!(
+        "cd '{}' && touch etc/hostname etc/issue && echo changed >> etc/motd && rm usr/bin/yes",
+        src.display()
+    ));
+    let third = send_tree(&server, &src, &layout, &[]);
+    assert!(third.ok(), "{}", third.stderr());
+    assert_eq!(report(&third, "sent_entries"), 3, "{}", third.stderr());
+    assert_eq!(report(&third, "removed"), 1);
+    assert!(
+        third.stderr().contains("sent 3 entries"),
+        "{}",
+        third.stderr()
+    );
+    assert_eq!(differences(&src, &dst, &["--delete"]), "");
+    assert!(!dst.join("usr/bin/yes").exists());
+
+    // A directory becomes a file, a file a directory, a file a symlink;
+    // then the new file goes too: each rerun leaves the trees equal.
+    sh(&format!(
+        "cd '{}' && rm -r usr/share/doc/bash && echo now-a-file > usr/share/doc/bash && rm etc/issue.net && mkdir -p etc/issue.net/d && echo x > etc/issue.net/d/f && rm etc/motd && ln -s issue etc/motd",
+        src.display()
+    ));
+    let fourth = send_tree(&server, &src, &layout, &[]);
+    assert!(fourth.ok(), "{}", fourth.stderr());
+    assert_eq!(differences(&src, &dst, &["--delete"]), "");
+    sh(&format!(
+        "cd '{}' && rm usr/share/doc/bash && rm -r etc/issue.net",
+        src.display()
+    ));
+    let fifth = send_tree(&server, &src, &layout, &[]);
+    assert!(fifth.ok(), "{}", fifth.stderr());
+    assert_eq!(report(&fifth, "removed"), 2, "{}", fifth.stderr());
+    assert_eq!(differences(&src, &dst, &["--delete"]), "");
+}
+
+#[test]
+fn kill_9_of_either_side_then_a_rerun_leaves_the_trees_equal() {
+    let fs = Tmpfs::mount("8G");
+    let src = fs.path().join("src");
+    debian_tree(&src);
+    let layout = layout_file(fs.path());
+    let state = fs.path().join("state");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    // Each point: bytes this appliance received before it is killed.
+    for (point, bytes) in [(1, 1u64), (2, 40 << 20), (3, 150 << 20)] {
+        let mut server = Server::start_on(&state, &addr, &[]);
+        let (to, token, fp) = (
+            server.data.clone(),
+            server.token.clone(),
+            server.fingerprint.clone(),
+        );
+        let (src2, layout2) = (src.clone(), layout.clone());
+        let sender = std::thread::spawn(move || {
+            send_to(
+                &to,
+                &token,
+                &fp,
+                &[],
+                &[
+                    "--mode",
+                    "file",
+                    "--root",
+                    src2.to_str().unwrap(),
+                    "--layout",
+                    layout2.to_str().unwrap(),
+                    "--retries",
+                    "0",
+                ],
+            )
+        });
+        wait_for(600, "the appliance to receive data", || {
+            sender.is_finished() || server.metric("ferry_received_bytes_total") >= bytes as f64
+        });
+        server.kill();
+        let sent = sender.join().unwrap();
+        assert!(
+            !sent.ok(),
+            "point {point}: the transfer ended before the appliance was killed"
+        );
+    }
+    // And the sender killed in the middle, the appliance left running.
+    let server = Server::start_on(&state, &addr, &[]);
+    let mut sender = Command::new(FERRY)
+        .args(["send", "--mode", "file", "--root"])
+        .arg(&src)
+        .arg("--layout")
+        .arg(&layout)
+        .args([
+            "--to",
+            &server.data,
+            "--token",
+            &server.token,
+            "--fingerprint",
+            &server.fingerprint,
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(600, "the appliance to receive data", || {
+        matches!(sender.try_wait(), Ok(Some(_)))
+            || server.metric("ferry_received_bytes_total") >= (60u64 << 20) as f64
+    });
+    assert!(
+        matches!(sender.try_wait(), Ok(None)),
+        "the sender ended before it was killed"
+    );
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+    let last = send_tree(&server, &src, &layout, &[]);
+    assert!(last.ok(), "{}", last.stderr());
+    let dst = tree_root(&server);
+    assert_eq!(differences(&src, &dst, &["--delete"]), "");
+}
+
+#[test]
+fn a_deleted_job_forgets_its_tree() {
+    let fs = Tmpfs::mount("1G");
+    let src = fs.path().join("src");
+    sh(&format!(
+        "mkdir -p '{0}/etc' && echo a > '{0}/etc/a' && echo b > '{0}/etc/b'",
+        src.display()
+    ));
+    let layout = layout_file(fs.path());
+    let server = Server::start(&fs.path().join("state"), &[]);
+    let sent = send_tree(&server, &src, &layout, &[]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    let dst = tree_root(&server);
+    assert!(dst.join("etc/a").exists());
+    let (status, body) = server.control("POST", "/v1/job/stop");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.control("POST", "/v1/job/delete");
+    assert_eq!(status, 200, "{body}");
+    assert!(!dst.exists(), "the tree outlived its job");
+    // The fresh job's sender sends the whole tree again.
+    let again = send_tree(&server, &src, &layout, &[]);
+    assert!(again.ok(), "{}", again.stderr());
+    assert_eq!(report(&again, "sent_entries"), 2, "{}", again.stderr());
+    assert_eq!(differences(&src, &dst, &["--delete"]), "");
+}
+
+#[test]
+fn excluded_paths_are_neither_sent_nor_removed() {
+    let fs = Tmpfs::mount("1G");
+    let src = fs.path().join("src");
+    sh(&format!(
+        "mkdir -p '{0}/var/cache/big/sub' '{0}/etc' '{0}/srv' && echo a > '{0}/var/cache/big/sub/f' && echo b > '{0}/etc/secret' && echo c > '{0}/etc/kept' && echo d > '{0}/srv/data' && mkdir '{0}/srv/secret'",
+        src.display()
+    ));
+    let ex = fs.path().join("Excludes");
+    std::fs::create_dir_all(&ex).unwrap();
+    // `srv/secret/` excludes the directory only; `/etc/secret` the file.
+    std::fs::write(
+        ex.join("rsync_excludes_linux.txt"),
+        "# system disk\n/var/cache/big/\n/etc/secret\n/srv/secret/\n",
+    )
+    .unwrap();
+    let layout = layout_file(fs.path());
+    let server = Server::start(&fs.path().join("state"), &[]);
+    let exa = ex.display().to_string();
+    let sent = send_tree(&server, &src, &layout, &["--excludes", &exa]);
+    assert!(sent.ok(), "{}", sent.stderr());
+    assert_eq!(report(&sent, "excluded"), 3, "{}", sent.stderr());
+    let dst = tree_root(&server);
+    for p in ["var/cache/big", "etc/secret", "srv/secret"] {
+        assert!(!dst.join(p).exists(), "{p} was sent");
+    }
+    assert_eq!(std::fs::read(dst.join("etc/kept")).unwrap(), b"c\n");
+    let again = send_tree(&server, &src, &layout, &["--excludes", &exa]);
+    assert!(again.ok(), "{}", again.stderr());
+    assert_eq!(report(&again, "removed"), 0);
+    for p in ["var/cache/big", "etc/secret", "srv/secret"] {
+        assert!(!dst.join(p).exists(), "{p} was sent by the rerun");
+    }
+    // The source still has them all.
+    for p in ["var/cache/big/sub/f", "etc/secret", "srv/secret"] {
+        assert!(src.join(p).exists(), "{p} is gone from the source");
+    }
+    // Paths sent before they were excluded are not removed by a run that
+    // excludes them.
+    let other = Server::start(&fs.path().join("state2"), &[]);
+    let all = send_tree(&other, &src, &layout, &["--excludes", "/nonexistent"]);
+    assert!(all.ok(), "{}", all.stderr());
+    let dst2 = tree_root(&other);
+    assert!(dst2.join("var/cache/big/sub/f").exists());
+    let later = send_tree(&other, &src, &layout, &["--excludes", &exa]);
+    assert!(later.ok(), "{}", later.stderr());
+    assert_eq!(report(&later, "removed"), 0, "{}", later.stderr());
+    for p in ["var/cache/big/sub/f", "etc/secret", "srv/secret"] {
+        assert!(dst2.join(p).exists(), "{p} was removed from the target");
+    }
+    // A malformed list is refused with its file and line.
+    std::fs::write(ex.join("rsync_excludes_linux.txt"), "/ok\n/a/../b\n").unwrap();
+    let bad = send_tree(&server, &src, &layout, &["--excludes", &exa]);
+    assert!(!bad.ok());
+    assert!(
+        bad.stderr()
+            .contains("rsync_excludes_linux.txt line 2: `/a/../b` the path has a `..` component"),
+        "{}",
+        bad.stderr()
+    );
+}
