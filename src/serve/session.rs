@@ -1,7 +1,7 @@
 //! The data port: one task per connection, TLS only, authenticated before
 //! anything is read beyond the handshake or written anywhere.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,6 +175,7 @@ async fn connection(
         attached: HashMap::new(),
         bandwidth_told: None,
         trees: HashMap::new(),
+        verified: HashSet::new(),
     };
     let result = session
         .run(&mut conn, peer, binding, shutdown, deadline, &sessions)
@@ -407,6 +408,8 @@ struct Session {
     bandwidth_told: Option<u64>,
     /// File mode: the trees this session writes.
     trees: HashMap<u32, OpenTree>,
+    /// Disks of this session whose writer verified them.
+    verified: HashSet<u32>,
 }
 
 /// A tree (file mode) open in a session: its writer's queue and thread.
@@ -474,7 +477,14 @@ impl Session {
                     // Stopped (or deleted...) by the operator while sending:
                     // refuse further data now, with the state's code.
                     let status = self.app.job.status();
-                    if let (true, Some(code)) = (self.admitted, status.sender_refusal()) {
+                    // Another session of the sender that verified the job's
+                    // last disk starts the round's pipeline: a session whose
+                    // own disks are all verified has lost nothing and stays,
+                    // to hear the sender's EndRound and follow the pipeline.
+                    let done = matches!(status, crate::job::state::Status::PROCESSING | crate::job::state::Status::CLEANING)
+                        && self.trees.is_empty()
+                        && self.disks.keys().all(|d| self.verified.contains(d));
+                    if let (true, false, Some(code)) = (self.admitted, done, status.sender_refusal()) {
                         return Err(coded(code, format!("the job became {status} during the transfer")));
                     }
                     self.tell_bandwidth(conn).await?;
@@ -532,6 +542,7 @@ impl Session {
                     }
                     Event::Finished { disk, digest } => {
                         tracing::info!(disk, digest = %hex::encode(digest), "disk verified");
+                        self.verified.insert(disk);
                         if let Err(e) = self.app.job.disk_verified(disk) {
                             tracing::warn!("recording disk {disk} as verified: {e:#}");
                         }
