@@ -28,6 +28,7 @@ pub mod chroot;
 pub mod desc;
 pub mod devices;
 pub mod fat;
+pub mod fit;
 pub mod grow;
 pub mod journal;
 pub mod mkfs;
