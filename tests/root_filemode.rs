@@ -467,8 +467,15 @@ fn uuids(image: &Path) -> Vec<Option<String>> {
     l.partitions.iter().map(|p| p.uuid.clone()).collect()
 }
 
-/// The target mounted read-only with the layout's mount points.
+/// The target mounted read-only with the layout's mount points, once the
+/// appliance has let it go (a sender with --no-wait leaves as soon as its
+/// trees are committed, while the appliance unmounts them).
 fn mount_target(image: &Path, staging: &Path) -> ferry::layout::MountTree {
+    wait_for(60, "the appliance to release the target", || {
+        run(Command::new("losetup").arg("-j").arg(image))
+            .trim()
+            .is_empty()
+    });
     let mut l = ferry::layout::Layout {
         disks: vec![ferry::layout::read(image).expect("reading the target's layout")],
     };

@@ -207,7 +207,9 @@ async fn connection(
     }
     session.close().await;
     if clean && (session.admitted || session.end_round) {
-        let files_done = session.files_done();
+        // File mode ends the round only when the sender asks: a run with
+        // --no-wait is a pass whose trees a later one completes.
+        let files_done = session.files_done() && session.end_round;
         end_round(
             app,
             &mut conn,

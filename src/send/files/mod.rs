@@ -193,8 +193,9 @@ fn tree_jobs(
 }
 
 /// Send the trees of `f`: the layout first, then each file system as its
-/// own tree; then, when the appliance laid out its targets, follow the
-/// round's Processing to its end.
+/// own tree; then, when the appliance laid out its targets, end the round
+/// and follow its Processing to its end (not with --no-wait: the round
+/// stays open for a later pass).
 pub async fn run(args: &Options, f: &FileOptions) -> Result<()> {
     let fingerprint = super::pin::normalize(&args.fingerprint).ok_or_else(|| {
         coded(
