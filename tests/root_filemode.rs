@@ -524,6 +524,23 @@ fn the_target_is_laid_out_with_the_source_uuids_written_and_found_again_by_a_rer
         "{}",
         sent.report
     );
+    // /v1/job shows what the round's trees received.
+    let (status, body) = server.control("GET", "/v1/job");
+    assert_eq!(status, 200, "{body}");
+    let job: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let trees = sent.report["trees"].as_array().unwrap();
+    let sum = |field: &str| -> u64 { trees.iter().map(|t| t[field].as_u64().unwrap()).sum() };
+    assert_eq!(job["files"]["trees"], 2, "{body}");
+    assert_eq!(
+        job["files"]["files"].as_u64(),
+        Some(sum("sent_files")),
+        "{body}"
+    );
+    assert_eq!(
+        job["files"]["bytes"].as_u64(),
+        Some(sum("wire_bytes")),
+        "{body}"
+    );
     // The root tree sent `boot` as an empty mount point, not its content.
     assert_eq!(report(&sent, "mount_points"), 1, "{}", sent.stderr());
     let made = uuids(&target);

@@ -31,8 +31,8 @@ use crate::job::errors::{coded, ErrorCode};
 /// The size of a swap partition on a target too small for the source's.
 const SMALL_SWAP: u64 = 64 * MIB;
 
-/// Most bytes of a layout description on the wire.
-pub const MAX_PLAN_BYTES: usize = 48 << 10;
+/// Most file systems of a plan: a job's trees (`files::MAX_TREES`).
+pub const MAX_TREES: usize = 64;
 
 /// What the file-mode sender tells the appliance before any tree: the
 /// source's layout and, for each tree it will send (tree N is `trees[N]`),
@@ -63,18 +63,20 @@ pub struct Place {
 }
 
 impl SourcePlan {
-    pub fn to_json(&self) -> Result<Vec<u8>> {
+    /// The plan as JSON, refused when longer than `max` bytes (what the
+    /// protocol carries).
+    pub fn to_json(&self, max: usize) -> Result<Vec<u8>> {
         let v = serde_json::to_vec(self).map_err(|e| {
             coded(
                 ErrorCode::LayoutInvalid,
                 format!("encoding the layout: {e}"),
             )
         })?;
-        if v.len() > MAX_PLAN_BYTES {
+        if v.len() > max {
             bail!(coded(
                 ErrorCode::LayoutInvalid,
                 format!(
-                    "the layout takes {} bytes, more than the {MAX_PLAN_BYTES} the protocol carries",
+                    "the layout takes {} bytes, more than the {max} the protocol carries",
                     v.len()
                 )
             ));
@@ -102,11 +104,10 @@ impl SourcePlan {
         if self.trees.is_empty() {
             bail!(invalid("the layout names no file system to send".into()));
         }
-        if self.trees.len() > crate::files::MAX_TREES as usize {
+        if self.trees.len() > MAX_TREES {
             bail!(invalid(format!(
-                "{} file systems; a job has at most {}",
+                "{} file systems; a job has at most {MAX_TREES}",
                 self.trees.len(),
-                crate::files::MAX_TREES
             )));
         }
         if self.trees[0].mount != "/" {
@@ -428,6 +429,9 @@ mount = "/"
         let err = format!("{:#}", p.places().unwrap_err());
         assert!(err.contains("tree 0 is /boot, not the root"), "{err}");
         let p = plan_of(1, 1);
-        assert_eq!(SourcePlan::from_json(&p.to_json().unwrap()).unwrap(), p);
+        assert_eq!(
+            SourcePlan::from_json(&p.to_json(1 << 16).unwrap()).unwrap(),
+            p
+        );
     }
 }

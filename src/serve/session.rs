@@ -769,6 +769,9 @@ impl Session {
             Frame::SourceLayout { json } => self.source_layout(conn, json).await,
             Frame::OpenTree { tree } => self.open_tree(conn, tree, events).await,
             Frame::Entry { tree, entry } => {
+                self.app
+                    .files_progress
+                    .entry(entry.kind == crate::files::Kind::File);
                 let more = frame_ready(conn.read_buffer());
                 self.tree_work(tree, TreeWork::Entry(entry), more).await
             }
@@ -779,6 +782,7 @@ impl Session {
                 payload,
             } => {
                 self.app.metrics.received_bytes.inc_by(payload.len() as u64);
+                self.app.files_progress.bytes(payload.len() as u64);
                 let more = frame_ready(conn.read_buffer());
                 self.tree_work(
                     tree,
@@ -796,6 +800,7 @@ impl Session {
                 self.tree_work(tree, TreeWork::End { hash }, more).await
             }
             Frame::Remove { tree, path } => {
+                self.app.files_progress.removed();
                 let more = frame_ready(conn.read_buffer());
                 self.tree_work(tree, TreeWork::Remove(path), more).await
             }
@@ -1183,6 +1188,13 @@ impl Session {
             ));
         }
         let plan = crate::layout::fit::SourcePlan::from_json(&json)?;
+        if matches!(
+            self.app.job.status(),
+            crate::job::state::Status::Ready | crate::job::state::Status::Waiting
+        ) {
+            // A new round counts from zero.
+            self.app.files_progress.reset();
+        }
         if !self.admitted {
             let job = Arc::clone(&self.app.job);
             tokio::task::spawn_blocking(move || job.admit_sender())
@@ -1341,6 +1353,7 @@ impl Session {
             }
         }
         tracing::info!(tree, committed = total, "tree opened");
+        self.app.files_progress.tree_opened();
         let (work_tx, work_rx) = mpsc::channel(64);
         let events = events.clone();
         let thread = std::thread::Builder::new()

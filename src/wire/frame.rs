@@ -167,8 +167,8 @@ pub enum Frame {
     },
     /// sender → appliance, before the first OpenTree of a file-mode
     /// session: the source's layout and the trees that will be sent
-    /// ([`crate::layout::fit::SourcePlan`] as JSON, at most
-    /// [`crate::layout::fit::MAX_PLAN_BYTES`]).
+    /// (the layout's `SourcePlan` as JSON, at most [`MAX_SOURCE_LAYOUT`]
+    /// bytes).
     SourceLayout { json: Bytes },
     /// appliance → sender: the targets are laid out and mounted (`built`),
     /// or the job keeps the trees in its state directory (a job that only
@@ -241,6 +241,9 @@ mod ty {
     pub const SOURCE_LAYOUT: u8 = 0x68;
     pub const TARGETS_READY: u8 = 0x69;
 }
+
+/// Most bytes of a SourceLayout frame's JSON.
+pub const MAX_SOURCE_LAYOUT: usize = 48 << 10;
 
 /// Most names in a DiskNames frame.
 pub const MAX_DISK_NAMES: usize = 32;
@@ -768,7 +771,7 @@ impl Frame {
                 bytes: get_u64(&mut p, "TreeClosed")?,
             },
             ty::SOURCE_LAYOUT => {
-                if p.remaining() > crate::layout::fit::MAX_PLAN_BYTES {
+                if p.remaining() > MAX_SOURCE_LAYOUT {
                     return Err(malformed("SourceLayout", "a layout longer than allowed"));
                 }
                 Frame::SourceLayout {

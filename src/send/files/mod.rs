@@ -279,7 +279,7 @@ pub async fn run(args: &Options, f: &FileOptions) -> Result<()> {
     }
     let plan = crate::layout::fit::SourcePlan { layout, trees };
     plan.places()?;
-    let plan_json = Bytes::from(plan.to_json()?);
+    let plan_json = Bytes::from(plan.to_json(crate::wire::frame::MAX_SOURCE_LAYOUT)?);
     let started = Instant::now();
     let mut attempts = 0u32;
     let mut sent: Option<(Vec<TreeReport>, bool)> = None;
