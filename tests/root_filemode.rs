@@ -423,3 +423,194 @@ fn excluded_paths_are_neither_sent_nor_removed() {
         bad.stderr()
     );
 }
+
+/// A job that lays out its target and processes the round: `dir/ferry.toml`
+/// with the job token and the target as disk 0.
+fn laying_out_server(dir: &Path, target: &Path) -> Server {
+    let token = "filemode-layout-token-0123456789";
+    let cfg = target_config(dir, token, &[target]);
+    let mut server = Server::start_processing(
+        &dir.join("state"),
+        &["--config", cfg.to_str().unwrap(), "--incremental"],
+    );
+    server.token = token.to_owned();
+    server
+}
+
+const MIB: u64 = 1 << 20;
+
+const GPT_LAYOUT: &str = r#"
+[[disk]]
+table = "gpt"
+[[disk.partition]]
+size = "1MiB"
+type = "bios-boot"
+[[disk.partition]]
+size = "300MiB"
+type = "linux"
+fs = "ext4"
+uuid = "6d1e5a0c-3c2b-4f7e-8a9d-1b2c3d4e5f60"
+label = "boot"
+mount = "/boot"
+[[disk.partition]]
+size = "rest"
+type = "linux"
+fs = "ext4"
+uuid = "7e2f6b1d-4d3c-4a8f-9bae-2c3d4e5f6071"
+label = "root"
+mount = "/"
+"#;
+
+/// The blkid UUID of each partition of an image.
+fn uuids(image: &Path) -> Vec<Option<String>> {
+    let l = ferry::layout::read(image).expect("reading the target's layout");
+    l.partitions.iter().map(|p| p.uuid.clone()).collect()
+}
+
+/// The target mounted read-only with the layout's mount points, once the
+/// appliance has let it go (a sender with --no-wait leaves as soon as its
+/// trees are committed, while the appliance unmounts them).
+fn mount_target(image: &Path, staging: &Path) -> ferry::layout::MountTree {
+    wait_for(60, "the appliance to release the target", || {
+        run(Command::new("losetup").arg("-j").arg(image))
+            .trim()
+            .is_empty()
+    });
+    let mut l = ferry::layout::Layout {
+        disks: vec![ferry::layout::read(image).expect("reading the target's layout")],
+    };
+    let want = ferry::layout::Layout::from_toml(GPT_LAYOUT).unwrap();
+    for (p, w) in l.disks[0]
+        .partitions
+        .iter_mut()
+        .zip(&want.disks[0].partitions)
+    {
+        p.mount = w.mount.clone();
+    }
+    ferry::layout::MountTree::mount(
+        &l,
+        &[image.to_owned()],
+        staging,
+        ferry::layout::MountOptions { read_only: true },
+    )
+    .expect("mounting the target")
+}
+
+#[test]
+fn the_target_is_laid_out_with_the_source_uuids_written_and_found_again_by_a_rerun() {
+    let fs = Tmpfs::mount("5G");
+    let src = fs.path().join("src");
+    debian_tree(&src);
+    let layout = fs.path().join("layout.toml");
+    std::fs::write(&layout, GPT_LAYOUT).unwrap();
+    let target = fs.path().join("target.img");
+    std::fs::File::create(&target)
+        .unwrap()
+        .set_len(2048 * MIB)
+        .unwrap();
+    let server = laying_out_server(fs.path(), &target);
+    // --no-wait: the round is not ended, so nothing repairs the tree and
+    // the rerun below writes the same round.
+    let sent = send_tree(&server, &src, &layout, &["--no-wait"]);
+    assert!(sent.ok(), "{}\n{}", sent.stderr(), keep_log(&server.state));
+    assert!(
+        sent.stderr().contains("laid out and made /, /boot on "),
+        "{}",
+        sent.stderr()
+    );
+    assert_eq!(
+        sent.report["trees"].as_array().map(|t| t.len()),
+        Some(2),
+        "{}",
+        sent.report
+    );
+    // /v1/job shows what the round's trees received.
+    let (status, body) = server.control("GET", "/v1/job");
+    assert_eq!(status, 200, "{body}");
+    let job: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let trees = sent.report["trees"].as_array().unwrap();
+    let sum = |field: &str| -> u64 { trees.iter().map(|t| t[field].as_u64().unwrap()).sum() };
+    assert_eq!(job["files"]["trees"], 2, "{body}");
+    assert_eq!(
+        job["files"]["files"].as_u64(),
+        Some(sum("sent_files")),
+        "{body}"
+    );
+    assert_eq!(
+        job["files"]["bytes"].as_u64(),
+        Some(sum("wire_bytes")),
+        "{body}"
+    );
+    // The root tree sent `boot` as an empty mount point, not its content.
+    assert_eq!(report(&sent, "mount_points"), 1, "{}", sent.stderr());
+    let made = uuids(&target);
+    assert_eq!(
+        made,
+        [
+            None,
+            Some("6d1e5a0c-3c2b-4f7e-8a9d-1b2c3d4e5f60".to_owned()),
+            Some("7e2f6b1d-4d3c-4a8f-9bae-2c3d4e5f6071".to_owned())
+        ]
+    );
+    {
+        let staging = fs.path().join("check");
+        let m = mount_target(&target, &staging);
+        assert_eq!(differences(&src, m.root(), &[]), "");
+        m.close().unwrap();
+    }
+    let again = send_tree(&server, &src, &layout, &["--no-wait"]);
+    assert!(again.ok(), "{}", again.stderr());
+    assert!(
+        again
+            .stderr()
+            .contains("found, as an earlier run made them: /, /boot"),
+        "{}",
+        again.stderr()
+    );
+    assert_eq!(report(&again, "sent_files"), 0, "{}", again.stderr());
+    assert_eq!(uuids(&target), made);
+    let staging = fs.path().join("check2");
+    let m = mount_target(&target, &staging);
+    assert_eq!(differences(&src, m.root(), &[]), "");
+    m.close().unwrap();
+}
+
+#[test]
+fn a_target_too_small_for_the_used_data_is_refused_before_anything_is_written() {
+    let fs = Tmpfs::mount("3G");
+    let src = fs.path().join("src");
+    debian_tree(&src);
+    let layout = layout_file(fs.path());
+    let target = fs.path().join("target.img");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::create(&target).unwrap();
+        f.set_len(256 * MIB).unwrap();
+        // Bytes that a partition table or mkfs would overwrite.
+        f.write_all(&[0xa5; 1 << 20]).unwrap();
+        f.seek(SeekFrom::End(-(1 << 20))).unwrap();
+        f.write_all(&[0x5a; 1 << 20]).unwrap();
+    }
+    let before = file_hash(&target);
+    let server = laying_out_server(fs.path(), &target);
+    let sent = send_tree(&server, &src, &layout, &[]);
+    assert!(!sent.ok(), "{}", sent.stderr());
+    assert_eq!(sent.output.status.code(), Some(3), "{}", sent.stderr());
+    let du = run(Command::new("du").args(["-sx", "-B1"]).arg(&src));
+    let used: u64 = du.split_whitespace().next().unwrap().parse().unwrap();
+    let needed = ferry::layout::fit::needed_bytes(&ferry::layout::FsType::Ext4, used);
+    let want = format!(
+        "FILES_DO_NOT_FIT: The used data of the source's file systems does not fit the target disks with headroom (disk 0: needs {} MiB, the target has 256 MiB (/ (ext4): {} MiB used, {} MiB needed))",
+        (needed + 2 * MIB) / MIB,
+        used.div_ceil(MIB),
+        needed / MIB
+    );
+    assert!(
+        sent.stderr().contains(&want),
+        "want {want}\n{}",
+        sent.stderr()
+    );
+    assert_eq!(file_hash(&target), before, "the target was written");
+    let (status, body) = server.http("GET", "/livez");
+    assert_eq!(status, 200, "the appliance stopped serving: {body}");
+}

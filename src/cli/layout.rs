@@ -53,6 +53,11 @@ pub enum LayoutCmd {
         /// Fill in mount points from the root file system's /etc/fstab.
         #[arg(long)]
         mounts: bool,
+        /// With --mounts: the name the source system knew disk N by (given
+        /// once per disk, in order), so that fstab lines naming `/dev/sda2`
+        /// find partition 2 of the first disk.
+        #[arg(long = "source-name", value_name = "DEV", requires = "mounts")]
+        source_names: Vec<String>,
         /// Print JSON instead of TOML.
         #[arg(long)]
         json: bool,
@@ -142,11 +147,16 @@ pub fn run(cmd: LayoutCmd) -> Result<()> {
         LayoutCmd::Read {
             disks,
             mounts,
+            source_names,
             json,
         } => {
             let mut l = crate::layout::read_all(&disks)?;
-            if mounts {
+            if mounts && source_names.is_empty() {
                 fill_mount_points(&mut l, &disks)?;
+            } else if mounts {
+                let names: Vec<Vec<String>> =
+                    source_names.iter().map(|n| vec![n.clone()]).collect();
+                crate::layout::tree::fill_mount_points_named(&mut l, &disks, &names)?;
             }
             print(&l, json)
         }

@@ -96,7 +96,9 @@ pub struct SendArgs {
     pub probe: bool,
     /// Do not wait for the appliance to process the round (grow, repair,
     /// verify) after every disk is verified; its outcome is then only in
-    /// the job (GET /v1/job on port 8080).
+    /// the job (GET /v1/job on port 8080). With --mode file the round is
+    /// then not ended: the trees are committed and a later run (a final
+    /// pass of a live server) ends it.
     #[arg(long)]
     pub no_wait: bool,
     /// How long --probe sends.

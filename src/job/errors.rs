@@ -241,6 +241,8 @@ catalogue! {
         "Fix the layout description as the message says (sizes, partition types, UUIDs, labels, mount points), then run again; nothing was written.";
     LayoutTooLarge => "LAYOUT_TOO_LARGE" [final, keeps_job, refused], "The layout does not fit the target disk",
         "Attach a larger target disk or shrink the partitions of the layout (the message gives the numbers); nothing was written.";
+    FilesDoNotFit => "FILES_DO_NOT_FIT" [final, keeps_job, refused], "The used data of the source's file systems does not fit the target disks with headroom",
+        "File mode lays out the targets for what the source's file systems hold: each needs its used bytes × 1.1 + 64 MiB plus its own overhead (the message gives per file system the used and needed MiB, per disk what it needs and what the target has). Attach larger target disks, or exclude what need not move (rsync_excludes_linux.txt), then run the sender again; nothing was written.";
     TargetInUse => "TARGET_IN_USE" [final, keeps_job, refused], "The target disk is mounted, in use, or the appliance's own system disk",
         "Unmount the disk and stop what uses it (swap, loop devices, LVM), or name another disk. Only if you are sure, pass --force to override; the appliance's own disk is never a valid target.";
     Internal => "INTERNAL" [final, keeps_job, other], "An internal error occurred in the appliance",

@@ -356,6 +356,15 @@ impl JobHandle {
         Ok(Some(self.round_committed()?.to))
     }
 
+    /// File mode: every tree of the laid-out targets is committed; the
+    /// round ends as a block-mode one whose disks are verified.
+    pub fn trees_committed(&self) -> Result<Option<Status>> {
+        if self.status() != Status::SYNCING {
+            return Ok(None);
+        }
+        Ok(Some(self.round_committed()?.to))
+    }
+
     /// Every disk is committed: Syncing → Processing.
     pub fn round_committed(&self) -> Result<StateChange> {
         self.update(

@@ -136,6 +136,20 @@ impl Ledger {
             .map(|v| v.value().to_vec()))
     }
 
+    pub fn remove_meta(&self, key: &str) -> Result<()> {
+        let tx = self
+            .db
+            .begin_write()
+            .context("starting a ledger transaction")?;
+        {
+            let mut t = tx.open_table(META).context("opening the meta table")?;
+            t.remove(key)
+                .with_context(|| format!("removing ledger key {key}"))?;
+        }
+        tx.commit()
+            .with_context(|| format!("committing the removal of ledger key {key}"))
+    }
+
     pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {
         let tx = self
             .db

@@ -28,6 +28,8 @@ pub mod chroot;
 pub mod desc;
 pub mod devices;
 pub mod fat;
+pub mod fit;
+pub mod flatten;
 pub mod grow;
 pub mod journal;
 pub mod mkfs;

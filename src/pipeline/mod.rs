@@ -27,6 +27,7 @@
 
 pub mod boot;
 pub mod check;
+pub mod files;
 pub mod grow;
 pub mod handoff;
 pub mod mount;
@@ -245,6 +246,9 @@ pub struct RoundReport {
     /// File systems that arrived with a journal to replay (a source copied
     /// while mounted), and what was done.
     pub journals: Vec<mount::Replayed>,
+    /// A file-mode round: the file systems laid out and written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_mode: Option<files::FilesReport>,
 }
 
 /// The pipeline itself; returns the status the round ended in.
@@ -262,6 +266,16 @@ pub fn run(
         && boot::load_verdict(&dir).is_some_and(|v| v.handed_off_anyway)
     {
         return handoff_anyway(settings, ledger, job, on_step);
+    }
+    // A file-mode job: its targets were laid out from the sender's layout.
+    if ledger
+        .disks()
+        .context("reading the job's disks")?
+        .is_empty()
+    {
+        if let Some(ft) = files::FileTargets::load(ledger)? {
+            return files::run(settings, job, &ft, on_step);
+        }
     }
     let targets = Target::all(ledger)?;
     if targets.is_empty() {
@@ -394,8 +408,26 @@ fn handoff_anyway(
                 "no failed boot test of this round is on record",
             )
         })?;
-    let targets = Target::all(ledger)?;
-    let digests = verify::digests_from_ledger(ledger, &targets)?;
+    let (targets, digests) = match files::FileTargets::load(ledger)? {
+        Some(ft)
+            if ledger
+                .disks()
+                .context("reading the job's disks")?
+                .is_empty() =>
+        {
+            let targets = ft.pipeline_targets()?;
+            let digests = targets
+                .iter()
+                .map(files::digest)
+                .collect::<Result<Vec<_>>>()?;
+            (targets, digests)
+        }
+        _ => {
+            let targets = Target::all(ledger)?;
+            let digests = verify::digests_from_ledger(ledger, &targets)?;
+            (targets, digests)
+        }
+    };
     verdict.handed_off_anyway = true;
     boot::save_verdict(&dir, &verdict)?;
     let mut report: RoundReport = std::fs::read(dir.join("report.json"))

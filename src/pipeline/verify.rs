@@ -146,7 +146,7 @@ fn compare_with_ledger(ledger: &Ledger, t: &Target) -> Result<DiskDigest> {
 }
 
 /// Check every file system of the disks read-only with its own tool.
-fn check_file_systems(targets: &[Target]) -> Result<Vec<String>> {
+pub(super) fn check_file_systems(targets: &[Target]) -> Result<Vec<String>> {
     let paths: Vec<_> = targets.iter().map(|t| t.path.clone()).collect();
     let described = layout::read_all(&paths).context("reading the repaired disks")?;
     let mut checked = Vec::new();

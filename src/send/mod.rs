@@ -447,7 +447,7 @@ async fn attempt(
             .ok_or_else(|| coded(ErrorCode::Internal, "no connection"))?;
     }
     if !args.no_wait {
-        wait_for_round(&mut first, progress).await?;
+        wait_for_round(&mut first, &|line| progress.println(line)).await?;
     }
     // close_notify, so the appliance sees a clean end rather than a cut.
     let _ = tokio::io::AsyncWriteExt::shutdown(first.get_mut()).await;
@@ -474,7 +474,7 @@ async fn round_trip(conn: &mut Conn) -> Result<Duration> {
 /// comes back as the appliance's error (code, message, hint). A connection
 /// that drops meanwhile is a TRANSFER_INTERRUPTED, which the caller retries:
 /// the next attempt has no disk to send and follows the round again.
-async fn wait_for_round(conn: &mut Conn, progress: &progress::Progress) -> Result<()> {
+pub(crate) async fn wait_for_round(conn: &mut Conn, say: &(dyn Fn(&str) + Sync)) -> Result<()> {
     client::send(conn, Frame::EndRound).await?;
     let mut steps: Vec<Step> = Vec::new();
     loop {
@@ -498,18 +498,18 @@ async fn wait_for_round(conn: &mut Conn, progress: &progress::Progress) -> Resul
             RoundEvent::Step(step) => {
                 // The same step again is the appliance's heartbeat.
                 if steps.last() != Some(&step) {
-                    progress.println(&format!(
+                    say(&format!(
                         "ferry send: the appliance runs the round's pipeline: {step}"
                     ));
                     steps.push(step);
                 }
             }
             RoundEvent::Done => {
-                progress.println(&format!("ferry send: {}", round_outcome(&steps, status)));
+                say(&format!("ferry send: {}", round_outcome(&steps, status)));
                 return Ok(());
             }
             RoundEvent::AwaitingDisks => {
-                progress.println(&format!(
+                say(&format!(
                     "ferry send: this sender's disks are committed; the job ({status}) waits for its other disks before it ends the round"
                 ));
                 return Ok(());

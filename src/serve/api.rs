@@ -71,6 +71,8 @@ pub struct ApiState {
     /// The round's pipeline: its boot test's files, the handoff of a round
     /// whose boot test failed.
     pipeline: Option<Arc<crate::pipeline::Runner>>,
+    /// File mode's progress, shown under `files`.
+    files: Option<Arc<super::files::progress::FilesProgress>>,
 }
 
 impl ApiState {
@@ -83,6 +85,15 @@ impl ApiState {
     /// Serve the boot test's files and hand off failed ones through `pipeline`.
     pub fn with_pipeline(mut self, pipeline: Arc<crate::pipeline::Runner>) -> Self {
         self.pipeline = Some(pipeline);
+        self
+    }
+
+    /// Show file mode's progress under `files`.
+    pub fn with_files_progress(
+        mut self,
+        progress: Arc<super::files::progress::FilesProgress>,
+    ) -> Self {
+        self.files = Some(progress);
         self
     }
 
@@ -108,6 +119,7 @@ impl ApiState {
             manifest: None,
             resets: None,
             pipeline: None,
+            files: None,
             auth: Arc::new(AuthLimiter::default()),
         }
     }
@@ -178,6 +190,9 @@ pub struct JobView {
     /// the link is down.
     pub stalled: bool,
     pub stall_after_secs: u64,
+    /// File mode: what the round's trees received so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<super::files::progress::FilesView>,
 }
 
 impl JobView {
@@ -207,6 +222,7 @@ impl JobView {
             committed_bytes,
             sync_rate_bps,
             eta_secs,
+            files: None,
         }
     }
 }
@@ -565,11 +581,12 @@ async fn job_call<T: Send + 'static>(
 }
 
 async fn get_job(State(state): State<ApiState>) -> Result<Json<JobView>, ApiError> {
-    let view = job_call(&state, |job| {
+    let mut view = job_call(&state, |job| {
         let record = job.snapshot();
         Ok(JobView::at(record, job.now(), job.stall_after()))
     })
     .await?;
+    view.files = state.files.as_ref().and_then(|f| f.view());
     Ok(Json(view))
 }
 

@@ -30,7 +30,8 @@ pub fn router(app: Arc<Appliance>, limits: HttpLimits) -> Router {
         &app.config.state_dir,
     ))
     .with_resets(Arc::new(Arc::clone(&app)))
-    .with_pipeline(Arc::clone(&app.pipeline));
+    .with_pipeline(Arc::clone(&app.pipeline))
+    .with_files_progress(Arc::clone(&app.files_progress));
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -67,6 +67,8 @@ pub struct Appliance {
     /// Disk records of the ledger refused at start, with the reason: the
     /// appliance serves, but is not ready until they are dealt with.
     pub refused_records: Vec<String>,
+    /// File mode's progress in the current round.
+    pub files_progress: Arc<files::progress::FilesProgress>,
     /// This appliance's hold on the state directory.
     _lock: lock::StateLock,
 }
@@ -184,6 +186,7 @@ pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Applianc
         claims: Arc::default(),
         streams: Arc::default(),
         round_end: tokio::sync::Mutex::new(()),
+        files_progress: Arc::default(),
         data_bound: AtomicBool::new(false),
         refused_records,
         _lock: lock,

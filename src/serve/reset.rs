@@ -82,6 +82,17 @@ impl Resets for Arc<Appliance> {
         for tree in trees {
             forget_tree(self, tree)?;
         }
+        // File mode's targets: laid out again by the next sender.
+        if let Some(ft) = crate::pipeline::files::FileTargets::load(&self.ledger)? {
+            self.ledger
+                .remove_meta(crate::pipeline::files::META_KEY)
+                .code(ErrorCode::LedgerFailed)?;
+            if self.config.embedded() {
+                for i in 0..ft.targets.len() {
+                    remove_if_present(&self.config.embedded_disk_path(i as u32))?;
+                }
+            }
+        }
         let manifest = crate::pipeline::handoff::manifest_path(&self.config.state_dir);
         remove_if_present(&manifest)?;
         let change = self.job.renew().context("starting the job over")?;

@@ -176,6 +176,7 @@ async fn connection(
         bandwidth_told: None,
         trees: HashMap::new(),
         verified: HashSet::new(),
+        files: None,
     };
     let result = session
         .run(&mut conn, peer, binding, shutdown, deadline, &sessions)
@@ -207,7 +208,17 @@ async fn connection(
     }
     session.close().await;
     if clean && (session.admitted || session.end_round) {
-        end_round(app, &mut conn, session.admitted, session.end_round).await;
+        // File mode ends the round only when the sender asks: a run with
+        // --no-wait is a pass whose trees a later one completes.
+        let files_done = session.files_done() && session.end_round;
+        end_round(
+            app,
+            &mut conn,
+            session.admitted,
+            session.end_round,
+            files_done,
+        )
+        .await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.get_mut().shutdown()).await;
 }
@@ -221,12 +232,24 @@ async fn connection(
 /// A sender whose connection dropped while the pipeline ran reconnects and
 /// sends EndRound alone (no disk opened): it follows the run in progress, or
 /// hears how the last one ended.
-async fn end_round(app: &Arc<Appliance>, conn: &mut Conn, admitted: bool, wait: bool) {
+///
+/// A file-mode session that wrote every tree of the laid-out targets
+/// (`files_done`) ends the round the same way.
+async fn end_round(
+    app: &Arc<Appliance>,
+    conn: &mut Conn,
+    admitted: bool,
+    wait: bool,
+    files_done: bool,
+) {
     use crate::job::state::Status;
     if admitted {
         let ending = app.round_end.lock().await;
         let app2 = Arc::clone(app);
         let ended = tokio::task::spawn_blocking(move || {
+            if files_done {
+                return app2.job.trees_committed();
+            }
             let expected: Option<Vec<u32>> = (!app2.config.embedded())
                 .then(|| app2.config.disks.iter().map(|d| d.index).collect());
             app2.job.end_of_session(expected.as_deref())
@@ -410,6 +433,19 @@ struct Session {
     trees: HashMap<u32, OpenTree>,
     /// Disks of this session whose writer verified them.
     verified: HashSet<u32>,
+    /// File mode: the targets laid out from the sender's layout.
+    files: Option<FilesSession>,
+}
+
+/// A file-mode session's targets, mounted while it writes them, and the
+/// trees it closed.
+struct FilesSession {
+    /// None for a job that only replicates: its trees are kept beneath
+    /// the state directory.
+    mounted: Option<super::files::targets::Mounted>,
+    /// Trees of the layout (0 when nothing is laid out).
+    trees: usize,
+    closed: std::collections::BTreeSet<u32>,
 }
 
 /// A tree (file mode) open in a session: its writer's queue and thread.
@@ -741,8 +777,12 @@ impl Session {
             Frame::Ping => send_within(conn, Frame::Pong)
                 .await
                 .context("answering a ping"),
+            Frame::SourceLayout { json } => self.source_layout(conn, json).await,
             Frame::OpenTree { tree } => self.open_tree(conn, tree, events).await,
             Frame::Entry { tree, entry } => {
+                self.app
+                    .files_progress
+                    .entry(entry.kind == crate::files::Kind::File);
                 let more = frame_ready(conn.read_buffer());
                 self.tree_work(tree, TreeWork::Entry(entry), more).await
             }
@@ -753,6 +793,7 @@ impl Session {
                 payload,
             } => {
                 self.app.metrics.received_bytes.inc_by(payload.len() as u64);
+                self.app.files_progress.bytes(payload.len() as u64);
                 let more = frame_ready(conn.read_buffer());
                 self.tree_work(
                     tree,
@@ -770,6 +811,7 @@ impl Session {
                 self.tree_work(tree, TreeWork::End { hash }, more).await
             }
             Frame::Remove { tree, path } => {
+                self.app.files_progress.removed();
                 let more = frame_ready(conn.read_buffer());
                 self.tree_work(tree, TreeWork::Remove(path), more).await
             }
@@ -777,6 +819,19 @@ impl Session {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 self.tree_work(tree, TreeWork::Close(tx), false).await?;
                 let s = rx.await.map_err(|_| tree_writer_gone(tree))??;
+                if let Some(f) = &mut self.files {
+                    if let Some(m) = f.mounted.take() {
+                        let (m, done) = tokio::task::spawn_blocking(move || {
+                            let r = m.finish_tree(tree);
+                            (m, r)
+                        })
+                        .await
+                        .context("finishing the tree")?;
+                        f.mounted = Some(m);
+                        done?;
+                    }
+                    f.closed.insert(tree);
+                }
                 tracing::info!(
                     tree,
                     entries = s.entries,
@@ -1125,6 +1180,86 @@ impl Session {
         t.work.send(batch).await.map_err(|_| tree_writer_gone(tree))
     }
 
+    /// Whether this session wrote every tree of targets it laid out (or
+    /// found laid out): the round can end.
+    fn files_done(&self) -> bool {
+        self.files
+            .as_ref()
+            .is_some_and(|f| f.trees > 0 && (0..f.trees as u32).all(|t| f.closed.contains(&t)))
+    }
+
+    /// File mode: the source's layout. The targets are laid out (or found
+    /// laid out) and mounted, and the job is Syncing; a job that only
+    /// replicates keeps the trees beneath its state directory.
+    async fn source_layout(&mut self, conn: &mut Conn, json: bytes::Bytes) -> Result<()> {
+        if self.files.is_some() || !self.trees.is_empty() {
+            return Err(coded(
+                ErrorCode::UnexpectedFrame,
+                "SourceLayout after the session's first tree",
+            ));
+        }
+        let plan = crate::layout::fit::SourcePlan::from_json(&json)?;
+        if matches!(
+            self.app.job.status(),
+            crate::job::state::Status::Ready | crate::job::state::Status::Waiting
+        ) {
+            // A new round counts from zero.
+            self.app.files_progress.reset();
+        }
+        if !self.admitted {
+            let job = Arc::clone(&self.app.job);
+            tokio::task::spawn_blocking(move || job.admit_sender())
+                .await
+                .context("admitting the sender")??;
+            self.admitted = true;
+        }
+        if !self.app.config.build {
+            self.files = Some(FilesSession {
+                mounted: None,
+                closed: Default::default(),
+                trees: 0,
+            });
+            let detail = format!(
+                "the job only replicates: the trees are kept beneath {}",
+                self.app.config.state_dir.join("trees").display()
+            );
+            return send_within(
+                conn,
+                Frame::TargetsReady {
+                    built: false,
+                    detail,
+                },
+            )
+            .await
+            .context("answering the layout");
+        }
+        let app = Arc::clone(&self.app);
+        let prepared = tokio::task::spawn_blocking(move || -> Result<_> {
+            let mount_root = app.config.state_dir.join("files").join("mnt");
+            let p = super::files::targets::prepare(&app.config, &app.ledger, plan, &mount_root)?;
+            app.job.syncing(&[])?;
+            Ok(p)
+        })
+        .await
+        .context("laying out the targets")??;
+        let detail = super::files::targets::describe(&prepared);
+        tracing::info!(made = prepared.made, "{detail}");
+        self.files = Some(FilesSession {
+            trees: prepared.mounted.trees(),
+            mounted: Some(prepared.mounted),
+            closed: Default::default(),
+        });
+        send_within(
+            conn,
+            Frame::TargetsReady {
+                built: true,
+                detail,
+            },
+        )
+        .await
+        .context("answering the layout")
+    }
+
     /// File mode: admit the sender, claim the tree, send the manifest of
     /// its committed entries, and start its writer.
     async fn open_tree(
@@ -1162,7 +1297,20 @@ impl Session {
             .max(crate::files::FILE_CHUNK + 64)
             .max(crate::files::MAX_XATTR_BYTES + 4 * crate::files::MAX_PATH);
         conn.codec_mut().set_max(codec_max);
-        let root = self.app.config.tree_root(tree);
+        let root = match &self.files {
+            Some(FilesSession {
+                mounted: Some(m), ..
+            }) => m.root_of(tree).ok_or_else(|| {
+                coded(
+                    ErrorCode::DiskNotConfigured,
+                    format!(
+                        "tree {tree}: the source's layout names {} file systems",
+                        m.trees()
+                    ),
+                )
+            })?,
+            _ => self.app.config.tree_root(tree),
+        };
         let ledger = Arc::clone(&self.app.ledger);
         let writer = tokio::task::spawn_blocking(move || TreeWriter::open(tree, &root, ledger))
             .await
@@ -1216,6 +1364,7 @@ impl Session {
             }
         }
         tracing::info!(tree, committed = total, "tree opened");
+        self.app.files_progress.tree_opened();
         let (work_tx, work_rx) = mpsc::channel(64);
         let events = events.clone();
         let thread = std::thread::Builder::new()
@@ -1252,6 +1401,14 @@ impl Session {
             let joined = tokio::task::spawn_blocking(move || t.thread.join()).await;
             if !matches!(joined, Ok(Ok(()))) {
                 tracing::error!(tree, "tree writer thread panicked");
+            }
+        }
+        // The writers are gone: the targets can be unmounted.
+        if let Some(m) = self.files.as_mut().and_then(|f| f.mounted.take()) {
+            match tokio::task::spawn_blocking(move || m.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("unmounting the file-mode targets: {e:#}"),
+                Err(e) => tracing::error!("unmounting the file-mode targets: {e}"),
             }
         }
         self.attached.clear();

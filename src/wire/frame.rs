@@ -165,6 +165,15 @@ pub enum Frame {
         removed: u64,
         bytes: u64,
     },
+    /// sender → appliance, before the first OpenTree of a file-mode
+    /// session: the source's layout and the trees that will be sent
+    /// (the layout's `SourcePlan` as JSON, at most [`MAX_SOURCE_LAYOUT`]
+    /// bytes).
+    SourceLayout { json: Bytes },
+    /// appliance → sender: the targets are laid out and mounted (`built`),
+    /// or the job keeps the trees in its state directory (a job that only
+    /// replicates); `detail` says which, for the sender's output.
+    TargetsReady { built: bool, detail: String },
     /// Not a frame of its own: the head of an uncompressed Chunk frame
     /// whose `len` payload bytes have not all arrived, from a codec told
     /// to [`FrameCodec::split_chunks`]. The reader takes the payload from
@@ -229,7 +238,12 @@ mod ty {
     pub const REMOVE: u8 = 0x65;
     pub const CLOSE_TREE: u8 = 0x66;
     pub const TREE_CLOSED: u8 = 0x67;
+    pub const SOURCE_LAYOUT: u8 = 0x68;
+    pub const TARGETS_READY: u8 = 0x69;
 }
+
+/// Most bytes of a SourceLayout frame's JSON.
+pub const MAX_SOURCE_LAYOUT: usize = 48 << 10;
 
 /// Most names in a DiskNames frame.
 pub const MAX_DISK_NAMES: usize = 32;
@@ -271,6 +285,8 @@ impl Frame {
             Frame::Remove { .. } => "Remove",
             Frame::CloseTree { .. } => "CloseTree",
             Frame::TreeClosed { .. } => "TreeClosed",
+            Frame::SourceLayout { .. } => "SourceLayout",
+            Frame::TargetsReady { .. } => "TargetsReady",
         }
     }
 
@@ -488,6 +504,15 @@ impl Frame {
                 dst.put_u64(*removed);
                 dst.put_u64(*bytes);
                 ty::TREE_CLOSED
+            }
+            Frame::SourceLayout { json } => {
+                dst.put_slice(json);
+                ty::SOURCE_LAYOUT
+            }
+            Frame::TargetsReady { built, detail } => {
+                dst.put_u8(u8::from(*built));
+                put_text(dst, detail);
+                ty::TARGETS_READY
             }
             // A head is only ever decoded; its frame was a Chunk.
             Frame::ChunkHead {
@@ -745,6 +770,25 @@ impl Frame {
                 removed: get_u64(&mut p, "TreeClosed")?,
                 bytes: get_u64(&mut p, "TreeClosed")?,
             },
+            ty::SOURCE_LAYOUT => {
+                if p.remaining() > MAX_SOURCE_LAYOUT {
+                    return Err(malformed("SourceLayout", "a layout longer than allowed"));
+                }
+                Frame::SourceLayout {
+                    json: std::mem::take(&mut p),
+                }
+            }
+            ty::TARGETS_READY => {
+                let built = match get_u8(&mut p, "TargetsReady")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(malformed("TargetsReady", "unknown flag")),
+                };
+                Frame::TargetsReady {
+                    built,
+                    detail: get_text(&mut p)?,
+                }
+            }
             other => return Err(WireError::UnknownType(other)),
         };
         if p.has_remaining() {
@@ -1200,6 +1244,13 @@ mod tests {
                 entries: 10,
                 removed: 1,
                 bytes: 100,
+            },
+            Frame::SourceLayout {
+                json: Bytes::from_static(b"{\"layout\":{},\"trees\":[]}"),
+            },
+            Frame::TargetsReady {
+                built: true,
+                detail: "laid out".into(),
             },
         ]
     }

@@ -89,7 +89,113 @@ pub struct TreeReport {
 const SEND_BATCH: usize = 256;
 const SEND_BATCH_BYTES: usize = 4 << 20;
 
-/// Send the tree of `f` as tree 0.
+/// One tree to send: its number, its mount point in the layout, where it
+/// is read, what it leaves out, and the other trees' mount points beneath
+/// it (sent as empty directories, not entered).
+#[derive(Debug, Clone)]
+struct TreeJob {
+    tree: u32,
+    mount: String,
+    root: PathBuf,
+    excludes: Excludes,
+    stops: Vec<Vec<u8>>,
+}
+
+/// What `--report` writes: the first tree's report (the root file
+/// system's), and every tree's.
+#[derive(Debug, Serialize)]
+struct SendReport<'a> {
+    #[serde(flatten)]
+    first: &'a TreeReport,
+    trees: &'a [TreeReport],
+    /// The appliance laid out its targets and processed the round.
+    built: bool,
+}
+
+/// The trees of `layout` beneath `root`: the root file system first, then
+/// every other file system ferry writes (ext4, ext3, xfs, vfat), in the
+/// layout's order. The system disk's exclude list applies to the root file
+/// system, data disk N's to the file systems of disk N.
+fn tree_jobs(
+    root: &Path,
+    layout: &crate::layout::Layout,
+    excludes_dir: Option<&Path>,
+) -> Result<Vec<TreeJob>> {
+    use crate::layout::FsType;
+    let mut mounts: Vec<(String, usize)> = Vec::new();
+    for (d, disk) in layout.disks.iter().enumerate() {
+        for p in &disk.partitions {
+            if let Some(m) = &p.mount {
+                if matches!(
+                    p.fs,
+                    FsType::Ext4 | FsType::Ext3 | FsType::Xfs | FsType::Vfat
+                ) {
+                    mounts.push((m.trim_end_matches('/').to_owned(), d));
+                }
+            }
+        }
+    }
+    for m in &mut mounts {
+        if m.0.is_empty() {
+            m.0 = "/".into();
+        }
+    }
+    mounts.sort_by_key(|(m, _)| m != "/");
+    if mounts.first().is_none_or(|(m, _)| m != "/") {
+        return Err(coded(
+            ErrorCode::LayoutInvalid,
+            "the layout has no ext4, ext3 or xfs file system mounted on /",
+        ));
+    }
+    let mut jobs = Vec::new();
+    for (i, (mount, disk)) in mounts.iter().enumerate() {
+        let rel = mount.trim_start_matches('/');
+        let dir = if rel.is_empty() {
+            root.to_owned()
+        } else {
+            root.join(rel)
+        };
+        if !dir.is_dir() {
+            return Err(coded(
+                ErrorCode::Usage,
+                format!(
+                    "--root {}: no directory {} for the file system the layout mounts on {mount}",
+                    root.display(),
+                    dir.display()
+                ),
+            ));
+        }
+        let prefix = if rel.is_empty() {
+            String::new()
+        } else {
+            format!("{rel}/")
+        };
+        let stops = mounts
+            .iter()
+            .filter_map(|(m, _)| m.trim_start_matches('/').strip_prefix(&prefix))
+            .filter(|r| !r.is_empty())
+            .map(|r| r.as_bytes().to_vec())
+            .collect();
+        let excludes = match (excludes_dir, i, *disk) {
+            (Some(d), 0, _) => Excludes::load(d, 0)?,
+            (Some(d), _, n) if n > 0 => Excludes::load(d, n as u32)?,
+            _ => Excludes::default(),
+        };
+        jobs.push(TreeJob {
+            tree: i as u32,
+            mount: mount.clone(),
+            root: dir,
+            excludes,
+            stops,
+        });
+    }
+    Ok(jobs)
+}
+
+/// Send the trees of `f`: the layout first, then each file system as its
+/// own tree; then, when the appliance laid out its targets, end the round
+/// and follow its Processing to its end (not with --no-wait: the round
+/// stays open for a later pass).
 pub async fn run(args: &Options, f: &FileOptions) -> Result<()> {
     let fingerprint = super::pin::normalize(&args.fingerprint).ok_or_else(|| {
         coded(
@@ -131,7 +237,7 @@ pub async fn run(args: &Options, f: &FileOptions) -> Result<()> {
         }
         return Err(coded(
             ErrorCode::Usage,
-            "--mode file sends a tree given with --root DIR and --layout FILE; sending a live server's file systems as they are found needs the appliance to lay out its targets, which this version does not do",
+            "--mode file sends a tree given with --root DIR and --layout FILE; sending a live server's file systems as they are found is not done by this version",
         ));
     }
     if !f.root.is_dir() {
@@ -140,30 +246,52 @@ pub async fn run(args: &Options, f: &FileOptions) -> Result<()> {
             format!("--root {}: not a directory", f.root.display()),
         ));
     }
-    if let Some(layout) = &f.layout {
-        let text = std::fs::read_to_string(layout)
-            .with_context(|| format!("reading the layout {}", layout.display()))
-            .map_err(|e| coded(ErrorCode::Usage, format!("{e:#}")))?;
-        crate::layout::desc::Layout::parse(&text)
-            .with_context(|| format!("parsing the layout {}", layout.display()))?;
-    }
+    let layout_path = f.layout.as_ref().ok_or_else(|| {
+        coded(
+            ErrorCode::Usage,
+            "--root needs --layout FILE (the source's layout, as `ferry layout read` prints it)",
+        )
+    })?;
+    let text = std::fs::read_to_string(layout_path)
+        .with_context(|| format!("reading the layout {}", layout_path.display()))
+        .map_err(|e| coded(ErrorCode::Usage, format!("{e:#}")))?;
+    let layout = crate::layout::desc::Layout::parse(&text)
+        .with_context(|| format!("parsing the layout {}", layout_path.display()))?;
     let dir = f.excludes.clone().or_else(excludes::default_dir);
-    let excludes = match &dir {
-        Some(d) => Excludes::load(d, 0)?,
-        None => Excludes::default(),
-    };
-    if let Some(src) = &excludes.source {
-        eprintln!(
-            "ferry send: excluding the paths listed in {}",
-            src.display()
-        );
+    let jobs = tree_jobs(&f.root, &layout, dir.as_deref())?;
+    let mut trees = Vec::new();
+    for j in &jobs {
+        if let Some(src) = &j.excludes.source {
+            eprintln!(
+                "ferry send: excluding from {} the paths listed in {}",
+                j.mount,
+                src.display()
+            );
+        }
+        let (root, ex, stops) = (j.root.clone(), j.excludes.clone(), j.stops.clone());
+        let used = tokio::task::spawn_blocking(move || walk::used_bytes(&root, &ex, &stops))
+            .await
+            .context("measuring the trees")??;
+        trees.push(crate::layout::fit::TreeSource {
+            mount: j.mount.clone(),
+            used,
+        });
     }
+    let plan = crate::layout::fit::SourcePlan { layout, trees };
+    plan.places()?;
+    let plan_json = Bytes::from(plan.to_json(crate::wire::frame::MAX_SOURCE_LAYOUT)?);
     let started = Instant::now();
     let mut attempts = 0u32;
+    let mut sent: Option<(Vec<TreeReport>, bool)> = None;
     let result = loop {
         attempts += 1;
-        match attempt(args, &to, &fingerprint, f, &excludes).await {
-            Ok(r) => break Ok(r),
+        let r = match &sent {
+            // Every tree is committed: only the round's end is left.
+            Some(_) => follow(args, &to, &fingerprint).await,
+            None => attempt(args, &to, &fingerprint, &jobs, &plan_json, &mut sent).await,
+        };
+        match r {
+            Ok(()) => break Ok(()),
             Err(e) => {
                 let code = find_coded(&e)
                     .map(|c| c.code)
@@ -182,10 +310,30 @@ pub async fn run(args: &Options, f: &FileOptions) -> Result<()> {
             }
         }
     };
-    let mut report = result?;
-    report.attempts = attempts;
-    report.seconds = started.elapsed().as_secs_f64();
-    report.excludes = excludes.source.as_ref().map(|p| p.display().to_string());
+    // The reports are printed whatever the round's end was.
+    if let Some((reports, built)) = &mut sent {
+        for report in reports.iter_mut() {
+            report.attempts = attempts;
+            report.seconds = started.elapsed().as_secs_f64();
+            print_report(report);
+        }
+        if let (Some(path), Some(first)) = (&args.report, reports.first()) {
+            let all = SendReport {
+                first,
+                trees: reports,
+                built: *built,
+            };
+            std::fs::write(
+                path,
+                serde_json::to_vec_pretty(&all).context("encoding the report")?,
+            )
+            .with_context(|| format!("writing the report {}", path.display()))?;
+        }
+    }
+    result
+}
+
+fn print_report(report: &TreeReport) {
     eprintln!(
         "tree {} ({}): sent {} entries ({} files, {} bytes of content, {} bytes on the wire) and {} directories; {} unchanged; {} removed; {} excluded; {} sockets skipped; {} mount points sent empty; {} re-sent after changing while read; the appliance committed {} entries, {} removals, {} bytes ({:.1} s)",
         report.tree,
@@ -212,35 +360,71 @@ pub async fn run(args: &Options, f: &FileOptions) -> Result<()> {
             report.changed_while_read
         );
     }
-    if let Some(path) = &args.report {
-        std::fs::write(
-            path,
-            serde_json::to_vec_pretty(&report).context("encoding the report")?,
-        )
-        .with_context(|| format!("writing the report {}", path.display()))?;
-    }
-    Ok(())
 }
 
+/// The layout, every tree, and the round's end, on one connection. Once
+/// every tree is committed, `sent` holds their reports (and whether the
+/// appliance laid out its targets), so that a retry only follows the
+/// round.
 async fn attempt(
     args: &Options,
     to: &str,
     fingerprint: &str,
-    f: &FileOptions,
-    excludes: &Excludes,
-) -> Result<TreeReport> {
-    const TREE: u32 = 0;
+    jobs: &[TreeJob],
+    plan: &Bytes,
+    sent: &mut Option<(Vec<TreeReport>, bool)>,
+) -> Result<()> {
     let mut conn = client::connect(to, &args.token, fingerprint).await?;
-    client::send(&mut conn, Frame::OpenTree { tree: TREE }).await?;
-    let manifest = read_manifest(&mut conn, TREE).await?;
+    client::send(&mut conn, Frame::SourceLayout { json: plan.clone() }).await?;
+    let built = loop {
+        match client::recv(&mut conn).await? {
+            Frame::TargetsReady { built, detail } => {
+                eprintln!("ferry send: the appliance's targets: {detail}");
+                break built;
+            }
+            Frame::Bandwidth { .. } => continue,
+            other => {
+                return Err(coded(
+                    ErrorCode::UnexpectedFrame,
+                    format!("expected TargetsReady, got {}", other.name()),
+                ))
+            }
+        }
+    };
+    let mut reports = Vec::new();
+    for j in jobs {
+        reports.push(send_tree(&mut conn, args, j).await?);
+    }
+    *sent = Some((reports, built));
+    if built && !args.no_wait {
+        super::wait_for_round(&mut conn, &|line| eprintln!("{line}")).await?;
+    }
+    let _ = tokio::io::AsyncWriteExt::shutdown(conn.get_mut()).await;
+    Ok(())
+}
+
+/// A new connection that only follows the round's end.
+async fn follow(args: &Options, to: &str, fingerprint: &str) -> Result<()> {
+    if args.no_wait {
+        return Ok(());
+    }
+    let mut conn = client::connect(to, &args.token, fingerprint).await?;
+    super::wait_for_round(&mut conn, &|line| eprintln!("{line}")).await?;
+    let _ = tokio::io::AsyncWriteExt::shutdown(conn.get_mut()).await;
+    Ok(())
+}
+
+/// One tree: its manifest, what changed, the removals, its close.
+async fn send_tree(conn: &mut Conn, args: &Options, j: &TreeJob) -> Result<TreeReport> {
+    let tree = j.tree;
+    client::send(conn, Frame::OpenTree { tree }).await?;
+    let manifest = read_manifest(conn, tree).await?;
     let counts = Arc::new(Counts::default());
     let (tx, mut rx) = mpsc::channel::<Frame>(256);
     let producer = {
-        let (root, excludes, counts) = (f.root.clone(), excludes.clone(), Arc::clone(&counts));
+        let (j, counts) = (j.clone(), Arc::clone(&counts));
         let level = args.zstd_level;
-        tokio::task::spawn_blocking(move || {
-            produce(&root, &excludes, manifest, &tx, level, &counts)
-        })
+        tokio::task::spawn_blocking(move || produce(&j, manifest, &tx, level, &counts))
     };
     let started = Instant::now();
     let mut ping = tokio::time::interval(wire::HEARTBEAT);
@@ -265,13 +449,13 @@ async fn attempt(
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = client::send_all(&mut conn, batch).await {
+                    if let Err(e) = client::send_all(conn, batch).await {
                         break Err(e);
                     }
                 }
                 None => break Ok(()),
             },
-            incoming = client::recv_any(&mut conn) => match incoming {
+            incoming = client::recv_any(conn) => match incoming {
                 Ok(Frame::Pong | Frame::Bandwidth { .. }) => {}
                 Ok(other) => break Err(coded(
                     ErrorCode::UnexpectedFrame,
@@ -280,11 +464,11 @@ async fn attempt(
                 Err(e) => break Err(e),
             },
             _ = ping.tick() => {
-                if let Err(e) = client::send(&mut conn, Frame::Ping).await {
+                if let Err(e) = client::send(conn, Frame::Ping).await {
                     break Err(e);
                 }
             }
-            _ = progress.tick() => print_progress(TREE, &counts, started.elapsed()),
+            _ = progress.tick() => print_progress(tree, &counts, started.elapsed()),
         }
     };
     // The producer stops when the queue is gone.
@@ -292,15 +476,15 @@ async fn attempt(
     let produced = producer.await.context("walking the tree")?;
     sent?;
     let skipped = produced?;
-    client::send(&mut conn, Frame::CloseTree { tree: TREE }).await?;
+    client::send(conn, Frame::CloseTree { tree }).await?;
     let closed = loop {
-        match client::recv_live(&mut conn).await? {
+        match client::recv_live(conn).await? {
             Frame::TreeClosed {
-                tree,
+                tree: t,
                 entries,
                 removed,
                 bytes,
-            } if tree == TREE => break (entries, removed, bytes),
+            } if t == tree => break (entries, removed, bytes),
             Frame::Bandwidth { .. } => continue,
             other => {
                 return Err(coded(
@@ -310,11 +494,10 @@ async fn attempt(
             }
         }
     };
-    let _ = tokio::io::AsyncWriteExt::shutdown(conn.get_mut()).await;
     let c = &counts;
     Ok(TreeReport {
-        tree: TREE,
-        root: f.root.display().to_string(),
+        tree,
+        root: j.root.display().to_string(),
         sent_entries: c.entries.load(Ordering::Relaxed),
         sent_files: c.files.load(Ordering::Relaxed),
         sent_dirs: c.dirs.load(Ordering::Relaxed),
@@ -330,6 +513,7 @@ async fn attempt(
         committed_entries: closed.0,
         committed_removals: closed.1,
         committed_bytes: closed.2,
+        excludes: j.excludes.source.as_ref().map(|p| p.display().to_string()),
         ..Default::default()
     })
 }
@@ -381,19 +565,19 @@ fn queue_gone() -> anyhow::Error {
 
 /// Walk, compare and queue the frames of the tree; then the removals.
 fn produce(
-    root: &Path,
-    excludes: &Excludes,
+    j: &TreeJob,
     mut manifest: HashMap<Vec<u8>, Stamp>,
     tx: &mpsc::Sender<Frame>,
     level: i32,
     counts: &Counts,
 ) -> Result<walk::Skipped> {
+    let (root, excludes, tree) = (&j.root, &j.excludes, j.tree);
     let mut compressor = if level > 0 {
         Some(zstd::bulk::Compressor::new(level).context("starting zstd")?)
     } else {
         None
     };
-    let skipped = walk::walk(root, excludes, |found| {
+    let skipped = walk::walk_with(root, excludes, &j.stops, |found| {
         let old = manifest.remove(&found.entry.path);
         // Directories are always sent: their metadata is applied after
         // their content, which may have changed beneath them.
@@ -406,7 +590,7 @@ fn produce(
             }
         }
         if found.entry.kind == Kind::File {
-            send_file(found, tx, compressor.as_mut(), counts)
+            send_file(tree, found, tx, compressor.as_mut(), counts)
         } else {
             if found.entry.kind == Kind::Dir {
                 counts.dirs.fetch_add(1, Ordering::Relaxed);
@@ -414,7 +598,7 @@ fn produce(
                 counts.entries.fetch_add(1, Ordering::Relaxed);
             }
             tx.blocking_send(Frame::Entry {
-                tree: 0,
+                tree,
                 entry: Box::new(found.entry),
             })
             .map_err(|_| queue_gone())
@@ -434,7 +618,7 @@ fn produce(
         }
         counts.removed.fetch_add(1, Ordering::Relaxed);
         tx.blocking_send(Frame::Remove {
-            tree: 0,
+            tree,
             path: p.clone(),
         })
         .map_err(|_| queue_gone())?;
@@ -475,6 +659,7 @@ fn version(st: &rustix::fs::Stat) -> (u64, Time, Time) {
 /// Send a regular file: its entry as opened, its data pieces (holes left
 /// out), its hash; again when it changed while it was read.
 fn send_file(
+    tree: u32,
     found: walk::Found,
     tx: &mpsc::Sender<Frame>,
     mut compressor: Option<&mut zstd::bulk::Compressor<'static>>,
@@ -513,7 +698,7 @@ fn send_file(
         counts.entries.fetch_add(1, Ordering::Relaxed);
         counts.files.fetch_add(1, Ordering::Relaxed);
         tx.blocking_send(Frame::Entry {
-            tree: 0,
+            tree,
             entry: Box::new(entry.clone()),
         })
         .map_err(|_| queue_gone())?;
@@ -565,7 +750,7 @@ fn send_file(
                     .wire_bytes
                     .fetch_add(payload.len() as u64, Ordering::Relaxed);
                 tx.blocking_send(Frame::FileData {
-                    tree: 0,
+                    tree,
                     offset: off,
                     compressed,
                     payload,
@@ -583,7 +768,7 @@ fn send_file(
             pos = hole;
         }
         tx.blocking_send(Frame::FileEnd {
-            tree: 0,
+            tree,
             hash: hash.finish(size),
         })
         .map_err(|_| queue_gone())?;

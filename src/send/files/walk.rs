@@ -33,11 +33,24 @@ pub struct Skipped {
 pub fn walk(
     root: &Path,
     excludes: &Excludes,
+    f: impl FnMut(Found) -> Result<()>,
+) -> Result<Skipped> {
+    walk_with(root, excludes, &[], f)
+}
+
+/// [`walk`], treating the directories `stops` (paths relative to `root`)
+/// as mount points: sent, not entered. They are the mount points of the
+/// other trees, which an unpacked tree has on the same device.
+pub fn walk_with(
+    root: &Path,
+    excludes: &Excludes,
+    stops: &[Vec<u8>],
     mut f: impl FnMut(Found) -> Result<()>,
 ) -> Result<Skipped> {
     let meta = lstat(root)?;
     let mut w = Walker {
         dev: meta.dev(),
+        stops,
         excludes,
         links: HashMap::new(),
         skipped: Skipped::default(),
@@ -53,6 +66,7 @@ pub fn walk(
 
 struct Walker<'a> {
     dev: u64,
+    stops: &'a [Vec<u8>],
     excludes: &'a Excludes,
     /// Files with more than one name: (dev, inode) → the first path sent.
     links: HashMap<(u64, u64), Vec<u8>>,
@@ -113,7 +127,7 @@ impl Walker<'_> {
                 continue;
             }
             let entry = self.entry(child.clone(), &path, &meta)?;
-            let descend = ft.is_dir() && meta.dev() == self.dev;
+            let descend = ft.is_dir() && meta.dev() == self.dev && !self.stops.contains(&child);
             if ft.is_dir() && !descend {
                 self.skipped.mount_points += 1;
             }
@@ -193,6 +207,52 @@ impl Walker<'_> {
 }
 
 use std::os::unix::ffi::OsStringExt;
+
+/// Bytes the entries of a walk take on the source: allocated blocks of
+/// everything sent (a file with several names once), the same rules as
+/// [`walk_with`] for what is not entered or is left out.
+pub fn used_bytes(root: &Path, excludes: &Excludes, stops: &[Vec<u8>]) -> Result<u64> {
+    let meta = lstat(root)?;
+    let dev = meta.dev();
+    let mut seen = std::collections::HashSet::new();
+    let mut total = meta.blocks() * 512;
+    let mut todo: Vec<(PathBuf, Vec<u8>)> = vec![(root.to_owned(), Vec::new())];
+    while let Some((dir, rel)) = todo.pop() {
+        for e in std::fs::read_dir(&dir).map_err(|e| unreadable(&dir, e))? {
+            let e = e.map_err(|e| unreadable(&dir, e))?;
+            let name = e.file_name();
+            let child: Vec<u8> = if rel.is_empty() {
+                name.as_bytes().to_vec()
+            } else {
+                [&rel[..], b"/", name.as_bytes()].concat()
+            };
+            let path = e.path();
+            let m = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(unreadable(&path, e)),
+            };
+            let ft = m.file_type();
+            if child == crate::files::STAGING
+                || ft.is_socket()
+                || excludes.excludes(&child, ft.is_dir())
+            {
+                continue;
+            }
+            if m.nlink() > 1 && !ft.is_dir() && !seen.insert((m.dev(), m.ino())) {
+                continue;
+            }
+            if ft.is_dir() && m.dev() != dev {
+                continue;
+            }
+            total += m.blocks() * 512;
+            if ft.is_dir() && !stops.contains(&child) {
+                todo.push((path, child));
+            }
+        }
+    }
+    Ok(total)
+}
 
 /// Every extended attribute of a path, without following it.
 pub fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {

@@ -14,6 +14,8 @@
 //!   after its content: writing into a directory changes its mtime.
 
 pub mod beneath;
+pub mod progress;
+pub mod targets;
 
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;

@@ -1,0 +1,247 @@
+//! File mode end to end: the Debian system of a source image (BIOS, GPT:
+//! BIOS boot, ext4 /boot, swap, ext4 /) mounted read-only and sent with
+//! `ferry send --mode file --root --layout` (the layout that `ferry layout
+//! read --mounts` prints of the source disk) to a real `ferry serve` over
+//! loopback, onto a target half the size of the source disk. The appliance
+//! lays the target out with the source's UUIDs, writes the trees, repairs
+//! and verifies the system and hands it off; the target then boots on the
+//! cloud's hardware (virtio-blk, virtio-net with DHCP) with the source's
+//! root UUID and hostname.
+//!
+//! Needs root and qemu-system-x86_64: `cargo test --release --test
+//! qemu_filemode -- --test-threads=1`.
+
+#[path = "common/boot.rs"]
+mod boot;
+#[path = "common/serve.rs"]
+mod harness;
+
+use std::path::{Path, PathBuf};
+
+use boot::SourceImage;
+use ferry::cmd::Cmd;
+use ferry::layout::{MountOptions, MountTree};
+
+const TOKEN: &str = "filemode-job-token-0123456789";
+const CONTROL_TOKEN: &str = "filemode-control-token-0123456789";
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// The appliance in production mode, writing `target`; its own boot test
+/// off: the test boots the target itself afterwards, with the fixture's
+/// marker.
+fn appliance(dir: &Path, target: &Path) -> harness::Server {
+    let cfg = format!(
+        "token = \"{TOKEN}\"\ncontrol_token = \"{CONTROL_TOKEN}\"\nboot_test = false\n[[disk]]\nindex = 0\ntarget = \"{}\"\n",
+        target.display()
+    );
+    let path = dir.join("ferry.toml");
+    std::fs::write(&path, cfg).expect("writing the config");
+    let mut server = harness::Server::start_processing(
+        &dir.join("state"),
+        &["--config", path.to_str().expect("utf-8 path")],
+    );
+    server.token = TOKEN.to_owned();
+    server.control_token = CONTROL_TOKEN.to_owned();
+    server
+}
+
+fn job(server: &harness::Server) -> serde_json::Value {
+    let auth = format!("Bearer {CONTROL_TOKEN}");
+    let (status, body) = harness::http(
+        &server.control,
+        "GET",
+        "/v1/job",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("job JSON")
+}
+
+fn send_files(
+    server: &harness::Server,
+    root: &Path,
+    layout: &Path,
+    excludes: &Path,
+) -> harness::Sent {
+    server.send_only(
+        &[],
+        &[
+            "--mode",
+            "file",
+            "--root",
+            root.to_str().unwrap(),
+            "--layout",
+            layout.to_str().unwrap(),
+            "--excludes",
+            excludes.to_str().unwrap(),
+        ],
+    )
+}
+
+/// The system disk's exclude list: what a cloud machine does without
+/// (translations, documentation, drivers of hardware it has not: GPUs,
+/// cameras, Wi-Fi, sound, InfiniBand...). Without it the source's root
+/// (614 MiB used) would not fit half of its 1.5 GiB disk with headroom
+/// beside /boot and swap.
+fn excludes(dir: &Path, root: &Path) -> PathBuf {
+    let kernel = std::fs::read_dir(root.join("usr/lib/modules"))
+        .expect("the source's modules")
+        .next()
+        .expect("a kernel's modules")
+        .unwrap()
+        .file_name()
+        .into_string()
+        .unwrap();
+    let mut list = String::from(
+        "# a cloud machine needs none of these\n/usr/share/locale/\n/usr/share/doc/\n/usr/share/man/\n",
+    );
+    for d in [
+        "drivers/gpu",
+        "drivers/media",
+        "drivers/infiniband",
+        "drivers/net/wireless",
+        "drivers/iio",
+        "drivers/staging",
+        "drivers/bluetooth",
+        "drivers/isdn",
+        "sound",
+    ] {
+        list.push_str(&format!("/usr/lib/modules/{kernel}/kernel/{d}/\n"));
+    }
+    let ex = dir.join("Excludes");
+    std::fs::create_dir_all(&ex).unwrap();
+    std::fs::write(ex.join("rsync_excludes_linux.txt"), list).unwrap();
+    ex
+}
+
+/// UUID of partition `n` of an image, as blkid finds it in its extent.
+fn partition_uuid(image: &Path, n: u32) -> String {
+    let out = Cmd::new("partx")
+        .args(["-g", "-b", "-o", "START,SECTORS", "-n", &n.to_string()])
+        .arg(image)
+        .run()
+        .expect("partx");
+    let v: Vec<u64> = out
+        .stdout_text()
+        .split_whitespace()
+        .map(|x| x.parse().expect("a number"))
+        .collect();
+    let probe = ferry::layout::mkfs::probe(
+        image,
+        ferry::layout::desc::Extent {
+            start: v[0] * 512,
+            len: v[1] * 512,
+        },
+    )
+    .expect("blkid");
+    probe.uuid.unwrap_or_default()
+}
+
+#[test]
+fn a_debian_tree_migrated_file_by_file_onto_half_the_disk_boots_on_virtio() {
+    boot::require_root();
+    let src = SourceImage::build("bios-gpt").expect("building the bios-gpt source image");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let dir = scratch.path();
+    // A copy of the cached source image: nothing may write the cache's.
+    let source = dir.join("source.img");
+    Cmd::new("cp")
+        .args(["--sparse=always"])
+        .arg(&src.disks[0])
+        .arg(&source)
+        .run()
+        .expect("copying the source image");
+    let layout_toml = Cmd::new(FERRY)
+        // The source's fstab names its partitions /dev/sda2...
+        .args(["layout", "read", "--mounts", "--source-name", "/dev/sda"])
+        .arg(&source)
+        .run()
+        .expect("ferry layout read")
+        .stdout_text();
+    let layout = dir.join("layout.toml");
+    std::fs::write(&layout, &layout_toml).unwrap();
+    let described = ferry::layout::Layout::from_toml(&layout_toml).expect("the layout");
+    let mounted = MountTree::mount(
+        &described,
+        std::slice::from_ref(&source),
+        &dir.join("src"),
+        MountOptions { read_only: true },
+    )
+    .expect("mounting the source read-only");
+    assert!(
+        mounted.root().join("boot/grub").is_dir(),
+        "the source's /boot is not mounted"
+    );
+
+    let source_size = std::fs::metadata(&src.disks[0]).unwrap().len();
+    let target: PathBuf = dir.join("target.img");
+    std::fs::File::create(&target)
+        .unwrap()
+        .set_len(source_size / 2)
+        .unwrap();
+    let server = appliance(dir, &target);
+    let ex = excludes(dir, mounted.root());
+    let sent = send_files(&server, mounted.root(), &layout, &ex);
+    assert!(
+        sent.ok(),
+        "the file-mode send failed: {}\n{}",
+        sent.stderr(),
+        harness::keep_log(&server.state)
+    );
+    let out = sent.stderr();
+    assert!(out.contains("laid out and made /, /boot on "), "{out}");
+    // Processing as block mode's, without grow (the layout was made for
+    // the target) and check (nothing arrived as a disk).
+    for step in ["mount", "repair", "verify", "handoff"] {
+        assert!(
+            out.contains(&format!(
+                "the appliance runs the round's pipeline: {step}\n"
+            )),
+            "no step {step} in:\n{out}"
+        );
+    }
+    assert!(
+        out.contains(
+            "the round is processed (mount, repair, verify) and handed off; the job is Finished"
+        ),
+        "{out}"
+    );
+    let j = job(&server);
+    assert_eq!(j["state"], "Finished", "{j}");
+    assert!(
+        server.state.join("handoff.json").exists(),
+        "no handoff manifest"
+    );
+    assert!(
+        sent.report["excluded"].as_u64().is_some_and(|n| n >= 12),
+        "{}",
+        sent.report
+    );
+    mounted.close().expect("unmounting the source");
+
+    // The layout on the target: the source's UUIDs, on half the disk.
+    assert_eq!(std::fs::metadata(&target).unwrap().len(), source_size / 2);
+    assert_eq!(
+        partition_uuid(&target, 4),
+        src.root_uuid,
+        "root file system"
+    );
+    assert_eq!(
+        partition_uuid(&target, 2),
+        partition_uuid(&source, 2),
+        "/boot file system"
+    );
+    assert_eq!(
+        partition_uuid(&target, 3),
+        partition_uuid(&source, 3),
+        "swap"
+    );
+
+    let started = std::time::Instant::now();
+    let report = boot::boots_on_the_cloud(&src, vec![target.clone()], "filemode-half");
+    eprintln!(
+        "file-mode target booted on virtio in {:.1} s (test: {:.1} s)",
+        report.elapsed.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
