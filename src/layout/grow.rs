@@ -74,9 +74,13 @@ pub fn grow(target: &Path, safety: Safety) -> Result<GrowReport> {
                     "partition {} holds {}, which ferry does not grow",
                     e.number, probe.fs
                 ));
-            } else if new_end <= e.extent.end() {
+            } else if new_end <= e.extent.end() && !probe.fs.is_lvm_pv() {
                 report.skipped = Some(format!("partition {} already reaches the end", e.number));
+            } else if new_end < e.extent.end() {
+                report.skipped = Some(format!("partition {} reaches beyond the end", e.number));
             } else {
+                // A PV whose partition already reaches the end may still
+                // wait for its volume to grow (a run stopped midway).
                 grow_part = Some((e.clone(), probe.fs));
             }
         }

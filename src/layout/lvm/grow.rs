@@ -55,9 +55,13 @@ impl PrivateLvm {
 
     /// `lvm <args> --driverloaded n` under the private configuration.
     pub fn cmd(&self, args: &[&str]) -> Cmd {
+        let (sub, rest) = args
+            .split_first()
+            .map_or(("version", &[][..]), |(s, r)| (*s, r));
         Cmd::new("lvm")
-            .args(args)
+            .arg(sub)
             .args(["--driverloaded", "n"])
+            .args(rest)
             .env("LVM_SYSTEM_DIR", self.dir.path())
             .env("LVM_SUPPRESS_FD_WARNINGS", "1")
     }

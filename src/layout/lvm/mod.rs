@@ -361,14 +361,14 @@ impl LvLoop {
                 disk.display()
             )
         })?;
-        let dev = PathBuf::from(out.stdout_text().trim());
-        if !dev.starts_with("/dev/loop") {
+        let name = out.stdout_text().trim().to_owned();
+        if !name.starts_with("/dev/loop") {
             anyhow::bail!(
-                "losetup printed {} for logical volume {}",
-                dev.display(),
+                "losetup printed {name:?} for logical volume {}",
                 v.display()
             );
         }
+        let dev = PathBuf::from(name);
         let names = vec![
             v.mapper_path().trim_start_matches("/dev/").to_owned(),
             v.vg_path().trim_start_matches("/dev/").to_owned(),
