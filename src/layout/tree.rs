@@ -195,6 +195,7 @@ impl MountTree {
             let numbered: Vec<(usize, _)> = d.numbers().into_iter().zip(extents).collect();
             tree.disks.push(AttachedDisk::attach(t, &numbered, reread)?);
         }
+        let mut shrunk = std::collections::BTreeSet::new();
         for (vi, v) in layout.volumes.iter().enumerate() {
             let Some(place) = v.place else {
                 if v.mount.is_some() {
@@ -209,7 +210,28 @@ impl MountTree {
                 .and_then(|s| s.get(place.partition))
                 .copied()
                 .with_context(|| format!("logical volume {} lies on no partition", v.display()))?;
-            let lo = LvLoop::attach(&targets[place.disk], start, v, opts.read_only)?;
+            let disk = &tree.disks[place.disk];
+            let lo = if disk.owns_loop() && !opts.read_only {
+                // On the disk's own loop device, as a partition node: the
+                // PV's node shrinks to its label and metadata first (BLKPG
+                // partitions must not overlap); the loop's detach removes
+                // them all.
+                if shrunk.insert((place.disk, place.partition)) {
+                    let first = layout
+                        .volumes
+                        .iter()
+                        .filter_map(|o| o.place)
+                        .filter(|p| p.disk == place.disk && p.partition == place.partition)
+                        .map(|p| p.offset)
+                        .min()
+                        .unwrap_or(place.offset);
+                    let n = layout.disks[place.disk].numbers()[place.partition];
+                    super::devices::resize_partition(disk.whole(), n, first)?;
+                }
+                LvLoop::partition(disk.whole(), LV_PARTITIONS + vi, start, v)?
+            } else {
+                LvLoop::attach(&targets[place.disk], start, v, opts.read_only)?
+            };
             tree.volumes.push((vi, lo));
         }
         let mut order: Vec<Planned> = Vec::new();
@@ -430,6 +452,10 @@ impl Drop for MountTree {
         }
     }
 }
+
+/// Logical volumes shown as partitions of their disk's loop device are
+/// numbered from here on, past any partition table's own numbers.
+const LV_PARTITIONS: usize = 129;
 
 /// One mount of the tree.
 struct Planned {

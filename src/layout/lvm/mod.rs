@@ -329,6 +329,9 @@ pub fn names_of(node: &Path) -> Vec<String> {
 pub struct LvLoop {
     dev: Option<PathBuf>,
     volume: LogicalVolume,
+    /// For a volume shown as a partition of its disk's loop device: that
+    /// loop device and the partition's number.
+    partition_of: Option<(PathBuf, usize)>,
 }
 
 impl LvLoop {
@@ -381,7 +384,53 @@ impl LvLoop {
         Ok(LvLoop {
             dev: Some(dev),
             volume: v.clone(),
+            partition_of: None,
         })
+    }
+
+    /// Show `v` as partition `number` of `disk_loop` (the loop device of
+    /// its disk image), at its bytes of the disk, `part_start` being its PV
+    /// partition's start. The migrated system's tools treat a partition
+    /// node as a disk's, where they skip a bare loop device (Debian's
+    /// grub-mkconfig writes no entry for a root on one: it takes it for
+    /// loop-AES).
+    pub fn partition(
+        disk_loop: &Path,
+        number: usize,
+        part_start: u64,
+        v: &LogicalVolume,
+    ) -> Result<LvLoop> {
+        if let Some(e) = v.refusal() {
+            return Err(e);
+        }
+        let place = v
+            .place
+            .with_context(|| format!("logical volume {} has no place", v.display()))?;
+        let dev = super::devices::add_partition(
+            disk_loop,
+            number,
+            Extent {
+                start: part_start + place.offset,
+                len: place.size,
+            },
+        )
+        .with_context(|| format!("showing logical volume {} as a partition", v.display()))?;
+        NAMES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((dev.clone(), Self::names(v)));
+        Ok(LvLoop {
+            dev: Some(dev),
+            volume: v.clone(),
+            partition_of: Some((disk_loop.to_owned(), number)),
+        })
+    }
+
+    fn names(v: &LogicalVolume) -> Vec<String> {
+        vec![
+            v.mapper_path().trim_start_matches("/dev/").to_owned(),
+            v.vg_path().trim_start_matches("/dev/").to_owned(),
+        ]
     }
 
     /// The loop device.
@@ -405,8 +454,11 @@ impl LvLoop {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(n, _)| *n != dev);
-        super::devices::detach(&dev)
-            .with_context(|| format!("detaching logical volume {}", self.volume.display()))
+        match self.partition_of.take() {
+            Some((disk, n)) => super::devices::remove_partition(&disk, n),
+            None => super::devices::detach(&dev),
+        }
+        .with_context(|| format!("detaching logical volume {}", self.volume.display()))
     }
 }
 
@@ -470,7 +522,7 @@ mod tests {
         );
         assert_eq!(
             format!("{e:#}"),
-            "logical volume vg0/data (/srv): it is striped over 2 stripes"
+            "LVM_UNSUPPORTED: A logical volume of the migrated system has a layout the appliance cannot reach (logical volume vg0/data (/srv): it is striped over 2 stripes)"
         );
     }
 
