@@ -392,7 +392,6 @@ fn run(stack: Stack) {
 }
 
 #[test]
-#[ignore = "pending the engine: LVM_UNSUPPORTED at the check (no LVM reader yet)"]
 fn lvm_server_boots_fails_unrepaired_and_migrates_onto_a_larger_disk() {
     run(Stack {
         variant: "lvm",
@@ -411,7 +410,6 @@ fn xfs_gpt_server_with_var_and_sdx_swap_boots_fails_unrepaired_and_migrates() {
 }
 
 #[test]
-#[ignore = "pending the engine: btrfs is not probed or mounted (FS_UNSUPPORTED)"]
 fn btrfs_subvolume_server_boots_fails_unrepaired_and_migrates() {
     run(Stack {
         variant: "btrfs",

@@ -997,6 +997,7 @@ fn cloud_image_numbering_and_logical_partitions_read_mount_and_grow() {
         }
         let mut l = Layout {
             disks: vec![layout::read(&img).unwrap_or_else(|e| panic!("{name}: {e:#}"))],
+            volumes: Vec::new(),
         };
         assert_eq!(l.disks[0].numbers(), numbers, "{name}");
         assert_eq!(

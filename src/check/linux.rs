@@ -124,7 +124,7 @@ pub fn inspect(root: &Path, esp: Option<&FatPartition>, r: &mut Report) -> Resul
         mode: os.firmware,
         efi_loaders: efi_loaders(&tree, esp, os.firmware),
     };
-    let lvm = lvm(&tree, r, &mut f)?;
+    let lvm = lvm(&tree, r)?;
     let space = space(&tree, &kernels, &mut f)?;
     let network = network(&tree, &os, &mut f)?;
     if os.selinux == SelinuxMode::Enforcing {
@@ -412,7 +412,7 @@ fn on_lvm(spec: &str) -> bool {
     parts.len() == 2 && !["disk", "md", "cciss", "mapper"].contains(&parts[0])
 }
 
-fn lvm(tree: &Tree, r: &Report, f: &mut Vec<Finding>) -> Result<LvmReport> {
+fn lvm(tree: &Tree, r: &Report) -> Result<LvmReport> {
     let fstab = tree.read("/etc/fstab")?.unwrap_or_default();
     let mut volumes = Vec::new();
     let mut system = Vec::new();
@@ -436,14 +436,12 @@ fn lvm(tree: &Tree, r: &Report, f: &mut Vec<Finding>) -> Result<LvmReport> {
         }
     }
     let (supported, why) = if !system.is_empty() {
-        f.push(Finding::new(
-            Severity::Blocker,
-            ErrorCode::LvmUnsupported,
-            system.join(", "),
-        ));
         (
-            false,
-            "the repair mounts the system's file systems from partitions; it does not activate volume groups".to_owned(),
+            true,
+            format!(
+                "the system is on logical volumes ({}): the appliance reads the LVM metadata and reaches linear volumes through loop devices; others are refused when the disks are checked",
+                system.join(", ")
+            ),
         )
     } else if !volumes.is_empty() {
         (
@@ -873,7 +871,6 @@ mod tree_tests {
             [
                 (Severity::Blocker, "VIRTIO_CHECK_FAILED"),
                 (Severity::Blocker, "REPAIR_TOOL_MISSING"),
-                (Severity::Blocker, "LVM_UNSUPPORTED"),
             ]
         );
         assert_eq!(
@@ -883,10 +880,6 @@ mod tree_tests {
         assert_eq!(
             detail(&r, ErrorCode::RepairToolMissing),
             "the initramfs generator /usr/sbin/update-initramfs cannot run: its interpreter /bin/bash is missing from the system"
-        );
-        assert_eq!(
-            detail(&r, ErrorCode::LvmUnsupported),
-            "/ on /dev/mapper/vg0-root"
         );
         let System::Linux(l) = &r.systems[0] else {
             panic!("not Linux")
@@ -898,7 +891,13 @@ mod tree_tests {
             l.lvm.volumes,
             ["/ on /dev/mapper/vg0-root", "/srv on /dev/vg0/srv"]
         );
-        assert!(!l.lvm.supported);
+        // A root on LVM is reached by the appliance; a layout it cannot
+        // reach is found on the disks (tests/root_lvm.rs).
+        assert!(l.lvm.supported);
+        assert!(l
+            .lvm
+            .why
+            .starts_with("the system is on logical volumes (/ on /dev/mapper/vg0-root)"));
     }
 
     #[test]

@@ -236,11 +236,10 @@ impl Report {
 }
 
 /// What the repair cannot use as a system file system although the kernel
-/// may mount it.
-fn repair_problem(fstype: &str) -> Option<String> {
-    (fstype == "btrfs").then(|| {
-        "ferry's repair mounts ext2/3/4 and XFS system file systems; btrfs is copied as it is but not mounted, repaired or checked".to_owned()
-    })
+/// may mount it: nothing today (ext2/3/4, XFS and btrfs with its
+/// subvolumes are all mounted and repaired).
+fn repair_problem(_fstype: &str) -> Option<String> {
+    None
 }
 
 fn fs_info(
@@ -413,6 +412,32 @@ pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result
                 .push(fs_info(device, None, fstype, p.uuid.clone(), sb));
         }
     }
+    // The logical volumes of the PVs: reached by the appliance, or not.
+    for v in &described.volumes {
+        let device = format!("logical volume {}", v.display());
+        if v.fs == FsType::None || v.fs == FsType::Swap {
+            continue;
+        }
+        let sb = match v.place {
+            Some(p) => {
+                let d = &described.disks[p.disk];
+                let extents = layout::desc::plan(d, layout::devices::disk_size(&paths[p.disk])?)?;
+                fs::superblock(
+                    &paths[p.disk],
+                    extents[p.partition].start + p.offset,
+                    v.fs.as_str(),
+                )
+            }
+            None => None,
+        };
+        r.filesystems.push(fs_info(
+            device,
+            None,
+            v.fs.as_str().to_owned(),
+            v.uuid.clone(),
+            sb,
+        ));
+    }
     if let Some(found) = windows_on(&described, paths, &ntfs, staging, &mut r)? {
         tracing::info!(volume = %found, "a Windows system disk");
         return Ok(r.finish());
@@ -467,25 +492,51 @@ pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result
             }
         }
     }
-    let mut system = full.clone();
-    for p in system
-        .disks
-        .iter_mut()
-        .flat_map(|d| d.partitions.iter_mut())
-    {
-        let keep = p
-            .mount
-            .as_deref()
-            .is_some_and(|m| linux::SYSTEM_MOUNTS.contains(&m));
-        // What the appliance cannot mount stays unmounted (it is a finding).
-        let problem = r
-            .filesystems
-            .iter()
-            .any(|f| f.mount.is_some() && f.mount == p.mount && f.problem.is_some());
-        if !keep || problem {
-            p.mount = None;
+    for v in &full.volumes {
+        let device = format!("logical volume {}", v.display());
+        if let Some(f) = r.filesystems.iter_mut().find(|f| f.device == device) {
+            f.mount.clone_from(&v.mount);
+        }
+        // A volume the appliance cannot reach: a blocker when the system
+        // lives on it, a warning for data (copied block for block).
+        if let Some(why) = &v.refused {
+            let system = v
+                .mount
+                .as_deref()
+                .is_some_and(|m| linux::SYSTEM_MOUNTS.contains(&m));
+            r.findings.push(Finding::new(
+                if system {
+                    Severity::Blocker
+                } else {
+                    Severity::Warning
+                },
+                ErrorCode::LvmUnsupported,
+                format!(
+                    "logical volume {}{}: {why}",
+                    v.display(),
+                    v.mount
+                        .as_deref()
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default()
+                ),
+            ));
         }
     }
+    let mut system = full.clone();
+    // What the appliance cannot mount stays unmounted (it is a finding).
+    let problems: Vec<String> = r
+        .filesystems
+        .iter()
+        .filter(|f| f.problem.is_some())
+        .filter_map(|f| f.mount.clone())
+        .chain(
+            full.volumes
+                .iter()
+                .filter(|v| v.refused.is_some())
+                .filter_map(|v| v.mount.clone()),
+        )
+        .collect();
+    system.keep_mounts(|m| linux::SYSTEM_MOUNTS.contains(&m) && !problems.iter().any(|p| p == m));
     fs_findings(&mut r);
     let tree = MountTree::mount(&system, paths, staging, MountOptions { read_only: true })
         .context("mounting the received system read-only")?;

@@ -50,7 +50,12 @@ pub fn resolve(disk: &DiskLayout) -> Result<DiskLayout> {
             }
         }
         p.uuid = match &p.fs {
-            FsType::Ext4 | FsType::Ext3 | FsType::Xfs | FsType::Swap => Some(
+            FsType::Ext4
+            | FsType::Ext3
+            | FsType::Ext2
+            | FsType::Xfs
+            | FsType::Btrfs
+            | FsType::Swap => Some(
                 p.uuid
                     .as_deref()
                     .map(str::to_ascii_lowercase)

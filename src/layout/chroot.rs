@@ -213,6 +213,18 @@ fn populate_dev(dev: &Path, devices: &[DevNode]) -> Result<()> {
             meta.rdev(),
         )
         .with_context(|| format!("making {}", p.display()))?;
+        // A logical volume's loop also answers to the names the migrated
+        // system knows it by: /dev/mapper/<vg>-<lv> and /dev/<vg>/<lv>.
+        for alias in super::lvm::names_of(&d.host_path) {
+            let a = dev.join(&alias);
+            if let Some(parent) = a.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            let up = "../".repeat(Path::new(&alias).components().count() - 1);
+            std::os::unix::fs::symlink(format!("{up}{}", rel.display()), &a)
+                .with_context(|| format!("linking {}", a.display()))?;
+        }
         let depth_up = "../../".to_owned() + &"../".repeat(rel.components().count() - 1);
         let target = format!("{depth_up}{}", rel.display());
         for (kind, value) in [

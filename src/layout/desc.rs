@@ -25,6 +25,10 @@ pub const ALIGN: u64 = MIB;
 pub struct Layout {
     #[serde(rename = "disk", alias = "disks", default)]
     pub disks: Vec<DiskLayout>,
+    /// The logical volumes of the LVM physical volumes on these disks, as
+    /// their on-disk metadata describes them. `read` only.
+    #[serde(rename = "volume", default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<super::lvm::LogicalVolume>,
 }
 
 /// One disk: its partition table and partitions in table order.
@@ -82,6 +86,21 @@ pub struct PartitionLayout {
     /// MBR active flag / GPT legacy-BIOS-bootable attribute.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bootable: bool,
+    /// The btrfs subvolume mounted at `mount` (fstab's `subvol=@`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subvol: Option<String>,
+    /// Further mount points of the same btrfs: its other subvolumes as the
+    /// fstab mounts them (`/home` on `@home`). `read` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subvolumes: Vec<SubvolumeMount>,
+}
+
+/// A btrfs subvolume mounted at a mount point of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubvolumeMount {
+    pub subvol: String,
+    pub mount: String,
 }
 
 /// A size in bytes, or the rest of the disk.
@@ -107,7 +126,9 @@ pub enum PartType {
 pub enum FsType {
     Ext4,
     Ext3,
+    Ext2,
     Xfs,
+    Btrfs,
     Vfat,
     Swap,
     #[default]
@@ -181,24 +202,52 @@ impl Layout {
         for (d, disk) in self.disks.iter().enumerate() {
             disk.validate()
                 .with_context(|| format!("checking disk {d} of the layout"))?;
-            for p in &disk.partitions {
-                if let Some(m) = &p.mount {
-                    if !mounts.insert(m.clone()) {
-                        bail!(invalid(format!("mount point {m} appears twice")));
-                    }
-                }
+        }
+        for m in self.mount_points() {
+            if !mounts.insert(m.to_owned()) {
+                bail!(invalid(format!("mount point {m} appears twice")));
             }
         }
         Ok(())
     }
 
+    /// Every mount point of the layout: partitions, their btrfs
+    /// subvolumes, logical volumes.
+    pub fn mount_points(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        for p in self.disks.iter().flat_map(|d| &d.partitions) {
+            out.extend(p.mount.as_deref());
+            out.extend(p.subvolumes.iter().map(|s| s.mount.as_str()));
+        }
+        out.extend(self.volumes.iter().filter_map(|v| v.mount.as_deref()));
+        out
+    }
+
     /// The layout without mount points: what a disk alone can tell.
     pub fn without_mounts(&self) -> Layout {
         let mut l = self.clone();
-        for d in &mut l.disks {
-            d.partitions.iter_mut().for_each(|p| p.mount = None);
-        }
+        l.keep_mounts(|_| false);
         l
+    }
+
+    /// Keep only the mount points `keep` accepts; a btrfs subvolume stays
+    /// mounted with the file system it belongs to.
+    pub fn keep_mounts(&mut self, keep: impl Fn(&str) -> bool) {
+        for p in self.disks.iter_mut().flat_map(|d| d.partitions.iter_mut()) {
+            if p.mount.as_deref().is_some_and(|m| !keep(m)) {
+                p.mount = None;
+                p.subvol = None;
+            }
+            if p.mount.is_none() {
+                p.subvolumes.clear();
+            }
+        }
+        for v in &mut self.volumes {
+            if v.mount.as_deref().is_some_and(|m| !keep(m)) {
+                v.mount = None;
+                v.subvol = None;
+            }
+        }
     }
 }
 
@@ -306,7 +355,12 @@ impl PartitionLayout {
                 FsType::Vfat => {
                     fat_volume_id(u)?;
                 }
-                FsType::Ext4 | FsType::Ext3 | FsType::Xfs | FsType::Swap => {
+                FsType::Ext4
+                | FsType::Ext3
+                | FsType::Ext2
+                | FsType::Xfs
+                | FsType::Btrfs
+                | FsType::Swap => {
                     uuid::Uuid::parse_str(u).map_err(|e| {
                         invalid(format!("file system uuid {u:?} is not a UUID: {e}"))
                     })?;
@@ -316,8 +370,9 @@ impl PartitionLayout {
         }
         if let Some(l) = &self.label {
             let max = match self.fs {
-                FsType::Ext4 | FsType::Ext3 => 16,
+                FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => 16,
                 FsType::Xfs => 12,
+                FsType::Btrfs => 255,
                 FsType::Vfat => 11,
                 FsType::Swap => 16,
                 _ => usize::MAX,
@@ -386,10 +441,32 @@ pub fn fat_volume_id_string(v: u32) -> String {
 impl FsType {
     /// File systems the kernel here mounts (vfat is handled in-process).
     pub fn mountable_anywhere(&self) -> bool {
-        matches!(self, FsType::Ext4 | FsType::Ext3 | FsType::Xfs)
+        matches!(
+            self,
+            FsType::Ext4 | FsType::Ext3 | FsType::Ext2 | FsType::Xfs | FsType::Btrfs
+        )
     }
     pub fn growable(&self) -> bool {
-        matches!(self, FsType::Ext4 | FsType::Ext3 | FsType::Xfs) || self.is_ntfs()
+        self.mountable_anywhere() || self.is_ntfs()
+    }
+    /// ext2, ext3 or ext4: checked by e2fsck, grown by resize2fs.
+    pub fn is_ext(&self) -> bool {
+        matches!(self, FsType::Ext4 | FsType::Ext3 | FsType::Ext2)
+    }
+    /// An LVM2 physical volume (blkid's `LVM2_member`).
+    pub fn is_lvm_pv(&self) -> bool {
+        matches!(self, FsType::Other(s) if s == "LVM2_member")
+    }
+    /// The mount data that mounts it read-only without changing it: no
+    /// journal or log replay (ext2 has none, and its driver knows no
+    /// `noload`).
+    pub fn read_only_data(&self) -> Option<&'static str> {
+        match self {
+            FsType::Xfs => Some("norecovery"),
+            FsType::Ext4 | FsType::Ext3 => Some("noload"),
+            FsType::Btrfs => Some("rescue=nologreplay"),
+            _ => None,
+        }
     }
     /// NTFS (a Windows volume), reached through ntfs-3g.
     pub fn is_ntfs(&self) -> bool {
@@ -400,7 +477,9 @@ impl FsType {
         match self {
             FsType::Ext4 => "ext4",
             FsType::Ext3 => "ext3",
+            FsType::Ext2 => "ext2",
             FsType::Xfs => "xfs",
+            FsType::Btrfs => "btrfs",
             FsType::Vfat => "vfat",
             FsType::Swap => "swap",
             FsType::None => "none",
@@ -421,7 +500,9 @@ impl FromStr for FsType {
         Ok(match s {
             "ext4" => FsType::Ext4,
             "ext3" => FsType::Ext3,
+            "ext2" => FsType::Ext2,
             "xfs" => FsType::Xfs,
+            "btrfs" => FsType::Btrfs,
             "vfat" | "fat" | "fat32" => FsType::Vfat,
             "swap" => FsType::Swap,
             "none" | "" => FsType::None,

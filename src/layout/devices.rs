@@ -262,6 +262,61 @@ pub fn ensure_partitions(
     Ok(nodes)
 }
 
+/// Add partition `n` at `extent` of `disk` by BLKPG and return its node.
+pub fn add_partition(disk: &Path, n: usize, extent: Extent) -> Result<PathBuf> {
+    let name = kernel_name(disk)?;
+    Cmd::new("addpart")
+        .arg(disk)
+        .arg(n.to_string())
+        .arg((extent.start / SECTOR).to_string())
+        .arg((extent.len / SECTOR).to_string())
+        .run()
+        .with_context(|| {
+            format!(
+                "adding partition {n} of {} at byte {} ({} bytes)",
+                disk.display(),
+                extent.start,
+                extent.len
+            )
+        })?;
+    let node = partition_node(disk, n);
+    ensure_node(
+        &node,
+        &format!("{name}{}", node_suffix(Path::new(&name), n)),
+    )?;
+    Ok(node)
+}
+
+/// Make the kernel's partition `n` of `disk` `len` bytes long (BLKPG).
+pub fn resize_partition(disk: &Path, n: usize, len: u64) -> Result<()> {
+    Cmd::new("resizepart")
+        .arg(disk)
+        .arg(n.to_string())
+        .arg((len / SECTOR).to_string())
+        .run()
+        .with_context(|| {
+            format!(
+                "resizing partition {n} of {} to {len} bytes",
+                disk.display()
+            )
+        })
+        .map(|_| ())
+}
+
+/// Remove partition `n` of `disk` (BLKPG) and the node left behind.
+pub fn remove_partition(disk: &Path, n: usize) -> Result<()> {
+    Cmd::new("delpart")
+        .arg(disk)
+        .arg(n.to_string())
+        .run()
+        .with_context(|| format!("removing partition {n} of {}", disk.display()))?;
+    let node = partition_node(disk, n);
+    if fs::symlink_metadata(&node).is_ok_and(|m| m.file_type().is_block_device()) {
+        let _ = fs::remove_file(&node);
+    }
+    Ok(())
+}
+
 fn node_suffix(disk: &Path, n: usize) -> String {
     let s = disk.to_string_lossy();
     if s.ends_with(|c: char| c.is_ascii_digit()) {
@@ -398,6 +453,11 @@ impl AttachedDisk {
     /// The image file or block device this came from.
     pub fn source(&self) -> &Path {
         &self.source
+    }
+    /// Whether the whole-disk node is a loop device of ours (an image
+    /// file), whose partitions ferry may rearrange.
+    pub fn owns_loop(&self) -> bool {
+        self.lo.is_some()
     }
     /// The whole-disk node (the loop device for an image file).
     pub fn whole(&self) -> &Path {

@@ -28,6 +28,10 @@ pub struct GrowReport {
     pub partition: Option<GrownPartition>,
     /// Why the last partition was left as it was.
     pub skipped: Option<String>,
+    /// The grown partition's LVM physical volume and the volume that took
+    /// its new extents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lvm: Option<super::lvm::grow::LvmGrowReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -51,6 +55,7 @@ pub fn grow(target: &Path, safety: Safety) -> Result<GrowReport> {
         gpt_backup_moved_from: None,
         partition: None,
         skipped: None,
+        lvm: None,
     };
     let last = t.entries.iter().max_by_key(|e| e.extent.end()).cloned();
     let new_end = rest_end(t.kind, size);
@@ -64,14 +69,18 @@ pub fn grow(target: &Path, safety: Safety) -> Result<GrowReport> {
                     "partition {} is a logical MBR partition, which ferry does not grow",
                     e.number
                 ));
-            } else if !probe.fs.growable() {
+            } else if !probe.fs.growable() && !probe.fs.is_lvm_pv() {
                 report.skipped = Some(format!(
                     "partition {} holds {}, which ferry does not grow",
                     e.number, probe.fs
                 ));
-            } else if new_end <= e.extent.end() {
+            } else if new_end <= e.extent.end() && !probe.fs.is_lvm_pv() {
                 report.skipped = Some(format!("partition {} already reaches the end", e.number));
+            } else if new_end < e.extent.end() {
+                report.skipped = Some(format!("partition {} reaches beyond the end", e.number));
             } else {
+                // A PV whose partition already reaches the end may still
+                // wait for its volume to grow (a run stopped midway).
                 grow_part = Some((e.clone(), probe.fs));
             }
         }
@@ -117,7 +126,12 @@ pub fn grow(target: &Path, safety: Safety) -> Result<GrowReport> {
             .collect();
         let attached = AttachedDisk::attach(target, &numbered, is_block)?;
         let node = attached.partitions()[index].clone();
-        let res = grow_fs(&node, &fs);
+        let res = if fs.is_lvm_pv() {
+            let extent = new_extents[index];
+            grow_lvm(target, &node, extent).map(|r| report.lvm = Some(r))
+        } else {
+            grow_fs(&node, &fs)
+        };
         let closed = attached.close();
         res.with_context(|| {
             format!(
@@ -264,9 +278,37 @@ fn rewrite_mbr(target: &Path, number: usize, end: u64) -> Result<()> {
     Ok(())
 }
 
+/// The PV on partition `extent` of `target` (reached as `node`) resized,
+/// the system's volume extended and its file system grown.
+fn grow_lvm(target: &Path, node: &Path, extent: Extent) -> Result<super::lvm::grow::LvmGrowReport> {
+    use super::lvm;
+    let described = super::read::read(target)?;
+    let layout = super::desc::Layout {
+        disks: vec![described],
+        volumes: Vec::new(),
+    };
+    let volumes = lvm::volumes_of(&layout, &[target.to_owned()])?;
+    let (report, grown) = lvm::grow::grow_pv(
+        target,
+        node,
+        extent,
+        &|vols| lvm::grow::system_volume(target, extent.start, vols),
+        &volumes,
+    )?;
+    if let Some(v) = grown {
+        let lo = lvm::LvLoop::attach(target, extent.start, &v, false)?;
+        let res = grow_fs(lo.path(), &v.fs)
+            .with_context(|| format!("growing {} on logical volume {}", v.fs, v.display()));
+        let closed = lo.close();
+        res?;
+        closed?;
+    }
+    Ok(report)
+}
+
 fn grow_fs(node: &Path, fs: &FsType) -> Result<()> {
     match fs {
-        FsType::Ext4 | FsType::Ext3 => {
+        FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => {
             // resize2fs insists on a freshly checked file system offline;
             // -p repairs only what is safe without asking (exit 1 = fixed).
             let (status, out) = Cmd::new("e2fsck").args(["-f", "-p"]).arg(node).output()?;
@@ -297,6 +339,29 @@ fn grow_fs(node: &Path, fs: &FsType) -> Result<()> {
             if let Err(e) = m.close() {
                 // Never let the temporary directory's cleanup walk into a
                 // file system that is still mounted there.
+                std::mem::forget(dir);
+                return Err(e);
+            }
+            res.map(|_| ())
+        }
+        FsType::Btrfs => {
+            // btrfs, like xfs, grows only while mounted.
+            let dir = tempfile::Builder::new()
+                .prefix("ferry-grow-")
+                .tempdir()
+                .context("making a mount point for btrfs filesystem resize")?;
+            let m = MountGuard::mount(
+                &node.to_string_lossy(),
+                dir.path(),
+                "btrfs",
+                nix::mount::MsFlags::empty(),
+                None,
+            )?;
+            let res = Cmd::new("btrfs")
+                .args(["filesystem", "resize", "max"])
+                .arg(dir.path())
+                .run();
+            if let Err(e) = m.close() {
                 std::mem::forget(dir);
                 return Err(e);
             }

@@ -27,11 +27,11 @@ pub fn make(node: &Path, p: &PartitionLayout) -> Result<()> {
         || uuid.with_context(|| format!("the {} uuid must be resolved before mkfs", p.fs));
     match &p.fs {
         FsType::None => Ok(()),
-        FsType::Ext4 | FsType::Ext3 => {
-            let tool = if p.fs == FsType::Ext4 {
-                "mkfs.ext4"
-            } else {
-                "mkfs.ext3"
+        FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => {
+            let tool = match p.fs {
+                FsType::Ext4 => "mkfs.ext4",
+                FsType::Ext3 => "mkfs.ext3",
+                _ => "mkfs.ext2",
             };
             let mut c = Cmd::new(tool).args(["-F", "-q", "-U", need_uuid()?]);
             if let Some(l) = label {
@@ -48,6 +48,13 @@ pub fn make(node: &Path, p: &PartitionLayout) -> Result<()> {
             }
             c.arg(node).run().map(|_| ())
         }
+        FsType::Btrfs => {
+            let mut c = Cmd::new("mkfs.btrfs").args(["-f", "-q", "-U", need_uuid()?]);
+            if let Some(l) = label {
+                c = c.args(["-L", l]);
+            }
+            c.arg(node).run().map(|_| ())
+        }
         FsType::Swap => {
             let mut c = Cmd::new("mkswap").args(["-f", "-U", need_uuid()?]);
             if let Some(l) = label {
@@ -59,7 +66,7 @@ pub fn make(node: &Path, p: &PartitionLayout) -> Result<()> {
         FsType::Other(o) => bail!(crate::job::errors::coded(
             crate::job::errors::ErrorCode::LayoutInvalid,
             format!(
-                "ferry cannot make a {o} file system (it makes ext4, ext3, xfs, vfat and swap)"
+                "ferry cannot make a {o} file system (it makes ext4, ext3, ext2, xfs, btrfs, vfat and swap)"
             )
         )),
     }

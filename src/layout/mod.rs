@@ -32,6 +32,7 @@ pub mod fit;
 pub mod flatten;
 pub mod grow;
 pub mod journal;
+pub mod lvm;
 pub mod mkfs;
 pub mod mount;
 pub mod ntfs;
@@ -42,9 +43,12 @@ pub mod tree;
 
 pub use apply::{apply, apply_all, resolve};
 pub use chroot::{ChrootSession, DevNode};
-pub use desc::{DiskLayout, FsType, Layout, PartType, PartitionLayout, Size, TableType};
+pub use desc::{
+    DiskLayout, FsType, Layout, PartType, PartitionLayout, Size, SubvolumeMount, TableType,
+};
 pub use fat::FatPartition;
 pub use grow::{grow, GrowReport};
+pub use lvm::LogicalVolume;
 pub use read::{read, read_all};
 pub use safety::Safety;
 pub use tree::{MountOptions, MountTree};

@@ -43,6 +43,8 @@ pub fn read(target: &Path) -> Result<DiskLayout> {
             name: e.name.clone(),
             number: (e.number != i + 1).then_some(e.number),
             bootable: e.bootable,
+            subvol: None,
+            subvolumes: Vec::new(),
         });
         cursor = e.extent.end();
     }
@@ -53,13 +55,16 @@ pub fn read(target: &Path) -> Result<DiskLayout> {
     })
 }
 
-/// Describe every disk in `targets`.
+/// Describe every disk in `targets`, and the logical volumes of the LVM
+/// physical volumes among their partitions.
 pub fn read_all(targets: &[PathBuf]) -> Result<Layout> {
     let mut l = Layout::default();
     for t in targets {
         l.disks
             .push(read(t).with_context(|| format!("reading the layout of {}", t.display()))?);
     }
+    l.volumes =
+        super::lvm::volumes_of(&l, targets).context("reading the LVM metadata of the disks")?;
     Ok(l)
 }
 

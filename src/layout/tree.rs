@@ -11,6 +11,7 @@ use super::chroot::DevNode;
 use super::desc::{plan, FsType, Layout, PartitionLayout};
 use super::devices::{detach, disk_size, loops_backed_by, AttachedDisk};
 use super::fat::FatPartition;
+use super::lvm::{LogicalVolume, LvLoop};
 use super::mount::{unmount_below, MountGuard};
 use crate::job::errors::{coded, ErrorCode};
 
@@ -30,6 +31,8 @@ pub struct MountTree {
     root: PathBuf,
     layout: Layout,
     disks: Vec<AttachedDisk>,
+    /// The logical volumes reached, by their index in `layout.volumes`.
+    volumes: Vec<(usize, LvLoop)>,
     mounts: Vec<MountGuard>,
     /// Held while the tree is up; the kernel drops it when the process
     /// dies, which is how a later run tells leftovers from a live tree.
@@ -178,56 +181,118 @@ impl MountTree {
             root,
             layout: layout.clone(),
             disks: Vec::new(),
+            volumes: Vec::new(),
             mounts: Vec::new(),
             _lock: lock,
         };
+        let mut starts = Vec::new();
         for (d, t) in layout.disks.iter().zip(targets) {
             let size = disk_size(t)?;
             let extents =
                 plan(d, size).with_context(|| format!("placing the layout on {}", t.display()))?;
+            starts.push(extents.iter().map(|e| e.start).collect::<Vec<_>>());
             let reread = fs::metadata(t).is_ok_and(|m| m.file_type().is_block_device());
             let numbered: Vec<(usize, _)> = d.numbers().into_iter().zip(extents).collect();
             tree.disks.push(AttachedDisk::attach(t, &numbered, reread)?);
         }
-        let mut order: Vec<(usize, usize)> = Vec::new();
+        let mut shrunk = std::collections::BTreeSet::new();
+        for (vi, v) in layout.volumes.iter().enumerate() {
+            let Some(place) = v.place else {
+                if v.mount.is_some() {
+                    return Err(v.refusal().unwrap_or_else(|| {
+                        anyhow::anyhow!("logical volume {} has no place", v.display())
+                    }));
+                }
+                continue;
+            };
+            let start = starts
+                .get(place.disk)
+                .and_then(|s| s.get(place.partition))
+                .copied()
+                .with_context(|| format!("logical volume {} lies on no partition", v.display()))?;
+            let disk = &tree.disks[place.disk];
+            let lo = if disk.owns_loop() && !opts.read_only {
+                // On the disk's own loop device, as a partition node: the
+                // PV's node shrinks to its label and metadata first (BLKPG
+                // partitions must not overlap); the loop's detach removes
+                // them all.
+                if shrunk.insert((place.disk, place.partition)) {
+                    let first = layout
+                        .volumes
+                        .iter()
+                        .filter_map(|o| o.place)
+                        .filter(|p| p.disk == place.disk && p.partition == place.partition)
+                        .map(|p| p.offset)
+                        .min()
+                        .unwrap_or(place.offset);
+                    let n = layout.disks[place.disk].numbers()[place.partition];
+                    super::devices::resize_partition(disk.whole(), n, first)?;
+                }
+                LvLoop::partition(disk.whole(), LV_PARTITIONS + vi, start, v)?
+            } else {
+                LvLoop::attach(&targets[place.disk], start, v, opts.read_only)?
+            };
+            tree.volumes.push((vi, lo));
+        }
+        let mut order: Vec<Planned> = Vec::new();
         for (di, d) in layout.disks.iter().enumerate() {
             for (pi, p) in d.partitions.iter().enumerate() {
-                if p.mount.is_some() {
-                    order.push((di, pi));
+                let Some(mp) = &p.mount else { continue };
+                let node = tree.disks[di].partitions()[pi].clone();
+                order.push(Planned {
+                    mount: mp.clone(),
+                    node: node.clone(),
+                    fs: p.fs.clone(),
+                    subvol: p.subvol.clone(),
+                });
+                for sv in &p.subvolumes {
+                    order.push(Planned {
+                        mount: sv.mount.clone(),
+                        node: node.clone(),
+                        fs: p.fs.clone(),
+                        subvol: Some(sv.subvol.clone()),
+                    });
                 }
             }
         }
-        order.sort_by_key(|&(di, pi)| {
-            depth(
-                layout.disks[di].partitions[pi]
-                    .mount
-                    .as_deref()
-                    .unwrap_or("/"),
-            )
-        });
-        for (di, pi) in order {
-            let p = &layout.disks[di].partitions[pi];
-            let mp = p.mount.as_deref().unwrap_or("/");
-            let dir = tree.path_of(mp);
+        for (vi, lo) in &tree.volumes {
+            let v = &layout.volumes[*vi];
+            if let Some(mp) = &v.mount {
+                order.push(Planned {
+                    mount: mp.clone(),
+                    node: lo.path().to_owned(),
+                    fs: v.fs.clone(),
+                    subvol: v.subvol.clone(),
+                });
+            }
+        }
+        order.sort_by_key(|p| depth(&p.mount));
+        for p in order {
+            let dir = tree.path_of(&p.mount);
             fs::create_dir_all(&dir)
                 .with_context(|| format!("creating mount point {}", dir.display()))?;
             if !p.fs.mountable_anywhere() {
                 // vfat: reached through `fat()`; the directory stands in for it.
                 continue;
             }
-            let node = tree.disks[di].partitions()[pi].clone();
             let mut flags = MsFlags::empty();
-            let mut data = None;
+            let mut data: Vec<String> = Vec::new();
+            if let Some(sv) = &p.subvol {
+                data.push(format!("subvol={sv}"));
+            }
             if opts.read_only {
                 flags |= MsFlags::MS_RDONLY;
                 // Read-only without log replay: looking must not change the disk.
-                data = Some(if p.fs == FsType::Xfs {
-                    "norecovery"
-                } else {
-                    "noload"
-                });
+                data.extend(p.fs.read_only_data().map(str::to_owned));
             }
-            let g = MountGuard::mount(&node.to_string_lossy(), &dir, p.fs.as_str(), flags, data)?;
+            let data = data.join(",");
+            let g = MountGuard::mount(
+                &p.node.to_string_lossy(),
+                &dir,
+                p.fs.as_str(),
+                flags,
+                (!data.is_empty()).then_some(data.as_str()),
+            )?;
             tree.mounts.push(g);
         }
         tracing::info!(root = %tree.root.display(), mounts = tree.mounts.len(), "layout mounted");
@@ -297,7 +362,22 @@ impl MountTree {
                 });
             }
         }
+        for (v, lo) in self.volumes() {
+            out.push(DevNode {
+                host_path: lo.to_owned(),
+                uuid: v.uuid.clone(),
+                label: v.label.clone(),
+                partuuid: None,
+            });
+        }
         out
+    }
+
+    /// The logical volumes reached, with their loop devices.
+    pub fn volumes(&self) -> impl Iterator<Item = (&LogicalVolume, &Path)> {
+        self.volumes
+            .iter()
+            .map(|(vi, lo)| (&self.layout.volumes[*vi], lo.path()))
     }
 
     /// The partition node mounted (or standing) at mount point `mp`.
@@ -342,6 +422,14 @@ impl MountTree {
             for d in self.disks.drain(..) {
                 std::mem::forget(d);
             }
+            for v in self.volumes.drain(..) {
+                std::mem::forget(v);
+            }
+        }
+        while let Some((_, v)) = self.volumes.pop() {
+            if let Err(e) = v.close() {
+                first.get_or_insert(e);
+            }
         }
         while let Some(d) = self.disks.pop() {
             if let Err(e) = d.close() {
@@ -357,12 +445,24 @@ impl MountTree {
 
 impl Drop for MountTree {
     fn drop(&mut self) {
-        if !self.mounts.is_empty() || !self.disks.is_empty() {
+        if !self.mounts.is_empty() || !self.disks.is_empty() || !self.volumes.is_empty() {
             if let Err(e) = self.teardown() {
                 tracing::warn!("{e:#}");
             }
         }
     }
+}
+
+/// Logical volumes shown as partitions of their disk's loop device are
+/// numbered from here on, past any partition table's own numbers.
+const LV_PARTITIONS: usize = 129;
+
+/// One mount of the tree.
+struct Planned {
+    mount: String,
+    node: PathBuf,
+    fs: FsType,
+    subvol: Option<String>,
 }
 
 fn depth(mp: &str) -> usize {
@@ -394,20 +494,38 @@ pub fn fill_mount_points_named(
         );
     }
     let mut disks = Vec::new();
-    for (d, t) in layout.disks.iter().zip(targets) {
-        let extents = plan(d, disk_size(t)?)?;
-        let reread = fs::metadata(t).is_ok_and(|m| m.file_type().is_block_device());
-        let numbered: Vec<(usize, _)> = d.numbers().into_iter().zip(extents).collect();
-        disks.push(AttachedDisk::attach(t, &numbered, reread)?);
-    }
-    let found = find_fstab(layout, &disks);
+    let mut volumes = Vec::new();
+    let attached = (|| -> Result<()> {
+        for (d, t) in layout.disks.iter().zip(targets) {
+            let extents = plan(d, disk_size(t)?)?;
+            let reread = fs::metadata(t).is_ok_and(|m| m.file_type().is_block_device());
+            let numbered: Vec<(usize, _)> = d.numbers().into_iter().zip(extents).collect();
+            disks.push(AttachedDisk::attach(t, &numbered, reread)?);
+        }
+        for (vi, v) in layout.volumes.iter().enumerate() {
+            let Some(place) = v.place else { continue };
+            if !v.fs.mountable_anywhere() {
+                continue;
+            }
+            let d = &layout.disks[place.disk];
+            let start = plan(d, disk_size(&targets[place.disk])?)?[place.partition].start;
+            volumes.push((vi, LvLoop::attach(&targets[place.disk], start, v, true)?));
+        }
+        Ok(())
+    })();
+    let found = attached.and_then(|()| find_fstab(layout, &disks, &volumes));
     let mut close_err = None;
+    while let Some((_, v)) = volumes.pop() {
+        if let Err(e) = v.close() {
+            close_err.get_or_insert(e);
+        }
+    }
     while let Some(d) = disks.pop() {
         if let Err(e) = d.close() {
             close_err.get_or_insert(e);
         }
     }
-    let Some(((rd, rp), fstab)) = found? else {
+    let Some((root_at, fstab)) = found? else {
         if let Some(e) = close_err {
             return Err(e);
         }
@@ -416,93 +534,239 @@ pub fn fill_mount_points_named(
     if let Some(e) = close_err {
         return Err(e);
     }
-    for d in &mut layout.disks {
-        d.partitions.iter_mut().for_each(|p| p.mount = None);
+    for p in layout
+        .disks
+        .iter_mut()
+        .flat_map(|d| d.partitions.iter_mut())
+    {
+        p.mount = None;
+        p.subvol = None;
+        p.subvolumes.clear();
     }
-    layout.disks[rd].partitions[rp].mount = Some("/".into());
+    for v in &mut layout.volumes {
+        v.mount = None;
+        v.subvol = None;
+    }
+    let entries = fstab_entries(&fstab);
+    // The root's subvolume: as its fstab line says, else where the fstab
+    // was found.
+    let root_subvol = entries
+        .iter()
+        .find(|e| e.mount == "/")
+        .and_then(|e| e.subvol())
+        .or(root_at.subvol.clone());
+    match root_at.at {
+        At::Partition(d, p) => {
+            let part = &mut layout.disks[d].partitions[p];
+            part.mount = Some("/".into());
+            part.subvol = root_subvol;
+        }
+        At::Volume(v) => {
+            layout.volumes[v].mount = Some("/".into());
+            layout.volumes[v].subvol = root_subvol;
+        }
+    }
     let mut count = 1;
-    for (spec, mp, fstype) in parse_fstab(&fstab) {
-        if mp == "/" || !mp.starts_with('/') || fstype == "swap" {
+    for e in &entries {
+        let mp = e.mount.clone();
+        if mp == "/" || !mp.starts_with('/') || e.fstype == "swap" {
             continue;
         }
-        let by_name = kernel_name_match(layout, &spec, source_names);
-        let hit = match by_name {
-            Some((d, p)) => Some(&mut layout.disks[d].partitions[p]),
-            None => layout
+        let spec = e.spec.as_str();
+        let by_name =
+            kernel_name_match(layout, spec, source_names).map(|(d, p)| At::Partition(d, p));
+        let hit = by_name.or_else(|| {
+            layout
                 .disks
-                .iter_mut()
-                .flat_map(|d| d.partitions.iter_mut())
-                .find(|p| spec_matches(&spec, p)),
-        };
-        match hit {
-            Some(p) if p.mount.is_none() => {
-                p.mount = Some(mp);
-                count += 1;
+                .iter()
+                .enumerate()
+                .find_map(|(di, d)| {
+                    d.partitions
+                        .iter()
+                        .position(|p| spec_matches(spec, p))
+                        .map(|pi| At::Partition(di, pi))
+                })
+                .or_else(|| {
+                    layout
+                        .volumes
+                        .iter()
+                        .position(|v| v.matches(spec))
+                        .map(At::Volume)
+                })
+        });
+        let (mount, subvol, subvolumes, fs) = match hit {
+            Some(At::Partition(d, p)) => {
+                let part = &mut layout.disks[d].partitions[p];
+                (
+                    &mut part.mount,
+                    &mut part.subvol,
+                    Some(&mut part.subvolumes),
+                    part.fs.clone(),
+                )
             }
-            Some(_) => {}
-            None => tracing::warn!(
-                spec,
-                mount = mp,
-                "an fstab entry names no partition of these disks"
-            ),
+            Some(At::Volume(v)) => {
+                let vol = &mut layout.volumes[v];
+                (&mut vol.mount, &mut vol.subvol, None, vol.fs.clone())
+            }
+            None => {
+                tracing::warn!(
+                    spec,
+                    mount = mp,
+                    "an fstab entry names no partition or logical volume of these disks"
+                );
+                continue;
+            }
+        };
+        if mount.is_none() {
+            *mount = Some(mp);
+            *subvol = e.subvol();
+            count += 1;
+        } else if let (FsType::Btrfs, Some(sv), Some(list)) = (&fs, e.subvol(), subvolumes) {
+            // Another subvolume of a btrfs already mounted elsewhere.
+            list.push(super::desc::SubvolumeMount {
+                subvol: sv,
+                mount: mp,
+            });
+            count += 1;
         }
     }
     Ok(count)
 }
 
-type Found = Option<((usize, usize), String)>;
+/// Where something lies: a partition (disk, index) or a logical volume.
+#[derive(Debug, Clone, Copy)]
+enum At {
+    Partition(usize, usize),
+    Volume(usize),
+}
 
-fn find_fstab(layout: &Layout, disks: &[AttachedDisk]) -> Result<Found> {
+/// Where the root's fstab was found, and in which btrfs subvolume of the
+/// file system's top level, if not there.
+struct RootAt {
+    at: At,
+    subvol: Option<String>,
+}
+
+/// How many top-level directories of a btrfs are looked into for a root
+/// subvolume (`@`, `root`, ...).
+const MAX_SUBVOLS_PROBED: usize = 64;
+
+fn find_fstab(
+    layout: &Layout,
+    disks: &[AttachedDisk],
+    volumes: &[(usize, LvLoop)],
+) -> Result<Option<(RootAt, String)>> {
     let dir = tempfile::Builder::new()
         .prefix("ferry-probe-")
         .tempdir()
         .context("making a mount point to look for fstab")?;
+    let mut candidates: Vec<(At, PathBuf, FsType)> = Vec::new();
     for (di, (d, a)) in layout.disks.iter().zip(disks).enumerate() {
         for (pi, (p, node)) in d.partitions.iter().zip(a.partitions()).enumerate() {
-            if !p.fs.mountable_anywhere() {
+            candidates.push((At::Partition(di, pi), node.clone(), p.fs.clone()));
+        }
+    }
+    for (vi, lo) in volumes {
+        candidates.push((
+            At::Volume(*vi),
+            lo.path().to_owned(),
+            layout.volumes[*vi].fs.clone(),
+        ));
+    }
+    for (at, node, fs) in candidates {
+        if !fs.mountable_anywhere() {
+            continue;
+        }
+        // Read-only without log replay: looking must not change the disk.
+        let g = match MountGuard::mount(
+            &node.to_string_lossy(),
+            dir.path(),
+            fs.as_str(),
+            MsFlags::MS_RDONLY,
+            fs.read_only_data(),
+        ) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!("{e:#}");
                 continue;
             }
-            // Read-only without log replay: looking must not change the disk.
-            let data = if p.fs == FsType::Xfs {
-                "norecovery"
-            } else {
-                "noload"
-            };
-            let g = match MountGuard::mount(
-                &node.to_string_lossy(),
-                dir.path(),
-                p.fs.as_str(),
-                MsFlags::MS_RDONLY,
-                Some(data),
-            ) {
-                Ok(g) => g,
-                Err(e) => {
-                    tracing::warn!("{e:#}");
-                    continue;
-                }
-            };
-            let fstab = fs::read_to_string(dir.path().join("etc/fstab")).ok();
-            if let Err(e) = g.close() {
-                std::mem::forget(dir);
-                return Err(e);
+        };
+        let mut found = fs::read_to_string(dir.path().join("etc/fstab"))
+            .ok()
+            .map(|f| (None, f));
+        if found.is_none() && fs == FsType::Btrfs {
+            // A root in a subvolume (`@`) that is not the default one: the
+            // top level shows it as a directory.
+            if let Ok(entries) = fs::read_dir(dir.path()) {
+                let mut names: Vec<String> = entries
+                    .flatten()
+                    .take(MAX_SUBVOLS_PROBED)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                found = names.into_iter().find_map(|n| {
+                    fs::read_to_string(dir.path().join(&n).join("etc/fstab"))
+                        .ok()
+                        .map(|f| (Some(n), f))
+                });
             }
-            if let Some(f) = fstab {
-                return Ok(Some(((di, pi), f)));
-            }
+        }
+        if let Err(e) = g.close() {
+            std::mem::forget(dir);
+            return Err(e);
+        }
+        if let Some((subvol, f)) = found {
+            return Ok(Some((RootAt { at, subvol }, f)));
         }
     }
     Ok(None)
 }
 
-/// (spec, mount point, type) of each fstab line.
-pub fn parse_fstab(text: &str) -> Vec<(String, String, String)> {
+/// One line of an fstab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FstabEntry {
+    pub spec: String,
+    pub mount: String,
+    pub fstype: String,
+    pub options: Vec<String>,
+}
+
+impl FstabEntry {
+    /// The btrfs subvolume the line mounts (`subvol=@` or `subvol=/@`).
+    pub fn subvol(&self) -> Option<String> {
+        self.options
+            .iter()
+            .find_map(|o| o.strip_prefix("subvol="))
+            .map(|s| s.trim_start_matches('/').to_owned())
+            .filter(|s| !s.is_empty())
+    }
+}
+
+/// The entries of an fstab.
+pub fn fstab_entries(text: &str) -> Vec<FstabEntry> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3).then(|| (unescape_fstab(f[0]), unescape_fstab(f[1]), f[2].to_owned()))
+            (f.len() >= 3).then(|| FstabEntry {
+                spec: unescape_fstab(f[0]),
+                mount: unescape_fstab(f[1]),
+                fstype: f[2].to_owned(),
+                options: f
+                    .get(3)
+                    .map(|o| o.split(',').map(str::to_owned).collect())
+                    .unwrap_or_default(),
+            })
         })
+        .collect()
+}
+
+/// (spec, mount point, type) of each fstab line.
+pub fn parse_fstab(text: &str) -> Vec<(String, String, String)> {
+    fstab_entries(text)
+        .into_iter()
+        .map(|e| (e.spec, e.mount, e.fstype))
         .collect()
 }
 

@@ -34,18 +34,7 @@ pub fn system(targets: &[Target], staging: &Path) -> Result<Mounted> {
     layout::tree::fill_mount_points_named(&mut full, &paths, &names)
         .code(ErrorCode::SystemNotFound)?;
     let mut mounted = full.clone();
-    for p in mounted
-        .disks
-        .iter_mut()
-        .flat_map(|d| d.partitions.iter_mut())
-    {
-        if p.mount
-            .as_deref()
-            .is_some_and(|m| !SYSTEM_MOUNTS.contains(&m))
-        {
-            p.mount = None;
-        }
-    }
+    mounted.keep_mounts(|m| SYSTEM_MOUNTS.contains(&m));
     let tree = MountTree::mount(&mounted, &paths, staging, MountOptions::default())
         .code(ErrorCode::SystemNotFound)?;
     Ok(Mounted {

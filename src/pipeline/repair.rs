@@ -121,6 +121,22 @@ fn restore_mount_points(devices: &mut DeviceMap, full: &layout::Layout) {
             }
         }
     }
+    // Logical volumes, which follow the partitions of their disk, by uuid.
+    for lv in full.volumes.iter().filter(|v| v.mount.is_some()) {
+        let hit = devices
+            .disks
+            .iter_mut()
+            .flat_map(|d| d.volumes.iter_mut())
+            .find(|v| {
+                v.partition.is_none()
+                    && v.mountpoint.is_none()
+                    && v.uuid.is_some()
+                    && v.uuid == lv.uuid
+            });
+        if let Some(v) = hit {
+            v.mountpoint.clone_from(&lv.mount);
+        }
+    }
 }
 
 /// The umask of a server (022) while the migrated system is repaired, the

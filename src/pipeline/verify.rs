@@ -150,22 +150,38 @@ pub(super) fn check_file_systems(targets: &[Target]) -> Result<Vec<String>> {
     let paths: Vec<_> = targets.iter().map(|t| t.path.clone()).collect();
     let described = layout::read_all(&paths).context("reading the repaired disks")?;
     let mut checked = Vec::new();
-    for (d, target) in described.disks.iter().zip(&paths) {
+    for (di, (d, target)) in described.disks.iter().zip(&paths).enumerate() {
         let extents = layout::desc::plan(d, layout::devices::disk_size(target)?)?;
+        let starts: Vec<u64> = extents.iter().map(|e| e.start).collect();
         let numbered: Vec<(usize, _)> = d.numbers().into_iter().zip(extents).collect();
         let attached = layout::devices::AttachedDisk::attach(target, &numbered, false)?;
         let mut failure = None;
-        for (p, node) in d.partitions.iter().zip(attached.partitions()) {
-            let check = match p.fs {
-                layout::FsType::Ext4 | layout::FsType::Ext3 => {
-                    Cmd::new("e2fsck").arg("-fn").arg(node)
-                }
+        let mut nodes: Vec<(layout::FsType, std::path::PathBuf)> = d
+            .partitions
+            .iter()
+            .zip(attached.partitions())
+            .map(|(p, n)| (p.fs.clone(), n.clone()))
+            .collect();
+        // The logical volumes of the disk's PVs, each through its loop.
+        let mut loops = Vec::new();
+        for v in &described.volumes {
+            let Some(place) = v.place.filter(|p| p.disk == di) else {
+                continue;
+            };
+            let lo = layout::lvm::LvLoop::attach(target, starts[place.partition], v, true)?;
+            nodes.push((v.fs.clone(), lo.path().to_owned()));
+            loops.push(lo);
+        }
+        for (fs, node) in &nodes {
+            let check = match *fs {
+                ref ext if ext.is_ext() => Cmd::new("e2fsck").arg("-fn").arg(node),
+                layout::FsType::Btrfs => Cmd::new("btrfs").args(["check", "--readonly"]).arg(node),
                 layout::FsType::Xfs => Cmd::new("xfs_repair").arg("-n").arg(node),
                 layout::FsType::Vfat => Cmd::new("fsck.vfat").arg("-n").arg(node),
                 ref ntfs if ntfs.is_ntfs() => Cmd::new("ntfsfix").arg("--no-action").arg(node),
                 _ => continue,
             };
-            let what = format!("{} of {} ({})", node.display(), target.display(), p.fs);
+            let what = format!("{} of {} ({fs})", node.display(), target.display());
             match check
                 .run()
                 .with_context(|| format!("the file system {what} is not clean"))
@@ -177,6 +193,9 @@ pub(super) fn check_file_systems(targets: &[Target]) -> Result<Vec<String>> {
                     break;
                 }
             }
+        }
+        for lo in loops {
+            lo.close()?;
         }
         attached.close()?;
         if let Some(e) = failure {

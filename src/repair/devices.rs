@@ -197,7 +197,23 @@ impl DeviceMap {
                     })
                     .collect(),
             })
-            .collect();
+            .collect::<Vec<MigratedDisk>>();
+        let mut disks = disks;
+        // Logical volumes, on the disk of their PV: no partition of their
+        // own, reached through their loop devices.
+        for (v, node) in tree.volumes() {
+            if let Some(d) = v.place.and_then(|p| disks.get_mut(p.disk)) {
+                d.volumes.push(Volume {
+                    partition: None,
+                    node: node.to_owned(),
+                    fstype: Some(v.fs.as_str().to_owned()),
+                    uuid: v.uuid.clone(),
+                    label: v.label.clone(),
+                    partuuid: None,
+                    mountpoint: v.mount.clone(),
+                });
+            }
+        }
         DeviceMap { disks }
     }
 }

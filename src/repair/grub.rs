@@ -281,6 +281,27 @@ pub fn check_config(
     problems
 }
 
+/// `root=` arguments that name a migrated volume by its node on the
+/// appliance: a logical volume by `/dev/mapper/<vg>-<lv>`, anything else
+/// by `UUID=`.
+pub fn name_roots(cfg: &str, map: &DeviceMap) -> String {
+    let mut out = String::with_capacity(cfg.len());
+    for line in cfg.split_inclusive('\n') {
+        let fixed: Option<String> = line.split_whitespace().find_map(|a| {
+            let node = a.strip_prefix("root=")?;
+            let v = map.volumes().find(|v| v.node.as_os_str() == node)?;
+            let name = crate::layout::lvm::names_of(&v.node)
+                .into_iter()
+                .next()
+                .map(|n| format!("/dev/{n}"))
+                .or_else(|| v.uuid.as_ref().map(|u| format!("UUID={u}")))?;
+            Some(line.replacen(a, &format!("root={name}"), 1))
+        });
+        out.push_str(fixed.as_deref().unwrap_or(line));
+    }
+    out
+}
+
 /// Regenerate grub.cfg with the system's own tool when it is stale.
 pub fn config_step(
     ctx: &mut StepCtx,
@@ -309,7 +330,20 @@ pub fn config_step(
     )
     .code(ErrorCode::GrubFailed)?;
     if ctx.apply() {
-        let cfg = ctx.tree.read(&g.config)?.unwrap_or_default();
+        let mut cfg = ctx.tree.read(&g.config)?.unwrap_or_default();
+        let named = name_roots(&cfg, map);
+        if named != cfg {
+            // The tool named the appliance's node of the root (a logical
+            // volume seen as a partition node it cannot map to GRUB's
+            // view of the disk): the name the system knows it by instead.
+            let mode = std::fs::metadata(ctx.tree.path(&g.config)?)
+                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+                .unwrap_or(0o444);
+            ctx.tree
+                .write(&g.config, named.as_bytes(), mode)
+                .with_context(|| format!("writing {} in the migrated root", g.config))?;
+            cfg = named;
+        }
         ctx.record_written(&g.config, current.as_deref(), Some(&cfg));
         let left = check_config(&cfg, os, root_uuid.as_deref(), &recipe.kernel_args.add);
         if !left.is_empty() {
@@ -539,6 +573,30 @@ pub fn install_uefi_step(
 mod tests {
     use super::*;
     use crate::repair::fstab::tests::map;
+
+    #[test]
+    fn a_root_named_by_the_appliances_node_gets_its_stable_name() {
+        use crate::repair::devices::{MigratedDisk, Volume};
+        let map = DeviceMap {
+            disks: vec![MigratedDisk {
+                source_names: vec!["/dev/sda".into()],
+                target: "/dev/loop1".into(),
+                volumes: vec![Volume {
+                    partition: None,
+                    node: "/dev/loop1p129".into(),
+                    fstype: Some("ext4".into()),
+                    uuid: Some("f6f8".into()),
+                    mountpoint: Some("/".into()),
+                    ..Default::default()
+                }],
+            }],
+        };
+        let cfg = "menuentry 'Debian' {\n\tlinux\t/vmlinuz-6.1 root=/dev/loop1p129 ro quiet\n}\n\tlinux /vmlinuz root=UUID=x ro\n";
+        assert_eq!(
+            name_roots(cfg, &map),
+            "menuentry 'Debian' {\n\tlinux\t/vmlinuz-6.1 root=UUID=f6f8 ro quiet\n}\n\tlinux /vmlinuz root=UUID=x ro\n"
+        );
+    }
 
     fn add() -> Vec<String> {
         crate::repair::recipe::KernelArgs::default().add

@@ -1,0 +1,594 @@
+//! LVM in the appliance.
+//!
+//! These machines have no device-mapper: the appliance reads the LVM2
+//! on-disk metadata of each physical volume itself ([`label`], [`text`],
+//! [`vg`]), and reaches each linear logical volume through a loop device
+//! at its extents' offset ([`LvLoop`]); striped, mirrored, raid, thin and
+//! multi-segment volumes are refused with `LVM_UNSUPPORTED`. Only the
+//! job's target disks are read, so a volume group of the same name
+//! elsewhere on the appliance is never seen. Where the kernel has
+//! device-mapper (a cloud instance), [`activate`] plans the activation of
+//! the guest's volume groups under a private LVM configuration. Growing a
+//! PV and its root LV onto a larger disk is [`grow`].
+
+pub mod activate;
+pub mod grow;
+pub mod label;
+pub mod text;
+pub mod vg;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::desc::{plan, Extent, FsType, Layout};
+use super::devices::disk_size;
+use crate::cmd::Cmd;
+use crate::job::errors::{coded, ErrorCode};
+
+/// A logical volume of the disks, and where it lies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogicalVolume {
+    pub vg: String,
+    pub name: String,
+    /// Where its bytes are, for a volume the appliance reaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<Place>,
+    /// Why the appliance does not reach it (striped, thin...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    #[serde(default)]
+    pub fs: FsType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Its mount point in the migrated system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// The btrfs subvolume mounted there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subvol: Option<String>,
+}
+
+/// Bytes of a partition that a linear LV occupies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Place {
+    /// Disk index in the layout.
+    pub disk: usize,
+    /// Partition index (position in the disk's table order).
+    pub partition: usize,
+    /// Byte offset of its first extent from the partition's start.
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl LogicalVolume {
+    /// `/dev/mapper/<vg>-<lv>`, each dash of the names doubled.
+    pub fn mapper_path(&self) -> String {
+        format!(
+            "/dev/mapper/{}-{}",
+            self.vg.replace('-', "--"),
+            self.name.replace('-', "--")
+        )
+    }
+
+    /// `/dev/<vg>/<lv>`.
+    pub fn vg_path(&self) -> String {
+        format!("/dev/{}/{}", self.vg, self.name)
+    }
+
+    /// `vg/lv`, as LVM's tools name it.
+    pub fn display(&self) -> String {
+        format!("{}/{}", self.vg, self.name)
+    }
+
+    /// Whether an fstab or kernel device spec names this volume.
+    pub fn matches(&self, spec: &str) -> bool {
+        let spec = spec.trim_matches('"');
+        let id = |v: &Option<String>, want: &str| {
+            v.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(want))
+        };
+        if let Some(u) = spec
+            .strip_prefix("UUID=")
+            .or_else(|| spec.strip_prefix("/dev/disk/by-uuid/"))
+        {
+            return id(&self.uuid, u.trim_matches('"'));
+        }
+        if let Some(l) = spec.strip_prefix("LABEL=") {
+            return self.label.as_deref() == Some(l.trim_matches('"'));
+        }
+        if let Some(l) = spec.strip_prefix("/dev/disk/by-label/") {
+            return self
+                .label
+                .as_deref()
+                .map(super::chroot::udev_escape)
+                .as_deref()
+                == Some(l);
+        }
+        spec == self.mapper_path()
+            || spec == self.vg_path()
+            || spec.strip_prefix("/dev/disk/by-id/dm-name-")
+                == self.mapper_path().strip_prefix("/dev/mapper/")
+    }
+
+    /// The error for a volume the appliance must mount but cannot reach.
+    pub fn refusal(&self) -> Option<anyhow::Error> {
+        self.refused.as_ref().map(|why| {
+            coded(
+                ErrorCode::LvmUnsupported,
+                format!(
+                    "logical volume {}{}: {why}",
+                    self.display(),
+                    self.mount
+                        .as_deref()
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default()
+                ),
+            )
+        })
+    }
+}
+
+/// A PV found on a partition: its label's UUID and its newest metadata.
+struct FoundPv {
+    disk: usize,
+    partition: usize,
+    extent: Extent,
+    uuid: String,
+    vg: Option<vg::VolumeGroup>,
+}
+
+/// Read the label and metadata of the PV on bytes `extent` of `target`.
+pub fn read_pv(
+    target: &Path,
+    extent: Extent,
+) -> Result<Option<(label::PvLabel, Option<vg::VolumeGroup>)>> {
+    let f = std::fs::File::open(target).with_context(|| format!("opening {}", target.display()))?;
+    let range = label::FileRange {
+        file: &f,
+        start: extent.start,
+        len: extent.len,
+    };
+    let Some(l) = label::read_label(&range)? else {
+        return Ok(None);
+    };
+    let mut newest: Option<vg::VolumeGroup> = None;
+    let mut first_err = None;
+    for mda in &l.metadata {
+        let read = label::read_metadata(&range, *mda).and_then(|t| {
+            t.map(|t| text::parse(&t).and_then(vg::VolumeGroup::from_text))
+                .transpose()
+        });
+        match read {
+            Ok(Some(g)) if newest.as_ref().is_none_or(|n| g.seqno > n.seqno) => newest = Some(g),
+            Ok(_) => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match (newest, first_err) {
+        // A second copy that is damaged while one is good: LVM reads on too.
+        (Some(g), _) => Ok(Some((l, Some(g)))),
+        (None, Some(e)) => Err(e),
+        (None, None) => Ok(Some((l, None))),
+    }
+}
+
+/// The logical volumes of every PV among the layout's partitions
+/// (`targets[i]` holds disk i), each VG by its newest metadata, each
+/// volume placed on its PV or refused with the reason.
+pub fn volumes_of(layout: &Layout, targets: &[PathBuf]) -> Result<Vec<LogicalVolume>> {
+    let mut found = Vec::new();
+    for (di, (d, t)) in layout.disks.iter().zip(targets).enumerate() {
+        if !d.partitions.iter().any(|p| p.fs.is_lvm_pv()) {
+            continue;
+        }
+        let extents = plan(d, disk_size(t)?)
+            .with_context(|| format!("placing the partitions of {}", t.display()))?;
+        for (pi, (p, e)) in d.partitions.iter().zip(extents).enumerate() {
+            if !p.fs.is_lvm_pv() {
+                continue;
+            }
+            let what = format!(
+                "the LVM physical volume on partition {} of disk {di} ({})",
+                d.numbers()[pi],
+                t.display()
+            );
+            let pv = read_pv(t, e)
+                .with_context(|| format!("reading {what}"))
+                .map_err(|e| coded(ErrorCode::LvmMetadataInvalid, format!("{e:#}")))?;
+            let Some((l, g)) = pv else {
+                tracing::warn!("{what} has no LVM label");
+                continue;
+            };
+            found.push(FoundPv {
+                disk: di,
+                partition: pi,
+                extent: e,
+                uuid: l.uuid,
+                vg: g,
+            });
+        }
+    }
+    // Each VG by its id, the newest metadata among its PVs winning.
+    let mut groups: BTreeMap<String, vg::VolumeGroup> = BTreeMap::new();
+    for f in &found {
+        if let Some(g) = &f.vg {
+            match groups.get(&g.id) {
+                Some(have) if have.seqno >= g.seqno => {}
+                _ => {
+                    groups.insert(g.id.clone(), g.clone());
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for g in groups.values() {
+        for lv in g.lvs.iter().filter(|l| l.visible) {
+            let mut v = LogicalVolume {
+                vg: g.name.clone(),
+                name: lv.name.clone(),
+                place: None,
+                refused: None,
+                fs: FsType::None,
+                uuid: None,
+                label: None,
+                mount: None,
+                subvol: None,
+            };
+            match place_of(g, lv, &found) {
+                Ok((place, disk_extent)) => {
+                    let probe = super::mkfs::probe(&targets[place.disk], disk_extent)
+                        .with_context(|| format!("probing logical volume {}", v.display()))?;
+                    v.fs = probe.fs;
+                    v.uuid = probe.uuid;
+                    v.label = probe.label;
+                    v.place = Some(place);
+                }
+                Err(why) => v.refused = Some(why),
+            }
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+fn place_of(
+    g: &vg::VolumeGroup,
+    lv: &vg::LvMeta,
+    found: &[FoundPv],
+) -> std::result::Result<(Place, Extent), String> {
+    let l = lv.linear()?;
+    let pv = g.pv(&l.pv).ok_or_else(|| {
+        format!(
+            "its extents are on {}, which the metadata does not list",
+            l.pv
+        )
+    })?;
+    let f = found.iter().find(|f| f.uuid == pv.uuid).ok_or_else(|| {
+        format!(
+            "it is on physical volume {}, which is not on the migrated disks",
+            pv.uuid
+        )
+    })?;
+    let offset = l
+        .first
+        .checked_mul(g.extent_size)
+        .and_then(|o| o.checked_add(pv.pe_start))
+        .ok_or("its extents overflow")?;
+    let size = l
+        .count
+        .checked_mul(g.extent_size)
+        .ok_or("its extents overflow")?;
+    if offset.saturating_add(size) > f.extent.len {
+        return Err(format!(
+            "its extents ({size} bytes at byte {offset}) reach beyond the end of its partition ({} bytes)",
+            f.extent.len
+        ));
+    }
+    Ok((
+        Place {
+            disk: f.disk,
+            partition: f.partition,
+            offset,
+            size,
+        },
+        Extent {
+            start: f.extent.start + offset,
+            len: size,
+        },
+    ))
+}
+
+/// The names each attached LV loop answers to in a chroot's /dev
+/// (`mapper/vg-lv`, `vg/lv`), for as long as it is attached.
+static NAMES: Mutex<Vec<(PathBuf, Vec<String>)>> = Mutex::new(Vec::new());
+
+/// The names (relative to /dev) that the loop device `node` stands for,
+/// when it is an attached logical volume.
+pub fn names_of(node: &Path) -> Vec<String> {
+    NAMES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(n, _)| n == node)
+        .map(|(_, names)| names.clone())
+        .unwrap_or_default()
+}
+
+/// A logical volume reached through a loop device over its bytes of the
+/// disk; detached by `close` or, best effort, on drop.
+#[derive(Debug)]
+pub struct LvLoop {
+    dev: Option<PathBuf>,
+    volume: LogicalVolume,
+    /// For a volume shown as a partition of its disk's loop device: that
+    /// loop device and the partition's number.
+    partition_of: Option<(PathBuf, usize)>,
+}
+
+impl LvLoop {
+    /// Attach `v` (placed) on `disk` (the image file or block device of its
+    /// disk), whose partition `v.place.partition` starts at `part_start`.
+    pub fn attach(
+        disk: &Path,
+        part_start: u64,
+        v: &LogicalVolume,
+        read_only: bool,
+    ) -> Result<LvLoop> {
+        if let Some(e) = v.refusal() {
+            return Err(e);
+        }
+        let place = v
+            .place
+            .with_context(|| format!("logical volume {} has no place", v.display()))?;
+        let mut c = Cmd::new("losetup")
+            .args(["--find", "--show", "--offset"])
+            .arg((part_start + place.offset).to_string())
+            .arg("--sizelimit")
+            .arg(place.size.to_string());
+        if read_only {
+            c = c.arg("--read-only");
+        }
+        let out = c.arg(disk).run().with_context(|| {
+            format!(
+                "attaching logical volume {} of {} to a loop device",
+                v.display(),
+                disk.display()
+            )
+        })?;
+        let name = out.stdout_text().trim().to_owned();
+        if !name.starts_with("/dev/loop") {
+            anyhow::bail!(
+                "losetup printed {name:?} for logical volume {}",
+                v.display()
+            );
+        }
+        let dev = PathBuf::from(name);
+        let names = vec![
+            v.mapper_path().trim_start_matches("/dev/").to_owned(),
+            v.vg_path().trim_start_matches("/dev/").to_owned(),
+        ];
+        NAMES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((dev.clone(), names));
+        tracing::debug!(volume = %v.display(), device = %dev.display(), "logical volume attached");
+        Ok(LvLoop {
+            dev: Some(dev),
+            volume: v.clone(),
+            partition_of: None,
+        })
+    }
+
+    /// Show `v` as partition `number` of `disk_loop` (the loop device of
+    /// its disk image), at its bytes of the disk, `part_start` being its PV
+    /// partition's start. The migrated system's tools treat a partition
+    /// node as a disk's, where they skip a bare loop device (Debian's
+    /// grub-mkconfig writes no entry for a root on one: it takes it for
+    /// loop-AES).
+    pub fn partition(
+        disk_loop: &Path,
+        number: usize,
+        part_start: u64,
+        v: &LogicalVolume,
+    ) -> Result<LvLoop> {
+        if let Some(e) = v.refusal() {
+            return Err(e);
+        }
+        let place = v
+            .place
+            .with_context(|| format!("logical volume {} has no place", v.display()))?;
+        let dev = super::devices::add_partition(
+            disk_loop,
+            number,
+            Extent {
+                start: part_start + place.offset,
+                len: place.size,
+            },
+        )
+        .with_context(|| format!("showing logical volume {} as a partition", v.display()))?;
+        NAMES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((dev.clone(), Self::names(v)));
+        Ok(LvLoop {
+            dev: Some(dev),
+            volume: v.clone(),
+            partition_of: Some((disk_loop.to_owned(), number)),
+        })
+    }
+
+    fn names(v: &LogicalVolume) -> Vec<String> {
+        vec![
+            v.mapper_path().trim_start_matches("/dev/").to_owned(),
+            v.vg_path().trim_start_matches("/dev/").to_owned(),
+        ]
+    }
+
+    /// The loop device.
+    pub fn path(&self) -> &Path {
+        self.dev.as_deref().unwrap_or(Path::new(""))
+    }
+
+    pub fn volume(&self) -> &LogicalVolume {
+        &self.volume
+    }
+
+    pub fn close(mut self) -> Result<()> {
+        self.impl_close()
+    }
+
+    fn impl_close(&mut self) -> Result<()> {
+        let Some(dev) = self.dev.take() else {
+            return Ok(());
+        };
+        NAMES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(n, _)| *n != dev);
+        match self.partition_of.take() {
+            Some((disk, n)) => super::devices::remove_partition(&disk, n),
+            None => super::devices::detach(&dev),
+        }
+        .with_context(|| format!("detaching logical volume {}", self.volume.display()))
+    }
+}
+
+impl Drop for LvLoop {
+    fn drop(&mut self) {
+        if let Err(e) = self.impl_close() {
+            tracing::warn!("{e:#}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume(vg: &str, name: &str) -> LogicalVolume {
+        LogicalVolume {
+            vg: vg.into(),
+            name: name.into(),
+            place: None,
+            refused: None,
+            fs: FsType::Ext4,
+            uuid: Some("aaaa-bbbb".into()),
+            label: Some("my root".into()),
+            mount: None,
+            subvol: None,
+        }
+    }
+
+    #[test]
+    fn the_names_of_a_volume_are_matched() {
+        let v = volume("ferry-vg", "swap_1");
+        assert_eq!(v.mapper_path(), "/dev/mapper/ferry--vg-swap_1");
+        assert_eq!(v.vg_path(), "/dev/ferry-vg/swap_1");
+        for (spec, want) in [
+            ("/dev/mapper/ferry--vg-swap_1", true),
+            ("/dev/ferry-vg/swap_1", true),
+            ("/dev/disk/by-id/dm-name-ferry--vg-swap_1", true),
+            ("UUID=AAAA-BBBB", true),
+            ("/dev/disk/by-uuid/aaaa-bbbb", true),
+            ("LABEL=my root", true),
+            ("/dev/disk/by-label/my\\x20root", true),
+            ("/dev/mapper/ferry-vg-swap_1", false),
+            ("/dev/mapper/ferry--vg-root", false),
+            ("UUID=cccc", false),
+            ("/dev/sda2", false),
+        ] {
+            assert_eq!(v.matches(spec), want, "{spec}");
+        }
+    }
+
+    #[test]
+    fn a_refused_volume_says_why_with_its_code() {
+        let mut v = volume("vg0", "data");
+        v.mount = Some("/srv".into());
+        v.refused = Some("it is striped over 2 stripes".into());
+        let e = v.refusal().unwrap();
+        assert_eq!(
+            crate::job::errors::find_coded(&e).map(|c| c.code),
+            Some(ErrorCode::LvmUnsupported)
+        );
+        assert_eq!(
+            format!("{e:#}"),
+            "LVM_UNSUPPORTED: A logical volume of the migrated system has a layout the appliance cannot reach (logical volume vg0/data (/srv): it is striped over 2 stripes)"
+        );
+    }
+
+    #[test]
+    fn a_pv_image_is_read_into_placed_volumes() {
+        let lvs = format!(
+            "{}{}",
+            vg::tests::lv(
+                "root",
+                &[("striped", 20, "stripe_count = 1\nstripes = [\"pv0\", 0]")]
+            ),
+            vg::tests::lv("thin1", &[("thin", 4, "thin_pool = \"p\"")])
+        );
+        let text = vg::tests::metadata("ferry-vg", 7, &lvs);
+        let mut bytes = label::tests::pv_bytes(&text, 65536, 512);
+        // the PV's UUID in the label is the metadata's without dashes
+        bytes.resize(100 << 20, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("pv.img");
+        std::fs::write(&img, &bytes).unwrap();
+        let (l, g) = read_pv(
+            &img,
+            Extent {
+                start: 0,
+                len: bytes.len() as u64,
+            },
+        )
+        .unwrap()
+        .unwrap();
+        let g = g.unwrap();
+        assert_eq!(l.uuid, g.pvs[0].uuid);
+        let found = vec![FoundPv {
+            disk: 0,
+            partition: 1,
+            extent: Extent {
+                start: 1 << 20,
+                len: bytes.len() as u64,
+            },
+            uuid: l.uuid,
+            vg: Some(g.clone()),
+        }];
+        let (place, at) = place_of(&g, &g.lvs[0], &found).unwrap();
+        assert_eq!(
+            place,
+            Place {
+                disk: 0,
+                partition: 1,
+                offset: 1 << 20,
+                size: 20 * (4 << 20)
+            }
+        );
+        assert_eq!(
+            at,
+            Extent {
+                start: 2 << 20,
+                len: 20 * (4 << 20)
+            }
+        );
+        assert_eq!(
+            place_of(&g, &g.lvs[1], &found).unwrap_err(),
+            "it is a thin volume (its blocks are mapped by a pool)"
+        );
+        let elsewhere: Vec<FoundPv> = Vec::new();
+        assert_eq!(
+            place_of(&g, &g.lvs[0], &elsewhere).unwrap_err(),
+            "it is on physical volume AbCdEf0123456789AbCdEf0123456789, which is not on the migrated disks"
+        );
+    }
+}
