@@ -494,20 +494,13 @@ fn find_fstab(layout: &Layout, disks: &[AttachedDisk]) -> Result<Found> {
     Ok(None)
 }
 
-/// (spec, mount point, type) of each fstab line.
+/// (spec, mount point, type) of each fstab line (parsed by
+/// [`crate::devname::parse_fstab`]).
 pub fn parse_fstab(text: &str) -> Vec<(String, String, String)> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3).then(|| (unescape_fstab(f[0]), unescape_fstab(f[1]), f[2].to_owned()))
-        })
+    crate::devname::parse_fstab(text)
+        .into_iter()
+        .map(|e| (e.spec, e.mountpoint, e.fstype))
         .collect()
-}
-
-fn unescape_fstab(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t")
 }
 
 /// (disk, partition index) of an fstab spec like `/dev/sdb1` or
@@ -532,29 +525,15 @@ fn kernel_name_match(
 }
 
 fn spec_matches(spec: &str, p: &PartitionLayout) -> bool {
-    let eq = |a: &Option<String>, b: &str| {
-        a.as_deref()
-            .is_some_and(|a| a.eq_ignore_ascii_case(b.trim_matches('"')))
+    let ids = crate::devname::Ids {
+        uuid: p.uuid.as_deref(),
+        label: p.label.as_deref(),
+        partuuid: p.partuuid.as_deref(),
+        partlabel: None,
     };
-    if let Some(v) = spec.strip_prefix("UUID=") {
-        eq(&p.uuid, v)
-    } else if let Some(v) = spec.strip_prefix("LABEL=") {
-        p.label.as_deref() == Some(v.trim_matches('"'))
-    } else if let Some(v) = spec.strip_prefix("PARTUUID=") {
-        eq(&p.partuuid, v)
-    } else if let Some(v) = spec.strip_prefix("/dev/disk/by-uuid/") {
-        eq(&p.uuid, v)
-    } else if let Some(v) = spec.strip_prefix("/dev/disk/by-label/") {
-        p.label
-            .as_deref()
-            .map(super::chroot::udev_escape)
-            .as_deref()
-            == Some(v)
-    } else if let Some(v) = spec.strip_prefix("/dev/disk/by-partuuid/") {
-        eq(&p.partuuid, v)
-    } else {
-        false
-    }
+    crate::devname::DeviceSpec::parse(spec)
+        .matches(&ids)
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -360,14 +360,11 @@ fn firmware(tree: &Tree) -> Result<Firmware> {
     // An ESP in fstab is what an installer writes on a UEFI system; a BIOS
     // GRUB's module directory is what grub-install writes on BIOS.
     if let Some(f) = tree.read("/etc/fstab")? {
-        for l in f.lines() {
-            let fields: Vec<&str> = l.split_whitespace().collect();
-            if fields.len() >= 3
-                && !fields[0].starts_with('#')
-                && (fields[1] == "/boot/efi" || fields[1] == "/efi")
-            {
-                return Ok(Firmware::Uefi);
-            }
+        if crate::devname::parse_fstab(&f)
+            .iter()
+            .any(|e| e.mountpoint == "/boot/efi" || e.mountpoint == "/efi")
+        {
+            return Ok(Firmware::Uefi);
         }
     }
     if tree.is_dir("/boot/grub/i386-pc") || tree.is_dir("/boot/grub2/i386-pc") {
