@@ -500,7 +500,7 @@ pub fn early_config(uuid: &str, prefix: &str, modules_on_disk: bool) -> String {
     let (mark, enter) = if modules_on_disk {
         (
             "",
-            "set prefix=($root){prefix}\nconfigfile $prefix/grub.cfg\n".replace("{prefix}", prefix),
+            format!("set prefix=($root){prefix}\nconfigfile $prefix/grub.cfg\n"),
         )
     } else {
         (
