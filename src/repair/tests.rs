@@ -572,3 +572,112 @@ fn standalone_loader_keeps_memdisk_modules_without_a_module_directory() {
         err.message
     );
 }
+
+/// A Debian whose initramfs generator is dracut (no update-initramfs): the
+/// recipe's dracut variant writes the drop-in, rebuilds the image with
+/// dracut and checks it with lsinitrd; an image that still lacks a driver
+/// after the rebuild is the FAQ's code.
+#[test]
+fn debian_with_dracut_gets_the_drivers_through_a_drop_in() {
+    struct Dracut {
+        root: PathBuf,
+        ran: RefCell<Vec<String>>,
+        /// What lsinitrd leaves out of its listing.
+        drop: Option<&'static str>,
+    }
+    impl Runner for Dracut {
+        fn run(&self, argv: &[String]) -> Result<Output> {
+            self.ran.borrow_mut().push(argv.join(" "));
+            let mut stdout = String::new();
+            match argv[0].as_str() {
+                "dracut" => {
+                    // Like dracut: the drop-in's add_drivers go into the image.
+                    let conf = fs::read_to_string(
+                        self.root.join("etc/dracut.conf.d/90-ferry-virtio.conf"),
+                    )
+                    .unwrap();
+                    let line = conf
+                        .lines()
+                        .find_map(|l| l.strip_prefix("add_drivers+=\""))
+                        .unwrap();
+                    let image = argv.last().unwrap();
+                    fs::write(
+                        self.root.join(image.trim_start_matches('/')),
+                        line.trim_end_matches('"'),
+                    )
+                    .unwrap();
+                }
+                "lsinitrd" => {
+                    let img = fs::read_to_string(self.root.join(argv[1].trim_start_matches('/')))
+                        .unwrap();
+                    for m in img.split_whitespace().filter(|m| Some(*m) != self.drop) {
+                        stdout.push_str(&format!(
+                            "-rw-r--r--   1 root root 1 Jul  2 13:50 usr/lib/modules/{KVER}/kernel/drivers/x/{m}.ko\n"
+                        ));
+                    }
+                }
+                other => panic!("unexpected command {other}"),
+            }
+            Ok(Output {
+                stdout: stdout.into_bytes(),
+                stderr: Vec::new(),
+            })
+        }
+    }
+    for drop in [None, Some("virtio_blk")] {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        debian_tree(&root, true);
+        fs::remove_file(root.join("usr/sbin/update-initramfs")).unwrap();
+        fs::remove_file(root.join("etc/initramfs-tools/modules")).unwrap();
+        put(
+            &root,
+            &[
+                ("/usr/bin/dracut", ""),
+                (
+                    "/etc/dracut.conf.d/10-old-hardware.conf",
+                    "drivers=\" ahci sd_mod ext4 \"\nomit_drivers+=\" virtio.* \"\n",
+                ),
+            ],
+        );
+        let fake = Dracut {
+            root: root.clone(),
+            ran: RefCell::new(Vec::new()),
+            drop,
+        };
+        let mut opts = Options::new(
+            &root,
+            map(&d.path().join("disk")),
+            BootMode::Auto,
+            Mode::Apply,
+        );
+        opts.only = Some(vec![recipe::StepName::Initramfs]);
+        let out = execute(&opts, Some(&fake));
+        assert_eq!(
+            fake.ran.borrow()[..2],
+            [
+                format!("dracut --force --no-hostonly --kver {KVER} /boot/initrd.img-{KVER}"),
+                format!("lsinitrd /boot/initrd.img-{KVER}"),
+            ]
+        );
+        let conf = fs::read_to_string(root.join("etc/dracut.conf.d/90-ferry-virtio.conf")).unwrap();
+        assert!(
+            conf.contains("add_drivers+=\" virtio_blk virtio_scsi virtio_net virtio_pci nvme \"\n"),
+            "{conf}"
+        );
+        match drop {
+            None => {
+                let r = out.into_result().unwrap();
+                assert_eq!(r.steps[0].status, Status::Changed);
+            }
+            Some(_) => {
+                let err = out.report.error.unwrap();
+                assert_eq!(err.code, "VIRTIO_CHECK_FAILED");
+                assert_eq!(
+                    err.message,
+                    format!("repair step initramfs: VIRTIO_CHECK_FAILED: check virtio failed (/boot/initrd.img-{KVER} still lacks virtio_blk after `dracut --force --no-hostonly --kver {KVER} /boot/initrd.img-{KVER}`)")
+                );
+            }
+        }
+    }
+}
