@@ -419,7 +419,6 @@ fn btrfs_subvolume_server_boots_fails_unrepaired_and_migrates() {
 }
 
 #[test]
-#[ignore = "pending the engine: the Debian recipe looks only for update-initramfs (REPAIR_TOOL_MISSING)"]
 fn dracut_networkmanager_server_boots_fails_unrepaired_and_migrates() {
     run(Stack {
         variant: "dracut-nm",
@@ -447,7 +446,6 @@ fn bullseye_server_boots_fails_unrepaired_and_migrates() {
 }
 
 #[test]
-#[ignore = "pending the engine: the loader ferry writes looks for modules under /boot/grub"]
 fn prebuilt_uefi_grub_server_boots_fails_unrepaired_and_migrates() {
     run(Stack {
         variant: "uefi-prebuilt",

@@ -346,7 +346,7 @@ fn a_system_without_its_initramfs_generator_is_a_blocker() {
         blockers(&r),
         [(
             "REPAIR_TOOL_MISSING".to_owned(),
-            "no initramfs generator in the migrated system (recipe debian looks for /usr/sbin/update-initramfs)"
+            "no initramfs generator in the migrated system (recipe debian looks for /usr/sbin/update-initramfs, /usr/bin/dracut, /usr/sbin/dracut)"
                 .to_owned()
         )]
     );

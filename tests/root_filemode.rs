@@ -478,6 +478,7 @@ fn mount_target(image: &Path, staging: &Path) -> ferry::layout::MountTree {
     });
     let mut l = ferry::layout::Layout {
         disks: vec![ferry::layout::read(image).expect("reading the target's layout")],
+        volumes: Vec::new(),
     };
     let want = ferry::layout::Layout::from_toml(GPT_LAYOUT).unwrap();
     for (p, w) in l.disks[0]

@@ -416,7 +416,8 @@ fn lvm(tree: &Tree, r: &Report) -> Result<LvmReport> {
     let fstab = tree.read("/etc/fstab")?.unwrap_or_default();
     let mut volumes = Vec::new();
     let mut system = Vec::new();
-    for (spec, mp, _) in crate::layout::tree::parse_fstab(&fstab) {
+    for e in crate::devname::parse_fstab(&fstab) {
+        let (spec, mp) = (e.spec, e.mountpoint);
         if on_lvm(&spec) {
             if SYSTEM_MOUNTS.contains(&mp.as_str()) {
                 system.push(format!("{mp} on {spec}"));

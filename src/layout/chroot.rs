@@ -248,19 +248,7 @@ fn populate_dev(dev: &Path, devices: &[DevNode]) -> Result<()> {
     Ok(())
 }
 
-/// udev's escaping of link names: `/`, whitespace and non-printing bytes
-/// become `\xNN`.
-pub fn udev_escape(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"#+-.:=@_".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
-}
+pub use crate::devname::udev_escape;
 
 #[cfg(test)]
 mod tests {

@@ -109,6 +109,8 @@ pub fn flatten_lvm(
                 name: None,
                 number: None,
                 bootable: false,
+                subvol: None,
+                subvolumes: Vec::new(),
             }
         })
         .collect();

@@ -139,12 +139,8 @@ pub fn probe(disk: &Path, extent: Extent) -> Result<Probe> {
 
 fn parse_export(text: &str) -> Probe {
     let mut p = Probe::default();
-    for line in text.lines() {
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        let v = unescape(v);
-        match k {
+    for (k, v) in crate::devname::parse_blkid_export(text) {
+        match k.as_str() {
             "TYPE" => p.fs = v.parse().unwrap_or(FsType::None),
             "UUID" => p.uuid = Some(v),
             "LABEL" => p.label = Some(v),
@@ -152,22 +148,6 @@ fn parse_export(text: &str) -> Probe {
         }
     }
     p
-}
-
-/// blkid's export format escapes with backslashes.
-fn unescape(v: &str) -> String {
-    let mut out = String::new();
-    let mut chars = v.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            if let Some(n) = chars.next() {
-                out.push(n);
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

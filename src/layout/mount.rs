@@ -45,37 +45,16 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
         out.push(MountInfo {
             id: fields[0].parse().unwrap_or(0),
             devno: fields[2].to_owned(),
-            root: PathBuf::from(unescape_octal(fields[3])),
-            mount_point: PathBuf::from(unescape_octal(fields[4])),
+            root: PathBuf::from(crate::devname::unescape_octal(fields[3])),
+            mount_point: PathBuf::from(crate::devname::unescape_octal(fields[4])),
             fstype: fields[sep + 1].to_owned(),
-            source: unescape_octal(fields[sep + 2]),
+            source: crate::devname::unescape_octal(fields[sep + 2]),
             read_write: fields
                 .get(sep + 3)
                 .is_some_and(|o| o.split(',').any(|o| o == "rw")),
         });
     }
     out
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 4 <= b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Is something mounted exactly at `path`?

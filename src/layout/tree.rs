@@ -547,12 +547,12 @@ pub fn fill_mount_points_named(
         v.mount = None;
         v.subvol = None;
     }
-    let entries = fstab_entries(&fstab);
+    let entries = crate::devname::parse_fstab(&fstab);
     // The root's subvolume: as its fstab line says, else where the fstab
     // was found.
     let root_subvol = entries
         .iter()
-        .find(|e| e.mount == "/")
+        .find(|e| e.mountpoint == "/")
         .and_then(|e| e.subvol())
         .or(root_at.subvol.clone());
     match root_at.at {
@@ -568,7 +568,7 @@ pub fn fill_mount_points_named(
     }
     let mut count = 1;
     for e in &entries {
-        let mp = e.mount.clone();
+        let mp = e.mountpoint.clone();
         if mp == "/" || !mp.starts_with('/') || e.fstype == "swap" {
             continue;
         }
@@ -722,56 +722,13 @@ fn find_fstab(
     Ok(None)
 }
 
-/// One line of an fstab.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FstabEntry {
-    pub spec: String,
-    pub mount: String,
-    pub fstype: String,
-    pub options: Vec<String>,
-}
-
-impl FstabEntry {
-    /// The btrfs subvolume the line mounts (`subvol=@` or `subvol=/@`).
-    pub fn subvol(&self) -> Option<String> {
-        self.options
-            .iter()
-            .find_map(|o| o.strip_prefix("subvol="))
-            .map(|s| s.trim_start_matches('/').to_owned())
-            .filter(|s| !s.is_empty())
-    }
-}
-
-/// The entries of an fstab.
-pub fn fstab_entries(text: &str) -> Vec<FstabEntry> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3).then(|| FstabEntry {
-                spec: unescape_fstab(f[0]),
-                mount: unescape_fstab(f[1]),
-                fstype: f[2].to_owned(),
-                options: f
-                    .get(3)
-                    .map(|o| o.split(',').map(str::to_owned).collect())
-                    .unwrap_or_default(),
-            })
-        })
-        .collect()
-}
-
-/// (spec, mount point, type) of each fstab line.
+/// (spec, mount point, type) of each fstab line (parsed by
+/// [`crate::devname::parse_fstab`]).
 pub fn parse_fstab(text: &str) -> Vec<(String, String, String)> {
-    fstab_entries(text)
+    crate::devname::parse_fstab(text)
         .into_iter()
-        .map(|e| (e.spec, e.mount, e.fstype))
+        .map(|e| (e.spec, e.mountpoint, e.fstype))
         .collect()
-}
-
-fn unescape_fstab(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t")
 }
 
 /// (disk, partition index) of an fstab spec like `/dev/sdb1` or
@@ -796,29 +753,15 @@ fn kernel_name_match(
 }
 
 fn spec_matches(spec: &str, p: &PartitionLayout) -> bool {
-    let eq = |a: &Option<String>, b: &str| {
-        a.as_deref()
-            .is_some_and(|a| a.eq_ignore_ascii_case(b.trim_matches('"')))
+    let ids = crate::devname::Ids {
+        uuid: p.uuid.as_deref(),
+        label: p.label.as_deref(),
+        partuuid: p.partuuid.as_deref(),
+        partlabel: None,
     };
-    if let Some(v) = spec.strip_prefix("UUID=") {
-        eq(&p.uuid, v)
-    } else if let Some(v) = spec.strip_prefix("LABEL=") {
-        p.label.as_deref() == Some(v.trim_matches('"'))
-    } else if let Some(v) = spec.strip_prefix("PARTUUID=") {
-        eq(&p.partuuid, v)
-    } else if let Some(v) = spec.strip_prefix("/dev/disk/by-uuid/") {
-        eq(&p.uuid, v)
-    } else if let Some(v) = spec.strip_prefix("/dev/disk/by-label/") {
-        p.label
-            .as_deref()
-            .map(super::chroot::udev_escape)
-            .as_deref()
-            == Some(v)
-    } else if let Some(v) = spec.strip_prefix("/dev/disk/by-partuuid/") {
-        eq(&p.partuuid, v)
-    } else {
-        false
-    }
+    crate::devname::DeviceSpec::parse(spec)
+        .matches(&ids)
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

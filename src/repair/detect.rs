@@ -227,20 +227,42 @@ fn identity(tree: &Tree) -> Result<Identity> {
             }
         }
     }
+    // Without os-release, the most precise file first: an old Ubuntu has
+    // both lsb-release and debian_version, and is not a Debian.
+    let debian_based = tree.exists("/etc/debian_version");
+    if let Some(t) = tree.read("/etc/lsb-release")? {
+        let kv = parse_assignments(&t);
+        // RHEL's redhat-lsb writes one with LSB_VERSION only.
+        if let Some(id) = get(&kv, "DISTRIB_ID").filter(|i| !i.is_empty()) {
+            let id = id.to_ascii_lowercase().replace(' ', "");
+            let like = if debian_based && id != "debian" {
+                vec!["debian".to_owned()]
+            } else {
+                Vec::new()
+            };
+            let version = get(&kv, "DISTRIB_RELEASE").unwrap_or("").to_owned();
+            let pretty = get(&kv, "DISTRIB_DESCRIPTION")
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("{id} {version}"));
+            return Ok((id, like, version, pretty, "/etc/lsb-release".to_owned()));
+        }
+    }
     if let Some(t) = tree.read("/etc/redhat-release")? {
         let line = t.lines().next().unwrap_or("").trim().to_owned();
         let lower = line.to_ascii_lowercase();
-        let id = if lower.starts_with("centos") {
-            "centos"
-        } else if lower.starts_with("red hat") {
-            "rhel"
-        } else if lower.starts_with("oracle") {
-            "ol"
-        } else if lower.starts_with("fedora") {
-            "fedora"
-        } else {
-            "rhel"
-        };
+        let id = [
+            ("centos", "centos"),
+            ("red hat", "rhel"),
+            ("oracle", "ol"),
+            ("fedora", "fedora"),
+            ("rocky", "rocky"),
+            ("almalinux", "almalinux"),
+            ("scientific", "scientific"),
+        ]
+        .iter()
+        .find(|(p, _)| lower.starts_with(p))
+        .map(|(_, id)| *id)
+        .unwrap_or("rhel");
         let version = line
             .split_whitespace()
             .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
@@ -262,7 +284,11 @@ fn identity(tree: &Tree) -> Result<Identity> {
             "sles"
         };
         let kv = parse_assignments(&t.replace(" = ", "="));
-        let version = get(&kv, "VERSION").unwrap_or("").to_owned();
+        let version = match (get(&kv, "VERSION"), get(&kv, "PATCHLEVEL")) {
+            (Some(v), Some(p)) if p != "0" && !v.contains('.') => format!("{v}.{p}"),
+            (Some(v), _) => v.to_owned(),
+            (None, _) => String::new(),
+        };
         return Ok((
             id.to_owned(),
             vec!["suse".to_owned()],
@@ -334,14 +360,11 @@ fn firmware(tree: &Tree) -> Result<Firmware> {
     // An ESP in fstab is what an installer writes on a UEFI system; a BIOS
     // GRUB's module directory is what grub-install writes on BIOS.
     if let Some(f) = tree.read("/etc/fstab")? {
-        for l in f.lines() {
-            let fields: Vec<&str> = l.split_whitespace().collect();
-            if fields.len() >= 3
-                && !fields[0].starts_with('#')
-                && (fields[1] == "/boot/efi" || fields[1] == "/efi")
-            {
-                return Ok(Firmware::Uefi);
-            }
+        if crate::devname::parse_fstab(&f)
+            .iter()
+            .any(|e| e.mountpoint == "/boot/efi" || e.mountpoint == "/efi")
+        {
+            return Ok(Firmware::Uefi);
         }
     }
     if tree.is_dir("/boot/grub/i386-pc") || tree.is_dir("/boot/grub2/i386-pc") {
@@ -431,18 +454,120 @@ mod tests {
         assert_eq!(os.selinux, SelinuxMode::Enforcing);
     }
 
+    /// Systems without os-release, identified from the most precise file
+    /// they have.
     #[test]
-    fn suse_release_and_debian_version_fallbacks() {
-        let (_d, t) = tree(&[(
-            "/etc/SuSE-release",
-            "SUSE Linux Enterprise Server 11 (x86_64)\nVERSION = 11\nPATCHLEVEL = 4\n",
-        )]);
-        let os = detect(&t).unwrap();
-        assert_eq!((os.id.as_str(), os.version_id.as_str()), ("sles", "11"));
-        assert_eq!(os.bootloader, Bootloader::None);
-        let (_d, t) = tree(&[("/etc/debian_version", "7.11\n")]);
-        let os = detect(&t).unwrap();
-        assert_eq!((os.id.as_str(), os.version_id.as_str()), ("debian", "7.11"));
+    fn release_file_fallbacks() {
+        type Case<'a> = (
+            &'a str,
+            &'a [(&'a str, &'a str)],
+            (&'a str, &'a [&'a str], &'a str, &'a str, &'a str),
+        );
+        let ubuntu_lsb = "DISTRIB_ID=Ubuntu\nDISTRIB_RELEASE=14.04\nDISTRIB_CODENAME=trusty\nDISTRIB_DESCRIPTION=\"Ubuntu 14.04.6 LTS\"\n";
+        let cases: &[Case] = &[
+            (
+                "old Ubuntu: lsb-release before debian_version",
+                &[("/etc/lsb-release", ubuntu_lsb), ("/etc/debian_version", "jessie/sid\n")],
+                ("ubuntu", &["debian"], "14.04", "Ubuntu 14.04.6 LTS", "/etc/lsb-release"),
+            ),
+            (
+                "Linux Mint",
+                &[
+                    ("/etc/lsb-release", "DISTRIB_ID=LinuxMint\nDISTRIB_RELEASE=17.3\nDISTRIB_DESCRIPTION=\"Linux Mint 17.3 Rosa\"\n"),
+                    ("/etc/debian_version", "jessie/sid\n"),
+                ],
+                ("linuxmint", &["debian"], "17.3", "Linux Mint 17.3 Rosa", "/etc/lsb-release"),
+            ),
+            (
+                "Debian with lsb-release",
+                &[
+                    ("/etc/lsb-release", "DISTRIB_ID=Debian\nDISTRIB_RELEASE=7.11\n"),
+                    ("/etc/debian_version", "7.11\n"),
+                ],
+                ("debian", &[], "7.11", "debian 7.11", "/etc/lsb-release"),
+            ),
+            (
+                "RHEL's lsb-release names no distribution",
+                &[
+                    ("/etc/lsb-release", "LSB_VERSION=base-4.0-amd64:base-4.0-noarch:core-4.0-amd64\n"),
+                    ("/etc/redhat-release", "Red Hat Enterprise Linux Server release 6.10 (Santiago)\n"),
+                ],
+                ("rhel", &["rhel"], "6.10", "Red Hat Enterprise Linux Server release 6.10 (Santiago)", "/etc/redhat-release"),
+            ),
+            (
+                "CentOS 6",
+                &[("/etc/redhat-release", "CentOS release 6.10 (Final)\n")],
+                ("centos", &["rhel"], "6.10", "CentOS release 6.10 (Final)", "/etc/redhat-release"),
+            ),
+            (
+                "CentOS 7",
+                &[("/etc/redhat-release", "CentOS Linux release 7.9.2009 (Core)\n")],
+                ("centos", &["rhel"], "7.9.2009", "CentOS Linux release 7.9.2009 (Core)", "/etc/redhat-release"),
+            ),
+            (
+                "Oracle Linux",
+                &[("/etc/redhat-release", "Oracle Linux Server release 6.10\n")],
+                ("ol", &["rhel"], "6.10", "Oracle Linux Server release 6.10", "/etc/redhat-release"),
+            ),
+            (
+                "Scientific Linux",
+                &[("/etc/redhat-release", "Scientific Linux release 6.10 (Carbon)\n")],
+                ("scientific", &["rhel"], "6.10", "Scientific Linux release 6.10 (Carbon)", "/etc/redhat-release"),
+            ),
+            (
+                "SLES 11 SP4",
+                &[("/etc/SuSE-release", "SUSE Linux Enterprise Server 11 (x86_64)\nVERSION = 11\nPATCHLEVEL = 4\n")],
+                ("sles", &["suse"], "11.4", "SUSE Linux Enterprise Server 11 (x86_64)", "/etc/SuSE-release"),
+            ),
+            (
+                "openSUSE 13.2",
+                &[("/etc/SuSE-release", "openSUSE 13.2 (x86_64)\nVERSION = 13.2\nCODENAME = Harlequin\n")],
+                ("opensuse", &["suse"], "13.2", "openSUSE 13.2 (x86_64)", "/etc/SuSE-release"),
+            ),
+            (
+                "Debian 7 with debian_version only",
+                &[("/etc/debian_version", "7.11\n")],
+                ("debian", &[], "7.11", "Debian 7.11", "/etc/debian_version"),
+            ),
+            (
+                "os-release wins over everything",
+                &[
+                    ("/etc/os-release", "ID=ubuntu\nID_LIKE=debian\nVERSION_ID=\"22.04\"\nPRETTY_NAME=\"Ubuntu 22.04.4 LTS\"\n"),
+                    ("/etc/lsb-release", "DISTRIB_ID=Ubuntu\nDISTRIB_RELEASE=20.04\n"),
+                    ("/etc/debian_version", "bookworm/sid\n"),
+                ],
+                ("ubuntu", &["debian"], "22.04", "Ubuntu 22.04.4 LTS", "/etc/os-release"),
+            ),
+        ];
+        let all = crate::repair::recipe::load(None).unwrap();
+        for (name, files, (id, like, version, pretty, source)) in cases {
+            let (_d, t) = tree(files);
+            let os = detect(&t).unwrap();
+            assert_eq!(
+                (
+                    os.id.as_str(),
+                    os.id_like.clone(),
+                    os.version_id.as_str(),
+                    os.pretty_name.as_str(),
+                    os.source.as_str()
+                ),
+                (
+                    *id,
+                    like.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                    *version,
+                    *pretty,
+                    *source
+                ),
+                "{name}"
+            );
+            let recipe = crate::repair::recipe::select(&all, &os, None).unwrap();
+            let want = match *id {
+                "ubuntu" | "linuxmint" | "debian" => "debian",
+                "sles" | "opensuse" => "suse",
+                _ => "rhel",
+            };
+            assert_eq!(recipe.name, want, "{name}: recipe");
+        }
     }
 
     #[test]

@@ -113,39 +113,26 @@ impl DeviceMap {
         })
     }
 
-    /// Resolve an fstab/kernel-command-line device spec.
+    /// Resolve an fstab/kernel-command-line device spec (unescaped from
+    /// fstab's octal), parsed by [`crate::devname::DeviceSpec`].
     pub fn resolve(&self, spec: &str, mountpoint: Option<&str>) -> Resolved<'_> {
-        let ident = |key: &str, val: &str| -> Resolved<'_> {
-            let hit = self.volumes().find(|v| {
-                let field = match key {
-                    "UUID" => &v.uuid,
-                    "LABEL" => &v.label,
-                    "PARTUUID" => &v.partuuid,
-                    _ => &None,
-                };
-                field
-                    .as_deref()
-                    .is_some_and(|f| f.eq_ignore_ascii_case(val))
-            });
-            hit.map(Resolved::Migrated).unwrap_or(Resolved::UnknownId)
-        };
-        if let Some((k, v)) = spec.split_once('=') {
-            return match k {
-                "UUID" | "LABEL" | "PARTUUID" => ident(k, v.trim_matches('"')),
-                _ => Resolved::Other,
-            };
-        }
-        for (prefix, key) in [
-            ("/dev/disk/by-uuid/", "UUID"),
-            ("/dev/disk/by-label/", "LABEL"),
-            ("/dev/disk/by-partuuid/", "PARTUUID"),
-        ] {
-            if let Some(v) = spec.strip_prefix(prefix) {
-                return ident(key, v);
+        use crate::devname::{DeviceSpec, Ids};
+        let parsed = DeviceSpec::parse(spec);
+        let (disk, part) = match parsed {
+            DeviceSpec::Device { disk, partition } => (disk, partition),
+            DeviceSpec::Mapper(_) | DeviceSpec::Other => return Resolved::Other,
+            ref ident => {
+                let hit = self.volumes().find(|v| {
+                    let ids = Ids {
+                        uuid: v.uuid.as_deref(),
+                        label: v.label.as_deref(),
+                        partuuid: v.partuuid.as_deref(),
+                        partlabel: None,
+                    };
+                    ident.matches(&ids) == Some(true)
+                });
+                return hit.map(Resolved::Migrated).unwrap_or(Resolved::UnknownId);
             }
-        }
-        let Some((disk, part)) = split_device(spec) else {
-            return Resolved::Other;
         };
         let found = self
             .disks

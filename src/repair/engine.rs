@@ -155,6 +155,19 @@ impl<'a> StepCtx<'a> {
         });
     }
 
+    /// Record a binary file written outside the tree (a loader on the ESP).
+    pub fn record_binary(&mut self, path: &str, existed: bool, what: &str) {
+        self.changes.push(Change::File {
+            path: path.to_owned(),
+            action: if existed {
+                FileAction::Modified
+            } else {
+                FileAction::Created
+            },
+            diff: format!("   {path}: {what}\n"),
+        });
+    }
+
     /// Rename a configuration file aside (kept, no longer read).
     pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
         if self.apply() {

@@ -9,6 +9,9 @@ pub use crate::layout::fat::FatPartition;
 pub trait Esp {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>>;
     fn write(&self, path: &str, data: &[u8]) -> Result<()>;
+    /// The entries of a directory as (name, is_dir); empty when it does not
+    /// exist.
+    fn list(&self, dir: &str) -> Result<Vec<(String, bool)>>;
 }
 
 impl Esp for FatPartition {
@@ -36,6 +39,27 @@ impl Esp for FatPartition {
 
     fn write(&self, path: &str, data: &[u8]) -> Result<()> {
         FatPartition::write(self, path, data)
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<(String, bool)>> {
+        let mut cur = String::new();
+        for name in dir.split('/').filter(|p| !p.is_empty()) {
+            let entries = FatPartition::list(self, &cur)?;
+            let Some(e) = entries
+                .iter()
+                .find(|e| e.is_dir && e.name.eq_ignore_ascii_case(name))
+            else {
+                return Ok(Vec::new());
+            };
+            if !cur.is_empty() {
+                cur.push('/');
+            }
+            cur.push_str(&e.name);
+        }
+        Ok(FatPartition::list(self, &cur)?
+            .into_iter()
+            .map(|e| (e.name, e.is_dir))
+            .collect())
     }
 }
 

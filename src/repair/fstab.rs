@@ -6,6 +6,7 @@ use anyhow::Result;
 
 use super::devices::{DeviceMap, Resolved};
 use super::engine::StepCtx;
+use crate::devname::{fstab_fields, fstab_is_comment, unescape_octal};
 use crate::job::errors::{coded, ErrorCode};
 
 pub const PATH: &str = "/etc/fstab";
@@ -23,26 +24,6 @@ pub fn step(ctx: &mut StepCtx, map: &DeviceMap) -> Result<()> {
     Ok(())
 }
 
-/// Byte ranges of the whitespace-separated fields of a line.
-fn fields(line: &str) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut start = None;
-    for (i, c) in line.char_indices() {
-        match (c.is_whitespace(), start) {
-            (true, Some(s)) => {
-                out.push((s, i));
-                start = None;
-            }
-            (false, None) => start = Some(i),
-            _ => {}
-        }
-    }
-    if let Some(s) = start {
-        out.push((s, line.len()));
-    }
-    out
-}
-
 /// The repaired fstab and notes on what was decided and why.
 pub fn rewrite(text: &str, map: &DeviceMap) -> Result<(String, Vec<String>)> {
     let mut out = String::with_capacity(text.len() + 64);
@@ -52,13 +33,14 @@ pub fn rewrite(text: &str, map: &DeviceMap) -> Result<(String, Vec<String>)> {
             Some(l) => (l, "\n"),
             None => (raw, ""),
         };
-        let f = fields(line);
-        if line.trim_start().starts_with('#') || f.len() < 2 {
+        let f = fstab_fields(line);
+        if fstab_is_comment(line) || f.len() < 2 {
             out.push_str(raw);
             continue;
         }
-        let spec = &line[f[0].0..f[0].1];
-        let mp = &line[f[1].0..f[1].1];
+        let spec_owned = unescape_octal(&line[f[0].0..f[0].1]);
+        let mp_owned = unescape_octal(&line[f[1].0..f[1].1]);
+        let (spec, mp) = (spec_owned.as_str(), mp_owned.as_str());
         let opts = f.get(3).map(|r| &line[r.0..r.1]);
         let essential = mp == "/" || mp == "/usr";
         match map.resolve(spec, Some(mp)) {
@@ -209,6 +191,45 @@ pub(crate) mod tests {
             let (again, _) = rewrite(&got, &m).unwrap();
             assert_eq!(again, got, "case {name}: second run changes nothing");
         }
+    }
+
+    /// A label with a space, as fstab (`\040`) and udev (`\x20`) escape it,
+    /// names the migrated volume; the same label in the layout engine's
+    /// matcher (src/layout/tree.rs) does too, through the same parser.
+    #[test]
+    fn labels_with_spaces_resolve() {
+        let mut m = map();
+        m.disks[0].volumes[0].label = Some("boot vol".into());
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "LABEL= with an octal escape is stable and kept",
+                "LABEL=boot\\040vol /boot ext4 defaults 0 2\n",
+                "LABEL=boot\\040vol /boot ext4 defaults 0 2\n",
+            ),
+            (
+                "by-label with udev's escape becomes UUID=",
+                "/dev/disk/by-label/boot\\x20vol /boot ext4 defaults 0 2\n",
+                "UUID=11111111-1111-4111-8111-111111111111 /boot ext4 defaults 0 2\n",
+            ),
+            (
+                "a label of no migrated volume gets nofail",
+                "LABEL=boot\\040other /srv ext4 defaults 0 2\n",
+                "LABEL=boot\\040other /srv ext4 defaults,nofail 0 2\n",
+            ),
+            (
+                "a mount point with a space, on a kernel name",
+                "/dev/sda1 /my\\040boot ext4 defaults 0 2\n",
+                "UUID=11111111-1111-4111-8111-111111111111 /my\\040boot ext4 defaults 0 2\n",
+            ),
+        ];
+        for (name, input, want) in cases {
+            let (got, _) = rewrite(input, &m).unwrap();
+            assert_eq!(got, *want, "case {name}");
+        }
+        assert!(matches!(
+            m.resolve("LABEL=boot vol", Some("/boot")),
+            Resolved::Migrated(v) if v.partition == Some(1)
+        ));
     }
 
     #[test]

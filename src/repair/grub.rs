@@ -451,11 +451,71 @@ pub fn install_bios_step(
         "install GRUB's BIOS boot code on the target disk",
         &|| bios_digest(&disk, &tree, boot_dir),
     )
-    .code(ErrorCode::GrubFailed)
+    .code(ErrorCode::GrubFailed)?;
+    debconf_step(ctx)
+}
+
+/// Where Debian's debconf keeps its answers.
+pub const DEBCONF: &str = "/var/cache/debconf/config.dat";
+/// The boot disk on the cloud: the first virtio-blk disk.
+pub const CLOUD_BOOT_DISK: &str = "/dev/vda";
+
+/// grub-pc's postinst installs the boot code on the disks of
+/// `grub-pc/install_devices`; the old machine's (`/dev/sda`, a by-id name
+/// of its disk) are gone, and the next GRUB update stops at "the GRUB boot
+/// loader was previously installed to a disk that is no longer present".
+fn debconf_step(ctx: &mut StepCtx) -> Result<()> {
+    let Some(text) = ctx.tree.read(DEBCONF)? else {
+        return Ok(());
+    };
+    if let Some(new) = rewrite_install_devices(&text, CLOUD_BOOT_DISK) {
+        ctx.write(DEBCONF, &new, 0o644)?;
+    }
+    Ok(())
+}
+
+/// debconf's `config.dat` (RFC 822-like records separated by blank lines)
+/// with `grub-pc/install_devices` set to `disk`; None when it has no such
+/// question.
+pub fn rewrite_install_devices(text: &str, disk: &str) -> Option<String> {
+    const NAME: &str = "grub-pc/install_devices";
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut found = false;
+    let mut in_record = false;
+    let mut value_done = false;
+    for raw in text.split_inclusive('\n') {
+        let line = raw.trim_end_matches('\n');
+        if line.is_empty() {
+            if in_record && !value_done {
+                out.push_str(&format!("Value: {disk}\n"));
+            }
+            in_record = false;
+            out.push_str(raw);
+            continue;
+        }
+        if let Some(name) = line.strip_prefix("Name:") {
+            in_record = name.trim() == NAME;
+            value_done = false;
+            found |= in_record;
+        } else if in_record && line.starts_with("Value:") {
+            out.push_str(&format!("Value: {disk}\n"));
+            value_done = true;
+            continue;
+        }
+        out.push_str(raw);
+    }
+    if in_record && !value_done {
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&format!("Value: {disk}\n"));
+    }
+    found.then_some(out)
 }
 
 /// The removable-media path every UEFI firmware boots without an NVRAM entry.
 pub const REMOVABLE: &str = "EFI/BOOT/BOOTX64.EFI";
+const REMOVABLE_DIR: &str = "EFI/BOOT";
 /// Where the loader is built inside the migrated root (its /tmp).
 const STAGE: &str = "/tmp/ferry-esp";
 
@@ -465,9 +525,25 @@ const STAGE: &str = "/tmp/ferry-esp";
 ///
 /// Partition maps are not loaded on demand, and a failed search must not
 /// fall back to the memdisk, whose own grub.cfg is this file.
-pub fn early_config(uuid: &str, prefix: &str) -> String {
+///
+/// With `modules_on_disk`, the prefix moves to the system's GRUB directory,
+/// so that the modules `grub.cfg` loads come from the same GRUB as the
+/// modules there. Without (a system whose GRUB has no module directory under
+/// /boot), the prefix stays in the loader's memdisk, which holds them all.
+pub fn early_config(uuid: &str, prefix: &str, modules_on_disk: bool) -> String {
+    let (mark, enter) = if modules_on_disk {
+        (
+            "",
+            format!("set prefix=($root){prefix}\nconfigfile $prefix/grub.cfg\n"),
+        )
+    } else {
+        (
+            " memdisk-modules",
+            format!("configfile ($root){prefix}/grub.cfg\n"),
+        )
+    };
     format!(
-        "# ferry-early-config {uuid} {prefix}\n\
+        "# ferry-early-config {uuid} {prefix}{mark}\n\
          insmod part_gpt\n\
          insmod part_msdos\n\
          insmod ext2\n\
@@ -480,14 +556,108 @@ pub fn early_config(uuid: &str, prefix: &str) -> String {
          \x20 reboot\n\
          fi\n\
          set root=$ferry_boot\n\
-         set prefix=($root){prefix}\n\
-         configfile $prefix/grub.cfg\n"
+         {enter}"
     )
 }
 
-/// Build a self-contained GRUB EFI loader with the system's own
-/// grub-mkstandalone (it probes no devices) and put it on the ESP's
-/// removable path.
+/// A loader that the distribution put on the ESP, `EFI/<vendor>/grubx64.efi`
+/// with its modules built in (the RHEL family's, and every Secure Boot
+/// system's), with the shim that starts it and the `grub.cfg` beside it
+/// that leads to the system's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrebuiltLoader {
+    pub grub: String,
+    pub shim: Option<String>,
+    pub config: Option<String>,
+}
+
+impl PrebuiltLoader {
+    /// (destination, source) on the ESP: the removable path starts what the
+    /// old machine's boot entry started (the shim, when there is one, which
+    /// loads `grubx64.efi` from its own directory), and `grub.cfg` is found
+    /// beside the loader as in the vendor's directory.
+    pub fn copies(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        match &self.shim {
+            Some(shim) => {
+                out.push((REMOVABLE.to_owned(), shim.clone()));
+                out.push((format!("{REMOVABLE_DIR}/grubx64.efi"), self.grub.clone()));
+            }
+            None => out.push((REMOVABLE.to_owned(), self.grub.clone())),
+        }
+        if let Some(cfg) = &self.config {
+            out.push((format!("{REMOVABLE_DIR}/grub.cfg"), cfg.clone()));
+        }
+        out
+    }
+}
+
+/// The vendor's prebuilt loader on the ESP, if there is one.
+pub fn find_prebuilt(esp: &dyn super::esp::Esp) -> Result<Option<PrebuiltLoader>> {
+    for (vendor, is_dir) in esp.list("EFI")? {
+        if !is_dir || vendor.eq_ignore_ascii_case("BOOT") {
+            continue;
+        }
+        let dir = format!("EFI/{vendor}");
+        let files = esp.list(&dir)?;
+        let find = |n: &str| {
+            files
+                .iter()
+                .find(|(f, d)| !d && f.eq_ignore_ascii_case(n))
+                .map(|(f, _)| format!("{dir}/{f}"))
+        };
+        if let Some(grub) = find("grubx64.efi") {
+            return Ok(Some(PrebuiltLoader {
+                grub,
+                shim: find("shimx64.efi"),
+                config: find("grub.cfg"),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Copy the vendor's loader to the removable path; nothing is written when
+/// the ESP has it already.
+fn install_prebuilt(
+    ctx: &mut StepCtx,
+    esp: &dyn super::esp::Esp,
+    loader: &PrebuiltLoader,
+) -> Result<()> {
+    ctx.note(format!(
+        "the system's GRUB has no module directory under /boot; its prebuilt loader {} goes to the removable path",
+        loader.grub
+    ));
+    for (dest, src) in loader.copies() {
+        let data = esp
+            .read(&src)?
+            .with_context(|| format!("{src} vanished from the ESP"))?;
+        let existing = esp.read(&dest)?;
+        if existing.as_deref() == Some(data.as_slice()) {
+            continue;
+        }
+        if ctx.apply() {
+            esp.write(&dest, &data)
+                .with_context(|| format!("copying {src} to {dest} on the ESP"))
+                .code(ErrorCode::GrubFailed)?;
+        }
+        ctx.record_binary(
+            &format!("ESP:/{dest}"),
+            existing.is_some(),
+            &format!("copy of {src}, {} bytes", data.len()),
+        );
+    }
+    Ok(())
+}
+
+/// Put a GRUB EFI loader on the ESP's removable path, which every firmware
+/// boots without a boot entry (the old machine's entries stay behind).
+///
+/// A system whose GRUB keeps its modules under /boot gets a self-contained
+/// loader built by its own grub-mkstandalone (it probes no devices). A
+/// system with no module directory there boots its vendor's prebuilt image
+/// (copied as it is, so a signed chain stays signed), or, when it has none,
+/// a standalone loader that keeps using the modules of its memdisk.
 pub fn install_uefi_step(
     ctx: &mut StepCtx,
     os: &OsInfo,
@@ -496,18 +666,26 @@ pub fn install_uefi_step(
     esp: &dyn super::esp::Esp,
 ) -> Result<()> {
     let g = variant(ctx, os, recipe)?;
-    let lib = format!("{}/x86_64-efi", g.lib);
-    if !ctx.tree.is_dir(&lib) {
-        return Err(coded(
-            ErrorCode::GrubFailed,
-            format!("{lib} is missing: the UEFI GRUB (grub-efi-amd64-bin / grub2-efi-x64-modules) is not installed in the migrated system"),
-        ));
-    }
     let grub_dir = g
         .config
         .rsplit_once('/')
         .map(|x| x.0)
         .unwrap_or("/boot/grub");
+    let modules_on_disk = ctx.tree.is_dir(&format!("{grub_dir}/x86_64-efi"));
+    if !modules_on_disk {
+        if let Some(loader) =
+            find_prebuilt(esp).context("looking for the vendor's loader on the ESP")?
+        {
+            return install_prebuilt(ctx, esp, &loader);
+        }
+    }
+    let lib = format!("{}/x86_64-efi", g.lib);
+    if !ctx.tree.is_dir(&lib) {
+        return Err(coded(
+            ErrorCode::GrubFailed,
+            format!("{lib} is missing and the ESP holds no EFI/<vendor>/grubx64.efi: the UEFI GRUB (grub-efi-amd64-bin / grub2-efi-x64-modules) is not installed in the migrated system"),
+        ));
+    }
     let (vol, prefix) = match map.by_mountpoint("/boot") {
         Some(v) => (
             v,
@@ -526,8 +704,8 @@ pub fn install_uefi_step(
         .uuid
         .as_deref()
         .with_context(|| format!("the file system holding {grub_dir} has no UUID"))?;
-    let early = early_config(uuid, &prefix);
-    let marker = early.lines().next().unwrap_or_default().as_bytes().to_vec();
+    let early = early_config(uuid, &prefix, modules_on_disk);
+    let marker = format!("{}\n", early.lines().next().unwrap_or_default()).into_bytes();
     if let Some(existing) = esp.read(REMOVABLE)? {
         if existing
             .windows(marker.len())
@@ -648,6 +826,61 @@ mod tests {
             rewrite_resume_conf("RESUME=none\n", &map()),
             "RESUME=none\n"
         );
+    }
+
+    #[test]
+    fn debconf_install_devices() {
+        let record = |v: Option<&str>| {
+            let value = v.map(|v| format!("Value: {v}\n")).unwrap_or_default();
+            format!("Name: grub-pc/install_devices\nTemplate: grub-pc/install_devices\n{value}Owners: grub-pc\nFlags: seen\nVariables:\n CHOICES = /dev/sda (2147 MB; QEMU_HARDDISK)\n RAW_CHOICES = /dev/sda\n")
+        };
+        let before = "Name: grub-pc/hidden_timeout\nTemplate: grub-pc/hidden_timeout\nValue: false\nOwners: grub-pc\n\n";
+        let after = "\nName: grub-pc/install_devices_disks_changed\nTemplate: grub-pc/install_devices_disks_changed\nOwners: grub-pc\n";
+        let cases: &[(&str, String, Option<String>)] = &[
+            (
+                "a kernel name",
+                format!("{before}{}{after}", record(Some("/dev/sda"))),
+                Some(format!("{before}{}{after}", record(Some("/dev/vda")))),
+            ),
+            (
+                "a by-id name",
+                format!("{before}{}{after}", record(Some("/dev/disk/by-id/ata-QEMU_HARDDISK_QM00001"))),
+                Some(format!("{before}{}{after}", record(Some("/dev/vda")))),
+            ),
+            (
+                "no value yet: inserted at the end of its record",
+                format!("{before}{}{after}", record(None)),
+                Some(format!(
+                    "{before}Name: grub-pc/install_devices\nTemplate: grub-pc/install_devices\nOwners: grub-pc\nFlags: seen\nVariables:\n CHOICES = /dev/sda (2147 MB; QEMU_HARDDISK)\n RAW_CHOICES = /dev/sda\nValue: /dev/vda\n{after}"
+                )),
+            ),
+            (
+                "the last record, no trailing newline",
+                "Name: grub-pc/install_devices\nTemplate: grub-pc/install_devices\nValue: /dev/sda".to_owned(),
+                Some("Name: grub-pc/install_devices\nTemplate: grub-pc/install_devices\nValue: /dev/vda\n".to_owned()),
+            ),
+            (
+                "no grub-pc (a UEFI system)",
+                before.to_owned(),
+                None,
+            ),
+        ];
+        for (name, input, want) in cases {
+            let got = rewrite_install_devices(input, "/dev/vda");
+            assert_eq!(got.as_deref(), want.as_deref(), "{name}");
+            if let Some(g) = got {
+                assert_eq!(
+                    rewrite_install_devices(&g, "/dev/vda").as_deref(),
+                    Some(g.as_str()),
+                    "{name}: idempotent"
+                );
+            }
+        }
+        // The other questions of the database are not touched.
+        let g = rewrite_install_devices(&cases[0].1, "/dev/vda").unwrap();
+        assert!(g.contains(
+            "Name: grub-pc/hidden_timeout\nTemplate: grub-pc/hidden_timeout\nValue: false\n"
+        ));
     }
 
     #[test]

@@ -103,8 +103,29 @@ pub fn rewrite_modules_list(text: &str, drivers: &[String]) -> String {
     out
 }
 
+/// A dracut.conf.d drop-in that adds the drivers. dracut sources these files
+/// with bash, in order, and drops every module that an `omit_drivers`
+/// pattern (a regular expression, `virtio.*`) of an earlier file matches,
+/// even one named in `add_drivers`; so the patterns that would drop one of
+/// ours are taken out of the list. `add_drivers` is installed whether the
+/// image is host-only or not, and beside an exclusive `drivers=` list.
 pub fn dracut_conf(drivers: &[String]) -> String {
-    format!("{HEADER}\nadd_drivers+=\" {} \"\n", drivers.join(" "))
+    let list = drivers.join(" ");
+    format!(
+        "{HEADER}\n\
+         add_drivers+=\" {list} \"\n\
+         # An omit_drivers pattern that matches one of them would drop it again.\n\
+         read -r -a ferry_omit <<< \"$omit_drivers\"\n\
+         omit_drivers=\" \"\n\
+         for ferry_p in \"${{ferry_omit[@]}}\"; do\n\
+         \x20   ferry_keep=1\n\
+         \x20   for ferry_d in {list}; do\n\
+         \x20       [[ $ferry_d =~ $ferry_p ]] && ferry_keep=0\n\
+         \x20   done\n\
+         \x20   [[ $ferry_keep = 1 ]] && omit_drivers+=\" $ferry_p \"\n\
+         done\n\
+         unset ferry_omit ferry_p ferry_keep ferry_d\n"
+    )
 }
 
 /// Which of `drivers` a listing of an image lacks.
@@ -279,10 +300,59 @@ mod tests {
             assert_eq!(got, *want);
             assert_eq!(rewrite_modules_list(&got, &d()), got);
         }
-        assert_eq!(
-            dracut_conf(&d()),
-            "# Added by ferry: drivers of the cloud's disks and network (virtio, NVMe).\nadd_drivers+=\" virtio_blk virtio_scsi virtio_net virtio_pci nvme \"\n"
+        let conf = dracut_conf(&d());
+        assert!(
+            conf.starts_with("# Added by ferry: drivers of the cloud's disks and network (virtio, NVMe).\nadd_drivers+=\" virtio_blk virtio_scsi virtio_net virtio_pci nvme \"\n"),
+            "{conf}"
         );
+    }
+
+    /// The drop-in as dracut reads it: sourced by bash after the old
+    /// hardware's configuration.
+    #[test]
+    fn dracut_drop_in_survives_an_exclusive_configuration() {
+        let d_ = tempfile::tempdir().unwrap();
+        let old = d_.path().join("10-old-hardware.conf");
+        std::fs::write(
+            &old,
+            "hostonly=\"yes\"\ndrivers=\" ahci sd_mod ext4 \"\nomit_drivers+=\" virtio.* nd_virtio floppy \"\nomit_drivers+=\" nvm[e] \"\n",
+        )
+        .unwrap();
+        // dracut warns of `+=` values without surrounding spaces.
+        for l in dracut_conf(&d()).lines().filter(|l| l.contains("+=\"")) {
+            assert!(
+                l.contains("+=\" ") && l.ends_with(" \""),
+                "dracut would warn about: {l}"
+            );
+        }
+        let ours = d_.path().join("90-ferry-virtio.conf");
+        std::fs::write(&ours, dracut_conf(&d())).unwrap();
+        // A file in the working directory must not be globbed into a pattern.
+        std::fs::write(d_.path().join("virtio.x"), "").unwrap();
+        let out = crate::cmd::Cmd::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "cd {0} && . ./10-old-hardware.conf && . ./90-ferry-virtio.conf && printf '%s|%s|%s|%s' \"$drivers\" \"$add_drivers\" \"$omit_drivers\" \"${{ferry_p-unset}}\"",
+                d_.path().display()
+            ))
+            .run()
+            .unwrap()
+            .stdout_text();
+        assert_eq!(
+            out,
+            " ahci sd_mod ext4 | virtio_blk virtio_scsi virtio_net virtio_pci nvme |  nd_virtio  floppy |unset"
+        );
+        // Sourced twice (a second repair), nothing changes.
+        let again = crate::cmd::Cmd::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "cd {0} && . ./10-old-hardware.conf && . ./90-ferry-virtio.conf && . ./90-ferry-virtio.conf && printf '%s' \"$omit_drivers\"",
+                d_.path().display()
+            ))
+            .run()
+            .unwrap()
+            .stdout_text();
+        assert_eq!(again, "  nd_virtio  floppy ");
     }
 
     #[test]

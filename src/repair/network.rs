@@ -104,7 +104,8 @@ pub const NM_FILE: &str = "/etc/NetworkManager/system-connections/ferry-dhcp.nmc
 /// Ethernet device.
 pub const NM_CONNECTION: &str = "# Written by ferry: DHCP on any Ethernet interface.\n[connection]\nid=ferry-dhcp\nuuid=5b0f6d1c-3d7e-4c2a-9a53-4f1e0c8b7a21\ntype=ethernet\nautoconnect=true\nautoconnect-priority=100\n\n[ethernet]\n\n[ipv4]\nmethod=auto\n\n[ipv6]\nmethod=auto\n";
 
-/// A NetworkManager keyfile of the old system: no autoconnect, no MAC.
+/// A NetworkManager keyfile of the old system: no autoconnect, pinned to no
+/// interface name or MAC.
 pub fn disable_nm_keyfile(text: &str) -> Option<String> {
     let mut section = String::new();
     let mut is_ethernet = false;
@@ -137,7 +138,11 @@ pub fn disable_nm_keyfile(text: &str) -> Option<String> {
                 wrote_autoconnect = true;
             }
             continue;
-        } else if t.starts_with("mac-address=") || t.starts_with("cloned-mac-address=") {
+        } else if t.starts_with("mac-address=")
+            || t.starts_with("cloned-mac-address=")
+            || (section == "[connection]" && t.starts_with("interface-name="))
+        {
+            // Pinned to the old NIC: its name and MAC are gone on the cloud.
             continue;
         }
         out.push_str(l);
@@ -382,11 +387,162 @@ mod tests {
     #[test]
     fn nm_keyfile() {
         let input = "[connection]\nid=Wired connection 1\nuuid=0d1c\ntype=ethernet\ninterface-name=ens192\n\n[ethernet]\nmac-address=00:50:56:AA:BB:CC\n\n[ipv4]\naddress1=10.0.0.5/24,10.0.0.1\nmethod=manual\n";
-        let want = "[connection]\nid=Wired connection 1\nuuid=0d1c\ntype=ethernet\ninterface-name=ens192\n\nautoconnect=false\n[ethernet]\n\n[ipv4]\naddress1=10.0.0.5/24,10.0.0.1\nmethod=manual\n";
+        let want = "[connection]\nid=Wired connection 1\nuuid=0d1c\ntype=ethernet\n\nautoconnect=false\n[ethernet]\n\n[ipv4]\naddress1=10.0.0.5/24,10.0.0.1\nmethod=manual\n";
         let got = disable_nm_keyfile(input).unwrap();
         assert_eq!(got, want);
         assert_eq!(disable_nm_keyfile(&got).unwrap(), got);
         assert_eq!(disable_nm_keyfile("[connection]\ntype=wifi\n"), None);
+    }
+
+    fn os_with(network: Vec<NetStack>) -> OsInfo {
+        use crate::repair::detect::*;
+        OsInfo {
+            id: "debian".into(),
+            id_like: vec![],
+            version_id: "13".into(),
+            pretty_name: String::new(),
+            source: String::new(),
+            kernels: vec![],
+            bootloader: Bootloader::Grub2,
+            firmware: Firmware::Uefi,
+            init: InitSystem::Systemd,
+            network,
+            cloud_init: false,
+            selinux: SelinuxMode::Absent,
+        }
+    }
+
+    fn tree_with(files: &[(&str, &str)]) -> (tempfile::TempDir, crate::repair::tree::Tree) {
+        let d = tempfile::tempdir().unwrap();
+        for (p, c) in files {
+            let host = d.path().join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(host.parent().unwrap()).unwrap();
+            std::fs::write(host, c).unwrap();
+        }
+        let t = crate::repair::tree::Tree::new(d.path());
+        (d, t)
+    }
+
+    fn run_step(
+        tree: &crate::repair::tree::Tree,
+        os: &OsInfo,
+    ) -> crate::repair::engine::StepReport {
+        let mut ctx = StepCtx::new(tree, crate::repair::engine::Mode::Apply, None);
+        step(&mut ctx, os).unwrap();
+        ctx.finish("network")
+    }
+
+    /// Ubuntu's installer pins the static address to the old NIC by MAC
+    /// and renames it with set-name: the file is set aside (netplan reads
+    /// only *.yaml), and DHCP on any Ethernet name takes its place.
+    #[test]
+    fn netplan_pinned_to_the_old_nic_is_replaced_by_dhcp_on_any_ethernet() {
+        use crate::repair::engine::{Change, Status};
+        let pinned = "network:\n  version: 2\n  renderer: networkd\n  ethernets:\n    ens8:\n      match:\n        macaddress: \"52:54:00:12:34:08\"\n      set-name: ens8\n      addresses:\n        - 10.0.2.50/24\n";
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("networkd", pinned, None),
+            (
+                "NetworkManager renderer kept",
+                "network:\n  version: 2\n  renderer: NetworkManager\n  ethernets:\n    ens192:\n      match:\n        macaddress: 00:50:56:aa:bb:cc\n      set-name: ens192\n      dhcp4: false\n",
+                Some("NetworkManager"),
+            ),
+        ];
+        for (name, input, renderer) in cases {
+            let (d, t) = tree_with(&[("/etc/netplan/50-cloud-init.yaml", input)]);
+            let r = run_step(&t, &os_with(vec![NetStack::Netplan]));
+            assert_eq!(r.status, Status::Changed, "{name}");
+            assert!(
+                r.changes.contains(&Change::Rename {
+                    from: "/etc/netplan/50-cloud-init.yaml".into(),
+                    to: "/etc/netplan/50-cloud-init.yaml.ferry-disabled".into()
+                }),
+                "{name}: {:?}",
+                r.changes
+            );
+            assert_eq!(
+                yaml_files(&t, "/etc/netplan").unwrap(),
+                ["90-ferry-dhcp.yaml"],
+                "{name}: the only file netplan reads"
+            );
+            let ours =
+                std::fs::read_to_string(d.path().join("etc/netplan/90-ferry-dhcp.yaml")).unwrap();
+            let render = renderer
+                .map(|r| format!("  renderer: {r}\n"))
+                .unwrap_or_default();
+            assert_eq!(
+                ours,
+                format!("# Written by ferry: DHCP on every Ethernet interface, whatever the cloud names it.\nnetwork:\n  version: 2\n{render}  ethernets:\n    cloud:\n      match:\n        name: \"e*\"\n      dhcp4: true\n      dhcp6: false\n"),
+                "{name}"
+            );
+            assert!(
+                !ours.contains("macaddress") && !ours.contains("set-name"),
+                "{name}"
+            );
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(d.path().join("etc/netplan/90-ferry-dhcp.yaml"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(
+                mode & 0o777,
+                0o600,
+                "{name}: netplan warns about readable files"
+            );
+            assert_eq!(
+                std::fs::read_to_string(
+                    d.path()
+                        .join("etc/netplan/50-cloud-init.yaml.ferry-disabled")
+                )
+                .unwrap(),
+                *input,
+                "{name}: the old file is kept as it was"
+            );
+            let again = run_step(&t, &os_with(vec![NetStack::Netplan]));
+            assert_eq!(
+                again.status,
+                Status::Unchanged,
+                "{name}: {:?}",
+                again.changes
+            );
+        }
+    }
+
+    /// A static keyfile pinned to the old NIC by name and MAC, and
+    /// `no-auto-default=*` (no automatic DHCP profile for a new NIC): the
+    /// keyfile is unpinned and no longer autoconnects, and a DHCP keyfile
+    /// for any Ethernet device is added.
+    #[test]
+    fn networkmanager_pinned_keyfile_and_no_auto_default() {
+        use crate::repair::engine::Status;
+        let keyfile = "[connection]\nid=ens8\nuuid=5fb06bd0-0bb0-7ffb-45f1-d6edd65f3e03\ntype=ethernet\ninterface-name=ens8\nautoconnect=true\n\n[ethernet]\nmac-address=52:54:00:12:34:08\n\n[ipv4]\nmethod=manual\naddress1=10.0.2.50/24,10.0.2.2\n";
+        let (d, t) = tree_with(&[
+            (
+                "/etc/NetworkManager/system-connections/ens8.nmconnection",
+                keyfile,
+            ),
+            (
+                "/etc/NetworkManager/conf.d/90-server.conf",
+                "[main]\nplugins=keyfile\nno-auto-default=*\n",
+            ),
+        ]);
+        let os = os_with(vec![NetStack::NetworkManager]);
+        let r = run_step(&t, &os);
+        assert_eq!(r.status, Status::Changed);
+        let read = |p: &str| std::fs::read_to_string(d.path().join(p)).unwrap();
+        assert_eq!(
+            read("etc/NetworkManager/system-connections/ens8.nmconnection"),
+            "[connection]\nid=ens8\nuuid=5fb06bd0-0bb0-7ffb-45f1-d6edd65f3e03\ntype=ethernet\nautoconnect=false\n\n[ethernet]\n\n[ipv4]\nmethod=manual\naddress1=10.0.2.50/24,10.0.2.2\n"
+        );
+        assert_eq!(
+            read("etc/NetworkManager/system-connections/ferry-dhcp.nmconnection"),
+            NM_CONNECTION
+        );
+        assert!(
+            !NM_CONNECTION.contains("interface-name") && !NM_CONNECTION.contains("mac-address")
+        );
+        assert!(NM_CONNECTION.contains("[ipv4]\nmethod=auto\n"));
+        let again = run_step(&t, &os);
+        assert_eq!(again.status, Status::Unchanged, "{:?}", again.changes);
     }
 
     #[test]

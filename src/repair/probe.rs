@@ -28,11 +28,7 @@ fn blkid(dev: &Path) -> Result<Vec<(String, String)>> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(out
-        .stdout_text()
-        .lines()
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-        .collect())
+    Ok(crate::devname::parse_blkid_export(&out.stdout_text()))
 }
 
 fn volume(node: PathBuf, partition: Option<u32>) -> Result<Option<Volume>> {
@@ -72,7 +68,7 @@ pub fn mounts_under(root: &Path) -> Result<Vec<(String, String)>> {
         if f.len() < 5 {
             continue;
         }
-        let mp = unescape(f[4]);
+        let mp = crate::devname::unescape_octal(f[4]);
         let Ok(rel) = Path::new(&mp).strip_prefix(&root) else {
             continue;
         };
@@ -85,13 +81,6 @@ pub fn mounts_under(root: &Path) -> Result<Vec<(String, String)>> {
         out.push((f[2].to_owned(), inside));
     }
     Ok(out)
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }
 
 /// A migrated disk as the appliance sees it: every partition (and a file

@@ -85,6 +85,7 @@ fn debian_tree(root: &Path, with_virtio: bool) {
             ("/lib/systemd/systemd", ""),
             ("/sbin/ifup", ""),
             ("/etc/network/interfaces", "auto lo\niface lo inet loopback\n\nallow-hotplug ens33\niface ens33 inet static\n    address 192.168.10.5/24\n    gateway 192.168.10.1\n"),
+            ("/var/cache/debconf/config.dat", "Name: grub-pc/install_devices\nTemplate: grub-pc/install_devices\nValue: /dev/disk/by-id/ata-VMware_Virtual_S_1\nOwners: grub-pc\nFlags: seen\n\nName: grub-pc/timeout\nTemplate: grub-pc/timeout\nValue: 5\nOwners: grub-pc\n"),
             ("/usr/bin/cloud-init", ""),
             ("/var/lib/cloud/instances/i-vmware/obj.pkl", "state"),
             ("/lib/systemd/system/cloud-init.service", "[Unit]\n[Install]\nWantedBy=cloud-init.target\n"),
@@ -226,6 +227,11 @@ fn plan_writes_nothing_apply_repairs_second_apply_changes_nothing() {
         "UUID=22222222-2222-4222-8222-222222222222 / ext4 errors=remount-ro 0 1\nUUID=11111111-1111-4111-8111-111111111111 /boot ext4 defaults 0 2\n# ferry: disk not migrated, /dev/sdb1 would name another disk on the cloud: /dev/sdb1 /data ext4 defaults 0 2\n"
     );
     assert_eq!(
+        read("var/cache/debconf/config.dat"),
+        "Name: grub-pc/install_devices\nTemplate: grub-pc/install_devices\nValue: /dev/vda\nOwners: grub-pc\nFlags: seen\n\nName: grub-pc/timeout\nTemplate: grub-pc/timeout\nValue: 5\nOwners: grub-pc\n",
+        "grub-pc installs to the cloud's disk on its next update"
+    );
+    assert_eq!(
         read("etc/cloud/cloud.cfg.d/99-ferry-datasource.cfg"),
         "# Written by ferry: the datasource of the cloud this system was migrated to.\ndatasource_list: [ AliYun, None ]\n"
     );
@@ -345,7 +351,13 @@ fn uefi_loader_goes_to_the_removable_path_once() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path().join("root");
     debian_tree(&root, true);
-    put(&root, &[("/usr/lib/grub/x86_64-efi/linux.mod", "")]);
+    put(
+        &root,
+        &[
+            ("/usr/lib/grub/x86_64-efi/linux.mod", ""),
+            ("/boot/grub/x86_64-efi/normal.mod", ""),
+        ],
+    );
     let img = d.path().join("esp.img");
     fs::File::create(&img).unwrap().set_len(40 << 20).unwrap();
     crate::cmd::Cmd::new("mkfs.vfat")
@@ -388,4 +400,284 @@ fn uefi_loader_goes_to_the_removable_path_once() {
         1,
         "the loader was rebuilt although the ESP had it"
     );
+}
+
+fn fresh_esp(path: &Path) -> esp::FatPartition {
+    fs::File::create(path).unwrap().set_len(40 << 20).unwrap();
+    crate::cmd::Cmd::new("mkfs.vfat")
+        .args(["-F", "32"])
+        .arg(path)
+        .run()
+        .unwrap();
+    esp::FatPartition::new(path)
+}
+
+/// A system whose only loader is its vendor's prebuilt image: no module
+/// directory under /boot/grub, none under /usr/lib/grub either. The image
+/// (and the shim that starts it, when there is one) goes to the removable
+/// path with its grub.cfg beside it; no GRUB tool runs.
+#[test]
+fn prebuilt_vendor_loader_is_copied_to_the_removable_path() {
+    if !crate::cmd::have("mkfs.vfat") {
+        eprintln!("skipping: mkfs.vfat is not installed");
+        return;
+    }
+    struct NoTools;
+    impl Runner for NoTools {
+        fn run(&self, argv: &[String]) -> Result<Output> {
+            panic!("no tool should run: {argv:?}")
+        }
+    }
+    let cfg = b"search.fs_uuid 22222222-2222-4222-8222-222222222222 root\nset prefix=($root)'/boot/grub'\nconfigfile $prefix/grub.cfg\n";
+    type Case<'a> = (
+        &'a str,
+        &'a [(&'a str, &'a [u8])],
+        &'a [(&'a str, &'a [u8])],
+    );
+    let cases: &[Case] = &[
+        (
+            "grub only",
+            &[
+                ("EFI/debian/grubx64.efi", b"MZ prebuilt grub"),
+                ("EFI/debian/grub.cfg", cfg),
+            ],
+            &[
+                ("EFI/BOOT/BOOTX64.EFI", b"MZ prebuilt grub"),
+                ("EFI/BOOT/grub.cfg", cfg),
+            ],
+        ),
+        (
+            "shim and grub, as a Secure Boot system has them",
+            &[
+                ("EFI/redhat/shimx64.efi", b"MZ shim"),
+                ("EFI/redhat/grubx64.efi", b"MZ signed grub"),
+                ("EFI/redhat/grub.cfg", cfg),
+            ],
+            &[
+                ("EFI/BOOT/BOOTX64.EFI", b"MZ shim"),
+                ("EFI/BOOT/grubx64.efi", b"MZ signed grub"),
+                ("EFI/BOOT/grub.cfg", cfg),
+            ],
+        ),
+    ];
+    for (name, on_esp, want) in cases {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        debian_tree(&root, true);
+        let fat = fresh_esp(&d.path().join("esp.img"));
+        for (p, c) in *on_esp {
+            esp::Esp::write(&fat, p, c).unwrap();
+        }
+        let mut opts = Options::new(
+            &root,
+            map(&d.path().join("disk")),
+            BootMode::Uefi {
+                esp: Some(d.path().join("esp.img")),
+            },
+            Mode::Apply,
+        );
+        opts.only = Some(vec![recipe::StepName::GrubInstall]);
+        let r = execute(&opts, Some(&NoTools)).into_result().unwrap();
+        assert!(r.changed, "{name}");
+        for (p, c) in *want {
+            assert_eq!(
+                esp::Esp::read(&fat, p).unwrap().as_deref(),
+                Some(*c),
+                "{name}: {p}"
+            );
+        }
+        let copied: Vec<String> = r.steps[0]
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::File { path, .. } => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
+        let want_paths: Vec<String> = want.iter().map(|(p, _)| format!("ESP:/{p}")).collect();
+        assert_eq!(copied, want_paths, "{name}");
+        let again = execute(&opts, Some(&NoTools)).into_result().unwrap();
+        assert!(!again.changed, "{name}: second run");
+    }
+}
+
+/// No module directory under /boot/grub and no vendor image, but the
+/// system has GRUB's EFI modules: the standalone loader keeps its memdisk
+/// as the prefix, where every module is.
+#[test]
+fn standalone_loader_keeps_memdisk_modules_without_a_module_directory() {
+    if !crate::cmd::have("mkfs.vfat") {
+        eprintln!("skipping: mkfs.vfat is not installed");
+        return;
+    }
+    struct Mkstandalone(PathBuf);
+    impl Runner for Mkstandalone {
+        fn run(&self, argv: &[String]) -> Result<Output> {
+            assert_eq!(argv[0], "grub-mkstandalone");
+            let early = fs::read(self.0.join("tmp/ferry-esp/early.cfg")).unwrap();
+            fs::write(self.0.join(argv[4].trim_start_matches('/')), early).unwrap();
+            Ok(Output {
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            })
+        }
+    }
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    debian_tree(&root, true);
+    put(&root, &[("/usr/lib/grub/x86_64-efi/linux.mod", "")]);
+    let fat = fresh_esp(&d.path().join("esp.img"));
+    let mut opts = Options::new(
+        &root,
+        map(&d.path().join("disk")),
+        BootMode::Uefi {
+            esp: Some(d.path().join("esp.img")),
+        },
+        Mode::Apply,
+    );
+    opts.only = Some(vec![recipe::StepName::GrubInstall]);
+    execute(&opts, Some(&Mkstandalone(root.clone())))
+        .into_result()
+        .unwrap();
+    let loader =
+        String::from_utf8(esp::Esp::read(&fat, grub::REMOVABLE).unwrap().unwrap()).unwrap();
+    assert!(
+        loader.starts_with(
+            "# ferry-early-config 11111111-1111-4111-8111-111111111111 /grub memdisk-modules\n"
+        ),
+        "{loader}"
+    );
+    assert!(
+        loader.ends_with("set root=$ferry_boot\nconfigfile ($root)/grub/grub.cfg\n"),
+        "{loader}"
+    );
+    assert!(!loader.contains("set prefix"), "{loader}");
+    // With neither, the FAQ's code and what is missing.
+    fs::remove_dir_all(root.join("usr/lib/grub/x86_64-efi")).unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    fresh_esp(&d2.path().join("esp.img"));
+    opts.boot = BootMode::Uefi {
+        esp: Some(d2.path().join("esp.img")),
+    };
+    let err = execute(&opts, Some(&Mkstandalone(root.clone())))
+        .report
+        .error
+        .unwrap();
+    assert_eq!(err.code, "GRUB_FAILED");
+    assert!(
+        err.message.contains(
+            "/usr/lib/grub/x86_64-efi is missing and the ESP holds no EFI/<vendor>/grubx64.efi"
+        ),
+        "{}",
+        err.message
+    );
+}
+
+/// A Debian whose initramfs generator is dracut (no update-initramfs): the
+/// recipe's dracut variant writes the drop-in, rebuilds the image with
+/// dracut and checks it with lsinitrd; an image that still lacks a driver
+/// after the rebuild is the FAQ's code.
+#[test]
+fn debian_with_dracut_gets_the_drivers_through_a_drop_in() {
+    struct Dracut {
+        root: PathBuf,
+        ran: RefCell<Vec<String>>,
+        /// What lsinitrd leaves out of its listing.
+        drop: Option<&'static str>,
+    }
+    impl Runner for Dracut {
+        fn run(&self, argv: &[String]) -> Result<Output> {
+            self.ran.borrow_mut().push(argv.join(" "));
+            let mut stdout = String::new();
+            match argv[0].as_str() {
+                "dracut" => {
+                    // Like dracut: the drop-in's add_drivers go into the image.
+                    let conf = fs::read_to_string(
+                        self.root.join("etc/dracut.conf.d/90-ferry-virtio.conf"),
+                    )
+                    .unwrap();
+                    let line = conf
+                        .lines()
+                        .find_map(|l| l.strip_prefix("add_drivers+=\""))
+                        .unwrap();
+                    let image = argv.last().unwrap();
+                    fs::write(
+                        self.root.join(image.trim_start_matches('/')),
+                        line.trim_end_matches('"'),
+                    )
+                    .unwrap();
+                }
+                "lsinitrd" => {
+                    let img = fs::read_to_string(self.root.join(argv[1].trim_start_matches('/')))
+                        .unwrap();
+                    for m in img.split_whitespace().filter(|m| Some(*m) != self.drop) {
+                        stdout.push_str(&format!(
+                            "-rw-r--r--   1 root root 1 Jul  2 13:50 usr/lib/modules/{KVER}/kernel/drivers/x/{m}.ko\n"
+                        ));
+                    }
+                }
+                other => panic!("unexpected command {other}"),
+            }
+            Ok(Output {
+                stdout: stdout.into_bytes(),
+                stderr: Vec::new(),
+            })
+        }
+    }
+    for drop in [None, Some("virtio_blk")] {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        debian_tree(&root, true);
+        fs::remove_file(root.join("usr/sbin/update-initramfs")).unwrap();
+        fs::remove_file(root.join("etc/initramfs-tools/modules")).unwrap();
+        put(
+            &root,
+            &[
+                ("/usr/bin/dracut", ""),
+                (
+                    "/etc/dracut.conf.d/10-old-hardware.conf",
+                    "drivers=\" ahci sd_mod ext4 \"\nomit_drivers+=\" virtio.* \"\n",
+                ),
+            ],
+        );
+        let fake = Dracut {
+            root: root.clone(),
+            ran: RefCell::new(Vec::new()),
+            drop,
+        };
+        let mut opts = Options::new(
+            &root,
+            map(&d.path().join("disk")),
+            BootMode::Auto,
+            Mode::Apply,
+        );
+        opts.only = Some(vec![recipe::StepName::Initramfs]);
+        let out = execute(&opts, Some(&fake));
+        assert_eq!(
+            fake.ran.borrow()[..2],
+            [
+                format!("dracut --force --no-hostonly --kver {KVER} /boot/initrd.img-{KVER}"),
+                format!("lsinitrd /boot/initrd.img-{KVER}"),
+            ]
+        );
+        let conf = fs::read_to_string(root.join("etc/dracut.conf.d/90-ferry-virtio.conf")).unwrap();
+        assert!(
+            conf.contains("add_drivers+=\" virtio_blk virtio_scsi virtio_net virtio_pci nvme \"\n"),
+            "{conf}"
+        );
+        match drop {
+            None => {
+                let r = out.into_result().unwrap();
+                assert_eq!(r.steps[0].status, Status::Changed);
+            }
+            Some(_) => {
+                let err = out.report.error.unwrap();
+                assert_eq!(err.code, "VIRTIO_CHECK_FAILED");
+                assert_eq!(
+                    err.message,
+                    format!("repair step initramfs: VIRTIO_CHECK_FAILED: check virtio failed (/boot/initrd.img-{KVER} still lacks virtio_blk after `dracut --force --no-hostonly --kver {KVER} /boot/initrd.img-{KVER}`)")
+                );
+            }
+        }
+    }
 }
