@@ -35,25 +35,7 @@ fn appliance(dir: &Path, targets: &[PathBuf]) -> harness::Server {
 /// The appliance's own boot test is off unless `keys` set it: these tests
 /// boot the targets on the host afterwards, with the fixture's marker.
 fn appliance_with(dir: &Path, targets: &[PathBuf], keys: &str) -> harness::Server {
-    let mut cfg = format!("token = \"{TOKEN}\"\ncontrol_token = \"{CONTROL_TOKEN}\"\n{keys}");
-    if !keys.contains("boot_test") {
-        cfg.push_str("boot_test = false\n");
-    }
-    for (i, t) in targets.iter().enumerate() {
-        cfg.push_str(&format!(
-            "[[disk]]\nindex = {i}\ntarget = \"{}\"\n",
-            t.display()
-        ));
-    }
-    let path = dir.join("ferry.toml");
-    std::fs::write(&path, cfg).expect("writing the config");
-    let mut server = harness::Server::start_processing(
-        &dir.join("state"),
-        &["--config", path.to_str().expect("utf-8 path")],
-    );
-    server.token = TOKEN.to_owned();
-    server.control_token = CONTROL_TOKEN.to_owned();
-    server
+    harness::Server::processing_onto(dir, targets, TOKEN, CONTROL_TOKEN, keys)
 }
 
 /// Empty target files: `extra` bytes larger than the source for disk 0 (the
@@ -73,15 +55,7 @@ fn targets_for(src: &[PathBuf], dir: &Path, extra: u64) -> Vec<PathBuf> {
 }
 
 fn job(server: &harness::Server) -> serde_json::Value {
-    let auth = format!("Bearer {CONTROL_TOKEN}");
-    let (status, body) = harness::http(
-        &server.control,
-        "GET",
-        "/v1/job",
-        &[("Authorization", &auth)],
-    );
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).expect("job JSON")
+    server.job()
 }
 
 /// (start, sectors) of partition `n` of an image, by util-linux's partx.

@@ -30,31 +30,11 @@ const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 /// off: the test boots the target itself afterwards, with the fixture's
 /// marker.
 fn appliance(dir: &Path, target: &Path) -> harness::Server {
-    let cfg = format!(
-        "token = \"{TOKEN}\"\ncontrol_token = \"{CONTROL_TOKEN}\"\nboot_test = false\n[[disk]]\nindex = 0\ntarget = \"{}\"\n",
-        target.display()
-    );
-    let path = dir.join("ferry.toml");
-    std::fs::write(&path, cfg).expect("writing the config");
-    let mut server = harness::Server::start_processing(
-        &dir.join("state"),
-        &["--config", path.to_str().expect("utf-8 path")],
-    );
-    server.token = TOKEN.to_owned();
-    server.control_token = CONTROL_TOKEN.to_owned();
-    server
+    harness::Server::processing_onto(dir, &[target.to_path_buf()], TOKEN, CONTROL_TOKEN, "")
 }
 
 fn job(server: &harness::Server) -> serde_json::Value {
-    let auth = format!("Bearer {CONTROL_TOKEN}");
-    let (status, body) = harness::http(
-        &server.control,
-        "GET",
-        "/v1/job",
-        &[("Authorization", &auth)],
-    );
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).expect("job JSON")
+    server.job()
 }
 
 fn send_files(

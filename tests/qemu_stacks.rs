@@ -129,35 +129,11 @@ fn negative_control(src: &SourceImage, fails: Fails) {
 /// The appliance in production mode with mapped targets, its boot test off
 /// (the test boots the targets itself, with the fixture's marker).
 fn appliance(dir: &Path, targets: &[PathBuf]) -> harness::Server {
-    let mut cfg =
-        format!("token = \"{TOKEN}\"\ncontrol_token = \"{CONTROL_TOKEN}\"\nboot_test = false\n");
-    for (i, t) in targets.iter().enumerate() {
-        cfg.push_str(&format!(
-            "[[disk]]\nindex = {i}\ntarget = \"{}\"\n",
-            t.display()
-        ));
-    }
-    let path = dir.join("ferry.toml");
-    std::fs::write(&path, cfg).expect("writing the config");
-    let mut server = harness::Server::start_processing(
-        &dir.join("state"),
-        &["--config", path.to_str().expect("utf-8 path")],
-    );
-    server.token = TOKEN.to_owned();
-    server.control_token = CONTROL_TOKEN.to_owned();
-    server
+    harness::Server::processing_onto(dir, targets, TOKEN, CONTROL_TOKEN, "")
 }
 
 fn job(server: &harness::Server) -> serde_json::Value {
-    let auth = format!("Bearer {CONTROL_TOKEN}");
-    let (status, body) = harness::http(
-        &server.control,
-        "GET",
-        "/v1/job",
-        &[("Authorization", &auth)],
-    );
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).expect("job JSON")
+    server.job()
 }
 
 /// Sends the source through a real appliance and returns the targets once

@@ -44,6 +44,46 @@ impl Server {
 
     /// `ferry serve` with its Processing stage (grow, repair, verify), as
     /// in production, with exactly these extra arguments.
+    /// An appliance that processes onto `targets` (disk i onto
+    /// `targets[i]`) with these tokens and the further config `keys`; its
+    /// own boot test is off unless `keys` sets it (the tests boot the
+    /// targets on the host afterwards, with the fixture's marker).
+    pub fn processing_onto(
+        dir: &Path,
+        targets: &[PathBuf],
+        token: &str,
+        control_token: &str,
+        keys: &str,
+    ) -> Server {
+        let mut cfg = format!("token = \"{token}\"\ncontrol_token = \"{control_token}\"\n{keys}");
+        if !keys.contains("boot_test") {
+            cfg.push_str("boot_test = false\n");
+        }
+        for (i, t) in targets.iter().enumerate() {
+            cfg.push_str(&format!(
+                "[[disk]]\nindex = {i}\ntarget = \"{}\"\n",
+                t.display()
+            ));
+        }
+        let path = dir.join("ferry.toml");
+        std::fs::write(&path, cfg).expect("writing the config");
+        let mut server = Server::start_processing(
+            &dir.join("state"),
+            &["--config", path.to_str().expect("utf-8 path")],
+        );
+        server.token = token.to_owned();
+        server.control_token = control_token.to_owned();
+        server
+    }
+
+    /// `GET /v1/job` with the control token, parsed.
+    pub fn job(&self) -> serde_json::Value {
+        let auth = format!("Bearer {}", self.control_token);
+        let (status, body) = http(&self.control, "GET", "/v1/job", &[("Authorization", &auth)]);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("job JSON")
+    }
+
     pub fn start_processing(state: &Path, extra: &[&str]) -> Server {
         Self::spawn_serve(state, "127.0.0.1:0", extra)
     }
