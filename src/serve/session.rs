@@ -468,6 +468,21 @@ fn frame_ready(buf: &[u8]) -> bool {
 }
 
 impl Session {
+    /// Let the sender in at its first disk or tree: the job's state
+    /// decides whether data is accepted at all (Stopped, Finished, Expired,
+    /// InError, Deleting refuse with their codes; Ready and Waiting move to
+    /// Preparing).
+    async fn admit(&mut self) -> Result<()> {
+        if !self.admitted {
+            let job = Arc::clone(&self.app.job);
+            tokio::task::spawn_blocking(move || job.admit_sender())
+                .await
+                .context("admitting the sender")??;
+            self.admitted = true;
+        }
+        Ok(())
+    }
+
     async fn run(
         &mut self,
         conn: &mut Conn,
@@ -1040,16 +1055,7 @@ impl Session {
                 format!("disk {disk} is already open"),
             ));
         }
-        if !self.admitted {
-            // The job's state decides whether data is accepted at all:
-            // Stopped, Finished, Expired, InError, Deleting refuse with their
-            // codes; Ready and Waiting move to Preparing.
-            let job = Arc::clone(&self.app.job);
-            tokio::task::spawn_blocking(move || job.admit_sender())
-                .await
-                .context("admitting the sender")??;
-            self.admitted = true;
-        }
+        self.admit().await?;
         let guard = self.app.claims.claim(disk, &self.link).await?;
         let app = Arc::clone(&self.app);
         let (target, record) = tokio::task::spawn_blocking(move || {
@@ -1206,13 +1212,7 @@ impl Session {
             // A new round counts from zero.
             self.app.files_progress.reset();
         }
-        if !self.admitted {
-            let job = Arc::clone(&self.app.job);
-            tokio::task::spawn_blocking(move || job.admit_sender())
-                .await
-                .context("admitting the sender")??;
-            self.admitted = true;
-        }
+        self.admit().await?;
         if !self.app.config.build {
             self.files = Some(FilesSession {
                 mounted: None,
@@ -1283,13 +1283,7 @@ impl Session {
                 format!("tree {tree} is already open"),
             ));
         }
-        if !self.admitted {
-            let job = Arc::clone(&self.app.job);
-            tokio::task::spawn_blocking(move || job.admit_sender())
-                .await
-                .context("admitting the sender")??;
-            self.admitted = true;
-        }
+        self.admit().await?;
         let guard = self.app.claims.claim(TREE_CLAIM | tree, &self.link).await?;
         let codec_max = conn
             .codec()
