@@ -15,6 +15,24 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     done
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "installing: ${missing[*]}"
+        # Where the machine's qemu-utils comes from bookworm-backports, the
+        # QEMU system emulator must be of the same version (bookworm's 7.2
+        # conflicts with it): take it and what it needs from backports.
+        if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q '~bpo12'; then
+            if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d; then
+                printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' \
+                    'Suites: bookworm-backports' 'Components: main' \
+                    'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
+                    > /etc/apt/sources.list.d/bookworm-backports.sources
+            fi
+            for i in "${!missing[@]}"; do
+                if [ "${missing[$i]}" = qemu-system-x86 ]; then
+                    missing[$i]=qemu-system-x86/bookworm-backports
+                    missing+=(qemu-system-common/bookworm-backports
+                        qemu-system-data/bookworm-backports seabios/bookworm-backports)
+                fi
+            done
+        fi
         apt-get update -q
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
