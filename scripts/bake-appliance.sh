@@ -53,6 +53,9 @@ packages=(
     python3-cffi-backend
     grub-pc grub-pc-bin grub-efi-amd64-bin grub2-common
     e2fsprogs xfsprogs btrfs-progs dosfstools mtools fdisk gdisk util-linux mount
+    # LVM sources: ferry grows a guest's PV and LV with lvm under a private
+    # configuration (the appliance's own LVM is kept blind, below).
+    lvm2
     cpio zstd coreutils
     # The boot test: the repaired disks booted under QEMU before the handoff.
     qemu-system-x86 qemu-utils ovmf
@@ -165,6 +168,34 @@ rm -rf "$mnt/var/lib/cloud" && mkdir -p "$mnt/var/lib/cloud"
 printf '# /etc/fstab: static file system information.\nUUID=%s / ext4 errors=remount-ro 0 1\n' \
     "$root_uuid" >"$mnt/etc/fstab"
 
+# -- LVM: the appliance has no volume group of its own, and the target disks
+# carry the guests'. Its own LVM (udev's pvscan, lvm2-monitor, any lvm
+# command run without ferry's private LVM_SYSTEM_DIR) sees no device at all,
+# so it never activates, caches or clashes with a guest's VG (two VGs of
+# the same name, a guest's system.devices); ferry's commands carry their
+# own configuration, which accepts only the PV they work on.
+cat >"$mnt/etc/lvm/lvm.conf" <<'EOF'
+# ferry appliance: this system's LVM sees no device (see bake-appliance.sh).
+devices {
+	global_filter = [ "r|.*|" ]
+	use_devicesfile = 0
+	scan_lvs = 0
+}
+global {
+	event_activation = 0
+	use_lvmpolld = 0
+}
+activation {
+	auto_activation_volume_list = [ ]
+	monitoring = 0
+}
+backup {
+	backup = 0
+	archive = 0
+}
+EOF
+rm -f "$mnt/etc/lvm/devices/system.devices"
+
 # -- network: DHCP on every Ethernet NIC, names by systemd-resolved
 cat >"$mnt/etc/systemd/network/80-ferry-dhcp.network" <<'EOF'
 # The intermediate instance takes its address from the cloud's DHCP.
@@ -257,6 +288,13 @@ cp -a "$loop" "$part" "$mnt/dev/"
 ln -s "../../$(basename "$part")" "$mnt/dev/disk/by-uuid/$root_uuid"
 
 in_root() { chroot "$mnt" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
+
+filter=$(in_root LVM_SUPPRESS_FD_WARNINGS=1 lvm config devices/global_filter 2>"$work/lvm.log") \
+    || { cat "$work/lvm.log" >&2; die "the appliance's lvm cannot read its lvm.conf"; }
+[ "$filter" = 'global_filter="r|.*|"' ] || die "the appliance's lvm.conf filter is $filter"
+# The initramfs carries lvm.conf too: made again with the blind one.
+in_root update-initramfs -u -k all >"$work/initramfs.log" 2>&1 \
+    || { cat "$work/initramfs.log" >&2; die "update-initramfs failed"; }
 
 in_root systemctl enable systemd-networkd.service systemd-resolved.service >"$work/enable.log" 2>&1 \
     || { cat "$work/enable.log" >&2; die "enabling systemd-networkd failed"; }

@@ -215,7 +215,7 @@ pub fn package_of(program: &str) -> &'static str {
         "zstd" => "zstd",
         "ntfs-3g" | "ntfsresize" | "ntfsfix" | "mkntfs" => "ntfs-3g",
         "hivexsh" | "hivexget" => "libhivex-bin",
-        "lvs" | "vgs" | "pvs" | "lvcreate" | "lvremove" => "lvm2",
+        "lvm" | "lvs" | "vgs" | "pvs" | "lvcreate" | "lvremove" | "vgchange" => "lvm2",
         _ => "the package that provides it",
     }
 }

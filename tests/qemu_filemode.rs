@@ -13,6 +13,8 @@
 
 #[path = "common/boot.rs"]
 mod boot;
+#[path = "common/files.rs"]
+mod files;
 #[path = "common/serve.rs"]
 mod harness;
 
@@ -221,6 +223,119 @@ fn a_debian_tree_migrated_file_by_file_onto_half_the_disk_boots_on_virtio() {
     let report = boot::boots_on_the_cloud(&src, vec![target.clone()], "filemode-half");
     eprintln!(
         "file-mode target booted on virtio in {:.1} s (test: {:.1} s)",
+        report.elapsed.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The same system sent live: the source image's partitions on a loop
+/// device, mounted as a running system's tree in a private mount namespace
+/// (proc, sysfs, /dev, a tmpfs on /run holding the sender and its exclude
+/// list), and `ferry send --mode file` without --root run in a chroot of
+/// it, finding its disk and layout itself. The target, half the source
+/// disk, boots on virtio with the source's root UUID.
+#[test]
+fn a_live_debian_server_migrated_file_by_file_onto_half_the_disk_boots_on_virtio() {
+    boot::require_root();
+    let src = SourceImage::build("bios-gpt").expect("building the bios-gpt source image");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let dir = scratch.path();
+    let source = dir.join("source.img");
+    Cmd::new("cp")
+        .args(["--sparse=always"])
+        .arg(&src.disks[0])
+        .arg(&source)
+        .run()
+        .expect("copying the source image");
+    let disk = files::LoopDisk::attach(&source);
+    let source_size = std::fs::metadata(&source).unwrap().len();
+    let target: PathBuf = dir.join("target.img");
+    std::fs::File::create(&target)
+        .unwrap()
+        .set_len(source_size / 2)
+        .unwrap();
+    let server = appliance(dir, &target);
+    let tree = dir.join("tree");
+    let out = dir.join("out");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    let list = {
+        let staging = dir.join("modules");
+        let root = files::Mounted::new(&disk.part(4), &staging, "ro");
+        let ex = excludes(dir, &root.0);
+        std::fs::read_to_string(ex.join("rsync_excludes_linux.txt")).unwrap()
+    };
+    std::fs::write(out.join("rsync_excludes_linux.txt"), list).unwrap();
+    let script = format!(
+        r#"T='{tree}'
+mount -o ro {root} "$T"
+mount -o ro {boot} "$T/boot"
+mount -t proc proc "$T/proc"
+mount -t sysfs sysfs "$T/sys"
+mount --bind /dev "$T/dev"
+mount -t tmpfs -o mode=0755 tmpfs "$T/run"
+cp '{ferry}' "$T/run/ferry"
+mkdir "$T/run/Excludes"
+cp '{out}/rsync_excludes_linux.txt' "$T/run/Excludes/"
+rc=0
+chroot "$T" /run/ferry send --mode file --to '{data}' --token '{token}' --fingerprint '{fp}' \
+    2> '{out}/send.err' || rc=$?
+echo $rc > '{out}/status'
+"#,
+        tree = tree.display(),
+        root = disk.part(4),
+        boot = disk.part(2),
+        ferry = FERRY,
+        out = out.display(),
+        data = server.data,
+        token = server.token,
+        fp = server.fingerprint,
+    );
+    let ran = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-euc", &script])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = std::fs::read_to_string(out.join("send.err")).unwrap_or_default();
+    assert!(
+        ran.status.success(),
+        "{}\n{stderr}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    eprintln!("{stderr}");
+    let status = std::fs::read_to_string(out.join("status")).unwrap();
+    assert_eq!(
+        status.trim(),
+        "0",
+        "the live send failed: {stderr}\n{}",
+        harness::keep_log(&server.state)
+    );
+    for want in [
+        format!("its disks: disk 0 {}\n", disk.dev),
+        format!("  /  ext4  {}  ", disk.part(4)),
+        format!("  /boot  ext4  {}  ", disk.part(2)),
+        "laid out and made /, /boot on ".to_owned(),
+        "the round is processed (mount, repair, verify) and handed off; the job is Finished"
+            .to_owned(),
+    ] {
+        assert!(stderr.contains(&want), "want {want:?} in\n{stderr}");
+    }
+    assert_eq!(job(&server)["state"], "Finished");
+    drop(disk);
+    assert_eq!(
+        partition_uuid(&target, 4),
+        src.root_uuid,
+        "root file system"
+    );
+    assert_eq!(
+        partition_uuid(&target, 2),
+        partition_uuid(&source, 2),
+        "/boot file system"
+    );
+    let started = std::time::Instant::now();
+    let report = boot::boots_on_the_cloud(&src, vec![target.clone()], "filemode-live");
+    eprintln!(
+        "live file-mode target booted on virtio in {:.1} s (test: {:.1} s)",
         report.elapsed.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );

@@ -5,6 +5,8 @@
 //! lists nothing. Source and target live on a tmpfs the test mounts (the
 //! tree is big and the machine's disk is small).
 
+#[path = "common/files.rs"]
+mod files;
 #[path = "common/serve.rs"]
 mod harness;
 
@@ -12,6 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use files::*;
 use harness::*;
 
 const LAYOUT: &str = r#"
@@ -24,72 +27,10 @@ fs = "ext4"
 mount = "/"
 "#;
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn sh(script: &str) -> String {
-    run(Command::new("sh").args(["-euc", script]))
-}
-
-/// A tmpfs mounted for the test, unmounted at the end.
-pub struct Tmpfs {
-    pub dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    pub fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={size},mode=0755"))
-            .arg("tmpfs")
-            .arg(dir.path()));
-        Tmpfs { dir }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
-/// The cached Debian root file system of `scripts/rootfs.sh bios`.
-pub fn rootfs_tarball() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cache = std::env::var("FERRY_CACHE").unwrap_or_else(|_| "/var/cache/ferry-test".to_owned());
-    let out = run(Command::new(repo.join("scripts/rootfs.sh"))
-        .arg("bios")
-        .env("FERRY_CACHE", cache));
-    PathBuf::from(out.trim())
-}
-
 /// Unpack the Debian tree into `dir` and add an entry of every kind.
 pub fn debian_tree(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    run(Command::new("tar")
-        .args([
-            "--numeric-owner",
-            "--xattrs",
-            "--xattrs-include=*",
-            "-I",
-            "zstd",
-            "-xpf",
-        ])
-        .arg(rootfs_tarball())
-        .arg("-C")
-        .arg(dir));
+    unpack_debian(dir);
     add_cases(dir);
 }
 
@@ -148,24 +89,6 @@ pub fn send_tree(s: &Server, src: &Path, layout: &Path, extra: &[&str]) -> Sent 
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     s.send_only(&[], &args)
-}
-
-/// rsync's own listing of what differs between the trees: empty when
-/// they are equal (with `--delete`, extra paths on the target count too).
-pub fn differences(src: &Path, dst: &Path, extra: &[&str]) -> String {
-    let out = Command::new("rsync")
-        .args(["-aHAXn", "--checksum", "--itemize-changes", "--numeric-ids"])
-        .args(extra)
-        .arg(format!("{}/", src.display()))
-        .arg(format!("{}/", dst.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rsync: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn tree_root(s: &Server) -> PathBuf {
@@ -452,6 +375,7 @@ fs = "ext4"
 uuid = "6d1e5a0c-3c2b-4f7e-8a9d-1b2c3d4e5f60"
 label = "boot"
 mount = "/boot"
+features = ["has_journal", "ext_attr", "resize_inode", "dir_index", "filetype", "needs_recovery", "extent", "flex_bg", "sparse_super", "large_file", "huge_file", "dir_nlink", "extra_isize"]
 [[disk.partition]]
 size = "rest"
 type = "linux"
@@ -467,15 +391,41 @@ fn uuids(image: &Path) -> Vec<Option<String>> {
     l.partitions.iter().map(|p| p.uuid.clone()).collect()
 }
 
+/// The ext features of partition `i` (from 0) of an image, sorted, as
+/// dumpe2fs (not ferry) names them.
+fn features(image: &Path, i: usize) -> String {
+    let start = ferry::layout::table::read(image)
+        .expect("the target's table")
+        .entries[i]
+        .extent
+        .start;
+    let out = run(Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(format!("{}?offset={start}", image.display())));
+    let mut f: Vec<&str> = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Filesystem features:"))
+        .expect("dumpe2fs printed the features")
+        .split_whitespace()
+        .collect();
+    f.sort_unstable();
+    f.join(" ")
+}
+
 /// The target mounted read-only with the layout's mount points, once the
 /// appliance has let it go (a sender with --no-wait leaves as soon as its
 /// trees are committed, while the appliance unmounts them).
-fn mount_target(image: &Path, staging: &Path) -> ferry::layout::MountTree {
+/// Wait until the appliance has let `image` go (no loop device on it).
+fn wait_released(image: &Path) {
     wait_for(60, "the appliance to release the target", || {
         run(Command::new("losetup").arg("-j").arg(image))
             .trim()
             .is_empty()
     });
+}
+
+fn mount_target(image: &Path, staging: &Path) -> ferry::layout::MountTree {
+    wait_released(image);
     let mut l = ferry::layout::Layout {
         disks: vec![ferry::layout::read(image).expect("reading the target's layout")],
         volumes: Vec::new(),
@@ -559,6 +509,19 @@ fn the_target_is_laid_out_with_the_source_uuids_written_and_found_again_by_a_rer
         assert_eq!(differences(&src, m.root(), &[]), "");
         m.close().unwrap();
     }
+    // /boot is made with the source's features (an ext4 of an older
+    // e2fsprogs: neither 64bit nor metadata_csum, which this mke2fs would
+    // add by default), the state needs_recovery left out (read once the appliance let
+    // the target go); / with mke2fs's.
+    assert_eq!(
+        features(&target, 1),
+        "dir_index dir_nlink ext_attr extent extra_isize filetype flex_bg has_journal huge_file large_file resize_inode sparse_super"
+    );
+    assert!(
+        features(&target, 2).contains("metadata_csum"),
+        "{}",
+        features(&target, 2)
+    );
     let again = send_tree(&server, &src, &layout, &["--no-wait"]);
     assert!(again.ok(), "{}", again.stderr());
     assert!(
@@ -614,4 +577,111 @@ fn a_target_too_small_for_the_used_data_is_refused_before_anything_is_written() 
     assert_eq!(file_hash(&target), before, "the target was written");
     let (status, body) = server.http("GET", "/livez");
     assert_eq!(status, 200, "the appliance stopped serving: {body}");
+}
+
+const UEFI_LAYOUT: &str = r#"
+[[disk]]
+table = "gpt"
+[[disk.partition]]
+size = "64MiB"
+type = "esp"
+fs = "vfat"
+uuid = "5A1B-2C3D"
+label = "ESP"
+mount = "/boot/efi"
+[[disk.partition]]
+size = "rest"
+type = "linux"
+fs = "ext4"
+uuid = "8f3a7c2e-5e4d-4b90-8c1f-3d4e5f607182"
+mount = "/"
+"#;
+
+/// The names under `dir` of the FAT file system at `offset` of `image`,
+/// as mtools (not ferry) lists them, one `path` a line, sorted.
+fn fat_listing(image: &Path, offset: u64) -> String {
+    let out = run(Command::new("mdir")
+        .args(["-/", "-b", "-i"])
+        .arg(format!("{}@@{offset}", image.display()))
+        .arg("::/"));
+    let mut lines: Vec<&str> = out.lines().map(|l| l.trim_start_matches(':')).collect();
+    lines.sort_unstable();
+    lines.join("\n")
+}
+
+#[test]
+fn a_vfat_tree_reaches_its_fat_partition_and_so_do_its_removals() {
+    let fs = Tmpfs::mount("1G");
+    let src = fs.path().join("src");
+    sh(&format!(
+        r#"mkdir -p '{0}/etc' '{0}/boot/efi/EFI/debian' '{0}/boot/efi/EFI/old/fonts'
+echo root > '{0}/etc/hostname'
+head -c 300000 /dev/urandom > '{0}/boot/efi/EFI/debian/grubx64.efi'
+echo 'configfile $prefix/grub.cfg' > '{0}/boot/efi/EFI/debian/grub.cfg'
+echo stale > '{0}/boot/efi/EFI/debian/stale.cfg'
+echo font > '{0}/boot/efi/EFI/old/fonts/unicode.pf2'
+echo note > '{0}/boot/efi/EFI/old/readme.txt'"#,
+        src.display()
+    ));
+    let layout = fs.path().join("layout.toml");
+    std::fs::write(&layout, UEFI_LAYOUT).unwrap();
+    let target = fs.path().join("target.img");
+    std::fs::File::create(&target)
+        .unwrap()
+        .set_len(512 * MIB)
+        .unwrap();
+    let server = laying_out_server(fs.path(), &target);
+    let sent = send_tree(&server, &src, &layout, &["--no-wait"]);
+    assert!(sent.ok(), "{}\n{}", sent.stderr(), keep_log(&server.state));
+    let esp_extent = ferry::layout::table::read(&target)
+        .expect("the target's table")
+        .entries[0]
+        .extent;
+    let esp = esp_extent.start;
+    wait_released(&target);
+    assert_eq!(
+        fat_listing(&target, esp),
+        "/EFI/\n/EFI/debian/\n/EFI/debian/grub.cfg\n/EFI/debian/grubx64.efi\n/EFI/debian/stale.cfg\n/EFI/old/\n/EFI/old/fonts/\n/EFI/old/fonts/unicode.pf2\n/EFI/old/readme.txt"
+    );
+    // A file and a whole directory go from the source; a file changes.
+    sh(&format!(
+        "rm '{0}/boot/efi/EFI/debian/stale.cfg' && rm -r '{0}/boot/efi/EFI/old' && echo 'set timeout=1' > '{0}/boot/efi/EFI/debian/grub.cfg'",
+        src.display()
+    ));
+    let again = send_tree(&server, &src, &layout, &["--no-wait"]);
+    assert!(
+        again.ok(),
+        "{}\n{}",
+        again.stderr(),
+        keep_log(&server.state)
+    );
+    wait_released(&target);
+    assert_eq!(
+        fat_listing(&target, esp),
+        "/EFI/\n/EFI/debian/\n/EFI/debian/grub.cfg\n/EFI/debian/grubx64.efi"
+    );
+    let cfg = run(Command::new("mtype")
+        .arg("-i")
+        .arg(format!("{}@@{esp}", target.display()))
+        .arg("::/EFI/debian/grub.cfg"));
+    assert_eq!(cfg, "set timeout=1\n");
+    let efi = Command::new("mtype")
+        .arg("-i")
+        .arg(format!("{}@@{esp}", target.display()))
+        .arg("::/EFI/debian/grubx64.efi")
+        .output()
+        .unwrap();
+    assert_eq!(
+        efi.stdout,
+        std::fs::read(src.join("boot/efi/EFI/debian/grubx64.efi")).unwrap()
+    );
+    // And the FAT file system is sound (checked on a copy of its bytes).
+    let copy = fs.path().join("esp.img");
+    run(Command::new("dd")
+        .arg(format!("if={}", target.display()))
+        .arg(format!("of={}", copy.display()))
+        .args(["bs=1M", "status=none"])
+        .arg(format!("count={}", esp_extent.len / MIB))
+        .arg(format!("skip={}", esp / MIB)));
+    run(Command::new("fsck.vfat").arg("-n").arg(&copy));
 }

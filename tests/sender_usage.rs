@@ -87,12 +87,7 @@ fn usage_errors_exit_2_at_once_and_name_the_mistake() {
         (
             "no disk and no tree",
             vec!["--to", "127.0.0.1:9", "--fingerprint", FP],
-            "give the source disks with --disk SRC (block mode), or a tree with --mode file --root DIR --layout FILE".to_owned(),
-        ),
-        (
-            "file mode of the live server (its file systems are listed, nothing is sent)",
-            vec!["--to", "127.0.0.1:9", "--fingerprint", FP, "--mode", "file"],
-            "--mode file sends a tree given with --root DIR and --layout FILE".to_owned(),
+            "give the source disks with --disk SRC (block mode), or --mode file for the file systems of this server (or of a tree: --root DIR --layout FILE)".to_owned(),
         ),
         (
             "file mode with a root that is not a directory",

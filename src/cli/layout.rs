@@ -14,7 +14,8 @@ use crate::layout::tree::{clean_leftovers, fill_mount_points, MountOptions, Moun
 /// A layout is a TOML (or JSON) description of disks: partition table
 /// (gpt or mbr), partitions in order with size ("512MiB", "rest"), type
 /// (bios-boot, esp, linux, swap, lvm, msdata), file system (ext4, ext3,
-/// xfs, vfat, swap, none) with uuid, label and mount point. `read` prints
+/// xfs, vfat, swap, none) with uuid, label, mount point and, for ext2/3/4,
+/// the features to make it with. `read` prints
 /// one for an existing disk; `apply` lays one out.
 #[derive(Debug, clap::Subcommand)]
 pub enum LayoutCmd {
@@ -42,7 +43,8 @@ pub enum LayoutCmd {
     /// Print the layout of existing disks (image files or block devices).
     ///
     /// Partition table, partition sizes and types, and each file system's
-    /// type, UUID and label as blkid finds them. With --mounts, mount
+    /// type, UUID and label as blkid finds them (and an ext file system's
+    /// features as dumpe2fs lists them). With --mounts, mount
     /// points come from the root's /etc/fstab (file systems are mounted
     /// read-only for a moment).
     ///

@@ -51,7 +51,12 @@ pub struct SendArgs {
     /// by entry (onto a layout that may be smaller than the source's).
     #[arg(long, value_enum, default_value_t = Mode::Block)]
     pub mode: Mode,
-    /// File mode: the root of the tree to send.
+    /// File mode: the root of the tree to send. Without it, file mode sends
+    /// the running server itself: `/` and every local file system mounted
+    /// beneath it (ext4, ext3, xfs, vfat), on the layout read from the disks
+    /// they are on; pseudo, network and tmpfs file systems are not entered
+    /// (their mount points are sent empty), and file systems of fstab that
+    /// are not mounted are not sent.
     #[arg(long, value_name = "DIR", requires = "layout")]
     pub root: Option<PathBuf>,
     /// File mode with --root: the source's layout, as `ferry layout read` prints it.
@@ -62,6 +67,11 @@ pub struct SendArgs {
     /// [default: Excludes beside this binary].
     #[arg(long, value_name = "DIR")]
     pub excludes: Option<PathBuf>,
+    /// File mode of a live server (no --root): print the file systems that
+    /// would be sent and the layout read from the disks (TOML, as `ferry
+    /// layout read` prints it), and exit without contacting the appliance.
+    #[arg(long, conflicts_with_all = ["root", "disks"])]
+    pub dry_run: bool,
     /// Chunk size in bytes: a power of two from 64 KiB to 16 MiB.
     #[arg(long, default_value_t = wire::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u32,
@@ -129,6 +139,7 @@ impl From<SendArgs> for Options {
             root: a.root.clone().unwrap_or_default(),
             layout: a.layout.clone(),
             excludes: a.excludes.clone(),
+            dry_run: a.dry_run,
         });
         Options {
             files,

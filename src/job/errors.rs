@@ -223,6 +223,10 @@ catalogue! {
         "Fix the line the message names: one path a line, relative to the file system's root (a leading `/` is allowed), a trailing `/` for a directory, no `..` components; blank lines and lines starting with `#` are ignored. Nothing was sent.";
     SourceTreeUnreadable => "SOURCE_TREE_UNREADABLE" [final, keeps_job, other], "A file or directory of the source tree could not be read",
         "The message names the path and the system's answer. Run the sender as root, or exclude the path (rsync_excludes_linux.txt, see `ferry send --help`), then run it again; what was committed is kept.";
+    SourceDeviceUnsupported => "SOURCE_DEVICE_UNSUPPORTED" [final, keeps_job, refused], "A file system of the live server is on a device file mode cannot lay out",
+        "File mode migrates file systems on partitions of a disk, or on LVM logical volumes whose physical volumes are partitions; the message names the mount point and what it is on (a whole disk without a partition table, an md array, a loop device backed by a file, nbd, a device-mapper target other than LVM). Move the data onto such a file system, or unmount it and add it to fstab with noauto (an fstab file system that is not mounted is reported and not sent), or migrate the server in block mode (--disk). Nothing was sent.";
+    RootFsUnsupported => "ROOT_FS_UNSUPPORTED" [final, keeps_job, refused], "The live server's / is not on a file system file mode can write",
+        "File mode makes ext4, ext3 and xfs file systems (and vfat for the EFI system partition) on the target; the message names the type of /. Migrate this server in block mode (--disk). Nothing was sent.";
     DigestMismatch => "DIGEST_MISMATCH" [retry, keeps_job, verification], "The disk on the appliance does not match the source after the transfer",
         "Run the sender again: it re-sends every chunk that differs. If this repeats, the target disk may be faulty.";
     SourceReadFailed => "SOURCE_READ_FAILED" [final, keeps_job, other], "Reading the source disk failed",

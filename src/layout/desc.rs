@@ -93,6 +93,11 @@ pub struct PartitionLayout {
     /// fstab mounts them (`/home` on `@home`). `read` only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subvolumes: Vec<SubvolumeMount>,
+    /// ext2/3/4: the features to make it with, as `dumpe2fs` names them
+    /// (`read` gives the source's; empty: mke2fs's defaults). Those this
+    /// appliance's mke2fs cannot set are left out with a warning.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 /// A btrfs subvolume mounted at a mount point of its own.

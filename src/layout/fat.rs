@@ -153,6 +153,119 @@ impl FatPartition {
         })?;
         Ok(count)
     }
+
+    /// Make `dest` on the FAT partition hold what the host directory
+    /// `src` holds: its files copied in, and every file or directory
+    /// beneath `dest` that `src` no longer has removed (FAT names compare
+    /// without case, as FAT resolves them). Returns the files copied and
+    /// the entries removed.
+    pub fn mirror_dir(&self, src: &Path, dest: &str) -> Result<(usize, usize)> {
+        let mut files = Vec::new();
+        collect(src, Path::new(""), &mut files)?;
+        let count = files.len();
+        let removed = self
+            .with_fs(true, |fs| {
+                for rel in &files {
+                    let data = std::fs::read(src.join(rel))
+                        .with_context(|| format!("reading {}", src.join(rel).display()))?;
+                    let target = format!("{}/{}", dest.trim_end_matches('/'), rel.display());
+                    write_in(fs, &target, &data)?;
+                }
+                let mut dir = fs.root_dir();
+                for d in components(dest) {
+                    dir = dir
+                        .open_dir(d)
+                        .with_context(|| format!("opening directory {d}"))?;
+                }
+                remove_missing(&dir, src)
+            })
+            .with_context(|| {
+                format!(
+                    "mirroring {} into the FAT partition {}",
+                    src.display(),
+                    self.node.display()
+                )
+            })?;
+        Ok((count, removed))
+    }
+}
+
+/// Remove from `dir` what `host` (its counterpart on the host) has not:
+/// a file where the host has none (or has a directory), a directory where
+/// the host has no directory (with everything beneath it).
+fn remove_missing(dir: &fatfs::Dir<'_, &mut File>, host: &Path) -> Result<usize> {
+    let mut on_host = std::collections::HashMap::new();
+    for e in std::fs::read_dir(host).with_context(|| format!("listing {}", host.display()))? {
+        let e = e.with_context(|| format!("listing {}", host.display()))?;
+        let is_dir = e
+            .file_type()
+            .with_context(|| format!("reading {}", e.path().display()))?
+            .is_dir();
+        let name = e.file_name();
+        on_host.insert(name.to_string_lossy().to_lowercase(), (name, is_dir));
+    }
+    let mut gone = Vec::new();
+    for (name, is_dir) in entries_of(dir)? {
+        let kept = on_host
+            .get(&name.to_lowercase())
+            .filter(|(_, d)| *d == is_dir);
+        if let (true, Some((host_name, _))) = (is_dir, kept) {
+            let sub = dir
+                .open_dir(&name)
+                .with_context(|| format!("opening directory {name}"))?;
+            let n = remove_missing(&sub, &host.join(host_name))?;
+            gone.push((None, n));
+        } else if kept.is_none() {
+            gone.push((Some((name, is_dir)), 0));
+        }
+    }
+    let mut removed = 0;
+    for (entry, n) in gone {
+        removed += n;
+        if let Some((name, is_dir)) = entry {
+            if is_dir {
+                let sub = dir
+                    .open_dir(&name)
+                    .with_context(|| format!("opening directory {name}"))?;
+                removed += remove_all(&sub)?;
+            }
+            dir.remove(&name)
+                .with_context(|| format!("removing {name} from the FAT file system"))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The names of a FAT directory's entries (without . and ..), and
+/// whether each is a directory.
+fn entries_of(dir: &fatfs::Dir<'_, &mut File>) -> Result<Vec<(String, bool)>> {
+    let mut names = Vec::new();
+    for e in dir.iter() {
+        let e = e.context("listing a FAT directory")?;
+        let name = e.file_name();
+        if name != "." && name != ".." {
+            names.push((name, e.is_dir()));
+        }
+    }
+    Ok(names)
+}
+
+/// Empty a FAT directory, deepest first.
+fn remove_all(dir: &fatfs::Dir<'_, &mut File>) -> Result<usize> {
+    let mut removed = 0;
+    for (name, is_dir) in entries_of(dir)? {
+        if is_dir {
+            let sub = dir
+                .open_dir(&name)
+                .with_context(|| format!("opening directory {name}"))?;
+            removed += remove_all(&sub)?;
+        }
+        dir.remove(&name)
+            .with_context(|| format!("removing {name} from the FAT file system"))?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 fn collect(base: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {

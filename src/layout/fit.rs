@@ -13,7 +13,9 @@
 //! written beside the old one before it replaces it), GRUB's files, the
 //! logs of the first boot.
 //!
-//! The source's partition sizes are kept where they fit; otherwise every
+//! The source's partition sizes are kept where they fit (one smaller than
+//! its file system needs, such as a nearly full `/boot`, grows to what it
+//! needs); otherwise every
 //! sent file system but the disk's last partition shrinks to what it
 //! needs, and the last takes the rest of the disk; if that is still too
 //! little, a swap partition shrinks to 64 MiB (it holds nothing that is
@@ -234,11 +236,18 @@ fn fit_disk(disk: &DiskLayout, needs: &[Option<(u64, u64)>], size: u64) -> Resul
         }
     };
     // The source's sizes, the last partition taking the rest of the disk.
+    // A sent file system on a partition smaller than it needs (a /boot
+    // nearly full on the source) grows to what it needs.
     let mut kept = disk.clone();
     kept.partitions[last].size = Size::Rest;
-    for p in &mut kept.partitions {
+    for (i, p) in kept.partitions.iter_mut().enumerate() {
         p.start = None;
         p.number = None;
+        if let (true, Some((_, need))) = (i != last, needs[i]) {
+            if p.size.bytes().is_some_and(|b| b < need) {
+                p.size = Size::Bytes(need);
+            }
+        }
     }
     if enough(&kept) {
         return Ok(kept);
@@ -376,6 +385,20 @@ mount = "/"
             p[3].uuid.as_deref(),
             Some("21111111-2222-3333-4444-555555555555")
         );
+    }
+
+    #[test]
+    fn a_nearly_full_partition_grows_to_what_it_needs() {
+        // /boot holds 190 of its 200 MiB: it needs 1.1 × 190 + 64 MiB and
+        // its overhead, on a target with room for it.
+        let l = fit(&plan_of(300 * MIB, 190 * MIB), &[2048 * MIB]).unwrap();
+        let p = &l.disks[0].partitions;
+        assert_eq!(
+            p[1].size,
+            Size::Bytes(needed_bytes(&FsType::Ext4, 190 * MIB))
+        );
+        assert_eq!(p[1].size, Size::Bytes(304 * MIB));
+        assert_eq!(p[2].size, Size::Bytes(128 * MIB));
     }
 
     #[test]

@@ -111,6 +111,7 @@ pub fn flatten_lvm(
                 bootable: false,
                 subvol: None,
                 subvolumes: Vec::new(),
+                features: Vec::new(),
             }
         })
         .collect();

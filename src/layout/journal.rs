@@ -33,12 +33,8 @@ pub struct Recovery {
 pub fn dirty(node: &Path, fs: &FsType) -> Result<bool> {
     match fs {
         FsType::Ext4 | FsType::Ext3 => {
-            let out = Cmd::new("dumpe2fs").arg("-h").arg(node).run()?;
-            Ok(out
-                .stdout_text()
-                .lines()
-                .filter(|l| l.starts_with("Filesystem features:"))
-                .any(|l| l.split_whitespace().any(|f| f == "needs_recovery")))
+            let features = super::mkfs::ext_features(&node.to_string_lossy())?;
+            Ok(features.iter().any(|f| f == "needs_recovery"))
         }
         FsType::Xfs => {
             let (_, out) = xfs_check(node).output()?;

@@ -37,6 +37,22 @@ pub fn make(node: &Path, p: &PartitionLayout) -> Result<()> {
             if let Some(l) = label {
                 c = c.args(["-L", l]);
             }
+            let (features, dropped) = settable_features(&p.features);
+            if !dropped.is_empty() {
+                tracing::warn!(
+                    "{}: the source's ext features {} are not made by this appliance's mke2fs; made without them",
+                    node.display(),
+                    dropped.join(",")
+                );
+            }
+            if !features.is_empty() {
+                // "none" first: exactly the source's features, not mke2fs's
+                // defaults beside them (a newer default such as
+                // metadata_csum_seed or orphan_file can make the file
+                // system unreadable to the migrated system's older GRUB or
+                // kernel).
+                c = c.arg("-O").arg(format!("none,{}", features.join(",")));
+            }
             c.arg(node).run().map(|_| ())
         }
         FsType::Xfs => {
@@ -71,6 +87,75 @@ pub fn make(node: &Path, p: &PartitionLayout) -> Result<()> {
         )),
     }
     .with_context(|| format!("making {} on {}", p.fs, node.display()))
+}
+
+/// ext2/3/4 features that this appliance's mke2fs (e2fsprogs 1.47) can
+/// set when it makes a file system. The others of a source's list are
+/// states (`needs_recovery`, `orphan_present`), need what a target has not
+/// (`journal_dev`: an external journal), or are newer than it.
+const SETTABLE_EXT_FEATURES: &[&str] = &[
+    "64bit",
+    "bigalloc",
+    "casefold",
+    "dir_index",
+    "dir_nlink",
+    "ea_inode",
+    "encrypt",
+    "extent",
+    "extra_isize",
+    "ext_attr",
+    "filetype",
+    "flex_bg",
+    "has_journal",
+    "huge_file",
+    "inline_data",
+    "large_dir",
+    "large_file",
+    "meta_bg",
+    "metadata_csum",
+    "metadata_csum_seed",
+    "mmp",
+    "orphan_file",
+    "project",
+    "quota",
+    "resize_inode",
+    "sparse_super",
+    "sparse_super2",
+    "stable_inodes",
+    "uninit_bg",
+    "verity",
+];
+
+/// The features of `wanted` that mke2fs can set, and those it cannot.
+pub fn settable_features(wanted: &[String]) -> (Vec<String>, Vec<String>) {
+    wanted
+        .iter()
+        .cloned()
+        .partition(|f| SETTABLE_EXT_FEATURES.contains(&f.as_str()))
+}
+
+/// The "Filesystem features" of the ext2/3/4 file system at `spec` (a
+/// node or image, or `FILE?offset=BYTES` for one inside an image), as
+/// `dumpe2fs -h` names them.
+pub fn ext_features(spec: &str) -> Result<Vec<String>> {
+    let out = Cmd::new("dumpe2fs")
+        .arg("-h")
+        .arg(spec)
+        .run()
+        .with_context(|| format!("reading the ext superblock of {spec}"))?;
+    Ok(parse_ext_features(&out.stdout_text()))
+}
+
+fn parse_ext_features(text: &str) -> Vec<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("Filesystem features:"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter(|f| *f != "(none)")
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn wipe_start(node: &Path) -> Result<()> {
@@ -109,6 +194,8 @@ pub struct Probe {
     pub fs: FsType,
     pub uuid: Option<String>,
     pub label: Option<String>,
+    /// ext2/3/4: the file system's features (empty for the others).
+    pub features: Vec<String>,
 }
 
 /// Probe the byte range `extent` of `disk` (image file or block device)
@@ -134,7 +221,11 @@ pub fn probe(disk: &Path, extent: Extent) -> Result<Probe> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(parse_export(&out.stdout_text()))
+    let mut p = parse_export(&out.stdout_text());
+    if matches!(p.fs, FsType::Ext2 | FsType::Ext3 | FsType::Ext4) {
+        p.features = ext_features(&format!("{}?offset={}", disk.display(), extent.start))?;
+    }
+    Ok(p)
 }
 
 fn parse_export(text: &str) -> Probe {
@@ -164,8 +255,25 @@ mod tests {
             Probe {
                 fs: FsType::Vfat,
                 uuid: Some("ABCD-1234".into()),
-                label: Some("my disk".into())
+                label: Some("my disk".into()),
+                features: Vec::new(),
             }
         );
+    }
+
+    #[test]
+    fn ext_features_are_read_and_filtered() {
+        let text = "dumpe2fs 1.47.0 (5-Feb-2023)\nFilesystem volume name:   boot\nFilesystem features:      has_journal ext_attr resize_inode dir_index filetype needs_recovery extent flex_bg sparse_super large_file huge_file dir_nlink extra_isize orphan_present future_thing\nInode size:\t          256\nJournal features:         (none)\n";
+        let f = parse_ext_features(text);
+        assert_eq!(f.len(), 15);
+        assert_eq!(f[0], "has_journal");
+        let (made, dropped) = settable_features(&f);
+        assert_eq!(
+            dropped,
+            ["needs_recovery", "orphan_present", "future_thing"]
+        );
+        assert_eq!(made.len(), 12);
+        assert!(!made.contains(&"needs_recovery".to_owned()));
+        assert!(parse_ext_features("Filesystem features:      (none)\n").is_empty());
     }
 }

@@ -45,6 +45,7 @@ pub fn read(target: &Path) -> Result<DiskLayout> {
             bootable: e.bootable,
             subvol: None,
             subvolumes: Vec::new(),
+            features: probe.features,
         });
         cursor = e.extent.end();
     }

@@ -188,7 +188,7 @@ pub async fn run(args: Options) -> Result<()> {
     if args.disks.is_empty() {
         return Err(coded(
             ErrorCode::Usage,
-            "give the source disks with --disk SRC (block mode), or a tree with --mode file --root DIR --layout FILE",
+            "give the source disks with --disk SRC (block mode), or --mode file for the file systems of this server (or of a tree: --root DIR --layout FILE)",
         ));
     }
     let fingerprint = pin::normalize(&args.fingerprint).ok_or_else(|| {

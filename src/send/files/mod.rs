@@ -8,6 +8,7 @@
 
 pub mod discover;
 pub mod excludes;
+pub mod live;
 pub mod walk;
 
 use std::collections::HashMap;
@@ -40,6 +41,8 @@ pub struct FileOptions {
     /// Where the exclude lists are (`--excludes`); default: `Excludes`
     /// beside the sender.
     pub excludes: Option<PathBuf>,
+    /// A live server: print what would be sent and its layout, send nothing.
+    pub dry_run: bool,
 }
 
 /// Counters of one attempt, read by the progress line while it runs.
@@ -51,6 +54,8 @@ struct Counts {
     content_bytes: AtomicU64,
     wire_bytes: AtomicU64,
     unchanged: AtomicU64,
+    /// Bytes of the unchanged files (walked, not sent).
+    unchanged_bytes: AtomicU64,
     removed: AtomicU64,
     resent_changed: AtomicU64,
     changed_while_read: AtomicU64,
@@ -99,6 +104,9 @@ struct TreeJob {
     root: PathBuf,
     excludes: Excludes,
     stops: Vec<Vec<u8>>,
+    /// Bytes the tree holds (measured before the layout is sent): what
+    /// the progress line's estimate of the time left counts against.
+    used: u64,
 }
 
 /// What `--report` writes: the first tree's report (the root file
@@ -187,6 +195,7 @@ fn tree_jobs(
             root: dir,
             excludes,
             stops,
+            used: 0,
         });
     }
     Ok(jobs)
@@ -197,6 +206,20 @@ fn tree_jobs(
 /// and follow its Processing to its end (not with --no-wait: the round
 /// stays open for a later pass).
 pub async fn run(args: &Options, f: &FileOptions) -> Result<()> {
+    let live = f.root.as_os_str().is_empty();
+    // A live server: its layout first, so that --dry-run needs no appliance.
+    let live_layout = if live {
+        let found = tokio::task::spawn_blocking(live_source)
+            .await
+            .context("discovering the server's file systems")??;
+        if f.dry_run {
+            print!("{}", found.0.to_toml().context("printing the layout")?);
+            return Ok(());
+        }
+        Some(found)
+    } else {
+        None
+    };
     let fingerprint = super::pin::normalize(&args.fingerprint).ok_or_else(|| {
         coded(
             ErrorCode::Usage,
@@ -207,39 +230,42 @@ pub async fn run(args: &Options, f: &FileOptions) -> Result<()> {
         )
     })?;
     let to = super::data_address(&args.to)?;
-    if f.root.as_os_str().is_empty() {
-        // A live server: say what would be sent; sending it needs the
-        // appliance to lay out its targets, which this version does not.
-        let mounts = crate::layout::mount::mountinfo()?;
-        let fstab = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
-        let found = discover::discover(
-            &mounts,
-            &crate::layout::tree::parse_fstab(&fstab),
-            Path::new("/sys/firmware"),
-        );
-        eprintln!(
-            "ferry send: this server boots by {:?}; its local file systems:",
-            found.boot
-        );
-        for fs in &found.file_systems {
-            eprintln!(
-                "  {} ({}, {})",
-                fs.mount_point.display(),
-                fs.fstype,
-                fs.source
-            );
-        }
-        for (spec, mp) in &found.not_mounted {
-            eprintln!(
-                "  {} ({spec}) is in fstab but not mounted: it would not be sent",
-                mp.display()
-            );
-        }
-        return Err(coded(
-            ErrorCode::Usage,
-            "--mode file sends a tree given with --root DIR and --layout FILE; sending a live server's file systems as they are found is not done by this version",
-        ));
-    }
+    let (root, layout, views) = match live_layout {
+        Some((layout, views)) => (PathBuf::from("/"), layout, Some(views)),
+        None => (f.root.clone(), given_layout(f)?, None),
+    };
+    let excludes = f.excludes.as_deref();
+    send_source(
+        args,
+        &to,
+        &fingerprint,
+        &root,
+        layout,
+        excludes,
+        views.as_ref(),
+    )
+    .await
+}
+
+/// The running server's layout, read from its disks, with the mount
+/// points of what it has mounted, and where each of its file systems is
+/// read alone; what is sent is printed.
+fn live_source() -> Result<(crate::layout::Layout, live::Views)> {
+    let mounts = crate::layout::mount::mountinfo()?;
+    let fstab = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
+    let found = discover::discover(
+        &mounts,
+        &crate::layout::tree::parse_fstab(&fstab),
+        Path::new("/sys/firmware"),
+    );
+    let source = live::source(&found, Path::new("/sys"), Path::new("/dev"))?;
+    eprint!("{}", live::describe(&found, &source));
+    let views = live::Views::open(&source.mounts);
+    Ok((source.layout, views))
+}
+
+/// `--root DIR --layout FILE`: the layout given.
+fn given_layout(f: &FileOptions) -> Result<crate::layout::Layout> {
     if !f.root.is_dir() {
         return Err(coded(
             ErrorCode::Usage,
@@ -255,12 +281,37 @@ pub async fn run(args: &Options, f: &FileOptions) -> Result<()> {
     let text = std::fs::read_to_string(layout_path)
         .with_context(|| format!("reading the layout {}", layout_path.display()))
         .map_err(|e| coded(ErrorCode::Usage, format!("{e:#}")))?;
-    let layout = crate::layout::desc::Layout::parse(&text)
-        .with_context(|| format!("parsing the layout {}", layout_path.display()))?;
-    let dir = f.excludes.clone().or_else(excludes::default_dir);
-    let jobs = tree_jobs(&f.root, &layout, dir.as_deref())?;
+    crate::layout::desc::Layout::parse(&text)
+        .with_context(|| format!("parsing the layout {}", layout_path.display()))
+}
+
+/// Send the tree at `root` with its `layout`: a live server's (`/`) and a
+/// given tree's alike; a live server's file systems are read through
+/// `views`.
+async fn send_source(
+    args: &Options,
+    to: &str,
+    fingerprint: &str,
+    root: &Path,
+    layout: crate::layout::Layout,
+    excludes: Option<&Path>,
+    views: Option<&live::Views>,
+) -> Result<()> {
+    let dir = excludes.map(Path::to_owned).or_else(excludes::default_dir);
+    let mut jobs = tree_jobs(root, &layout, dir.as_deref())?;
+    for j in &mut jobs {
+        if let Some(alone) = views.and_then(|v| v.root_of(&j.mount)) {
+            eprintln!(
+                "ferry send: tree {} ({}) is read alone at {}, without what is mounted on it",
+                j.tree,
+                j.mount,
+                alone.display()
+            );
+            j.root = alone;
+        }
+    }
     let mut trees = Vec::new();
-    for j in &jobs {
+    for j in &mut jobs {
         if let Some(src) = &j.excludes.source {
             eprintln!(
                 "ferry send: excluding from {} the paths listed in {}",
@@ -272,6 +323,7 @@ pub async fn run(args: &Options, f: &FileOptions) -> Result<()> {
         let used = tokio::task::spawn_blocking(move || walk::used_bytes(&root, &ex, &stops))
             .await
             .context("measuring the trees")??;
+        j.used = used;
         trees.push(crate::layout::fit::TreeSource {
             mount: j.mount.clone(),
             used,
@@ -287,8 +339,8 @@ pub async fn run(args: &Options, f: &FileOptions) -> Result<()> {
         attempts += 1;
         let r = match &sent {
             // Every tree is committed: only the round's end is left.
-            Some(_) => follow(args, &to, &fingerprint).await,
-            None => attempt(args, &to, &fingerprint, &jobs, &plan_json, &mut sent).await,
+            Some(_) => follow(args, to, fingerprint).await,
+            None => attempt(args, to, fingerprint, &jobs, &plan_json, &mut sent).await,
         };
         match r {
             Ok(()) => break Ok(()),
@@ -468,7 +520,7 @@ async fn send_tree(conn: &mut Conn, args: &Options, j: &TreeJob) -> Result<TreeR
                     break Err(e);
                 }
             }
-            _ = progress.tick() => print_progress(tree, &counts, started.elapsed()),
+            _ = progress.tick() => print_progress(tree, &j.mount, j.used, &counts, started.elapsed()),
         }
     };
     // The producer stops when the queue is gone.
@@ -518,16 +570,44 @@ async fn send_tree(conn: &mut Conn, args: &Options, j: &TreeJob) -> Result<TreeR
     })
 }
 
-fn print_progress(tree: u32, c: &Counts, elapsed: Duration) {
+fn print_progress(tree: u32, mount: &str, used: u64, c: &Counts, elapsed: Duration) {
     let bytes = c.content_bytes.load(Ordering::Relaxed);
+    let done = bytes + c.unchanged_bytes.load(Ordering::Relaxed);
     let rate = bytes as f64 / elapsed.as_secs_f64().max(0.001) / 1e6;
     eprintln!(
-        "ferry send: tree {tree}: {} entries sent ({} files, {} of content, {rate:.1} MB/s), {} unchanged",
+        "ferry send: tree {tree} ({mount}): {} entries sent ({} files, {} of content, {rate:.1} MB/s), {} unchanged; {}",
         c.entries.load(Ordering::Relaxed),
         c.files.load(Ordering::Relaxed),
         crate::disk::human_bytes(bytes),
         c.unchanged.load(Ordering::Relaxed),
+        time_left(used, done, bytes, elapsed),
     );
+}
+
+/// The progress line's estimate: of the `used` bytes of the tree, `done`
+/// were walked (sent or unchanged), `sent` of them sent in `elapsed`.
+/// The rest is expected at the rate so far.
+fn time_left(used: u64, done: u64, sent: u64, elapsed: Duration) -> String {
+    let pct = if used == 0 {
+        100.0
+    } else {
+        (done as f64 * 100.0 / used as f64).min(100.0)
+    };
+    let left = used.saturating_sub(done);
+    let secs = elapsed.as_secs_f64();
+    if sent == 0 || secs <= 0.0 {
+        return format!("{pct:.0} % of {} walked", crate::disk::human_bytes(used));
+    }
+    let eta = (left as f64 / (sent as f64 / secs)).ceil() as u64;
+    format!(
+        "{pct:.0} % of {} walked, about {} left",
+        crate::disk::human_bytes(used),
+        if eta >= 120 {
+            format!("{} min", eta.div_ceil(60))
+        } else {
+            format!("{eta} s")
+        }
+    )
 }
 
 async fn read_manifest(conn: &mut Conn, tree: u32) -> Result<HashMap<Vec<u8>, Stamp>> {
@@ -585,6 +665,9 @@ fn produce(
             if let Some(s) = old {
                 if s.same_as(&found.entry.stamp([0; 32])) {
                     counts.unchanged.fetch_add(1, Ordering::Relaxed);
+                    counts
+                        .unchanged_bytes
+                        .fetch_add(found.entry.size, Ordering::Relaxed);
                     return Ok(());
                 }
             }
@@ -797,4 +880,34 @@ fn pack(compressor: Option<&mut zstd::bulk::Compressor<'static>>, buf: Vec<u8>) 
         }
     }
     (false, Bytes::from(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_left_is_what_remains_at_the_rate_so_far() {
+        const MIB: u64 = 1 << 20;
+        // 1 GiB to walk: 256 MiB sent in 4 s, 256 MiB found unchanged;
+        // 512 MiB left at 64 MiB/s.
+        assert_eq!(
+            time_left(1024 * MIB, 512 * MIB, 256 * MIB, Duration::from_secs(4)),
+            "50 % of 1.0 GiB walked, about 8 s left"
+        );
+        assert_eq!(
+            time_left(10240 * MIB, 10 * MIB, 10 * MIB, Duration::from_secs(5)),
+            "0 % of 10.0 GiB walked, about 86 min left"
+        );
+        // Nothing sent yet (a rerun walking unchanged files): no estimate.
+        assert_eq!(
+            time_left(1024 * MIB, 100 * MIB, 0, Duration::from_secs(5)),
+            "10 % of 1.0 GiB walked"
+        );
+        // More walked than measured (files grew): never over 100 %.
+        assert_eq!(
+            time_left(MIB, 2 * MIB, 2 * MIB, Duration::from_secs(1)),
+            "100 % of 1.0 MiB walked, about 0 s left"
+        );
+    }
 }

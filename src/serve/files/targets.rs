@@ -53,17 +53,24 @@ impl Mounted {
     }
 
     /// A vfat tree is written into a directory (this kernel has no vfat)
-    /// and copied into its FAT partition when it is closed.
+    /// and mirrored into its FAT partition when it is closed: its files
+    /// copied, what the directory no longer holds (the sender's removals)
+    /// removed from the partition.
     pub fn finish_tree(&self, tree: u32) -> Result<()> {
         if self.fs.get(tree as usize) != Some(&FsType::Vfat) {
             return Ok(());
         }
         let dir = self.tree.path_of(&mount_name(tree));
         let fat = self.tree.fat(&mount_name(tree))?;
-        let n = fat
-            .import_dir(&dir, "/")
+        let (files, removed) = fat
+            .mirror_dir(&dir, "/")
             .with_context(|| format!("copying tree {tree} into its FAT file system"))?;
-        tracing::info!(tree, files = n, "tree copied into its FAT file system");
+        tracing::info!(
+            tree,
+            files,
+            removed,
+            "tree mirrored into its FAT file system"
+        );
         Ok(())
     }
 
