@@ -49,6 +49,7 @@ fn check(root: &Path, loopdev: &Path) {
     let rootarg = root.to_str().unwrap();
     let diskarg = format!("/dev/sda={}", loopdev.display());
     let devices = DeviceMap {
+        renamed: Vec::new(),
         disks: vec![probe::probe_disk(vec!["/dev/sda".into()], loopdev, root).unwrap()],
     };
     let root_vol = devices

@@ -28,6 +28,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::desc::{align_up, plan, DiskLayout, FsType, Layout, Size, ALIGN, MIB};
+use super::flatten::{flatten_layout, FlatLvm};
 use crate::job::errors::{coded, ErrorCode};
 
 /// The size of a swap partition on a target too small for the source's.
@@ -93,8 +94,21 @@ impl SourcePlan {
                 format!("parsing the sender's layout: {e}"),
             )
         })?;
-        p.places()?;
+        p.flattened()?;
         Ok(p)
+    }
+
+    /// The plan as the appliance lays it out: each LVM physical volume
+    /// replaced by a plain partition per logical volume it carries
+    /// ([`flatten_layout`]), checked as [`SourcePlan::places`] does.
+    pub fn flattened(&self) -> Result<(SourcePlan, FlatLvm)> {
+        let (layout, lvm) = flatten_layout(&self.layout)?;
+        let plan = SourcePlan {
+            layout,
+            trees: self.trees.clone(),
+        };
+        plan.places()?;
+        Ok((plan, lvm))
     }
 
     /// Each tree's partition, checked: the layout is valid, tree 0 is `/`,

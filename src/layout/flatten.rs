@@ -2,53 +2,157 @@
 //! is laid out on the target as a plain partition with the same file
 //! system UUID, so the migrated system needs no volume group. What named
 //! the volume (`/dev/mapper/<vg>-<lv>`, `/dev/<vg>/<lv>`) is then to be
-//! named by its UUID ([`Renamed`]), which the repair writes into fstab and
-//! GRUB's `root=`.
+//! named by its UUID ([`Renamed`]), which the repair writes into fstab,
+//! the kernel command line and the initramfs's resume setting.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::desc::{align_up, DiskLayout, FsType, PartType, PartitionLayout, Size, MIB};
+use super::desc::{align_up, DiskLayout, FsType, Layout, PartType, PartitionLayout, Size, MIB};
+use super::lvm::LogicalVolume;
 use crate::job::errors::{coded, ErrorCode};
-
-/// A logical volume of the source holding a file system (or swap).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceVolume {
-    pub vg: String,
-    pub lv: String,
-    /// Bytes.
-    pub size: u64,
-    pub fs: FsType,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uuid: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mount: Option<String>,
-}
 
 /// A device name of the source that no longer exists on the target, and
 /// the spec that names the same file system there.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Renamed {
     pub from: String,
     pub to: String,
 }
 
-impl SourceVolume {
-    /// Its names in the source system: device-mapper's (a `-` in either
-    /// name doubled) and LVM's own link.
-    pub fn device_names(&self) -> [String; 2] {
-        [
-            format!(
-                "/dev/mapper/{}-{}",
-                self.vg.replace('-', "--"),
-                self.lv.replace('-', "--")
-            ),
-            format!("/dev/{}/{}", self.vg, self.lv),
-        ]
+/// A logical volume laid out as a plain partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flattened {
+    /// `vg/lv`.
+    pub volume: String,
+    pub fs: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// Disk index and partition number on the target.
+    pub disk: usize,
+    pub partition: usize,
+}
+
+/// What [`flatten_layout`] made of a layout's volume groups.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlatLvm {
+    /// Each kept volume and the partition it became.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Flattened>,
+    /// The old names of the kept volumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub renamed: Vec<Renamed>,
+    /// Volumes left behind: neither mounted on the source nor swap, so
+    /// nothing of them is sent (`vg/lv`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
+}
+
+impl FlatLvm {
+    pub fn is_empty(&self) -> bool {
+        self.volumes.is_empty() && self.left_out.is_empty()
     }
+}
+
+/// Its names in the source system: device-mapper's (a `-` in either name
+/// doubled), LVM's own link and udev's by-id link.
+pub fn device_names(v: &LogicalVolume) -> [String; 3] {
+    let mapper = v.mapper_path();
+    let dm = mapper.trim_start_matches("/dev/mapper/").to_owned();
+    [mapper, v.vg_path(), format!("/dev/disk/by-id/dm-name-{dm}")]
+}
+
+/// A volume file mode carries: one mounted on the source, or swap.
+fn carried(v: &LogicalVolume) -> bool {
+    v.mount.is_some() || v.fs == FsType::Swap
+}
+
+/// The layout with every LVM physical volume that holds volumes replaced
+/// by one plain partition per carried volume ([`flatten_lvm`]), and no
+/// volumes left; the layout as it is when it has no volumes. A carried
+/// volume the appliance cannot place (striped, thin...) is refused with
+/// `LVM_UNSUPPORTED`.
+pub fn flatten_layout(layout: &Layout) -> Result<(Layout, FlatLvm)> {
+    let mut out = layout.clone();
+    out.volumes.clear();
+    let mut flat = FlatLvm::default();
+    if layout.volumes.is_empty() {
+        return Ok((out, flat));
+    }
+    for v in &layout.volumes {
+        if !carried(v) {
+            flat.left_out.push(v.display());
+            continue;
+        }
+        if let Some(e) = v.refusal() {
+            return Err(e.context(
+                "file mode lays out linear logical volumes only; send this server in block mode",
+            ));
+        }
+        if v.place.is_none() {
+            bail!(coded(
+                ErrorCode::LvmUnsupported,
+                format!(
+                    "logical volume {} is on no physical volume of the layout's disks",
+                    v.display()
+                )
+            ));
+        }
+    }
+    for (d, disk) in layout.disks.iter().enumerate().rev() {
+        for (p, part) in disk.partitions.iter().enumerate().rev() {
+            let mut here: Vec<&LogicalVolume> = layout
+                .volumes
+                .iter()
+                .filter(|v| carried(v))
+                .filter(|v| v.place.is_some_and(|pl| pl.disk == d && pl.partition == p))
+                .collect();
+            if !part.fs.is_lvm_pv() && part.kind != PartType::Lvm {
+                continue;
+            }
+            if here.is_empty() {
+                // A physical volume with nothing carried: nothing of it
+                // is laid out.
+                out.disks[d].partitions.remove(p);
+                continue;
+            }
+            here.sort_by_key(|v| v.place.map(|pl| pl.offset));
+            let volumes: Vec<LogicalVolume> = here.into_iter().cloned().collect();
+            let (disk_out, renamed) = flatten_lvm(&out.disks[d], p, &volumes)?;
+            out.disks[d] = disk_out;
+            flat.renamed.extend(renamed);
+        }
+    }
+    out.validate()?;
+    // Where each kept volume went.
+    for (d, disk) in out.disks.iter().enumerate() {
+        let numbers = disk.numbers();
+        for (i, part) in disk.partitions.iter().enumerate() {
+            let Some(v) = layout.volumes.iter().find(|v| {
+                carried(v)
+                    && v.uuid.is_some()
+                    && v.uuid == part.uuid
+                    && v.fs == part.fs
+                    && v.mount == part.mount
+            }) else {
+                continue;
+            };
+            flat.volumes.push(Flattened {
+                volume: v.display(),
+                fs: v.fs.to_string(),
+                uuid: v.uuid.clone(),
+                mount: v.mount.clone(),
+                disk: d,
+                partition: numbers[i],
+            });
+        }
+    }
+    Ok((out, flat))
 }
 
 /// Replace the LVM physical-volume partition at position `pv` of `disk`
@@ -59,13 +163,13 @@ impl SourceVolume {
 pub fn flatten_lvm(
     disk: &DiskLayout,
     pv: usize,
-    volumes: &[SourceVolume],
+    volumes: &[LogicalVolume],
 ) -> Result<(DiskLayout, Vec<Renamed>)> {
     let invalid = |d: String| coded(ErrorCode::LayoutInvalid, d);
     let Some(p) = disk.partitions.get(pv) else {
         bail!(invalid(format!("the disk has no partition {}", pv + 1)));
     };
-    if p.kind != PartType::Lvm && p.fs != FsType::Other("LVM2_member".into()) {
+    if p.kind != PartType::Lvm && !p.fs.is_lvm_pv() {
         bail!(invalid(format!(
             "partition {} is not an LVM physical volume ({}, {})",
             pv + 1,
@@ -81,40 +185,44 @@ pub fn flatten_lvm(
     }
     let mut out = disk.clone();
     let mut renamed = Vec::new();
-    let parts: Vec<PartitionLayout> = volumes
-        .iter()
-        .map(|v| {
-            if let Some(u) = &v.uuid {
-                let to = format!("UUID={u}");
-                for from in v.device_names() {
-                    renamed.push(Renamed {
-                        from,
-                        to: to.clone(),
-                    });
-                }
+    let mut parts = Vec::new();
+    for v in volumes {
+        let Some(place) = v.place else {
+            bail!(invalid(format!(
+                "logical volume {} has no place on its physical volume",
+                v.display()
+            )));
+        };
+        if let Some(u) = &v.uuid {
+            let to = format!("UUID={u}");
+            for from in device_names(v) {
+                renamed.push(Renamed {
+                    from,
+                    to: to.clone(),
+                });
             }
-            PartitionLayout {
-                size: Size::Bytes(align_up(v.size.max(MIB), MIB)),
-                start: None,
-                kind: if v.fs == FsType::Swap {
-                    PartType::Swap
-                } else {
-                    PartType::Linux
-                },
-                fs: v.fs.clone(),
-                uuid: v.uuid.clone(),
-                label: v.label.clone(),
-                mount: v.mount.clone(),
-                partuuid: None,
-                name: None,
-                number: None,
-                bootable: false,
-                subvol: None,
-                subvolumes: Vec::new(),
-                features: Vec::new(),
-            }
-        })
-        .collect();
+        }
+        parts.push(PartitionLayout {
+            size: Size::Bytes(align_up(place.size.max(MIB), MIB)),
+            start: None,
+            kind: if v.fs == FsType::Swap {
+                PartType::Swap
+            } else {
+                PartType::Linux
+            },
+            fs: v.fs.clone(),
+            uuid: v.uuid.clone(),
+            label: v.label.clone(),
+            mount: v.mount.clone(),
+            partuuid: None,
+            name: None,
+            number: None,
+            bootable: false,
+            subvol: v.subvol.clone(),
+            subvolumes: Vec::new(),
+            features: Vec::new(),
+        });
+    }
     out.partitions.splice(pv..=pv, parts);
     for p in &mut out.partitions {
         p.start = None;
@@ -146,26 +254,50 @@ type = "lvm"
 fs = "LVM2_member"
 "#;
 
-    fn volumes() -> Vec<SourceVolume> {
+    fn lv(
+        name: &str,
+        offset: u64,
+        size: u64,
+        fs: FsType,
+        uuid: Option<&str>,
+        mount: Option<&str>,
+    ) -> LogicalVolume {
+        LogicalVolume {
+            vg: "vg-sys".into(),
+            name: name.into(),
+            place: Some(crate::layout::lvm::Place {
+                disk: 0,
+                partition: 1,
+                offset,
+                size,
+            }),
+            refused: None,
+            fs,
+            uuid: uuid.map(str::to_owned),
+            label: None,
+            mount: mount.map(str::to_owned),
+            subvol: None,
+        }
+    }
+
+    fn volumes() -> Vec<LogicalVolume> {
         vec![
-            SourceVolume {
-                vg: "vg-sys".into(),
-                lv: "root".into(),
-                size: 8 * 1024 * MIB,
-                fs: FsType::Xfs,
-                uuid: Some("21111111-2222-3333-4444-555555555555".into()),
-                label: None,
-                mount: Some("/".into()),
-            },
-            SourceVolume {
-                vg: "vg-sys".into(),
-                lv: "swap_1".into(),
-                size: 1000 * MIB + 4096,
-                fs: FsType::Swap,
-                uuid: Some("31111111-2222-3333-4444-555555555555".into()),
-                label: None,
-                mount: None,
-            },
+            lv(
+                "root",
+                MIB,
+                8 * 1024 * MIB,
+                FsType::Xfs,
+                Some("21111111-2222-3333-4444-555555555555"),
+                Some("/"),
+            ),
+            lv(
+                "swap_1",
+                (8 * 1024 + 1) * MIB,
+                1000 * MIB + 4096,
+                FsType::Swap,
+                Some("31111111-2222-3333-4444-555555555555"),
+                None,
+            ),
         ]
     }
 
@@ -210,11 +342,19 @@ fs = "LVM2_member"
                     "UUID=21111111-2222-3333-4444-555555555555"
                 ),
                 (
+                    "/dev/disk/by-id/dm-name-vg--sys-root",
+                    "UUID=21111111-2222-3333-4444-555555555555"
+                ),
+                (
                     "/dev/mapper/vg--sys-swap_1",
                     "UUID=31111111-2222-3333-4444-555555555555"
                 ),
                 (
                     "/dev/vg-sys/swap_1",
+                    "UUID=31111111-2222-3333-4444-555555555555"
+                ),
+                (
+                    "/dev/disk/by-id/dm-name-vg--sys-swap_1",
                     "UUID=31111111-2222-3333-4444-555555555555"
                 ),
             ]
@@ -233,7 +373,7 @@ fs = "LVM2_member"
         let mut many = volumes();
         for i in 0..3 {
             let mut v = many[0].clone();
-            v.lv = format!("data{i}");
+            v.name = format!("data{i}");
             v.mount = Some(format!("/data{i}"));
             v.uuid = None;
             many.push(v);
@@ -242,6 +382,60 @@ fs = "LVM2_member"
         assert!(
             err.contains("an MBR table holds 4 primary partitions"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_layout_loses_its_volume_groups_and_says_where_each_volume_went() {
+        let mut l = Layout::from_toml(LVM).unwrap();
+        l.volumes = volumes();
+        // Mounted nowhere and not swap: not carried.
+        l.volumes.push(lv(
+            "scratch",
+            (9 * 1024 - 10) * MIB,
+            4 * MIB,
+            FsType::Ext4,
+            Some("41111111-2222-3333-4444-555555555555"),
+            None,
+        ));
+        let (flat, lvm) = flatten_layout(&l).unwrap();
+        assert!(flat.volumes.is_empty());
+        assert_eq!(flat.disks[0].partitions.len(), 3);
+        assert_eq!(flat.mount_points(), ["/boot", "/"]);
+        assert_eq!(lvm.left_out, ["vg-sys/scratch"]);
+        assert_eq!(lvm.renamed.len(), 6);
+        let went: Vec<(&str, Option<&str>, usize)> = lvm
+            .volumes
+            .iter()
+            .map(|v| (v.volume.as_str(), v.mount.as_deref(), v.partition))
+            .collect();
+        assert_eq!(
+            went,
+            [("vg-sys/root", Some("/"), 2), ("vg-sys/swap_1", None, 3)]
+        );
+
+        // The same layout without volumes is left as it is.
+        let plain = Layout::from_toml(LVM).unwrap();
+        let (same, none) = flatten_layout(&plain).unwrap();
+        assert_eq!(same, plain);
+        assert!(none.is_empty() && none.renamed.is_empty());
+
+        // A carried volume the appliance cannot place is refused.
+        let mut striped = l.clone();
+        striped.volumes[0].place = None;
+        striped.volumes[0].refused = Some("it is striped over 2 physical volumes".into());
+        let err = flatten_layout(&striped).unwrap_err();
+        assert_eq!(
+            crate::job::errors::find_coded(&err).map(|c| c.code),
+            Some(ErrorCode::LvmUnsupported)
+        );
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("send this server in block mode")
+                && text.contains(
+                    "logical volume vg-sys/root (/): it is striped over 2 physical volumes"
+                ),
+            "{text}"
         );
     }
 }

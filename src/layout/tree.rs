@@ -486,6 +486,18 @@ pub fn fill_mount_points_named(
     targets: &[PathBuf],
     source_names: &[Vec<String>],
 ) -> Result<usize> {
+    fill_mount_points_renamed(layout, targets, source_names, &[])
+}
+
+/// [`fill_mount_points_named`] where the fstab may name file systems by
+/// names they no longer have (a logical volume laid out as a plain
+/// partition): each of `renamed` is looked up by its new name.
+pub fn fill_mount_points_renamed(
+    layout: &mut Layout,
+    targets: &[PathBuf],
+    source_names: &[Vec<String>],
+    renamed: &[crate::layout::flatten::Renamed],
+) -> Result<usize> {
     if layout.disks.len() != targets.len() {
         bail!(
             "the layout describes {} disk(s) but {} target(s) were given",
@@ -572,7 +584,10 @@ pub fn fill_mount_points_named(
         if mp == "/" || !mp.starts_with('/') || e.fstype == "swap" {
             continue;
         }
-        let spec = e.spec.as_str();
+        let spec = renamed
+            .iter()
+            .find(|r| r.from == e.spec)
+            .map_or(e.spec.as_str(), |r| r.to.as_str());
         let by_name =
             kernel_name_match(layout, spec, source_names).map(|(d, p)| At::Partition(d, p));
         let hit = by_name.or_else(|| {

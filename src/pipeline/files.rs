@@ -19,6 +19,7 @@ use crate::job::handle::JobHandle;
 use crate::job::ledger::{windows, DiskRecord, Ledger};
 use crate::job::state::Status;
 use crate::layout::fit::SourcePlan;
+use crate::layout::flatten::FlatLvm;
 use crate::layout::Layout;
 
 /// The ledger's meta key of the file-mode targets.
@@ -32,8 +33,13 @@ const DIGEST_CHUNK: u32 = 4 << 20;
 /// so that a rerun finds them (and their UUIDs) and never makes them again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileTargets {
-    /// What the sender described.
+    /// What the sender described, its LVM physical volumes flattened
+    /// ([`SourcePlan::flattened`]).
     pub plan: SourcePlan,
+    /// The source's logical volumes laid out as plain partitions, and
+    /// their old names, which the repair replaces.
+    #[serde(default, skip_serializing_if = "FlatLvm::is_empty")]
+    pub lvm: FlatLvm,
     /// What was laid out on the targets (ids resolved, sizes fitted), with
     /// the source's mount points.
     pub layout: Layout,
@@ -96,6 +102,11 @@ pub struct FilesReport {
     /// Each sent file system: its mount point, type, UUID, the bytes it held
     /// on the source and its partition's size on the target.
     pub file_systems: Vec<FileSystemReport>,
+    /// The source's logical volumes, each laid out as a plain partition
+    /// with its file system's UUID: the migrated system boots without its
+    /// volume group.
+    #[serde(skip_serializing_if = "FlatLvm::is_empty")]
+    pub lvm_flattened: FlatLvm,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -123,7 +134,10 @@ fn describe(ft: &FileTargets) -> Result<FilesReport> {
             size: ext[pl.part].len,
         });
     }
-    Ok(FilesReport { file_systems: out })
+    Ok(FilesReport {
+        file_systems: out,
+        lvm_flattened: ft.lvm.clone(),
+    })
 }
 
 /// The round of a file-mode job: mount, repair, verify, boot, handoff.
@@ -150,7 +164,7 @@ pub fn run(
     };
     if settings.build {
         let (step, t) = timer(Step::Mount);
-        let mounted = mount::system(&targets, &dir.join(STAGING))?;
+        let mounted = mount::system(&targets, &dir.join(STAGING), &ft.lvm.renamed)?;
         timed(&mut report, step, t);
         let (step, t) = timer(Step::Repair);
         report.repair = Some(repair::run(
@@ -158,6 +172,7 @@ pub fn run(
             &targets,
             &dir.join("repair.json"),
             settings.recipes_dir.as_deref(),
+            &ft.lvm.renamed,
         )?);
         timed(&mut report, step, t);
     }

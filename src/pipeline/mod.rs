@@ -530,7 +530,7 @@ fn build(
     }
 
     let (step, t) = timer(Step::Mount);
-    let mounted = mount::system(targets, &dir.join(STAGING))?;
+    let mounted = mount::system(targets, &dir.join(STAGING), &[])?;
     timed(report, step, t);
 
     let (step, t) = timer(Step::Repair);
@@ -545,6 +545,7 @@ fn build(
         targets,
         &dir.join("repair.json"),
         recipes_dir,
+        &[],
     )?);
     timed(report, step, t);
     Ok(scope)

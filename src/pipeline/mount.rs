@@ -23,7 +23,11 @@ pub struct Mounted {
     pub mounted: layout::Layout,
 }
 
-pub fn system(targets: &[Target], staging: &Path) -> Result<Mounted> {
+pub fn system(
+    targets: &[Target],
+    staging: &Path,
+    renamed: &[layout::flatten::Renamed],
+) -> Result<Mounted> {
     let paths: Vec<PathBuf> = targets.iter().map(|t| t.path.clone()).collect();
     let names: Vec<Vec<String>> = targets.iter().map(|t| t.names.clone()).collect();
     layout::tree::clean_leftovers(staging, &paths)
@@ -31,7 +35,7 @@ pub fn system(targets: &[Target], staging: &Path) -> Result<Mounted> {
     let mut full = layout::read_all(&paths)
         .context("reading the received disks")
         .code(ErrorCode::SystemNotFound)?;
-    layout::tree::fill_mount_points_named(&mut full, &paths, &names)
+    layout::tree::fill_mount_points_renamed(&mut full, &paths, &names, renamed)
         .code(ErrorCode::SystemNotFound)?;
     let mut mounted = full.clone();
     mounted.keep_mounts(|m| SYSTEM_MOUNTS.contains(&m));

@@ -21,11 +21,13 @@ pub fn run(
     targets: &[Target],
     report_path: &Path,
     recipes_dir: Option<&Path>,
+    renamed: &[layout::flatten::Renamed],
 ) -> Result<serde_json::Value> {
     let _umask = SystemUmask::set();
     let Mounted { tree, full, .. } = mounted;
     let names: Vec<Vec<String>> = targets.iter().map(|t| t.names.clone()).collect();
     let mut devices = DeviceMap::from_mount_tree(&tree, &names);
+    devices.renamed = renamed.to_vec();
     restore_mount_points(&mut devices, &full);
     let mut options = repair::Options::new(tree.root(), devices, BootMode::Auto, Mode::Apply);
     options.recipes_dir = recipes_dir.map(Path::to_owned);

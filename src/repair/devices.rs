@@ -13,6 +13,11 @@ pub use crate::devname::split_device;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeviceMap {
     pub disks: Vec<MigratedDisk>,
+    /// Names of the source that no longer exist on the target, and the
+    /// spec that names the same file system there: a logical volume laid
+    /// out as a plain partition (`/dev/mapper/vg-root` is `UUID=...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub renamed: Vec<crate::layout::flatten::Renamed>,
 }
 
 /// One source disk and the target it was written to.
@@ -117,6 +122,9 @@ impl DeviceMap {
     /// fstab's octal), parsed by [`crate::devname::DeviceSpec`].
     pub fn resolve(&self, spec: &str, mountpoint: Option<&str>) -> Resolved<'_> {
         use crate::devname::{DeviceSpec, Ids};
+        if let Some(r) = self.renamed_from(spec) {
+            return self.resolve(&r.to.clone(), mountpoint);
+        }
         let parsed = DeviceSpec::parse(spec);
         let (disk, part) = match parsed {
             DeviceSpec::Device { disk, partition } => (disk, partition),
@@ -152,6 +160,22 @@ impl DeviceMap {
 }
 
 impl DeviceMap {
+    /// The renaming of `spec`, a name the source had (quotes ignored);
+    /// never one whose new name is itself renamed.
+    pub fn renamed_from(&self, spec: &str) -> Option<&crate::layout::flatten::Renamed> {
+        let spec = spec.trim_matches('"');
+        self.renamed
+            .iter()
+            .find(|r| r.from == spec && !self.renamed.iter().any(|o| o.from == r.to))
+    }
+
+    /// Whether the volume group `vg` of the source is gone: one of its
+    /// volumes was laid out as a plain partition.
+    pub fn vg_flattened(&self, vg: &str) -> bool {
+        let prefix = format!("/dev/{vg}/");
+        self.renamed.iter().any(|r| r.from.starts_with(&prefix))
+    }
+
     /// The map of a layout engine's mount tree, the way the job runner has
     /// it after a transfer: `source_names[i]` are the names the source
     /// system knew disk i by (from the sender's inventory).
@@ -201,7 +225,10 @@ impl DeviceMap {
                 });
             }
         }
-        DeviceMap { disks }
+        DeviceMap {
+            disks,
+            renamed: Vec::new(),
+        }
     }
 }
 
@@ -223,6 +250,7 @@ mod tests {
 
     fn one_disk(target: &str, partition: Option<u32>, mp: &str) -> DeviceMap {
         DeviceMap {
+            renamed: Vec::new(),
             disks: vec![MigratedDisk {
                 source_names: vec!["/dev/sda".into()],
                 target: target.into(),
@@ -269,6 +297,7 @@ mod tests {
             ..Default::default()
         };
         let map = DeviceMap {
+            renamed: Vec::new(),
             disks: vec![MigratedDisk {
                 source_names: vec!["/dev/sda".into()],
                 target: "/dev/vdb".into(),

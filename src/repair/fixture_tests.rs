@@ -34,6 +34,7 @@ fn vol(partition: u32, uuid: &str, fstype: &str, mountpoint: Option<&str>) -> Vo
 
 fn disk(names: &[&str], volumes: Vec<Volume>) -> DeviceMap {
     DeviceMap {
+        renamed: Vec::new(),
         disks: vec![MigratedDisk {
             source_names: names.iter().map(|s| s.to_string()).collect(),
             target: "/dev/vdb".into(),

@@ -118,6 +118,7 @@ pub(crate) mod tests {
 
     pub fn map() -> DeviceMap {
         DeviceMap {
+            renamed: Vec::new(),
             disks: vec![MigratedDisk {
                 source_names: vec![
                     "/dev/sda".into(),
@@ -152,6 +153,41 @@ pub(crate) mod tests {
                 ],
             }],
         }
+    }
+
+    #[test]
+    fn a_flattened_volume_is_named_by_its_uuid() {
+        use crate::layout::flatten::Renamed;
+        let mut m = map();
+        for (from, to) in [
+            (
+                "/dev/mapper/vg--sys-root",
+                "UUID=22222222-2222-4222-8222-222222222222",
+            ),
+            (
+                "/dev/vg-sys/swap_1",
+                "UUID=55555555-5555-4555-8555-555555555555",
+            ),
+        ] {
+            m.renamed.push(Renamed {
+                from: from.into(),
+                to: to.into(),
+            });
+        }
+        let fstab = "/dev/mapper/vg--sys-root / ext4 errors=remount-ro 0 1\n/dev/vg-sys/swap_1 none swap sw 0 0\n/dev/mapper/vg--sys-home /home ext4 defaults 0 2\n";
+        let (out, notes) = rewrite(fstab, &m).unwrap();
+        assert_eq!(
+            out,
+            "UUID=22222222-2222-4222-8222-222222222222 / ext4 errors=remount-ro 0 1\nUUID=55555555-5555-4555-8555-555555555555 none swap sw 0 0\n/dev/mapper/vg--sys-home /home ext4 defaults 0 2\n"
+        );
+        assert!(
+            notes.contains(
+                &"/: /dev/mapper/vg--sys-root -> UUID=22222222-2222-4222-8222-222222222222"
+                    .to_owned()
+            ),
+            "{notes:?}"
+        );
+        assert_eq!(rewrite(&out, &m).unwrap().0, out, "idempotent");
     }
 
     #[test]

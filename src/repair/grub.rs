@@ -67,6 +67,16 @@ pub fn fix_args(args: &str, map: &DeviceMap, add: &[String]) -> String {
         if add_keys.contains(&key(a)) {
             continue;
         }
+        // dracut's and the RHEL family's: activate this volume group or
+        // volume. One laid out as plain partitions is gone, and a dracut
+        // told to wait for it would wait in vain.
+        let vg_arg = a
+            .strip_prefix("rd.lvm.lv=")
+            .and_then(|v| v.split('/').next())
+            .or_else(|| a.strip_prefix("rd.lvm.vg="));
+        if vg_arg.is_some_and(|vg| map.vg_flattened(vg)) {
+            continue;
+        }
         if let Some(dev) = a.strip_prefix("root=") {
             match map.resolve(dev, Some("/")) {
                 Resolved::Migrated(v) if dev.starts_with("/dev/") && v.uuid.is_some() => {
@@ -756,6 +766,7 @@ mod tests {
     fn a_root_named_by_the_appliances_node_gets_its_stable_name() {
         use crate::repair::devices::{MigratedDisk, Volume};
         let map = DeviceMap {
+            renamed: Vec::new(),
             disks: vec![MigratedDisk {
                 source_names: vec!["/dev/sda".into()],
                 target: "/dev/loop1".into(),
@@ -798,6 +809,52 @@ mod tests {
             assert_eq!(got, *want, "{input}");
             assert_eq!(fix_args(&got, &m, &add()), got, "idempotent: {input}");
         }
+    }
+
+    /// The map of a system whose volume group `cl` was laid out as plain
+    /// partitions: root and swap by their UUIDs.
+    fn flattened_map() -> DeviceMap {
+        use crate::layout::flatten::Renamed;
+        let mut m = map();
+        for (from, to) in [
+            (
+                "/dev/mapper/cl-root",
+                "UUID=22222222-2222-4222-8222-222222222222",
+            ),
+            ("/dev/cl/root", "UUID=22222222-2222-4222-8222-222222222222"),
+            (
+                "/dev/mapper/cl-swap",
+                "UUID=55555555-5555-4555-8555-555555555555",
+            ),
+            ("/dev/cl/swap", "UUID=55555555-5555-4555-8555-555555555555"),
+        ] {
+            m.renamed.push(Renamed {
+                from: from.into(),
+                to: to.into(),
+            });
+        }
+        m
+    }
+
+    #[test]
+    fn a_flattened_volume_group_leaves_the_command_line() {
+        let m = flattened_map();
+        let input = "root=/dev/mapper/cl-root ro resume=/dev/mapper/cl-swap rd.lvm.lv=cl/root rd.lvm.lv=cl/swap rd.lvm.vg=cl rd.lvm.lv=data/srv rhgb";
+        let got = fix_args(input, &m, &add());
+        assert_eq!(
+            got,
+            "root=UUID=22222222-2222-4222-8222-222222222222 ro resume=UUID=55555555-5555-4555-8555-555555555555 rd.lvm.lv=data/srv rhgb console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0"
+        );
+        assert_eq!(fix_args(&got, &m, &add()), got, "idempotent");
+        assert_eq!(
+            rewrite_resume_conf("RESUME=/dev/mapper/cl-swap\n", &m),
+            "RESUME=UUID=55555555-5555-4555-8555-555555555555\n"
+        );
+        // Without the renaming, LVM names stay.
+        assert_eq!(
+            rewrite_resume_conf("RESUME=/dev/mapper/cl-swap\n", &map()),
+            "RESUME=/dev/mapper/cl-swap\n"
+        );
     }
 
     #[test]

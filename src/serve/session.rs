@@ -1204,7 +1204,7 @@ impl Session {
                 "SourceLayout after the session's first tree",
             ));
         }
-        let plan = crate::layout::fit::SourcePlan::from_json(&json)?;
+        let (plan, lvm) = crate::layout::fit::SourcePlan::from_json(&json)?.flattened()?;
         if matches!(
             self.app.job.status(),
             crate::job::state::Status::Ready | crate::job::state::Status::Waiting
@@ -1236,7 +1236,8 @@ impl Session {
         let app = Arc::clone(&self.app);
         let prepared = tokio::task::spawn_blocking(move || -> Result<_> {
             let mount_root = app.config.state_dir.join("files").join("mnt");
-            let p = super::files::targets::prepare(&app.config, &app.ledger, plan, &mount_root)?;
+            let p =
+                super::files::targets::prepare(&app.config, &app.ledger, plan, lvm, &mount_root)?;
             app.job.syncing(&[])?;
             Ok(p)
         })

@@ -130,17 +130,20 @@ fn tree_jobs(
     excludes_dir: Option<&Path>,
 ) -> Result<Vec<TreeJob>> {
     use crate::layout::FsType;
+    let writable =
+        |fs: &FsType| matches!(fs, FsType::Ext4 | FsType::Ext3 | FsType::Xfs | FsType::Vfat);
     let mut mounts: Vec<(String, usize)> = Vec::new();
     for (d, disk) in layout.disks.iter().enumerate() {
         for p in &disk.partitions {
-            if let Some(m) = &p.mount {
-                if matches!(
-                    p.fs,
-                    FsType::Ext4 | FsType::Ext3 | FsType::Xfs | FsType::Vfat
-                ) {
-                    mounts.push((m.trim_end_matches('/').to_owned(), d));
-                }
+            if let Some(m) = p.mount.as_ref().filter(|_| writable(&p.fs)) {
+                mounts.push((m.trim_end_matches('/').to_owned(), d));
             }
+        }
+    }
+    // A logical volume is on the disk of its physical volume.
+    for v in &layout.volumes {
+        if let (Some(m), Some(place)) = (v.mount.as_ref().filter(|_| writable(&v.fs)), v.place) {
+            mounts.push((m.trim_end_matches('/').to_owned(), place.disk));
         }
     }
     for m in &mut mounts {
@@ -330,7 +333,20 @@ async fn send_source(
         });
     }
     let plan = crate::layout::fit::SourcePlan { layout, trees };
-    plan.places()?;
+    // What the appliance will lay out, checked here first.
+    let (_, lvm) = plan.flattened()?;
+    for v in &lvm.volumes {
+        eprintln!(
+            "ferry send: the logical volume {} ({}) becomes a plain partition on the target; the migrated system boots without its volume group",
+            v.volume,
+            v.mount.as_deref().unwrap_or(&v.fs)
+        );
+    }
+    for v in &lvm.left_out {
+        eprintln!(
+            "ferry send: the logical volume {v} is not mounted and not swap: nothing of it is sent"
+        );
+    }
     let plan_json = Bytes::from(plan.to_json(crate::wire::frame::MAX_SOURCE_LAYOUT)?);
     let started = Instant::now();
     let mut attempts = 0u32;

@@ -26,6 +26,7 @@ use crate::job::errors::{coded, ErrorCode};
 use crate::job::ledger::Ledger;
 use crate::layout::desc::{align_up, plan, FsType, Layout, Size, ALIGN, MIB};
 use crate::layout::fit::{self, SourcePlan};
+use crate::layout::flatten::FlatLvm;
 use crate::layout::{MountOptions, MountTree, Safety};
 use crate::pipeline::files::FileTargets;
 
@@ -139,6 +140,7 @@ pub fn prepare(
     config: &Config,
     ledger: &Ledger,
     plan: SourcePlan,
+    lvm: FlatLvm,
     mount_root: &Path,
 ) -> Result<Prepared> {
     let places = plan.places()?;
@@ -151,7 +153,7 @@ pub fn prepare(
                 ));
             }
             found(&ft)?;
-            let ft = FileTargets { plan, ..ft };
+            let ft = FileTargets { plan, lvm, ..ft };
             ft.save(ledger)?;
             (ft, false)
         }
@@ -174,6 +176,7 @@ pub fn prepare(
             }
             let ft = FileTargets {
                 plan,
+                lvm,
                 layout,
                 targets: paths,
             };
@@ -248,8 +251,18 @@ pub fn describe(p: &Prepared) -> String {
         .iter()
         .map(|t| t.display().to_string())
         .collect();
+    let lvm = &p.targets.lvm;
+    let flattened = if lvm.volumes.is_empty() {
+        String::new()
+    } else {
+        let v: Vec<String> = lvm.volumes.iter().map(|v| v.volume.clone()).collect();
+        format!(
+            "; the logical volumes {} as plain partitions, without their volume group",
+            v.join(", ")
+        )
+    };
     format!(
-        "{} {} on {} ({})",
+        "{} {} on {} (the source's UUIDs and labels{flattened})",
         if p.made {
             "laid out and made"
         } else {
@@ -257,6 +270,5 @@ pub fn describe(p: &Prepared) -> String {
         },
         fs.join(", "),
         disks.join(", "),
-        "the source's UUIDs and labels"
     )
 }
