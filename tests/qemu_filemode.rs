@@ -340,3 +340,108 @@ echo $rc > '{out}/status'
         started.elapsed().as_secs_f64()
     );
 }
+
+/// An LVM server (MBR: ext4 /boot, a physical volume with the root and
+/// swap logical volumes, fstab naming `/dev/mapper/ferry--vg-root` and the
+/// swap LV, initramfs-tools with the lvm2 hook) sent file by file: each
+/// volume becomes a plain partition with its file system's UUID, and the
+/// repaired system boots on virtio without its volume group, its root and
+/// swap found by UUID.
+#[test]
+fn an_lvm_server_migrated_file_by_file_boots_on_virtio_without_its_volume_group() {
+    boot::require_root();
+    let src = SourceImage::build_stack("lvm").expect("building the lvm source image");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let dir = scratch.path();
+    let source = dir.join("source.img");
+    Cmd::new("cp")
+        .args(["--sparse=always"])
+        .arg(&src.disks[0])
+        .arg(&source)
+        .run()
+        .expect("copying the source image");
+    let layout_toml = Cmd::new(FERRY)
+        .args(["layout", "read", "--mounts", "--source-name", "/dev/sda"])
+        .arg(&source)
+        .run()
+        .expect("ferry layout read")
+        .stdout_text();
+    let layout = dir.join("layout.toml");
+    std::fs::write(&layout, &layout_toml).unwrap();
+    let described = ferry::layout::Layout::from_toml(&layout_toml).expect("the layout");
+    let root_lv = described
+        .volumes
+        .iter()
+        .find(|v| v.mount.as_deref() == Some("/"))
+        .unwrap_or_else(|| panic!("no logical volume mounted on /:\n{layout_toml}"));
+    assert_eq!(root_lv.uuid.as_deref(), Some(src.root_uuid.as_str()));
+    let mounted = MountTree::mount(
+        &described,
+        std::slice::from_ref(&source),
+        &dir.join("src"),
+        MountOptions { read_only: true },
+    )
+    .expect("mounting the source read-only");
+    let fstab = std::fs::read_to_string(mounted.root().join("etc/fstab")).unwrap();
+    assert!(fstab.contains("/dev/mapper/ferry--vg-root"), "{fstab}");
+
+    let source_size = std::fs::metadata(&src.disks[0]).unwrap().len();
+    let target: PathBuf = dir.join("target.img");
+    std::fs::File::create(&target)
+        .unwrap()
+        .set_len(source_size)
+        .unwrap();
+    let server = appliance(dir, &target);
+    let ex = dir.join("Excludes");
+    std::fs::create_dir_all(&ex).unwrap();
+    let sent = send_files(&server, mounted.root(), &layout, &ex);
+    assert!(
+        sent.ok(),
+        "the file-mode send failed: {}\n{}",
+        sent.stderr(),
+        harness::keep_log(&server.state)
+    );
+    let out = sent.stderr();
+    assert!(
+        out.contains(
+            "the logical volume ferry-vg/root (/) becomes a plain partition on the target"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("the logical volumes ferry-vg/root, ferry-vg/swap_1 as plain partitions, without their volume group"),
+        "{out}"
+    );
+    assert_eq!(job(&server)["state"], "Finished");
+    mounted.close().expect("unmounting the source");
+
+    // On the target: /boot, then root and swap as plain partitions with
+    // the volumes' UUIDs; no physical volume is left.
+    assert_eq!(
+        partition_uuid(&target, 1),
+        partition_uuid(&source, 1),
+        "/boot"
+    );
+    assert_eq!(
+        partition_uuid(&target, 2),
+        src.root_uuid,
+        "root file system"
+    );
+    let types = Cmd::new("sfdisk")
+        .args(["--dump"])
+        .arg(&target)
+        .run()
+        .expect("sfdisk --dump")
+        .stdout_text();
+    assert!(
+        !types.contains("type=8e"),
+        "an LVM partition is left:\n{types}"
+    );
+    assert_eq!(types.matches("type=").count(), 3, "{types}");
+
+    let report = boot::boots_on_the_cloud(&src, vec![target.clone()], "filemode-lvm");
+    eprintln!(
+        "the flattened LVM server booted on virtio in {:.1} s",
+        report.elapsed.as_secs_f64()
+    );
+}
