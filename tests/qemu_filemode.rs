@@ -119,13 +119,14 @@ fn partition_uuid(image: &Path, n: u32) -> String {
     probe.uuid.unwrap_or_default()
 }
 
-#[test]
-fn a_debian_tree_migrated_file_by_file_onto_half_the_disk_boots_on_virtio() {
-    boot::require_root();
-    let src = SourceImage::build("bios-gpt").expect("building the bios-gpt source image");
-    let scratch = tempfile::tempdir().expect("scratch directory");
-    let dir = scratch.path();
-    // A copy of the cached source image: nothing may write the cache's.
+/// A copy of the cached source image in `dir` (nothing may write the
+/// cache's), its layout as `ferry layout read --mounts` prints it (the
+/// source's fstab names its disk /dev/sda), written to `layout.toml`, and
+/// its system mounted read-only.
+fn source_mounted(
+    src: &SourceImage,
+    dir: &Path,
+) -> (PathBuf, PathBuf, ferry::layout::Layout, MountTree) {
     let source = dir.join("source.img");
     Cmd::new("cp")
         .args(["--sparse=always"])
@@ -134,7 +135,6 @@ fn a_debian_tree_migrated_file_by_file_onto_half_the_disk_boots_on_virtio() {
         .run()
         .expect("copying the source image");
     let layout_toml = Cmd::new(FERRY)
-        // The source's fstab names its partitions /dev/sda2...
         .args(["layout", "read", "--mounts", "--source-name", "/dev/sda"])
         .arg(&source)
         .run()
@@ -150,6 +150,16 @@ fn a_debian_tree_migrated_file_by_file_onto_half_the_disk_boots_on_virtio() {
         MountOptions { read_only: true },
     )
     .expect("mounting the source read-only");
+    (source, layout, described, mounted)
+}
+
+#[test]
+fn a_debian_tree_migrated_file_by_file_onto_half_the_disk_boots_on_virtio() {
+    boot::require_root();
+    let src = SourceImage::build("bios-gpt").expect("building the bios-gpt source image");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let dir = scratch.path();
+    let (source, layout, _, mounted) = source_mounted(&src, dir);
     assert!(
         mounted.root().join("boot/grub").is_dir(),
         "the source's /boot is not mounted"
@@ -353,35 +363,13 @@ fn an_lvm_server_migrated_file_by_file_boots_on_virtio_without_its_volume_group(
     let src = SourceImage::build_stack("lvm").expect("building the lvm source image");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let dir = scratch.path();
-    let source = dir.join("source.img");
-    Cmd::new("cp")
-        .args(["--sparse=always"])
-        .arg(&src.disks[0])
-        .arg(&source)
-        .run()
-        .expect("copying the source image");
-    let layout_toml = Cmd::new(FERRY)
-        .args(["layout", "read", "--mounts", "--source-name", "/dev/sda"])
-        .arg(&source)
-        .run()
-        .expect("ferry layout read")
-        .stdout_text();
-    let layout = dir.join("layout.toml");
-    std::fs::write(&layout, &layout_toml).unwrap();
-    let described = ferry::layout::Layout::from_toml(&layout_toml).expect("the layout");
+    let (source, layout, described, mounted) = source_mounted(&src, dir);
     let root_lv = described
         .volumes
         .iter()
         .find(|v| v.mount.as_deref() == Some("/"))
-        .unwrap_or_else(|| panic!("no logical volume mounted on /:\n{layout_toml}"));
+        .unwrap_or_else(|| panic!("no logical volume mounted on /: {described:?}"));
     assert_eq!(root_lv.uuid.as_deref(), Some(src.root_uuid.as_str()));
-    let mounted = MountTree::mount(
-        &described,
-        std::slice::from_ref(&source),
-        &dir.join("src"),
-        MountOptions { read_only: true },
-    )
-    .expect("mounting the source read-only");
     let fstab = std::fs::read_to_string(mounted.root().join("etc/fstab")).unwrap();
     assert!(fstab.contains("/dev/mapper/ferry--vg-root"), "{fstab}");
 
