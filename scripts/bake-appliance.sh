@@ -247,9 +247,10 @@ cloud_final_modules:
   - power-state-change
 EOF
 
-# -- the loop driver before ferry.service starts: its unit's device ACL names
-# block-loop, which resolves only once the driver is registered.
-printf '# ferry: loop devices of the repair; its unit allows block-loop.\nloop\n' \
+# -- the loop and device-mapper drivers before ferry.service starts: its
+# unit's device ACL names block-loop and block-device-mapper, which resolve
+# only once the drivers are registered.
+printf '# ferry: loop devices and LVM volumes of the repair; its unit allows\n# block-loop and block-device-mapper.\nloop\ndm_mod\n' \
     >"$mnt/etc/modules-load.d/ferry.conf"
 
 # -- ferry, not enabled

@@ -3,10 +3,14 @@
 //! `systemd/cloud-init/user-data.yaml` (placeholders filled in as a control
 //! plane would) and a blank virtio disk with serial `target0`; cloud-init
 //! writes the job's config and starts `ferry.service`, exactly the unit of
-//! `systemd/`. The host's `ferry send` moves the `bios-mbr` source server to
-//! it through QEMU's port forwards; the appliance processes the round by
-//! itself and hands the disk off, and the disk it wrote boots on the cloud's
-//! hardware as the source server.
+//! `systemd/`. The host's `ferry send` moves the `lvm` stack's server (root
+//! and swap on the logical volumes of `ferry-vg`) to it through QEMU's port
+//! forwards; the appliance processes the round by itself, reaching the
+//! guest's volumes through the device-mapper of its cloud kernel (the VG
+//! activated under ferry's private LVM configuration, deactivated after),
+//! while a second disk with a volume group of the same name stays
+//! untouched; it hands the disk off, and the disk it wrote boots on the
+//! cloud's hardware as the source server.
 //!
 //! Needs root and qemu-system-x86_64: `cargo test --release --test qemu_appliance`.
 //! Serial logs, QEMU's command line, the sender's log and the job's JSON go to
@@ -32,6 +36,10 @@ const CONTROL_TOKEN: &str = "appliance-control-token-0123456789";
 /// The cloud disk's serial: the guest's udev links it as
 /// /dev/disk/by-id/virtio-target0.
 const TARGET_SERIAL: &str = "target0";
+/// A disk of the instance that is not a target, with a volume group named
+/// like the guest's.
+const SCRATCH_SERIAL: &str = "scratch0";
+const VG: &str = "ferry-vg";
 /// The cloud disk is larger than the server's: the appliance grows the root.
 const TARGET_EXTRA: u64 = 512 << 20;
 /// First boot of the appliance under TCG with cloud-init: about two minutes
@@ -124,7 +132,7 @@ struct Appliance {
 }
 
 impl Appliance {
-    fn start(image: &Path, seed: &Path, target: &Path) -> Appliance {
+    fn start(image: &Path, seed: &Path, target: &Path, scratch: &Path) -> Appliance {
         let (control_port, data_port) = (harness::free_port(), harness::free_port());
         let serial_log = artifact(".serial.log");
         let _ = fs::remove_file(&serial_log);
@@ -152,6 +160,10 @@ impl Appliance {
             format!("file={},format=raw,if=none,id=t0", path(target)),
             "-device".into(),
             format!("virtio-blk-pci,drive=t0,addr=0x6,serial={TARGET_SERIAL}"),
+            "-drive".into(),
+            format!("file={},format=raw,if=none,id=s0", path(scratch)),
+            "-device".into(),
+            format!("virtio-blk-pci,drive=s0,addr=0x7,serial={SCRATCH_SERIAL}"),
             "-netdev".into(),
             format!(
                 "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{control_port}-:8080,hostfwd=tcp:127.0.0.1:{data_port}-:8703"
@@ -331,10 +343,61 @@ fn verify_handoff(manifest: &Path, target: &Path) {
     );
 }
 
+/// A whole disk that is one LVM PV of a volume group named [`VG`] with a
+/// logical volume `root`, made by LVM's own tools without device-mapper
+/// (a private configuration that sees only it).
+fn scratch_disk(path: &Path) {
+    fs::File::create(path)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("creating the scratch disk");
+    let lo = Cmd::new("losetup")
+        .args(["--find", "--show"])
+        .arg(path)
+        .run()
+        .expect("attaching the scratch disk")
+        .stdout_text()
+        .trim()
+        .to_owned();
+    let conf = tempfile::tempdir().expect("an LVM configuration directory");
+    fs::write(
+        conf.path().join("lvm.conf"),
+        format!(
+            "devices {{ filter = [ \"a|^{lo}$|\", \"r|.*|\" ] obtain_device_list_from_udev = 0 use_devicesfile = 0 }}\n\
+             activation {{ udev_sync = 0 udev_rules = 0 monitoring = 0 }}\nbackup {{ backup = 0 archive = 0 }}\n"
+        ),
+    )
+    .expect("writing lvm.conf");
+    let lvm = |args: &[&str]| {
+        Cmd::new("lvm")
+            .arg(args[0])
+            .args(["--driverloaded", "n"])
+            .args(&args[1..])
+            .env("LVM_SYSTEM_DIR", conf.path())
+            .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+            .run()
+            .map(|_| ())
+    };
+    let made = lvm(&["pvcreate", "-q", "-y", &lo])
+        .and_then(|()| lvm(&["vgcreate", "-q", VG, &lo]))
+        .and_then(|()| {
+            lvm(&[
+                "lvcreate", "-q", "-an", "-Zn", "-y", "-L", "16M", "-n", "root", VG,
+            ])
+        });
+    let _ = Cmd::new("losetup").args(["-d", &lo]).run();
+    made.expect("making the scratch disk's volume group");
+}
+
+fn hash(path: &Path) -> String {
+    blake3::hash(&fs::read(path).expect("reading a disk"))
+        .to_hex()
+        .to_string()
+}
+
 #[test]
-fn baked_appliance_boots_from_cloud_init_migrates_a_server_and_the_disk_boots_on_virtio() {
+fn baked_appliance_boots_from_cloud_init_migrates_an_lvm_server_and_the_disk_boots_on_virtio() {
     boot::require_root();
-    let src = SourceImage::build("bios-mbr").expect("building the source image");
+    let src = SourceImage::build_stack("lvm").expect("building the source image");
     assert_eq!(src.disks.len(), 1);
     let t0 = Instant::now();
     let image = bake();
@@ -352,8 +415,11 @@ fn baked_appliance_boots_from_cloud_init_migrates_a_server_and_the_disk_boots_on
     fs::File::create(&target)
         .and_then(|f| f.set_len(src_len + TARGET_EXTRA))
         .expect("creating the blank target disk");
+    let scratch = dir.path().join("scratch0.img");
+    scratch_disk(&scratch);
+    let scratch_before = hash(&scratch);
 
-    let mut vm = Appliance::start(&image, &seed, &target);
+    let mut vm = Appliance::start(&image, &seed, &target, &scratch);
     let booted = vm.wait_ready();
     eprintln!("appliance: /readyz 200 after {booted:.0?}");
     let identity = vm.get_json("/v1/identity", None);
@@ -392,10 +458,39 @@ fn baked_appliance_boots_from_cloud_init_migrates_a_server_and_the_disk_boots_on
     assert_eq!(job["state"], "Finished", "{job}");
     assert!(job["last_error"].is_null(), "{job}");
     let manifest = fetch_handoff(&vm, &job, dir.path());
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(&manifest).expect("reading the manifest"))
+            .expect("manifest JSON");
+    // The cloud kernel has device-mapper: the repair reached the guest's
+    // volumes through its VG, activated under ferry's own configuration.
+    assert_eq!(
+        m["lvm"],
+        serde_json::json!({"via": "device-mapper", "volumes": [format!("{VG}/root"), format!("{VG}/swap_1")]}),
+        "{m}"
+    );
+    let serial = boot::strip_ansi(&String::from_utf8_lossy(
+        &fs::read(&vm.serial_log).expect("reading the serial log"),
+    ));
+    for line in [
+        "volume groups activated under a private LVM configuration",
+        "volume groups deactivated",
+    ] {
+        assert_eq!(
+            serial.matches(line).count(),
+            1,
+            "{line:?} once in the appliance's log:\n{}",
+            vm.serial_tail()
+        );
+    }
 
     // The appliance flushed the target before it reported the handoff.
     vm.stop();
     verify_handoff(&manifest, &target);
+    assert_eq!(
+        hash(&scratch),
+        scratch_before,
+        "the other disk's volume group of the same name is untouched"
+    );
 
     let report = boot::boots_on_the_cloud(
         &src,

@@ -192,6 +192,22 @@ fn populate_dev(dev: &Path, devices: &[DevNode]) -> Result<()> {
         std::os::unix::fs::symlink(to, dev.join(link))
             .with_context(|| format!("linking {link}"))?;
     }
+    // A device-mapper volume among them: the migrated system's tools
+    // (grub-probe, the initramfs hooks) ask the kernel about it through
+    // the control node, as they would on the server.
+    if devices.iter().any(|d| is_device_mapper(&d.host_path)) {
+        let host = Path::new("/dev/mapper/control");
+        let meta = fs::metadata(host).with_context(|| format!("reading {}", host.display()))?;
+        let p = dev.join("mapper/control");
+        fs::create_dir_all(dev.join("mapper")).context("creating mapper")?;
+        mknod(
+            &p,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o600),
+            meta.rdev(),
+        )
+        .with_context(|| format!("making {}", p.display()))?;
+    }
     for d in devices {
         let rel = d
             .host_path
@@ -246,6 +262,19 @@ fn populate_dev(dev: &Path, devices: &[DevNode]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether block node `p` is a device-mapper device.
+fn is_device_mapper(p: &Path) -> bool {
+    fs::metadata(p).is_ok_and(|m| {
+        m.file_type().is_block_device()
+            && Path::new(&format!(
+                "/sys/dev/block/{}:{}/dm",
+                nix::sys::stat::major(m.rdev()),
+                nix::sys::stat::minor(m.rdev())
+            ))
+            .exists()
+    })
 }
 
 pub use crate::devname::udev_escape;

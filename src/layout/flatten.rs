@@ -264,6 +264,7 @@ fs = "LVM2_member"
     ) -> LogicalVolume {
         LogicalVolume {
             vg: "vg-sys".into(),
+            vg_uuid: None,
             name: name.into(),
             place: Some(crate::layout::lvm::Place {
                 disk: 0,

@@ -296,7 +296,7 @@ fn grow_lvm(target: &Path, node: &Path, extent: Extent) -> Result<super::lvm::gr
         &volumes,
     )?;
     if let Some(v) = grown {
-        let lo = lvm::LvLoop::attach(target, extent.start, &v, false)?;
+        let lo = lvm::LvNode::attach(target, extent.start, &v, false)?;
         let res = grow_fs(lo.path(), &v.fs)
             .with_context(|| format!("growing {} on logical volume {}", v.fs, v.display()));
         let closed = lo.close();

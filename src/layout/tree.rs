@@ -11,7 +11,8 @@ use super::chroot::DevNode;
 use super::desc::{plan, FsType, Layout, PartitionLayout};
 use super::devices::{detach, disk_size, loops_backed_by, AttachedDisk};
 use super::fat::FatPartition;
-use super::lvm::{LogicalVolume, LvLoop};
+use super::lvm::activate::{self, Access, Activation};
+use super::lvm::{LogicalVolume, LvNode};
 use super::mount::{unmount_below, MountGuard};
 use crate::job::errors::{coded, ErrorCode};
 
@@ -32,7 +33,10 @@ pub struct MountTree {
     layout: Layout,
     disks: Vec<AttachedDisk>,
     /// The logical volumes reached, by their index in `layout.volumes`.
-    volumes: Vec<(usize, LvLoop)>,
+    volumes: Vec<(usize, LvNode)>,
+    /// The guest's volume groups, where device-mapper reaches them.
+    activation: Option<Activation>,
+    lvm_access: Option<Access>,
     mounts: Vec<MountGuard>,
     /// Held while the tree is up; the kernel drops it when the process
     /// dies, which is how a later run tells leftovers from a live tree.
@@ -76,6 +80,8 @@ pub struct Leftovers {
     /// (an orphaned update-initramfs, say): killed before the unmount.
     pub killed: Vec<i32>,
     pub unmounted: Vec<PathBuf>,
+    /// Device-mapper devices of a guest's volumes left active.
+    pub deactivated: Vec<String>,
     pub detached: Vec<PathBuf>,
 }
 
@@ -98,22 +104,31 @@ fn clean_leftovers_locked(staging: &Path, targets: &[PathBuf]) -> Result<Leftove
         l.killed = kill_chrooted(staging)?;
         l.unmounted = unmount_below(staging)?;
     }
+    let dm = activate::have_device_mapper();
     for t in targets {
         let is_file = fs::metadata(t)
             .with_context(|| format!("reading {}", t.display()))?
             .is_file();
         if !is_file {
+            if dm {
+                let node =
+                    fs::canonicalize(t).with_context(|| format!("resolving {}", t.display()))?;
+                l.deactivated.extend(activate::remove_holders(&node)?);
+            }
             continue;
         }
         for lo in loops_backed_by(t)? {
+            if dm {
+                l.deactivated.extend(activate::remove_holders(&lo)?);
+            }
             detach(&lo).with_context(|| {
                 format!("detaching leftover {} over {}", lo.display(), t.display())
             })?;
             l.detached.push(lo);
         }
     }
-    if !l.killed.is_empty() || !l.unmounted.is_empty() || !l.detached.is_empty() {
-        tracing::warn!(killed = ?l.killed, unmounted = ?l.unmounted, detached = ?l.detached, "cleaned up after an interrupted run");
+    if l != Leftovers::default() {
+        tracing::warn!(killed = ?l.killed, unmounted = ?l.unmounted, deactivated = ?l.deactivated, detached = ?l.detached, "cleaned up after an interrupted run");
     }
     Ok(l)
 }
@@ -182,6 +197,8 @@ impl MountTree {
             layout: layout.clone(),
             disks: Vec::new(),
             volumes: Vec::new(),
+            activation: None,
+            lvm_access: None,
             mounts: Vec::new(),
             _lock: lock,
         };
@@ -195,6 +212,7 @@ impl MountTree {
             let numbered: Vec<(usize, _)> = d.numbers().into_iter().zip(extents).collect();
             tree.disks.push(AttachedDisk::attach(t, &numbered, reread)?);
         }
+        tree.activate_volumes(opts);
         let mut shrunk = std::collections::BTreeSet::new();
         for (vi, v) in layout.volumes.iter().enumerate() {
             let Some(place) = v.place else {
@@ -211,7 +229,9 @@ impl MountTree {
                 .copied()
                 .with_context(|| format!("logical volume {} lies on no partition", v.display()))?;
             let disk = &tree.disks[place.disk];
-            let lo = if disk.owns_loop() && !opts.read_only {
+            let lo = if let Some(a) = &tree.activation {
+                LvNode::mapped(a, v)?
+            } else if disk.owns_loop() && !opts.read_only {
                 // On the disk's own loop device, as a partition node: the
                 // PV's node shrinks to its label and metadata first (BLKPG
                 // partitions must not overlap); the loop's detach removes
@@ -228,9 +248,9 @@ impl MountTree {
                     let n = layout.disks[place.disk].numbers()[place.partition];
                     super::devices::resize_partition(disk.whole(), n, first)?;
                 }
-                LvLoop::partition(disk.whole(), LV_PARTITIONS + vi, start, v)?
+                LvNode::partition(disk.whole(), LV_PARTITIONS + vi, start, v)?
             } else {
-                LvLoop::attach(&targets[place.disk], start, v, opts.read_only)?
+                LvNode::attach(&targets[place.disk], start, v, opts.read_only)?
             };
             tree.volumes.push((vi, lo));
         }
@@ -322,6 +342,72 @@ impl MountTree {
         let mut layout = super::read::read_all(targets)?;
         fill_mount_points_named(&mut layout, targets, source_names)?;
         MountTree::mount(&layout, targets, staging, opts)
+    }
+
+    /// Where the kernel has device-mapper, a tree to write in reaches the
+    /// guest's logical volumes by activating their volume groups under a
+    /// private configuration that sees only the target's PVs. A tree only
+    /// looked at, a kernel without device-mapper, and a VG that cannot be
+    /// activated here (one of the same name active on the appliance, an
+    /// activation that fails) take loop devices over the volumes' extents,
+    /// which reach the same bytes.
+    fn activate_volumes(&mut self, opts: MountOptions) {
+        let placed: Vec<&LogicalVolume> = self
+            .layout
+            .volumes
+            .iter()
+            .filter(|v| v.place.is_some())
+            .collect();
+        if placed.is_empty() {
+            return;
+        }
+        let mut access = Access {
+            via: "loop".to_owned(),
+            volumes: placed.iter().map(|v| v.display()).collect(),
+            fallback: None,
+        };
+        if !opts.read_only && activate::have_device_mapper() {
+            match activate::obstacle(&placed) {
+                Some(why) => access.fallback = Some(why),
+                None => {
+                    let mut pvs: Vec<PathBuf> = Vec::new();
+                    let mut ids: Vec<String> = Vec::new();
+                    for v in &placed {
+                        let Some(p) = v.place else { continue };
+                        if let Some(node) = self
+                            .disks
+                            .get(p.disk)
+                            .and_then(|d| d.partitions().get(p.partition))
+                        {
+                            if !pvs.contains(node) {
+                                pvs.push(node.clone());
+                            }
+                        }
+                        if let Some(id) = &v.vg_uuid {
+                            if !ids.contains(id) {
+                                ids.push(id.clone());
+                            }
+                        }
+                    }
+                    match Activation::up(&pvs, &ids) {
+                        Ok(a) => {
+                            self.activation = Some(a);
+                            access.via = "device-mapper".to_owned();
+                        }
+                        Err(e) => access.fallback = Some(format!("{e:#}")),
+                    }
+                }
+            }
+            if let Some(why) = &access.fallback {
+                tracing::warn!("logical volumes through loop devices: {why}");
+            }
+        }
+        self.lvm_access = Some(access);
+    }
+
+    /// How the tree reached its logical volumes; None without any.
+    pub fn lvm_access(&self) -> Option<&Access> {
+        self.lvm_access.as_ref()
     }
 
     /// The staging directory, where "/" of the layout is mounted.
@@ -425,9 +511,17 @@ impl MountTree {
             for v in self.volumes.drain(..) {
                 std::mem::forget(v);
             }
+            if let Some(a) = self.activation.take() {
+                std::mem::forget(a);
+            }
         }
         while let Some((_, v)) = self.volumes.pop() {
             if let Err(e) = v.close() {
+                first.get_or_insert(e);
+            }
+        }
+        if let Some(a) = self.activation.take() {
+            if let Err(e) = a.close() {
                 first.get_or_insert(e);
             }
         }
@@ -445,7 +539,11 @@ impl MountTree {
 
 impl Drop for MountTree {
     fn drop(&mut self) {
-        if !self.mounts.is_empty() || !self.disks.is_empty() || !self.volumes.is_empty() {
+        if !self.mounts.is_empty()
+            || !self.disks.is_empty()
+            || !self.volumes.is_empty()
+            || self.activation.is_some()
+        {
             if let Err(e) = self.teardown() {
                 tracing::warn!("{e:#}");
             }
@@ -521,7 +619,7 @@ pub fn fill_mount_points_renamed(
             }
             let d = &layout.disks[place.disk];
             let start = plan(d, disk_size(&targets[place.disk])?)?[place.partition].start;
-            volumes.push((vi, LvLoop::attach(&targets[place.disk], start, v, true)?));
+            volumes.push((vi, LvNode::attach(&targets[place.disk], start, v, true)?));
         }
         Ok(())
     })();
@@ -669,7 +767,7 @@ const MAX_SUBVOLS_PROBED: usize = 64;
 fn find_fstab(
     layout: &Layout,
     disks: &[AttachedDisk],
-    volumes: &[(usize, LvLoop)],
+    volumes: &[(usize, LvNode)],
 ) -> Result<Option<(RootAt, String)>> {
     let dir = tempfile::Builder::new()
         .prefix("ferry-probe-")

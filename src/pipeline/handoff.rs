@@ -51,6 +51,12 @@ pub struct Manifest {
     /// action}`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub journals: Vec<serde_json::Value>,
+    /// How the repair reached the guest's logical volumes: `via`
+    /// `device-mapper` (its VGs activated under a private configuration,
+    /// deactivated before the handoff) or `loop`, and why not
+    /// device-mapper where the kernel has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lvm: Option<crate::layout::lvm::activate::Access>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,6 +154,7 @@ pub fn run(
             .iter()
             .filter_map(|j| serde_json::to_value(j).ok())
             .collect(),
+        lvm: report.lvm.clone(),
     };
     let bytes = serde_json::to_vec_pretty(&manifest).context("encoding the handoff manifest")?;
     let path = manifest_path(&settings.state_dir);

@@ -249,6 +249,9 @@ pub struct RoundReport {
     /// A file-mode round: the file systems laid out and written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_mode: Option<files::FilesReport>,
+    /// How the repair reached the guest's logical volumes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lvm: Option<crate::layout::lvm::activate::Access>,
 }
 
 /// The pipeline itself; returns the status the round ended in.
@@ -531,6 +534,7 @@ fn build(
 
     let (step, t) = timer(Step::Mount);
     let mounted = mount::system(targets, &dir.join(STAGING), &[])?;
+    report.lvm = mounted.tree.lvm_access().cloned();
     timed(report, step, t);
 
     let (step, t) = timer(Step::Repair);

@@ -168,7 +168,7 @@ pub(super) fn check_file_systems(targets: &[Target]) -> Result<Vec<String>> {
             let Some(place) = v.place.filter(|p| p.disk == di) else {
                 continue;
             };
-            let lo = layout::lvm::LvLoop::attach(target, starts[place.partition], v, true)?;
+            let lo = layout::lvm::LvNode::attach(target, starts[place.partition], v, true)?;
             nodes.push((v.fs.clone(), lo.path().to_owned()));
             loops.push(lo);
         }

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::text::Value;
 use super::vg::VolumeGroup;
-use super::{read_pv, LogicalVolume, LvLoop};
+use super::{read_pv, LogicalVolume, LvNode};
 use crate::cmd::Cmd;
 use crate::layout::desc::Extent;
 
@@ -47,7 +47,7 @@ impl PrivateLvm {
             .prefix("ferry-lvm-")
             .tempdir()
             .context("making a private LVM configuration directory")?;
-        let conf = super::activate::config(&[node.to_owned()]);
+        let conf = super::activate::config(dir.path(), &[node.to_owned()]);
         std::fs::write(dir.path().join("lvm.conf"), conf)
             .context("writing the private lvm.conf")?;
         Ok(PrivateLvm { dir })
@@ -343,7 +343,7 @@ pub fn system_volume(disk: &Path, part_start: u64, vols: &[LogicalVolume]) -> Op
 }
 
 fn holds_fstab(disk: &Path, part_start: u64, v: &LogicalVolume) -> Result<bool> {
-    let lo = LvLoop::attach(disk, part_start, v, true)?;
+    let lo = LvNode::attach(disk, part_start, v, true)?;
     let dir = tempfile::Builder::new()
         .prefix("ferry-probe-")
         .tempdir()

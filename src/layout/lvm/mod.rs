@@ -1,15 +1,18 @@
 //! LVM in the appliance.
 //!
-//! These machines have no device-mapper: the appliance reads the LVM2
-//! on-disk metadata of each physical volume itself ([`label`], [`text`],
-//! [`vg`]), and reaches each linear logical volume through a loop device
-//! at its extents' offset ([`LvLoop`]); striped, mirrored, raid, thin and
-//! multi-segment volumes are refused with `LVM_UNSUPPORTED`. Only the
-//! job's target disks are read, so a volume group of the same name
-//! elsewhere on the appliance is never seen. Where the kernel has
-//! device-mapper (a cloud instance), [`activate`] plans the activation of
-//! the guest's volume groups under a private LVM configuration. Growing a
-//! PV and its root LV onto a larger disk is [`grow`].
+//! The appliance reads the LVM2 on-disk metadata of each physical volume
+//! itself ([`label`], [`text`], [`vg`]) to find the logical volumes and
+//! where each lies. The tree the repair works in reaches them by
+//! device-mapper where the kernel has it (a cloud instance): [`activate`]
+//! activates the guest's volume groups under a private LVM configuration
+//! that sees only the target's PVs, and deactivates them after. Where it
+//! has none (the machines ferry is built on), and for read-only looks,
+//! each linear logical volume is a loop device at its extents' offset
+//! ([`LvNode`]). Striped, mirrored, raid, thin and multi-segment volumes
+//! are refused with `LVM_UNSUPPORTED`. Only the job's target disks are
+//! read, so a volume group of the same name elsewhere on the appliance is
+//! never seen. Growing a PV and its root LV onto a larger disk is
+//! [`grow`].
 
 pub mod activate;
 pub mod grow;
@@ -34,6 +37,9 @@ use crate::job::errors::{coded, ErrorCode};
 #[serde(deny_unknown_fields)]
 pub struct LogicalVolume {
     pub vg: String,
+    /// The volume group's id, as its metadata writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vg_uuid: Option<String>,
     pub name: String,
     /// Where its bytes are, for a volume the appliance reaches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -234,6 +240,7 @@ pub fn volumes_of(layout: &Layout, targets: &[PathBuf]) -> Result<Vec<LogicalVol
         for lv in g.lvs.iter().filter(|l| l.visible) {
             let mut v = LogicalVolume {
                 vg: g.name.clone(),
+                vg_uuid: Some(g.id.clone()),
                 name: lv.name.clone(),
                 place: None,
                 refused: None,
@@ -323,18 +330,27 @@ pub fn names_of(node: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A logical volume reached through a loop device over its bytes of the
-/// disk; detached by `close` or, best effort, on drop.
+/// The node a logical volume is reached by: a loop device over its bytes
+/// of the disk, a partition of its disk's loop device, or the
+/// device-mapper node of its active VG. Detached by `close` or, best
+/// effort, on drop (a device-mapper node goes with its VG's
+/// [`activate::Activation`]).
 #[derive(Debug)]
-pub struct LvLoop {
+pub struct LvNode {
     dev: Option<PathBuf>,
     volume: LogicalVolume,
-    /// For a volume shown as a partition of its disk's loop device: that
-    /// loop device and the partition's number.
-    partition_of: Option<(PathBuf, usize)>,
+    kind: NodeKind,
 }
 
-impl LvLoop {
+#[derive(Debug)]
+enum NodeKind {
+    Loop,
+    /// Shown as partition `.1` of its disk's loop device `.0`.
+    Partition(PathBuf, usize),
+    Mapped,
+}
+
+impl LvNode {
     /// Attach `v` (placed) on `disk` (the image file or block device of its
     /// disk), whose partition `v.place.partition` starts at `part_start`.
     pub fn attach(
@@ -342,7 +358,7 @@ impl LvLoop {
         part_start: u64,
         v: &LogicalVolume,
         read_only: bool,
-    ) -> Result<LvLoop> {
+    ) -> Result<LvNode> {
         if let Some(e) = v.refusal() {
             return Err(e);
         }
@@ -372,20 +388,27 @@ impl LvLoop {
             );
         }
         let dev = PathBuf::from(name);
-        let names = vec![
-            v.mapper_path().trim_start_matches("/dev/").to_owned(),
-            v.vg_path().trim_start_matches("/dev/").to_owned(),
-        ];
+        tracing::debug!(volume = %v.display(), device = %dev.display(), "logical volume attached");
+        Ok(Self::named(dev, v, NodeKind::Loop))
+    }
+
+    /// Volume `v` of a VG that `a` activated, by its device-mapper node.
+    pub fn mapped(a: &activate::Activation, v: &LogicalVolume) -> Result<LvNode> {
+        let dev = a.node(v)?;
+        tracing::debug!(volume = %v.display(), device = %dev.display(), "logical volume active");
+        Ok(Self::named(dev, v, NodeKind::Mapped))
+    }
+
+    fn named(dev: PathBuf, v: &LogicalVolume, kind: NodeKind) -> LvNode {
         NAMES
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((dev.clone(), names));
-        tracing::debug!(volume = %v.display(), device = %dev.display(), "logical volume attached");
-        Ok(LvLoop {
+            .push((dev.clone(), Self::names(v)));
+        LvNode {
             dev: Some(dev),
             volume: v.clone(),
-            partition_of: None,
-        })
+            kind,
+        }
     }
 
     /// Show `v` as partition `number` of `disk_loop` (the loop device of
@@ -399,7 +422,7 @@ impl LvLoop {
         number: usize,
         part_start: u64,
         v: &LogicalVolume,
-    ) -> Result<LvLoop> {
+    ) -> Result<LvNode> {
         if let Some(e) = v.refusal() {
             return Err(e);
         }
@@ -415,15 +438,11 @@ impl LvLoop {
             },
         )
         .with_context(|| format!("showing logical volume {} as a partition", v.display()))?;
-        NAMES
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((dev.clone(), Self::names(v)));
-        Ok(LvLoop {
-            dev: Some(dev),
-            volume: v.clone(),
-            partition_of: Some((disk_loop.to_owned(), number)),
-        })
+        Ok(Self::named(
+            dev,
+            v,
+            NodeKind::Partition(disk_loop.to_owned(), number),
+        ))
     }
 
     fn names(v: &LogicalVolume) -> Vec<String> {
@@ -433,7 +452,7 @@ impl LvLoop {
         ]
     }
 
-    /// The loop device.
+    /// The node: a loop device, or /dev/dm-N.
     pub fn path(&self) -> &Path {
         self.dev.as_deref().unwrap_or(Path::new(""))
     }
@@ -454,15 +473,16 @@ impl LvLoop {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(n, _)| *n != dev);
-        match self.partition_of.take() {
-            Some((disk, n)) => super::devices::remove_partition(&disk, n),
-            None => super::devices::detach(&dev),
+        match std::mem::replace(&mut self.kind, NodeKind::Mapped) {
+            NodeKind::Partition(disk, n) => super::devices::remove_partition(&disk, n),
+            NodeKind::Loop => super::devices::detach(&dev),
+            NodeKind::Mapped => Ok(()),
         }
         .with_context(|| format!("detaching logical volume {}", self.volume.display()))
     }
 }
 
-impl Drop for LvLoop {
+impl Drop for LvNode {
     fn drop(&mut self) {
         if let Err(e) = self.impl_close() {
             tracing::warn!("{e:#}");
@@ -477,6 +497,7 @@ mod tests {
     fn volume(vg: &str, name: &str) -> LogicalVolume {
         LogicalVolume {
             vg: vg.into(),
+            vg_uuid: None,
             name: name.into(),
             place: None,
             refused: None,

@@ -57,6 +57,21 @@ pub struct Linear {
     pub count: u64,
 }
 
+/// LVM's rule for the name of a volume group or logical volume: letters,
+/// digits and `+_.-`, not starting with `-`, not `.` or `..`, under 128
+/// bytes. The names become paths (`/dev/<vg>/<lv>`, `/dev/mapper/...`)
+/// in the repair's chroot, so a crafted one must never reach them.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 128
+        && !name.starts_with('-')
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"+_.-".contains(&c))
+}
+
 fn need<T>(v: Option<T>, what: &str, of: &str) -> Result<T> {
     v.with_context(|| format!("{of} has no {what}"))
 }
@@ -71,6 +86,9 @@ impl VolumeGroup {
             .sections()
             .next()
             .context("the metadata holds no volume group section")?;
+        if !valid_name(name) {
+            bail!("the volume group's name {name:?} is not one LVM allows");
+        }
         let of = format!("volume group {name}");
         let extent_sectors = non_negative(
             need(vg.int("extent_size"), "extent_size", &of)?,
@@ -103,6 +121,9 @@ impl VolumeGroup {
         let mut lvs = Vec::new();
         if let Some(section) = vg.section("logical_volumes") {
             for (lname, lv) in section.sections() {
+                if !valid_name(lname) {
+                    bail!("{of} has a logical volume named {lname:?}, which LVM does not allow");
+                }
                 let lof = format!("logical volume {name}/{lname}");
                 let mut segments = Vec::new();
                 for (_, seg) in lv.sections() {
@@ -275,6 +296,55 @@ pub mod tests {
         ] {
             let err = VolumeGroup::from_text(super::super::text::parse(text).unwrap()).expect_err(name);
             assert_eq!(err.to_string(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn names_that_would_become_paths_outside_dev_are_refused() {
+        for (vg, lvname, want) in [
+            (
+                "..",
+                "root",
+                "the volume group's name \"..\" is not one LVM allows",
+            ),
+            (
+                ".",
+                "root",
+                "the volume group's name \".\" is not one LVM allows",
+            ),
+            (
+                "-vg",
+                "root",
+                "the volume group's name \"-vg\" is not one LVM allows",
+            ),
+            (
+                "ferry-vg",
+                "..",
+                "volume group ferry-vg has a logical volume named \"..\", which LVM does not allow",
+            ),
+            (
+                "ferry-vg",
+                "-x",
+                "volume group ferry-vg has a logical volume named \"-x\", which LVM does not allow",
+            ),
+        ] {
+            let text = metadata(
+                vg,
+                3,
+                &lv(
+                    lvname,
+                    &[("striped", 10, "stripe_count = 1\nstripes = [\"pv0\", 0]")],
+                ),
+            );
+            let err = VolumeGroup::from_text(super::super::text::parse(&text).unwrap())
+                .expect_err(&format!("{vg}/{lvname}"));
+            assert_eq!(err.to_string(), want);
+        }
+        for ok in ["ferry-vg", "vg_sys", "a.b+c", "VG0", "x..y"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "a/b", "a b", "é", &"x".repeat(128)] {
+            assert!(!valid_name(bad), "{bad}");
         }
     }
 }
