@@ -209,8 +209,49 @@ impl Layout {
                 .with_context(|| format!("checking disk {d} of the layout"))?;
         }
         for m in self.mount_points() {
+            validate_mount_point(m)?;
             if !mounts.insert(m.to_owned()) {
                 bail!(invalid(format!("mount point {m} appears twice")));
+            }
+        }
+        for (d, disk) in self.disks.iter().enumerate() {
+            for p in &disk.partitions {
+                let subvols = p
+                    .subvol
+                    .iter()
+                    .chain(p.subvolumes.iter().map(|s| &s.subvol));
+                for sv in subvols {
+                    validate_subvol(sv)
+                        .with_context(|| format!("checking disk {d} of the layout"))?;
+                }
+            }
+        }
+        for v in &self.volumes {
+            if !super::lvm::vg::valid_name(&v.vg) || !super::lvm::vg::valid_name(&v.name) {
+                bail!(invalid(format!(
+                    "logical volume {:?}/{:?}: not a name LVM allows",
+                    v.vg, v.name
+                )));
+            }
+            if let Some(sv) = &v.subvol {
+                validate_subvol(sv)?;
+            }
+            if let Some(place) = v.place {
+                let partitions = self.disks.get(place.disk).map(|d| d.partitions.len());
+                if partitions.is_none_or(|n| place.partition >= n) {
+                    bail!(invalid(format!(
+                        "logical volume {} lies on partition {} of disk {}, which the layout does not have",
+                        v.display(),
+                        place.partition,
+                        place.disk
+                    )));
+                }
+                if place.offset.checked_add(place.size).is_none() {
+                    bail!(invalid(format!(
+                        "logical volume {}: its place overflows",
+                        v.display()
+                    )));
+                }
             }
         }
         Ok(())
@@ -402,14 +443,7 @@ impl PartitionLayout {
             }
         }
         if let Some(m) = &self.mount {
-            if !m.starts_with('/') {
-                bail!(invalid(format!(
-                    "mount point {m:?} is not an absolute path"
-                )));
-            }
-            if m.split('/').any(|c| c == ".." || c == ".") {
-                bail!(invalid(format!("mount point {m:?} contains . or ..")));
-            }
+            validate_mount_point(m)?;
             if !self.fs.mountable_anywhere() && self.fs != FsType::Vfat {
                 bail!(invalid(format!(
                     "a {} partition has no mount point",
@@ -419,6 +453,40 @@ impl PartitionLayout {
         }
         Ok(())
     }
+}
+
+/// A mount point becomes a path under the staging directory: absolute,
+/// without `.` or `..`, nothing a mount table could not hold.
+fn validate_mount_point(m: &str) -> Result<()> {
+    if !m.starts_with('/') {
+        bail!(invalid(format!(
+            "mount point {m:?} is not an absolute path"
+        )));
+    }
+    if m.split('/').any(|c| c == ".." || c == ".") {
+        bail!(invalid(format!("mount point {m:?} contains . or ..")));
+    }
+    if m.bytes().any(|c| c.is_ascii_control()) || m.len() > 4096 {
+        bail!(invalid(format!(
+            "mount point {m:?} holds a control character or is too long"
+        )));
+    }
+    Ok(())
+}
+
+/// A btrfs subvolume's path goes into the mount's options as `subvol=`:
+/// a comma would add options of the sender's choice.
+fn validate_subvol(sv: &str) -> Result<()> {
+    if sv.is_empty()
+        || sv.len() > 4096
+        || sv.bytes().any(|c| c == b',' || c.is_ascii_control())
+        || sv.split('/').any(|c| c == "..")
+    {
+        bail!(invalid(format!(
+            "btrfs subvolume {sv:?} is not a path a mount option can carry"
+        )));
+    }
+    Ok(())
 }
 
 /// The FAT volume serial from `XXXX-XXXX` or from a full UUID's first 32 bits.
@@ -954,6 +1022,66 @@ mount = "/"
                 Box::new(|l| l.disks[0].partitions[1].mount = Some("/".into())),
                 "mount point / appears twice",
             ),
+            (
+                "subvolume mount escaping the root",
+                Box::new(|l| {
+                    l.disks[0].partitions[2].subvolumes = vec![SubvolumeMount {
+                        subvol: "@home".into(),
+                        mount: "/../../etc".into(),
+                    }]
+                }),
+                "mount point \"/../../etc\" contains . or ..",
+            ),
+            (
+                "relative subvolume mount",
+                Box::new(|l| {
+                    l.disks[0].partitions[2].subvolumes = vec![SubvolumeMount {
+                        subvol: "@home".into(),
+                        mount: "home".into(),
+                    }]
+                }),
+                "mount point \"home\" is not an absolute path",
+            ),
+            (
+                "subvolume adding mount options",
+                Box::new(|l| l.disks[0].partitions[2].subvol = Some("@,device=/dev/vda1".into())),
+                "btrfs subvolume \"@,device=/dev/vda1\" is not a path a mount option can carry",
+            ),
+            (
+                "mount point with a newline",
+                Box::new(|l| l.disks[0].partitions[1].mount = Some("/boot\n/".into())),
+                "mount point \"/boot\\n/\" holds a control character or is too long",
+            ),
+            (
+                "volume group named ..",
+                Box::new(|l| l.volumes = vec![lv("..", "root", None)]),
+                "logical volume \"..\"/\"root\": not a name LVM allows",
+            ),
+            (
+                "volume on a partition the layout lacks",
+                Box::new(|l| {
+                    l.volumes = vec![lv(
+                        "vg",
+                        "root",
+                        Some(crate::layout::lvm::Place {
+                            disk: 0,
+                            partition: 9,
+                            offset: 0,
+                            size: 1,
+                        }),
+                    )]
+                }),
+                "logical volume vg/root lies on partition 9 of disk 0, which the layout does not have",
+            ),
+            (
+                "volume mounted outside the root",
+                Box::new(|l| {
+                    let mut v = lv("vg", "var", None);
+                    v.mount = Some("/var/../..".into());
+                    l.volumes = vec![v];
+                }),
+                "mount point \"/var/../..\" contains . or ..",
+            ),
         ];
         for (name, f, want) in cases {
             let mut l = base.clone();
@@ -961,6 +1089,25 @@ mount = "/"
             let err = format!("{:#}", l.validate().unwrap_err());
             assert!(err.contains(want), "{name}: {err}");
             assert!(err.contains("LAYOUT_INVALID"), "{name}: {err}");
+        }
+    }
+
+    fn lv(
+        vg: &str,
+        name: &str,
+        place: Option<crate::layout::lvm::Place>,
+    ) -> crate::layout::lvm::LogicalVolume {
+        crate::layout::lvm::LogicalVolume {
+            vg: vg.into(),
+            vg_uuid: None,
+            name: name.into(),
+            place,
+            refused: None,
+            fs: FsType::Ext4,
+            uuid: None,
+            label: None,
+            mount: None,
+            subvol: None,
         }
     }
 
