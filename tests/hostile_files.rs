@@ -486,3 +486,123 @@ fn content_beyond_the_announced_size_and_a_wrong_hash_are_refused() {
     assert!(!f.root().join("etc/a").exists());
     assert!(!f.root().join("etc/b").exists());
 }
+
+/// A sender's layout: `/` on an LVM volume of a GPT disk, `/boot` beside it.
+fn source_plan() -> serde_json::Value {
+    let layout = ferry::layout::Layout::from_toml(
+        r#"
+[[disk]]
+table = "gpt"
+[[disk.partition]]
+size = "300MiB"
+type = "linux"
+fs = "ext4"
+mount = "/boot"
+[[disk.partition]]
+size = "rest"
+type = "lvm"
+fs = "LVM2_member"
+[[volume]]
+vg = "vg-sys"
+vg_uuid = "Vg1234-aaaa"
+name = "root"
+fs = "ext4"
+mount = "/"
+[volume.place]
+disk = 0
+partition = 1
+offset = 1048576
+size = 1073741824
+"#,
+    )
+    .unwrap();
+    serde_json::json!({
+        "layout": serde_json::to_value(&layout).unwrap(),
+        "trees": [{"mount": "/", "used": 1 << 20}, {"mount": "/boot", "used": 1 << 20}],
+    })
+}
+
+/// The appliance's answer to a session that opens with this layout.
+async fn layout_session(s: &Server, plan: &serde_json::Value) -> Result<Frame, (String, String)> {
+    let mut conn = client::connect(&s.data, &s.token, &s.fingerprint)
+        .await
+        .unwrap();
+    let json = Bytes::from(serde_json::to_vec(plan).unwrap());
+    client::send(&mut conn, Frame::SourceLayout { json })
+        .await
+        .unwrap();
+    client::recv(&mut conn).await.map_err(|e| {
+        let c = find_coded(&e).unwrap_or_else(|| panic!("{e:#}"));
+        (c.code.as_str().to_owned(), c.message.clone())
+    })
+}
+
+#[test]
+fn layouts_whose_names_become_paths_or_mount_options_are_refused() {
+    let f = Fixture::new();
+    f.base();
+    let good = source_plan();
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "a volume group named ..",
+            Box::new(|p| p["layout"]["volume"][0]["vg"] = "..".into()),
+            "logical volume \"..\"/\"root\": not a name LVM allows",
+        ),
+        (
+            "a logical volume named -x",
+            Box::new(|p| p["layout"]["volume"][0]["name"] = "-x".into()),
+            "logical volume \"vg-sys\"/\"-x\": not a name LVM allows",
+        ),
+        (
+            "a volume on a partition the disk lacks",
+            Box::new(|p| p["layout"]["volume"][0]["place"]["partition"] = 7.into()),
+            "logical volume vg-sys/root lies on partition 7 of disk 0, which the layout does not have",
+        ),
+        (
+            "a volume's extents overflowing",
+            Box::new(|p| {
+                p["layout"]["volume"][0]["place"]["offset"] = u64::MAX.into();
+            }),
+            "logical volume vg-sys/root: its place overflows",
+        ),
+        (
+            "a subvolume mounted above the root",
+            Box::new(|p| {
+                p["layout"]["disk"][0]["partition"][0]["subvolumes"] =
+                    serde_json::json!([{"subvol": "@x", "mount": "/../../etc"}]);
+            }),
+            "mount point \"/../../etc\" contains . or ..",
+        ),
+        (
+            "a subvolume carrying mount options",
+            Box::new(|p| {
+                p["layout"]["volume"][0]["subvol"] = "@,device=/dev/vda1".into();
+            }),
+            "btrfs subvolume \"@,device=/dev/vda1\" is not a path a mount option can carry",
+        ),
+        (
+            "a volume mounted above the root",
+            Box::new(|p| p["layout"]["volume"][0]["mount"] = "/var/../..".into()),
+            "mount point \"/var/../..\" contains . or ..",
+        ),
+    ];
+    for (name, edit, detail) in cases {
+        let before = f.outside();
+        let mut plan = good.clone();
+        edit(&mut plan);
+        match rt().block_on(layout_session(&f.server, &plan)) {
+            Err((code, message)) => {
+                assert_eq!(code, "LAYOUT_INVALID", "{name}: {message}");
+                assert!(message.contains(detail), "{name}: {message}");
+            }
+            Ok(frame) => panic!("{name}: accepted: {frame:?}"),
+        }
+        assert_eq!(before, f.outside(), "{name}: something outside changed");
+    }
+    // The appliance still takes a sound layout.
+    match rt().block_on(layout_session(&f.server, &good)) {
+        Ok(Frame::TargetsReady { .. }) => {}
+        other => panic!("a sound layout after the refusals: {other:?}"),
+    }
+}

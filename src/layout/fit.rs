@@ -94,6 +94,9 @@ impl SourcePlan {
                 format!("parsing the sender's layout: {e}"),
             )
         })?;
+        // The sender's own layout first: its volumes' names and places
+        // feed the flattening.
+        p.layout.validate()?;
         p.flattened()?;
         Ok(p)
     }
