@@ -332,3 +332,91 @@ fn a_striped_system_volume_is_a_blocker_with_its_code() {
     );
     assert!(loops_of(&img).is_empty(), "no loop device is left");
 }
+
+/// The root LV of `img` as a disk sent while it was mounted and written
+/// (`ferry send --consistency none`) holds it: a journal to replay.
+/// Returns the LV's bytes in the image.
+fn crash_copy_of_the_root_volume(img: &Path) -> (u64, u64) {
+    let pv_start = partition_start(img, 2);
+    let (off, len) = {
+        let d = DiskLoop::new(img);
+        let pv = format!("{}p2", d.0);
+        Lvm::new(std::slice::from_ref(&pv)).lv_range("root", &pv, 0)
+    };
+    let at = pv_start + off;
+    let lo = PartLoop::new(img, at / 512, len / 512);
+    let mnt = img.with_extension("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    run(Cmd::new("mount").arg(&lo.0).arg(&mnt));
+    for i in 0..20u8 {
+        std::fs::write(mnt.join(format!("f{i}")), vec![i; 10_000]).unwrap();
+    }
+    std::fs::File::open(mnt.join("f19"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    // The volume as the kernel has it on its device while mounted.
+    let copy = std::fs::read(&lo.0).unwrap();
+    run(Cmd::new("umount").arg(&mnt));
+    drop(lo);
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(img)
+        .unwrap()
+        .write_all_at(&copy, at)
+        .unwrap();
+    (at, at + len)
+}
+
+#[test]
+fn a_journal_on_a_logical_volume_is_replayed_before_anything_reads_it() {
+    use ferry::job::ledger::DiskRecord;
+    use ferry::pipeline::mount::replay_journals;
+    use ferry::pipeline::Target;
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let img = make_disk(dir.path(), "guest.img", "guest");
+    let range = crash_copy_of_the_root_volume(&img);
+    let superblock = |img: &Path| {
+        run(Cmd::new("dumpe2fs").args([
+            "-h".to_owned(),
+            format!("{}?offset={}", img.display(), range.0),
+        ]))
+    };
+    assert!(superblock(&img).contains("needs_recovery"));
+
+    let targets = vec![Target {
+        index: 0,
+        record: DiskRecord {
+            size: std::fs::metadata(&img).unwrap().len(),
+            chunk_size: 1 << 20,
+            fresh: false,
+            target: img.display().to_string(),
+        },
+        path: img.clone(),
+        configured: img.clone(),
+        names: vec!["/dev/sda".into()],
+    }];
+    let scratch = dir.path().join("scratch");
+    let replayed = replay_journals(&targets, &scratch).unwrap();
+    assert_eq!(replayed.len(), 1, "{replayed:?}");
+    assert_eq!(replayed[0].volume.as_deref(), Some("ferry-vg/root"));
+    assert_eq!((replayed[0].disk, replayed[0].partition), (0, 2));
+    assert_eq!(replayed[0].range, range);
+    assert_eq!(replayed[0].recovery.action, "journal replayed (e2fsck -p)");
+    assert!(!superblock(&img).contains("needs_recovery"));
+    assert!(
+        replay_journals(&targets, &scratch).unwrap().is_empty(),
+        "replayed once"
+    );
+    // What was fsynced before the copy is there, and the file system is clean.
+    let lo = PartLoop::new(&img, range.0 / 512, (range.1 - range.0) / 512);
+    run(Cmd::new("e2fsck").arg("-fn").arg(&lo.0));
+    let mnt = dir.path().join("check");
+    std::fs::create_dir_all(&mnt).unwrap();
+    run(Cmd::new("mount").args(["-o", "ro"]).arg(&lo.0).arg(&mnt));
+    let f19 = std::fs::read(mnt.join("f19"));
+    run(Cmd::new("umount").arg(&mnt));
+    assert_eq!(f19.unwrap(), vec![19u8; 10_000]);
+}

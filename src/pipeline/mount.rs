@@ -53,6 +53,9 @@ pub fn system(
 pub struct Replayed {
     pub disk: u32,
     pub partition: usize,
+    /// The logical volume (`vg/lv`) on that partition holding it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
     #[serde(flatten)]
     pub recovery: layout::journal::Recovery,
     /// Its bytes on the disk, which the ledger must learn again.
@@ -62,7 +65,8 @@ pub struct Replayed {
 
 /// Replay the journal of every ext4 and xfs of the received disks that
 /// carries one (a disk sent with `--consistency none`, or a frozen xfs's
-/// covered log), before anything else reads, grows or mounts them.
+/// covered log), on a partition or on a linear logical volume, before
+/// anything else reads, grows or mounts them.
 pub fn replay_journals(targets: &[Target], scratch: &Path) -> Result<Vec<Replayed>> {
     let paths: Vec<PathBuf> = targets.iter().map(|t| t.path.clone()).collect();
     let described = layout::read_all(&paths).context("reading the received disks")?;
@@ -93,6 +97,7 @@ pub fn replay_journals(targets: &[Target], scratch: &Path) -> Result<Vec<Replaye
                 Ok(Some(recovery)) => replayed.push(Replayed {
                     disk: t.index,
                     partition: pi + 1,
+                    volume: None,
                     recovery,
                     range: (extents[pi].start, extents[pi].end()),
                 }),
@@ -106,6 +111,51 @@ pub fn replay_journals(targets: &[Target], scratch: &Path) -> Result<Vec<Replaye
         attached.close()?;
         if let Some(e) = failure {
             return Err(e).code(ErrorCode::VerifyFailed);
+        }
+    }
+    // The file systems on the guest's linear logical volumes, each through
+    // a loop device over its extents.
+    for v in &described.volumes {
+        let Some(place) = v.place else { continue };
+        let (Some(d), Some(path), Some(t)) = (
+            described.disks.get(place.disk),
+            paths.get(place.disk),
+            targets.get(place.disk),
+        ) else {
+            continue;
+        };
+        if !matches!(
+            v.fs,
+            layout::FsType::Ext4 | layout::FsType::Ext3 | layout::FsType::Xfs
+        ) {
+            continue;
+        }
+        let size = layout::devices::disk_size(path)
+            .with_context(|| format!("reading the size of {}", path.display()))?;
+        let start = layout::desc::plan(d, size)
+            .with_context(|| format!("placing the partitions of {}", path.display()))?
+            .get(place.partition)
+            .map(|e| e.start)
+            .with_context(|| format!("logical volume {} lies on no partition", v.display()))?;
+        let lo = layout::lvm::LvNode::attach(path, start, v, false)?;
+        let found = layout::journal::recover(lo.path(), &v.fs, scratch).with_context(|| {
+            format!(
+                "replaying the journal of {} on logical volume {} of disk {}",
+                v.fs,
+                v.display(),
+                t.index
+            )
+        });
+        lo.close()?;
+        if let Some(recovery) = found.code(ErrorCode::VerifyFailed)? {
+            let at = start + place.offset;
+            replayed.push(Replayed {
+                disk: t.index,
+                partition: place.partition + 1,
+                volume: Some(v.display()),
+                recovery,
+                range: (at, at + place.size),
+            });
         }
     }
     Ok(replayed)
