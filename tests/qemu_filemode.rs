@@ -97,7 +97,8 @@ fn excludes(dir: &Path, root: &Path) -> PathBuf {
 }
 
 /// UUID of partition `n` of an image, as blkid finds it in its extent.
-fn partition_uuid(image: &Path, n: u32) -> String {
+/// Bytes (start, length) of partition `n` of an image, as partx reads them.
+fn partition_extent(image: &Path, n: u32) -> (u64, u64) {
     let out = Cmd::new("partx")
         .args(["-g", "-b", "-o", "START,SECTORS", "-n", &n.to_string()])
         .arg(image)
@@ -108,15 +109,28 @@ fn partition_uuid(image: &Path, n: u32) -> String {
         .split_whitespace()
         .map(|x| x.parse().expect("a number"))
         .collect();
-    let probe = ferry::layout::mkfs::probe(
-        image,
-        ferry::layout::desc::Extent {
-            start: v[0] * 512,
-            len: v[1] * 512,
-        },
-    )
-    .expect("blkid");
+    (v[0] * 512, v[1] * 512)
+}
+
+fn partition_uuid(image: &Path, n: u32) -> String {
+    let (start, len) = partition_extent(image, n);
+    let probe = ferry::layout::mkfs::probe(image, ferry::layout::desc::Extent { start, len })
+        .expect("blkid");
     probe.uuid.unwrap_or_default()
+}
+
+/// The "Filesystem features" line of the ext file system at byte `offset`.
+fn ext_features(image: &Path, offset: u64) -> String {
+    let out = Cmd::new("dumpe2fs")
+        .arg("-h")
+        .arg(format!("{}?offset={offset}", image.display()))
+        .run()
+        .expect("dumpe2fs -h");
+    out.stdout_text()
+        .lines()
+        .find_map(|l| l.strip_prefix("Filesystem features:"))
+        .map(|f| f.split_whitespace().collect::<Vec<_>>().join(" "))
+        .expect("dumpe2fs shows the features")
 }
 
 /// A copy of the cached source image in `dir` (nothing may write the
@@ -414,6 +428,20 @@ fn an_lvm_server_migrated_file_by_file_boots_on_virtio_without_its_volume_group(
         partition_uuid(&target, 2),
         src.root_uuid,
         "root file system"
+    );
+    // Made with the volume's own ext4 features (the source's LV read by
+    // dumpe2fs at its extents, the target's plain partition likewise).
+    let lv_at =
+        partition_extent(&source, 2).0 + root_lv.place.expect("the root LV is placed").offset;
+    let source_features = ext_features(&source, lv_at);
+    assert!(
+        source_features.contains("metadata_csum"),
+        "{source_features}"
+    );
+    assert_eq!(
+        ext_features(&target, partition_extent(&target, 2).0).replace(" needs_recovery", ""),
+        source_features.replace(" needs_recovery", ""),
+        "the root's ext4 features"
     );
     let types = Cmd::new("sfdisk")
         .args(["--dump"])

@@ -1108,6 +1108,7 @@ mount = "/"
             label: None,
             mount: None,
             subvol: None,
+            features: Vec::new(),
         }
     }
 

@@ -220,7 +220,7 @@ pub fn flatten_lvm(
             bootable: false,
             subvol: v.subvol.clone(),
             subvolumes: Vec::new(),
-            features: Vec::new(),
+            features: v.features.clone(),
         });
     }
     out.partitions.splice(pv..=pv, parts);
@@ -278,6 +278,7 @@ fs = "LVM2_member"
             label: None,
             mount: mount.map(str::to_owned),
             subvol: None,
+            features: Vec::new(),
         }
     }
 
@@ -360,6 +361,17 @@ fs = "LVM2_member"
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn an_ext4_volume_keeps_its_features_on_its_partition() {
+        let l = Layout::from_toml(LVM).unwrap();
+        let mut vols = volumes();
+        vols[0].fs = FsType::Ext4;
+        vols[0].features = vec!["has_journal".into(), "metadata_csum".into(), "64bit".into()];
+        let (d, _) = flatten_lvm(&l.disks[0], 1, &vols).unwrap();
+        assert_eq!(d.partitions[1].features, vols[0].features);
+        assert!(d.partitions[2].features.is_empty());
     }
 
     #[test]

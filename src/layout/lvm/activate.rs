@@ -421,6 +421,7 @@ mod tests {
             label: None,
             mount: None,
             subvol: None,
+            features: Vec::new(),
         }
     }
 

@@ -59,6 +59,10 @@ pub struct LogicalVolume {
     /// The btrfs subvolume mounted there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subvol: Option<String>,
+    /// ext2/3/4: its features as `dumpe2fs` names them, which file mode
+    /// makes its plain partition with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 /// Bytes of a partition that a linear LV occupies.
@@ -249,6 +253,7 @@ pub fn volumes_of(layout: &Layout, targets: &[PathBuf]) -> Result<Vec<LogicalVol
                 label: None,
                 mount: None,
                 subvol: None,
+                features: Vec::new(),
             };
             match place_of(g, lv, &found) {
                 Ok((place, disk_extent)) => {
@@ -257,6 +262,7 @@ pub fn volumes_of(layout: &Layout, targets: &[PathBuf]) -> Result<Vec<LogicalVol
                     v.fs = probe.fs;
                     v.uuid = probe.uuid;
                     v.label = probe.label;
+                    v.features = probe.features;
                     v.place = Some(place);
                 }
                 Err(why) => v.refused = Some(why),
@@ -506,6 +512,7 @@ mod tests {
             label: Some("my root".into()),
             mount: None,
             subvol: None,
+            features: Vec::new(),
         }
     }
 
