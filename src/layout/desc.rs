@@ -1098,17 +1098,8 @@ mount = "/"
         place: Option<crate::layout::lvm::Place>,
     ) -> crate::layout::lvm::LogicalVolume {
         crate::layout::lvm::LogicalVolume {
-            vg: vg.into(),
-            vg_uuid: None,
-            name: name.into(),
             place,
-            refused: None,
-            fs: FsType::Ext4,
-            uuid: None,
-            label: None,
-            mount: None,
-            subvol: None,
-            features: Vec::new(),
+            ..crate::layout::lvm::LogicalVolume::test(vg, name)
         }
     }
 

@@ -411,17 +411,8 @@ mod tests {
 
     fn volume(vg: &str, id: Option<&str>, name: &str) -> LogicalVolume {
         LogicalVolume {
-            vg: vg.into(),
             vg_uuid: id.map(str::to_owned),
-            name: name.into(),
-            place: None,
-            refused: None,
-            fs: crate::layout::desc::FsType::Ext4,
-            uuid: None,
-            label: None,
-            mount: None,
-            subvol: None,
-            features: Vec::new(),
+            ..LogicalVolume::test(vg, name)
         }
     }
 

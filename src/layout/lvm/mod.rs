@@ -88,6 +88,24 @@ impl LogicalVolume {
         )
     }
 
+    /// An ext4 volume `vg/name` with nothing else known, for tests.
+    #[cfg(test)]
+    pub fn test(vg: &str, name: &str) -> LogicalVolume {
+        LogicalVolume {
+            vg: vg.into(),
+            vg_uuid: None,
+            name: name.into(),
+            place: None,
+            refused: None,
+            fs: FsType::Ext4,
+            uuid: None,
+            label: None,
+            mount: None,
+            subvol: None,
+            features: Vec::new(),
+        }
+    }
+
     /// `/dev/<vg>/<lv>`.
     pub fn vg_path(&self) -> String {
         format!("/dev/{}/{}", self.vg, self.name)
