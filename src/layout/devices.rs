@@ -201,6 +201,40 @@ pub fn remove_partitions(disk: &Path) -> Result<()> {
 /// Make the kernel show partitions at exactly `extents` on `disk` and
 /// return their nodes: first a table re-read (real disks whose table is
 /// written), then BLKPG for whatever does not match.
+/// Remove partition `n` of block device `disk`. Where udev runs (a cloud
+/// instance), it probes a disk's partitions after anything that had the
+/// disk open for writing closes it, and a partition it holds open is busy:
+/// wait for udev's queue and try again, for a few seconds.
+fn delpart(disk: &Path, n: usize) -> Result<()> {
+    let run = || Cmd::new("delpart").arg(disk).arg(n.to_string()).run();
+    let mut tries = 0;
+    loop {
+        match run() {
+            Ok(_) => return Ok(()),
+            Err(e) if tries < 20 && format!("{e:#}").contains("busy") => {
+                tries += 1;
+                settle_udev();
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("removing stale partition {n} of {}", disk.display()))
+            }
+        }
+    }
+}
+
+/// Wait (at most 10 s) for udev to handle its queued events, where udev
+/// runs; nothing where it does not.
+pub fn settle_udev() {
+    if !Path::new("/run/udev/control").exists() || !crate::cmd::have("udevadm") {
+        return;
+    }
+    if let Err(e) = Cmd::new("udevadm").args(["settle", "--timeout=10"]).run() {
+        tracing::debug!("udevadm settle: {e:#}");
+    }
+}
+
 pub fn ensure_partitions(
     disk: &Path,
     parts: &[(usize, Extent)],
@@ -215,8 +249,9 @@ pub fn ensure_partitions(
     // is that every wanted partition is there as wanted.
     let matches = |have: &[(usize, u64, u64)]| want.iter().all(|w| have.contains(w));
     if reread && !matches(&kernel_partitions(&name)?) {
-        // Fails when a partition is in use or on kernels that do not scan;
-        // BLKPG below is the fallback either way.
+        // Fails when a partition is in use (udev probing it, too) or on
+        // kernels that do not scan; BLKPG below is the fallback either way.
+        settle_udev();
         if let Err(e) = Cmd::new("blockdev").arg("--rereadpt").arg(disk).run() {
             tracing::debug!(
                 "re-reading the partition table of {}: {e:#}",
@@ -227,11 +262,7 @@ pub fn ensure_partitions(
     let have = kernel_partitions(&name)?;
     if !matches(&have) {
         for (n, _, _) in &have {
-            Cmd::new("delpart")
-                .arg(disk)
-                .arg(n.to_string())
-                .run()
-                .with_context(|| format!("removing stale partition {n} of {}", disk.display()))?;
+            delpart(disk, *n)?;
         }
         for (n, start, len) in &want {
             Cmd::new("addpart")

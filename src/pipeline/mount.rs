@@ -137,6 +137,18 @@ pub fn replay_journals(targets: &[Target], scratch: &Path) -> Result<Vec<Replaye
             .get(place.partition)
             .map(|e| e.start)
             .with_context(|| format!("logical volume {} lies on no partition", v.display()))?;
+        // Looked at read-only first: closing a loop that held the disk
+        // open for writing makes udev rescan the disk's partitions, which
+        // races with grow's; only a file system with a journal to replay
+        // gets a writable one.
+        let ro = layout::lvm::LvNode::attach(path, start, v, true)?;
+        let dirty = layout::journal::dirty(ro.path(), &v.fs);
+        ro.close()?;
+        if !dirty
+            .with_context(|| format!("reading the journal of logical volume {}", v.display()))?
+        {
+            continue;
+        }
         let lo = layout::lvm::LvNode::attach(path, start, v, false)?;
         let found = layout::journal::recover(lo.path(), &v.fs, scratch).with_context(|| {
             format!(
