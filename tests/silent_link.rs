@@ -37,8 +37,12 @@ fn a_frozen_link_mid_transfer_is_noticed_and_the_send_completes_bit_exact() {
         1,
         "the relay froze no connection"
     );
+    // The sender notices by its own silence timer or, under load, sees the
+    // stream end first (a data stream stopped); either way it retries.
     assert!(
-        stderr.contains("the link is silent"),
+        stderr.contains("the link is silent")
+            || stderr
+                .contains("the data transfer was interrupted (a data stream stopped); retrying"),
         "the sender did not notice the silent link:\n{stderr}"
     );
     assert_eq!(file_hash(&src), file_hash(&server.disk_path(0)));
