@@ -520,17 +520,9 @@ mod tests {
 
     fn volume(vg: &str, name: &str) -> LogicalVolume {
         LogicalVolume {
-            vg: vg.into(),
-            vg_uuid: None,
-            name: name.into(),
-            place: None,
-            refused: None,
-            fs: FsType::Ext4,
             uuid: Some("aaaa-bbbb".into()),
             label: Some("my root".into()),
-            mount: None,
-            subvol: None,
-            features: Vec::new(),
+            ..LogicalVolume::test(vg, name)
         }
     }
 
