@@ -10,7 +10,11 @@
 #
 #   scripts/bake-appliance.sh [OUT_DIR]      prints the image path on its last line
 #
-# FERRY_BIN names the ferry binary (default: target/release/ferry). Two
+# The image carries the sender's release that scripts/release.sh wrote to
+# FERRY_RELEASE (default dist/): its tarball and SHA256SUMS go to
+# /usr/lib/ferry/sender, which ferry serves on 8080 (GET /v1/sender/<file>),
+# and its binary is the appliance's ferry, so one build runs on both sides.
+# FERRY_BIN names another ferry binary for the appliance. Two
 # stages, each cached under $FERRY_CACHE (default .cache/ in the repository)
 # by a hash of what goes into it, built under a lock and published by an
 # atomic rename: the debootstrap of the package list below (rarely rebuilt),
@@ -21,7 +25,7 @@ set -euo pipefail
 # Bump when the debootstrap stage changes in a way the package list does not show.
 ROOTFS_VERSION=1
 SUITE=bookworm
-MIRROR=${FERRY_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+MIRROR=$(bash "$(dirname "$0")/debian-mirror.sh")
 IMAGE_SIZE_MIB=2048
 HOSTNAME_DEFAULT=ferry-appliance
 
@@ -31,14 +35,19 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 cache=${FERRY_CACHE:-$repo/.cache}
 out_dir=${1:-$cache/appliance}
-ferry_bin=${FERRY_BIN:-$repo/target/release/ferry}
+release=${FERRY_RELEASE:-$repo/dist}
+[ -s "$release/SHA256SUMS" ] || die "no sender release in $release (bash scripts/release.sh, or set FERRY_RELEASE)"
+tarball=$(awk '$2 ~ /\.tar\.gz$/ { sub(/^\*/, "", $2); print $2; exit }' "$release/SHA256SUMS")
+[ -n "$tarball" ] && [ -s "$release/$tarball" ] || die "$release/SHA256SUMS names no tarball that is there"
+(cd "$release" && sha256sum --quiet -c SHA256SUMS) || die "$release/$tarball does not match its SHA256SUMS"
+ferry_bin=${FERRY_BIN:-$release/${tarball%.tar.gz}/ferry}
 unit="$repo/systemd/ferry.service"
 
 [ "$(id -u)" = 0 ] || die "needs root (debootstrap, loop devices, mounts, chroot)"
 for tool in debootstrap sfdisk partx losetup mkfs.ext4 blkid zstd flock; do
     command -v "$tool" >/dev/null || die "$tool is not installed (see scripts/packages.txt)"
 done
-[ -x "$ferry_bin" ] || die "no ferry binary at $ferry_bin (cargo build --release, or set FERRY_BIN)"
+[ -x "$ferry_bin" ] || die "no ferry binary at $ferry_bin (bash scripts/release.sh, or set FERRY_BIN)"
 [ -s "$unit" ] || die "no unit at $unit"
 
 # The appliance's system. Beside the boot essentials: cloud-init and what it
@@ -128,7 +137,7 @@ if [ ! -s "$rootfs" ]; then
 fi
 
 # ---- stage 2: the image -------------------------------------------------------
-key=$(cat "$0" "$unit" <(sha256sum <"$ferry_bin") <(basename "$rootfs") | sha256sum | cut -c1-16)
+key=$(cat "$0" "$unit" <(sha256sum <"$ferry_bin") "$release/SHA256SUMS" <(basename "$rootfs") | sha256sum | cut -c1-16)
 out="$out_dir/ferry-appliance-$key.img"
 if [ -s "$out" ]; then
     echo "$out"
@@ -196,6 +205,16 @@ backup {
 EOF
 rm -f "$mnt/etc/lvm/devices/system.devices"
 
+# -- udev: no re-read of a disk's table when a writer closes it. udev
+# watches block devices and, on the close of one opened for writing,
+# re-reads its partition table: the target's partitions vanish and come
+# back while ferry grows or checks them. ferry makes the nodes it needs.
+mkdir -p "$mnt/etc/udev/rules.d"
+cat >"$mnt/etc/udev/rules.d/99-ferry-nowatch.rules" <<'EOF'
+# ferry appliance: target disks are written by ferry alone (see bake-appliance.sh).
+ACTION=="add|change", SUBSYSTEM=="block", OPTIONS+="nowatch"
+EOF
+
 # -- network: DHCP on every Ethernet NIC, names by systemd-resolved
 cat >"$mnt/etc/systemd/network/80-ferry-dhcp.network" <<'EOF'
 # The intermediate instance takes its address from the cloud's DHCP.
@@ -253,11 +272,13 @@ EOF
 printf '# ferry: loop devices and LVM volumes of the repair; its unit allows\n# block-loop and block-device-mapper.\nloop\ndm_mod\n' \
     >"$mnt/etc/modules-load.d/ferry.conf"
 
-# -- ferry, not enabled
+# -- ferry, not enabled, and the sender's release it serves
 install -m 0755 "$ferry_bin" "$mnt/usr/local/bin/ferry"
-# The release build carries line tables (profile.release debug = 1); the
-# symbols stay for backtraces.
+# A cargo build --release binary carries line tables (profile.release
+# debug = 1); the release's is stripped already.
 if command -v strip >/dev/null; then strip --strip-debug "$mnt/usr/local/bin/ferry"; fi
+install -d -m 0755 "$mnt/usr/lib/ferry/sender"
+install -m 0644 "$release/$tarball" "$release/SHA256SUMS" "$mnt/usr/lib/ferry/sender/"
 install -m 0644 "$unit" "$mnt/etc/systemd/system/ferry.service"
 install -d -m 0700 "$mnt/etc/ferry"
 rm -rf "$mnt/var/lib/ferry"

@@ -12,5 +12,5 @@
 # FERRY_WAN_ARGS adds arguments to the send over the long link (e.g. "--streams 16").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FERRY_WAN_MIB=${1:-1024} cargo test --release --quiet --test wan -- --ignored --nocapture \
+FERRY_WAN_MIB=${1:-1024} cargo test --release --quiet --test it -- wan:: --ignored --nocapture \
     wan_throughput_against_loopback 2>&1 | grep -v '^$\|^\.$\|^running\|^test \|^test result'

@@ -20,7 +20,7 @@ set -euo pipefail
 
 # Bump when the build steps below change in a way the package list does not show.
 RECIPE_VERSION=3
-MIRROR=${FERRY_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+MIRROR=$(bash "$(dirname "$0")/debian-mirror.sh")
 
 die() { echo "rootfs.sh: $*" >&2; exit 1; }
 

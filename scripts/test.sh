@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     mapfile -t pkgs < <(grep -Ev '^\s*(#|$)' scripts/packages.txt)
     missing=()
@@ -20,7 +21,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         # conflicts with it): take it and what it needs from backports.
         if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q '~bpo12'; then
             if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d; then
-                printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' \
+                # The mirror is the one the machine already uses for bookworm.
+                uri=$(bash scripts/debian-mirror.sh)
+                printf '%s\n' 'Types: deb' "URIs: $uri" \
                     'Suites: bookworm-backports' 'Components: main' \
                     'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
                     > /etc/apt/sources.list.d/bookworm-backports.sources
@@ -47,4 +50,18 @@ if [ -z "${FERRY_CACHE:-}" ] && [ "$(id -u)" = 0 ]; then
     export FERRY_CACHE=/var/cache/ferry-test
 fi
 cargo build --release --locked
-cargo test --release --locked --no-fail-fast -- --test-threads="${FERRY_TEST_THREADS:-2}"
+threads=${FERRY_TEST_THREADS:-2}
+status=0
+# The sender's release (glibc 2.17, built by zig): the release tests, the
+# old-kernel and old-userland tests and the appliance image use it. Built
+# here once, before the suites that share it.
+bash scripts/release.sh >/dev/null || status=1
+# Unit tests, the loopback suite and the docs' examples.
+cargo test --release --locked --no-fail-fast --lib --bins --test it -- --test-threads="$threads" || status=1
+cargo test --release --locked --no-fail-fast --doc || status=1
+# The root suite one test at a time: its tests attach loop devices, add
+# and remove partition nodes and freeze file systems, each written to run
+# beside the others of its own module, not beside every other module's.
+cargo test --release --locked --no-fail-fast --test root -- --test-threads=1 || status=1
+cargo test --release --locked --no-fail-fast --test qemu -- --test-threads="$threads" || status=1
+exit "$status"

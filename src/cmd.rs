@@ -169,7 +169,7 @@ impl Cmd {
     /// that a signal to the caller's group (a Ctrl-C) does not reach it and
     /// it outlives the caller: stdin and stdout are pipes to the caller,
     /// stderr is the caller's.
-    pub fn spawn_detached(&self) -> Result<std::process::Child> {
+    pub(crate) fn spawn_detached(&self) -> Result<std::process::Child> {
         use std::os::unix::process::CommandExt;
         let mut c = Command::new(&self.program);
         c.args(&self.args)
@@ -198,7 +198,7 @@ impl Cmd {
 
 /// Is `program` on PATH?
 /// The Debian package that ships `program`, for the hint of a missing tool.
-pub fn package_of(program: &str) -> &'static str {
+pub(crate) fn package_of(program: &str) -> &'static str {
     let name = program.rsplit('/').next().unwrap_or(program);
     match name {
         "e2fsck" | "mkfs.ext4" | "mkfs.ext3" | "resize2fs" | "tune2fs" | "dumpe2fs" => "e2fsprogs",
@@ -226,7 +226,7 @@ pub fn have(program: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn tail(stderr: &[u8], stdout: &[u8]) -> String {
+pub(crate) fn tail(stderr: &[u8], stdout: &[u8]) -> String {
     let src = if stderr.iter().any(|b| !b.is_ascii_whitespace()) {
         stderr
     } else {
@@ -237,14 +237,23 @@ fn tail(stderr: &[u8], stdout: &[u8]) -> String {
     if text.is_empty() {
         return "no output".to_owned();
     }
-    if text.len() <= STDERR_TAIL {
-        return text.to_owned();
+    match last_bytes(text, STDERR_TAIL) {
+        (end, false) => end.to_owned(),
+        (end, true) => format!("...{end}"),
     }
-    let mut start = text.len() - STDERR_TAIL;
+}
+
+/// The end of `text` within `max` bytes, on a character boundary, and
+/// whether anything was cut.
+pub(crate) fn last_bytes(text: &str, max: usize) -> (&str, bool) {
+    if text.len() <= max {
+        return (text, false);
+    }
+    let mut start = text.len() - max;
     while !text.is_char_boundary(start) {
         start += 1;
     }
-    format!("...{}", &text[start..])
+    (&text[start..], true)
 }
 
 fn shell_quote(s: &str) -> String {

@@ -61,6 +61,11 @@ pub struct Config {
     /// The control plane's URL for state-change webhooks, and the HMAC key.
     pub webhook_url: Option<String>,
     pub webhook_secret: Option<String>,
+    /// The sender's release served at `GET /v1/sender/<file>` (a tarball and
+    /// the `SHA256SUMS` naming it, as scripts/release.sh writes them).
+    /// Unset: `/usr/lib/ferry/sender` when it exists (the baked image's),
+    /// else none. Set: it must hold a release that matches its sum.
+    pub sender_dir: Option<PathBuf>,
     /// Production mode: source disk index → target device.
     #[serde(rename = "disk")]
     pub disks: Vec<DiskTarget>,
@@ -100,6 +105,7 @@ impl Default for Config {
             stall_after_secs: crate::job::handle::JobHandle::DEFAULT_STALL_AFTER.as_secs(),
             webhook_url: None,
             webhook_secret: None,
+            sender_dir: None,
             disks: Vec::new(),
         }
     }
@@ -160,7 +166,7 @@ impl Config {
             .map(|d| d.target.as_path())
     }
 
-    pub fn ledger_path(&self) -> PathBuf {
+    pub(crate) fn ledger_path(&self) -> PathBuf {
         self.state_dir.join("ledger.redb")
     }
 
@@ -169,7 +175,7 @@ impl Config {
         self.state_dir.join("trees").join(format!("tree-{tree}"))
     }
 
-    pub fn embedded_disk_path(&self, index: u32) -> PathBuf {
+    pub(crate) fn embedded_disk_path(&self, index: u32) -> PathBuf {
         self.state_dir
             .join("disks")
             .join(format!("disk-{index}.img"))

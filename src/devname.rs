@@ -113,7 +113,7 @@ pub fn fstab_fields(line: &str) -> Vec<(usize, usize)> {
 }
 
 /// Whether an fstab line is a comment or blank.
-pub fn fstab_is_comment(line: &str) -> bool {
+pub(crate) fn fstab_is_comment(line: &str) -> bool {
     let t = line.trim_start();
     t.is_empty() || t.starts_with('#')
 }
@@ -136,7 +136,7 @@ pub fn parse_fstab(text: &str) -> Vec<FstabEntry> {
 
 /// fstab's and mountinfo's escapes: `\ooo` (`\040` space, `\011` tab,
 /// `\012` newline, `\134` backslash).
-pub fn unescape_octal(s: &str) -> String {
+pub(crate) fn unescape_octal(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -165,7 +165,7 @@ pub fn unescape_octal(s: &str) -> String {
 }
 
 /// udev's escapes in link names under /dev/disk/by-*: `\xNN`.
-pub fn unescape_udev(s: &str) -> String {
+pub(crate) fn unescape_udev(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -185,7 +185,7 @@ pub fn unescape_udev(s: &str) -> String {
 
 /// udev's escaping of link names: `/`, whitespace and non-printing bytes
 /// become `\xNN`.
-pub fn udev_escape(s: &str) -> String {
+pub(crate) fn udev_escape(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"#+-.:=@_".contains(&b) {

@@ -170,7 +170,7 @@ pub fn xfs(versionnum: u16) -> Superblock {
 
 /// Whether the running kernel knows the file system type (or ntfs-3g is
 /// there for NTFS).
-pub fn kernel_mounts(fstype: &str) -> bool {
+pub(crate) fn kernel_mounts(fstype: &str) -> bool {
     if fstype == "ntfs" {
         return crate::cmd::have("ntfs-3g");
     }

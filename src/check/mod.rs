@@ -94,7 +94,7 @@ pub enum System {
 
 /// The whole report (`ferry check --json`, `/v1/job`'s `check`).
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct CheckReport {
     pub source: Source,
     /// The tree or the disks checked.
     pub checked: Vec<String>,
@@ -108,9 +108,9 @@ pub struct Report {
     pub warnings: usize,
 }
 
-impl Report {
-    fn new(source: Source, checked: Vec<String>) -> Report {
-        Report {
+impl CheckReport {
+    fn new(source: Source, checked: Vec<String>) -> CheckReport {
+        CheckReport {
             source,
             checked,
             systems: Vec::new(),
@@ -122,7 +122,7 @@ impl Report {
         }
     }
 
-    fn finish(mut self) -> Report {
+    fn finish(mut self) -> CheckReport {
         // Blockers first, in the order found: the first is what the job's
         // error names.
         self.findings.sort_by_key(|f| f.severity);
@@ -151,7 +151,7 @@ impl Report {
 
     /// An error with the first blocker's code (what the repair would have
     /// failed with) naming every blocker; Ok without one.
-    pub fn blocker_error(&self) -> Result<()> {
+    pub(crate) fn blocker_error(&self) -> Result<()> {
         let mut blockers = self.blockers();
         let Some(first) = blockers.next() else {
             return Ok(());
@@ -164,7 +164,7 @@ impl Report {
     }
 
     /// The report for a person.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!(
             "checked ({}): {}\n",
@@ -266,7 +266,7 @@ fn fs_info(
 /// A file system the appliance cannot mount or the repair cannot use: a
 /// blocker when it is one of the system's own, a warning for data (copied
 /// block for block, not mounted).
-fn fs_findings(r: &mut Report) {
+fn fs_findings(r: &mut CheckReport) {
     for f in &r.filesystems {
         let Some(problem) = &f.problem else {
             continue;
@@ -294,7 +294,7 @@ fn fs_findings(r: &mut Report) {
 }
 
 /// The running server: its root, its mounts, how its disks will be read.
-pub fn live() -> Result<Report> {
+pub fn live() -> Result<CheckReport> {
     let mut r = inspect_tree(Path::new("/"), Source::Live)?;
     fs_findings(&mut r);
     r.consistency = Some(
@@ -310,7 +310,7 @@ pub fn live() -> Result<Report> {
 
 /// A tree mounted at `dir` (a Linux root with its mounts below it, or a
 /// Windows system volume).
-pub fn root(dir: &Path) -> Result<Report> {
+pub fn root(dir: &Path) -> Result<CheckReport> {
     if !dir.is_dir() {
         return Err(coded(
             ErrorCode::Usage,
@@ -322,26 +322,20 @@ pub fn root(dir: &Path) -> Result<Report> {
     Ok(r.finish())
 }
 
-fn inspect_tree(dir: &Path, source: Source) -> Result<Report> {
+fn inspect_tree(dir: &Path, source: Source) -> Result<CheckReport> {
     let dir = std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
-    let mut r = Report::new(source, vec![dir.display().to_string()]);
+    let mut r = CheckReport::new(source, vec![dir.display().to_string()]);
     let mounts = layout::mount::mountinfo()?;
     // The file systems mounted at the tree and below it, the last mount of
     // a point winning as the kernel's does.
     let mut seen: Vec<(String, layout::mount::MountInfo)> = Vec::new();
     for m in mounts {
-        let Ok(rel) = m.mount_point.strip_prefix(&dir) else {
+        let Some(inside) = m.inside(&dir) else {
             continue;
         };
         if !m.source.starts_with("/dev/") {
             continue;
         }
-        let inside = format!("/{}", rel.display());
-        let inside = if inside == "/" {
-            inside
-        } else {
-            inside.trim_end_matches('/').to_owned()
-        };
         seen.retain(|(p, _)| *p != inside);
         seen.push((inside, m));
     }
@@ -372,8 +366,8 @@ fn inspect_tree(dir: &Path, source: Source) -> Result<Report> {
 /// disk 0 first): partitions and file systems from the disks, the system
 /// mounted read-only under `staging` and inspected, then unmounted.
 /// `names` are the names the source knew each disk by (`/dev/sda`).
-pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result<Report> {
-    let mut r = Report::new(
+pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result<CheckReport> {
+    let mut r = CheckReport::new(
         Source::Disks,
         paths.iter().map(|p| p.display().to_string()).collect(),
     );
@@ -555,7 +549,7 @@ fn windows_on(
     paths: &[PathBuf],
     ntfs: &[(usize, usize)],
     staging: &Path,
-    r: &mut Report,
+    r: &mut CheckReport,
 ) -> Result<Option<String>> {
     for &(di, number) in ntfs {
         let d = &described.disks[di];

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::{Finding, Report, Severity, System};
+use super::{CheckReport, Finding, Severity, System};
 use crate::job::errors::ErrorCode;
 use crate::repair::windows::{self as win, WindowsInfo, SAN_POLICY_ONLINE};
 
@@ -26,7 +26,7 @@ pub struct WindowsReport {
 
 /// Inspect the Windows volume mounted at `root`, partition `at.1` of disk
 /// `at.0` when it is on disks.
-pub fn inspect(root: &Path, at: Option<(usize, usize)>, r: &mut Report) -> Result<()> {
+pub(crate) fn inspect(root: &Path, at: Option<(usize, usize)>, r: &mut CheckReport) -> Result<()> {
     let volume = match at {
         Some((d, p)) => format!("disk {d} partition {p}"),
         None => "the tree".to_owned(),
@@ -63,7 +63,7 @@ pub fn inspect(root: &Path, at: Option<(usize, usize)>, r: &mut Report) -> Resul
 }
 
 impl WindowsReport {
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let i = &self.info;
         let mut out = format!(
             "system: {} (Windows {}{}{}) on {}\n",

@@ -58,6 +58,20 @@ pub enum Command {
     /// file systems if the sender dies while they are frozen.
     #[command(name = "freeze-watchdog", hide = true)]
     FreezeWatchdog(watchdog::WatchdogArgs),
+    /// One command of the migrated system, run confined (the repair starts it).
+    #[command(name = "sandbox", hide = true)]
+    Sandbox(SandboxArgs),
+}
+
+/// Arguments of the sandbox's keeper.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SandboxArgs {
+    /// The root, devices and bounds, as JSON.
+    #[arg(long)]
+    pub spec: String,
+    /// The program and its arguments.
+    #[arg(required = true, last = true)]
+    pub argv: Vec<std::ffi::OsString>,
 }
 
 /// Parse the command line, run the subcommand, print the error chain (and
@@ -75,6 +89,13 @@ pub fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::Check(args) => check::run(args),
         Command::FreezeWatchdog(args) => watchdog::run(args),
+        Command::Sandbox(args) => match crate::sandbox::child::run(&args.spec, &args.argv) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("ferry sandbox: {e:#}");
+                std::process::exit(crate::sandbox::child::UNAVAILABLE);
+            }
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

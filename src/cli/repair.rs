@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::repair::{probe, BootMode, DeviceMap, Mode, Options};
+use crate::repair::{probe, BootMode, DeviceMap, Mode, RepairOptions};
 
 const HELP: &str = "\
 ROOT is the directory where the migrated system's root file system is
@@ -159,7 +159,7 @@ pub fn run(args: RepairArgs) -> Result<()> {
         BootArg::Auto => BootMode::Auto,
     };
     let mode = if args.plan { Mode::Plan } else { Mode::Apply };
-    let mut opts = Options::new(&args.root, devices, boot, mode);
+    let mut opts = RepairOptions::new(&args.root, devices, boot, mode);
     opts.recipe = args.recipe.clone();
     opts.recipes_dir = args.recipes.clone();
     if !args.only.is_empty() {

@@ -1,9 +1,9 @@
-//! `ferry send`: its command line, turned into the sender's [`Options`].
+//! `ferry send`: its command line, turned into the sender's [`SendOptions`].
 
 use std::path::PathBuf;
 
 use crate::job::errors::exit_statuses;
-use crate::send::Options;
+use crate::send::SendOptions;
 use crate::wire;
 
 /// Where the token and fingerprint come from, what a second run does, an
@@ -114,10 +114,11 @@ pub struct SendArgs {
     /// How long --probe sends.
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub probe_seconds: u64,
-    /// How to copy file systems that are mounted read-write on a source
-    /// disk (required when there is one): freeze (live passes, then the
-    /// file systems frozen for the final one), snapshot (LVM snapshots),
-    /// none (as they are: crash-consistent at best).
+    /// Block mode: how to copy file systems that are mounted read-write on
+    /// a source disk (required when there is one): freeze (live passes,
+    /// then the file systems frozen for the final one), snapshot (LVM
+    /// snapshots), none (as they are: crash-consistent at best). File mode
+    /// refuses it: it copies each file as it is when read.
     #[arg(long, value_enum)]
     pub consistency: Option<crate::send::consistency::Mode>,
     /// With --consistency freeze: the longest the file systems stay frozen;
@@ -133,15 +134,15 @@ pub enum Mode {
     File,
 }
 
-impl From<SendArgs> for Options {
-    fn from(a: SendArgs) -> Options {
-        let files = (a.mode == Mode::File).then(|| crate::send::files::FileOptions {
+impl From<SendArgs> for SendOptions {
+    fn from(a: SendArgs) -> SendOptions {
+        let files = (a.mode == Mode::File).then(|| crate::send::walk::FileOptions {
             root: a.root.clone().unwrap_or_default(),
             layout: a.layout.clone(),
             excludes: a.excludes.clone(),
             dry_run: a.dry_run,
         });
-        Options {
+        SendOptions {
             files,
             to: a.to,
             token: a.token,
@@ -157,7 +158,7 @@ impl From<SendArgs> for Options {
             probe: a.probe,
             no_wait: a.no_wait,
             probe_seconds: a.probe_seconds,
-            consistency: crate::send::consistency::Settings {
+            consistency: crate::send::consistency::ConsistencySettings {
                 mode: a.consistency,
                 max_freeze: std::time::Duration::from_secs(a.max_freeze),
             },

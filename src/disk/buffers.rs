@@ -80,7 +80,7 @@ impl Buf {
     }
 
     /// The whole capacity, for a decompressor to fill.
-    pub fn spare(&mut self) -> &mut [u8] {
+    pub(crate) fn spare(&mut self) -> &mut [u8] {
         &mut self.v[self.off..self.off + self.pool.size]
     }
 }

@@ -12,7 +12,7 @@ pub mod buffers;
 use crate::job::errors::{coded, ErrorCode};
 
 /// Length of chunk `index` of a disk of `size` bytes (the last may be short).
-pub fn chunk_len(size: u64, chunk_size: u32, index: u64) -> usize {
+pub(crate) fn chunk_len(size: u64, chunk_size: u32, index: u64) -> usize {
     let start = index * u64::from(chunk_size);
     (size.saturating_sub(start)).min(u64::from(chunk_size)) as usize
 }
@@ -23,7 +23,7 @@ pub fn chunk_count(size: u64, chunk_size: u32) -> u64 {
 }
 
 /// Is every byte zero?
-pub fn is_zero(buf: &[u8]) -> bool {
+pub(crate) fn is_zero(buf: &[u8]) -> bool {
     // Compare 16 bytes at a time; the compiler vectorises this loop.
     let mut words = buf.chunks_exact(16);
     let words_zero = words
@@ -32,7 +32,7 @@ pub fn is_zero(buf: &[u8]) -> bool {
 }
 
 /// BLAKE3 of `len` zero bytes.
-pub fn zero_hash(len: usize) -> [u8; 32] {
+pub(crate) fn zero_hash(len: usize) -> [u8; 32] {
     thread_local! {
         static CACHE: std::cell::RefCell<Option<(usize, [u8; 32])>> = const { std::cell::RefCell::new(None) };
     }
@@ -59,7 +59,7 @@ pub fn zero_hash(len: usize) -> [u8; 32] {
 /// The whole-disk digest both sides compute: BLAKE3 over the disk's geometry
 /// and the hash of every chunk in order. Fed chunk by chunk, so a disk of
 /// any size costs no memory.
-pub struct DiskDigester {
+pub(crate) struct DiskDigester {
     hasher: blake3::Hasher,
 }
 
@@ -123,7 +123,7 @@ impl Disk {
     /// Open an existing target read-write. A block device is opened with
     /// O_EXCL, which the kernel refuses while the device is mounted or held
     /// by another user (a partition mounted, a device-mapper table...).
-    pub fn open_target(path: &Path) -> Result<Disk> {
+    pub(crate) fn open_target(path: &Path) -> Result<Disk> {
         let meta = std::fs::metadata(path).map_err(|e| {
             coded(
                 ErrorCode::TargetUnavailable,
@@ -145,7 +145,7 @@ impl Disk {
     }
 
     /// Create (or re-create, emptied) a sparse image file of `size` bytes.
-    pub fn create_sparse(path: &Path, size: u64) -> Result<Disk> {
+    pub(crate) fn create_sparse(path: &Path, size: u64) -> Result<Disk> {
         if let Some(dir) = path.parent() {
             private_dir(dir)?;
         }
@@ -194,7 +194,7 @@ impl Disk {
     /// when the file system or device allows it (otherwise nothing
     /// changes). The file is opened a second time; a block device is held
     /// exclusively by the first open already.
-    pub fn use_direct_io(&mut self) {
+    pub(crate) fn use_direct_io(&mut self) {
         let opened = OpenOptions::new()
             .read(true)
             .write(true)
@@ -218,7 +218,7 @@ impl Disk {
 
     /// Write a chunk: with O_DIRECT when it is aligned, else as
     /// [`Disk::write_at`]. Durable only after [`Disk::sync_data`], like any write.
-    pub fn write_chunk(&self, buf: &[u8], offset: u64) -> Result<()> {
+    pub(crate) fn write_chunk(&self, buf: &[u8], offset: u64) -> Result<()> {
         if let Some(f) = self.direct_for(buf, offset) {
             match f.write_all_at(buf, offset) {
                 Ok(()) => return Ok(()),
@@ -241,7 +241,7 @@ impl Disk {
 
     /// Read a chunk: from the device with O_DIRECT when it is aligned, else
     /// as [`Disk::read_at`].
-    pub fn read_chunk(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+    pub(crate) fn read_chunk(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         if let Some(f) = self.direct_for(buf, offset) {
             match f.read_exact_at(buf, offset) {
                 Ok(()) => return Ok(()),
@@ -298,7 +298,7 @@ impl Disk {
 
     /// Make `len` bytes at `offset` read as zeros: a hole in a file, zeroes
     /// on a device (discard is not guaranteed to zero, so it is not used).
-    pub fn zero_range(&self, offset: u64, len: usize) -> Result<()> {
+    pub(crate) fn zero_range(&self, offset: u64, len: usize) -> Result<()> {
         if !self.block_device {
             use nix::fcntl::{fallocate, FallocateFlags};
             let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
@@ -377,7 +377,7 @@ pub fn hash_chunks(
 
 /// Read every chunk of `range` (of the first `size` bytes of `disk`) on
 /// two threads and map each, with its index, through `f`; in order.
-pub fn reread_chunks<R: Send>(
+pub(crate) fn reread_chunks<R: Send>(
     disk: &Disk,
     size: u64,
     chunk_size: u32,
@@ -436,7 +436,7 @@ pub fn read_digest(disk: &Disk, size: u64, chunk_size: u32) -> Result<[u8; 32]> 
 /// Replace `path` with `bytes` atomically and durably: a temporary file
 /// beside it (mode 0600), fsynced, renamed over it, the directory fsynced.
 /// A reader sees the old content or the new, never a part.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let name = path
         .file_name()
@@ -462,7 +462,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Create a directory (and its missing parents) that only its owner may
 /// enter, mode 0700, or tighten an existing one to that: the state
 /// directory and its disks hold the migrated server's data, keys and tokens.
-pub fn private_dir(dir: &Path) -> Result<()> {
+pub(crate) fn private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -479,7 +479,7 @@ pub fn private_dir(dir: &Path) -> Result<()> {
 
 /// Give an open file exactly `mode`: a file that existed before keeps its
 /// old mode through `open`, whatever mode `open` was asked for.
-pub fn set_mode(file: &File, path: &Path, mode: u32) -> Result<()> {
+pub(crate) fn set_mode(file: &File, path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let meta = file
         .metadata()
@@ -492,7 +492,7 @@ pub fn set_mode(file: &File, path: &Path, mode: u32) -> Result<()> {
 }
 
 /// fsync the directory holding `path`, so a new file's entry is durable.
-pub fn sync_dir(path: &Path) -> Result<()> {
+pub(crate) fn sync_dir(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
         let d = File::open(dir).with_context(|| format!("opening directory {}", dir.display()))?;
         d.sync_all()

@@ -21,7 +21,7 @@ pub enum Retry {
 /// appliance writes (a failure of the round's pipeline always does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum JobEffect {
+pub(crate) enum JobEffect {
     /// The job goes InError until the operator starts it again.
     FailsJob,
     /// A refusal or a sender-side problem: the job stays as it is, so the
@@ -121,7 +121,7 @@ macro_rules! catalogue {
 
             /// The message of one occurrence: the FAQ's "Do Rsync Disk x
             /// Failed" names the disk that `detail` is about ("disk 1: ...").
-            pub fn message_for(self, detail: &str) -> String {
+            pub(crate) fn message_for(self, detail: &str) -> String {
                 let msg = self.message();
                 match (msg.contains("Disk x"), disk_named_in(detail)) {
                     (true, Some(n)) => msg.replacen("Disk x", &format!("Disk {n}"), 1),
@@ -140,7 +140,7 @@ macro_rules! catalogue {
             }
 
             /// What the error does to the job when it happens while writing.
-            pub fn job_effect(self) -> JobEffect {
+            pub(crate) fn job_effect(self) -> JobEffect {
                 match self { $( ErrorCode::$variant => catalogue!(@effect $effect), )* }
             }
 
@@ -257,6 +257,8 @@ catalogue! {
         "An installed kernel of the migrated system lacks the VirtIO drivers (virtio_blk, virtio_net, virtio_pci) it needs to boot on the cloud. Install a kernel with VirtIO drivers on the source server (or remove the old kernel), then run the migration again. Windows: install the VirtIO drivers on the source server (the virtio-win package: a storage driver, viostor or vioscsi, started at boot, and netkvm for the network), then run `ferry check` and the migration again.";
     RepairToolMissing => "REPAIR_TOOL_MISSING" [final, keeps_job, refused], "A tool the repair needs is missing from the migrated system",
         "Install the named package on the source server (update-initramfs: initramfs-tools; dracut: dracut; grub-install: grub-pc / grub2-pc), or pick the right recipe with --recipe, then run the migration again.";
+    SandboxUnavailable => "SANDBOX_UNAVAILABLE" [final, keeps_job, refused], "The appliance cannot confine the migrated system's own tools, so it does not run them",
+        "The repair runs the migrated system's programs (grub-install, update-initramfs, dracut and their hooks) only in a sandbox: new PID, mount, network, IPC and UTS namespaces, a pids cgroup, seccomp and a reduced capability set. The message names what the kernel or the service refused. Run the appliance from its own image (its kernel and ferry.service, which delegates the pids controller and allows these namespaces), then start the job again (POST /v1/job/start). Nothing of the migrated system was run.";
     UnsupportedOs => "UNSUPPORTED_OS" [final, keeps_job, refused], "The migrated operating system is not supported",
         "ferry repairs Linux systems: check that the root given is the migrated system's root file system (it must hold /etc), or add a recipe for this distribution under image-recipes/.";
     RepairFailed => "REPAIR_FAILED" [final, keeps_job, refused], "Repairing the migrated system failed",
@@ -307,16 +309,30 @@ catalogue! {
         "Wait until the job is Finished or Waiting (GET /v1/job on port 8080); an incremental job accepts the next round when it is Waiting.";
     JobHandedOff => "JOB_HANDED_OFF" [final, keeps_job, refused], "The round's disks are handed off to the control plane for their snapshot",
         "The appliance writes nothing to the disks until the control plane has taken the round's image and starts the next round (POST /v1/job/start on port 8080). Run the sender again after that; it sends only what changed.";
+    DiskHandedOff => "DISK_HANDED_OFF" [final, keeps_job, refused], "The disk is handed off: it must not change until the next round starts",
+        "The round's disks are what the handoff manifest (GET /v1/job/handoff) names, for the control plane's snapshot; a reset would delete what it is about to take. On a Waiting job, take the snapshot, start the next round (POST /v1/job/start), then reset the disk. A Finished job's disks are final: delete the job (POST /v1/job/delete) to start over.";
+    SenderNotFound => "SENDER_NOT_FOUND" [final, keeps_job, refused], "The appliance serves no sender release of that name",
+        "GET /v1/identity names the release this appliance serves (sender.file, fetched at sender.path) and its SHA-256. An appliance without one (sender: null) was built without scripts/release.sh; copy the release to the source server another way, or set sender_dir in the config to a directory holding the tarball and its SHA256SUMS.";
     HandoffNotFound => "HANDOFF_NOT_FOUND" [final, keeps_job, refused], "No round of this job has been handed off yet",
         "The handoff manifest is written when a round's pipeline ends, the job then Finished or Waiting; watch GET /v1/job or the webhook's event with a `handoff` field, then read it again.";
     JobTransitionRefused => "JOB_TRANSITION_REFUSED" [final, keeps_job, refused], "The operation is not allowed in the job's current state",
         "Ready: start or delete. Running: stop it while Preparing or Syncing; a running job cannot be deleted. Stopped and InError: start or delete. Waiting: stop, delete, or run the sender for the next round. Finished and Expired: delete.";
     BadBandwidth => "BAD_BANDWIDTH" [final, keeps_job, usage], "The bandwidth limit is not valid",
         "POST /v1/job/bandwidth takes the JSON body {\"bytes_per_sec\": N} with N from 65536 (64 KiB/s) to 2^50 (1 PiB/s), or 0 or null to lift the limit (the field is required); `ferry send --bwlimit` takes a rate such as 50M (bytes per second, K/M/G are binary) or 400mbit (bits per second). The lower of the two applies.";
+    BadRequest => "BAD_REQUEST" [final, keeps_job, usage], "The control API request is not valid",
+        "The detail says what was wrong: a path parameter (a disk index is a whole number) or a body that is not what the endpoint takes. docs/control-api.md lists each endpoint with its method, path and body.";
+    NotFound => "NOT_FOUND" [final, keeps_job, usage], "The control API has no such endpoint",
+        "docs/control-api.md lists the endpoints; the job's are under /v1/job and need the control token.";
+    MethodNotAllowed => "METHOD_NOT_ALLOWED" [final, keeps_job, usage], "The endpoint does not take this method",
+        "The Allow header lists the methods it takes; actions on the job are POST, reads are GET (docs/control-api.md).";
+    RequestTooLarge => "REQUEST_TOO_LARGE" [final, keeps_job, usage], "The request body is larger than the control API takes",
+        "Bodies of the control API are small JSON objects (at most 16 KiB); send only the fields the endpoint takes.";
+    RequestTimeout => "REQUEST_TIMEOUT" [final, keeps_job, usage], "The request was not received and answered in time",
+        "Send the whole request at once and try again; a request that takes longer than the control API's timeout is cut.";
     BadValidity => "BAD_VALIDITY" [final, keeps_job, refused], "The validity period of a migration task must be between 7 and 90 days",
         "Set validity_days in the appliance's config (or --validity-days) to a whole number of days from 7 to 90; the default is 30.";
     ControlUnauthorized => "CONTROL_UNAUTHORIZED" [final, keeps_job, refused], "The control token is missing or not valid",
-        "Send `Authorization: Bearer <control token>`. The control token is set with --control-token, FERRY_CONTROL_TOKEN or control_token in the config (embedded mode keeps it in `<state-dir>/control-token`); it is not the sender's job token.";
+        "Send `Authorization: Bearer <control token>`. The control token is set with --control-token-file, FERRY_CONTROL_TOKEN or control_token in the config (embedded mode keeps it in `<state-dir>/control-token`); it is not the sender's job token.";
     ControlRateLimited => "CONTROL_RATE_LIMITED" [final, keeps_job, refused], "Too many wrong control tokens from this address",
         "Wrong control tokens from this address are answered slowly and then refused for a while; a correct one is always accepted. Wait the seconds of the Retry-After header, then send the right control token (see CONTROL_UNAUTHORIZED).";
 }

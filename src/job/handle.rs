@@ -12,11 +12,13 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 
+use crate::job::change::{ChangeCause, StateChange};
 use crate::job::errors::ErrorCode;
-use crate::job::state::{
-    refused_operation, Clock, JobRecord, JobSettings, JobStore, StateChange, Status,
-};
+use crate::job::record::{JobRecord, JobSettings};
+use crate::job::status::{allowed, refused_operation, JobStatus};
 use crate::job::step::Step;
+use crate::job::store::JobStore;
+use crate::job::time::Clock;
 
 type Listener = Box<dyn Fn(&StateChange) + Send + Sync>;
 
@@ -43,7 +45,7 @@ impl JobHandle {
     pub const PROGRESS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
     /// A Syncing job without data for this long is stalled, unless the
     /// configuration says otherwise.
-    pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30);
+    pub(crate) const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30);
 
     /// Load the job from the store, or create a new Ready one with
     /// `settings`. A loaded job keeps its own settings and status: a job that
@@ -108,7 +110,7 @@ impl JobHandle {
     }
 
     /// A receiver that sees a new value on every change.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
     }
 
@@ -128,16 +130,16 @@ impl JobHandle {
     }
 
     /// A Syncing job without data for this long is stalled.
-    pub fn stall_after(&self) -> Duration {
+    pub(crate) fn stall_after(&self) -> Duration {
         Duration::from_secs(self.stall_after_secs.load(Ordering::Relaxed))
     }
 
-    pub fn set_stall_after(&self, after: Duration) {
+    pub(crate) fn set_stall_after(&self, after: Duration) {
         self.stall_after_secs
             .store(after.as_secs().max(1), Ordering::Relaxed);
     }
 
-    pub fn status(&self) -> Status {
+    pub fn status(&self) -> JobStatus {
         self.lock().record.status
     }
 
@@ -166,7 +168,7 @@ impl JobHandle {
         if !events.is_empty() {
             let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
             for e in &events {
-                tracing::info!(job = %e.job_id, from = %e.from, to = %e.to, cause = e.cause, "job status changed");
+                tracing::info!(job = %e.job_id, from = %e.from, to = %e.to, cause = e.cause.as_str(), "job status changed");
                 for l in listeners.iter() {
                     l(e);
                 }
@@ -182,7 +184,7 @@ impl JobHandle {
         {
             let inner = self.lock();
             let r = &inner.record;
-            if !r.is_past_validity(now) || !crate::job::state::allowed(r.status, Status::Expired) {
+            if !r.is_past_validity(now) || !allowed(r.status, JobStatus::Expired) {
                 return Ok(None);
             }
         }
@@ -213,7 +215,7 @@ impl JobHandle {
     }
 
     /// The senders' bandwidth limit (bytes per second), if any.
-    pub fn bandwidth_limit(&self) -> Option<u64> {
+    pub(crate) fn bandwidth_limit(&self) -> Option<u64> {
         self.lock().record.bandwidth_limit_bytes_per_sec
     }
 
@@ -231,7 +233,7 @@ impl JobHandle {
     }
 
     /// Forget a disk's progress in the job record.
-    pub fn forget_disk(&self, index: u32) -> Result<()> {
+    pub(crate) fn forget_disk(&self, index: u32) -> Result<()> {
         self.update("reset a disk", |r, _| r.forget_disk(index), |_| Vec::new())
     }
 
@@ -265,8 +267,8 @@ impl JobHandle {
                     ));
                 }
                 let change = match r.status {
-                    Status::SYNCING => None,
-                    _ => Some(r.transition(Status::SYNCING, "syncing", now)?),
+                    JobStatus::SYNCING => None,
+                    _ => Some(r.transition(JobStatus::SYNCING, ChangeCause::Syncing, now)?),
                 };
                 for &(index, size, committed) in disks {
                     r.disk_opened(index, size, committed, now);
@@ -281,7 +283,7 @@ impl JobHandle {
     /// Set each known disk's committed bytes from the ledger (at start-up:
     /// the record's progress is saved only every few seconds, the ledger's
     /// chunks at every commit).
-    pub fn restore_progress(&self, committed: &[(u32, u64)]) -> Result<()> {
+    pub(crate) fn restore_progress(&self, committed: &[(u32, u64)]) -> Result<()> {
         self.update(
             "restoring progress",
             |r, _| {
@@ -345,10 +347,10 @@ impl JobHandle {
     /// then runs the Processing stage, which ends the round with
     /// [`JobHandle::round_done`] or [`JobHandle::fail`]. Returns the status
     /// reached, if it changed.
-    pub fn end_of_session(&self, expected: Option<&[u32]>) -> Result<Option<Status>> {
+    pub fn end_of_session(&self, expected: Option<&[u32]>) -> Result<Option<JobStatus>> {
         let done = {
             let inner = self.lock();
-            inner.record.status == Status::SYNCING && inner.record.round_verified(expected)
+            inner.record.status == JobStatus::SYNCING && inner.record.round_verified(expected)
         };
         if !done {
             return Ok(None);
@@ -358,8 +360,8 @@ impl JobHandle {
 
     /// File mode: every tree of the laid-out targets is committed; the
     /// round ends as a block-mode one whose disks are verified.
-    pub fn trees_committed(&self) -> Result<Option<Status>> {
-        if self.status() != Status::SYNCING {
+    pub(crate) fn trees_committed(&self) -> Result<Option<JobStatus>> {
+        if self.status() != JobStatus::SYNCING {
             return Ok(None);
         }
         Ok(Some(self.round_committed()?.to))
@@ -369,7 +371,7 @@ impl JobHandle {
     pub fn round_committed(&self) -> Result<StateChange> {
         self.update(
             "round committed",
-            |r, now| r.transition(Status::PROCESSING, "committed", now),
+            |r, now| r.transition(JobStatus::PROCESSING, ChangeCause::Committed, now),
             |c| vec![c.clone()],
         )
     }
@@ -389,7 +391,7 @@ impl JobHandle {
         self.update(
             "processing step",
             |r, _| {
-                if matches!(r.status, Status::PROCESSING | Status::CLEANING) {
+                if matches!(r.status, JobStatus::PROCESSING | JobStatus::CLEANING) {
                     r.step = Some(step);
                 }
                 Ok(())
@@ -416,20 +418,21 @@ impl JobHandle {
         self.update(
             "cleaning",
             |r, now| {
-                if r.status == Status::CLEANING {
+                if r.status == JobStatus::CLEANING {
                     return Ok(None);
                 }
-                if r.status != Status::PROCESSING {
+                if r.status != JobStatus::PROCESSING {
                     return Err(refused_operation("moved to Cleaning", r.status));
                 }
-                r.transition(Status::CLEANING, "cleaning", now).map(Some)
+                r.transition(JobStatus::CLEANING, ChangeCause::Cleaning, now)
+                    .map(Some)
             },
             |c| c.iter().cloned().collect(),
         )
     }
 
     /// The control plane takes the disks of a round whose boot test failed.
-    pub fn handoff_anyway(&self) -> Result<StateChange> {
+    pub(crate) fn handoff_anyway(&self) -> Result<StateChange> {
         self.update(
             "handoff anyway",
             |r, now| r.handoff_anyway(now),
@@ -439,7 +442,7 @@ impl JobHandle {
 
     /// The handoff is done: the round ends Finished (or Waiting, held for
     /// the control plane's snapshot) with the manifest's digest.
-    pub fn handed_off(&self, manifest_digest: &str) -> Result<StateChange> {
+    pub(crate) fn handed_off(&self, manifest_digest: &str) -> Result<StateChange> {
         self.update(
             "handoff",
             |r, now| r.handed_off(manifest_digest, now),
@@ -490,13 +493,13 @@ mod tests {
         // The appliance comes back: same job, Syncing, progress as saved.
         let job = JobHandle::open(store, clock, JobSettings::default()).unwrap();
         let r = job.snapshot();
-        assert_eq!((r.id, r.status), (id, Status::SYNCING));
+        assert_eq!((r.id, r.status), (id, JobStatus::SYNCING));
         assert_eq!(r.disks[0].committed, 400);
         assert_eq!(r.validity_days.as_days(), 7, "the stored validity wins");
         // The sender resumes without a status change.
         job.admit_sender().unwrap();
         job.syncing(&[(0, 1000, 400), (1, 500, 0)]).unwrap();
-        assert_eq!(job.status(), Status::SYNCING);
+        assert_eq!(job.status(), JobStatus::SYNCING);
     }
 
     #[test]
@@ -504,7 +507,11 @@ mod tests {
         let (_store, clock, job) = setup(true);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        job.on_change(move |c| s.lock().unwrap().push((c.seq, c.from, c.to, c.cause)));
+        job.on_change(move |c| {
+            s.lock()
+                .unwrap()
+                .push((c.seq, c.from, c.to, c.cause.as_str()))
+        });
         job.admit_sender().unwrap();
         job.syncing(&[(0, 10, 0)]).unwrap();
         job.progress(0, 10).unwrap();
@@ -512,16 +519,16 @@ mod tests {
         job.round_done().unwrap();
         job.stop().unwrap();
         clock.advance(Duration::from_secs(7 * 86_400));
-        assert_eq!(job.snapshot().status, Status::Expired);
+        assert_eq!(job.snapshot().status, JobStatus::Expired);
         assert_eq!(
             *seen.lock().unwrap(),
             vec![
-                (1, Status::Ready, Status::PREPARING, "sender"),
-                (2, Status::PREPARING, Status::SYNCING, "syncing"),
-                (3, Status::SYNCING, Status::PROCESSING, "committed"),
-                (4, Status::PROCESSING, Status::Waiting, "processed"),
-                (5, Status::Waiting, Status::Stopped, "stop"),
-                (6, Status::Stopped, Status::Expired, "expired"),
+                (1, JobStatus::Ready, JobStatus::PREPARING, "sender"),
+                (2, JobStatus::PREPARING, JobStatus::SYNCING, "syncing"),
+                (3, JobStatus::SYNCING, JobStatus::PROCESSING, "committed"),
+                (4, JobStatus::PROCESSING, JobStatus::Waiting, "processed"),
+                (5, JobStatus::Waiting, JobStatus::Stopped, "stop"),
+                (6, JobStatus::Stopped, JobStatus::Expired, "expired"),
             ]
         );
     }
@@ -535,23 +542,26 @@ mod tests {
         clock.advance(Duration::from_secs(7 * 86_400));
         let err = job.admit_sender().unwrap_err();
         assert_eq!(find_coded(&err).unwrap().code, ErrorCode::JobExpired);
-        assert_eq!(job.snapshot().status, Status::Expired);
-        assert_eq!(*seen.lock().unwrap(), vec![(1, Status::Expired)]);
+        assert_eq!(job.snapshot().status, JobStatus::Expired);
+        assert_eq!(*seen.lock().unwrap(), vec![(1, JobStatus::Expired)]);
     }
 
     #[test]
     fn a_round_ends_when_every_disk_is_verified() {
-        for (incremental, end) in [(false, Status::Finished), (true, Status::Waiting)] {
+        for (incremental, end) in [(false, JobStatus::Finished), (true, JobStatus::Waiting)] {
             let (store, _clock, job) = setup(incremental);
             job.admit_sender().unwrap();
             job.syncing(&[(0, 10, 0), (1, 10, 0)]).unwrap();
             job.disk_verified(0).unwrap();
             assert_eq!(job.end_of_session(None).unwrap(), None);
-            assert_eq!(job.status(), Status::SYNCING);
+            assert_eq!(job.status(), JobStatus::SYNCING);
             job.disk_verified(1).unwrap();
             assert_eq!(job.end_of_session(Some(&[0, 1, 2])).unwrap(), None);
-            assert_eq!(job.end_of_session(None).unwrap(), Some(Status::PROCESSING));
-            assert_eq!(store.load().unwrap().unwrap().status, Status::PROCESSING);
+            assert_eq!(
+                job.end_of_session(None).unwrap(),
+                Some(JobStatus::PROCESSING)
+            );
+            assert_eq!(store.load().unwrap().unwrap().status, JobStatus::PROCESSING);
             assert_eq!(job.end_of_session(None).unwrap(), None, "once per round");
             assert_eq!(job.round_done().unwrap().to, end);
             assert_eq!(store.load().unwrap().unwrap().status, end);
@@ -598,10 +608,10 @@ mod tests {
             format!("{err:#}"),
             "saving the job record (start): LEDGER_FAILED: The job's ledger could not be read or written (saving the job record (test))"
         );
-        assert_eq!(job.status(), Status::Ready);
+        assert_eq!(job.status(), JobStatus::Ready);
         store.fail_saves.store(false, Ordering::SeqCst);
-        assert_eq!(store.load().unwrap().unwrap().status, Status::Ready);
+        assert_eq!(store.load().unwrap().unwrap().status, JobStatus::Ready);
         job.start().unwrap();
-        assert_eq!(store.load().unwrap().unwrap().status, Status::PREPARING);
+        assert_eq!(store.load().unwrap().unwrap().status, JobStatus::PREPARING);
     }
 }

@@ -9,7 +9,10 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{
+    Database, Key, ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableDefinition,
+    TableHandle, Value, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::job::errors::{coded, Code, ErrorCode};
@@ -47,7 +50,7 @@ impl DiskRecord {
     }
 
     /// Bytes of chunk `index` (the last one may be short).
-    pub fn chunk_len(&self, index: u64) -> u64 {
+    pub(crate) fn chunk_len(&self, index: u64) -> u64 {
         let cs = u64::from(self.chunk_size);
         self.size.saturating_sub(index.saturating_mul(cs)).min(cs)
     }
@@ -55,7 +58,7 @@ impl DiskRecord {
 
 /// The meta key of the names the source knew disk `index` by (`/dev/sda`,
 /// its by-id links), as the sender announced them.
-pub fn names_key(index: u32) -> String {
+pub(crate) fn names_key(index: u32) -> String {
     format!("names/{index}")
 }
 
@@ -117,135 +120,165 @@ impl Ledger {
             Ok(Err(e)) => return Err(damaged(&e)),
         };
         let ledger = Ledger { db };
-        // Create the tables so that readers never meet a missing one; a
-        // table of the wrong type is damage too.
-        let tx = ledger.db.begin_write().map_err(|e| damaged(&e))?;
-        tx.open_table(META).map_err(|e| damaged(&e))?;
-        tx.open_table(DISKS).map_err(|e| damaged(&e))?;
-        tx.open_table(CHUNKS).map_err(|e| damaged(&e))?;
-        tx.open_table(ENTRIES).map_err(|e| damaged(&e))?;
+        // Damage inside the file's pages (bytes changed in the trees the
+        // store keeps, its own list of freed pages among them) is not
+        // always an error from redb: walking a damaged tree may panic
+        // ("entered unreachable code"). Here, at the start, the first
+        // commit walks the store's own trees and every table is read
+        // through once, with a panic taken as damage: it is named with what
+        // to do, instead of taking down the appliance now or a later
+        // transaction of a running job.
+        match quiet_catch_unwind(|| ledger.create_tables_and_read_through()) {
+            Err(panic) => {
+                // The store panicked half-way: its locks are poisoned, and
+                // closing it would panic again (and write its allocator's
+                // state into the damaged file). It is left open until the
+                // process ends.
+                std::mem::forget(ledger);
+                Err(damaged(&panic))
+            }
+            Ok(Err(e)) => {
+                let _ = quiet_catch_unwind(|| drop(ledger));
+                Err(damaged(&format_args!("{e:#}")))
+            }
+            Ok(Ok(())) => Ok(ledger),
+        }
+    }
+
+    /// Create the tables so that readers never meet a missing one (a table
+    /// of the wrong type is damage too), then read every entry of each.
+    fn create_tables_and_read_through(&self) -> Result<()> {
+        let tx = self.db.begin_write().context("starting a transaction")?;
+        tx.open_table(META).context("opening the meta table")?;
+        tx.open_table(DISKS).context("opening the disks table")?;
+        tx.open_table(CHUNKS).context("opening the chunks table")?;
+        tx.open_table(ENTRIES)
+            .context("opening the entries table")?;
         tx.commit().context("committing the ledger's tables")?;
-        Ok(ledger)
+        self.read(|tx| {
+            read_through(tx, META)?;
+            read_through(tx, DISKS)?;
+            read_through(tx, CHUNKS)?;
+            read_through(tx, ENTRIES)
+        })
     }
 
-    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+    /// Run `f` in one durable write transaction and commit it; `what`
+    /// completes "committing ..." in the error of a failed commit. Nothing
+    /// of `f`'s changes is kept when it fails.
+    fn write<T>(
+        &self,
+        what: impl std::fmt::Display,
+        f: impl FnOnce(&WriteTransaction) -> Result<T>,
+    ) -> Result<T> {
+        let tx = self
+            .db
+            .begin_write()
+            .context("starting a ledger transaction")?;
+        let out = f(&tx)?;
+        tx.commit().with_context(|| format!("committing {what}"))?;
+        Ok(out)
+    }
+
+    /// Run `f` on a snapshot of the ledger.
+    fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T>) -> Result<T> {
         let tx = self.db.begin_read().context("reading the ledger")?;
-        let t = tx.open_table(META).context("opening the meta table")?;
-        Ok(t.get(key)
-            .with_context(|| format!("reading ledger key {key}"))?
-            .map(|v| v.value().to_vec()))
+        f(&tx)
     }
 
-    pub fn remove_meta(&self, key: &str) -> Result<()> {
-        let tx = self
-            .db
-            .begin_write()
-            .context("starting a ledger transaction")?;
-        {
-            let mut t = tx.open_table(META).context("opening the meta table")?;
-            t.remove(key)
+    pub(crate) fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.read(|tx| {
+            let t = read_table(tx, META)?;
+            Ok(t.get(key)
+                .with_context(|| format!("reading ledger key {key}"))?
+                .map(|v| v.value().to_vec()))
+        })
+    }
+
+    pub(crate) fn remove_meta(&self, key: &str) -> Result<()> {
+        self.write(format_args!("the removal of ledger key {key}"), |tx| {
+            write_table(tx, META)?
+                .remove(key)
                 .with_context(|| format!("removing ledger key {key}"))?;
-        }
-        tx.commit()
-            .with_context(|| format!("committing the removal of ledger key {key}"))
+            Ok(())
+        })
     }
 
-    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {
-        let tx = self
-            .db
-            .begin_write()
-            .context("starting a ledger transaction")?;
-        {
-            let mut t = tx.open_table(META).context("opening the meta table")?;
-            t.insert(key, value)
+    pub(crate) fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.write(format_args!("ledger key {key}"), |tx| {
+            write_table(tx, META)?
+                .insert(key, value)
                 .with_context(|| format!("writing ledger key {key}"))?;
-        }
-        tx.commit()
-            .with_context(|| format!("committing ledger key {key}"))
+            Ok(())
+        })
     }
 
     pub fn disk(&self, disk: u32) -> Result<Option<DiskRecord>> {
-        let tx = self.db.begin_read().context("reading the ledger")?;
-        let t = tx.open_table(DISKS).context("opening the disks table")?;
-        match t
-            .get(disk)
-            .with_context(|| format!("reading disk {disk}"))?
-        {
-            None => Ok(None),
-            Some(v) => Ok(Some(
-                serde_json::from_slice(v.value())
-                    .with_context(|| format!("decoding the record of disk {disk}"))?,
-            )),
-        }
+        self.read(|tx| {
+            let t = read_table(tx, DISKS)?;
+            match t
+                .get(disk)
+                .with_context(|| format!("reading disk {disk}"))?
+            {
+                None => Ok(None),
+                Some(v) => Ok(Some(
+                    serde_json::from_slice(v.value())
+                        .with_context(|| format!("decoding the record of disk {disk}"))?,
+                )),
+            }
+        })
     }
 
     /// Every disk the job has seen, by index.
     pub fn disks(&self) -> Result<Vec<(u32, DiskRecord)>> {
-        let tx = self.db.begin_read().context("reading the ledger")?;
-        let t = tx.open_table(DISKS).context("opening the disks table")?;
-        let mut out = Vec::new();
-        for row in t.iter().context("listing disks")? {
-            let (k, v) = row.context("reading a disk record")?;
-            let rec = serde_json::from_slice(v.value())
-                .with_context(|| format!("decoding the record of disk {}", k.value()))?;
-            out.push((k.value(), rec));
-        }
-        Ok(out)
+        self.read(|tx| {
+            let t = read_table(tx, DISKS)?;
+            let mut out = Vec::new();
+            for row in t.iter().context("listing disks")? {
+                let (k, v) = row.context("reading a disk record")?;
+                let rec = serde_json::from_slice(v.value())
+                    .with_context(|| format!("decoding the record of disk {}", k.value()))?;
+                out.push((k.value(), rec));
+            }
+            Ok(out)
+        })
     }
 
     /// Record a disk; its chunks from any earlier record are forgotten
     /// (a re-created target holds none of them).
     pub fn put_disk(&self, disk: u32, rec: &DiskRecord) -> Result<()> {
-        let tx = self
-            .db
-            .begin_write()
-            .context("starting a ledger transaction")?;
-        {
-            let mut t = tx.open_table(DISKS).context("opening the disks table")?;
+        self.write(format_args!("the record of disk {disk}"), |tx| {
             let v = serde_json::to_vec(rec).context("encoding a disk record")?;
-            t.insert(disk, v.as_slice())
+            write_table(tx, DISKS)?
+                .insert(disk, v.as_slice())
                 .with_context(|| format!("writing the record of disk {disk}"))?;
-            let mut c = tx.open_table(CHUNKS).context("opening the chunks table")?;
-            c.retain_in((disk, 0)..=(disk, u64::MAX), |_, _| false)
-                .with_context(|| format!("forgetting the chunks of disk {disk}"))?;
-        }
-        tx.commit()
-            .with_context(|| format!("committing the record of disk {disk}"))
+            forget_disk_chunks(tx, disk)
+        })
     }
 
     /// Forget a disk: its record, its chunks and the names the source knew
     /// it by. The next sender to open it starts it over.
-    pub fn forget_disk(&self, disk: u32) -> Result<()> {
-        let tx = self
-            .db
-            .begin_write()
-            .context("starting a ledger transaction")?;
-        {
-            let mut t = tx.open_table(DISKS).context("opening the disks table")?;
-            t.remove(disk)
+    pub(crate) fn forget_disk(&self, disk: u32) -> Result<()> {
+        self.write(format_args!("the reset of disk {disk}"), |tx| {
+            write_table(tx, DISKS)?
+                .remove(disk)
                 .with_context(|| format!("forgetting the record of disk {disk}"))?;
-            let mut c = tx.open_table(CHUNKS).context("opening the chunks table")?;
-            c.retain_in((disk, 0)..=(disk, u64::MAX), |_, _| false)
-                .with_context(|| format!("forgetting the chunks of disk {disk}"))?;
-            let mut m = tx.open_table(META).context("opening the meta table")?;
-            m.remove(names_key(disk).as_str())
+            forget_disk_chunks(tx, disk)?;
+            write_table(tx, META)?
+                .remove(names_key(disk).as_str())
                 .with_context(|| format!("forgetting the names of disk {disk}"))?;
-        }
-        tx.commit()
-            .with_context(|| format!("committing the reset of disk {disk}"))
+            Ok(())
+        })
     }
 
     /// Record chunks whose bytes are already durable on the target; returns
     /// the indices among them that were not committed before (for the
     /// job's progress).
     pub fn commit_chunks(&self, disk: u32, entries: &[(u64, [u8; 32])]) -> Result<Vec<u64>> {
-        let tx = self
-            .db
-            .begin_write()
-            .context("starting a ledger transaction")?;
-        let mut new = Vec::new();
-        {
-            let mut t = tx.open_table(CHUNKS).context("opening the chunks table")?;
+        let count = entries.len();
+        self.write(format_args!("{count} chunks of disk {disk}"), |tx| {
+            let mut t = write_table(tx, CHUNKS)?;
+            let mut new = Vec::new();
             for (index, hash) in entries {
                 let old = t
                     .insert((disk, *index), hash)
@@ -254,33 +287,31 @@ impl Ledger {
                     new.push(*index);
                 }
             }
-        }
-        tx.commit()
-            .with_context(|| format!("committing {} chunks of disk {disk}", entries.len()))?;
-        Ok(new)
+            Ok(new)
+        })
     }
 
     /// Forget chunks (found not to match the target when re-read), so the
     /// next round sends them again.
-    pub fn forget_chunks(&self, disk: u32, indices: &[u64]) -> Result<()> {
-        let tx = self
-            .db
-            .begin_write()
-            .context("starting a ledger transaction")?;
-        {
-            let mut t = tx.open_table(CHUNKS).context("opening the chunks table")?;
+    pub(crate) fn forget_chunks(&self, disk: u32, indices: &[u64]) -> Result<()> {
+        self.write("forgotten chunks", |tx| {
+            let mut t = write_table(tx, CHUNKS)?;
             for index in indices {
                 t.remove((disk, *index))
                     .with_context(|| format!("forgetting chunk {index} of disk {disk}"))?;
             }
-        }
-        tx.commit().context("committing forgotten chunks")
+            Ok(())
+        })
     }
 
     /// Committed hashes of the chunks in `range` of a disk, one slot per
     /// chunk. The range is at most [`WINDOW`] chunks: memory for a disk is
     /// bounded whatever its size, so callers walk a disk window by window.
-    pub fn chunk_window(&self, disk: u32, range: Range<u64>) -> Result<Vec<Option<[u8; 32]>>> {
+    pub(crate) fn chunk_window(
+        &self,
+        disk: u32,
+        range: Range<u64>,
+    ) -> Result<Vec<Option<[u8; 32]>>> {
         let len = range.end.saturating_sub(range.start);
         anyhow::ensure!(
             len <= WINDOW,
@@ -322,20 +353,16 @@ impl Ledger {
     /// Record file-mode entries whose bytes are durable beneath the
     /// target root, and forget paths removed there (a removed directory's
     /// entries beneath it too), in one transaction.
-    pub fn commit_entries(
+    pub(crate) fn commit_entries(
         &self,
         tree: u32,
         put: &[(Vec<u8>, Vec<u8>)],
         removed: &[Vec<u8>],
     ) -> Result<()> {
-        let tx = self
-            .db
-            .begin_write()
-            .context("starting a ledger transaction")?;
-        {
-            let mut t = tx
-                .open_table(ENTRIES)
-                .context("opening the entries table")?;
+        let (puts, removals) = (put.len(), removed.len());
+        let what = format_args!("{puts} entries and {removals} removals of tree {tree}");
+        self.write(what, |tx| {
+            let mut t = write_table(tx, ENTRIES)?;
             for path in removed {
                 let key = entry_key(tree, path);
                 t.remove(key.as_slice())
@@ -353,61 +380,24 @@ impl Ledger {
                 t.insert(entry_key(tree, path).as_slice(), stamp.as_slice())
                     .context("recording an entry")?;
             }
-        }
-        tx.commit().with_context(|| {
-            format!(
-                "committing {} entries and {} removals of tree {tree}",
-                put.len(),
-                removed.len()
-            )
+            Ok(())
         })
     }
 
     /// The trees that have committed entries.
     pub fn trees(&self) -> Result<Vec<u32>> {
-        let tx = self.db.begin_read().context("reading the ledger")?;
-        let t = tx
-            .open_table(ENTRIES)
-            .context("opening the entries table")?;
-        let mut out = Vec::new();
-        let mut from = vec![0u8; 4];
-        loop {
-            let next = t
-                .range(from.as_slice()..)
-                .context("reading the entries")?
-                .next();
-            let Some(row) = next else { break };
-            let (k, _) = row.context("reading an entry")?;
-            let tree = u32::from_be_bytes(k.value()[..4].try_into().context("an entry's key")?);
-            out.push(tree);
-            match tree.checked_add(1) {
-                Some(n) => from = n.to_be_bytes().to_vec(),
-                None => break,
-            }
-        }
-        Ok(out)
+        self.read(|tx| trees_of(&read_table(tx, ENTRIES)?))
     }
 
     /// Forget every entry of a tree: the next sender sends it whole.
-    pub fn forget_tree(&self, tree: u32) -> Result<()> {
-        let tx = self
-            .db
-            .begin_write()
-            .context("starting a ledger transaction")?;
-        {
-            let mut t = tx
-                .open_table(ENTRIES)
-                .context("opening the entries table")?;
-            let from = tree.to_be_bytes().to_vec();
-            let to = match tree.checked_add(1) {
-                Some(n) => n.to_be_bytes().to_vec(),
-                None => vec![0xff; 5],
-            };
-            t.retain_in(from.as_slice()..to.as_slice(), |_, _| false)
+    pub(crate) fn forget_tree(&self, tree: u32) -> Result<()> {
+        self.write(format_args!("the reset of tree {tree}"), |tx| {
+            let (from, to) = tree_bounds(tree);
+            write_table(tx, ENTRIES)?
+                .retain_in(from.as_slice()..to.as_slice(), |_, _| false)
                 .with_context(|| format!("forgetting the entries of tree {tree}"))?;
-        }
-        tx.commit()
-            .with_context(|| format!("committing the reset of tree {tree}"))
+            Ok(())
+        })
     }
 
     /// Committed entries of a tree after `after` (from the start for
@@ -419,37 +409,33 @@ impl Ledger {
         limit: usize,
         bytes: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let tx = self.db.begin_read().context("reading the ledger")?;
-        let t = tx
-            .open_table(ENTRIES)
-            .context("opening the entries table")?;
+        let (start, to) = tree_bounds(tree);
         let from = match after {
             Some(p) => {
                 let mut k = entry_key(tree, p);
                 k.push(0);
                 k
             }
-            None => tree.to_be_bytes().to_vec(),
+            None => start,
         };
-        let to = match tree.checked_add(1) {
-            Some(next) => next.to_be_bytes().to_vec(),
-            None => vec![0xff; 5],
-        };
-        let mut out = Vec::new();
-        let mut size = 0usize;
-        for row in t
-            .range(from.as_slice()..to.as_slice())
-            .with_context(|| format!("reading the entries of tree {tree}"))?
-        {
-            let (k, v) = row.context("reading an entry")?;
-            let path = k.value()[4..].to_vec();
-            size += path.len() + v.value().len();
-            out.push((path, v.value().to_vec()));
-            if out.len() >= limit || size >= bytes {
-                break;
+        self.read(|tx| {
+            let t = read_table(tx, ENTRIES)?;
+            let mut out = Vec::new();
+            let mut size = 0usize;
+            for row in t
+                .range(from.as_slice()..to.as_slice())
+                .with_context(|| format!("reading the entries of tree {tree}"))?
+            {
+                let (k, v) = row.context("reading an entry")?;
+                let path = k.value()[4..].to_vec();
+                size += path.len() + v.value().len();
+                out.push((path, v.value().to_vec()));
+                if out.len() >= limit || size >= bytes {
+                    break;
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Call `f` with every committed chunk in `range`, in order, until it
@@ -463,19 +449,95 @@ impl Ledger {
         if range.is_empty() {
             return Ok(());
         }
-        let tx = self.db.begin_read().context("reading the ledger")?;
-        let t = tx.open_table(CHUNKS).context("opening the chunks table")?;
-        for row in t
-            .range((disk, range.start)..(disk, range.end))
-            .with_context(|| format!("reading the chunks of disk {disk}"))?
-        {
-            let (k, v) = row.context("reading a chunk entry")?;
-            if !f(k.value().1, v.value()) {
-                break;
+        self.read(|tx| {
+            let t = read_table(tx, CHUNKS)?;
+            for row in t
+                .range((disk, range.start)..(disk, range.end))
+                .with_context(|| format!("reading the chunks of disk {disk}"))?
+            {
+                let (k, v) = row.context("reading a chunk entry")?;
+                if !f(k.value().1, v.value()) {
+                    break;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
+}
+
+/// A table of a write transaction; every table exists since [`Ledger::open`].
+fn write_table<'tx, K: Key + 'static, V: Value + 'static>(
+    tx: &'tx WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<Table<'tx, K, V>> {
+    tx.open_table(def)
+        .with_context(|| format!("opening the {} table", def.name()))
+}
+
+/// A table of a read transaction.
+fn read_table<K: Key + 'static, V: Value + 'static>(
+    tx: &ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<ReadOnlyTable<K, V>> {
+    tx.open_table(def)
+        .with_context(|| format!("opening the {} table", def.name()))
+}
+
+/// Read every entry of a table, keys and values: a damaged page shows as
+/// an error (or a panic of the store, which the caller catches).
+fn read_through<K: Key + 'static, V: Value + 'static>(
+    tx: &ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<()> {
+    let t = read_table(tx, def)?;
+    for row in t
+        .iter()
+        .with_context(|| format!("reading the {} table", def.name()))?
+    {
+        let (k, v) = row.with_context(|| format!("reading the {} table", def.name()))?;
+        let _ = (k.value(), v.value());
+    }
+    Ok(())
+}
+
+/// Forget every chunk of a disk, within the caller's transaction.
+fn forget_disk_chunks(tx: &WriteTransaction, disk: u32) -> Result<()> {
+    write_table(tx, CHUNKS)?
+        .retain_in((disk, 0)..=(disk, u64::MAX), |_, _| false)
+        .with_context(|| format!("forgetting the chunks of disk {disk}"))?;
+    Ok(())
+}
+
+/// The keys of tree `tree`'s entries lie in `from..to`.
+fn tree_bounds(tree: u32) -> (Vec<u8>, Vec<u8>) {
+    let from = tree.to_be_bytes().to_vec();
+    let to = match tree.checked_add(1) {
+        Some(next) => next.to_be_bytes().to_vec(),
+        None => vec![0xff; 5],
+    };
+    (from, to)
+}
+
+/// The trees that have entries in `t`: one range lookup per tree, from
+/// the start of the next tree's keys.
+fn trees_of(t: &ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    let mut from = vec![0u8; 4];
+    loop {
+        let next = t
+            .range(from.as_slice()..)
+            .context("reading the entries")?
+            .next();
+        let Some(row) = next else { break };
+        let (k, _) = row.context("reading an entry")?;
+        let tree = u32::from_be_bytes(k.value()[..4].try_into().context("an entry's key")?);
+        out.push(tree);
+        match tree.checked_add(1) {
+            Some(n) => from = n.to_be_bytes().to_vec(),
+            None => break,
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ impl Step {
     }
 
     /// The step's number on the wire (stable: never renumbered).
-    pub fn wire_code(self) -> u8 {
+    pub(crate) fn wire_code(self) -> u8 {
         match self {
             Step::Grow => 1,
             Step::Mount => 2,
@@ -67,7 +67,7 @@ impl Step {
         }
     }
 
-    pub fn from_wire_code(code: u8) -> Option<Step> {
+    pub(crate) fn from_wire_code(code: u8) -> Option<Step> {
         Step::ALL.into_iter().find(|s| s.wire_code() == code)
     }
 }
@@ -81,7 +81,7 @@ impl std::fmt::Display for Step {
 /// Reads a stored step leniently: a record written by another version may
 /// name a step this one does not know, which must not make the job
 /// unreadable (the step is display only and cleared on the next change).
-pub fn lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Step>, D::Error> {
+pub(crate) fn lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Step>, D::Error> {
     let raw = Option::<serde_json::Value>::deserialize(d)?;
     Ok(raw.and_then(|v| serde_json::from_value(v).ok()))
 }

@@ -19,7 +19,7 @@ use crate::cmd::Cmd;
 /// A loop device over an image file; detached (with its partitions
 /// removed) by `close` or, best effort, on drop.
 #[derive(Debug)]
-pub struct LoopDevice {
+pub(crate) struct LoopDevice {
     path: PathBuf,
     open: bool,
 }
@@ -114,7 +114,7 @@ fn wait_detached(dev: &Path) {
 }
 
 /// The kernel name of a block device node (`/dev/loop3` → `loop3`).
-pub fn kernel_name(dev: &Path) -> Result<String> {
+pub(crate) fn kernel_name(dev: &Path) -> Result<String> {
     let meta = fs::metadata(dev).with_context(|| format!("reading {}", dev.display()))?;
     if !meta.file_type().is_block_device() {
         bail!("{} is not a block device", dev.display());
@@ -150,50 +150,84 @@ pub fn partition_node(disk: &Path, n: usize) -> PathBuf {
 }
 
 /// Partitions the kernel knows for a disk: (number, start sector, sectors).
-pub fn kernel_partitions(disk_name: &str) -> Result<Vec<(usize, u64, u64)>> {
-    let dir = PathBuf::from(format!("/sys/class/block/{disk_name}"));
+///
+/// Where udev runs, it re-reads a whole disk's table when a writer closes
+/// it, and the partitions' directories vanish and come back while it does:
+/// udev's queue is waited for first, and a listing that met a vanishing
+/// partition is taken again (a few times, 250 ms apart).
+pub(crate) fn kernel_partitions(disk_name: &str) -> Result<Vec<(usize, u64, u64)>> {
+    settle_udev();
+    let mut tries = 0;
+    loop {
+        let dir = PathBuf::from(format!("/sys/class/block/{disk_name}"));
+        match list_partitions(&dir)? {
+            Listing::Whole(out) => return Ok(out),
+            Listing::Vanished(path) if tries < 20 => {
+                tracing::debug!("{} vanished while listing; listing again", path.display());
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(250));
+                settle_udev();
+            }
+            Listing::Vanished(path) => bail!(
+                "the partitions of /dev/{disk_name} kept changing while they were listed \
+                 ({} vanished {tries} times): something keeps re-reading the disk's table",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// One listing of a disk's partitions in sysfs.
+enum Listing {
+    Whole(Vec<(usize, u64, u64)>),
+    /// A partition's file went away between the directory read and its read.
+    Vanished(PathBuf),
+}
+
+/// `dir` is the disk's directory in sysfs.
+fn list_partitions(dir: &Path) -> Result<Listing> {
     let mut out = Vec::new();
-    let entries = fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?;
+    let entries = fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
     for e in entries {
         let e = e.with_context(|| format!("listing {}", dir.display()))?;
         let p = e.path();
-        let Ok(num) = fs::read_to_string(p.join("partition")) else {
-            continue;
-        };
-        let read = |f: &str| -> Result<u64> {
-            let t = fs::read_to_string(p.join(f))
-                .with_context(|| format!("reading {}", p.join(f).display()))?;
-            t.trim()
-                .parse()
-                .with_context(|| format!("parsing {}", p.join(f).display()))
+        // Only a partition's directory has a `partition` file; an entry
+        // that is gone by now was one being removed.
+        let num = match fs::read_to_string(p.join("partition")) {
+            Ok(num) => num,
+            Err(_) if fs::symlink_metadata(&p).is_err() => return Ok(Listing::Vanished(p)),
+            Err(_) => continue,
         };
         let n: usize = num
             .trim()
             .parse()
             .with_context(|| format!("parsing {}/partition", p.display()))?;
-        out.push((n, read("start")?, read("size")?));
+        let mut fields = [0u64; 2];
+        for (slot, f) in fields.iter_mut().zip(["start", "size"]) {
+            let file = p.join(f);
+            let t = match fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(Listing::Vanished(file))
+                }
+                Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+            };
+            *slot = t
+                .trim()
+                .parse()
+                .with_context(|| format!("parsing {}", file.display()))?;
+        }
+        out.push((n, fields[0], fields[1]));
     }
     out.sort();
-    Ok(out)
+    Ok(Listing::Whole(out))
 }
 
 /// Remove every partition the kernel knows for `disk` (fails if one is in use).
-pub fn remove_partitions(disk: &Path) -> Result<()> {
+pub(crate) fn remove_partitions(disk: &Path) -> Result<()> {
     let name = kernel_name(disk)?;
     for (n, _, _) in kernel_partitions(&name)? {
-        Cmd::new("delpart")
-            .arg(disk)
-            .arg(n.to_string())
-            .run()
-            .with_context(|| format!("removing partition {n} of {}", disk.display()))?;
-        // The node devtmpfs may leave behind would later point at the
-        // wrong device number.
-        let node = partition_node(disk, n);
-        if let Ok(m) = fs::symlink_metadata(&node) {
-            if m.file_type().is_block_device() {
-                let _ = fs::remove_file(&node);
-            }
-        }
+        remove_partition(disk, n)?;
     }
     Ok(())
 }
@@ -226,7 +260,7 @@ fn delpart(disk: &Path, n: usize) -> Result<()> {
 
 /// Wait (at most 10 s) for udev to handle its queued events, where udev
 /// runs; nothing where it does not.
-pub fn settle_udev() {
+pub(crate) fn settle_udev() {
     if !Path::new("/run/udev/control").exists() || !crate::cmd::have("udevadm") {
         return;
     }
@@ -235,7 +269,7 @@ pub fn settle_udev() {
     }
 }
 
-pub fn ensure_partitions(
+pub(crate) fn ensure_partitions(
     disk: &Path,
     parts: &[(usize, Extent)],
     reread: bool,
@@ -294,7 +328,7 @@ pub fn ensure_partitions(
 }
 
 /// Add partition `n` at `extent` of `disk` by BLKPG and return its node.
-pub fn add_partition(disk: &Path, n: usize, extent: Extent) -> Result<PathBuf> {
+pub(crate) fn add_partition(disk: &Path, n: usize, extent: Extent) -> Result<PathBuf> {
     let name = kernel_name(disk)?;
     Cmd::new("addpart")
         .arg(disk)
@@ -319,7 +353,7 @@ pub fn add_partition(disk: &Path, n: usize, extent: Extent) -> Result<PathBuf> {
 }
 
 /// Make the kernel's partition `n` of `disk` `len` bytes long (BLKPG).
-pub fn resize_partition(disk: &Path, n: usize, len: u64) -> Result<()> {
+pub(crate) fn resize_partition(disk: &Path, n: usize, len: u64) -> Result<()> {
     Cmd::new("resizepart")
         .arg(disk)
         .arg(n.to_string())
@@ -335,12 +369,14 @@ pub fn resize_partition(disk: &Path, n: usize, len: u64) -> Result<()> {
 }
 
 /// Remove partition `n` of `disk` (BLKPG) and the node left behind.
-pub fn remove_partition(disk: &Path, n: usize) -> Result<()> {
+pub(crate) fn remove_partition(disk: &Path, n: usize) -> Result<()> {
     Cmd::new("delpart")
         .arg(disk)
         .arg(n.to_string())
         .run()
         .with_context(|| format!("removing partition {n} of {}", disk.display()))?;
+    // The node devtmpfs may leave behind would later point at the wrong
+    // device number.
     let node = partition_node(disk, n);
     if fs::symlink_metadata(&node).is_ok_and(|m| m.file_type().is_block_device()) {
         let _ = fs::remove_file(&node);
@@ -407,7 +443,7 @@ fn ensure_node(node: &Path, kname: &str) -> Result<()> {
 }
 
 /// Loop devices whose backing file is `file`.
-pub fn loops_backed_by(file: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn loops_backed_by(file: &Path) -> Result<Vec<PathBuf>> {
     let want = fs::canonicalize(file).with_context(|| format!("resolving {}", file.display()))?;
     let mut out = Vec::new();
     let dir = fs::read_dir("/sys/block").context("listing /sys/block")?;
@@ -487,7 +523,7 @@ impl AttachedDisk {
     }
     /// Whether the whole-disk node is a loop device of ours (an image
     /// file), whose partitions ferry may rearrange.
-    pub fn owns_loop(&self) -> bool {
+    pub(crate) fn owns_loop(&self) -> bool {
         self.lo.is_some()
     }
     /// The whole-disk node (the loop device for an image file).
@@ -517,6 +553,45 @@ pub fn disk_size(path: &Path) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A disk's sysfs directory with partitions (number, start, size);
+    /// `None` leaves out the partition's `start` and `size` (removed
+    /// half-way through, as a table re-read does).
+    fn sysfs_disk(parts: &[(usize, Option<(u64, u64)>)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("queue")).unwrap();
+        fs::write(dir.path().join("size"), "2097152\n").unwrap();
+        for (n, fields) in parts {
+            let p = dir.path().join(format!("vdc{n}"));
+            fs::create_dir(&p).unwrap();
+            fs::write(p.join("partition"), format!("{n}\n")).unwrap();
+            if let Some((start, size)) = fields {
+                fs::write(p.join("start"), format!("{start}\n")).unwrap();
+                fs::write(p.join("size"), format!("{size}\n")).unwrap();
+            }
+        }
+        dir
+    }
+
+    #[test]
+    fn a_whole_listing_gives_every_partition_in_order() {
+        let dir = sysfs_disk(&[(2, Some((4096, 100))), (1, Some((2048, 2048)))]);
+        match list_partitions(dir.path()).unwrap() {
+            Listing::Whole(v) => assert_eq!(v, vec![(1, 2048, 2048), (2, 4096, 100)]),
+            Listing::Vanished(p) => panic!("vanished: {}", p.display()),
+        }
+    }
+
+    #[test]
+    fn a_partition_removed_while_listed_asks_for_another_listing() {
+        // Seen in the appliance: udev re-read the target's table while grow
+        // listed it, and `vdc2/start` was gone between the two reads.
+        let dir = sysfs_disk(&[(1, Some((2048, 2048))), (2, None)]);
+        match list_partitions(dir.path()).unwrap() {
+            Listing::Vanished(p) => assert_eq!(p, dir.path().join("vdc2/start")),
+            Listing::Whole(v) => panic!("a half-removed partition listed as whole: {v:?}"),
+        }
+    }
 
     #[test]
     fn partition_node_names() {

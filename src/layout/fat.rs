@@ -159,7 +159,7 @@ impl FatPartition {
     /// beneath `dest` that `src` no longer has removed (FAT names compare
     /// without case, as FAT resolves them). Returns the files copied and
     /// the entries removed.
-    pub fn mirror_dir(&self, src: &Path, dest: &str) -> Result<(usize, usize)> {
+    pub(crate) fn mirror_dir(&self, src: &Path, dest: &str) -> Result<(usize, usize)> {
         let mut files = Vec::new();
         collect(src, Path::new(""), &mut files)?;
         let count = files.len();
@@ -223,15 +223,7 @@ fn remove_missing(dir: &fatfs::Dir<'_, &mut File>, host: &Path) -> Result<usize>
     for (entry, n) in gone {
         removed += n;
         if let Some((name, is_dir)) = entry {
-            if is_dir {
-                let sub = dir
-                    .open_dir(&name)
-                    .with_context(|| format!("opening directory {name}"))?;
-                removed += remove_all(&sub)?;
-            }
-            dir.remove(&name)
-                .with_context(|| format!("removing {name} from the FAT file system"))?;
-            removed += 1;
+            removed += remove_entry(dir, &name, is_dir)?;
         }
     }
     Ok(removed)
@@ -255,17 +247,24 @@ fn entries_of(dir: &fatfs::Dir<'_, &mut File>) -> Result<Vec<(String, bool)>> {
 fn remove_all(dir: &fatfs::Dir<'_, &mut File>) -> Result<usize> {
     let mut removed = 0;
     for (name, is_dir) in entries_of(dir)? {
-        if is_dir {
-            let sub = dir
-                .open_dir(&name)
-                .with_context(|| format!("opening directory {name}"))?;
-            removed += remove_all(&sub)?;
-        }
-        dir.remove(&name)
-            .with_context(|| format!("removing {name} from the FAT file system"))?;
-        removed += 1;
+        removed += remove_entry(dir, &name, is_dir)?;
     }
     Ok(removed)
+}
+
+/// Remove one entry of `dir` (a directory with all it holds); returns how
+/// many entries went.
+fn remove_entry(dir: &fatfs::Dir<'_, &mut File>, name: &str, is_dir: bool) -> Result<usize> {
+    let mut removed = 0;
+    if is_dir {
+        let sub = dir
+            .open_dir(name)
+            .with_context(|| format!("opening directory {name}"))?;
+        removed += remove_all(&sub)?;
+    }
+    dir.remove(name)
+        .with_context(|| format!("removing {name} from the FAT file system"))?;
+    Ok(removed + 1)
 }
 
 fn collect(base: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -383,7 +382,7 @@ fn geometry(boot: &[u8]) -> Result<Geometry> {
 /// every directory it creates; FAT requires them as the first two plain
 /// entries (fsck.fat and some firmware insist). Move them into place and
 /// mark the freed slots deleted.
-pub fn fix_dot_entries(node: &Path) -> Result<usize> {
+pub(crate) fn fix_dot_entries(node: &Path) -> Result<usize> {
     use std::os::unix::fs::FileExt;
     let f = OpenOptions::new()
         .read(true)

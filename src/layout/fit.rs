@@ -60,7 +60,7 @@ pub struct TreeSource {
 
 /// Where a tree lies in the layout: disk and partition positions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Place {
+pub struct TreePlace {
     pub disk: usize,
     pub part: usize,
 }
@@ -68,7 +68,7 @@ pub struct Place {
 impl SourcePlan {
     /// The plan as JSON, refused when longer than `max` bytes (what the
     /// protocol carries).
-    pub fn to_json(&self, max: usize) -> Result<Vec<u8>> {
+    pub(crate) fn to_json(&self, max: usize) -> Result<Vec<u8>> {
         let v = serde_json::to_vec(self).map_err(|e| {
             coded(
                 ErrorCode::LayoutInvalid,
@@ -117,7 +117,7 @@ impl SourcePlan {
     /// Each tree's partition, checked: the layout is valid, tree 0 is `/`,
     /// every tree names a distinct mount point of a file system ferry
     /// makes and writes (ext4, ext3, xfs, vfat).
-    pub fn places(&self) -> Result<Vec<Place>> {
+    pub fn places(&self) -> Result<Vec<TreePlace>> {
         self.layout.validate()?;
         let invalid = |d: String| coded(ErrorCode::LayoutInvalid, d);
         if self.trees.is_empty() {
@@ -135,7 +135,7 @@ impl SourcePlan {
                 self.trees[0].mount
             )));
         }
-        let mut out: Vec<Place> = Vec::new();
+        let mut out: Vec<TreePlace> = Vec::new();
         for t in &self.trees {
             let place = self
                 .layout
@@ -164,7 +164,7 @@ impl SourcePlan {
                     t.mount, p.fs
                 )));
             }
-            let place = Place { disk, part };
+            let place = TreePlace { disk, part };
             if out.contains(&place) {
                 bail!(invalid(format!("{} is sent twice", t.mount)));
             }

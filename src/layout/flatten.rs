@@ -8,8 +8,8 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use super::desc::LogicalVolume;
 use super::desc::{align_up, DiskLayout, FsType, Layout, PartType, PartitionLayout, Size, MIB};
-use super::lvm::LogicalVolume;
 use crate::job::errors::{coded, ErrorCode};
 
 /// A device name of the source that no longer exists on the target, and
@@ -61,7 +61,7 @@ impl FlatLvm {
 
 /// Its names in the source system: device-mapper's (a `-` in either name
 /// doubled), LVM's own link and udev's by-id link.
-pub fn device_names(v: &LogicalVolume) -> [String; 3] {
+pub(crate) fn device_names(v: &LogicalVolume) -> [String; 3] {
     let mapper = v.mapper_path();
     let dm = mapper.trim_start_matches("/dev/mapper/").to_owned();
     [mapper, v.vg_path(), format!("/dev/disk/by-id/dm-name-{dm}")]
@@ -266,7 +266,7 @@ fs = "LVM2_member"
             vg: "vg-sys".into(),
             vg_uuid: None,
             name: name.into(),
-            place: Some(crate::layout::lvm::Place {
+            place: Some(crate::layout::desc::Place {
                 disk: 0,
                 partition: 1,
                 offset,

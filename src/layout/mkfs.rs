@@ -127,7 +127,7 @@ const SETTABLE_EXT_FEATURES: &[&str] = &[
 ];
 
 /// The features of `wanted` that mke2fs can set, and those it cannot.
-pub fn settable_features(wanted: &[String]) -> (Vec<String>, Vec<String>) {
+pub(crate) fn settable_features(wanted: &[String]) -> (Vec<String>, Vec<String>) {
     wanted
         .iter()
         .cloned()

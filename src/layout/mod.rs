@@ -9,13 +9,14 @@
 //! Block mode, on received disks:
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
-//! use ferry::layout::{grow, ChrootSession, MountTree, Safety};
+//! use ferry::layout::{grow, MountTree, Safety};
+//! use ferry::sandbox::Sandbox;
 //! let disks = vec![std::path::PathBuf::from("/dev/vdb")];
 //! for d in &disks {
 //!     grow(d, Safety::default())?;
 //! }
 //! let tree = MountTree::mount_existing(&disks, "/run/ferry/root".as_ref(), Default::default())?;
-//! let session = ChrootSession::enter(tree.root(), &tree.dev_nodes())?;
+//! let session = Sandbox::enter(tree.root(), &tree.dev_nodes())?;
 //! session.command("update-grub").run()?;
 //! session.close()?;
 //! tree.close()?;
@@ -24,8 +25,8 @@
 //! ```
 
 pub mod apply;
-pub mod chroot;
 pub mod desc;
+pub mod dev_nodes;
 pub mod devices;
 pub mod fat;
 pub mod fit;
@@ -42,13 +43,13 @@ pub mod table;
 pub mod tree;
 
 pub use apply::{apply, apply_all, resolve};
-pub use chroot::{ChrootSession, DevNode};
+pub use desc::LogicalVolume;
 pub use desc::{
     DiskLayout, FsType, Layout, PartType, PartitionLayout, Size, SubvolumeMount, TableType,
 };
+pub use dev_nodes::DevNode;
 pub use fat::FatPartition;
 pub use grow::{grow, GrowReport};
-pub use lvm::LogicalVolume;
 pub use read::{read, read_all};
 pub use safety::Safety;
 pub use tree::{MountOptions, MountTree};

@@ -32,7 +32,7 @@ pub fn mountinfo() -> Result<Vec<MountInfo>> {
 
 /// mountinfo's lines: `id parent major:minor root point options
 /// [optional...] - fstype source super-options`.
-pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
     let mut out = Vec::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
@@ -57,14 +57,28 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
     out
 }
 
+impl MountInfo {
+    /// Its mount point as the tree at `root` sees it (`/`, `/boot`), when
+    /// it lies at `root` or below.
+    pub(crate) fn inside(&self, root: &Path) -> Option<String> {
+        let rel = self.mount_point.strip_prefix(root).ok()?;
+        let inside = format!("/{}", rel.display());
+        Some(if inside == "/" {
+            inside
+        } else {
+            inside.trim_end_matches('/').to_owned()
+        })
+    }
+}
+
 /// Is something mounted exactly at `path`?
-pub fn is_mount_point(path: &Path) -> Result<bool> {
+pub(crate) fn is_mount_point(path: &Path) -> Result<bool> {
     Ok(mountinfo()?.iter().any(|m| m.mount_point == path))
 }
 
 /// A mount, unmounted by `close` or, best effort, on drop.
 #[derive(Debug)]
-pub struct MountGuard {
+pub(crate) struct MountGuard {
     target: PathBuf,
     what: String,
     active: bool,
@@ -87,10 +101,6 @@ impl MountGuard {
             what: source.to_owned(),
             active: true,
         })
-    }
-
-    pub fn target(&self) -> &Path {
-        &self.target
     }
 
     pub fn close(mut self) -> Result<()> {
@@ -137,7 +147,7 @@ pub fn unmount(target: &Path) -> Result<()> {
 
 /// Unmount whatever is mounted at or below `dir`, deepest first: what a
 /// killed run left behind.
-pub fn unmount_below(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn unmount_below(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut stale: Vec<MountInfo> = mountinfo()?
         .into_iter()
         .filter(|m| m.mount_point.starts_with(dir))
@@ -162,6 +172,21 @@ pub fn unmount_below(dir: &Path) -> Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mount_point_is_seen_from_inside_its_tree() {
+        let m = parse_mountinfo(
+            "36 35 254:3 / /run/ferry/root/boot\\040efi rw,relatime shared:1 - vfat /dev/vdb1 rw\n\
+             37 35 254:2 / /run/ferry/root rw - ext4 /dev/vdb2 rw\n\
+             38 35 254:4 / /run/ferry/rooted rw - ext4 /dev/vdb4 rw\n",
+        );
+        let root = Path::new("/run/ferry/root");
+        let seen: Vec<Option<String>> = m.iter().map(|m| m.inside(root)).collect();
+        assert_eq!(
+            seen,
+            [Some("/boot efi".to_owned()), Some("/".to_owned()), None]
+        );
+    }
 
     #[test]
     fn mountinfo_lines_parse() {

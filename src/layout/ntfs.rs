@@ -11,7 +11,7 @@ use crate::cmd::Cmd;
 
 /// An NTFS volume mounted through ntfs-3g.
 #[derive(Debug)]
-pub struct NtfsMount {
+pub(crate) struct NtfsMount {
     node: PathBuf,
     dir: Option<PathBuf>,
 }
@@ -122,7 +122,7 @@ fn holders_of(node: &Path) -> Vec<i32> {
 }
 
 /// Grow the NTFS on `node` to fill its partition, then check it.
-pub fn resize(node: &Path) -> Result<()> {
+pub(crate) fn resize(node: &Path) -> Result<()> {
     // --force: the volume of a live copy is marked in use by Windows; the
     // partition already has its new size, which ntfsresize fills.
     Cmd::new("ntfsresize")

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::Target;
-use crate::check::{self, Report};
+use crate::check::{self, CheckReport};
 use crate::job::handle::JobHandle;
 
-pub fn run(targets: &[Target], staging: &Path, dir: &Path, job: &JobHandle) -> Result<Report> {
+pub fn run(targets: &[Target], staging: &Path, dir: &Path, job: &JobHandle) -> Result<CheckReport> {
     let paths: Vec<PathBuf> = targets.iter().map(|t| t.path.clone()).collect();
     let names: Vec<Vec<String>> = targets.iter().map(|t| t.names.clone()).collect();
     let report = check::disks(&paths, &names, staging).context("checking the received disks")?;

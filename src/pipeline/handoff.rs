@@ -13,14 +13,14 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::verify::DiskDigest;
-use super::{RoundReport, Settings, Target};
+use super::{PipelineSettings, RoundReport, Target};
 use crate::disk::{read_digest, Disk};
 use crate::job::errors::{coded, ErrorCode};
 use crate::job::handle::JobHandle;
 use crate::layout;
 
 /// The manifest's format version.
-pub const MANIFEST_VERSION: u32 = 1;
+pub(crate) const MANIFEST_VERSION: u32 = 1;
 
 /// `handoff.json`: what the control plane needs to make an image of the
 /// round, and to check that the disks it snapshots are what was verified.
@@ -100,7 +100,7 @@ pub fn manifest_path(state_dir: &Path) -> PathBuf {
 /// Flush the targets, write the manifest; returns it with the digest of its
 /// bytes as written.
 pub fn run(
-    settings: &Settings,
+    settings: &PipelineSettings,
     job: &JobHandle,
     targets: &[Target],
     digests: &[DiskDigest],
@@ -130,22 +130,26 @@ pub fn run(
             chunk_size: d.chunk_size,
         });
     }
-    let field = |k: &str| {
-        repair
-            .and_then(|r| r.get(k))
-            .filter(|v| !v.is_null())
-            .cloned()
-    };
+    // The manifest keeps the repair's parts as JSON: a contract read by
+    // control planes and by `ferry verify` of any later version. A Windows
+    // system's registry facts stand where a Linux OS would.
+    let os = repair.and_then(|r| match (&r.os, &r.windows) {
+        (Some(os), _) => serde_json::to_value(os).ok(),
+        (None, Some(w)) => serde_json::to_value(w).ok(),
+        (None, None) => None,
+    });
+    let repairs = repair.and_then(|r| serde_json::to_value(&r.steps).ok());
     let manifest = Manifest {
         version: MANIFEST_VERSION,
         job_id: record.id.clone(),
         round: record.rounds_completed + 1,
         created_at: crate::job::state::Timestamp(job.now()).to_string(),
-        boot_mode: super::boot_mode(repair).map(str::to_lowercase),
-        // A Windows system's registry facts stand where a Linux OS would.
-        os: field("os").or_else(|| field("windows")),
-        recipe: field("recipe").and_then(|v| v.as_str().map(str::to_owned)),
-        repairs: field("steps"),
+        boot_mode: repair
+            .and_then(|r| r.boot.as_ref())
+            .map(|b| b.name().to_owned()),
+        os,
+        recipe: repair.and_then(|r| r.recipe.clone()),
+        repairs,
         disks,
         seconds: report.seconds.clone(),
         boot_test: report.boot_test.clone(),

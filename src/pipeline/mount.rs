@@ -12,7 +12,7 @@ use crate::job::errors::{Code, ErrorCode};
 use crate::layout::{self, MountOptions, MountTree};
 
 /// The mount points of the system itself, which the repair reads and writes.
-pub const SYSTEM_MOUNTS: &[&str] = &["/", "/boot", "/boot/efi", "/usr", "/var"];
+pub(crate) const SYSTEM_MOUNTS: &[&str] = &["/", "/boot", "/boot/efi", "/usr", "/var"];
 
 /// The mounted system.
 pub struct Mounted {

@@ -22,14 +22,14 @@ pub fn run(
     report_path: &Path,
     recipes_dir: Option<&Path>,
     renamed: &[layout::flatten::Renamed],
-) -> Result<serde_json::Value> {
+) -> Result<repair::RepairReport> {
     let _umask = SystemUmask::set();
     let Mounted { tree, full, .. } = mounted;
     let names: Vec<Vec<String>> = targets.iter().map(|t| t.names.clone()).collect();
     let mut devices = DeviceMap::from_mount_tree(&tree, &names);
     devices.renamed = renamed.to_vec();
     restore_mount_points(&mut devices, &full);
-    let mut options = repair::Options::new(tree.root(), devices, BootMode::Auto, Mode::Apply);
+    let mut options = repair::RepairOptions::new(tree.root(), devices, BootMode::Auto, Mode::Apply);
     options.recipes_dir = recipes_dir.map(Path::to_owned);
     let outcome = repair::run_with_options(&options);
     // The report is kept whether the repair succeeded or not, and the
@@ -43,7 +43,7 @@ pub fn run(
     let report = outcome.into_result()?;
     written?;
     closed?;
-    serde_json::to_value(&report).context("encoding the repair report")
+    Ok(report)
 }
 
 /// A Windows system: its volume mounted read-write through ntfs-3g and
@@ -56,7 +56,7 @@ pub fn windows(
     staging: &Path,
     report_path: &Path,
     grown: &[GrowReport],
-) -> Result<(Scope, serde_json::Value)> {
+) -> Result<(Scope, repair::RepairReport)> {
     let (Some(di), Some(number)) = (found.disk, found.partition) else {
         return Err(coded(
             ErrorCode::SystemNotFound,
@@ -86,9 +86,9 @@ pub fn windows(
     let attached = layout::devices::AttachedDisk::attach(&paths[di], &numbered, reread)?;
     let node = attached.partitions()[index].clone();
     std::fs::create_dir_all(staging).with_context(|| format!("creating {}", staging.display()))?;
-    let prepared = (|| -> Result<repair::Report> {
+    let prepared = (|| -> Result<repair::RepairReport> {
         let m = layout::ntfs::NtfsMount::mount(&node, staging, false)?;
-        let outcome = repair::run_with_options(&repair::Options::new(
+        let outcome = repair::run_with_options(&repair::RepairOptions::new(
             m.dir(),
             DeviceMap::default(),
             BootMode::Auto,
@@ -105,8 +105,7 @@ pub fn windows(
     let closed = attached.close();
     let report = prepared?;
     closed?;
-    let value = serde_json::to_value(&report).context("encoding the repair report")?;
-    Ok((scope, value))
+    Ok((scope, report))
 }
 
 /// Give the device map the mount points of the volumes left unmounted, as

@@ -44,7 +44,7 @@ pub fn run(ledger: &Ledger, targets: &[Target]) -> Result<Verified> {
 /// The digests of a job that only replicated its disks: the ledger's
 /// hashes, which each disk was re-read and compared with when its sender
 /// finished it.
-pub fn digests_from_ledger(ledger: &Ledger, targets: &[Target]) -> Result<Vec<DiskDigest>> {
+pub(crate) fn digests_from_ledger(ledger: &Ledger, targets: &[Target]) -> Result<Vec<DiskDigest>> {
     targets
         .iter()
         .map(|t| {

@@ -1,22 +1,25 @@
-//! The migrated system's own tools, run in the layout engine's chroot
-//! session: /proc, /sys, /run and a private /dev holding the migrated
-//! disks' nodes with the by-uuid links grub-mkconfig looks for.
+//! The migrated system's own tools, run in the sandbox (`crate::sandbox`):
+//! its own namespaces over the migrated root, a private /dev holding the
+//! migrated disks' nodes with the by-uuid links grub-mkconfig looks for,
+//! and none of the appliance's powers.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use super::devices::DeviceMap;
-use super::engine::Runner;
+use super::engine::GuestRunner;
 use crate::cmd::Output;
-use crate::layout::chroot::{ChrootSession, DevNode};
+use crate::job::errors::{coded, ErrorCode};
+use crate::layout::dev_nodes::DevNode;
+use crate::sandbox::{child, Sandbox};
 
 /// A runner that holds kernel resources until `close`.
-pub trait Session: Runner {
+pub trait Session: GuestRunner {
     fn close(self: Box<Self>) -> Result<()>;
 }
 
-/// The nodes the chroot shows: every migrated disk and volume.
+/// The nodes the sandbox shows: every migrated disk and volume.
 pub fn dev_nodes(devices: &DeviceMap) -> Vec<DevNode> {
     let mut out = Vec::new();
     for d in &devices.disks {
@@ -25,6 +28,7 @@ pub fn dev_nodes(devices: &DeviceMap) -> Vec<DevNode> {
             uuid: None,
             label: None,
             partuuid: None,
+            aliases: Vec::new(),
         });
         for v in &d.volumes {
             if v.node == d.target {
@@ -35,33 +39,48 @@ pub fn dev_nodes(devices: &DeviceMap) -> Vec<DevNode> {
                 uuid: v.uuid.clone(),
                 label: v.label.clone(),
                 partuuid: v.partuuid.clone(),
+                aliases: v.aliases.clone(),
             });
         }
     }
     out
 }
 
-struct Chroot(ChrootSession);
+struct Confined(Sandbox);
 
-impl Runner for Chroot {
+impl GuestRunner for Confined {
     fn run(&self, argv: &[String]) -> Result<Output> {
         let (program, args) = argv.split_first().context("an empty command line")?;
-        self.0
-            .command(program)
-            .args(args)
-            // Package scripts run by update-initramfs must not ask questions.
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .run()
+        let cmd = self.0.command(program).args(args);
+        let (status, out) = cmd.output()?;
+        match status.code() {
+            Some(0) => Ok(out),
+            Some(child::UNAVAILABLE) => Err(coded(
+                ErrorCode::SandboxUnavailable,
+                format!(
+                    "`{}` was not run: {}",
+                    argv.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            )),
+            _ => {
+                let tail = crate::cmd::tail(&out.stderr, &out.stdout);
+                anyhow::bail!(
+                    "`{}` failed in the migrated system ({status}): {tail}",
+                    argv.join(" ")
+                )
+            }
+        }
     }
 }
 
-impl Session for Chroot {
+impl Session for Confined {
     fn close(self: Box<Self>) -> Result<()> {
         self.0.close()
     }
 }
 
 pub fn enter(root: &Path, devices: &DeviceMap) -> Result<Box<dyn Session>> {
-    let s = ChrootSession::enter(root, &dev_nodes(devices))?;
-    Ok(Box::new(Chroot(s)))
+    let s = Sandbox::enter(root, &dev_nodes(devices))?;
+    Ok(Box::new(Confined(s)))
 }

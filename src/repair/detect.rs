@@ -3,12 +3,12 @@
 //! its files only, nothing is run.
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::tree::Tree;
 use crate::job::errors::{coded, ErrorCode};
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OsInfo {
     /// os-release ID (`debian`, `centos`, `sles`...), lowercase.
     pub id: String,
@@ -28,14 +28,14 @@ pub struct OsInfo {
 }
 
 /// An installed kernel: its image in /boot and its module tree.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Kernel {
     pub version: String,
     pub image: String,
     pub modules_dir: String,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Bootloader {
     Grub2,
@@ -43,14 +43,14 @@ pub enum Bootloader {
     None,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Firmware {
     Bios,
     Uefi,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum InitSystem {
     Systemd,
@@ -59,7 +59,7 @@ pub enum InitSystem {
     Unknown,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum NetStack {
     Ifupdown,
@@ -69,7 +69,7 @@ pub enum NetStack {
     Wicked,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SelinuxMode {
     Enforcing,
@@ -79,7 +79,7 @@ pub enum SelinuxMode {
 }
 
 /// Parse `KEY=value` shell-style assignments (os-release, sysconfig).
-pub fn parse_assignments(text: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_assignments(text: &str) -> Vec<(String, String)> {
     text.lines()
         .filter_map(|l| {
             let l = l.trim();
@@ -96,7 +96,7 @@ pub fn parse_assignments(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-pub fn unquote(v: &str) -> String {
+pub(crate) fn unquote(v: &str) -> String {
     for q in ['"', '\''] {
         if v.len() >= 2 && v.starts_with(q) && v.ends_with(q) {
             return v[1..v.len() - 1].to_owned();
@@ -197,7 +197,7 @@ fn has_any(tree: &Tree, paths: &[&str]) -> bool {
     paths.iter().any(|p| tree.exists(p))
 }
 
-pub fn yaml_files(tree: &Tree, dir: &str) -> Result<Vec<String>> {
+pub(crate) fn yaml_files(tree: &Tree, dir: &str) -> Result<Vec<String>> {
     Ok(tree
         .list(dir)?
         .into_iter()

@@ -44,6 +44,10 @@ pub struct Volume {
     pub partuuid: Option<String>,
     /// Where it is mounted inside the migrated root, when it is (`/`, `/boot`).
     pub mountpoint: Option<String>,
+    /// The names (relative to /dev) the migrated system knows it by beside
+    /// the node: a logical volume's `mapper/<vg>-<lv>` and `<vg>/<lv>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// How an fstab device spec relates to the migrated disks.
@@ -74,7 +78,7 @@ impl DeviceMap {
     /// be embedded into a device that holds the file system itself (a
     /// partition's node, or a loop device at a partition's offset), where
     /// grub-install fails with "Embedding is not possible".
-    pub fn bios_disk(&self) -> anyhow::Result<std::path::PathBuf> {
+    pub(crate) fn bios_disk(&self) -> anyhow::Result<std::path::PathBuf> {
         let (mp, disk) = ["/boot", "/"]
             .iter()
             .find_map(|mp| self.disk_of_mountpoint(mp).map(|d| (*mp, d)))
@@ -102,7 +106,7 @@ impl DeviceMap {
         Ok(disk.target.clone())
     }
 
-    pub fn disk_of_mountpoint(&self, mp: &str) -> Option<&MigratedDisk> {
+    pub(crate) fn disk_of_mountpoint(&self, mp: &str) -> Option<&MigratedDisk> {
         self.disks.iter().find(|d| {
             d.volumes
                 .iter()
@@ -162,7 +166,7 @@ impl DeviceMap {
 impl DeviceMap {
     /// The renaming of `spec`, a name the source had (quotes ignored);
     /// never one whose new name is itself renamed.
-    pub fn renamed_from(&self, spec: &str) -> Option<&crate::layout::flatten::Renamed> {
+    pub(crate) fn renamed_from(&self, spec: &str) -> Option<&crate::layout::flatten::Renamed> {
         let spec = spec.trim_matches('"');
         self.renamed
             .iter()
@@ -171,7 +175,7 @@ impl DeviceMap {
 
     /// Whether the volume group `vg` of the source is gone: one of its
     /// volumes was laid out as a plain partition.
-    pub fn vg_flattened(&self, vg: &str) -> bool {
+    pub(crate) fn vg_flattened(&self, vg: &str) -> bool {
         let prefix = format!("/dev/{vg}/");
         self.renamed.iter().any(|r| r.from.starts_with(&prefix))
     }
@@ -205,6 +209,7 @@ impl DeviceMap {
                         label: p.label.clone(),
                         partuuid: p.partuuid.clone(),
                         mountpoint: p.mount.clone(),
+                        aliases: Vec::new(),
                     })
                     .collect(),
             })
@@ -222,6 +227,7 @@ impl DeviceMap {
                     label: v.label.clone(),
                     partuuid: None,
                     mountpoint: v.mount.clone(),
+                    aliases: v.aliases(),
                 });
             }
         }
@@ -234,7 +240,7 @@ impl DeviceMap {
 
 /// The number of a partition node: its trailing digits (`/dev/loop3p5`,
 /// `/dev/vdb5`, `/dev/nvme0n1p5` are all 5).
-pub fn partition_number(node: &std::path::Path) -> Option<u32> {
+pub(crate) fn partition_number(node: &std::path::Path) -> Option<u32> {
     let name = node.file_name()?.to_string_lossy().into_owned();
     let digits: String = name
         .chars()
@@ -262,6 +268,7 @@ mod tests {
                     label: None,
                     partuuid: None,
                     mountpoint: Some(mp.into()),
+                    aliases: Vec::new(),
                 }],
             }],
         }

@@ -4,14 +4,14 @@
 //! claim less or more than what was written.
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::diff;
 use super::tree::Tree;
 use crate::cmd::Output;
 
 /// Plan prints what would change and writes nothing; apply writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Plan,
@@ -19,12 +19,12 @@ pub enum Mode {
 }
 
 /// Runs a command inside the migrated system (a chroot in production).
-pub trait Runner {
+pub trait GuestRunner {
     fn run(&self, argv: &[String]) -> Result<Output>;
 }
 
 /// One thing a step changed (or, in plan mode, would change).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
     /// A file written, created or removed, with its unified diff.
@@ -51,7 +51,7 @@ pub enum Change {
     },
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum FileAction {
     Created,
@@ -59,7 +59,7 @@ pub enum FileAction {
     Removed,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Changed,
@@ -68,28 +68,53 @@ pub enum Status {
 }
 
 /// What one step did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepReport {
     pub step: String,
     pub status: Status,
     pub changes: Vec<Change>,
     /// Facts worth a reader's attention (what was found, why something was left).
     pub notes: Vec<String>,
+    /// What the commands run in the migrated system printed, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output: Vec<GuestOutput>,
+}
+
+/// The end of what one command run in the migrated system printed (its
+/// hooks included), for the round's report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GuestOutput {
+    pub argv: Vec<String>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// How much of each stream a report keeps (the end of it).
+const REPORT_TAIL: usize = 16 << 10;
+
+fn report_tail(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    match crate::cmd::last_bytes(&text, REPORT_TAIL) {
+        (end, false) => end.to_owned(),
+        (end, true) => format!("[…]{end}"),
+    }
 }
 
 /// The context a step works through.
 pub struct StepCtx<'a> {
     pub tree: &'a Tree,
     pub mode: Mode,
-    runner: Option<&'a dyn Runner>,
+    runner: Option<&'a dyn GuestRunner>,
     changes: Vec<Change>,
     notes: Vec<String>,
     /// Commands run that turned out to change nothing (hash before = after).
     skipped: bool,
+    /// What the commands run in the migrated system printed.
+    output: std::cell::RefCell<Vec<GuestOutput>>,
 }
 
 impl<'a> StepCtx<'a> {
-    pub fn new(tree: &'a Tree, mode: Mode, runner: Option<&'a dyn Runner>) -> StepCtx<'a> {
+    pub fn new(tree: &'a Tree, mode: Mode, runner: Option<&'a dyn GuestRunner>) -> StepCtx<'a> {
         StepCtx {
             tree,
             mode,
@@ -97,7 +122,20 @@ impl<'a> StepCtx<'a> {
             changes: Vec::new(),
             notes: Vec::new(),
             skipped: false,
+            output: Default::default(),
         }
+    }
+
+    /// Run `argv` in the migrated system and keep the end of what it
+    /// printed for the report.
+    fn guest(&self, runner: &dyn GuestRunner, argv: &[String]) -> Result<Output> {
+        let out = runner.run(argv)?;
+        self.output.borrow_mut().push(GuestOutput {
+            argv: argv.to_vec(),
+            stdout: report_tail(&out.stdout),
+            stderr: report_tail(&out.stderr),
+        });
+        Ok(out)
     }
 
     pub fn apply(&self) -> bool {
@@ -140,7 +178,7 @@ impl<'a> StepCtx<'a> {
 
     /// Record a file that a command of the migrated system wrote (grub.cfg),
     /// with its diff.
-    pub fn record_written(&mut self, path: &str, old: Option<&str>, new: Option<&str>) {
+    pub(crate) fn record_written(&mut self, path: &str, old: Option<&str>, new: Option<&str>) {
         if old == new {
             return;
         }
@@ -156,7 +194,7 @@ impl<'a> StepCtx<'a> {
     }
 
     /// Record a binary file written outside the tree (a loader on the ESP).
-    pub fn record_binary(&mut self, path: &str, existed: bool, what: &str) {
+    pub(crate) fn record_binary(&mut self, path: &str, existed: bool, what: &str) {
         self.changes.push(Change::File {
             path: path.to_owned(),
             action: if existed {
@@ -183,7 +221,7 @@ impl<'a> StepCtx<'a> {
     }
 
     /// Remove state (never configuration: that is renamed or edited).
-    pub fn remove_state(&mut self, path: &str) -> Result<()> {
+    pub(crate) fn remove_state(&mut self, path: &str) -> Result<()> {
         if self.apply() {
             self.tree
                 .remove(path)
@@ -222,7 +260,7 @@ impl<'a> StepCtx<'a> {
                     argv.join(" ")
                 )
             })?;
-            Some(runner.run(argv)?)
+            Some(self.guest(runner, argv)?)
         } else {
             None
         };
@@ -235,9 +273,9 @@ impl<'a> StepCtx<'a> {
 
     /// Run a command that only reads (a listing); `None` without a runner
     /// (plan mode does not enter the chroot).
-    pub fn query(&self, argv: &[String]) -> Result<Option<Output>> {
+    pub(crate) fn query(&self, argv: &[String]) -> Result<Option<Output>> {
         match (self.mode, self.runner) {
-            (Mode::Apply, Some(r)) => r.run(argv).map(Some),
+            (Mode::Apply, Some(r)) => self.guest(r, argv).map(Some),
             _ => Ok(None),
         }
     }
@@ -245,7 +283,7 @@ impl<'a> StepCtx<'a> {
     /// Run a command whose effect is judged by comparing a digest of what it
     /// writes before and after: a re-run that rewrites identical bytes is no
     /// change.
-    pub fn exec_compared(
+    pub(crate) fn exec_compared(
         &mut self,
         argv: &[String],
         why: &str,
@@ -265,7 +303,7 @@ impl<'a> StepCtx<'a> {
                 argv.join(" ")
             )
         })?;
-        runner.run(argv)?;
+        self.guest(runner, argv)?;
         let after = digest()?;
         if before != after {
             self.changes.push(Change::Command {
@@ -292,12 +330,13 @@ impl<'a> StepCtx<'a> {
             status,
             changes: self.changes,
             notes: self.notes,
+            output: self.output.into_inner(),
         }
     }
 }
 
 /// Human-readable rendering of step reports (the `--plan` output).
-pub fn render(steps: &[StepReport], mode: Mode) -> String {
+pub(crate) fn render(steps: &[StepReport], mode: Mode) -> String {
     let mut out = String::new();
     for s in steps {
         let status = match (s.status, mode) {

@@ -6,7 +6,7 @@ use anyhow::Result;
 pub use crate::layout::fat::FatPartition;
 
 /// Files of an ESP, by path relative to its root (`EFI/BOOT/BOOTX64.EFI`).
-pub trait Esp {
+pub(crate) trait Esp {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>>;
     fn write(&self, path: &str, data: &[u8]) -> Result<()>;
     /// The entries of a directory as (name, is_dir); empty when it does not

@@ -158,7 +158,7 @@ fn fixture_trees_match_expected_files() {
     let mut failures = Vec::new();
     for system in ["rocky9", "centos7", "sles15", "ubuntu2204"] {
         let root = d.path().join(system);
-        let mut opts = Options::new(
+        let mut opts = RepairOptions::new(
             &root,
             devices(system),
             BootMode::Uefi { esp: None },

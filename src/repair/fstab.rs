@@ -231,7 +231,7 @@ pub(crate) mod tests {
 
     /// A label with a space, as fstab (`\040`) and udev (`\x20`) escape it,
     /// names the migrated volume; the same label in the layout engine's
-    /// matcher (src/layout/tree.rs) does too, through the same parser.
+    /// matcher (src/layout/tree/mount_points.rs) does too, through the same parser.
     #[test]
     fn labels_with_spaces_resolve() {
         let mut m = map();

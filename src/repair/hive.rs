@@ -12,7 +12,7 @@ use crate::cmd::Cmd;
 /// export format).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
-pub enum RegValue {
+pub(crate) enum RegValue {
     /// REG_SZ (1) or REG_EXPAND_SZ (2), ASCII.
     String { kind: u32, text: String },
     /// REG_DWORD (4).
@@ -45,14 +45,14 @@ impl RegValue {
         }
     }
 
-    pub fn as_dword(&self) -> Option<u32> {
+    pub(crate) fn as_dword(&self) -> Option<u32> {
         match self {
             RegValue::Dword(v) => Some(*v),
             _ => None,
         }
     }
 
-    pub fn as_text(&self) -> Option<&str> {
+    pub(crate) fn as_text(&self) -> Option<&str> {
         match self {
             RegValue::String { text, .. } => Some(text),
             _ => None,
@@ -62,7 +62,7 @@ impl RegValue {
 
 /// One hive file (`Windows/System32/config/SYSTEM`, `SOFTWARE`).
 #[derive(Debug, Clone)]
-pub struct Hive {
+pub(crate) struct Hive {
     path: PathBuf,
 }
 
@@ -133,7 +133,7 @@ impl Hive {
     /// Set `name` of the existing key `key` to `value`, keeping the key's
     /// other values (hivexsh replaces a key's values as a whole), and
     /// commit the hive.
-    pub fn set_value(&self, key: &str, name: &str, value: &RegValue) -> Result<()> {
+    pub(crate) fn set_value(&self, key: &str, name: &str, value: &RegValue) -> Result<()> {
         let mut values = self
             .values(key)?
             .with_context(|| format!("the key {key} does not exist in {}", self.path.display()))?;
@@ -159,7 +159,7 @@ impl Hive {
     }
 
     /// Add `child` under the existing key `parent` when it is missing.
-    pub fn ensure_key(&self, parent: &str, child: &str) -> Result<()> {
+    pub(crate) fn ensure_key(&self, parent: &str, child: &str) -> Result<()> {
         let subkeys = self.subkeys(parent)?.with_context(|| {
             format!("the key {parent} does not exist in {}", self.path.display())
         })?;
@@ -175,7 +175,7 @@ impl Hive {
 /// Parse `lsval`'s lines: `"Name"=dword:00000001`, `"Name"="text"`,
 /// `"Name"=str(2):"text"`, `"Name"=hex(7):41,00,...`, `@=...` for the
 /// default value.
-pub fn parse_values(text: &str) -> Result<Vec<(String, RegValue)>> {
+pub(crate) fn parse_values(text: &str) -> Result<Vec<(String, RegValue)>> {
     let mut out = Vec::new();
     // Long hex values continue on the next line after a backslash.
     let joined = text.replace("\\\n", "");

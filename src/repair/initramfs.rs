@@ -21,7 +21,7 @@ pub const DRIVERS: &[&str] = &[
     "nvme",
 ];
 /// Without these a kernel cannot boot on the cloud's virtio hardware.
-pub const REQUIRED: &[&str] = &["virtio_blk", "virtio_net", "virtio_pci"];
+pub(crate) const REQUIRED: &[&str] = &["virtio_blk", "virtio_net", "virtio_pci"];
 
 const HEADER: &str = "# Added by ferry: drivers of the cloud's disks and network (virtio, NVMe).";
 
@@ -42,12 +42,12 @@ fn module_name(file: &str) -> Option<String> {
 
 /// Modules a kernel has: loadable (files in its module tree) and built in.
 #[derive(Debug, Default)]
-pub struct KernelModules {
+pub(crate) struct KernelModules {
     pub loadable: BTreeSet<String>,
     pub builtin: BTreeSet<String>,
 }
 
-pub fn kernel_modules(tree: &super::tree::Tree, modules_dir: &str) -> Result<KernelModules> {
+pub(crate) fn kernel_modules(tree: &super::tree::Tree, modules_dir: &str) -> Result<KernelModules> {
     let mut km = KernelModules::default();
     if let Some(t) = tree.read(&format!("{modules_dir}/modules.builtin"))? {
         km.builtin.extend(t.lines().filter_map(module_name));
@@ -74,7 +74,7 @@ pub fn kernel_modules(tree: &super::tree::Tree, modules_dir: &str) -> Result<Ker
 }
 
 /// initramfs-tools' `modules` file with the drivers appended once.
-pub fn rewrite_modules_list(text: &str, drivers: &[String]) -> String {
+pub(crate) fn rewrite_modules_list(text: &str, drivers: &[String]) -> String {
     let present: BTreeSet<String> = text
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -109,7 +109,7 @@ pub fn rewrite_modules_list(text: &str, drivers: &[String]) -> String {
 /// even one named in `add_drivers`; so the patterns that would drop one of
 /// ours are taken out of the list. `add_drivers` is installed whether the
 /// image is host-only or not, and beside an exclusive `drivers=` list.
-pub fn dracut_conf(drivers: &[String]) -> String {
+pub(crate) fn dracut_conf(drivers: &[String]) -> String {
     let list = drivers.join(" ");
     format!(
         "{HEADER}\n\
@@ -129,7 +129,7 @@ pub fn dracut_conf(drivers: &[String]) -> String {
 }
 
 /// Which of `drivers` a listing of an image lacks.
-pub fn missing_in_listing(listing: &str, drivers: &[String]) -> Vec<String> {
+pub(crate) fn missing_in_listing(listing: &str, drivers: &[String]) -> Vec<String> {
     let have: BTreeSet<String> = listing
         .lines()
         .filter_map(|l| l.split_whitespace().last())

@@ -6,7 +6,7 @@
 //! recipe from `image-recipes/`, and runs the recipe's steps in order, each
 //! idempotent and reporting what it changed. File steps run on the tree
 //! directly; the steps that need the migrated system's own tools (GRUB,
-//! initramfs) run through a [`Runner`] — a chroot in production.
+//! initramfs) run through a [`GuestRunner`] — a chroot in production.
 //!
 //! The job runner, after a block transfer and the layout engine's mount:
 //!
@@ -39,11 +39,11 @@ pub mod windows;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use detect::OsInfo;
 pub use devices::{DeviceMap, MigratedDisk, Volume};
-pub use engine::{Change, Mode, Runner, Status, StepReport};
+pub use engine::{Change, GuestOutput, GuestRunner, Mode, Status, StepReport};
 
 use crate::job::errors::{coded, find_coded, ErrorCode};
 use engine::StepCtx;
@@ -51,7 +51,7 @@ use recipe::StepName;
 use tree::Tree;
 
 /// How the migrated system will boot on the cloud.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "mode")]
 pub enum BootMode {
     /// As the source booted (detected from the tree).
@@ -63,9 +63,20 @@ pub enum BootMode {
     Uefi { esp: Option<PathBuf> },
 }
 
+impl BootMode {
+    /// The name the reports use: `auto`, `bios` or `uefi`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BootMode::Auto => "auto",
+            BootMode::Bios { .. } => "bios",
+            BootMode::Uefi { .. } => "uefi",
+        }
+    }
+}
+
 /// What the engine needs.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub struct RepairOptions {
     pub root: PathBuf,
     pub devices: DeviceMap,
     pub boot: BootMode,
@@ -80,14 +91,14 @@ pub struct Options {
     pub only: Option<Vec<recipe::StepName>>,
 }
 
-impl Options {
+impl RepairOptions {
     pub fn new(
         root: impl Into<PathBuf>,
         devices: DeviceMap,
         boot: BootMode,
         mode: Mode,
-    ) -> Options {
-        Options {
+    ) -> RepairOptions {
+        RepairOptions {
             root: root.into(),
             devices,
             boot,
@@ -101,8 +112,8 @@ impl Options {
 }
 
 /// The JSON report of a repair.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepairReport {
     pub root: PathBuf,
     pub mode: Mode,
     pub os: Option<OsInfo>,
@@ -117,9 +128,9 @@ pub struct Report {
     pub windows: Option<windows::WindowsInfo>,
 }
 
-impl Report {
-    fn empty(opts: &Options) -> Report {
-        Report {
+impl RepairReport {
+    fn empty(opts: &RepairOptions) -> RepairReport {
+        RepairReport {
             root: opts.root.clone(),
             mode: opts.mode,
             os: None,
@@ -133,7 +144,7 @@ impl Report {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReportError {
     pub step: Option<String>,
     pub code: String,
@@ -141,15 +152,27 @@ pub struct ReportError {
     pub hint: String,
 }
 
+impl ReportError {
+    /// Entering or leaving the chroot failed: no step is to blame.
+    fn chroot(e: &anyhow::Error) -> ReportError {
+        ReportError {
+            step: None,
+            code: ErrorCode::RepairFailed.as_str().to_owned(),
+            message: format!("{e:#}"),
+            hint: ErrorCode::RepairFailed.hint().to_owned(),
+        }
+    }
+}
+
 /// A report and the error that stopped the repair, if one did.
 pub struct Outcome {
-    pub report: Report,
+    pub report: RepairReport,
     pub error: Option<anyhow::Error>,
 }
 
 impl Outcome {
     /// The report, or the error (with the step it stopped in as context).
-    pub fn into_result(self) -> Result<Report> {
+    pub(crate) fn into_result(self) -> Result<RepairReport> {
         match self.error {
             None => Ok(self.report),
             Some(e) => Err(e),
@@ -166,12 +189,12 @@ pub fn run(
     devices: &DeviceMap,
     boot: BootMode,
     mode: Mode,
-) -> Result<Report> {
-    run_with_options(&Options::new(root, devices.clone(), boot, mode)).into_result()
+) -> Result<RepairReport> {
+    run_with_options(&RepairOptions::new(root, devices.clone(), boot, mode)).into_result()
 }
 
 /// [`run`] with every option.
-pub fn run_with_options(opts: &Options) -> Outcome {
+pub fn run_with_options(opts: &RepairOptions) -> Outcome {
     // A Windows system is prepared through its registry: no chroot, no
     // Linux tool runs in it.
     if opts.mode == Mode::Plan || windows::is_windows(&opts.root) {
@@ -181,30 +204,20 @@ pub fn run_with_options(opts: &Options) -> Outcome {
         Ok(s) => s,
         Err(e) => {
             let mut out = Outcome {
-                report: Report::empty(opts),
+                report: RepairReport::empty(opts),
                 error: None,
             };
             let e = e.context(format!("entering a chroot of {}", opts.root.display()));
-            out.report.error = Some(ReportError {
-                step: None,
-                code: ErrorCode::RepairFailed.as_str().to_owned(),
-                message: format!("{e:#}"),
-                hint: ErrorCode::RepairFailed.hint().to_owned(),
-            });
+            out.report.error = Some(ReportError::chroot(&e));
             out.error = Some(e);
             return out;
         }
     };
-    let mut out = execute(opts, Some(&*session as &dyn Runner));
+    let mut out = execute(opts, Some(&*session as &dyn GuestRunner));
     if let Err(e) = session.close() {
         let e = e.context(format!("leaving the chroot of {}", opts.root.display()));
         if out.error.is_none() {
-            out.report.error = Some(ReportError {
-                step: None,
-                code: ErrorCode::RepairFailed.as_str().to_owned(),
-                message: format!("{e:#}"),
-                hint: ErrorCode::RepairFailed.hint().to_owned(),
-            });
+            out.report.error = Some(ReportError::chroot(&e));
             out.error = Some(e);
         } else {
             tracing::error!(error = %format!("{e:#}"), "leaving the chroot failed");
@@ -215,8 +228,8 @@ pub fn run_with_options(opts: &Options) -> Outcome {
 
 /// Run the repair with a runner for the migrated system's own tools (None:
 /// the steps that need them fail in apply mode, and are planned in plan mode).
-pub fn execute(opts: &Options, runner: Option<&dyn Runner>) -> Outcome {
-    let mut report = Report::empty(opts);
+pub fn execute(opts: &RepairOptions, runner: Option<&dyn GuestRunner>) -> Outcome {
+    let mut report = RepairReport::empty(opts);
     let mut current: Option<String> = None;
     let res = execute_inner(opts, runner, &mut report, &mut current);
     report.changed = report.steps.iter().any(|s| s.status == Status::Changed);
@@ -244,9 +257,9 @@ pub fn execute(opts: &Options, runner: Option<&dyn Runner>) -> Outcome {
 }
 
 fn execute_inner(
-    opts: &Options,
-    runner: Option<&dyn Runner>,
-    report: &mut Report,
+    opts: &RepairOptions,
+    runner: Option<&dyn GuestRunner>,
+    report: &mut RepairReport,
     current: &mut Option<String>,
 ) -> Result<()> {
     if !opts.root.is_dir() {

@@ -13,12 +13,12 @@ use super::engine::StepCtx;
 
 const MARK: &str = "# ferry:";
 
-pub const IFUPDOWN_DHCP: &str = "allow-hotplug eth0\niface eth0 inet dhcp\n";
+pub(crate) const IFUPDOWN_DHCP: &str = "allow-hotplug eth0\niface eth0 inet dhcp\n";
 
 /// `/etc/network/interfaces` (or a file under interfaces.d): stanzas of
 /// interfaces other than `lo` are commented out; the main file gets DHCP on
 /// eth0.
-pub fn rewrite_interfaces(text: &str, main: bool) -> String {
+pub(crate) fn rewrite_interfaces(text: &str, main: bool) -> String {
     let mut out = String::new();
     let mut in_stanza_off = false;
     let mut have_dhcp = false;
@@ -87,9 +87,9 @@ pub fn rewrite_interfaces(text: &str, main: bool) -> String {
     out
 }
 
-pub const NETPLAN_FILE: &str = "/etc/netplan/90-ferry-dhcp.yaml";
+pub(crate) const NETPLAN_FILE: &str = "/etc/netplan/90-ferry-dhcp.yaml";
 
-pub fn netplan_config(renderer: Option<&str>) -> String {
+pub(crate) fn netplan_config(renderer: Option<&str>) -> String {
     let mut s = String::from("# Written by ferry: DHCP on every Ethernet interface, whatever the cloud names it.\nnetwork:\n  version: 2\n");
     if let Some(r) = renderer {
         s.push_str(&format!("  renderer: {r}\n"));
@@ -98,15 +98,15 @@ pub fn netplan_config(renderer: Option<&str>) -> String {
     s
 }
 
-pub const NM_FILE: &str = "/etc/NetworkManager/system-connections/ferry-dhcp.nmconnection";
+pub(crate) const NM_FILE: &str = "/etc/NetworkManager/system-connections/ferry-dhcp.nmconnection";
 
 /// A connection without `interface-name` or `mac-address` matches any
 /// Ethernet device.
-pub const NM_CONNECTION: &str = "# Written by ferry: DHCP on any Ethernet interface.\n[connection]\nid=ferry-dhcp\nuuid=5b0f6d1c-3d7e-4c2a-9a53-4f1e0c8b7a21\ntype=ethernet\nautoconnect=true\nautoconnect-priority=100\n\n[ethernet]\n\n[ipv4]\nmethod=auto\n\n[ipv6]\nmethod=auto\n";
+pub(crate) const NM_CONNECTION: &str = "# Written by ferry: DHCP on any Ethernet interface.\n[connection]\nid=ferry-dhcp\nuuid=5b0f6d1c-3d7e-4c2a-9a53-4f1e0c8b7a21\ntype=ethernet\nautoconnect=true\nautoconnect-priority=100\n\n[ethernet]\n\n[ipv4]\nmethod=auto\n\n[ipv6]\nmethod=auto\n";
 
 /// A NetworkManager keyfile of the old system: no autoconnect, pinned to no
 /// interface name or MAC.
-pub fn disable_nm_keyfile(text: &str) -> Option<String> {
+pub(crate) fn disable_nm_keyfile(text: &str) -> Option<String> {
     let mut section = String::new();
     let mut is_ethernet = false;
     for l in text.lines() {
@@ -155,7 +155,7 @@ pub fn disable_nm_keyfile(text: &str) -> Option<String> {
 }
 
 /// ifcfg (RHEL network-scripts, SUSE wicked) of a DHCP eth0.
-pub fn ifcfg_dhcp(wicked: bool) -> String {
+pub(crate) fn ifcfg_dhcp(wicked: bool) -> String {
     if wicked {
         "# Written by ferry: DHCP on the cloud's first network interface.\nBOOTPROTO='dhcp'\nSTARTMODE='auto'\n".to_owned()
     } else {
@@ -164,7 +164,7 @@ pub fn ifcfg_dhcp(wicked: bool) -> String {
 }
 
 /// An old ifcfg file: not started at boot, no MAC pinning.
-pub fn disable_ifcfg(text: &str, wicked: bool) -> String {
+pub(crate) fn disable_ifcfg(text: &str, wicked: bool) -> String {
     let (key, off) = if wicked {
         ("STARTMODE", "STARTMODE='off'")
     } else {
@@ -196,7 +196,7 @@ pub fn disable_ifcfg(text: &str, wicked: bool) -> String {
 }
 
 /// `/etc/sysconfig/network` with a static default gateway dropped.
-pub fn drop_gateway(text: &str) -> String {
+pub(crate) fn drop_gateway(text: &str) -> String {
     text.lines()
         .filter(|l| {
             let k = l.split('=').next().unwrap_or("").trim();
@@ -207,7 +207,7 @@ pub fn drop_gateway(text: &str) -> String {
 }
 
 /// udev rules that pin interface names to MAC addresses.
-pub fn disable_mac_rules(text: &str) -> String {
+pub(crate) fn disable_mac_rules(text: &str) -> String {
     text.lines()
         .map(|l| {
             let t = l.trim_start();
@@ -328,12 +328,12 @@ pub fn step(ctx: &mut StepCtx, os: &OsInfo) -> Result<()> {
     Ok(())
 }
 
-pub const MAC_RULES: &[&str] = &[
+pub(crate) const MAC_RULES: &[&str] = &[
     "/etc/udev/rules.d/70-persistent-net.rules",
     "/etc/udev/rules.d/70-persistent-ipoib.rules",
 ];
 
-pub fn rules_step(ctx: &mut StepCtx) -> Result<()> {
+pub(crate) fn rules_step(ctx: &mut StepCtx) -> Result<()> {
     let mut any = false;
     for p in MAC_RULES {
         if let Some(t) = ctx.tree.read(p)? {

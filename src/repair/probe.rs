@@ -45,6 +45,7 @@ fn volume(node: PathBuf, partition: Option<u32>) -> Result<Option<Volume>> {
         label: get("LABEL"),
         partuuid: get("PART_ENTRY_UUID"),
         mountpoint: None,
+        aliases: Vec::new(),
     }))
 }
 
@@ -60,27 +61,13 @@ pub fn mounts_under(root: &Path) -> Result<Vec<(String, String)>> {
     let root = root
         .canonicalize()
         .with_context(|| format!("resolving {}", root.display()))?;
-    let info =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    let mut out = Vec::new();
-    for l in info.lines() {
-        let f: Vec<&str> = l.split(' ').collect();
-        if f.len() < 5 {
-            continue;
-        }
-        let mp = crate::devname::unescape_octal(f[4]);
-        let Ok(rel) = Path::new(&mp).strip_prefix(&root) else {
-            continue;
-        };
-        let inside = format!("/{}", rel.display());
-        let inside = if inside == "/" {
-            inside
-        } else {
-            inside.trim_end_matches('/').to_owned()
-        };
-        out.push((f[2].to_owned(), inside));
-    }
-    Ok(out)
+    Ok(crate::layout::mount::mountinfo()?
+        .into_iter()
+        .filter_map(|m| {
+            let inside = m.inside(&root)?;
+            Some((m.devno, inside))
+        })
+        .collect())
 }
 
 /// A migrated disk as the appliance sees it: every partition (and a file

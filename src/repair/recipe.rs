@@ -266,7 +266,7 @@ pub fn select<'a>(recipes: &'a [Recipe], os: &OsInfo, forced: Option<&str>) -> R
 }
 
 /// The first variant whose tool exists in the tree.
-pub fn pick<'a, T>(
+pub(crate) fn pick<'a, T>(
     tree: &Tree,
     variants: &'a [T],
     tool: impl Fn(&T) -> &[String],
@@ -277,7 +277,7 @@ pub fn pick<'a, T>(
 }
 
 /// Fill `{key}` placeholders of a command template.
-pub fn expand(template: &[String], vars: &[(&str, &str)]) -> Vec<String> {
+pub(crate) fn expand(template: &[String], vars: &[(&str, &str)]) -> Vec<String> {
     template
         .iter()
         .map(|a| {

@@ -20,7 +20,7 @@ fn unit_file(ctx: &StepCtx, unit: &str) -> Option<String> {
 }
 
 /// The path of a unit's file in `tree` (not following a mask).
-pub fn unit_file_in(tree: &super::tree::Tree, unit: &str) -> Option<String> {
+pub(crate) fn unit_file_in(tree: &super::tree::Tree, unit: &str) -> Option<String> {
     UNIT_DIRS
         .iter()
         .map(|d| format!("{d}/{unit}"))
@@ -69,7 +69,7 @@ fn enable(ctx: &mut StepCtx, unit: &str) -> Result<()> {
     Ok(())
 }
 
-pub const CLOUD_INIT_CFG: &str = "/etc/cloud/cloud.cfg.d/99-ferry-datasource.cfg";
+pub(crate) const CLOUD_INIT_CFG: &str = "/etc/cloud/cloud.cfg.d/99-ferry-datasource.cfg";
 const CLOUD_INIT_UNITS: &[&str] = &[
     "cloud-init.target",
     "cloud-init-local.service",
@@ -80,14 +80,14 @@ const CLOUD_INIT_UNITS: &[&str] = &[
 /// What `cloud-init clean` removes: the record of the instances it ran on.
 const CLOUD_INIT_STATE: &[&str] = &["instance", "instances", "data", "sem", "handlers"];
 
-pub fn cloud_init_datasource(datasources: &[String]) -> String {
+pub(crate) fn cloud_init_datasource(datasources: &[String]) -> String {
     format!(
         "# Written by ferry: the datasource of the cloud this system was migrated to.\ndatasource_list: [ {} ]\n",
         datasources.join(", ")
     )
 }
 
-pub fn cloud_init_step(ctx: &mut StepCtx, os: &OsInfo, recipe: &Recipe) -> Result<()> {
+pub(crate) fn cloud_init_step(ctx: &mut StepCtx, os: &OsInfo, recipe: &Recipe) -> Result<()> {
     if !os.cloud_init {
         ctx.skip(
             "cloud-init is not installed: the instance's hostname, SSH keys and network will not be set by the cloud \
@@ -120,7 +120,7 @@ pub fn cloud_init_step(ctx: &mut StepCtx, os: &OsInfo, recipe: &Recipe) -> Resul
     Ok(())
 }
 
-pub fn selinux_step(ctx: &mut StepCtx, os: &OsInfo) -> Result<()> {
+pub(crate) fn selinux_step(ctx: &mut StepCtx, os: &OsInfo) -> Result<()> {
     match os.selinux {
         SelinuxMode::Absent | SelinuxMode::Disabled => {
             ctx.skip("SELinux is not enabled");
@@ -135,7 +135,7 @@ pub fn selinux_step(ctx: &mut StepCtx, os: &OsInfo) -> Result<()> {
     }
 }
 
-pub fn agents_step(ctx: &mut StepCtx, os: &OsInfo, recipe: &Recipe) -> Result<()> {
+pub(crate) fn agents_step(ctx: &mut StepCtx, os: &OsInfo, recipe: &Recipe) -> Result<()> {
     if os.init != InitSystem::Systemd {
         let present: Vec<&str> = [
             "vmware-tools",

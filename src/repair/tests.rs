@@ -1,5 +1,5 @@
 //! The engine end to end on a synthetic Debian tree, with a fake runner
-//! standing in for the chroot (the real tools run in tests/root_repair.rs).
+//! standing in for the chroot (the real tools run in tests/root/repair.rs).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -17,7 +17,7 @@ struct Fake {
     ran: RefCell<Vec<String>>,
 }
 
-impl Runner for Fake {
+impl GuestRunner for Fake {
     fn run(&self, argv: &[String]) -> Result<Output> {
         self.ran.borrow_mut().push(argv.join(" "));
         let w = |p: &str, c: &str| fs::write(self.root.join(p.trim_start_matches('/')), c).unwrap();
@@ -161,7 +161,7 @@ fn plan_writes_nothing_apply_repairs_second_apply_changes_nothing() {
 
     let before = snapshot(d.path());
     let plan = execute(
-        &Options::new(&root, map(&disk), BootMode::Auto, Mode::Plan),
+        &RepairOptions::new(&root, map(&disk), BootMode::Auto, Mode::Plan),
         None,
     )
     .into_result()
@@ -186,7 +186,7 @@ fn plan_writes_nothing_apply_repairs_second_apply_changes_nothing() {
     );
 
     let r = execute(
-        &Options::new(&root, map(&disk), BootMode::Auto, Mode::Apply),
+        &RepairOptions::new(&root, map(&disk), BootMode::Auto, Mode::Apply),
         Some(&fake),
     )
     .into_result()
@@ -254,7 +254,7 @@ fn plan_writes_nothing_apply_repairs_second_apply_changes_nothing() {
 
     fake.ran.borrow_mut().clear();
     let again = execute(
-        &Options::new(&root, map(&disk), BootMode::Auto, Mode::Apply),
+        &RepairOptions::new(&root, map(&disk), BootMode::Auto, Mode::Apply),
         Some(&fake),
     )
     .into_result()
@@ -285,7 +285,7 @@ fn kernel_without_virtio_fails_with_the_faq_code() {
     fs::write(&disk, vec![0u8; 512]).unwrap();
     debian_tree(&root, false);
     let out = execute(
-        &Options::new(&root, map(&disk), BootMode::Auto, Mode::Plan),
+        &RepairOptions::new(&root, map(&disk), BootMode::Auto, Mode::Plan),
         None,
     );
     let err = out.report.error.unwrap();
@@ -312,7 +312,7 @@ fn no_grub_fails_with_the_faq_code() {
         fs::remove_file(root.join(p)).unwrap();
     }
     let out = execute(
-        &Options::new(
+        &RepairOptions::new(
             &root,
             map(&d.path().join("disk")),
             BootMode::Auto,
@@ -334,7 +334,7 @@ fn uefi_loader_goes_to_the_removable_path_once() {
         return;
     }
     struct Mkstandalone(PathBuf, RefCell<usize>);
-    impl Runner for Mkstandalone {
+    impl GuestRunner for Mkstandalone {
         fn run(&self, argv: &[String]) -> Result<Output> {
             assert_eq!(argv[..4], ["grub-mkstandalone", "-O", "x86_64-efi", "-o"]);
             *self.1.borrow_mut() += 1;
@@ -366,7 +366,7 @@ fn uefi_loader_goes_to_the_removable_path_once() {
         .run()
         .unwrap();
     let runner = Mkstandalone(root.clone(), RefCell::new(0));
-    let mut opts = Options::new(
+    let mut opts = RepairOptions::new(
         &root,
         map(&d.path().join("disk")),
         BootMode::Uefi {
@@ -423,7 +423,7 @@ fn prebuilt_vendor_loader_is_copied_to_the_removable_path() {
         return;
     }
     struct NoTools;
-    impl Runner for NoTools {
+    impl GuestRunner for NoTools {
         fn run(&self, argv: &[String]) -> Result<Output> {
             panic!("no tool should run: {argv:?}")
         }
@@ -468,7 +468,7 @@ fn prebuilt_vendor_loader_is_copied_to_the_removable_path() {
         for (p, c) in *on_esp {
             esp::Esp::write(&fat, p, c).unwrap();
         }
-        let mut opts = Options::new(
+        let mut opts = RepairOptions::new(
             &root,
             map(&d.path().join("disk")),
             BootMode::Uefi {
@@ -511,7 +511,7 @@ fn standalone_loader_keeps_memdisk_modules_without_a_module_directory() {
         return;
     }
     struct Mkstandalone(PathBuf);
-    impl Runner for Mkstandalone {
+    impl GuestRunner for Mkstandalone {
         fn run(&self, argv: &[String]) -> Result<Output> {
             assert_eq!(argv[0], "grub-mkstandalone");
             let early = fs::read(self.0.join("tmp/ferry-esp/early.cfg")).unwrap();
@@ -527,7 +527,7 @@ fn standalone_loader_keeps_memdisk_modules_without_a_module_directory() {
     debian_tree(&root, true);
     put(&root, &[("/usr/lib/grub/x86_64-efi/linux.mod", "")]);
     let fat = fresh_esp(&d.path().join("esp.img"));
-    let mut opts = Options::new(
+    let mut opts = RepairOptions::new(
         &root,
         map(&d.path().join("disk")),
         BootMode::Uefi {
@@ -585,7 +585,7 @@ fn debian_with_dracut_gets_the_drivers_through_a_drop_in() {
         /// What lsinitrd leaves out of its listing.
         drop: Option<&'static str>,
     }
-    impl Runner for Dracut {
+    impl GuestRunner for Dracut {
         fn run(&self, argv: &[String]) -> Result<Output> {
             self.ran.borrow_mut().push(argv.join(" "));
             let mut stdout = String::new();
@@ -645,7 +645,7 @@ fn debian_with_dracut_gets_the_drivers_through_a_drop_in() {
             ran: RefCell::new(Vec::new()),
             drop,
         };
-        let mut opts = Options::new(
+        let mut opts = RepairOptions::new(
             &root,
             map(&d.path().join("disk")),
             BootMode::Auto,

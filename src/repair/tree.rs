@@ -100,7 +100,7 @@ impl Tree {
     }
 
     /// Is the last component itself a symlink (not followed)?
-    pub fn link_target(&self, rel: &str) -> Option<String> {
+    pub(crate) fn link_target(&self, rel: &str) -> Option<String> {
         let (parent, name) = split(rel);
         let p = self.path(parent).ok()?.join(name);
         fs::read_link(p)

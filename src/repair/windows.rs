@@ -7,27 +7,27 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::engine::{Change, Mode, Status, StepReport};
 use super::hive::{Hive, RegValue};
 use crate::job::errors::{coded, ErrorCode};
 
 /// Where the SYSTEM hive is on a Windows system volume.
-pub const SYSTEM_HIVE: &str = "Windows/System32/config/SYSTEM";
+pub(crate) const SYSTEM_HIVE: &str = "Windows/System32/config/SYSTEM";
 const SOFTWARE_HIVE: &str = "Windows/System32/config/SOFTWARE";
 
 /// Storage drivers that let Windows boot from a virtio disk.
-pub const STORAGE_DRIVERS: &[&str] = &["viostor", "vioscsi"];
+pub(crate) const STORAGE_DRIVERS: &[&str] = &["viostor", "vioscsi"];
 /// The virtio network driver.
-pub const NET_DRIVER: &str = "netkvm";
+pub(crate) const NET_DRIVER: &str = "netkvm";
 
 /// `SanPolicy` of partmgr: 1 brings every disk online (VDS_SP_ONLINE).
-pub const SAN_POLICY_ONLINE: u32 = 1;
+pub(crate) const SAN_POLICY_ONLINE: u32 = 1;
 
 /// `path` under `root`, each component matched without regard to case
 /// (NTFS names are case-insensitive to Windows, not through ntfs-3g).
-pub fn find_ci(root: &Path, path: &str) -> Option<PathBuf> {
+pub(crate) fn find_ci(root: &Path, path: &str) -> Option<PathBuf> {
     let mut at = root.to_owned();
     for c in path.split(['/', '\\']).filter(|c| !c.is_empty()) {
         let exact = at.join(c);
@@ -45,12 +45,12 @@ pub fn find_ci(root: &Path, path: &str) -> Option<PathBuf> {
 }
 
 /// Whether the volume mounted at `root` is a Windows system volume.
-pub fn is_windows(root: &Path) -> bool {
+pub(crate) fn is_windows(root: &Path) -> bool {
     find_ci(root, SYSTEM_HIVE).is_some_and(|p| p.is_file())
 }
 
 /// A driver service of the SYSTEM hive.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Driver {
     pub name: String,
     /// `Start`: 0 boot, 1 system, 2 automatic, 3 on demand, 4 disabled.
@@ -72,7 +72,7 @@ impl Driver {
 }
 
 /// What the registry says about the system.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WindowsInfo {
     /// `ProductName` of `SOFTWARE\Microsoft\Windows NT\CurrentVersion`.
     pub product_name: String,
@@ -90,7 +90,7 @@ pub struct WindowsInfo {
 
 impl WindowsInfo {
     /// The storage driver the system can boot from on virtio, if any.
-    pub fn boot_storage(&self) -> Option<&Driver> {
+    pub(crate) fn boot_storage(&self) -> Option<&Driver> {
         self.storage_drivers.iter().find(|d| d.boots())
     }
 }
@@ -197,7 +197,7 @@ pub fn detect(root: &Path) -> Result<WindowsInfo> {
 }
 
 /// Why the system cannot boot on virtio hardware, if it cannot.
-pub fn virtio_problems(info: &WindowsInfo) -> Vec<String> {
+pub(crate) fn virtio_problems(info: &WindowsInfo) -> Vec<String> {
     let mut out = Vec::new();
     if info.boot_storage().is_none() {
         let found: Vec<String> = info
@@ -253,6 +253,7 @@ pub fn prepare(root: &Path, mode: Mode) -> Result<(WindowsInfo, Vec<StepReport>)
         status: Status::Unchanged,
         changes: Vec::new(),
         notes: Vec::new(),
+        output: Vec::new(),
     };
     if info.san_policy == Some(SAN_POLICY_ONLINE) {
         step.notes.push(format!(

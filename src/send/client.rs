@@ -19,7 +19,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub type Conn = Framed<TlsStream<TcpStream>, FrameCodec>;
 
 /// Turn an Error frame from the appliance into a coded error.
-pub fn remote_error(code: &str, message: &str) -> anyhow::Error {
+pub(crate) fn remote_error(code: &str, message: &str) -> anyhow::Error {
     let parsed = ErrorCode::parse(code).unwrap_or(ErrorCode::Internal);
     let mut e = CodedError::new(parsed, "");
     e.message = if parsed.as_str() == code {
@@ -43,7 +43,7 @@ pub async fn recv(conn: &mut Conn) -> Result<Frame> {
 
 /// Read the next frame, waiting as long as it takes (the caller watches the
 /// link); a Pong is returned too.
-pub async fn recv_any(conn: &mut Conn) -> Result<Frame> {
+pub(crate) async fn recv_any(conn: &mut Conn) -> Result<Frame> {
     match conn.next().await {
         Some(Ok(Frame::Error { code, message, .. })) => Err(remote_error(&code, &message)),
         Some(Ok(f)) => Ok(f),
@@ -59,7 +59,7 @@ pub async fn recv_any(conn: &mut Conn) -> Result<Frame> {
 /// [`wire::HEARTBEAT`] while waiting; a link on which nothing arrives for
 /// [`wire::LINK_TIMEOUT`] is silent: TRANSFER_INTERRUPTED, and the caller
 /// reconnects.
-pub async fn recv_live(conn: &mut Conn) -> Result<Frame> {
+pub(crate) async fn recv_live(conn: &mut Conn) -> Result<Frame> {
     let mut heard = tokio::time::Instant::now();
     let mut ping = tokio::time::interval_at(heard + wire::HEARTBEAT, wire::HEARTBEAT);
     // After a long write, one ping, not a burst of the ticks it missed.
@@ -97,7 +97,7 @@ pub async fn send(conn: &mut Conn, frame: Frame) -> Result<()> {
 
 /// Send frames with one flush at the end (one TLS record and one write for
 /// many small frames), bounded as [`send`] is for their bytes together.
-pub async fn send_all(conn: &mut Conn, frames: Vec<Frame>) -> Result<()> {
+pub(crate) async fn send_all(conn: &mut Conn, frames: Vec<Frame>) -> Result<()> {
     let bytes: u64 = frames.iter().map(frame_len).sum();
     let bound = wire::LINK_TIMEOUT + Duration::from_secs(bytes / (64 << 10));
     let mut items = futures::stream::iter(frames.into_iter().map(Ok));
@@ -256,12 +256,7 @@ pub async fn authenticate(conn: &mut Conn, token: &str, binding: &[u8; 32]) -> R
             }
             sn
         }
-        other => {
-            return Err(coded(
-                ErrorCode::UnexpectedFrame,
-                format!("expected Challenge, got {}", other.name()),
-            ))
-        }
+        other => return Err(wire::unexpected("Challenge", &other)),
     };
     let proof = auth::client_proof(token, &server_nonce, &nonce, binding);
     send(conn, Frame::Auth { proof }).await?;
@@ -275,12 +270,7 @@ pub async fn authenticate(conn: &mut Conn, token: &str, binding: &[u8; 32]) -> R
                 ));
             }
         }
-        other => {
-            return Err(coded(
-                ErrorCode::UnexpectedFrame,
-                format!("expected AuthOk, got {}", other.name()),
-            ))
-        }
+        other => return Err(wire::unexpected("AuthOk", &other)),
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ const MAX_REPLY: usize = 16 << 10;
 /// when the peer sent bytes that are not TLS, the error that names what it
 /// is (WRONG_SERVICE). None when nothing says so (a cut connection), which
 /// stays a network error.
-pub async fn wrong_service(to: &str, err: &std::io::Error) -> Option<anyhow::Error> {
+pub(crate) async fn wrong_service(to: &str, err: &std::io::Error) -> Option<anyhow::Error> {
     let not_tls = err
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())

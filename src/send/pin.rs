@@ -8,8 +8,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+use crate::job::errors::{coded, ErrorCode};
+
 /// Normalise a fingerprint as users paste it: hex, any case, colons allowed.
-pub fn normalize(fp: &str) -> Option<String> {
+pub(crate) fn normalize(fp: &str) -> Option<String> {
     let s: String = fp
         .trim()
         .chars()
@@ -19,8 +21,21 @@ pub fn normalize(fp: &str) -> Option<String> {
     (s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit())).then_some(s)
 }
 
+/// `--fingerprint` as given on the command line, normalised; anything that
+/// is not a fingerprint is a usage error saying where to find it.
+pub(crate) fn fingerprint_option(given: &str) -> anyhow::Result<String> {
+    normalize(given).ok_or_else(|| {
+        coded(
+            ErrorCode::Usage,
+            format!(
+                "--fingerprint `{given}` is not a SHA-256 fingerprint (64 hex digits; GET /v1/identity on the appliance's port 8080 shows it)"
+            ),
+        )
+    })
+}
+
 #[derive(Debug)]
-pub struct Pin {
+pub(crate) struct Pin {
     want: String,
     /// The fingerprint the appliance presented, for the error message.
     pub seen: Mutex<Option<String>>,

@@ -5,18 +5,21 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use serde::Serialize;
 
 use super::client::{self, Conn};
+use super::disk::DiskJob;
+use super::lanes::DEFAULT_WINDOW;
 use super::progress::{bytes as human_bytes, eta};
-use crate::job::errors::{coded, ErrorCode};
+use super::report::write_json;
+use super::SendOptions;
 use crate::wire::Frame;
 
 /// Payload of one probe frame: fits the smallest post-authentication frame
 /// bound, random so that no compression on the way can flatter the rate.
-pub const PROBE_PAYLOAD: usize = 256 * 1024;
+pub(crate) const PROBE_PAYLOAD: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ProbeReport {
@@ -36,6 +39,35 @@ pub struct ProbeDisk {
     pub source: String,
     pub size: u64,
     pub eta_secs: u64,
+}
+
+/// `--probe`: measure the rate to the appliance instead of sending, and
+/// print (and write to `--report`) what it means for these disks.
+pub(crate) async fn run(
+    args: &SendOptions,
+    to: &str,
+    fingerprint: &str,
+    jobs: &[DiskJob],
+) -> Result<()> {
+    let mut conn = client::connect(to, &args.token, fingerprint).await?;
+    let (bytes, seconds) = measure(
+        &mut conn,
+        Duration::from_secs(args.probe_seconds.max(1)),
+        args.window.unwrap_or(DEFAULT_WINDOW),
+    )
+    .await
+    .context("measuring the transfer rate")?;
+    let _ = tokio::io::AsyncWriteExt::shutdown(conn.get_mut()).await;
+    let disks: Vec<(u32, String, u64)> = jobs
+        .iter()
+        .map(|j| (j.index, j.report.source.clone(), j.report.size))
+        .collect();
+    let probed = report(bytes, seconds, &disks);
+    print!("{}", render(&probed));
+    if let Some(path) = &args.report {
+        write_json(path, &probed, "the probe report")?;
+    }
+    Ok(())
 }
 
 /// Send probe frames for `duration`, keeping at most `window` bytes
@@ -69,12 +101,7 @@ pub async fn measure(conn: &mut Conn, duration: Duration, window: u64) -> Result
                 acked = bytes;
                 last_ack = Instant::now();
             }
-            other => {
-                return Err(coded(
-                    ErrorCode::UnexpectedFrame,
-                    format!("expected ProbeAck, got {}", other.name()),
-                ))
-            }
+            other => return Err(crate::wire::unexpected("ProbeAck", &other)),
         }
     }
     let seconds = last_ack.duration_since(started).as_secs_f64();
@@ -116,7 +143,7 @@ pub fn report(bytes: u64, seconds: f64, disks: &[(u32, String, u64)]) -> ProbeRe
 }
 
 /// The lines `ferry send --probe` prints.
-pub fn render(r: &ProbeReport) -> String {
+pub(crate) fn render(r: &ProbeReport) -> String {
     let mut out = format!(
         "probe: {:.1} MB/s ({} acknowledged by the appliance in {:.1} s; nothing was written to any disk)\n",
         r.rate_bps / 1e6,

@@ -420,7 +420,7 @@ impl Progress {
 
     /// Disk `index` is committed and its digest verified: its last line is
     /// printed, once.
-    pub fn finish_disk(&self, index: u32) {
+    pub(crate) fn finish_disk(&self, index: u32) {
         lock(&self.state).finish_disk(index, Instant::now());
     }
 

@@ -77,7 +77,7 @@ impl RateLimit {
 
     /// The appliance's limit, bytes per second (0: none). Returns whether
     /// the limit that applies changed.
-    pub fn set_remote(&self, bytes_per_sec: u64) -> bool {
+    pub(crate) fn set_remote(&self, bytes_per_sec: u64) -> bool {
         let mut s = self.lock();
         let before = s.limit();
         let now = Instant::now();
@@ -99,7 +99,7 @@ impl RateLimit {
     }
 
     /// Wait until `bytes` may go, and take them.
-    pub async fn acquire(&self, bytes: u64) {
+    pub(crate) async fn acquire(&self, bytes: u64) {
         loop {
             let wake = self.changed.notified();
             tokio::pin!(wake);
@@ -129,7 +129,7 @@ impl RateLimit {
 /// or G (binary: 50M is 50 MiB/s), or bits per second ending in `bit`
 /// with an optional k, m or g (decimal, as network links are sold:
 /// 400mbit is 50 000 000 bytes per second). 0 means no limit.
-pub fn parse_rate(text: &str) -> anyhow::Result<Option<u64>> {
+pub(crate) fn parse_rate(text: &str) -> anyhow::Result<Option<u64>> {
     let bad = |why: &str| {
         coded(
             ErrorCode::Usage,

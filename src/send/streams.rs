@@ -30,12 +30,12 @@ use crate::wire::{self, Frame};
 const LANE_QUEUE: usize = 2;
 
 /// The most data streams `--streams` takes.
-pub const MAX_STREAMS: usize = 32;
+pub(crate) const MAX_STREAMS: usize = 32;
 
 /// How many data streams by default, from the round trip to the appliance:
 /// a TCP stream moves about its window per round trip, so a longer link
 /// needs more of them. One per 8 ms of round trip beyond two, at most 16.
-pub fn auto_streams(rtt: Duration) -> usize {
+pub(crate) fn auto_streams(rtt: Duration) -> usize {
     (2 + rtt.as_millis() as usize / 8).min(16)
 }
 

@@ -54,7 +54,7 @@ impl Ticket {
     }
 
     /// The same, as an owned future (for a stream that polls it).
-    pub fn evicted_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+    pub(crate) fn evicted_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
         self.cut.clone().cancelled_owned()
     }
 }

@@ -50,7 +50,7 @@ impl AuthLimiter {
 
     /// How long until a blocked peer may try again (None: it may now).
     /// Every failure while blocked moves this further away.
-    pub fn retry_after(&self, ip: IpAddr) -> Option<Duration> {
+    pub(crate) fn retry_after(&self, ip: IpAddr) -> Option<Duration> {
         let now = Instant::now();
         if self.recent(ip, now) < LIMIT {
             return None;

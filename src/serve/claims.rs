@@ -25,7 +25,7 @@ use crate::wire;
 pub const SILENT_AFTER: Duration = Duration::from_secs(wire::HEARTBEAT.as_secs() + 5);
 
 /// How long a session waits for a disk before it is DISK_BUSY.
-pub const CLAIM_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const CLAIM_WAIT: Duration = Duration::from_secs(10);
 
 /// What the appliance knows of one session's link.
 pub struct Link {
@@ -46,12 +46,12 @@ impl Link {
         *self.heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
-    pub fn last_heard(&self) -> Instant {
+    pub(crate) fn last_heard(&self) -> Instant {
         *self.heard.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Resolves when a newer session took one of this session's disks.
-    pub async fn taken_over(&self) {
+    pub(crate) async fn taken_over(&self) {
         self.taken_over.cancelled().await
     }
 }

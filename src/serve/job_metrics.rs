@@ -10,10 +10,10 @@ use prometheus::proto::MetricFamily;
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::job::handle::JobHandle;
-use crate::job::state::Status;
+use crate::job::state::JobStatus;
 use crate::serve::webhook::WebhookStats;
 
-pub struct JobCollector {
+pub(crate) struct JobCollector {
     job: Arc<JobHandle>,
     webhook: Option<Arc<WebhookStats>>,
     state: IntGaugeVec,
@@ -154,7 +154,7 @@ impl JobCollector {
 
     /// Register the job's metrics, and the counter of refused control
     /// requests, in `registry`.
-    pub fn register(
+    pub(crate) fn register(
         registry: &Registry,
         job: Arc<JobHandle>,
         webhook: Option<Arc<WebhookStats>>,
@@ -181,7 +181,7 @@ impl Collector for JobCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         let record = self.job.snapshot();
         self.state.reset();
-        for s in Status::ALL {
+        for s in JobStatus::ALL {
             let business = s.business().map(|b| format!("{b:?}")).unwrap_or_default();
             self.state
                 .with_label_values(&[format!("{:?}", s.state()).as_str(), business.as_str()])

@@ -29,7 +29,7 @@ impl StateLock {
     /// Take the lock if its file exists already, writing nothing: a second
     /// appliance is told so before it binds the ports (whose error would
     /// otherwise hide the cause). None when there is no lock file yet.
-    pub fn take_existing(state_dir: &Path) -> Result<Option<StateLock>> {
+    pub(crate) fn take_existing(state_dir: &Path) -> Result<Option<StateLock>> {
         let path = Self::path(state_dir);
         match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(file) => Self::lock(file, path).map(Some),
@@ -56,7 +56,7 @@ impl StateLock {
     }
 
     /// Record this process's PID in a lock it holds.
-    pub fn write_pid(&mut self) -> Result<()> {
+    pub(crate) fn write_pid(&mut self) -> Result<()> {
         let pid = std::process::id();
         let path = &self.path;
         let f: &mut File = &mut self.file;

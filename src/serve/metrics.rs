@@ -17,7 +17,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// A counter of this registry, registered.
-    pub fn register_counter(&self, name: &str, help: &str) -> anyhow::Result<IntCounter> {
+    pub(crate) fn register_counter(&self, name: &str, help: &str) -> anyhow::Result<IntCounter> {
         use anyhow::Context;
         let c = IntCounter::new(name, help).with_context(|| format!("metric {name}"))?;
         self.registry
@@ -123,7 +123,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         use prometheus::Encoder;
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for the text format.

@@ -4,21 +4,23 @@
 //! and the control port (8080, HTTP) with health, metrics and the job API.
 
 pub mod admission;
-pub mod api;
 pub mod auth_limit;
 pub mod claims;
 pub mod control;
-pub mod files;
+pub mod data;
 pub mod job_metrics;
 pub mod lock;
 pub mod metrics;
 pub mod notify;
 pub mod records;
 pub mod reset;
-pub mod session;
 pub mod streams;
 pub mod webhook;
 pub mod writer;
+
+/// The control API keeps its path (`ferry::serve::api`) for those who
+/// serve it alone.
+pub use control::api;
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,13 +69,15 @@ pub struct Appliance {
     /// Disk records of the ledger refused at start, with the reason: the
     /// appliance serves, but is not ready until they are dealt with.
     pub refused_records: Vec<String>,
+    /// The sender's release served on the control port, when there is one.
+    pub sender: Option<Arc<control::sender::SenderFiles>>,
     /// File mode's progress in the current round.
-    pub files_progress: Arc<files::progress::FilesProgress>,
+    pub files_progress: Arc<data::tree::progress::FilesProgress>,
     /// This appliance's hold on the state directory.
     _lock: lock::StateLock,
 }
 
-pub fn run_blocking(config: Config) -> Result<()> {
+pub(crate) fn run_blocking(config: Config) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -86,6 +90,7 @@ pub fn run_blocking(config: Config) -> Result<()> {
 /// token, the TLS identity and the job.
 pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Appliance> {
     let validity = Validity::days(config.validity_days)?;
+    let sender = load_sender(&config)?;
     crate::disk::private_dir(&config.state_dir)
         .with_context(|| format!("preparing state directory {}", config.state_dir.display()))?;
     let lock = match lock {
@@ -133,7 +138,7 @@ pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Applianc
             Some(hook)
         }
         (Some(_), None) => anyhow::bail!(
-            "--webhook-url needs --webhook-secret (or FERRY_WEBHOOK_SECRET): the HMAC key shared with the control plane"
+            "--webhook-url needs a webhook secret (--webhook-secret-file, FERRY_WEBHOOK_SECRET or webhook_secret in the config): the HMAC key shared with the control plane"
         ),
         _ => None,
     };
@@ -144,15 +149,15 @@ pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Applianc
         webhook.as_ref().map(|w| Arc::clone(w.stats())),
     )?;
     let pipeline = Arc::new(crate::pipeline::Runner::new(
-        crate::pipeline::Settings {
+        crate::pipeline::PipelineSettings {
             build: config.build,
-            boot_test: crate::pipeline::boot::Settings {
+            boot_test: crate::pipeline::boot::BootTestSettings {
                 enabled: config.boot_test,
                 timeout: std::time::Duration::from_secs(config.boot_test_timeout_secs),
                 memory_mib: config.boot_test_memory_mib,
                 cpus: config.boot_test_cpus,
                 // Config::parse admits only the names from_name knows.
-                accel: crate::pipeline::boot::Accel::from_name(&config.boot_test_accel)
+                accel: crate::pipeline::boot::AccelChoice::from_name(&config.boot_test_accel)
                     .unwrap_or_default(),
             },
             recipes_dir: config.recipes_dir.clone(),
@@ -187,10 +192,30 @@ pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Applianc
         streams: Arc::default(),
         round_end: tokio::sync::Mutex::new(()),
         files_progress: Arc::default(),
+        sender,
         data_bound: AtomicBool::new(false),
         refused_records,
         _lock: lock,
     })
+}
+
+/// The sender's release of `sender_dir` (which must hold one), or of the
+/// baked image's directory where it exists; read before anything is
+/// written, so a damaged release stops the start with nothing changed.
+fn load_sender(config: &Config) -> Result<Option<Arc<control::sender::SenderFiles>>> {
+    let (dir, required) = match &config.sender_dir {
+        Some(dir) => (dir.clone(), true),
+        None => (
+            std::path::PathBuf::from(control::sender::DEFAULT_DIR),
+            false,
+        ),
+    };
+    let files = control::sender::SenderFiles::load(&dir, required)
+        .with_context(|| format!("loading the sender's release from {}", dir.display()))?;
+    if let Some(f) = &files {
+        tracing::info!(file = %f.release.file, sha256 = %f.release.sha256, "serving the sender's release");
+    }
+    Ok(files.map(Arc::new))
 }
 
 fn resolve_token(config: &Config) -> Result<String> {
@@ -265,7 +290,7 @@ fn restore_job_progress(config: &Config, job: &JobHandle, ledger: &Ledger) -> Re
 }
 
 /// What to say of a refused record: which, why, and what to do.
-pub fn refused_record(config: &Config, index: u32, why: &str) -> String {
+pub(crate) fn refused_record(config: &Config, index: u32, why: &str) -> String {
     format!(
         "the ledger's record of disk {index} is refused: {why}; move the ledger {} aside to start \
          the job over (the token and certificate are kept)",
@@ -296,7 +321,7 @@ fn resolve_control_token(config: &Config) -> Result<Option<String>> {
     write_secret(&path, &t)?;
     if !config.embedded() {
         tracing::warn!(
-            "no control token was configured (--control-token, FERRY_CONTROL_TOKEN, control_token): \
+            "no control token was configured (--control-token-file, FERRY_CONTROL_TOKEN, control_token): \
              generated one, kept in {}",
             path.display()
         );
@@ -340,7 +365,7 @@ async fn run(config: Config) -> Result<()> {
         .await
         .context("preparing the appliance")??;
     let app = Arc::new(app);
-    if app.job.status() == crate::job::state::Status::Deleting {
+    if app.job.status() == crate::job::state::JobStatus::Deleting {
         // Stopped while it was being deleted: finish the deletion.
         let app2 = Arc::clone(&app);
         tokio::task::spawn_blocking(move || reset::Resets::finish_delete(&app2))
@@ -350,7 +375,7 @@ async fn run(config: Config) -> Result<()> {
     }
     if matches!(
         app.job.status(),
-        crate::job::state::Status::PROCESSING | crate::job::state::Status::CLEANING
+        crate::job::state::JobStatus::PROCESSING | crate::job::state::JobStatus::CLEANING
     ) {
         // Died in the round's pipeline: every step is idempotent, run it again.
         tracing::info!("the job was in its pipeline when the appliance stopped: running it again");
@@ -420,7 +445,7 @@ async fn run(config: Config) -> Result<()> {
         });
     }
     let control_task = tokio::spawn(control::serve(Arc::clone(&app), control, shutdown.clone()));
-    session::serve(
+    data::serve(
         Arc::clone(&app),
         data,
         tokio_rustls::TlsAcceptor::from(Arc::clone(&app.tls)),

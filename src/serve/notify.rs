@@ -22,7 +22,7 @@ pub fn status(status: &str) -> Result<()> {
 }
 
 /// Send STOPPING=1 at the start of a graceful shutdown.
-pub fn stopping() -> Result<()> {
+pub(crate) fn stopping() -> Result<()> {
     sd_notify::notify(false, &[NotifyState::Stopping])
         .context("notifying systemd that ferry is stopping")
 }

@@ -17,7 +17,7 @@ use crate::wire;
 /// grow with the count (the ledger and the disks are walked in windows);
 /// this bounds the time a re-read of a disk takes, and what a record may
 /// claim.
-pub const MAX_CHUNKS: u64 = (64 << 40) / wire::MIN_CHUNK_SIZE as u64;
+pub(crate) const MAX_CHUNKS: u64 = (64 << 40) / wire::MIN_CHUNK_SIZE as u64;
 
 /// Why the record of disk `index` cannot be used, if it cannot.
 pub fn check(config: &Config, index: u32, rec: &DiskRecord) -> Result<(), String> {

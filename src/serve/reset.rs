@@ -9,10 +9,10 @@ use anyhow::{Context, Result};
 
 use super::Appliance;
 use crate::job::errors::{coded, Code, ErrorCode};
-use crate::job::state::{StateChange, Status};
+use crate::job::state::{JobStatus, StateChange};
 
 /// What the control API asks of the appliance beyond the job record.
-pub trait Resets: Send + Sync {
+pub(crate) trait Resets: Send + Sync {
     /// Forget disk `index`: its ledger record and chunks, and in embedded
     /// mode its image. Refused while a round runs or a sender writes it.
     fn reset_disk(&self, index: u32) -> Result<()>;
@@ -53,7 +53,7 @@ impl Resets for Arc<Appliance> {
 
     fn finish_delete(&self) -> Result<StateChange> {
         anyhow::ensure!(
-            self.job.status() == Status::Deleting,
+            self.job.status() == JobStatus::Deleting,
             "the job is {}, not Deleting",
             self.job.status()
         );
@@ -69,7 +69,7 @@ impl Resets for Arc<Appliance> {
         }
         let trees = self.ledger.trees().code(ErrorCode::LedgerFailed)?;
         for tree in &trees {
-            held.push(self.claims.hold(super::files::TREE_CLAIM | tree).ok_or_else(|| {
+            held.push(self.claims.hold(super::data::tree::TREE_CLAIM | tree).ok_or_else(|| {
                 coded(
                     ErrorCode::DiskBusy,
                     format!("tree {tree} is still being written; the deletion is finished at the next start"),
@@ -83,9 +83,9 @@ impl Resets for Arc<Appliance> {
             forget_tree(self, tree)?;
         }
         // File mode's targets: laid out again by the next sender.
-        if let Some(ft) = crate::pipeline::files::FileTargets::load(&self.ledger)? {
+        if let Some(ft) = crate::pipeline::file_mode::FileTargets::load(&self.ledger)? {
             self.ledger
-                .remove_meta(crate::pipeline::files::META_KEY)
+                .remove_meta(crate::pipeline::file_mode::META_KEY)
                 .code(ErrorCode::LedgerFailed)?;
             if self.config.embedded() {
                 for i in 0..ft.targets.len() {

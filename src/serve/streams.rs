@@ -50,7 +50,7 @@ pub struct Streams {
 
 /// A disk published for data streams; unpublished (and its streams told)
 /// when dropped.
-pub struct Published {
+pub(crate) struct Published {
     streams: Arc<Streams>,
     disk: u32,
     closed: CancellationToken,
@@ -59,7 +59,11 @@ pub struct Published {
 impl Streams {
     /// Publish `disk` for the streams of its sender; returns the key to
     /// give it.
-    pub fn publish(self: &Arc<Self>, disk: u32, attached: Attached) -> (Published, [u8; 32]) {
+    pub(crate) fn publish(
+        self: &Arc<Self>,
+        disk: u32,
+        attached: Attached,
+    ) -> (Published, [u8; 32]) {
         let key: [u8; 32] = rand::random();
         let closed = attached.closed.clone();
         let previous = self

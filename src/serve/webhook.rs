@@ -57,7 +57,7 @@ impl WebhookConfig {
     }
 
     /// The wait before attempt `attempt` (the first retry is attempt 2).
-    pub fn backoff_before(&self, attempt: u32) -> Duration {
+    pub(crate) fn backoff_before(&self, attempt: u32) -> Duration {
         let doublings = attempt.saturating_sub(2).min(20);
         self.backoff
             .saturating_mul(1u32 << doublings)

@@ -7,11 +7,11 @@
 //! proof so the sender knows the appliance holds the token too.
 
 /// Label for the TLS exporter (RFC 5705) that binds proofs to the session.
-pub const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER-ferry-auth-v1";
+pub(crate) const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER-ferry-auth-v1";
 
-pub type Nonce = [u8; 32];
+pub(crate) type Nonce = [u8; 32];
 
-pub fn new_nonce() -> Nonce {
+pub(crate) fn new_nonce() -> Nonce {
     rand::random()
 }
 
@@ -35,17 +35,27 @@ fn proof(
 }
 
 /// The sender's proof.
-pub fn client_proof(token: &str, server: &Nonce, client: &Nonce, binding: &[u8; 32]) -> [u8; 32] {
+pub(crate) fn client_proof(
+    token: &str,
+    server: &Nonce,
+    client: &Nonce,
+    binding: &[u8; 32],
+) -> [u8; 32] {
     *proof(token, b"client", server, client, binding).as_bytes()
 }
 
 /// The appliance's proof.
-pub fn server_proof(token: &str, server: &Nonce, client: &Nonce, binding: &[u8; 32]) -> [u8; 32] {
+pub(crate) fn server_proof(
+    token: &str,
+    server: &Nonce,
+    client: &Nonce,
+    binding: &[u8; 32],
+) -> [u8; 32] {
     *proof(token, b"server", client, server, binding).as_bytes()
 }
 
 /// Constant-time comparison of a received proof with the expected one.
-pub fn proofs_equal(expected: &[u8; 32], received: &[u8; 32]) -> bool {
+pub(crate) fn proofs_equal(expected: &[u8; 32], received: &[u8; 32]) -> bool {
     // blake3::Hash's equality is constant-time.
     blake3::Hash::from_bytes(*expected) == blake3::Hash::from_bytes(*received)
 }

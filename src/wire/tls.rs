@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
-pub struct TlsIdentity {
+pub(crate) struct TlsIdentity {
     pub config: Arc<rustls::ServerConfig>,
     /// Lowercase hex SHA-256 of the certificate (DER).
     pub fingerprint: String,
@@ -21,7 +21,7 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
-pub fn load_or_create(dir: &Path) -> Result<TlsIdentity> {
+pub(crate) fn load_or_create(dir: &Path) -> Result<TlsIdentity> {
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
     crate::disk::private_dir(dir)?;

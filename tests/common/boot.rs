@@ -88,13 +88,6 @@ pub fn artifacts_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("artifacts"))
 }
 
-pub fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the boot suite needs root (loop devices, mounts and chroot build the source images)"
-    );
-}
-
 impl SourceImage {
     /// Builds the variant's images, or finds them in the cache.
     pub fn build(variant: &str) -> Result<SourceImage> {

@@ -7,21 +7,6 @@ use std::path::{Path, PathBuf};
 use ferry::cmd::Cmd;
 use ferry::layout::Layout;
 
-/// Root tests skip (with a message) when not run as root; CI is root.
-pub fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !layout_common::is_root() {
-            eprintln!("skipped: needs root (loop devices, mounts)");
-            return;
-        }
-    };
-}
-
 /// A sparse image file of `mib` MiB in a fresh temp dir.
 pub fn sparse_image(dir: &Path, name: &str, mib: u64) -> PathBuf {
     let p = dir.join(name);

@@ -9,10 +9,6 @@ use ferry::cmd::Cmd;
 use sha2::{Digest, Sha256};
 
 /// Root tests skip (with a message) when not run as root; CI is root.
-pub fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -154,6 +154,16 @@ impl Server {
         }
     }
 
+    /// The process id of `ferry serve`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether `ferry serve` is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -163,9 +173,11 @@ impl Server {
         http(&self.control, method, path, &[])
     }
 
-    /// A metric's value (the sum over label sets matching `selector`).
+    /// A metric's value (the sum over label sets matching `selector`),
+    /// scraped with the control token as Prometheus does.
     pub fn metric(&self, selector: &str) -> f64 {
-        let (_, body) = self.http("GET", "/metrics");
+        let (status, body) = self.control("GET", "/metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
         body.lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.rsplit_once(' '))
@@ -265,8 +277,25 @@ pub fn send_to_within(
     extra: &[&str],
     limit: Duration,
 ) -> Sent {
+    send_by(Path::new(FERRY), to, token, fp, disks, extra, limit, |_| {})
+}
+
+/// `ferry send` by the binary `bin` (the released one, say), with the
+/// command shaped further by `shape` (a seccomp filter set before exec),
+/// killed if it has not ended within `limit`.
+#[allow(clippy::too_many_arguments)]
+pub fn send_by(
+    bin: &Path,
+    to: &str,
+    token: &str,
+    fp: &str,
+    disks: &[&Path],
+    extra: &[&str],
+    limit: Duration,
+    shape: impl FnOnce(&mut Command),
+) -> Sent {
     let report = tempfile::NamedTempFile::new().unwrap();
-    let mut cmd = Command::new(FERRY);
+    let mut cmd = Command::new(bin);
     cmd.args([
         "send",
         "--to",
@@ -284,6 +313,7 @@ pub fn send_to_within(
     for d in disks {
         cmd.arg("--disk").arg(d);
     }
+    shape(&mut cmd);
     let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -303,6 +333,14 @@ pub fn send_to_within(
     let text = std::fs::read_to_string(report.path()).unwrap_or_default();
     let report = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
     Sent { output, report }
+}
+
+/// A secret in the file `dir/name`, for `ferry serve --token-file` and its
+/// kin (a secret as a plain argument is refused); its path.
+pub fn secret_file(dir: &Path, name: &str, secret: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{secret}\n")).expect("writing a secret file");
+    path.to_str().expect("utf-8 path").to_owned()
 }
 
 /// A minimal HTTP/1.1 client for the control port.

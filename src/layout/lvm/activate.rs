@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::LogicalVolume;
 use crate::cmd::Cmd;
+use crate::layout::desc::LogicalVolume;
 
 /// Whether the running kernel has device-mapper.
-pub fn have_device_mapper() -> bool {
+pub(crate) fn have_device_mapper() -> bool {
     Path::new("/dev/mapper/control").exists()
         || std::fs::read_to_string("/proc/misc")
             .is_ok_and(|t| t.lines().any(|l| l.ends_with(" device-mapper")))
@@ -110,7 +110,7 @@ pub struct Access {
 
 /// An LVM id as the metadata writes it (`aBcD12-...`): LVM's id alphabet
 /// and dashes, nothing a `--select` expression could read otherwise.
-pub fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id
@@ -122,7 +122,7 @@ pub fn valid_id(id: &str) -> bool {
 /// an id LVM would not accept, or a device-mapper device of one of their
 /// names already present (a volume group of the same name active on the
 /// appliance, which must not be touched).
-pub fn obstacle(vols: &[&LogicalVolume]) -> Option<String> {
+pub(crate) fn obstacle(vols: &[&LogicalVolume]) -> Option<String> {
     obstacle_in(vols, &|p| std::fs::symlink_metadata(p).is_ok())
 }
 
@@ -282,7 +282,7 @@ impl Drop for Activation {
 /// partitions: volumes of a guest's VG that a killed run left active. On
 /// the appliance nothing else stacks on a target (its own LVM is blind).
 /// Returns their names.
-pub fn remove_holders(dev: &Path) -> Result<Vec<String>> {
+pub(crate) fn remove_holders(dev: &Path) -> Result<Vec<String>> {
     let Some(name) = dev.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return Ok(Vec::new());
     };

@@ -15,9 +15,10 @@ use serde::Serialize;
 
 use super::text::Value;
 use super::vg::VolumeGroup;
-use super::{read_pv, LogicalVolume, LvNode};
+use super::{read_pv, LvNode};
 use crate::cmd::Cmd;
 use crate::layout::desc::Extent;
+use crate::layout::desc::LogicalVolume;
 
 /// What growing the PV did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -37,7 +38,7 @@ pub struct LvmGrowReport {
 
 /// A private LVM configuration in a temporary directory that accepts only
 /// `node`; dropped with the directory.
-pub struct PrivateLvm {
+pub(crate) struct PrivateLvm {
     dir: tempfile::TempDir,
 }
 
@@ -108,7 +109,7 @@ fn runs_on(g: &VolumeGroup, pv_key: &str) -> Vec<Run> {
 /// reached as `node`, and extend the volume `choose` picks among its
 /// linear volumes. Returns the report and the extended volume, placed
 /// anew (its file system is still to grow).
-pub fn grow_pv(
+pub(crate) fn grow_pv(
     disk: &Path,
     node: &Path,
     part: Extent,
@@ -331,7 +332,11 @@ fn copy(f: &std::fs::File, from: u64, to: u64, len: u64) -> Result<()> {
 
 /// The LV to extend on a larger disk: the one holding the system's root
 /// (etc/fstab), else the largest.
-pub fn system_volume(disk: &Path, part_start: u64, vols: &[LogicalVolume]) -> Option<String> {
+pub(crate) fn system_volume(
+    disk: &Path,
+    part_start: u64,
+    vols: &[LogicalVolume],
+) -> Option<String> {
     for v in vols.iter().filter(|v| v.fs.mountable_anywhere()) {
         if holds_fstab(disk, part_start, v).unwrap_or(false) {
             return Some(v.name.clone());

@@ -12,7 +12,7 @@ const LABEL_SCAN_SECTORS: usize = 4;
 const LABEL_ID: &[u8; 8] = b"LABELONE";
 const LABEL_TYPE: &[u8; 8] = b"LVM2 001";
 /// `FMTT_MAGIC`: the metadata area header's magic.
-pub const MDA_MAGIC: &[u8; 16] = b" LVM2 x[5A%r0N*>";
+pub(crate) const MDA_MAGIC: &[u8; 16] = b" LVM2 x[5A%r0N*>";
 const MDA_HEADER_SIZE: u64 = 512;
 /// LVM's CRC: the IEEE polynomial, reflected, this seed, no final xor.
 const INITIAL_CRC: u32 = 0xf597_a6cf;
@@ -50,14 +50,14 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 /// An area of the PV: byte offset from the PV's start, and length (0 for
 /// "to the end").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Area {
+pub(crate) struct Area {
     pub offset: u64,
     pub size: u64,
 }
 
 /// What a PV's label says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PvLabel {
+pub(crate) struct PvLabel {
     /// The PV's UUID, 32 characters without dashes.
     pub uuid: String,
     pub device_size: u64,
@@ -66,7 +66,7 @@ pub struct PvLabel {
 }
 
 /// Something that reads bytes at offsets: the PV (a partition of a disk).
-pub trait ReadAt {
+pub(crate) trait ReadAt {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
 }
 
@@ -87,7 +87,7 @@ impl ReadAt for [u8] {
 }
 
 /// A byte range of a file: a partition of a disk image or block device.
-pub struct FileRange<'a> {
+pub(crate) struct FileRange<'a> {
     pub file: &'a std::fs::File,
     pub start: u64,
     pub len: u64,
@@ -104,7 +104,7 @@ impl ReadAt for FileRange<'_> {
 }
 
 /// The label of the PV, or None when the first four sectors hold none.
-pub fn read_label(pv: &(impl ReadAt + ?Sized)) -> Result<Option<PvLabel>> {
+pub(crate) fn read_label(pv: &(impl ReadAt + ?Sized)) -> Result<Option<PvLabel>> {
     let mut head = vec![0u8; SECTOR * LABEL_SCAN_SECTORS];
     pv.read_at(&mut head, 0)
         .context("reading the first sectors of the physical volume")?;
@@ -174,7 +174,7 @@ fn parse_pv_header(h: &[u8]) -> Result<PvLabel> {
 
 /// The newest metadata text of the metadata area `mda`, or None when the
 /// area holds none (a PV not yet in a VG) or is ignored.
-pub fn read_metadata(pv: &(impl ReadAt + ?Sized), mda: Area) -> Result<Option<String>> {
+pub(crate) fn read_metadata(pv: &(impl ReadAt + ?Sized), mda: Area) -> Result<Option<String>> {
     if mda.size < MDA_HEADER_SIZE || mda.size > MAX_MDA {
         bail!(
             "the metadata area at byte {} is {} bytes long",

@@ -22,146 +22,14 @@ pub mod vg;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 
-use super::desc::{plan, Extent, FsType, Layout};
+use super::desc::{plan, Extent, FsType, Layout, LogicalVolume, Place};
+
 use super::devices::disk_size;
 use crate::cmd::Cmd;
 use crate::job::errors::{coded, ErrorCode};
-
-/// A logical volume of the disks, and where it lies.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogicalVolume {
-    pub vg: String,
-    /// The volume group's id, as its metadata writes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vg_uuid: Option<String>,
-    pub name: String,
-    /// Where its bytes are, for a volume the appliance reaches.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub place: Option<Place>,
-    /// Why the appliance does not reach it (striped, thin...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refused: Option<String>,
-    #[serde(default)]
-    pub fs: FsType,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uuid: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-    /// Its mount point in the migrated system.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mount: Option<String>,
-    /// The btrfs subvolume mounted there.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subvol: Option<String>,
-    /// ext2/3/4: its features as `dumpe2fs` names them, which file mode
-    /// makes its plain partition with.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub features: Vec<String>,
-}
-
-/// Bytes of a partition that a linear LV occupies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Place {
-    /// Disk index in the layout.
-    pub disk: usize,
-    /// Partition index (position in the disk's table order).
-    pub partition: usize,
-    /// Byte offset of its first extent from the partition's start.
-    pub offset: u64,
-    pub size: u64,
-}
-
-impl LogicalVolume {
-    /// `/dev/mapper/<vg>-<lv>`, each dash of the names doubled.
-    pub fn mapper_path(&self) -> String {
-        format!(
-            "/dev/mapper/{}-{}",
-            self.vg.replace('-', "--"),
-            self.name.replace('-', "--")
-        )
-    }
-
-    /// An ext4 volume `vg/name` with nothing else known, for tests.
-    #[cfg(test)]
-    pub fn test(vg: &str, name: &str) -> LogicalVolume {
-        LogicalVolume {
-            vg: vg.into(),
-            vg_uuid: None,
-            name: name.into(),
-            place: None,
-            refused: None,
-            fs: FsType::Ext4,
-            uuid: None,
-            label: None,
-            mount: None,
-            subvol: None,
-            features: Vec::new(),
-        }
-    }
-
-    /// `/dev/<vg>/<lv>`.
-    pub fn vg_path(&self) -> String {
-        format!("/dev/{}/{}", self.vg, self.name)
-    }
-
-    /// `vg/lv`, as LVM's tools name it.
-    pub fn display(&self) -> String {
-        format!("{}/{}", self.vg, self.name)
-    }
-
-    /// Whether an fstab or kernel device spec names this volume.
-    pub fn matches(&self, spec: &str) -> bool {
-        let spec = spec.trim_matches('"');
-        let id = |v: &Option<String>, want: &str| {
-            v.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(want))
-        };
-        if let Some(u) = spec
-            .strip_prefix("UUID=")
-            .or_else(|| spec.strip_prefix("/dev/disk/by-uuid/"))
-        {
-            return id(&self.uuid, u.trim_matches('"'));
-        }
-        if let Some(l) = spec.strip_prefix("LABEL=") {
-            return self.label.as_deref() == Some(l.trim_matches('"'));
-        }
-        if let Some(l) = spec.strip_prefix("/dev/disk/by-label/") {
-            return self
-                .label
-                .as_deref()
-                .map(super::chroot::udev_escape)
-                .as_deref()
-                == Some(l);
-        }
-        spec == self.mapper_path()
-            || spec == self.vg_path()
-            || spec.strip_prefix("/dev/disk/by-id/dm-name-")
-                == self.mapper_path().strip_prefix("/dev/mapper/")
-    }
-
-    /// The error for a volume the appliance must mount but cannot reach.
-    pub fn refusal(&self) -> Option<anyhow::Error> {
-        self.refused.as_ref().map(|why| {
-            coded(
-                ErrorCode::LvmUnsupported,
-                format!(
-                    "logical volume {}{}: {why}",
-                    self.display(),
-                    self.mount
-                        .as_deref()
-                        .map(|m| format!(" ({m})"))
-                        .unwrap_or_default()
-                ),
-            )
-        })
-    }
-}
 
 /// A PV found on a partition: its label's UUID and its newest metadata.
 struct FoundPv {
@@ -173,7 +41,7 @@ struct FoundPv {
 }
 
 /// Read the label and metadata of the PV on bytes `extent` of `target`.
-pub fn read_pv(
+pub(crate) fn read_pv(
     target: &Path,
     extent: Extent,
 ) -> Result<Option<(label::PvLabel, Option<vg::VolumeGroup>)>> {
@@ -212,7 +80,7 @@ pub fn read_pv(
 /// The logical volumes of every PV among the layout's partitions
 /// (`targets[i]` holds disk i), each VG by its newest metadata, each
 /// volume placed on its PV or refused with the reason.
-pub fn volumes_of(layout: &Layout, targets: &[PathBuf]) -> Result<Vec<LogicalVolume>> {
+pub(crate) fn volumes_of(layout: &Layout, targets: &[PathBuf]) -> Result<Vec<LogicalVolume>> {
     let mut found = Vec::new();
     for (di, (d, t)) in layout.disks.iter().zip(targets).enumerate() {
         if !d.partitions.iter().any(|p| p.fs.is_lvm_pv()) {
@@ -338,22 +206,6 @@ fn place_of(
     ))
 }
 
-/// The names each attached LV loop answers to in a chroot's /dev
-/// (`mapper/vg-lv`, `vg/lv`), for as long as it is attached.
-static NAMES: Mutex<Vec<(PathBuf, Vec<String>)>> = Mutex::new(Vec::new());
-
-/// The names (relative to /dev) that the loop device `node` stands for,
-/// when it is an attached logical volume.
-pub fn names_of(node: &Path) -> Vec<String> {
-    NAMES
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .find(|(n, _)| n == node)
-        .map(|(_, names)| names.clone())
-        .unwrap_or_default()
-}
-
 /// The node a logical volume is reached by: a loop device over its bytes
 /// of the disk, a partition of its disk's loop device, or the
 /// device-mapper node of its active VG. Detached by `close` or, best
@@ -383,12 +235,7 @@ impl LvNode {
         v: &LogicalVolume,
         read_only: bool,
     ) -> Result<LvNode> {
-        if let Some(e) = v.refusal() {
-            return Err(e);
-        }
-        let place = v
-            .place
-            .with_context(|| format!("logical volume {} has no place", v.display()))?;
+        let place = v.reachable_place()?;
         let mut c = Cmd::new("losetup")
             .args(["--find", "--show", "--offset"])
             .arg((part_start + place.offset).to_string())
@@ -424,10 +271,6 @@ impl LvNode {
     }
 
     fn named(dev: PathBuf, v: &LogicalVolume, kind: NodeKind) -> LvNode {
-        NAMES
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((dev.clone(), Self::names(v)));
         LvNode {
             dev: Some(dev),
             volume: v.clone(),
@@ -447,12 +290,7 @@ impl LvNode {
         part_start: u64,
         v: &LogicalVolume,
     ) -> Result<LvNode> {
-        if let Some(e) = v.refusal() {
-            return Err(e);
-        }
-        let place = v
-            .place
-            .with_context(|| format!("logical volume {} has no place", v.display()))?;
+        let place = v.reachable_place()?;
         let dev = super::devices::add_partition(
             disk_loop,
             number,
@@ -467,13 +305,6 @@ impl LvNode {
             v,
             NodeKind::Partition(disk_loop.to_owned(), number),
         ))
-    }
-
-    fn names(v: &LogicalVolume) -> Vec<String> {
-        vec![
-            v.mapper_path().trim_start_matches("/dev/").to_owned(),
-            v.vg_path().trim_start_matches("/dev/").to_owned(),
-        ]
     }
 
     /// The node: a loop device, or /dev/dm-N.
@@ -493,10 +324,6 @@ impl LvNode {
         let Some(dev) = self.dev.take() else {
             return Ok(());
         };
-        NAMES
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(n, _)| *n != dev);
         match std::mem::replace(&mut self.kind, NodeKind::Mapped) {
             NodeKind::Partition(disk, n) => super::devices::remove_partition(&disk, n),
             NodeKind::Loop => super::devices::detach(&dev),
@@ -517,52 +344,6 @@ impl Drop for LvNode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn volume(vg: &str, name: &str) -> LogicalVolume {
-        LogicalVolume {
-            uuid: Some("aaaa-bbbb".into()),
-            label: Some("my root".into()),
-            ..LogicalVolume::test(vg, name)
-        }
-    }
-
-    #[test]
-    fn the_names_of_a_volume_are_matched() {
-        let v = volume("ferry-vg", "swap_1");
-        assert_eq!(v.mapper_path(), "/dev/mapper/ferry--vg-swap_1");
-        assert_eq!(v.vg_path(), "/dev/ferry-vg/swap_1");
-        for (spec, want) in [
-            ("/dev/mapper/ferry--vg-swap_1", true),
-            ("/dev/ferry-vg/swap_1", true),
-            ("/dev/disk/by-id/dm-name-ferry--vg-swap_1", true),
-            ("UUID=AAAA-BBBB", true),
-            ("/dev/disk/by-uuid/aaaa-bbbb", true),
-            ("LABEL=my root", true),
-            ("/dev/disk/by-label/my\\x20root", true),
-            ("/dev/mapper/ferry-vg-swap_1", false),
-            ("/dev/mapper/ferry--vg-root", false),
-            ("UUID=cccc", false),
-            ("/dev/sda2", false),
-        ] {
-            assert_eq!(v.matches(spec), want, "{spec}");
-        }
-    }
-
-    #[test]
-    fn a_refused_volume_says_why_with_its_code() {
-        let mut v = volume("vg0", "data");
-        v.mount = Some("/srv".into());
-        v.refused = Some("it is striped over 2 stripes".into());
-        let e = v.refusal().unwrap();
-        assert_eq!(
-            crate::job::errors::find_coded(&e).map(|c| c.code),
-            Some(ErrorCode::LvmUnsupported)
-        );
-        assert_eq!(
-            format!("{e:#}"),
-            "LVM_UNSUPPORTED: A logical volume of the migrated system has a layout the appliance cannot reach (logical volume vg0/data (/srv): it is striped over 2 stripes)"
-        );
-    }
 
     #[test]
     fn a_pv_image_is_read_into_placed_volumes() {

@@ -33,7 +33,7 @@ impl Section {
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
         self.0.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v)
     }
-    pub fn int(&self, key: &str) -> Option<i64> {
+    pub(crate) fn int(&self, key: &str) -> Option<i64> {
         match self.get(key)? {
             Value::Int(i) => Some(*i),
             _ => None,
@@ -51,7 +51,7 @@ impl Section {
             _ => None,
         }
     }
-    pub fn section_mut(&mut self, key: &str) -> Option<&mut Section> {
+    pub(crate) fn section_mut(&mut self, key: &str) -> Option<&mut Section> {
         match self.get_mut(key)? {
             Value::Section(s) => Some(s),
             _ => None,

@@ -2,6 +2,7 @@
 //! logical volumes lies: a linear LV is one run of extents on one PV, which
 //! a loop device at that offset reaches; any other layout is refused.
 
+use crate::layout::desc::valid_lvm_name;
 use anyhow::{bail, Context, Result};
 
 use super::text::{Section, Value};
@@ -10,7 +11,7 @@ use super::text::{Section, Value};
 pub const SECTOR: u64 = 512;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VolumeGroup {
+pub(crate) struct VolumeGroup {
     pub name: String,
     pub id: String,
     pub seqno: i64,
@@ -23,7 +24,7 @@ pub struct VolumeGroup {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PhysicalVolume {
+pub(crate) struct PhysicalVolume {
     /// Its key in the metadata (`pv0`).
     pub key: String,
     /// Its UUID without dashes, as in the label.
@@ -34,7 +35,7 @@ pub struct PhysicalVolume {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LvMeta {
+pub(crate) struct LvMeta {
     pub name: String,
     pub visible: bool,
     pub segments: Vec<Segment>,
@@ -51,25 +52,10 @@ pub struct Segment {
 
 /// Where a linear LV lies: which PV, its first extent and how many.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Linear {
+pub(crate) struct Linear {
     pub pv: String,
     pub first: u64,
     pub count: u64,
-}
-
-/// LVM's rule for the name of a volume group or logical volume: letters,
-/// digits and `+_.-`, not starting with `-`, not `.` or `..`, under 128
-/// bytes. The names become paths (`/dev/<vg>/<lv>`, `/dev/mapper/...`)
-/// in the repair's chroot, so a crafted one must never reach them.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() < 128
-        && !name.starts_with('-')
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"+_.-".contains(&c))
 }
 
 fn need<T>(v: Option<T>, what: &str, of: &str) -> Result<T> {
@@ -81,12 +67,12 @@ fn non_negative(v: i64, what: &str, of: &str) -> Result<u64> {
 }
 
 impl VolumeGroup {
-    pub fn from_text(text: Section) -> Result<VolumeGroup> {
+    pub(crate) fn from_text(text: Section) -> Result<VolumeGroup> {
         let (name, vg) = text
             .sections()
             .next()
             .context("the metadata holds no volume group section")?;
-        if !valid_name(name) {
+        if !valid_lvm_name(name) {
             bail!("the volume group's name {name:?} is not one LVM allows");
         }
         let of = format!("volume group {name}");
@@ -121,7 +107,7 @@ impl VolumeGroup {
         let mut lvs = Vec::new();
         if let Some(section) = vg.section("logical_volumes") {
             for (lname, lv) in section.sections() {
-                if !valid_name(lname) {
+                if !valid_lvm_name(lname) {
                     bail!("{of} has a logical volume named {lname:?}, which LVM does not allow");
                 }
                 let lof = format!("logical volume {name}/{lname}");
@@ -341,10 +327,10 @@ pub mod tests {
             assert_eq!(err.to_string(), want);
         }
         for ok in ["ferry-vg", "vg_sys", "a.b+c", "VG0", "x..y"] {
-            assert!(valid_name(ok), "{ok}");
+            assert!(valid_lvm_name(ok), "{ok}");
         }
         for bad in ["", "a/b", "a b", "é", &"x".repeat(128)] {
-            assert!(!valid_name(bad), "{bad}");
+            assert!(!valid_lvm_name(bad), "{bad}");
         }
     }
 }

@@ -333,7 +333,7 @@ pub fn strip_ansi(text: &str) -> String {
 }
 
 /// The last `lines` non-empty lines of a console, escapes removed.
-pub fn last_lines(raw: &str, lines: usize) -> Vec<String> {
+pub(crate) fn last_lines(raw: &str, lines: usize) -> Vec<String> {
     let text = strip_ansi(raw);
     let mut out: Vec<String> = text
         .lines()

@@ -72,7 +72,7 @@ pub fn read(capture: &[u8], guest_mac: [u8; 6]) -> Result<Dhcp> {
 }
 
 /// Reads the capture file; a missing file is a capture of nothing.
-pub fn read_file(path: &std::path::Path, guest_mac: [u8; 6]) -> Result<Dhcp> {
+pub(crate) fn read_file(path: &std::path::Path, guest_mac: [u8; 6]) -> Result<Dhcp> {
     match std::fs::read(path) {
         Ok(bytes) => read(&bytes, guest_mac).with_context(|| format!("reading {}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Dhcp::default()),
@@ -150,10 +150,10 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
 pub(crate) mod tests {
     use super::*;
 
-    pub const GUEST: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x03];
+    pub(crate) const GUEST: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x03];
 
     /// An Ethernet frame of a DHCP message of `kind` from `mac`, 68 → 67.
-    pub fn dhcp_frame(mac: [u8; 6], kind: u8, sport: u16) -> Vec<u8> {
+    pub(crate) fn dhcp_frame(mac: [u8; 6], kind: u8, sport: u16) -> Vec<u8> {
         let mut f = vec![0xff; 6];
         f.extend_from_slice(&mac);
         f.extend_from_slice(&[0x08, 0x00]);

@@ -16,7 +16,7 @@ pub const QEMU: &str = "qemu-system-x86_64";
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
 /// The test machine's NIC, as the capture knows it.
-pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xfe, 0x12, 0x01];
+pub(crate) const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xfe, 0x12, 0x01];
 const PIDFILE: &str = "qemu.pid";
 const LOG: &str = "qemu.log";
 
@@ -30,7 +30,7 @@ pub enum Firmware {
 
 /// The accelerator a machine runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
+pub(crate) enum Accel {
     Kvm,
     Tcg,
 }
@@ -45,19 +45,19 @@ impl Accel {
 }
 
 /// The accelerator for a setting, with a note when it is not the one asked for.
-pub fn pick_accel(want: super::Accel) -> Result<(Accel, Option<String>)> {
+pub(crate) fn pick_accel(want: super::AccelChoice) -> Result<(Accel, Option<String>)> {
     let kvm = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm");
     Ok(match (want, kvm) {
-        (super::Accel::Tcg, _) => (Accel::Tcg, None),
-        (super::Accel::Auto | super::Accel::Kvm, Ok(_)) => (Accel::Kvm, None),
-        (super::Accel::Auto, Err(e)) => (
+        (super::AccelChoice::Tcg, _) => (Accel::Tcg, None),
+        (super::AccelChoice::Auto | super::AccelChoice::Kvm, Ok(_)) => (Accel::Kvm, None),
+        (super::AccelChoice::Auto, Err(e)) => (
             Accel::Tcg,
             Some(format!("/dev/kvm cannot be opened ({e}); tcg used")),
         ),
-        (super::Accel::Kvm, Err(e)) => {
+        (super::AccelChoice::Kvm, Err(e)) => {
             return Err(coded(
                 ErrorCode::ToolMissing,
                 format!("boot_test_accel = \"kvm\" but /dev/kvm cannot be opened ({e}); set it to \"auto\" or \"tcg\""),
@@ -66,14 +66,14 @@ pub fn pick_accel(want: super::Accel) -> Result<(Accel, Option<String>)> {
     })
 }
 
-pub fn host_cpus() -> u32 {
+pub(crate) fn host_cpus() -> u32 {
     std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1)
 }
 
 /// MemTotal of /proc/meminfo, in MiB (2 GiB when unreadable).
-pub fn host_memory_mib() -> u64 {
+pub(crate) fn host_memory_mib() -> u64 {
     fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| {
@@ -87,7 +87,7 @@ pub fn host_memory_mib() -> u64 {
 
 /// One boot's machine.
 #[derive(Debug, Clone)]
-pub struct Spec {
+pub(crate) struct Spec {
     /// Where the overlays, the console, the capture and QEMU's log go.
     pub dir: PathBuf,
     /// The targets, disk 0 (the boot disk) first.
@@ -117,7 +117,7 @@ pub fn overlays(spec: &Spec) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-pub fn remove_overlays(spec: &Spec) -> Result<()> {
+pub(crate) fn remove_overlays(spec: &Spec) -> Result<()> {
     for i in 0..spec.disks.len() {
         let overlay = spec.dir.join(format!("disk{i}.qcow2"));
         match fs::remove_file(&overlay) {
@@ -206,7 +206,7 @@ pub fn args(
 }
 
 /// A running machine; killed when dropped.
-pub struct Machine {
+pub(crate) struct Machine {
     child: Child,
     log: PathBuf,
 }
@@ -288,7 +288,7 @@ pub fn start(spec: &Spec, overlays: &[PathBuf], accel: Accel) -> Result<Machine>
 
 /// A machine left running by an appliance that died mid-test (its pidfile
 /// names it) is stopped, or the next run's overlays would be in use.
-pub fn stop_leftover(dir: &Path) {
+pub(crate) fn stop_leftover(dir: &Path) {
     let Ok(text) = fs::read_to_string(dir.join(PIDFILE)) else {
         return;
     };

@@ -37,14 +37,14 @@ use super::Target;
 
 /// Where the boot test keeps its files, under the round's work directory.
 pub const DIR: &str = "boot";
-pub const CONSOLE: &str = "console.log";
-pub const CAPTURE: &str = "capture.pcap";
-pub const VERDICT: &str = "verdict.json";
+pub(crate) const CONSOLE: &str = "console.log";
+pub(crate) const CAPTURE: &str = "capture.pcap";
+pub(crate) const VERDICT: &str = "verdict.json";
 
 /// Which accelerator QEMU uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum Accel {
+pub enum AccelChoice {
     /// KVM when `/dev/kvm` can be opened, else TCG; a KVM boot that shows
     /// nothing at all on its console for 30 s is started again on TCG.
     #[default]
@@ -53,13 +53,13 @@ pub enum Accel {
     Tcg,
 }
 
-impl Accel {
+impl AccelChoice {
     /// `auto`, `kvm` or `tcg`, as the config names them.
-    pub fn from_name(name: &str) -> Option<Accel> {
+    pub(crate) fn from_name(name: &str) -> Option<AccelChoice> {
         match name {
-            "auto" => Some(Accel::Auto),
-            "kvm" => Some(Accel::Kvm),
-            "tcg" => Some(Accel::Tcg),
+            "auto" => Some(AccelChoice::Auto),
+            "kvm" => Some(AccelChoice::Kvm),
+            "tcg" => Some(AccelChoice::Tcg),
             _ => None,
         }
     }
@@ -67,22 +67,22 @@ impl Accel {
 
 /// The boot test's settings (from the appliance's config).
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct BootTestSettings {
     pub enabled: bool,
     pub timeout: Duration,
     pub memory_mib: u64,
     pub cpus: u32,
-    pub accel: Accel,
+    pub accel: AccelChoice,
 }
 
-impl Default for Settings {
+impl Default for BootTestSettings {
     fn default() -> Self {
-        Settings {
+        BootTestSettings {
             enabled: true,
             timeout: Duration::from_secs(600),
             memory_mib: 1024,
             cpus: 2,
-            accel: Accel::Auto,
+            accel: AccelChoice::Auto,
         }
     }
 }
@@ -92,6 +92,46 @@ impl Default for Settings {
 const DHCP_GRACE: Duration = Duration::from_secs(120);
 /// How long a KVM boot may show nothing at all before TCG is tried.
 const KVM_SILENCE: Duration = Duration::from_secs(30);
+/// How long a KVM boot may take to reach the kernel before TCG is tried:
+/// where the host's KVM runs no guest properly (nested virtualisation),
+/// the guest can show GRUB and then hang while it loads the kernel.
+const KVM_STALL: Duration = Duration::from_secs(90);
+
+/// Why a KVM boot is given up for TCG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KvmGaveUp {
+    /// Nothing at all on the console within [`KVM_SILENCE`].
+    Silent,
+    /// No kernel within [`KVM_STALL`].
+    Stalled,
+}
+
+impl KvmGaveUp {
+    /// Whether a KVM boot that has shown `console_bytes` and reached
+    /// `stage` after `elapsed` is to be given up.
+    fn judge(console_bytes: usize, stage: Stage, elapsed: Duration) -> Option<KvmGaveUp> {
+        if console_bytes == 0 && elapsed >= KVM_SILENCE {
+            Some(KvmGaveUp::Silent)
+        } else if stage < Stage::Kernel && elapsed >= KVM_STALL {
+            Some(KvmGaveUp::Stalled)
+        } else {
+            None
+        }
+    }
+
+    fn note(self) -> String {
+        match self {
+            KvmGaveUp::Silent => format!(
+                "kvm showed nothing on the console within {} s; tcg used",
+                KVM_SILENCE.as_secs()
+            ),
+            KvmGaveUp::Stalled => format!(
+                "kvm showed nothing past the bootloader within {} s; tcg used",
+                KVM_STALL.as_secs()
+            ),
+        }
+    }
+}
 /// Console lines kept in the verdict and the error's detail.
 const TAIL_LINES: usize = 15;
 
@@ -132,7 +172,7 @@ impl Verdict {
     }
 
     /// The detail of the BOOT_TEST_FAILED error: stage, reason, last lines.
-    pub fn failure_detail(&self) -> String {
+    pub(crate) fn failure_detail(&self) -> String {
         format!(
             "the boot reached stage {} and {} ({} after {:.0} s); last console lines:\n{}",
             self.stage,
@@ -145,7 +185,7 @@ impl Verdict {
 }
 
 /// The verdict of an earlier run in this work directory, if any.
-pub fn load_verdict(work_dir: &Path) -> Option<Verdict> {
+pub(crate) fn load_verdict(work_dir: &Path) -> Option<Verdict> {
     let raw = std::fs::read(work_dir.join(DIR).join(VERDICT)).ok()?;
     serde_json::from_slice(&raw).ok()
 }
@@ -157,7 +197,7 @@ pub fn save_verdict(work_dir: &Path, verdict: &Verdict) -> Result<()> {
 
 /// Boots the targets (disk 0 first) and judges the boot.
 pub fn run(
-    settings: &Settings,
+    settings: &BootTestSettings,
     targets: &[Target],
     firmware: Firmware,
     work_dir: &Path,
@@ -182,12 +222,9 @@ pub fn run(
     };
     let overlays = machine::overlays(&spec)?;
     let mut outcome = watch(&spec, &overlays, accel, settings.timeout)?;
-    if accel == machine::Accel::Kvm && outcome.silent {
-        tracing::warn!("the KVM boot showed nothing on its console; starting it again on TCG");
-        note = Some(format!(
-            "kvm showed nothing on the console within {} s; tcg used",
-            KVM_SILENCE.as_secs()
-        ));
+    if let (machine::Accel::Kvm, Some(why)) = (accel, outcome.kvm_gave_up) {
+        tracing::warn!("{}: starting the boot again on TCG", why.note());
+        note = Some(why.note());
         let overlays = machine::overlays(&spec)?;
         outcome = watch(&spec, &overlays, machine::Accel::Tcg, settings.timeout)?;
     }
@@ -244,7 +281,8 @@ struct Outcome {
     elapsed: Duration,
     accel: machine::Accel,
     /// Nothing at all on the console before the machine was stopped.
-    silent: bool,
+    /// A KVM boot given up for TCG, and why.
+    kvm_gave_up: Option<KvmGaveUp>,
 }
 
 fn read_console(dir: &Path) -> String {
@@ -270,14 +308,14 @@ fn watch(
                   failure: Option<(String, String)>,
                   stage_seconds: BTreeMap<Stage, f64>,
                   dhcp_seconds: Option<f64>,
-                  silent: bool| Outcome {
+                  kvm_gave_up: Option<KvmGaveUp>| Outcome {
         reading,
         failure,
         stage_seconds,
         dhcp_seconds,
         elapsed: start.elapsed(),
         accel,
-        silent,
+        kvm_gave_up,
     };
     loop {
         std::thread::sleep(Duration::from_millis(500));
@@ -297,14 +335,14 @@ fn watch(
         }
         if let Some(stop) = &reading.stop {
             let failure = Some((stop.kind().to_owned(), stop_reason(stop)));
-            return Ok(finish(reading, failure, stage_seconds, dhcp_seconds, false));
+            return Ok(finish(reading, failure, stage_seconds, dhcp_seconds, None));
         }
         let up = reading.stage() >= Stage::Target;
         if up && target_at.is_none() {
             target_at = Some(Instant::now());
         }
         if up && dhcp_seconds.is_some() {
-            return Ok(finish(reading, None, stage_seconds, dhcp_seconds, false));
+            return Ok(finish(reading, None, stage_seconds, dhcp_seconds, None));
         }
         if let Some(status) = exited {
             let failure = Some((
@@ -314,7 +352,7 @@ fn watch(
                     qemu.log_tail()
                 ),
             ));
-            return Ok(finish(reading, failure, stage_seconds, dhcp_seconds, false));
+            return Ok(finish(reading, failure, stage_seconds, dhcp_seconds, None));
         }
         if let Some(at) = target_at {
             if at.elapsed() >= DHCP_GRACE {
@@ -326,11 +364,19 @@ fn watch(
                         DHCP_GRACE.as_secs()
                     ),
                 ));
-                return Ok(finish(reading, failure, stage_seconds, dhcp_seconds, false));
+                return Ok(finish(reading, failure, stage_seconds, dhcp_seconds, None));
             }
         }
-        if accel == machine::Accel::Kvm && raw_len == 0 && start.elapsed() >= KVM_SILENCE {
-            return Ok(finish(reading, None, stage_seconds, dhcp_seconds, true));
+        if accel == machine::Accel::Kvm {
+            if let Some(why) = KvmGaveUp::judge(raw_len, reading.stage(), start.elapsed()) {
+                return Ok(finish(
+                    reading,
+                    None,
+                    stage_seconds,
+                    dhcp_seconds,
+                    Some(why),
+                ));
+            }
         }
         if start.elapsed() >= timeout {
             let failure = Some((
@@ -341,7 +387,7 @@ fn watch(
                     reading.stage()
                 ),
             ));
-            return Ok(finish(reading, failure, stage_seconds, dhcp_seconds, false));
+            return Ok(finish(reading, failure, stage_seconds, dhcp_seconds, None));
         }
     }
 }
@@ -360,6 +406,32 @@ fn stop_reason(stop: &Stop) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kvm_boot_is_given_up_when_silent_or_stuck_before_the_kernel() {
+        let s = Duration::from_secs;
+        let cases = [
+            ("quiet at first", 0, Stage::Firmware, s(10), None),
+            ("silent", 0, Stage::Firmware, s(30), Some(KvmGaveUp::Silent)),
+            ("GRUB, soon", 900, Stage::Bootloader, s(60), None),
+            // GRUB shown, then a hang loading the kernel (seen on a host
+            // whose KVM runs no guest properly).
+            (
+                "stuck in GRUB",
+                900,
+                Stage::Bootloader,
+                s(90),
+                Some(KvmGaveUp::Stalled),
+            ),
+            ("kernel running", 9000, Stage::Kernel, s(300), None),
+            ("at its target", 9000, Stage::Target, s(500), None),
+        ];
+        for (name, bytes, stage, elapsed, want) in cases {
+            assert_eq!(KvmGaveUp::judge(bytes, stage, elapsed), want, "{name}");
+        }
+        // The note keeps the words a reader of the manifest looks for.
+        assert!(KvmGaveUp::Stalled.note().starts_with("kvm showed nothing"));
+    }
 
     #[test]
     fn the_detail_names_the_stage_the_reason_and_the_last_lines() {

@@ -24,10 +24,10 @@ use crate::job::errors::{coded, ErrorCode};
 
 /// How much longer than `--max-freeze` the watchdog waits before it thaws
 /// a sender that is alive but stuck: the sender thaws by itself at its bound.
-pub const WATCHDOG_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const WATCHDOG_GRACE: Duration = Duration::from_secs(5);
 
 /// The subcommand the watchdog runs as (hidden from `ferry --help`).
-pub const WATCHDOG_COMMAND: &str = "freeze-watchdog";
+pub(crate) const WATCHDOG_COMMAND: &str = "freeze-watchdog";
 
 /// What the sender tells the watchdog once it has thawed by itself.
 const RELEASE: &str = "thawed";

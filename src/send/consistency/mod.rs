@@ -58,25 +58,25 @@ impl Mode {
 
 /// What the command line chose.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct ConsistencySettings {
     pub mode: Option<Mode>,
     /// The longest the file systems may stay frozen.
     pub max_freeze: Duration,
 }
 
-impl Default for Settings {
-    fn default() -> Settings {
-        Settings {
+impl Default for ConsistencySettings {
+    fn default() -> ConsistencySettings {
+        ConsistencySettings {
             mode: None,
             max_freeze: DEFAULT_MAX_FREEZE,
         }
     }
 }
 
-pub const DEFAULT_MAX_FREEZE: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_MAX_FREEZE: Duration = Duration::from_secs(60);
 
 /// Live passes end when one changed no more than this...
-pub const SMALL_CHANGE: u64 = 64 << 20;
+pub(crate) const SMALL_CHANGE: u64 = 64 << 20;
 /// ...or after this many.
 pub const MAX_LIVE_PASSES: u32 = 4;
 
@@ -94,7 +94,7 @@ pub struct DiskPlan {
 }
 
 impl DiskPlan {
-    pub fn read_write(&self) -> Vec<MountedFs> {
+    pub(crate) fn read_write(&self) -> Vec<MountedFs> {
         self.mounted
             .iter()
             .filter(|m| m.read_write)
@@ -106,7 +106,11 @@ impl DiskPlan {
 /// Find the mounted file systems of every source disk and check the choice
 /// against them: none made while one is mounted read-write is refused,
 /// listing them and the choices; `snapshot` needs each on LVM.
-pub fn plan(host: &Host, disks: &[PathBuf], settings: &Settings) -> Result<Vec<DiskPlan>> {
+pub fn plan(
+    host: &Host,
+    disks: &[PathBuf],
+    settings: &ConsistencySettings,
+) -> Result<Vec<DiskPlan>> {
     let mut plans = Vec::new();
     for (i, source) in disks.iter().enumerate() {
         let mounted = host.mounted(source).map_err(|e| {
@@ -232,7 +236,7 @@ pub struct DiskConsistency {
 
 /// The consistency part of the sender's report.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Report {
+pub struct ConsistencyReport {
     pub mode: Option<Mode>,
     pub max_freeze_seconds: f64,
     pub disks: Vec<DiskConsistency>,
@@ -240,7 +244,7 @@ pub struct Report {
 
 /// The passes over one disk: which comes next, and the freeze around the
 /// last one.
-pub struct Passes {
+pub(crate) struct Passes {
     mode: Option<Mode>,
     source: PathBuf,
     rw: Vec<MountedFs>,
@@ -255,7 +259,7 @@ pub struct Passes {
 }
 
 impl Passes {
-    pub fn new(disk: u32, plan: Option<&DiskPlan>, settings: &Settings) -> Passes {
+    pub fn new(disk: u32, plan: Option<&DiskPlan>, settings: &ConsistencySettings) -> Passes {
         let rw = plan.map(|p| p.read_write()).unwrap_or_default();
         let read_only = plan
             .map(|p| {
@@ -287,7 +291,7 @@ impl Passes {
 
     /// The next pass, or None when the disk's copy is complete. Blocking:
     /// it may freeze file systems.
-    pub fn next_pass(&mut self) -> Result<Option<Pass>> {
+    pub(crate) fn next_pass(&mut self) -> Result<Option<Pass>> {
         if self.finished {
             return Ok(None);
         }
@@ -352,7 +356,7 @@ impl Passes {
 
     /// The frozen pass has read everything: thaw now, while its last
     /// chunks travel and commit. Blocking.
-    pub fn read_done(&mut self) -> Result<()> {
+    pub(crate) fn read_done(&mut self) -> Result<()> {
         if let Some(f) = self.frozen.take() {
             self.frozen_pass = true;
             let elapsed = f.elapsed();
@@ -394,7 +398,7 @@ impl Passes {
     }
 
     /// The error of a freeze that went past `--max-freeze`.
-    pub fn too_long(&self, elapsed: Duration) -> anyhow::Error {
+    pub(crate) fn too_long(&self, elapsed: Duration) -> anyhow::Error {
         coded(
             ErrorCode::FreezeTooLong,
             format!(
@@ -409,7 +413,7 @@ impl Passes {
 
 /// The lines the sender prints about it at the end, one per disk that
 /// had file systems mounted read-write.
-pub fn summary(report: &Report) -> Vec<String> {
+pub(crate) fn summary(report: &ConsistencyReport) -> Vec<String> {
     let mode = report.mode.map_or("", Mode::as_str);
     report
         .disks
@@ -501,7 +505,7 @@ mod tests {
         Passes::new(
             0,
             Some(&plan),
-            &Settings {
+            &ConsistencySettings {
                 mode: Some(mode),
                 max_freeze: DEFAULT_MAX_FREEZE,
             },
@@ -565,7 +569,7 @@ mod tests {
         .unwrap();
         let host = Host { sys, mountinfo };
         let disks = [image.clone()];
-        let settings = |mode| Settings {
+        let settings = |mode| ConsistencySettings {
             mode,
             max_freeze: DEFAULT_MAX_FREEZE,
         };

@@ -84,7 +84,7 @@ impl MountedFs {
 
 /// A device-mapper name of LVM (`vg--data-lv--one`: dashes of the names
 /// doubled, one dash between) split into its volume group and volume.
-pub fn split_dm_name(name: &str) -> Option<Lv> {
+pub(crate) fn split_dm_name(name: &str) -> Option<Lv> {
     let chars: Vec<char> = name.chars().collect();
     let mut i = 0;
     while i < chars.len() {
@@ -121,7 +121,7 @@ impl Host {
 
     /// The block devices a source disk is: the device itself, or for an
     /// image file the loop devices it backs.
-    pub fn disk_blocks(&self, disk: &Path) -> Result<Vec<String>> {
+    pub(crate) fn disk_blocks(&self, disk: &Path) -> Result<Vec<String>> {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
         let meta = std::fs::metadata(disk)
             .with_context(|| format!("reading what {} is", disk.display()))?;

@@ -32,7 +32,7 @@ const MIN_COW: u64 = 256 << 20;
 
 /// LVM's `--reportformat json`: `{"report": [{"lv": [{...}]}]}`.
 #[derive(Debug, Deserialize)]
-struct Report<T> {
+struct LvmJson<T> {
     report: Vec<T>,
 }
 
@@ -95,7 +95,7 @@ pub struct Lvm {
 
 impl Lvm {
     fn report<T: serde::de::DeserializeOwned>(cmd: Cmd) -> Result<Vec<T>> {
-        let r: Report<T> = cmd.json()?;
+        let r: LvmJson<T> = cmd.json()?;
         Ok(r.report)
     }
 
@@ -125,9 +125,9 @@ impl Lvm {
     }
 
     pub fn from_json(lvs: &str, vgs: &str, pvs: &str) -> Result<Lvm> {
-        let lvs: Report<LvReport> = serde_json::from_str(lvs).context("parsing lvs")?;
-        let vgs: Report<VgReport> = serde_json::from_str(vgs).context("parsing vgs")?;
-        let pvs: Report<PvReport> = serde_json::from_str(pvs).context("parsing pvs")?;
+        let lvs: LvmJson<LvReport> = serde_json::from_str(lvs).context("parsing lvs")?;
+        let vgs: LvmJson<VgReport> = serde_json::from_str(vgs).context("parsing vgs")?;
+        let pvs: LvmJson<PvReport> = serde_json::from_str(pvs).context("parsing pvs")?;
         Ok(Lvm {
             lvs: lvs.report.into_iter().flat_map(|r| r.lv).collect(),
             vgs: vgs.report.into_iter().flat_map(|r| r.vg).collect(),
@@ -146,7 +146,7 @@ impl Lvm {
 }
 
 /// ferry's snapshot volume of `lv`.
-pub fn snapshot_name(lv: &str) -> String {
+pub(crate) fn snapshot_name(lv: &str) -> String {
     format!("{PREFIX}{lv}")
 }
 
@@ -233,7 +233,7 @@ pub fn plan(lvm: &Lvm, volumes: &[Lv]) -> Result<Plan> {
 
 /// Bytes of the disk that are read from a snapshot instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Extent {
+pub struct SnapshotExtent {
     pub disk_start: u64,
     pub len: u64,
     /// Index into [`Overlay::devices`].
@@ -244,7 +244,7 @@ pub struct Extent {
 /// The disk with its volumes' extents replaced by their snapshots'.
 #[derive(Debug, Default)]
 pub struct Overlay {
-    pub extents: Vec<Extent>,
+    pub extents: Vec<SnapshotExtent>,
     pub devices: Vec<PathBuf>,
     files: Vec<File>,
 }
@@ -288,7 +288,7 @@ impl Overlay {
                             .find(|p| p.pv_name == pv)
                             .with_context(|| format!("LVM knows no physical volume {pv}"))
                             .and_then(|p| num(&p.pe_start, "a data offset"))?;
-                        o.extents.push(Extent {
+                        o.extents.push(SnapshotExtent {
                             disk_start: base + pe_start + first * extent,
                             len: count * extent,
                             device: di,
@@ -543,7 +543,7 @@ mod tests {
         let o = Overlay::map(&lvm, &snaps, &|pv| (pv == "/dev/sda2").then_some(1 << 20)).unwrap();
         assert_eq!(
             o.extents,
-            [Extent {
+            [SnapshotExtent {
                 disk_start: (1 << 20) + (1 << 20),
                 len: 256 * (4 << 20),
                 device: 0,
@@ -554,7 +554,7 @@ mod tests {
         let o = Overlay::map(&lvm, &snaps, &|pv| (pv == "/dev/sdb1").then_some(0)).unwrap();
         assert_eq!(
             o.extents,
-            [Extent {
+            [SnapshotExtent {
                 disk_start: (1 << 20) + 10 * (4 << 20),
                 len: 256 * (4 << 20),
                 device: 0,
@@ -572,7 +572,7 @@ mod tests {
         let snap: Vec<u8> = (0..50u8).collect();
         std::fs::write(&snap_path, &snap).unwrap();
         let mut o = Overlay {
-            extents: vec![Extent {
+            extents: vec![SnapshotExtent {
                 disk_start: 20,
                 len: 30,
                 device: 0,

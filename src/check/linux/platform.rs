@@ -1,0 +1,148 @@
+//! What ties the system to the old platform: static network configuration
+//! (ifupdown, ifcfg, netplan, NetworkManager) and the old platform's agents.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::super::{Finding, Severity};
+use crate::job::errors::ErrorCode;
+use crate::repair::detect::{self, OsInfo};
+use crate::repair::recipe::Recipe;
+use crate::repair::tree::Tree;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkReport {
+    pub stacks: Vec<detect::NetStack>,
+    /// Static configuration found: `file: interface address`.
+    pub static_config: Vec<String>,
+}
+
+/// The network stacks the system uses and its static configuration,
+/// which will not work on the cloud (the repair configures DHCP there).
+pub(super) fn network(tree: &Tree, os: &OsInfo, f: &mut Vec<Finding>) -> Result<NetworkReport> {
+    let mut found = Vec::new();
+    ifupdown_static(tree, &mut found)?;
+    ifcfg_static(tree, &mut found)?;
+    netplan_static(tree, &mut found)?;
+    networkmanager_static(tree, &mut found)?;
+    if !found.is_empty() {
+        f.push(Finding::new(
+            Severity::Info,
+            ErrorCode::NetworkStatic,
+            found.join("; "),
+        ));
+    }
+    Ok(NetworkReport {
+        stacks: os.network.clone(),
+        static_config: found,
+    })
+}
+
+/// Static addresses of ifupdown: `address` lines of `iface ... static`
+/// stanzas in /etc/network/interfaces and interfaces.d.
+fn ifupdown_static(tree: &Tree, found: &mut Vec<String>) -> Result<()> {
+    let mut files = vec!["/etc/network/interfaces".to_owned()];
+    for n in tree.list("/etc/network/interfaces.d")? {
+        files.push(format!("/etc/network/interfaces.d/{n}"));
+    }
+    for file in &files {
+        let Some(text) = tree.read(file).ok().flatten() else {
+            continue;
+        };
+        let mut iface: Option<String> = None;
+        for l in text.lines().map(str::trim) {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            match w.as_slice() {
+                ["iface", name, "inet" | "inet6", "static", ..] => iface = Some(name.to_string()),
+                ["iface", ..] => iface = None,
+                ["address", addr, ..] => {
+                    if let Some(i) = &iface {
+                        found.push(format!("{file}: {i} {addr}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Static addresses of the Red Hat network scripts: an `IPADDR` in an
+/// `ifcfg-*` (not the loopback's) whose `BOOTPROTO` is not dhcp.
+fn ifcfg_static(tree: &Tree, found: &mut Vec<String>) -> Result<()> {
+    for n in tree.list("/etc/sysconfig/network-scripts")? {
+        if !n.starts_with("ifcfg-") || n == "ifcfg-lo" {
+            continue;
+        }
+        let file = format!("/etc/sysconfig/network-scripts/{n}");
+        let Some(text) = tree.read(&file).ok().flatten() else {
+            continue;
+        };
+        let kv = detect::parse_assignments(&text);
+        let get = |k: &str| {
+            kv.iter()
+                .rev()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        let proto = get("BOOTPROTO").unwrap_or_default().to_ascii_lowercase();
+        if let Some(addr) = get("IPADDR").or_else(|| get("IPADDR0")) {
+            if proto != "dhcp" {
+                let dev = get("DEVICE").unwrap_or_else(|| n[6..].to_owned());
+                found.push(format!("{file}: {dev} {addr}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// netplan files that give `addresses:`.
+fn netplan_static(tree: &Tree, found: &mut Vec<String>) -> Result<()> {
+    for n in detect::yaml_files(tree, "/etc/netplan")? {
+        let file = format!("/etc/netplan/{n}");
+        if let Some(text) = tree.read(&file).ok().flatten() {
+            if text
+                .lines()
+                .any(|l| l.trim_start().starts_with("addresses:"))
+            {
+                found.push(format!("{file}: static addresses"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// NetworkManager connections with `method=manual`.
+fn networkmanager_static(tree: &Tree, found: &mut Vec<String>) -> Result<()> {
+    for n in tree.list("/etc/NetworkManager/system-connections")? {
+        let file = format!("/etc/NetworkManager/system-connections/{n}");
+        if let Some(text) = tree.read(&file).ok().flatten() {
+            if text.lines().any(|l| l.trim() == "method=manual") {
+                found.push(format!("{file}: method=manual"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The old platform's agents the recipe masks, present in the system.
+pub(super) fn agents(tree: &Tree, recipe: &Recipe) -> Vec<String> {
+    let mut out: Vec<String> = recipe
+        .agents
+        .units
+        .iter()
+        .filter(|u| crate::repair::system::unit_file_in(tree, u).is_some())
+        .cloned()
+        .collect();
+    for s in [
+        "vmware-tools",
+        "vmtoolsd",
+        "hypervkvpd",
+        "xe-linux-distribution",
+    ] {
+        if tree.exists(&format!("/etc/init.d/{s}")) {
+            out.push(format!("/etc/init.d/{s}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,339 @@
+//! The control API on 8080: identity, the job (read, stop, start, delete)
+//! and the operator's status page.
+//!
+//! Everything under `/v1/job` needs `Authorization: Bearer <control token>`;
+//! the control token is not the sender's job token, so a leaked sender
+//! command line cannot stop or delete the job. `/v1/identity` is open: the
+//! sender reads the fingerprint it pins from there before it has any token.
+//!
+//! The status page at `/` is open but holds no data: it is a static page
+//! that asks for the control token (or takes it once from a link's fragment,
+//! `/#token=...`, which it then removes from the address) and keeps it in
+//! the tab's memory and session storage only, never in a URL the browser
+//! sends: the token does not end up in access logs, proxies, Referer headers
+//! or the history. It fetches `/v1/job` with it and stops or starts the job
+//! on the operator's click. Without a token the page asks for one and says
+//! where to find it. Serving coarse progress openly was the alternative; it would tell
+//! anyone who can reach 8080 what is being migrated and how far, which the
+//! design rules out ("everything that reads job detail needs the control
+//! token").
+//!
+//! The handlers are split by resource: the job and its bandwidth
+//! ([`job`]), the handoff and the boot test's files ([`handoff`]), and the
+//! control token's check ([`token`]).
+
+mod handoff;
+mod job;
+mod token;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub use super::listener::{serve, CappedListener, CappedStream, HttpLimits, Peer};
+pub use super::status_page::STATUS_PAGE;
+use crate::job::errors::{describe, ErrorCode};
+use crate::job::handle::JobHandle;
+use crate::serve::auth_limit::AuthLimiter;
+use crate::serve::data::tree::progress::FilesProgress;
+pub use job::JobView;
+
+/// What `/v1/identity` tells.
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    pub version: &'static str,
+    /// SHA-256 of the data port's TLS certificate (DER), hex; the sender pins it.
+    pub tls_fingerprint: Option<String>,
+    pub data_port: u16,
+    /// The sender's release this appliance serves (`GET` its `path`), with
+    /// its SHA-256; null when it carries none.
+    pub sender: Option<super::sender::SenderRelease>,
+}
+
+/// State shared by the API's handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    pub job: Arc<JobHandle>,
+    /// SHA-256 of the control token; None refuses every `/v1/job` request
+    /// (an appliance without a token must not be controllable by anyone).
+    token_digest: Option<[u8; 32]>,
+    pub identity: Identity,
+    /// Requests refused for a missing or wrong control token.
+    pub unauthorized: prometheus::IntCounter,
+    /// Where the last round's handoff manifest is written.
+    manifest: Option<std::path::PathBuf>,
+    /// Wrong control tokens, per address.
+    auth: Arc<AuthLimiter>,
+    /// Disk resets and the end of a deletion; None: refused (501).
+    resets: Option<Arc<dyn crate::serve::reset::Resets>>,
+    /// The round's pipeline: its boot test's files, the handoff of a round
+    /// whose boot test failed.
+    pipeline: Option<Arc<crate::pipeline::Runner>>,
+    /// File mode's progress, shown under `files`.
+    files: Option<Arc<FilesProgress>>,
+    /// The sender's release, served at `/v1/sender/<file>`.
+    sender: Option<Arc<super::sender::SenderFiles>>,
+}
+
+impl ApiState {
+    /// Serve the handoff manifest at `path` as `GET /v1/job/handoff`.
+    pub fn with_manifest(mut self, path: std::path::PathBuf) -> Self {
+        self.manifest = Some(path);
+        self
+    }
+
+    /// Serve the boot test's files and hand off failed ones through `pipeline`.
+    pub fn with_pipeline(mut self, pipeline: Arc<crate::pipeline::Runner>) -> Self {
+        self.pipeline = Some(pipeline);
+        self
+    }
+
+    /// Show file mode's progress under `files`.
+    pub(crate) fn with_files_progress(mut self, progress: Arc<FilesProgress>) -> Self {
+        self.files = Some(progress);
+        self
+    }
+
+    /// Serve the sender's release (none: every `/v1/sender/` request is 404).
+    pub(crate) fn with_sender(mut self, sender: Option<Arc<super::sender::SenderFiles>>) -> Self {
+        self.sender = sender;
+        self
+    }
+
+    /// Reset disks and finish deletions through `resets`.
+    pub(crate) fn with_resets(mut self, resets: Arc<dyn crate::serve::reset::Resets>) -> Self {
+        self.resets = Some(resets);
+        self
+    }
+
+    pub fn new(
+        job: Arc<JobHandle>,
+        control_token: Option<&str>,
+        identity: Identity,
+        unauthorized: prometheus::IntCounter,
+    ) -> Self {
+        ApiState {
+            job,
+            token_digest: control_token
+                .filter(|t| !t.is_empty())
+                .map(|t| Sha256::digest(t.as_bytes()).into()),
+            identity,
+            unauthorized,
+            manifest: None,
+            resets: None,
+            pipeline: None,
+            files: None,
+            sender: None,
+            auth: Arc::new(AuthLimiter::default()),
+        }
+    }
+}
+
+/// An error answer: `{"code", "message", "hint", "detail"}`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ApiError {
+    #[serde(skip)]
+    status: StatusCode,
+    pub code: ErrorCode,
+    pub message: String,
+    pub hint: &'static str,
+    pub detail: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        ApiError {
+            status,
+            code,
+            message: code.message_for(&detail),
+            hint: code.hint(),
+            detail,
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(err: anyhow::Error) -> Self {
+        let (code, detail) = describe(&err);
+        let status = match code {
+            ErrorCode::JobTransitionRefused | ErrorCode::DiskBusy | ErrorCode::DiskHandedOff => {
+                StatusCode::CONFLICT
+            }
+            ErrorCode::HandoffNotFound
+            | ErrorCode::DiskNotConfigured
+            | ErrorCode::BootTestNotFound
+            | ErrorCode::SenderNotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Usage | ErrorCode::BadBandwidth | ErrorCode::BadRequest => {
+                StatusCode::BAD_REQUEST
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, code, detail)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        let mut resp = (status, Json(self)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ferry\""),
+            );
+        }
+        resp
+    }
+}
+
+/// Every error of the control port as the API's error body: the answers
+/// that axum and tower-http make themselves (no route, a method the route
+/// does not take, a path parameter or body their extractors refuse, the
+/// body limit, the request timeout) come as text or empty, and are turned
+/// into `{"code", "message", "hint", "detail"}` with a code of HTTP's
+/// kind, their text as the detail. Headers such as `Allow` and
+/// `Retry-After` are kept.
+pub(crate) async fn json_errors(req: axum::extract::Request, next: middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::RequestTooLarge,
+        StatusCode::REQUEST_TIMEOUT => ErrorCode::RequestTimeout,
+        s if s.is_client_error() => ErrorCode::BadRequest,
+        _ => ErrorCode::Internal,
+    };
+    let (mut parts, body) = resp.into_parts();
+    // These answers are a line of text at most; a longer one is cut.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let detail = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("").to_owned(),
+        t => t.to_owned(),
+    };
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut out = ApiError::new(status, code, detail).into_response();
+    for (name, value) in &parts.headers {
+        out.headers_mut().insert(name.clone(), value.clone());
+    }
+    out
+}
+
+/// `routes` behind the control token's check: for routes outside this
+/// router (`/metrics`).
+pub fn behind_token<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    state: &ApiState,
+) -> Router<S> {
+    routes.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        token::require_token,
+    ))
+}
+
+/// The API's routes, with auth on `/v1/job` and the body limit. Callers
+/// add `/livez`, `/readyz` and `/metrics` (behind [`behind_token`])
+/// beside it.
+pub fn router(state: ApiState, limits: HttpLimits) -> Router {
+    let job = Router::new()
+        .route("/v1/job", get(job::get_job))
+        .route("/v1/job/stop", post(job::stop_job))
+        .route("/v1/job/start", post(job::start_job))
+        .route("/v1/job/delete", post(job::delete_job))
+        .route("/v1/job/disks/{index}/reset", post(job::reset_disk))
+        .route(
+            "/v1/job/handoff",
+            get(handoff::get_handoff).post(handoff::post_handoff),
+        )
+        .route("/v1/job/boot-test", get(handoff::get_boot_test))
+        .route("/v1/job/boot-test/console", get(handoff::get_boot_console))
+        .route("/v1/job/boot-test/capture", get(handoff::get_boot_capture))
+        .route("/v1/job/bandwidth", post(job::set_bandwidth))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            token::require_token,
+        ));
+    Router::new()
+        .route("/", get(super::status_page::status_page))
+        .route("/v1/identity", get(identity))
+        .route("/v1/sender/{file}", get(sender_file))
+        .merge(job)
+        // Refuses a declared Content-Length over the limit before reading,
+        // and cuts a chunked body when it goes over.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            limits.body_limit,
+        ))
+        .layer(DefaultBodyLimit::max(limits.body_limit))
+        .with_state(state)
+}
+
+async fn identity(State(state): State<ApiState>) -> Json<Identity> {
+    Json(state.identity.clone())
+}
+
+/// `GET /v1/sender/<file>`: the sender's release, open to all (it is the
+/// program source servers run, not job detail); any other name is 404.
+async fn sender_file(
+    State(state): State<ApiState>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(sender) = state.sender.as_ref().filter(|s| s.release.file == file) else {
+        let detail = match &state.sender {
+            Some(s) => format!(
+                "{file:?} is not served here; the release is {:?}",
+                s.release.file
+            ),
+            None => {
+                format!("{file:?} is not served here: this appliance carries no sender release")
+            }
+        };
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::SenderNotFound,
+            detail,
+        ));
+    };
+    let disposition = format!("attachment; filename=\"{}\"", sender.release.file);
+    let mut resp = sender.tarball.clone().into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/gzip"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", sender.release.sha256)) {
+        h.insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+/// Job calls may save to the ledger (a durable write): off the async threads.
+async fn job_call<T: Send + 'static>(
+    state: &ApiState,
+    f: impl FnOnce(&JobHandle) -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let job = state.job.clone();
+    tokio::task::spawn_blocking(move || f(&job))
+        .await
+        .map_err(|e| anyhow::anyhow!("job task failed: {e}"))?
+        .map_err(ApiError::from)
+}

@@ -1,0 +1,360 @@
+//! The repair engine on a real Debian bookworm source server (built by
+//! scripts/make-source-image.sh: fstab on /dev/sda1, ifupdown with a static
+//! address, an initramfs without virtio), loop-mounted by the layout
+//! engine: `--plan` changes no byte; the repair runs the system's own
+//! update-initramfs, grub-install and update-grub in a chroot; the result
+//! is checked with the system's own lsinitramfs; a second run changes
+//! nothing.
+
+#![allow(clippy::unwrap_used)] // a test file: a panic is the failure report
+
+use std::path::Path;
+
+use crate::common::repair::*;
+use ferry::layout::tree::{MountOptions, MountTree};
+use ferry::repair::{self, probe, BootMode, DeviceMap, Mode, Status};
+
+fn lines_with<'a>(text: &'a str, word: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| l.split_whitespace().next() == Some(word))
+        .collect()
+}
+
+#[test]
+fn debian_bookworm_source_is_repaired_and_a_second_run_changes_nothing() {
+    need_root!("loop devices, mounts, chroot");
+    let work = tempfile::tempdir().unwrap();
+    let disks = source_image("bios-mbr", work.path());
+    let mut layout = ferry::layout::read_all(&disks).unwrap();
+    layout.disks[0].partitions[0].mount = Some("/".to_owned());
+    let staging = work.path().join("mnt");
+    let tree = MountTree::mount(&layout, &disks, &staging, MountOptions::default()).unwrap();
+    let root = tree.root().to_owned();
+    let loopdev = tree.disks()[0].whole().to_owned();
+    let result = std::panic::catch_unwind(|| check(&root, &loopdev));
+    tree.close().unwrap();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}
+
+fn check(root: &Path, loopdev: &Path) {
+    let rootarg = root.to_str().unwrap();
+    let diskarg = format!("/dev/sda={}", loopdev.display());
+    let devices = DeviceMap {
+        renamed: Vec::new(),
+        disks: vec![probe::probe_disk(vec!["/dev/sda".into()], loopdev, root).unwrap()],
+    };
+    let root_vol = devices
+        .by_mountpoint("/")
+        .expect("the root volume is mounted at /")
+        .clone();
+    let uuid = root_vol.uuid.clone().unwrap();
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    assert!(
+        read("etc/fstab").contains("/dev/sda1 / ext4"),
+        "the source's fstab names /dev/sda1"
+    );
+
+    // --plan: diffs and commands on stdout, not one byte written.
+    let before = tree_hashes(root);
+    let (ok, out, err) = ferry(&["repair", "--root", rootarg, "--disk", &diskarg, "--plan"]);
+    assert!(ok, "plan failed: {err}");
+    assert!(
+        out.contains(&format!(
+            "-/dev/sda1 / ext4 errors=remount-ro 0 1\n+UUID={uuid} / ext4 errors=remount-ro 0 1\n"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("+iface eth0 inet dhcp\n"), "{out}");
+    assert!(
+        out.contains("would run (in chroot): update-initramfs -u -k "),
+        "{out}"
+    );
+    assert!(out.contains("would run (in chroot): update-grub"), "{out}");
+    assert!(
+        out.ends_with("plan: changes shown above; nothing was written\n"),
+        "{out}"
+    );
+    assert_eq!(tree_hashes(root), before, "--plan changed files");
+
+    // Apply through the CLI, with its JSON report.
+    let report = root.parent().unwrap().join("report.json");
+    let (ok, out, err) = ferry(&[
+        "repair",
+        "--root",
+        rootarg,
+        "--disk",
+        &diskarg,
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(ok, "repair failed: {err}\n{out}");
+    eprintln!("{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["changed"], true);
+    assert_eq!(json["recipe"], "debian");
+    assert_eq!(json["os"]["id"], "debian");
+    assert_eq!(json["error"], serde_json::Value::Null);
+
+    let fstab = read("etc/fstab");
+    assert!(
+        fstab.contains(&format!("\nUUID={uuid} / ext4 errors=remount-ro 0 1\n")),
+        "{fstab}"
+    );
+    assert!(!fstab.contains("/dev/sd"), "{fstab}");
+
+    let cfg = read("boot/grub/grub.cfg");
+    let linux = lines_with(&cfg, "linux");
+    assert!(!linux.is_empty(), "{cfg}");
+    for l in &linux {
+        assert!(l.contains(&format!("root=UUID={uuid} ")), "{l}");
+        assert!(
+            l.contains("console=ttyS0,115200n8") && l.contains("net.ifnames=0"),
+            "{l}"
+        );
+    }
+    assert!(
+        !cfg.contains("/dev/loop"),
+        "grub.cfg names the appliance's loop device"
+    );
+
+    let interfaces = read("etc/network/interfaces");
+    assert!(
+        interfaces.contains("\nallow-hotplug eth0\niface eth0 inet dhcp\n"),
+        "{interfaces}"
+    );
+    assert!(
+        lines_with(&interfaces, "iface")
+            .iter()
+            .all(|l| l.ends_with("inet dhcp") || l.ends_with("inet loopback")),
+        "{interfaces}"
+    );
+    assert!(
+        !lines_with(&interfaces, "address").iter().any(|_| true),
+        "a static address is still active: {interfaces}"
+    );
+
+    // The system's own lsinitramfs sees the drivers in every kernel's image.
+    let kernels: Vec<String> = std::fs::read_dir(root.join("lib/modules"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!kernels.is_empty());
+    let session = ferry::sandbox::Sandbox::enter(root, &[]).unwrap();
+    for k in &kernels {
+        let out = session
+            .command("lsinitramfs")
+            .arg(format!("/boot/initrd.img-{k}"))
+            .run()
+            .unwrap()
+            .stdout_text();
+        for m in [
+            "virtio_blk",
+            "virtio_net",
+            "virtio_pci",
+            "virtio_scsi",
+            "nvme",
+        ] {
+            assert!(
+                out.lines().any(|l| l.ends_with(&format!("/{m}.ko"))),
+                "{m} missing from the initramfs of {k}"
+            );
+        }
+    }
+    session.close().unwrap();
+
+    // The MBR holds GRUB's boot code.
+    let mut mbr = [0u8; 512];
+    std::io::Read::read_exact(&mut std::fs::File::open(loopdev).unwrap(), &mut mbr).unwrap();
+    assert!(
+        mbr.windows(4).any(|w| w == b"GRUB"),
+        "no GRUB boot code in the MBR"
+    );
+    assert_eq!(&mbr[510..], &[0x55, 0xaa]);
+
+    // A second run, through the library as the job runner calls it: no change.
+    let again = repair::run(root, &devices, BootMode::Auto, Mode::Apply).unwrap();
+    let changed: Vec<String> = again
+        .steps
+        .iter()
+        .filter(|s| s.status == Status::Changed)
+        .map(|s| format!("{}: {:?}", s.step, s.changes))
+        .collect();
+    assert!(changed.is_empty(), "second run changed: {changed:#?}");
+    assert!(!again.changed);
+}
+
+/// Mount `disks` with the layout engine, partition p of disk d at mp.
+fn mounted(
+    disks: &[std::path::PathBuf],
+    staging: &Path,
+    mounts: &[(usize, usize, &str)],
+) -> MountTree {
+    let mut layout = ferry::layout::read_all(disks).unwrap();
+    for (d, p, mp) in mounts {
+        layout.disks[*d].partitions[*p].mount = Some((*mp).to_owned());
+    }
+    MountTree::mount(&layout, disks, staging, MountOptions::default()).unwrap()
+}
+
+/// Repair `variant` through the library, as the job runner does, with the
+/// device map taken from the layout engine's mount tree; run `check` on
+/// the tree; a second run must change nothing.
+fn repair_variant(
+    variant: &str,
+    mounts: &[(usize, usize, &str)],
+    source_names: &[&str],
+    check: impl Fn(&Path, &DeviceMap, &MountTree),
+) {
+    need_root!("loop devices, mounts, chroot");
+    let work = tempfile::tempdir().unwrap();
+    let disks = source_image(variant, work.path());
+    let tree = mounted(&disks, &work.path().join("mnt"), mounts);
+    let names: Vec<Vec<String>> = source_names.iter().map(|n| vec![(*n).to_owned()]).collect();
+    let devices = DeviceMap::from_mount_tree(&tree, &names);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let first = repair::run(tree.root(), &devices, BootMode::Auto, Mode::Apply).unwrap();
+        assert!(first.changed);
+        check(tree.root(), &devices, &tree);
+        let again = repair::run(tree.root(), &devices, BootMode::Auto, Mode::Apply).unwrap();
+        let changed: Vec<String> = again
+            .steps
+            .iter()
+            .filter(|s| s.status == Status::Changed)
+            .map(|s| format!("{}: {:?}", s.step, s.changes))
+            .collect();
+        assert!(changed.is_empty(), "second run changed: {changed:#?}");
+    }));
+    tree.close().unwrap();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}
+
+fn uuid_at(devices: &DeviceMap, mp: &str) -> String {
+    devices
+        .by_mountpoint(mp)
+        .and_then(|v| v.uuid.clone())
+        .unwrap()
+}
+
+#[test]
+fn bios_gpt_with_separate_boot_and_swap() {
+    repair_variant(
+        "bios-gpt",
+        &[(0, 3, "/"), (0, 1, "/boot")],
+        &["/dev/sda"],
+        |root, devices, _| {
+            let swap = devices
+                .volumes()
+                .find(|v| v.fstype.as_deref() == Some("swap"))
+                .unwrap();
+            let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+            let want = format!(
+            "UUID={} / ext4 errors=remount-ro 0 1\nUUID={} /boot ext4 defaults 0 2\nUUID={} none swap sw 0 0\n",
+            uuid_at(devices, "/"),
+            uuid_at(devices, "/boot"),
+            swap.uuid.clone().unwrap()
+        );
+            assert!(fstab.ends_with(&want), "{fstab}");
+            // /boot is its own file system: grub.cfg lives there and boots / by UUID.
+            let cfg = std::fs::read_to_string(root.join("boot/grub/grub.cfg")).unwrap();
+            let root_arg = format!("root=UUID={} ", uuid_at(devices, "/"));
+            assert!(
+                lines_with(&cfg, "linux")
+                    .iter()
+                    .all(|l| l.contains(&root_arg)),
+                "{cfg}"
+            );
+        },
+    );
+}
+
+#[test]
+fn uefi_gpt_gets_the_removable_loader_on_its_esp() {
+    repair_variant(
+        "uefi-gpt",
+        &[(0, 1, "/")],
+        &["/dev/sda"],
+        |root, devices, tree| {
+            let esp = devices
+                .volumes()
+                .find(|v| v.fstype.as_deref() == Some("vfat"))
+                .unwrap();
+            let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+            assert!(
+                fstab.contains(&format!(
+                    "\nUUID={} /boot/efi vfat umask=0077 0 1\n",
+                    esp.uuid.clone().unwrap()
+                )),
+                "{fstab}"
+            );
+            assert_eq!(esp.node, tree.disks()[0].partitions()[0]);
+            let loader = ferry::layout::fat::FatPartition::new(&esp.node)
+                .read("EFI/BOOT/BOOTX64.EFI")
+                .unwrap();
+            let marker = format!(
+                "# ferry-early-config {} /boot/grub\n",
+                uuid_at(devices, "/")
+            );
+            assert!(
+                loader.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "the ESP's loader was not built for this root"
+            );
+            assert!(loader.starts_with(b"MZ"), "not an EFI executable");
+        },
+    );
+}
+
+/// Without root: a directory that holds no Linux fails with its code and
+/// the hint, and changes nothing.
+#[test]
+fn a_root_without_linux_is_refused_with_a_code_and_hint() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("Windows/System32")).unwrap();
+    let before = tree_hashes(d.path());
+    let (ok, _out, err) = ferry(&["repair", "--root", d.path().to_str().unwrap(), "--plan"]);
+    assert!(!ok);
+    assert!(
+        err.contains("error: detecting the migrated OS: UNSUPPORTED_OS: The migrated operating system is not supported"),
+        "{err}"
+    );
+    assert!(err.contains("\nhint: ferry repairs Linux systems"), "{err}");
+    assert_eq!(tree_hashes(d.path()), before);
+}
+
+#[test]
+fn data_disk_migrated_with_the_system_disk() {
+    repair_variant(
+        "bios-mbr-data",
+        &[(0, 0, "/"), (1, 0, "/data")],
+        &["/dev/sda", "/dev/sdb"],
+        |root, devices, _| {
+            let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+            let want = format!(
+                "UUID={} / ext4 errors=remount-ro 0 1\nUUID={} /data ext4 defaults 0 2\n",
+                uuid_at(devices, "/"),
+                uuid_at(devices, "/data")
+            );
+            assert!(fstab.ends_with(&want), "{fstab}");
+        },
+    );
+}
+
+#[test]
+fn data_disk_left_behind_is_commented_out_of_fstab() {
+    repair_variant(
+        "bios-mbr-data",
+        &[(0, 0, "/")],
+        &["/dev/sda"],
+        |root, _, _| {
+            let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+            assert!(
+            fstab.ends_with("\n# ferry: disk not migrated, /dev/sdb1 would name another disk on the cloud: /dev/sdb1 /data ext4 defaults 0 2\n"),
+            "{fstab}"
+        );
+        },
+    );
+}
