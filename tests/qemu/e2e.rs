@@ -836,7 +836,7 @@ fn a_migration_that_does_not_boot_ends_in_error_and_can_be_handed_off_anyway() {
     let (status, body) = control_bytes(&server, "POST", "/v1/job/handoff", None);
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     let e: serde_json::Value = serde_json::from_slice(&body).expect("error JSON");
-    assert_eq!(e["code"], "USAGE", "{e}");
+    assert_eq!(e["code"], "BAD_REQUEST", "{e}");
     assert_eq!(job(&server)["state"], "InError");
     let (status, body) = control_bytes(
         &server,
