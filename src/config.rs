@@ -53,6 +53,10 @@ pub struct Config {
     /// Repair recipes from this directory instead of the built-in ones
     /// (the files of image-recipes/, with changes or added distributions).
     pub recipes_dir: Option<PathBuf>,
+    /// The network map (TOML or JSON, as `ferry repair --network` takes):
+    /// per source NIC DHCP or its static addresses kept, and which NIC of
+    /// the new instance it becomes. Without it every NIC gets DHCP.
+    pub network_map: Option<PathBuf>,
     /// Validity of the job in days (7 to 90).
     pub validity_days: u32,
     /// A Syncing job that has received no data for this many seconds is
@@ -101,6 +105,7 @@ impl Default for Config {
             boot_test_cpus: 2,
             boot_test_accel: "auto".into(),
             recipes_dir: None,
+            network_map: None,
             validity_days: crate::job::state::Validity::DEFAULT_DAYS,
             stall_after_secs: crate::job::handle::JobHandle::DEFAULT_STALL_AFTER.as_secs(),
             webhook_url: None,

@@ -16,8 +16,9 @@ detects the OS, picks its recipe from image-recipes/ and runs its steps:
                  disks not migrated: commented out or nofail
   grub-defaults  root=UUID, console=tty0 console=ttyS0,115200n8,
                  net.ifnames=0, stale resume= removed, os-prober off
-  network        DHCP on the first NIC in ifupdown, netplan,
-                 NetworkManager, ifcfg or wicked; static configs disabled
+  network        DHCP on every NIC in ifupdown, netplan and
+                 NetworkManager (ifcfg, wicked: the first); static configs
+                 disabled, or kept per NIC with --network (ifupdown)
   net-rules      MAC-pinned udev rules commented out
   cloud-init     datasource of the cloud, per-instance state cleared
   selinux        relabel on first boot (/.autorelabel)
@@ -29,10 +30,23 @@ detects the OS, picks its recipe from image-recipes/ and runs its steps:
 
 Every step is idempotent: a second run reports no change.
 
+The network map (--network MAP, TOML; JSON with the same keys works too):
+
+  instance = [\"52:54:00:aa:00:01\", \"52:54:00:aa:00:02\"]  # new NICs (optional)
+  [[nic]]
+  source = \"ens8\"               # the source NIC's name or MAC
+  mode = \"keep\"                 # keep its static config; default \"dhcp\"
+  target = \"52:54:00:aa:00:01\"  # the new NIC: its MAC, or \"#1\" by place
+  subnet = \"10.0.2.0/24\"        # the new NIC's subnet: kept addresses in it
+
+A kept NIC keeps its name (a .link file by the new MAC); the NICs that
+keep nothing get DHCP as eth0, eth1... Refusals: NETWORK_MAP_INVALID.
+
 Examples:
 
   ferry repair --root /mnt/target --disk /dev/sda=/dev/vdb --plan
   ferry repair --root /mnt/target --disk /dev/sda=/dev/vdb --report repair.json
+  ferry repair --root /mnt/target --disk /dev/sda=/dev/vdb --network map.toml --plan
 
 Errors carry the FAQ's codes (\"Do Grub Failed\", \"check virtio failed\");
 `ferry errors` lists them with what to do.";
@@ -87,6 +101,12 @@ pub struct RepairArgs {
     /// cloud-init datasource to configure (repeatable; default: the recipe's, AliYun then None).
     #[arg(long = "datasource", value_name = "NAME")]
     pub datasources: Vec<String>,
+
+    /// The network map (TOML or JSON): per source NIC, DHCP or keep its
+    /// static addresses, and which NIC of the new instance it becomes.
+    /// Without it every NIC gets DHCP. Format below.
+    #[arg(long, value_name = "MAP")]
+    pub network: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -160,6 +180,9 @@ pub fn run(args: RepairArgs) -> Result<()> {
     };
     let mode = if args.plan { Mode::Plan } else { Mode::Apply };
     let mut opts = RepairOptions::new(&args.root, devices, boot, mode);
+    if let Some(p) = &args.network {
+        opts.network = crate::repair::network::map::NetworkMap::load(p)?;
+    }
     opts.recipe = args.recipe.clone();
     opts.recipes_dir = args.recipes.clone();
     if !args.only.is_empty() {

@@ -69,6 +69,11 @@ pub struct ServeArgs {
     /// [config: recipes_dir].
     #[arg(long, value_name = "DIR")]
     pub recipes: Option<PathBuf>,
+    /// The network map the repair follows: per source NIC, DHCP or keep
+    /// its static addresses, and which new NIC it becomes (`ferry repair
+    /// --help` shows the format) [config: network_map]. Checked at start.
+    #[arg(long, value_name = "MAP")]
+    pub network_map: Option<PathBuf>,
     /// Serve the sender's release from this directory at GET
     /// /v1/sender/<file> (its tarball and SHA256SUMS, as scripts/release.sh
     /// writes them) [config: sender_dir; default /usr/lib/ferry/sender
@@ -147,6 +152,9 @@ impl ServeArgs {
         }
         if let Some(v) = &args.recipes {
             config.recipes_dir = Some(v.clone());
+        }
+        if let Some(v) = &args.network_map {
+            config.network_map = Some(v.clone());
         }
         if let Some(v) = &args.sender_dir {
             config.sender_dir = Some(v.clone());

@@ -243,6 +243,8 @@ catalogue! {
         "Check the network between this server and the intermediate instance and that the instance is running, then run the sender again; it resumes where it stopped.";
     LayoutInvalid => "LAYOUT_INVALID" [final, keeps_job, refused], "The disk layout description is not valid",
         "Fix the layout description as the message says (sizes, partition types, UUIDs, labels, mount points), then run again; nothing was written.";
+    NetworkMapInvalid => "NETWORK_MAP_INVALID" [final, keeps_job, refused], "The network map does not fit the migrated server's network",
+        "The message names the map's entry and what is wrong: a source NIC the server's configuration does not have, two NICs onto one new NIC, a kept address outside the new subnet, a kept NIC without the new NIC's MAC. Fix the map (docs/repair.md describes it) and run the repair again; nothing was changed.";
     LayoutTooLarge => "LAYOUT_TOO_LARGE" [final, keeps_job, refused], "The layout does not fit the target disk",
         "Attach a larger target disk or shrink the partitions of the layout (the message gives the numbers); nothing was written.";
     FilesDoNotFit => "FILES_DO_NOT_FIT" [final, keeps_job, refused], "The used data of the source's file systems does not fit the target disks with headroom",

@@ -160,7 +160,7 @@ pub fn run(
                 mounted,
                 &targets,
                 &dir.join("repair.json"),
-                settings.recipes_dir.as_deref(),
+                &settings.repair,
                 &ft.lvm.renamed,
             )?);
             Ok(())

@@ -64,11 +64,20 @@ pub struct PipelineSettings {
     pub build: bool,
     /// The boot test before the handoff (a job that builds only).
     pub boot_test: boot::BootTestSettings,
-    /// Repair recipes from this directory instead of the built-in ones.
-    pub recipes_dir: Option<PathBuf>,
+    /// What the repair is told beyond the system it finds.
+    pub repair: RepairChoices,
     /// Where `processing/` (reports, the staging mount point) and
     /// `handoff.json` live.
     pub state_dir: PathBuf,
+}
+
+/// The operator's and the control plane's choices for the repair.
+#[derive(Debug, Clone, Default)]
+pub struct RepairChoices {
+    /// Repair recipes from this directory instead of the built-in ones.
+    pub recipes_dir: Option<PathBuf>,
+    /// What each source NIC becomes.
+    pub network: crate::repair::network::map::NetworkMap,
 }
 
 impl PipelineSettings {
@@ -154,14 +163,7 @@ pub fn run(
         // From here on the disks may be written: whatever happens, the
         // ledger must learn what changed, or a restarted job would verify
         // against hashes the disks no longer have.
-        let built = build(
-            &targets,
-            &dir,
-            job,
-            settings.recipes_dir.as_deref(),
-            &mut report,
-            &steps,
-        );
+        let built = build(&targets, &dir, job, &settings.repair, &mut report, &steps);
         let scope = match &built {
             Ok(scope) => scope.clone(),
             // A failed run may have written anywhere it had reached: the
@@ -345,7 +347,7 @@ fn build(
     targets: &[Target],
     dir: &std::path::Path,
     job: &JobHandle,
-    recipes_dir: Option<&std::path::Path>,
+    choices: &RepairChoices,
     report: &mut RoundReport,
     steps: &Steps,
 ) -> Result<resync::Scope> {
@@ -391,7 +393,7 @@ fn build(
             mounted,
             targets,
             &dir.join("repair.json"),
-            recipes_dir,
+            choices,
             &[],
         )?);
         Ok(scope)

@@ -20,7 +20,7 @@ pub fn run(
     mounted: Mounted,
     targets: &[Target],
     report_path: &Path,
-    recipes_dir: Option<&Path>,
+    choices: &super::RepairChoices,
     renamed: &[layout::flatten::Renamed],
 ) -> Result<repair::RepairReport> {
     let _umask = SystemUmask::set();
@@ -30,7 +30,8 @@ pub fn run(
     devices.renamed = renamed.to_vec();
     restore_mount_points(&mut devices, &full);
     let mut options = repair::RepairOptions::new(tree.root(), devices, BootMode::Auto, Mode::Apply);
-    options.recipes_dir = recipes_dir.map(Path::to_owned);
+    options.recipes_dir = choices.recipes_dir.clone();
+    options.network = choices.network.clone();
     let outcome = repair::run_with_options(&options);
     // The report is kept whether the repair succeeded or not, and the
     // system is unmounted either way.

@@ -69,6 +69,19 @@ pub enum NetStack {
     Wicked,
 }
 
+impl NetStack {
+    /// The stack's name, as its users know it.
+    pub fn name(self) -> &'static str {
+        match self {
+            NetStack::Ifupdown => "ifupdown",
+            NetStack::Netplan => "netplan",
+            NetStack::NetworkManager => "NetworkManager",
+            NetStack::Ifcfg => "ifcfg (network-scripts)",
+            NetStack::Wicked => "wicked",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SelinuxMode {

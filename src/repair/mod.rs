@@ -89,6 +89,8 @@ pub struct RepairOptions {
     pub datasources: Option<Vec<String>>,
     /// Run only these of the recipe's steps (all when None).
     pub only: Option<Vec<recipe::StepName>>,
+    /// What each source NIC becomes (empty: DHCP on every NIC).
+    pub network: network::map::NetworkMap,
 }
 
 impl RepairOptions {
@@ -107,6 +109,7 @@ impl RepairOptions {
             recipes_dir: None,
             datasources: None,
             only: None,
+            network: network::map::NetworkMap::default(),
         }
     }
 }
@@ -317,6 +320,14 @@ fn execute_inner(
         b => b,
     };
     report.boot = Some(boot.clone());
+    if recipe.steps.contains(&StepName::Network)
+        && opts
+            .only
+            .as_ref()
+            .is_none_or(|o| o.contains(&StepName::Network))
+    {
+        network::check(&tree, &os, &opts.network)?;
+    }
     let mut written: Vec<String> = Vec::new();
     for step in &recipe.steps {
         if opts.only.as_ref().is_some_and(|o| !o.contains(step)) {
@@ -327,7 +338,7 @@ fn execute_inner(
         match step {
             StepName::Fstab => fstab::step(&mut ctx, &opts.devices)?,
             StepName::GrubDefaults => grub::defaults_step(&mut ctx, &os, &recipe, &opts.devices)?,
-            StepName::Network => network::step(&mut ctx, &os)?,
+            StepName::Network => network::step(&mut ctx, &os, &opts.network)?,
             StepName::NetRules => network::rules_step(&mut ctx)?,
             StepName::CloudInit => system::cloud_init_step(&mut ctx, &os, &recipe)?,
             StepName::Selinux => system::selinux_step(&mut ctx, &os)?,

@@ -160,7 +160,13 @@ pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Applianc
                 accel: crate::pipeline::boot::AccelChoice::from_name(&config.boot_test_accel)
                     .unwrap_or_default(),
             },
-            recipes_dir: config.recipes_dir.clone(),
+            repair: crate::pipeline::RepairChoices {
+                recipes_dir: config.recipes_dir.clone(),
+                network: match &config.network_map {
+                    Some(p) => crate::repair::network::map::NetworkMap::load(p)?,
+                    None => Default::default(),
+                },
+            },
             state_dir: config.state_dir.clone(),
         },
         Arc::clone(&ledger),

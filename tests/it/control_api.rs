@@ -415,7 +415,7 @@ async fn only_a_failed_boot_test_is_handed_off_anyway_and_only_when_asked_to() {
             ferry::pipeline::PipelineSettings {
                 build: true,
                 boot_test: Default::default(),
-                recipes_dir: None,
+                repair: Default::default(),
                 state_dir: state_dir.clone(),
             },
             ledger,

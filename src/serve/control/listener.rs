@@ -72,7 +72,7 @@ pub async fn serve(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
-        .layer(axum::middleware::from_fn(super::api::json_errors));
+        .layer(axum::middleware::from_fn(super::error::json_errors));
     let listener = CappedListener {
         inner: listener,
         admission: crate::serve::admission::Admission::new(

@@ -3,6 +3,7 @@
 //! served by one listener with its limits ([`listener`]).
 
 pub mod api;
+mod error;
 pub mod listener;
 mod ready;
 pub mod sender;

@@ -5,87 +5,26 @@
 //! `net.ifnames=0 biosdevname=0` (grub-defaults) make the first NIC `eth0`;
 //! each stack is configured for DHCP either on any Ethernet interface
 //! (netplan, NetworkManager) or on `eth0`.
+//!
+//! ifupdown follows a network map ([`map`]): each source NIC keeps its
+//! static configuration or gets DHCP, on the new NIC the map names, and
+//! every new NIC that keeps nothing gets DHCP ([`ifupdown`]). A kept NIC
+//! keeps its name: a systemd `.link` file gives the new NIC of that MAC the
+//! source's name, so firewall rules and services that name it find it; a
+//! source NIC already named `ethN` keeps its name by being the new
+//! instance's NIC N+1 (the kernel's name under `net.ifnames=0`).
+
+mod ifupdown;
+pub mod map;
 
 use anyhow::Result;
 
 use super::detect::{parse_assignments, yaml_files, NetStack, OsInfo};
 use super::engine::StepCtx;
+use crate::job::errors::{coded, ErrorCode};
+use map::{NetworkMap, NetworkPlan, NicMode};
 
 const MARK: &str = "# ferry:";
-
-pub(crate) const IFUPDOWN_DHCP: &str = "allow-hotplug eth0\niface eth0 inet dhcp\n";
-
-/// `/etc/network/interfaces` (or a file under interfaces.d): stanzas of
-/// interfaces other than `lo` are commented out; the main file gets DHCP on
-/// eth0.
-pub(crate) fn rewrite_interfaces(text: &str, main: bool) -> String {
-    let mut out = String::new();
-    let mut in_stanza_off = false;
-    let mut have_dhcp = false;
-    let lines: Vec<&str> = text.lines().collect();
-    let mut i = 0;
-    while i < lines.len() {
-        let l = lines[i];
-        let t = l.trim_start();
-        let word = t.split_whitespace().next().unwrap_or("");
-        let names: Vec<&str> = t.split_whitespace().skip(1).collect();
-        // Our own stanza from an earlier run is kept as it is.
-        if main && l == "allow-hotplug eth0" && lines.get(i + 1) == Some(&"iface eth0 inet dhcp") {
-            out.push_str(IFUPDOWN_DHCP);
-            have_dhcp = true;
-            in_stanza_off = false;
-            i += 2;
-            continue;
-        }
-        match word {
-            "auto" | "allow-hotplug" | "allow-auto" if !t.starts_with('#') => {
-                in_stanza_off = false;
-                let keep: Vec<&str> = names.iter().copied().filter(|n| *n == "lo").collect();
-                if keep.len() == names.len() {
-                    out.push_str(l);
-                } else {
-                    out.push_str(&format!("{MARK} {l}"));
-                    if !keep.is_empty() {
-                        out.push_str(&format!("\n{word} {}", keep.join(" ")));
-                    }
-                }
-            }
-            "iface" | "mapping" => {
-                in_stanza_off = names.first() != Some(&"lo");
-                if in_stanza_off {
-                    out.push_str(&format!("{MARK} {l}"));
-                } else {
-                    out.push_str(l);
-                }
-            }
-            "source" | "source-directory" | "rename" => {
-                in_stanza_off = false;
-                out.push_str(l);
-            }
-            _ if in_stanza_off && !t.is_empty() && !t.starts_with('#') => {
-                out.push_str(&format!("{MARK} {l}"))
-            }
-            _ => {
-                if t.is_empty() {
-                    in_stanza_off = false;
-                }
-                out.push_str(l);
-            }
-        }
-        out.push('\n');
-        i += 1;
-    }
-    if main && !have_dhcp {
-        if !out.is_empty() && !out.ends_with("\n\n") {
-            out.push('\n');
-        }
-        out.push_str(
-            "# ferry: DHCP on the cloud's first network interface (eth0 with net.ifnames=0).\n",
-        );
-        out.push_str(IFUPDOWN_DHCP);
-    }
-    out
-}
 
 pub(crate) const NETPLAN_FILE: &str = "/etc/netplan/90-ferry-dhcp.yaml";
 
@@ -220,28 +159,38 @@ pub(crate) fn disable_mac_rules(text: &str) -> String {
         .collect()
 }
 
-pub fn step(ctx: &mut StepCtx, os: &OsInfo) -> Result<()> {
+/// Check the network map against the migrated system before any step
+/// changes it: a map that does not fit is refused with nothing written.
+pub fn check(tree: &super::tree::Tree, os: &OsInfo, map: &NetworkMap) -> Result<()> {
+    if os.network.contains(&NetStack::Ifupdown) {
+        let files = ifupdown_files(tree)?;
+        let plan = ifupdown_plan(&files, map)?;
+        kept_names(&plan.1)?;
+    } else if map.nics.iter().any(|n| n.mode == NicMode::Keep) {
+        let stacks: Vec<&str> = os.network.iter().map(|s| s.name()).collect();
+        return Err(coded(
+            ErrorCode::NetworkMapInvalid,
+            format!(
+                "the network map keeps static addresses, which ferry writes for ifupdown only so far; this server's network is configured by {}. Map its NICs with mode = \"dhcp\" (or give no map): every NIC then gets DHCP",
+                if stacks.is_empty() { "no stack ferry knows".to_owned() } else { stacks.join(", ") }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub fn step(ctx: &mut StepCtx, os: &OsInfo, map: &NetworkMap) -> Result<()> {
+    check(ctx.tree, os, map)?;
+    if !os.network.contains(&NetStack::Ifupdown) && !map.nics.is_empty() {
+        ctx.note("the network map is applied to ifupdown only; this server's stack configures DHCP on every Ethernet NIC");
+    }
     if os.network.is_empty() {
         ctx.skip("no known network stack (ifupdown, netplan, NetworkManager, ifcfg, wicked) found; network left as is");
         return Ok(());
     }
     for stack in &os.network {
         match stack {
-            NetStack::Ifupdown => {
-                if let Some(t) = ctx.tree.read("/etc/network/interfaces")? {
-                    ctx.write(
-                        "/etc/network/interfaces",
-                        &rewrite_interfaces(&t, true),
-                        0o644,
-                    )?;
-                }
-                for n in ctx.tree.list("/etc/network/interfaces.d")? {
-                    let p = format!("/etc/network/interfaces.d/{n}");
-                    if let Some(t) = ctx.tree.read(&p)? {
-                        ctx.write(&p, &rewrite_interfaces(&t, false), 0o644)?;
-                    }
-                }
-            }
+            NetStack::Ifupdown => ifupdown_step(ctx, map)?,
             NetStack::Netplan => {
                 let mut renderer = None;
                 for n in yaml_files(ctx.tree, "/etc/netplan")? {
@@ -347,6 +296,144 @@ pub(crate) fn rules_step(ctx: &mut StepCtx) -> Result<()> {
     Ok(())
 }
 
+/// The files of ifupdown: the main one and those of interfaces.d.
+const INTERFACES: &str = "/etc/network/interfaces";
+const INTERFACES_D: &str = "/etc/network/interfaces.d";
+/// Where the `.link` files that keep a NIC's name go.
+const LINK_DIR: &str = "/etc/systemd/network";
+
+/// ifupdown's files: (path, text), the main one first.
+fn ifupdown_files(tree: &super::tree::Tree) -> Result<Vec<(String, String)>> {
+    let mut files: Vec<(String, String)> = Vec::new();
+    if let Some(t) = tree.read(INTERFACES)? {
+        files.push((INTERFACES.to_owned(), t));
+    }
+    for n in tree.list(INTERFACES_D)? {
+        let p = format!("{INTERFACES_D}/{n}");
+        if let Some(t) = tree.read(&p)? {
+            files.push((p, t));
+        }
+    }
+    Ok(files)
+}
+
+/// The source's NICs as ifupdown's files say, and the map's plan for them.
+fn ifupdown_plan(
+    files: &[(String, String)],
+    map: &NetworkMap,
+) -> Result<(Vec<map::SourceNic>, NetworkPlan)> {
+    let texts: Vec<String> = files.iter().map(|(_, t)| t.clone()).collect();
+    let source = ifupdown::source_nics(&texts);
+    let plan = map.plan(&source)?;
+    Ok((source, plan))
+}
+
+fn ifupdown_step(ctx: &mut StepCtx, map: &NetworkMap) -> Result<()> {
+    let files = ifupdown_files(ctx.tree)?;
+    let (source, plan) = ifupdown_plan(&files, map)?;
+    let links = kept_names(&plan)?;
+    for (path, text) in &files {
+        ctx.write(
+            path,
+            &ifupdown::rewrite(text, path == INTERFACES, &plan),
+            0o644,
+        )?;
+    }
+    for (name, mac) in &links {
+        ctx.write(&link_path(name), &link_file(name, mac), 0o644)?;
+    }
+    for n in ctx.tree.list(LINK_DIR)? {
+        let p = format!("{LINK_DIR}/{n}");
+        if n.starts_with(LINK_PREFIX) && !links.iter().any(|(name, _)| link_path(name) == p) {
+            ctx.remove_state(&p)?;
+        }
+    }
+    report(ctx, &plan, &source);
+    Ok(())
+}
+
+/// The NICs whose names a `.link` file keeps: (source name, new MAC).
+/// A kept NIC named `ethN` keeps its name by its place; any other needs the
+/// new NIC's MAC.
+fn kept_names(plan: &NetworkPlan) -> Result<Vec<(String, String)>> {
+    let mut links = Vec::new();
+    for n in plan.nics.iter().filter(|n| n.mode == NicMode::Keep) {
+        if let Some(k) = n
+            .source
+            .strip_prefix("eth")
+            .and_then(|k| k.parse::<usize>().ok())
+        {
+            if k != n.index {
+                return Err(coded(
+                    ErrorCode::NetworkMapInvalid,
+                    format!(
+                        "{} keeps its name only as the new instance's NIC #{} (the kernel names the NICs eth0, eth1... in their order); map it there, or give it DHCP",
+                        n.source,
+                        k + 1
+                    ),
+                ));
+            }
+            continue;
+        }
+        let Some(mac) = &n.mac else {
+            return Err(coded(
+                ErrorCode::NetworkMapInvalid,
+                format!(
+                    "{} keeps its static addresses, and its name only on a NIC ferry can recognise: give the new NIC's MAC (target = \"52:54:00:...\", or the instance list)",
+                    n.source
+                ),
+            ));
+        };
+        links.push((n.source.clone(), mac.clone()));
+    }
+    Ok(links)
+}
+
+const LINK_PREFIX: &str = "10-ferry-";
+
+fn link_path(name: &str) -> String {
+    format!("{LINK_DIR}/{LINK_PREFIX}{name}.link")
+}
+
+/// A systemd `.link` file: the NIC of this MAC is named `name` by udev
+/// (`Name=` holds under `net.ifnames=0`, which turns off only the naming
+/// policies).
+fn link_file(name: &str, mac: &str) -> String {
+    format!(
+        "# Written by ferry: the new NIC with this MAC keeps the source server's name.\n[Match]\nMACAddress={mac}\n\n[Link]\nName={name}\n"
+    )
+}
+
+/// Each NIC's outcome in the step's report.
+fn report(ctx: &mut StepCtx, plan: &NetworkPlan, source: &[map::SourceNic]) {
+    for n in &plan.nics {
+        let on = match &n.mac {
+            Some(m) => format!("the new NIC #{} ({m})", n.index + 1),
+            None => format!("the new NIC #{}", n.index + 1),
+        };
+        let line = match n.mode {
+            NicMode::Keep => {
+                let addrs = source
+                    .iter()
+                    .find(|s| s.name == n.source)
+                    .map(|s| s.addresses.join(", "))
+                    .unwrap_or_default();
+                format!("{}: keeps {addrs} and its name on {on}", n.source)
+            }
+            NicMode::Dhcp => format!("{}: DHCP on {on} as eth{}", n.source, n.index),
+        };
+        ctx.note(line);
+    }
+    let extra: Vec<String> = ifupdown::dhcp_indices(plan)
+        .into_iter()
+        .filter(|i| !plan.nics.iter().any(|n| n.index == *i))
+        .map(|i| format!("eth{i}"))
+        .collect();
+    if !extra.is_empty() {
+        ctx.note(format!("DHCP also on {}", extra.join(", ")));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,13 +445,13 @@ mod tests {
                 "debian static",
                 true,
                 "source /etc/network/interfaces.d/*\n\n# The loopback network interface\nauto lo\niface lo inet loopback\n\n# The primary network interface\nallow-hotplug ens33\niface ens33 inet static\n\taddress 192.168.10.5/24\n\tgateway 192.168.10.1\n\tdns-nameservers 192.168.10.1\n",
-                "source /etc/network/interfaces.d/*\n\n# The loopback network interface\nauto lo\niface lo inet loopback\n\n# The primary network interface\n# ferry: allow-hotplug ens33\n# ferry: iface ens33 inet static\n# ferry: \taddress 192.168.10.5/24\n# ferry: \tgateway 192.168.10.1\n# ferry: \tdns-nameservers 192.168.10.1\n\n# ferry: DHCP on the cloud's first network interface (eth0 with net.ifnames=0).\nallow-hotplug eth0\niface eth0 inet dhcp\n",
+                "source /etc/network/interfaces.d/*\n\n# The loopback network interface\nauto lo\niface lo inet loopback\n\n# The primary network interface\n# ferry: allow-hotplug ens33\n# ferry: iface ens33 inet static\n# ferry: \taddress 192.168.10.5/24\n# ferry: \tgateway 192.168.10.1\n# ferry: \tdns-nameservers 192.168.10.1\n\n# ferry: DHCP on the new instance's network interfaces (ethN with net.ifnames=0).\nallow-hotplug eth0\niface eth0 inet dhcp\n",
             ),
             (
                 "auto line naming lo and a NIC",
                 true,
                 "auto lo eth0\niface lo inet loopback\niface eth0 inet static\n    address 10.0.0.2\n    netmask 255.255.255.0\n",
-                "# ferry: auto lo eth0\nauto lo\niface lo inet loopback\n# ferry: iface eth0 inet static\n# ferry:     address 10.0.0.2\n# ferry:     netmask 255.255.255.0\n\n# ferry: DHCP on the cloud's first network interface (eth0 with net.ifnames=0).\nallow-hotplug eth0\niface eth0 inet dhcp\n",
+                "# ferry: auto lo eth0\nauto lo\niface lo inet loopback\n# ferry: iface eth0 inet static\n# ferry:     address 10.0.0.2\n# ferry:     netmask 255.255.255.0\n\n# ferry: DHCP on the new instance's network interfaces (ethN with net.ifnames=0).\nallow-hotplug eth0\niface eth0 inet dhcp\n",
             ),
             (
                 "interfaces.d file",
@@ -374,10 +461,13 @@ mod tests {
             ),
         ];
         for (name, main, input, want) in cases {
-            let got = rewrite_interfaces(input, *main);
+            let plan = NetworkMap::default()
+                .plan(&ifupdown::source_nics(&[input.to_string()]))
+                .unwrap();
+            let got = ifupdown::rewrite(input, *main, &plan);
             assert_eq!(got, *want, "case {name}");
             assert_eq!(
-                rewrite_interfaces(&got, *main),
+                ifupdown::rewrite(&got, *main, &plan),
                 got,
                 "case {name}: idempotent"
             );
@@ -428,7 +518,7 @@ mod tests {
         os: &OsInfo,
     ) -> crate::repair::engine::StepReport {
         let mut ctx = StepCtx::new(tree, crate::repair::engine::Mode::Apply, None);
-        step(&mut ctx, os).unwrap();
+        step(&mut ctx, os, &NetworkMap::default()).unwrap();
         ctx.finish("network")
     }
 
