@@ -178,6 +178,7 @@ impl SourceImage {
             snapshot: true,
             timeout: DEFAULT_TIMEOUT,
             ovmf_vars: self.ovmf_vars.clone(),
+            cloud_nics: Vec::new(),
         }
     }
 }
@@ -211,6 +212,10 @@ pub struct BootSpec {
     /// UEFI: the firmware variables to start from (copied, never written),
     /// instead of OVMF's empty ones.
     pub ovmf_vars: Option<PathBuf>,
+    /// The cloud's NICs, in PCI order: each a MAC and the IPv4 network of
+    /// its own user-mode network (QEMU answers DHCP with .15 and routes
+    /// through .2). Empty: one NIC on 10.0.2.0/24.
+    pub cloud_nics: Vec<(String, String)>,
 }
 
 /// What the booted system said about itself.
@@ -470,10 +475,22 @@ pub fn qemu_args(spec: &BootSpec, ovmf_vars: Option<&Path>) -> Result<Vec<String
                     4 + i
                 ));
             }
-            a.push("-netdev".into());
-            a.push("user,id=n0".into());
-            a.push("-device".into());
-            a.push("virtio-net-pci,netdev=n0,addr=0x3,mac=52:54:00:12:34:03".into());
+            if spec.cloud_nics.is_empty() {
+                a.push("-netdev".into());
+                a.push("user,id=n0".into());
+                a.push("-device".into());
+                a.push("virtio-net-pci,netdev=n0,addr=0x3,mac=52:54:00:12:34:03".into());
+            }
+            // Slots 3, then 9 and on: 4 to 8 are the disks'.
+            for (i, (mac, net)) in spec.cloud_nics.iter().enumerate() {
+                let slot = if i == 0 { 3 } else { 8 + i };
+                a.push("-netdev".into());
+                a.push(format!("user,id=n{i},net={net}"));
+                a.push("-device".into());
+                a.push(format!(
+                    "virtio-net-pci,netdev=n{i},addr=0x{slot:x},mac={mac}"
+                ));
+            }
         }
     }
     Ok(a)
@@ -585,6 +602,7 @@ pub fn boots_on_the_cloud(src: &SourceImage, targets: Vec<PathBuf>, name: &str) 
         snapshot: false,
         timeout: DEFAULT_TIMEOUT,
         ovmf_vars: None,
+        cloud_nics: Vec::new(),
     })
     .expect("running the boot check");
     let m = report.expect_booted();

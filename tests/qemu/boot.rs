@@ -186,6 +186,7 @@ fn qemu_hardware_is_the_one_each_side_has() {
         snapshot: true,
         timeout: crate::common::boot::DEFAULT_TIMEOUT,
         ovmf_vars: None,
+        cloud_nics: Vec::new(),
     };
     let old = crate::common::boot::qemu_args(&spec, None)
         .expect("args")

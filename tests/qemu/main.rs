@@ -11,5 +11,6 @@ mod boot;
 mod e2e;
 mod filemode;
 mod hostile;
+mod network;
 mod repair;
 mod stacks;

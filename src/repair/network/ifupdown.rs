@@ -197,8 +197,15 @@ pub(crate) fn rewrite(text: &str, main: bool, plan: &NetworkPlan) -> String {
         }
         out.push_str(DHCP_HEADER);
         out.push('\n');
+        let mut first = true;
         for i in dhcp_indices(plan) {
             out.push_str(&format!("allow-hotplug eth{i}\niface eth{i} inet dhcp\n"));
+            // The first DHCP NIC's default route wins; the others' come
+            // after it (dhclient), whichever answers first.
+            if !first {
+                out.push_str(&format!("    metric {}\n", 100 * i));
+            }
+            first = false;
         }
     }
     out
@@ -308,6 +315,7 @@ allow-hotplug eth0
 iface eth0 inet dhcp
 allow-hotplug eth2
 iface eth2 inet dhcp
+    metric 200
 "
         );
         // Idempotent, and the commented stanzas are still the source's.
@@ -329,7 +337,7 @@ iface eth2 inet dhcp
             out2.contains("# ferry: auto ens9\n# ferry: iface ens9 inet static\n"),
             "{out2}"
         );
-        assert!(out2.ends_with("allow-hotplug eth1\niface eth1 inet dhcp\nallow-hotplug eth2\niface eth2 inet dhcp\n"), "{out2}");
+        assert!(out2.ends_with("allow-hotplug eth1\niface eth1 inet dhcp\nallow-hotplug eth2\niface eth2 inet dhcp\n    metric 200\n"), "{out2}");
     }
 
     #[test]
@@ -339,7 +347,7 @@ iface eth2 inet dhcp
             .unwrap();
         let out = rewrite(SOURCE, true, &plan);
         assert!(out.ends_with(
-            "allow-hotplug eth0\niface eth0 inet dhcp\nallow-hotplug eth1\niface eth1 inet dhcp\nallow-hotplug eth2\niface eth2 inet dhcp\n"
+            "allow-hotplug eth0\niface eth0 inet dhcp\nallow-hotplug eth1\niface eth1 inet dhcp\n    metric 100\nallow-hotplug eth2\niface eth2 inet dhcp\n    metric 200\n"
         ), "{out}");
         assert!(!out.contains("\niface ens"), "{out}");
         // A file of interfaces.d gets no DHCP stanza of its own.
