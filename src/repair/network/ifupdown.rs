@@ -32,6 +32,12 @@ fn unmarked(line: &str) -> &str {
         .unwrap_or(line)
 }
 
+/// The NIC an interface of the files is on: an alias (`ens8:1`, an
+/// address more on ens8) and a VLAN (`ens8.10`) go with their NIC.
+fn nic_of(iface: &str) -> &str {
+    iface.split([':', '.']).next().unwrap_or(iface)
+}
+
 /// A netmask in dotted form as a prefix length.
 fn prefix_of(netmask: &str) -> Option<u8> {
     let m: std::net::Ipv4Addr = netmask.parse().ok()?;
@@ -80,7 +86,7 @@ pub(crate) fn source_nics(files: &[String]) -> Vec<SourceNic> {
                 static_v4 = false;
             }
             if word == "iface" {
-                let name = words.next().unwrap_or("");
+                let name = nic_of(words.next().unwrap_or(""));
                 let family = words.next().unwrap_or("");
                 let method = words.next().unwrap_or("");
                 if name.is_empty() || name == "lo" || ours {
@@ -128,7 +134,10 @@ pub(crate) fn source_nics(files: &[String]) -> Vec<SourceNic> {
 /// A file of the configuration rewritten for the plan. `main` is
 /// `/etc/network/interfaces`, which gets the DHCP stanzas.
 pub(crate) fn rewrite(text: &str, main: bool, plan: &NetworkPlan) -> String {
-    let kept = |name: &str| name == "lo" || plan.get(name).is_some_and(|n| n.mode == NicMode::Keep);
+    let kept = |name: &str| {
+        let nic = nic_of(name);
+        nic == "lo" || plan.get(nic).is_some_and(|n| n.mode == NicMode::Keep)
+    };
     let mut out = String::new();
     let mut in_stanza_off = false;
     let mut ours = false;
@@ -247,6 +256,10 @@ iface ens9 inet static
 
 iface ens9 inet6 auto
 
+auto ens9:1
+iface ens9:1 inet static
+    address 10.0.3.51/24
+
 allow-hotplug ens10
 iface ens10 inet dhcp
 ";
@@ -265,7 +278,7 @@ iface ens10 inet dhcp
                 SourceNic {
                     name: "ens9".into(),
                     mac: None,
-                    addresses: vec!["10.0.3.50/24".into()],
+                    addresses: vec!["10.0.3.50/24".into(), "10.0.3.51/24".into()],
                 },
                 SourceNic {
                     name: "ens10".into(),
@@ -306,6 +319,10 @@ iface ens9 inet static
     mtu 1400
 
 iface ens9 inet6 auto
+
+auto ens9:1
+iface ens9:1 inet static
+    address 10.0.3.51/24
 
 # ferry: allow-hotplug ens10
 # ferry: iface ens10 inet dhcp

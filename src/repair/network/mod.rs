@@ -358,6 +358,17 @@ fn ifupdown_step(ctx: &mut StepCtx, map: &NetworkMap) -> Result<()> {
 fn kept_names(plan: &NetworkPlan) -> Result<Vec<(String, String)>> {
     let mut links = Vec::new();
     for n in plan.nics.iter().filter(|n| n.mode == NicMode::Keep) {
+        // The name comes from the migrated system's files, and becomes a
+        // file name and a udev match here.
+        if !valid_ifname(&n.source) {
+            return Err(coded(
+                ErrorCode::NetworkMapInvalid,
+                format!(
+                    "{:?} is not a Linux interface name (1 to 15 bytes, no slash or blank), so it cannot be kept; give it DHCP",
+                    n.source
+                ),
+            ));
+        }
         if let Some(k) = n
             .source
             .strip_prefix("eth")
@@ -390,6 +401,16 @@ fn kept_names(plan: &NetworkPlan) -> Result<Vec<(String, String)>> {
 }
 
 const LINK_PREFIX: &str = "10-ferry-";
+
+/// A name the kernel takes for a network interface.
+fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
 
 fn link_path(name: &str) -> String {
     format!("{LINK_DIR}/{LINK_PREFIX}{name}.link")
@@ -658,5 +679,34 @@ mod tests {
         let want = "# This file was automatically generated\n# ferry: pinned to the source's MAC: SUBSYSTEM==\"net\", ACTION==\"add\", DRIVERS==\"?*\", ATTR{address}==\"00:0c:29:aa:bb:cc\", ATTR{type}==\"1\", KERNEL==\"eth*\", NAME=\"eth0\"\n";
         assert_eq!(disable_mac_rules(input), want);
         assert_eq!(disable_mac_rules(want), want);
+    }
+
+    /// A hostile source names its NIC so that the `.link` file's path would
+    /// be of its choosing: refused, nothing written.
+    #[test]
+    fn a_kept_nic_whose_name_is_not_an_interface_name_is_refused() {
+        let name = "a/x";
+        let text = format!("auto {name}\niface {name} inet static\n    address 10.0.2.50/24\n");
+        let (d, t) = tree_with(&[("/etc/network/interfaces", &text)]);
+        let map = NetworkMap::parse(&format!(
+            "[[nic]]\nsource = \"{name}\"\nmode = \"keep\"\ntarget = \"52:54:00:aa:00:01\"\n"
+        ))
+        .unwrap();
+        let mut ctx = StepCtx::new(&t, crate::repair::engine::Mode::Apply, None);
+        let err = step(&mut ctx, &os_with(vec![NetStack::Ifupdown]), &map).unwrap_err();
+        let (code, detail) = crate::job::errors::describe(&err);
+        assert_eq!(code, ErrorCode::NetworkMapInvalid);
+        assert_eq!(
+            detail,
+            "\"a/x\" is not a Linux interface name (1 to 15 bytes, no slash or blank), so it cannot be kept; give it DHCP"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("etc/network/interfaces")).unwrap(),
+            text
+        );
+        assert!(!d.path().join("etc/systemd").exists());
+        assert!(
+            valid_ifname("ens8") && valid_ifname("enp3s0f0") && !valid_ifname("a234567890123456")
+        );
     }
 }
