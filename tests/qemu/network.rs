@@ -174,28 +174,19 @@ fn two_nic_boot(src: &SourceImage, disks: Vec<std::path::PathBuf>, name: &str) -
     net_facts(&report)
 }
 
-#[test]
-fn kept_static_addresses_come_up_on_the_mapped_nics_under_their_old_names() {
-    need_root!("loop devices, mounts and chroot build the source images");
+/// Repair a private copy of the source with `map` and boot it on two new
+/// NICs: the network step's notes and the `FERRY-NET` facts of the boot.
+fn migrated(map: &str, name: &str) -> (Vec<String>, Vec<String>) {
     let src = SourceImage::build("bios-mbr").unwrap();
     let work = tempfile::tempdir().unwrap();
     let disks = crate::common::repair::source_image("bios-mbr", work.path());
-    let notes = repaired(&disks, work.path(), MAP);
-    assert_eq!(
-        notes,
-        [
-            "ens8: keeps 10.0.2.50/24 and its name on the new NIC #1 (52:54:00:aa:00:01)",
-            "ens9: keeps 10.0.3.50/24 and its name on the new NIC #2 (52:54:00:aa:00:02)",
-        ]
-    );
-    let facts = two_nic_boot(&src, disks, "network-keep");
-    for want in [
-        "link=ens8 mac=52:54:00:aa:00:01 mtu=1500 addrs=10.0.2.50/24",
-        "link=ens9 mac=52:54:00:aa:00:02 mtu=1400 addrs=10.0.3.50/24",
-        "route=default via 10.0.2.2 dev ens8",
-        "route=10.9.0.0/16 via 10.0.3.2 dev ens9",
-        "dns=10.0.3.3",
-    ] {
+    let notes = repaired(&disks, work.path(), map);
+    (notes, two_nic_boot(&src, disks, name))
+}
+
+/// Each wanted fact is a line of the boot's, or the start of one.
+fn assert_facts(facts: &[String], wanted: &[&str]) {
+    for want in wanted {
         assert!(
             facts
                 .iter()
@@ -203,6 +194,29 @@ fn kept_static_addresses_come_up_on_the_mapped_nics_under_their_old_names() {
             "{want:?} not in {facts:#?}"
         );
     }
+}
+
+#[test]
+fn kept_static_addresses_come_up_on_the_mapped_nics_under_their_old_names() {
+    need_root!("loop devices, mounts and chroot build the source images");
+    let (notes, facts) = migrated(MAP, "network-keep");
+    assert_eq!(
+        notes,
+        [
+            "ens8: keeps 10.0.2.50/24 and its name on the new NIC #1 (52:54:00:aa:00:01)",
+            "ens9: keeps 10.0.3.50/24 and its name on the new NIC #2 (52:54:00:aa:00:02)",
+        ]
+    );
+    assert_facts(
+        &facts,
+        &[
+            "link=ens8 mac=52:54:00:aa:00:01 mtu=1500 addrs=10.0.2.50/24",
+            "link=ens9 mac=52:54:00:aa:00:02 mtu=1400 addrs=10.0.3.50/24",
+            "route=default via 10.0.2.2 dev ens8",
+            "route=10.9.0.0/16 via 10.0.3.2 dev ens9",
+            "dns=10.0.3.3",
+        ],
+    );
     assert!(
         !facts.iter().any(|f| f.starts_with("link=eth")),
         "{facts:#?}"
@@ -212,10 +226,7 @@ fn kept_static_addresses_come_up_on_the_mapped_nics_under_their_old_names() {
 #[test]
 fn without_a_map_both_nics_get_dhcp() {
     need_root!("loop devices, mounts and chroot build the source images");
-    let src = SourceImage::build("bios-mbr").unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let disks = crate::common::repair::source_image("bios-mbr", work.path());
-    let notes = repaired(&disks, work.path(), "");
+    let (notes, facts) = migrated("", "network-dhcp");
     assert_eq!(
         notes,
         [
@@ -223,20 +234,15 @@ fn without_a_map_both_nics_get_dhcp() {
             "ens9: DHCP on the new NIC #2 as eth1",
         ]
     );
-    let facts = two_nic_boot(&src, disks, "network-dhcp");
-    for want in [
-        "link=eth0 mac=52:54:00:aa:00:01 mtu=1500 addrs=10.0.2.15/24",
-        "link=eth1 mac=52:54:00:aa:00:02 mtu=1500 addrs=10.0.3.15/24",
-        // The first NIC's default route is the one in use, whichever NIC
-        // DHCP answered first.
-        "route=default via 10.0.2.2 dev eth0",
-        "route=default via 10.0.3.2 dev eth1 metric 100",
-    ] {
-        assert!(
-            facts
-                .iter()
-                .any(|f| f == want || f.starts_with(&format!("{want} "))),
-            "{want:?} not in {facts:#?}"
-        );
-    }
+    assert_facts(
+        &facts,
+        &[
+            "link=eth0 mac=52:54:00:aa:00:01 mtu=1500 addrs=10.0.2.15/24",
+            "link=eth1 mac=52:54:00:aa:00:02 mtu=1500 addrs=10.0.3.15/24",
+            // The first NIC's default route is the one in use, whichever
+            // NIC DHCP answered first.
+            "route=default via 10.0.2.2 dev eth0",
+            "route=default via 10.0.3.2 dev eth1 metric 100",
+        ],
+    );
 }
