@@ -156,11 +156,12 @@ pub fn run(
             mount::system(&targets, &dir.join(STAGING), &ft.lvm.renamed)
         })?;
         steps.run(&mut report, Step::Repair, |report| {
+            let choices = settings.repair.for_round(&settings.state_dir)?;
             report.repair = Some(repair::run(
                 mounted,
                 &targets,
                 &dir.join("repair.json"),
-                &settings.repair,
+                &choices,
                 &ft.lvm.renamed,
             )?);
             Ok(())

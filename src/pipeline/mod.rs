@@ -80,6 +80,80 @@ pub struct RepairChoices {
     pub network: crate::repair::network::map::NetworkMap,
 }
 
+/// Where the control plane's network map is kept in the state directory
+/// (`POST /v1/job/network`); it takes the place of the configuration's.
+pub const NETWORK_MAP_FILE: &str = "network-map.json";
+
+/// Where a network map comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MapFrom {
+    /// `POST /v1/job/network`.
+    Control,
+    /// `network_map` of the configuration.
+    Config,
+    /// Neither: DHCP on every NIC.
+    None,
+}
+
+impl RepairChoices {
+    /// The choices of a round: the control plane's network map where it
+    /// set one, else the configuration's.
+    pub(crate) fn for_round(&self, state_dir: &std::path::Path) -> Result<RepairChoices> {
+        let mut choices = self.clone();
+        if let Some(map) = stored_network_map(state_dir)? {
+            choices.network = map;
+        }
+        Ok(choices)
+    }
+
+    /// The network map a round would follow now, and where it comes from.
+    pub fn network_map(
+        &self,
+        state_dir: &std::path::Path,
+    ) -> Result<(crate::repair::network::map::NetworkMap, MapFrom)> {
+        Ok(match stored_network_map(state_dir)? {
+            Some(map) => (map, MapFrom::Control),
+            None if self.network == Default::default() => (Default::default(), MapFrom::None),
+            None => (self.network.clone(), MapFrom::Config),
+        })
+    }
+}
+
+/// The control plane's network map, if it set one.
+fn stored_network_map(
+    state_dir: &std::path::Path,
+) -> Result<Option<crate::repair::network::map::NetworkMap>> {
+    let path = state_dir.join(NETWORK_MAP_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(
+            crate::repair::network::map::NetworkMap::parse(&text)
+                .with_context(|| format!("the stored network map {}", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Keep the control plane's network map for the rounds to come; an empty
+/// map removes it (the configuration's applies again).
+pub(crate) fn store_network_map(
+    state_dir: &std::path::Path,
+    map: &crate::repair::network::map::NetworkMap,
+) -> Result<()> {
+    let path = state_dir.join(NETWORK_MAP_FILE);
+    if *map == Default::default() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(()),
+        };
+    }
+    let json = serde_json::to_vec_pretty(map).context("encoding the network map")?;
+    crate::disk::write_atomic(&path, &json)
+}
+
 impl PipelineSettings {
     pub(crate) fn work_dir(&self) -> PathBuf {
         self.state_dir.join("processing")
@@ -163,7 +237,7 @@ pub fn run(
         // From here on the disks may be written: whatever happens, the
         // ledger must learn what changed, or a restarted job would verify
         // against hashes the disks no longer have.
-        let built = build(&targets, &dir, job, &settings.repair, &mut report, &steps);
+        let built = build(&targets, &dir, job, settings, &mut report, &steps);
         let scope = match &built {
             Ok(scope) => scope.clone(),
             // A failed run may have written anywhere it had reached: the
@@ -347,7 +421,7 @@ fn build(
     targets: &[Target],
     dir: &std::path::Path,
     job: &JobHandle,
-    choices: &RepairChoices,
+    settings: &PipelineSettings,
     report: &mut RoundReport,
     steps: &Steps,
 ) -> Result<resync::Scope> {
@@ -389,11 +463,14 @@ fn build(
                 scope.add(pos, r.range.0, r.range.1);
             }
         }
+        // The control plane may have changed the network map since the
+        // appliance started.
+        let choices = settings.repair.for_round(&settings.state_dir)?;
         report.repair = Some(repair::run(
             mounted,
             targets,
             &dir.join("repair.json"),
-            choices,
+            &choices,
             &[],
         )?);
         Ok(scope)

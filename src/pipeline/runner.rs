@@ -47,6 +47,17 @@ impl Runner {
         }
     }
 
+    /// The network map the next repair follows, and where it comes from.
+    pub fn network_map(&self) -> Result<(crate::repair::network::map::NetworkMap, super::MapFrom)> {
+        self.settings.repair.network_map(&self.settings.state_dir)
+    }
+
+    /// Keep the control plane's network map for the rounds to come (an
+    /// empty one: the configuration's again).
+    pub fn set_network_map(&self, map: &crate::repair::network::map::NetworkMap) -> Result<()> {
+        super::store_network_map(&self.settings.state_dir, map)
+    }
+
     /// Where the boot test keeps its console, capture and verdict.
     pub(crate) fn boot_test_dir(&self) -> PathBuf {
         self.settings.work_dir().join(boot::DIR)

@@ -95,6 +95,13 @@ impl Resets for Arc<Appliance> {
         }
         let manifest = crate::pipeline::handoff::manifest_path(&self.config.state_dir);
         remove_if_present(&manifest)?;
+        // The control plane's network map was for the deleted job's server.
+        remove_if_present(
+            &self
+                .config
+                .state_dir
+                .join(crate::pipeline::NETWORK_MAP_FILE),
+        )?;
         let change = self.job.renew().context("starting the job over")?;
         tracing::warn!(job = %change.job_id, "the job was deleted: a fresh job starts, with the same token and TLS identity");
         Ok(change)

@@ -624,3 +624,106 @@ async fn every_error_is_the_json_error_body_with_an_http_code() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_network_map_is_checked_kept_across_a_restart_and_cleared() {
+    use ferry::repair::network::map::NetworkMap;
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().to_owned();
+    let config_map = NetworkMap::parse("[[nic]]\nsource = \"eth0\"\nmode = \"dhcp\"\n").unwrap();
+    let settings = ferry::pipeline::PipelineSettings {
+        build: true,
+        boot_test: Default::default(),
+        repair: ferry::pipeline::RepairChoices {
+            recipes_dir: None,
+            network: config_map.clone(),
+        },
+        state_dir: state_dir.clone(),
+    };
+    let ledger =
+        Arc::new(ferry::job::ledger::Ledger::open(&state_dir.join("ledger.redb")).unwrap());
+    let first = settings.clone();
+    let s = start_with(HttpLimits::default(), move |state: ApiState| {
+        let runner = Arc::new(ferry::pipeline::Runner::new(
+            first,
+            ledger,
+            state.job.clone(),
+        ));
+        state.with_pipeline(runner)
+    })
+    .await;
+    let c = client();
+    let post = |body: &'static str, token: bool| {
+        let mut req = c
+            .post(format!("{}/v1/job/network", s.base))
+            .header("Content-Type", "application/json")
+            .body(body);
+        if token {
+            req = req.bearer_auth(TOKEN);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, v) = call(&c, &s, "GET", "/v1/job/network").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["from"], "config", "{v}");
+    assert_eq!(v["map"]["nic"][0]["source"], "eth0", "{v}");
+
+    let keep = r##"{"instance": ["52:54:00:AA:00:01", "52:54:00:aa:00:02"],
+        "nic": [{"source": "ens8", "mode": "keep", "target": "#2", "subnet": "10.0.3.0/24"}]}"##;
+    let (status, v) = post(keep, false).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (401, Some("CONTROL_UNAUTHORIZED")),
+        "{v}"
+    );
+    assert!(!state_dir.join(ferry::pipeline::NETWORK_MAP_FILE).exists());
+
+    // Refused, with what is wrong, and nothing kept.
+    for (body, detail) in [
+        (
+            "{\"nic\": [{\"source\": \"ens8\", \"mode\": \"static\"}]}",
+            "the network map cannot be read: unknown variant `static`, expected `dhcp` or `keep`",
+        ),
+        (
+            "{\"nic\": [{\"source\": \"ens8\", \"target\": \"#2\"}, {\"source\": \"ens9\"}]}",
+            "nic 1 and nic 2 are both mapped onto the new NIC #2; each new NIC takes one",
+        ),
+        (
+            "{\"instance\": [\"52:54:00:aa:00:01\"], \"nic\": [{\"source\": \"ens8\", \"target\": \"52:54:00:aa:00:02\"}]}",
+            "nic 1: target 52:54:00:aa:00:02 is not one of the new instance's NICs (52:54:00:aa:00:01)",
+        ),
+        ("not json", "the network map cannot be read: expected ident at line 1 column 2"),
+    ] {
+        let (status, v) = post(body, true).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (400, Some("NETWORK_MAP_INVALID")),
+            "{body}: {v}"
+        );
+        assert_eq!(
+            v["detail"].as_str().map(|d| d.starts_with(detail)),
+            Some(true),
+            "{body}: {v}"
+        );
+    }
+    assert!(!state_dir.join(ferry::pipeline::NETWORK_MAP_FILE).exists());
+
+    let (status, v) = post(keep, true).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["from"], "control", "{v}");
+    assert_eq!(v["map"]["instance"][0], "52:54:00:AA:00:01", "{v}");
+    assert_eq!(v["map"]["nic"][0]["mode"], "keep", "{v}");
+    // Kept in the state directory: an appliance started again follows it.
+    let (map, from) = settings.repair.network_map(&state_dir).unwrap();
+    assert_eq!(from, ferry::pipeline::MapFrom::Control);
+    assert_eq!(map, NetworkMap::parse(keep).unwrap());
+
+    // An empty map: the configuration's applies again.
+    let (status, v) = post("{}", true).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["from"], "config", "{v}");
+    assert!(!state_dir.join(ferry::pipeline::NETWORK_MAP_FILE).exists());
+}

@@ -149,18 +149,7 @@ impl NetworkMap {
     /// Source NICs the map does not name get DHCP, on the new NICs left
     /// over in their order.
     pub fn plan(&self, source: &[SourceNic]) -> Result<NetworkPlan> {
-        let mut instance = Vec::new();
-        for m in &self.instance {
-            let c = canonical_mac(m).ok_or_else(|| {
-                invalid(format!(
-                    "instance: {m:?} is not a MAC address (six hex pairs, as 52:54:00:aa:00:01)"
-                ))
-            })?;
-            if instance.contains(&c) {
-                return Err(invalid(format!("instance: the MAC {c} is listed twice")));
-            }
-            instance.push(c);
-        }
+        let instance = self.instance_macs()?;
         let mut plans: Vec<NicPlan> = Vec::new();
         // The new NIC of each plan, by position, and who took it.
         let mut taken: BTreeMap<usize, String> = BTreeMap::new();
@@ -178,49 +167,7 @@ impl NetworkMap {
                     choice.source
                 )));
             }
-            let (index, mac) = match choice.target.as_deref() {
-                None => (pos, instance.get(pos).cloned()),
-                Some(t) => match t.strip_prefix('#') {
-                    Some(n) => {
-                        let n: usize = n.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                            invalid(format!(
-                                "nic {}: target {t:?} is not a NIC's place (#1 is the new instance's first NIC)",
-                                pos + 1
-                            ))
-                        })?;
-                        (n - 1, instance.get(n - 1).cloned())
-                    }
-                    None => {
-                        let mac = canonical_mac(t).ok_or_else(|| {
-                            invalid(format!(
-                                "nic {}: target {t:?} is neither a MAC address nor a place such as #2",
-                                pos + 1
-                            ))
-                        })?;
-                        let index = if instance.is_empty() {
-                            pos
-                        } else {
-                            instance.iter().position(|m| *m == mac).ok_or_else(|| {
-                                invalid(format!(
-                                    "nic {}: target {mac} is not one of the new instance's NICs ({})",
-                                    pos + 1,
-                                    instance.join(", ")
-                                ))
-                            })?
-                        };
-                        (index, Some(mac))
-                    }
-                },
-            };
-            if !instance.is_empty() && index >= instance.len() {
-                let n = instance.len();
-                return Err(invalid(format!(
-                    "nic {}: the new instance has {n} NIC{}, so there is no NIC #{}",
-                    pos + 1,
-                    if n == 1 { "" } else { "s" },
-                    index + 1
-                )));
-            }
+            let (index, mac) = target_of(pos, choice, &instance)?;
             if let Some(other) = taken.get(&index) {
                 return Err(invalid(format!(
                     "source NICs {other} and {} are both mapped onto the new NIC #{}{}; each new NIC takes one",
@@ -229,38 +176,26 @@ impl NetworkMap {
                     mac.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
                 )));
             }
-            if choice.mode == NicMode::Keep {
-                if nic.addresses.is_empty() {
-                    return Err(invalid(format!(
-                        "nic {}: {} has no static address to keep (its configuration asks for DHCP or none); say mode = \"dhcp\"",
-                        pos + 1,
-                        nic.name
-                    )));
-                }
-                if let Some(subnet) = &choice.subnet {
-                    let (net, prefix) = parse_cidr(subnet).ok_or_else(|| {
-                        invalid(format!(
-                            "nic {}: subnet {subnet:?} is not an IPv4 network such as 10.0.2.0/24",
-                            pos + 1
-                        ))
-                    })?;
-                    for a in &nic.addresses {
-                        if let Some((addr, _)) = parse_cidr(a) {
-                            if !in_subnet(addr, net, prefix) {
-                                return Err(invalid(format!(
-                                    "nic {}: {} keeps {a}, which is outside its new subnet {subnet}",
-                                    pos + 1,
-                                    nic.name
-                                )));
-                            }
+            if choice.mode == NicMode::Keep && nic.addresses.is_empty() {
+                return Err(invalid(format!(
+                    "nic {}: {} has no static address to keep (its configuration asks for DHCP or none); say mode = \"dhcp\"",
+                    pos + 1,
+                    nic.name
+                )));
+            }
+            if let Some((net, prefix)) = subnet_of(pos, choice)? {
+                for a in &nic.addresses {
+                    if let Some((addr, _)) = parse_cidr(a) {
+                        if !in_subnet(addr, net, prefix) {
+                            return Err(invalid(format!(
+                                "nic {}: {} keeps {a}, which is outside its new subnet {}",
+                                pos + 1,
+                                nic.name,
+                                choice.subnet.as_deref().unwrap_or_default()
+                            )));
                         }
                     }
                 }
-            } else if choice.subnet.is_some() {
-                return Err(invalid(format!(
-                    "nic {}: subnet is for mode = \"keep\" (a DHCP address is the cloud's to give)",
-                    pos + 1
-                )));
             }
             taken.insert(index, nic.name.clone());
             plans.push(NicPlan {
@@ -298,6 +233,128 @@ impl NetworkMap {
             instance_nics,
         })
     }
+    /// Check what can be checked without the source's NICs: the MACs, the
+    /// targets and subnets, and that no two entries name the same source or
+    /// the same new NIC. The rest is checked when the repair reads the
+    /// migrated system's configuration.
+    pub fn check_alone(&self) -> Result<()> {
+        let instance = self.instance_macs()?;
+        let mut taken: BTreeMap<usize, usize> = BTreeMap::new();
+        for (pos, choice) in self.nics.iter().enumerate() {
+            if let Some(first) = self.nics[..pos]
+                .iter()
+                .position(|c| c.source == choice.source)
+            {
+                return Err(invalid(format!(
+                    "nic {}: the source NIC {:?} is named twice in the map (nic {} and nic {})",
+                    pos + 1,
+                    choice.source,
+                    first + 1,
+                    pos + 1
+                )));
+            }
+            let (index, _) = target_of(pos, choice, &instance)?;
+            if let Some(first) = taken.insert(index, pos) {
+                return Err(invalid(format!(
+                    "nic {} and nic {} are both mapped onto the new NIC #{}; each new NIC takes one",
+                    first + 1,
+                    pos + 1,
+                    index + 1
+                )));
+            }
+            subnet_of(pos, choice)?;
+        }
+        Ok(())
+    }
+
+    /// The new instance's MACs, canonical and each once.
+    fn instance_macs(&self) -> Result<Vec<String>> {
+        let mut instance = Vec::new();
+        for m in &self.instance {
+            let c = canonical_mac(m).ok_or_else(|| {
+                invalid(format!(
+                    "instance: {m:?} is not a MAC address (six hex pairs, as 52:54:00:aa:00:01)"
+                ))
+            })?;
+            if instance.contains(&c) {
+                return Err(invalid(format!("instance: the MAC {c} is listed twice")));
+            }
+            instance.push(c);
+        }
+        Ok(instance)
+    }
+}
+
+/// The new NIC of the map's entry at `pos`: its place and, where known,
+/// its MAC.
+fn target_of(
+    pos: usize,
+    choice: &NicChoice,
+    instance: &[String],
+) -> Result<(usize, Option<String>)> {
+    let (index, mac) = match choice.target.as_deref() {
+        None => (pos, instance.get(pos).cloned()),
+        Some(t) => match t.strip_prefix('#') {
+            Some(n) => {
+                let n: usize = n.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    invalid(format!(
+                        "nic {}: target {t:?} is not a NIC's place (#1 is the new instance's first NIC)",
+                        pos + 1
+                    ))
+                })?;
+                (n - 1, instance.get(n - 1).cloned())
+            }
+            None => {
+                let mac = canonical_mac(t).ok_or_else(|| {
+                    invalid(format!(
+                        "nic {}: target {t:?} is neither a MAC address nor a place such as #2",
+                        pos + 1
+                    ))
+                })?;
+                let index = if instance.is_empty() {
+                    pos
+                } else {
+                    instance.iter().position(|m| *m == mac).ok_or_else(|| {
+                        invalid(format!(
+                            "nic {}: target {mac} is not one of the new instance's NICs ({})",
+                            pos + 1,
+                            instance.join(", ")
+                        ))
+                    })?
+                };
+                (index, Some(mac))
+            }
+        },
+    };
+    if !instance.is_empty() && index >= instance.len() {
+        let n = instance.len();
+        return Err(invalid(format!(
+            "nic {}: the new instance has {n} NIC{}, so there is no NIC #{}",
+            pos + 1,
+            if n == 1 { "" } else { "s" },
+            index + 1
+        )));
+    }
+    Ok((index, mac))
+}
+
+/// The entry's new subnet, which only a kept NIC may give.
+fn subnet_of(pos: usize, choice: &NicChoice) -> Result<Option<(Ipv4Addr, u8)>> {
+    let Some(subnet) = &choice.subnet else {
+        return Ok(None);
+    };
+    if choice.mode != NicMode::Keep {
+        return Err(invalid(format!(
+            "nic {}: subnet is for mode = \"keep\" (a DHCP address is the cloud's to give)",
+            pos + 1
+        )));
+    }
+    parse_cidr(subnet).map(Some).ok_or_else(|| {
+        invalid(format!(
+            "nic {}: subnet {subnet:?} is not an IPv4 network such as 10.0.2.0/24",
+            pos + 1
+        ))
+    })
 }
 
 fn find_source<'a>(source: &'a [SourceNic], wanted: &str) -> Result<&'a SourceNic> {
@@ -475,5 +532,40 @@ mod tests {
             Some((NicMode::Keep, 1))
         );
         assert_eq!(plan.get("ens9").map(|n| n.index), Some(0));
+    }
+
+    #[test]
+    fn a_map_alone_is_checked_for_what_needs_no_source() {
+        let alone = |text: &str| {
+            NetworkMap::parse(text)
+                .and_then(|m| m.check_alone())
+                .map_err(|e| crate::job::errors::describe(&e).1)
+        };
+        assert_eq!(
+            alone("[[nic]]\nsource = \"ens8\"\nmode = \"keep\"\n"),
+            Ok(())
+        );
+        assert_eq!(alone("{}"), Ok(()));
+        let cases: &[(&str, &str)] = &[
+            (
+                "[[nic]]\nsource = \"ens8\"\n[[nic]]\nsource = \"ens8\"\n",
+                "nic 2: the source NIC \"ens8\" is named twice in the map (nic 1 and nic 2)",
+            ),
+            (
+                "[[nic]]\nsource = \"ens8\"\ntarget = \"#2\"\n[[nic]]\nsource = \"ens9\"\n",
+                "nic 1 and nic 2 are both mapped onto the new NIC #2; each new NIC takes one",
+            ),
+            (
+                "instance = [\"52:54:00:aa:00:01\"]\n[[nic]]\nsource = \"ens8\"\ntarget = \"#3\"\n",
+                "nic 1: the new instance has 1 NIC, so there is no NIC #3",
+            ),
+            (
+                "[[nic]]\nsource = \"ens8\"\nmode = \"keep\"\nsubnet = \"10.0.2.0/33\"\n",
+                "nic 1: subnet \"10.0.2.0/33\" is not an IPv4 network such as 10.0.2.0/24",
+            ),
+        ];
+        for (map, want) in cases {
+            assert_eq!(alone(map), Err((*want).to_owned()), "for the map:\n{map}");
+        }
     }
 }

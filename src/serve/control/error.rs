@@ -45,9 +45,10 @@ impl From<anyhow::Error> for ApiError {
             | ErrorCode::DiskNotConfigured
             | ErrorCode::BootTestNotFound
             | ErrorCode::SenderNotFound => StatusCode::NOT_FOUND,
-            ErrorCode::Usage | ErrorCode::BadBandwidth | ErrorCode::BadRequest => {
-                StatusCode::BAD_REQUEST
-            }
+            ErrorCode::Usage
+            | ErrorCode::BadBandwidth
+            | ErrorCode::BadRequest
+            | ErrorCode::NetworkMapInvalid => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, code, detail)

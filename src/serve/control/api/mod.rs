@@ -19,11 +19,12 @@
 //! token").
 //!
 //! The handlers are split by resource: the job and its bandwidth
-//! ([`job`]), the handoff and the boot test's files ([`handoff`]), and the
-//! control token's check ([`token`]).
+//! ([`job`]), the handoff and the boot test's files ([`handoff`]), the
+//! network map ([`network`]), and the control token's check ([`token`]).
 
 mod handoff;
 mod job;
+mod network;
 mod token;
 
 use std::sync::Arc;
@@ -167,6 +168,10 @@ pub fn router(state: ApiState, limits: HttpLimits) -> Router {
         .route("/v1/job/boot-test/console", get(handoff::get_boot_console))
         .route("/v1/job/boot-test/capture", get(handoff::get_boot_capture))
         .route("/v1/job/bandwidth", post(job::set_bandwidth))
+        .route(
+            "/v1/job/network",
+            get(network::get_network).post(network::set_network),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             token::require_token,
