@@ -202,6 +202,12 @@ fn every_source_fixture_that_migrates_has_no_blocker() {
         }
         assert_eq!(s["lvm"]["supported"], true);
         assert_eq!(s["os"]["selinux"], "absent");
+        // What a network map names: the NIC, its pinned MAC, its addresses.
+        assert_eq!(
+            s["network"]["nics"],
+            serde_json::json!([{"name": "ens8", "mac": null, "addresses": ["10.0.2.50/24"]}]),
+            "{variant}"
+        );
         assert_eq!(
             findings(&r),
             [(

@@ -15,13 +15,17 @@ pub struct NetworkReport {
     pub stacks: Vec<detect::NetStack>,
     /// Static configuration found: `file: interface address`.
     pub static_config: Vec<String>,
+    /// The NICs ifupdown configures: name, pinned MAC, static addresses
+    /// (what a network map names).
+    pub nics: Vec<crate::repair::network::map::SourceNic>,
 }
 
 /// The network stacks the system uses and its static configuration,
 /// which will not work on the cloud (the repair configures DHCP there).
 pub(super) fn network(tree: &Tree, os: &OsInfo, f: &mut Vec<Finding>) -> Result<NetworkReport> {
     let mut found = Vec::new();
-    ifupdown_static(tree, &mut found)?;
+    let mut nics = Vec::new();
+    ifupdown_static(tree, &mut found, &mut nics)?;
     ifcfg_static(tree, &mut found)?;
     netplan_static(tree, &mut found)?;
     networkmanager_static(tree, &mut found)?;
@@ -35,32 +39,28 @@ pub(super) fn network(tree: &Tree, os: &OsInfo, f: &mut Vec<Finding>) -> Result<
     Ok(NetworkReport {
         stacks: os.network.clone(),
         static_config: found,
+        nics,
     })
 }
 
-/// Static addresses of ifupdown: `address` lines of `iface ... static`
-/// stanzas in /etc/network/interfaces and interfaces.d.
-fn ifupdown_static(tree: &Tree, found: &mut Vec<String>) -> Result<()> {
-    let mut files = vec!["/etc/network/interfaces".to_owned()];
-    for n in tree.list("/etc/network/interfaces.d")? {
-        files.push(format!("/etc/network/interfaces.d/{n}"));
-    }
-    for file in &files {
-        let Some(text) = tree.read(file).ok().flatten() else {
-            continue;
-        };
-        let mut iface: Option<String> = None;
-        for l in text.lines().map(str::trim) {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            match w.as_slice() {
-                ["iface", name, "inet" | "inet6", "static", ..] => iface = Some(name.to_string()),
-                ["iface", ..] => iface = None,
-                ["address", addr, ..] => {
-                    if let Some(i) = &iface {
-                        found.push(format!("{file}: {i} {addr}"));
-                    }
+/// Static addresses of ifupdown (its one parser, the repair's), and its
+/// NICs with their pinned MACs.
+fn ifupdown_static(
+    tree: &Tree,
+    found: &mut Vec<String>,
+    nics: &mut Vec<crate::repair::network::map::SourceNic>,
+) -> Result<()> {
+    for (file, in_file) in crate::repair::network::ifupdown_nics(tree)? {
+        for nic in in_file {
+            for addr in &nic.addresses {
+                found.push(format!("{file}: {} {addr}", nic.name));
+            }
+            match nics.iter_mut().find(|n| n.name == nic.name) {
+                Some(n) => {
+                    n.addresses.extend(nic.addresses);
+                    n.mac = n.mac.take().or(nic.mac);
                 }
-                _ => {}
+                None => nics.push(nic),
             }
         }
     }

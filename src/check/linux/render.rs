@@ -108,6 +108,29 @@ impl LinuxReport {
                 format!("; static: {}", self.network.static_config.join("; "))
             }
         ));
+        if !self.network.nics.is_empty() {
+            let nics: Vec<String> = self
+                .network
+                .nics
+                .iter()
+                .map(|n| {
+                    let mut s = n.name.clone();
+                    if let Some(m) = &n.mac {
+                        s.push_str(&format!(" ({m})"));
+                    }
+                    s.push_str(&if n.addresses.is_empty() {
+                        " (no static address)".to_owned()
+                    } else {
+                        format!(" {}", n.addresses.join(" "))
+                    });
+                    s
+                })
+                .collect();
+            out.push_str(&format!(
+                "  NICs (a network map names these): {}\n",
+                nics.join(", ")
+            ));
+        }
         out.push_str(&format!(
             "  SELinux: {}; cloud-init: {}; old platform's agents: {}\n",
             format!("{:?}", self.os.selinux).to_lowercase(),

@@ -46,7 +46,7 @@ fn prefix_of(netmask: &str) -> Option<u8> {
 }
 
 /// The NICs the files configure (every `iface` but `lo`, in the order
-/// first seen), with their static IPv4 addresses and pinned MACs. ferry's
+/// first seen), with their static addresses and pinned MACs. ferry's
 /// own DHCP stanzas are not the source's and are left out.
 pub(crate) fn source_nics(files: &[String]) -> Vec<SourceNic> {
     let mut nics: Vec<SourceNic> = Vec::new();
@@ -59,9 +59,14 @@ pub(crate) fn source_nics(files: &[String]) -> Vec<SourceNic> {
         let flush =
             |nics: &mut Vec<SourceNic>, at: Option<usize>, a: Option<String>, m: Option<String>| {
                 let (Some(i), Some(a)) = (at, a) else { return };
-                let a = match (a.contains('/'), m.as_deref().and_then(prefix_of)) {
+                // IPv6 gives its netmask as a prefix length.
+                let prefix = m
+                    .as_deref()
+                    .and_then(|m| prefix_of(m).or_else(|| m.parse::<u8>().ok()));
+                let a = match (a.contains('/'), prefix) {
                     (true, _) => a,
                     (false, Some(p)) => format!("{a}/{p}"),
+                    (false, None) if a.contains(':') => format!("{a}/128"),
                     (false, None) => format!("{a}/32"),
                 };
                 if !nics[i].addresses.contains(&a) {
@@ -104,7 +109,7 @@ pub(crate) fn source_nics(files: &[String]) -> Vec<SourceNic> {
                     }
                 };
                 current = Some(i);
-                static_v4 = family == "inet" && method == "static";
+                static_v4 = (family == "inet" || family == "inet6") && method == "static";
                 continue;
             }
             let Some(i) = current else { continue };

@@ -64,7 +64,8 @@ pub struct SourceNic {
     pub name: String,
     /// Where the configuration pins it to a MAC (lowercase), if it does.
     pub mac: Option<String>,
-    /// Its static IPv4 addresses with prefix lengths (none: DHCP or unset).
+    /// Its static addresses with prefix lengths, IPv4 and IPv6 (none: DHCP
+    /// or unset).
     pub addresses: Vec<String>,
 }
 

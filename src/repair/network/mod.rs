@@ -296,6 +296,19 @@ pub(crate) fn rules_step(ctx: &mut StepCtx) -> Result<()> {
     Ok(())
 }
 
+/// The NICs ifupdown's files configure, file by file: (file, NICs).
+pub(crate) fn ifupdown_nics(
+    tree: &super::tree::Tree,
+) -> Result<Vec<(String, Vec<map::SourceNic>)>> {
+    Ok(ifupdown_files(tree)?
+        .into_iter()
+        .map(|(path, text)| {
+            let nics = ifupdown::source_nics(std::slice::from_ref(&text));
+            (path, nics)
+        })
+        .collect())
+}
+
 /// The files of ifupdown: the main one and those of interfaces.d.
 const INTERFACES: &str = "/etc/network/interfaces";
 const INTERFACES_D: &str = "/etc/network/interfaces.d";
