@@ -528,4 +528,34 @@ mod tests {
         assert_eq!(conventional_names(26)[0], "/dev/sdaa");
         assert_eq!(conventional_names(27)[1], "/dev/vdab");
     }
+
+    /// A round's repair follows the control plane's map where it set one,
+    /// else the configuration's.
+    #[test]
+    fn a_round_takes_the_control_planes_network_map_over_the_configurations() {
+        use crate::repair::network::map::NetworkMap;
+        let dir = tempfile::tempdir().unwrap();
+        let config = RepairChoices {
+            recipes_dir: None,
+            network: NetworkMap::parse("[[nic]]\nsource = \"eth0\"\n").unwrap(),
+        };
+        assert_eq!(
+            config.for_round(dir.path()).unwrap().network,
+            config.network
+        );
+        let control = NetworkMap::parse("[[nic]]\nsource = \"ens8\"\nmode = \"keep\"\n").unwrap();
+        store_network_map(dir.path(), &control).unwrap();
+        assert_eq!(config.for_round(dir.path()).unwrap().network, control);
+        store_network_map(dir.path(), &NetworkMap::default()).unwrap();
+        assert_eq!(
+            config.for_round(dir.path()).unwrap().network,
+            config.network
+        );
+        std::fs::write(dir.path().join(NETWORK_MAP_FILE), "{not json").unwrap();
+        let err = config.for_round(dir.path()).unwrap_err();
+        assert_eq!(
+            crate::job::errors::describe(&err).0,
+            crate::job::errors::ErrorCode::NetworkMapInvalid
+        );
+    }
 }
