@@ -16,9 +16,9 @@ detects the OS, picks its recipe from image-recipes/ and runs its steps:
                  disks not migrated: commented out or nofail
   grub-defaults  root=UUID, console=tty0 console=ttyS0,115200n8,
                  net.ifnames=0, stale resume= removed, os-prober off
-  network        DHCP on every NIC in ifupdown, netplan and
-                 NetworkManager (ifcfg, wicked: the first); static configs
-                 disabled, or kept per NIC with --network (ifupdown)
+  network        DHCP on every NIC in ifupdown, netplan, NetworkManager,
+                 ifcfg and wicked; static configs disabled, or kept per
+                 NIC with --network (ifupdown)
   net-rules      MAC-pinned udev rules commented out
   cloud-init     datasource of the cloud, per-instance state cleared
   selinux        relabel on first boot (/.autorelabel)

@@ -290,7 +290,7 @@ catalogue! {
     SelinuxEnforcing => "SELINUX_ENFORCING" [final, keeps_job, refused], "check selinux failed: SELinux is enforcing on the migrated system",
         "Nothing to do for ferry: the repair schedules a full relabel on the first boot (`/.autorelabel`), which makes that boot longer. To avoid it, disable SELinux on the source server (/etc/selinux/config: SELINUX=disabled, see the FAQ's \"How do I disable SELinux?\").";
     NetworkStatic => "NETWORK_STATIC" [final, keeps_job, refused], "The network has a static configuration that will not work on the cloud",
-        "Nothing to do by default: the repair configures every network interface by DHCP on the cloud (ifcfg and wicked: the first) and keeps the old files aside; the cloud assigns the addresses. To keep a static address (ifupdown), give the appliance a network map (network_map, docs/repair.md) that keeps the NIC onto the new NIC of its subnet.";
+        "Nothing to do by default: the repair configures every network interface by DHCP on the cloud and keeps the old files aside; the cloud assigns the addresses. To keep a static address (ifupdown), give the appliance a network map (network_map, docs/repair.md) that keeps the NIC onto the new NIC of its subnet.";
     PlatformAgents => "PLATFORM_AGENTS" [final, keeps_job, refused], "Guest agents of the old platform are installed",
         "Nothing to do: the repair masks the agents the message names (VMware tools, Hyper-V daemons, Xen tools) so they do not fail on the cloud. Uninstall them on the source server after the migration if you no longer need them.";
     LiveConsistency => "LIVE_CONSISTENCY" [final, keeps_job, refused], "The disks are read while the server runs",

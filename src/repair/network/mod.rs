@@ -93,12 +93,24 @@ pub(crate) fn disable_nm_keyfile(text: &str) -> Option<String> {
     Some(out)
 }
 
-/// ifcfg (RHEL network-scripts, SUSE wicked) of a DHCP eth0.
-pub(crate) fn ifcfg_dhcp(wicked: bool) -> String {
-    if wicked {
-        "# Written by ferry: DHCP on the cloud's first network interface.\nBOOTPROTO='dhcp'\nSTARTMODE='auto'\n".to_owned()
+/// How ferry's own ifcfg files begin.
+const IFCFG_OURS: &str = "# Written by ferry: DHCP on the cloud's ";
+
+/// ifcfg (RHEL network-scripts, SUSE wicked) of a DHCP `eth{index}`; the
+/// default route is the first NIC's.
+pub(crate) fn ifcfg_dhcp(wicked: bool, index: usize) -> String {
+    let head = if index == 0 {
+        format!("{IFCFG_OURS}first network interface.\n")
     } else {
-        "# Written by ferry: DHCP on the cloud's first network interface.\nDEVICE=eth0\nNAME=eth0\nTYPE=Ethernet\nBOOTPROTO=dhcp\nONBOOT=yes\nDEFROUTE=yes\n".to_owned()
+        format!("{IFCFG_OURS}network interface eth{index}.\n")
+    };
+    if wicked {
+        format!("{head}BOOTPROTO='dhcp'\nSTARTMODE='auto'\n")
+    } else {
+        format!(
+            "{head}DEVICE=eth{index}\nNAME=eth{index}\nTYPE=Ethernet\nBOOTPROTO=dhcp\nONBOOT=yes\nDEFROUTE={}\n",
+            if index == 0 { "yes" } else { "no" }
+        )
     }
 }
 
@@ -242,20 +254,34 @@ pub fn step(ctx: &mut StepCtx, os: &OsInfo, map: &NetworkMap) -> Result<()> {
                 } else {
                     "/etc/sysconfig/network-scripts"
                 };
-                let ours = format!("{dir}/ifcfg-eth0");
+                // The source's NICs: its ifcfg files (ferry's own of an
+                // earlier run aside); each gets a DHCP NIC eth0, eth1...
+                let mut source = Vec::new();
                 for n in ctx.tree.list(dir)? {
                     let Some(name) = n.strip_prefix("ifcfg-") else {
                         continue;
                     };
                     let p = format!("{dir}/{n}");
-                    if name == "lo" || p == ours {
+                    if name == "lo" {
                         continue;
                     }
                     if let Some(t) = ctx.tree.read(&p)? {
-                        ctx.write(&p, &disable_ifcfg(&t, wicked), 0o644)?;
+                        if !t.starts_with(IFCFG_OURS) {
+                            source.push((p, t));
+                        }
                     }
                 }
-                ctx.write(&ours, &ifcfg_dhcp(wicked), 0o644)?;
+                let ours: Vec<String> = (0..source.len().max(1))
+                    .map(|i| format!("{dir}/ifcfg-eth{i}"))
+                    .collect();
+                for (p, t) in &source {
+                    if !ours.contains(p) {
+                        ctx.write(p, &disable_ifcfg(t, wicked), 0o644)?;
+                    }
+                }
+                for (i, p) in ours.iter().enumerate() {
+                    ctx.write(p, &ifcfg_dhcp(wicked, i), 0o644)?;
+                }
                 if !wicked {
                     if let Some(t) = ctx.tree.read("/etc/sysconfig/network")? {
                         if parse_assignments(&t)
@@ -721,5 +747,45 @@ mod tests {
         assert!(
             valid_ifname("ens8") && valid_ifname("enp3s0f0") && !valid_ifname("a234567890123456")
         );
+    }
+
+    /// Every ifcfg NIC of the source becomes a DHCP NIC (eth0 with the
+    /// default route, eth1...), the source's files are disabled, and a
+    /// second run changes nothing.
+    #[test]
+    fn every_ifcfg_nic_becomes_a_dhcp_nic() {
+        use crate::repair::engine::Status;
+        let dir = "/etc/sysconfig/network-scripts";
+        let (d, t) = tree_with(&[
+            (
+                "/etc/sysconfig/network-scripts/ifcfg-ens192",
+                "DEVICE=ens192\nBOOTPROTO=none\nONBOOT=yes\nIPADDR=10.0.0.5\nPREFIX=24\n",
+            ),
+            (
+                "/etc/sysconfig/network-scripts/ifcfg-eth1",
+                "DEVICE=eth1\nBOOTPROTO=dhcp\nONBOOT=yes\n",
+            ),
+            ("/etc/sysconfig/network-scripts/ifcfg-lo", "DEVICE=lo\n"),
+        ]);
+        let os = os_with(vec![NetStack::Ifcfg]);
+        let r = run_step(&t, &os);
+        assert_eq!(r.status, Status::Changed);
+        let read = |n: &str| {
+            std::fs::read_to_string(d.path().join(dir.trim_start_matches('/')).join(n)).unwrap()
+        };
+        assert_eq!(read("ifcfg-eth0"), ifcfg_dhcp(false, 0));
+        assert!(read("ifcfg-eth0").ends_with("DEFROUTE=yes\n"));
+        assert_eq!(
+            read("ifcfg-eth1"),
+            "# Written by ferry: DHCP on the cloud's network interface eth1.\nDEVICE=eth1\nNAME=eth1\nTYPE=Ethernet\nBOOTPROTO=dhcp\nONBOOT=yes\nDEFROUTE=no\n"
+        );
+        assert!(read("ifcfg-ens192").contains("ONBOOT=no\n"));
+        assert_eq!(read("ifcfg-lo"), "DEVICE=lo\n");
+        let again = run_step(&t, &os);
+        assert_eq!(again.status, Status::Unchanged, "{:?}", again.changes);
+        assert!(!d
+            .path()
+            .join("etc/sysconfig/network-scripts/ifcfg-eth2")
+            .exists());
     }
 }
