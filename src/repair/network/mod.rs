@@ -178,23 +178,35 @@ pub fn check(tree: &super::tree::Tree, os: &OsInfo, map: &NetworkMap) -> Result<
         let files = ifupdown_files(tree)?;
         let plan = ifupdown_plan(&files, map)?;
         kept_names(&plan.1)?;
-    } else if map.nics.iter().any(|n| n.mode == NicMode::Keep) {
-        let stacks: Vec<&str> = os.network.iter().map(|s| s.name()).collect();
-        return Err(coded(
-            ErrorCode::NetworkMapInvalid,
-            format!(
-                "the network map keeps static addresses, which ferry writes for ifupdown only so far; this server's network is configured by {}. Map its NICs with mode = \"dhcp\" (or give no map): every NIC then gets DHCP",
-                if stacks.is_empty() { "no stack ferry knows".to_owned() } else { stacks.join(", ") }
-            ),
-        ));
+        Ok(())
+    } else {
+        keep_elsewhere(os, map)
     }
-    Ok(())
 }
 
+/// `keep` is written for ifupdown only: refused on a system without it.
+fn keep_elsewhere(os: &OsInfo, map: &NetworkMap) -> Result<()> {
+    if !map.nics.iter().any(|n| n.mode == NicMode::Keep) {
+        return Ok(());
+    }
+    let stacks: Vec<&str> = os.network.iter().map(|s| s.name()).collect();
+    Err(coded(
+        ErrorCode::NetworkMapInvalid,
+        format!(
+            "the network map keeps static addresses, which ferry writes for ifupdown only so far; this server's network is configured by {}. Map its NICs with mode = \"dhcp\" (or give no map): every NIC then gets DHCP",
+            if stacks.is_empty() { "no stack ferry knows".to_owned() } else { stacks.join(", ") }
+        ),
+    ))
+}
+
+/// The network step. The map was checked before the repair began
+/// ([`check`]); ifupdown's part plans again from the files it rewrites.
 pub fn step(ctx: &mut StepCtx, os: &OsInfo, map: &NetworkMap) -> Result<()> {
-    check(ctx.tree, os, map)?;
-    if !os.network.contains(&NetStack::Ifupdown) && !map.nics.is_empty() {
-        ctx.note("the network map is applied to ifupdown only; this server's stack configures DHCP on every Ethernet NIC");
+    if !os.network.contains(&NetStack::Ifupdown) {
+        keep_elsewhere(os, map)?;
+        if !map.nics.is_empty() {
+            ctx.note("the network map is applied to ifupdown only; this server's stack configures DHCP on every Ethernet NIC");
+        }
     }
     if os.network.is_empty() {
         ctx.skip("no known network stack (ifupdown, netplan, NetworkManager, ifcfg, wicked) found; network left as is");
