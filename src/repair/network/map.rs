@@ -270,6 +270,13 @@ impl NetworkMap {
 
     /// The new instance's MACs, canonical and each once.
     fn instance_macs(&self) -> Result<Vec<String>> {
+        if self.instance.len() > MAX_NICS || self.nics.len() > MAX_NICS {
+            return Err(invalid(format!(
+                "the map lists {} new NICs and {} entries; an instance is taken to have at most {MAX_NICS}",
+                self.instance.len(),
+                self.nics.len()
+            )));
+        }
         let mut instance = Vec::new();
         for m in &self.instance {
             let c = canonical_mac(m).ok_or_else(|| {
@@ -288,6 +295,10 @@ impl NetworkMap {
 
 /// The new NIC of the map's entry at `pos`: its place and, where known,
 /// its MAC.
+/// Most NICs a new instance is taken to have: a place past it is a
+/// mistake (each place up to it gets a DHCP NIC of its own).
+pub const MAX_NICS: usize = 64;
+
 fn target_of(
     pos: usize,
     choice: &NicChoice,
@@ -303,6 +314,12 @@ fn target_of(
                         pos + 1
                     ))
                 })?;
+                if n > MAX_NICS {
+                    return Err(invalid(format!(
+                        "nic {}: target {t:?} is past the {MAX_NICS} NICs an instance is taken to have",
+                        pos + 1
+                    )));
+                }
                 (n - 1, instance.get(n - 1).cloned())
             }
             None => {
@@ -463,6 +480,10 @@ mod tests {
                 "nic 1: target 52:54:00:aa:00:02 is not one of the new instance's NICs (52:54:00:aa:00:01)",
             ),
             (
+                "[[nic]]\nsource = \"ens8\"\ntarget = \"#1000000\"\n",
+                "nic 1: target \"#1000000\" is past the 64 NICs an instance is taken to have",
+            ),
+            (
                 "instance = [\"52:54:00:aa:00:01\", \"52:54:00:aa:00:01\"]\n",
                 "instance: the MAC 52:54:00:aa:00:01 is listed twice",
             ),
@@ -547,6 +568,14 @@ mod tests {
             Ok(())
         );
         assert_eq!(alone("{}"), Ok(()));
+        let many = "[[nic]]\nsource = \"e\"\n".repeat(65);
+        assert_eq!(
+            alone(&many),
+            Err(
+                "the map lists 0 new NICs and 65 entries; an instance is taken to have at most 64"
+                    .to_owned()
+            )
+        );
         let cases: &[(&str, &str)] = &[
             (
                 "[[nic]]\nsource = \"ens8\"\n[[nic]]\nsource = \"ens8\"\n",
