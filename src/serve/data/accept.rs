@@ -12,7 +12,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 
-use super::{count_error, Conn, READ_BUFFER};
+use super::conn::{Conn, READ_BUFFER};
+use super::count_error;
 use crate::job::errors::ErrorCode;
 use crate::serve::admission::Ticket;
 use crate::serve::Appliance;

@@ -12,7 +12,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::accept::PREAUTH_DEADLINE;
-use super::Conn;
+use super::conn::Conn;
 use crate::job::errors::{coded, ErrorCode};
 use crate::serve::admission::Ticket;
 use crate::serve::Appliance;

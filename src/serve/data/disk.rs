@@ -10,33 +10,22 @@ use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::conn::{send_within, Conn};
 use super::manifest::{self, DiskManifest};
-use super::session::{send_within, Session};
+use super::open::OpenDisk;
+use super::session::Session;
 use super::target::open_target;
-use super::Conn;
 use crate::disk::buffers::{Buf, BufPool};
 use crate::disk::{chunk_count, Disk};
 use crate::job::errors::{coded, Code, ErrorCode};
 use crate::job::ledger::DiskRecord;
 use crate::serve::claims::Claim;
-use crate::serve::streams::{Attached, Published};
+use crate::serve::streams::Attached;
 use crate::serve::writer::{Event, Payload, Work, Writer};
 use crate::wire::{self, Frame};
 
 /// Chunks queued for one disk's writer beyond the one it is writing.
 const WRITER_QUEUE: usize = 4;
-
-pub(crate) struct OpenDisk {
-    record: DiskRecord,
-    /// Bytes of the disk in the ledger, for the job's progress.
-    pub(crate) committed: u64,
-    work: mpsc::Sender<Work>,
-    thread: std::thread::JoinHandle<()>,
-    /// The writer's chunk buffers.
-    buffers: Arc<BufPool>,
-    /// Open to the sender's data streams while this session holds it.
-    _published: Published,
-}
 
 impl Session {
     /// Admit the sender, claim the disk, open its target, send the

@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use super::session::send_within;
-use super::Conn;
+use super::conn::{send_within, Conn};
 use crate::job::errors::{coded, Code, ErrorCode};
 use crate::job::ledger::Ledger;
 use crate::wire::frame::ManifestEntry;

@@ -4,14 +4,18 @@
 //! The rooms follow a connection's life: [`accept`] (TLS within the
 //! pre-auth deadline, plaintext refused), [`auth`] (challenge and proof,
 //! which yield the [`auth::Authenticated`] a session needs), [`session`]
-//! (the frame loop), then by mode [`disk`] with its [`target`] (block mode)
+//! and what it holds open ([`open`]), its frame loop ([`dispatch`]) over the
+//! connection ([`conn`]), then by mode [`disk`] with its [`target`] (block mode)
 //! or [`tree`] (file mode), both opened with a [`manifest`] of what the
 //! ledger holds, and [`round`] (the end of the round the sender waits for).
 
 pub(crate) mod accept;
 pub(crate) mod auth;
+pub(crate) mod conn;
 pub(crate) mod disk;
+pub(crate) mod dispatch;
 pub(crate) mod manifest;
+pub(crate) mod open;
 pub(crate) mod round;
 pub(crate) mod session;
 pub(crate) mod target;
@@ -25,25 +29,16 @@ use futures::SinkExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::admission::Ticket;
 use super::Appliance;
 use crate::job::errors::{describe, ErrorCode, JobEffect};
-use crate::wire::{Frame, FrameCodec};
+use crate::wire::Frame;
+use conn::Conn;
 use session::Session;
-
-/// TLS over a buffered socket: rustls reads its records a few KiB at a
-/// time, and a read buffer turns those reads into one system call per
-/// [`READ_BUFFER`] rather than one per record.
-pub(crate) type Conn = Framed<TlsStream<tokio::io::BufReader<TcpStream>>, FrameCodec>;
-
-/// Bytes read from a data socket at once.
-const READ_BUFFER: usize = 256 << 10;
 
 /// Accept connections until `shutdown`. Every connection is accepted; until
 /// it is authenticated it holds a place in the port's unauthenticated

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use futures::SinkExt;
 
-use super::session::send_within;
-use super::Conn;
+use super::conn::{send_within, Conn};
 use crate::job::errors::ErrorCode;
 use crate::serve::Appliance;
 use crate::wire::{Frame, RoundEvent};

@@ -14,44 +14,24 @@ pub mod beneath;
 pub mod progress;
 pub mod writer;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 
+use super::conn::{frame_ready, send_within, Conn};
 use super::manifest::{self, TreeManifest};
-use super::session::{frame_ready, send_within, Session};
-use super::Conn;
+use super::open::{FilesSession, OpenTree};
+use super::session::Session;
 use crate::config::Config;
 use crate::job::errors::{coded, ErrorCode};
-use crate::pipeline::targets::{DiskPlaces, Mounted};
+use crate::pipeline::targets::DiskPlaces;
 use crate::serve::claims::Claim;
 use crate::serve::writer::Event;
 use crate::wire::Frame;
 pub use writer::{TreeWork, TreeWriter, TREE_CLAIM};
-
-/// A file-mode session's targets, mounted while it writes them, and the
-/// trees it closed.
-pub(crate) struct FilesSession {
-    /// None for a job that only replicates: its trees are kept beneath
-    /// the state directory.
-    mounted: Option<Mounted>,
-    /// Trees of the layout (0 when nothing is laid out).
-    trees: usize,
-    closed: BTreeSet<u32>,
-}
-
-/// A tree (file mode) open in a session: its writer's queue and thread.
-pub(crate) struct OpenTree {
-    work: mpsc::Sender<Vec<TreeWork>>,
-    thread: std::thread::JoinHandle<()>,
-    /// Work not yet handed to the writer: frames that arrived together go
-    /// together (one wake-up of the writer for many small files).
-    batch: Vec<TreeWork>,
-    batch_bytes: usize,
-}
 
 /// Most work items, and content bytes, handed to a tree's writer at once.
 const TREE_BATCH: usize = 256;
@@ -322,13 +302,6 @@ impl Session {
                 Err(e) => tracing::error!("unmounting the file-mode targets: {e}"),
             }
         }
-    }
-}
-
-impl FilesSession {
-    /// Every tree of the layout closed (a layout of no trees never is).
-    fn done(&self) -> bool {
-        self.trees > 0 && (0..self.trees as u32).all(|t| self.closed.contains(&t))
     }
 }
 
