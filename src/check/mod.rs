@@ -390,12 +390,12 @@ pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result
         let extents = layout::desc::plan(d, size)
             .with_context(|| format!("placing the partitions of {}", path.display()))?;
         for ((p, number), e) in d.partitions.iter().zip(d.numbers()).zip(extents) {
-            let fstype = p.fs.as_str().to_owned();
-            if p.fs == FsType::None || fstype == "swap" {
+            let fstype = p.fs.kind.as_str().to_owned();
+            if p.fs.kind == FsType::None || fstype == "swap" {
                 continue;
             }
             let device = format!("disk {di} partition {number}");
-            if p.fs.is_ntfs() {
+            if p.fs.kind.is_ntfs() {
                 ntfs.push((di, number));
             }
             if fstype == "LVM2_member" {
@@ -403,13 +403,13 @@ pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result
             }
             let sb = fs::superblock(path, e.start, &fstype);
             r.filesystems
-                .push(fs_info(device, None, fstype, p.uuid.clone(), sb));
+                .push(fs_info(device, None, fstype, p.fs.uuid.clone(), sb));
         }
     }
     // The logical volumes of the PVs: reached by the appliance, or not.
     for v in &described.volumes {
         let device = format!("logical volume {}", v.display());
-        if v.fs == FsType::None || v.fs == FsType::Swap {
+        if v.fs.kind == FsType::None || v.fs.kind == FsType::Swap {
             continue;
         }
         let sb = match v.place {
@@ -419,7 +419,7 @@ pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result
                 fs::superblock(
                     &paths[p.disk],
                     extents[p.partition].start + p.offset,
-                    v.fs.as_str(),
+                    v.fs.kind.as_str(),
                 )
             }
             None => None,
@@ -427,8 +427,8 @@ pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result
         r.filesystems.push(fs_info(
             device,
             None,
-            v.fs.as_str().to_owned(),
-            v.uuid.clone(),
+            v.fs.kind.as_str().to_owned(),
+            v.fs.uuid.clone(),
             sb,
         ));
     }
@@ -482,22 +482,22 @@ pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result
         for (p, number) in d.partitions.iter().zip(d.numbers()) {
             let device = format!("disk {di} partition {number}");
             if let Some(f) = r.filesystems.iter_mut().find(|f| f.device == device) {
-                f.mount.clone_from(&p.mount);
+                f.mount.clone_from(&p.fs.mount);
             }
         }
     }
     for v in &full.volumes {
         let device = format!("logical volume {}", v.display());
         if let Some(f) = r.filesystems.iter_mut().find(|f| f.device == device) {
-            f.mount.clone_from(&v.mount);
+            f.mount.clone_from(&v.fs.mount);
         }
         // A volume the appliance cannot reach: a blocker when the system
         // lives on it, a warning for data (copied block for block).
         if let Some(why) = &v.refused {
-            let system = v
-                .mount
-                .as_deref()
-                .is_some_and(|m| linux::SYSTEM_MOUNTS.contains(&m));
+            let system =
+                v.fs.mount
+                    .as_deref()
+                    .is_some_and(|m| linux::SYSTEM_MOUNTS.contains(&m));
             r.findings.push(Finding::new(
                 if system {
                     Severity::Blocker
@@ -508,7 +508,7 @@ pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result
                 format!(
                     "logical volume {}{}: {why}",
                     v.display(),
-                    v.mount
+                    v.fs.mount
                         .as_deref()
                         .map(|m| format!(" ({m})"))
                         .unwrap_or_default()
@@ -527,7 +527,7 @@ pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result
             full.volumes
                 .iter()
                 .filter(|v| v.refused.is_some())
-                .filter_map(|v| v.mount.clone()),
+                .filter_map(|v| v.fs.mount.clone()),
         )
         .collect();
     system.keep_mounts(|m| linux::SYSTEM_MOUNTS.contains(&m) && !problems.iter().any(|p| p == m));

@@ -49,24 +49,24 @@ pub fn resolve(disk: &DiskLayout) -> Result<DiskLayout> {
                 p.partuuid = Some(derived);
             }
         }
-        p.uuid = match &p.fs {
+        p.fs.uuid = match &p.fs.kind {
             FsType::Ext4
             | FsType::Ext3
             | FsType::Ext2
             | FsType::Xfs
             | FsType::Btrfs
             | FsType::Swap => Some(
-                p.uuid
+                p.fs.uuid
                     .as_deref()
                     .map(str::to_ascii_lowercase)
                     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             ),
-            FsType::Vfat => Some(fat_volume_id_string(match &p.uuid {
+            FsType::Vfat => Some(fat_volume_id_string(match &p.fs.uuid {
                 Some(u) => fat_volume_id(u)?,
                 None => rng.gen(),
             })),
             FsType::None | FsType::Other(_) => {
-                if p.uuid.is_some() || p.label.is_some() {
+                if p.fs.uuid.is_some() || p.fs.label.is_some() {
                     bail!(coded(
                         ErrorCode::LayoutInvalid,
                         format!(
@@ -111,7 +111,7 @@ pub fn apply(disk: &DiskLayout, target: &Path, safety: Safety) -> Result<DiskLay
     let attached = AttachedDisk::attach(target, &numbered, false)?;
     let made = (|| -> Result<()> {
         for (i, (p, node)) in d.partitions.iter().zip(attached.partitions()).enumerate() {
-            mkfs::make(node, p).with_context(|| format!("partition {}", i + 1))?;
+            mkfs::make(node, &p.fs).with_context(|| format!("partition {}", i + 1))?;
         }
         Ok(())
     })();

@@ -148,7 +148,7 @@ impl SourcePlan {
                         .enumerate()
                         .map(move |(p, part)| (d, p, part))
                 })
-                .find(|(_, _, part)| part.mount.as_deref() == Some(t.mount.as_str()));
+                .find(|(_, _, part)| part.fs.mount.as_deref() == Some(t.mount.as_str()));
             let Some((disk, part, p)) = place else {
                 bail!(invalid(format!(
                     "the file system {} is not a mount point of the layout",
@@ -156,12 +156,12 @@ impl SourcePlan {
                 )));
             };
             if !matches!(
-                p.fs,
+                p.fs.kind,
                 FsType::Ext4 | FsType::Ext3 | FsType::Xfs | FsType::Vfat
             ) {
                 bail!(invalid(format!(
                     "the file system {} is {}; file mode writes ext4, ext3, xfs and vfat",
-                    t.mount, p.fs
+                    t.mount, p.fs.kind
                 )));
             }
             let place = TreePlace { disk, part };
@@ -226,7 +226,7 @@ pub fn fit(plan: &SourcePlan, sizes: &[u64]) -> Result<Layout> {
                     .position(|pl| pl.disk == d && pl.part == p)
                     .map(|t| {
                         let used = plan.trees[t].used;
-                        (used, needed_bytes(&disk.partitions[p].fs, used))
+                        (used, needed_bytes(&disk.partitions[p].fs.kind, used))
                     })
             })
             .collect();
@@ -283,7 +283,7 @@ fn fit_disk(disk: &DiskLayout, needs: &[Option<(u64, u64)>], size: u64) -> Resul
     // Swap holds nothing that is migrated: on a disk that small it keeps
     // 64 MiB at most.
     for p in &mut shrunk.partitions {
-        if p.fs == FsType::Swap && p.size.bytes().is_some_and(|b| b > SMALL_SWAP) {
+        if p.fs.kind == FsType::Swap && p.size.bytes().is_some_and(|b| b > SMALL_SWAP) {
             p.size = Size::Bytes(SMALL_SWAP);
         }
     }
@@ -309,8 +309,8 @@ fn describe_refusal(
             Some((used, need)) => {
                 parts.push(format!(
                     "{} ({}): {} MiB used, {} MiB needed",
-                    p.mount.as_deref().unwrap_or("?"),
-                    p.fs,
+                    p.fs.mount.as_deref().unwrap_or("?"),
+                    p.fs.kind,
                     used.div_ceil(MIB),
                     need / MIB
                 ));
@@ -399,7 +399,7 @@ mount = "/"
         assert_eq!(p[2].size, Size::Bytes(128 * MIB));
         assert_eq!(p[3].size, Size::Rest);
         assert_eq!(
-            p[3].uuid.as_deref(),
+            p[3].fs.uuid.as_deref(),
             Some("21111111-2222-3333-4444-555555555555")
         );
     }

@@ -69,7 +69,7 @@ pub(crate) fn device_names(v: &LogicalVolume) -> [String; 3] {
 
 /// A volume file mode carries: one mounted on the source, or swap.
 fn carried(v: &LogicalVolume) -> bool {
-    v.mount.is_some() || v.fs == FsType::Swap
+    v.fs.mount.is_some() || v.fs.kind == FsType::Swap
 }
 
 /// The layout with every LVM physical volume that holds volumes replaced
@@ -112,7 +112,7 @@ pub fn flatten_layout(layout: &Layout) -> Result<(Layout, FlatLvm)> {
                 .filter(|v| carried(v))
                 .filter(|v| v.place.is_some_and(|pl| pl.disk == d && pl.partition == p))
                 .collect();
-            if !part.fs.is_lvm_pv() && part.kind != PartType::Lvm {
+            if !part.fs.kind.is_lvm_pv() && part.kind != PartType::Lvm {
                 continue;
             }
             if here.is_empty() {
@@ -135,18 +135,18 @@ pub fn flatten_layout(layout: &Layout) -> Result<(Layout, FlatLvm)> {
         for (i, part) in disk.partitions.iter().enumerate() {
             let Some(v) = layout.volumes.iter().find(|v| {
                 carried(v)
-                    && v.uuid.is_some()
-                    && v.uuid == part.uuid
-                    && v.fs == part.fs
-                    && v.mount == part.mount
+                    && v.fs.uuid.is_some()
+                    && v.fs.uuid == part.fs.uuid
+                    && v.fs.kind == part.fs.kind
+                    && v.fs.mount == part.fs.mount
             }) else {
                 continue;
             };
             flat.volumes.push(Flattened {
                 volume: v.display(),
-                fs: v.fs.to_string(),
-                uuid: v.uuid.clone(),
-                mount: v.mount.clone(),
+                fs: v.fs.kind.to_string(),
+                uuid: v.fs.uuid.clone(),
+                mount: v.fs.mount.clone(),
                 disk: d,
                 partition: numbers[i],
             });
@@ -169,12 +169,12 @@ pub fn flatten_lvm(
     let Some(p) = disk.partitions.get(pv) else {
         bail!(invalid(format!("the disk has no partition {}", pv + 1)));
     };
-    if p.kind != PartType::Lvm && !p.fs.is_lvm_pv() {
+    if p.kind != PartType::Lvm && !p.fs.kind.is_lvm_pv() {
         bail!(invalid(format!(
             "partition {} is not an LVM physical volume ({}, {})",
             pv + 1,
             p.kind.as_str(),
-            p.fs
+            p.fs.kind
         )));
     }
     if volumes.is_empty() {
@@ -193,7 +193,7 @@ pub fn flatten_lvm(
                 v.display()
             )));
         };
-        if let Some(u) = &v.uuid {
+        if let Some(u) = &v.fs.uuid {
             let to = format!("UUID={u}");
             for from in device_names(v) {
                 renamed.push(Renamed {
@@ -205,22 +205,16 @@ pub fn flatten_lvm(
         parts.push(PartitionLayout {
             size: Size::Bytes(align_up(place.size.max(MIB), MIB)),
             start: None,
-            kind: if v.fs == FsType::Swap {
+            kind: if v.fs.kind == FsType::Swap {
                 PartType::Swap
             } else {
                 PartType::Linux
             },
             fs: v.fs.clone(),
-            uuid: v.uuid.clone(),
-            label: v.label.clone(),
-            mount: v.mount.clone(),
             partuuid: None,
             name: None,
             number: None,
             bootable: false,
-            subvol: v.subvol.clone(),
-            subvolumes: Vec::new(),
-            features: v.features.clone(),
         });
     }
     out.partitions.splice(pv..=pv, parts);
@@ -235,6 +229,7 @@ pub fn flatten_lvm(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::desc::FsSpec;
     use crate::layout::Layout;
 
     const LVM: &str = r#"
@@ -273,12 +268,12 @@ fs = "LVM2_member"
                 size,
             }),
             refused: None,
-            fs,
-            uuid: uuid.map(str::to_owned),
-            label: None,
-            mount: mount.map(str::to_owned),
-            subvol: None,
-            features: Vec::new(),
+            fs: FsSpec {
+                kind: fs,
+                uuid: uuid.map(str::to_owned),
+                mount: mount.map(str::to_owned),
+                ..FsSpec::default()
+            },
         }
     }
 
@@ -309,14 +304,14 @@ fs = "LVM2_member"
         let (d, renamed) = flatten_lvm(&l.disks[0], 1, &volumes()).unwrap();
         let p = &d.partitions;
         assert_eq!(p.len(), 3);
-        assert_eq!(p[0].mount.as_deref(), Some("/boot"));
+        assert_eq!(p[0].fs.mount.as_deref(), Some("/boot"));
         assert!(p[0].bootable);
         assert_eq!(
             (
                 &p[1].kind,
-                &p[1].fs,
-                p[1].uuid.as_deref(),
-                p[1].mount.as_deref()
+                &p[1].fs.kind,
+                p[1].fs.uuid.as_deref(),
+                p[1].fs.mount.as_deref()
             ),
             (
                 &PartType::Linux,
@@ -326,7 +321,10 @@ fs = "LVM2_member"
             )
         );
         assert_eq!(p[1].size, Size::Bytes(8 * 1024 * MIB));
-        assert_eq!((&p[2].kind, &p[2].fs), (&PartType::Swap, &FsType::Swap));
+        assert_eq!(
+            (&p[2].kind, &p[2].fs.kind),
+            (&PartType::Swap, &FsType::Swap)
+        );
         assert_eq!(p[2].size, Size::Bytes(1001 * MIB));
         let names: Vec<(&str, &str)> = renamed
             .iter()
@@ -367,11 +365,11 @@ fs = "LVM2_member"
     fn an_ext4_volume_keeps_its_features_on_its_partition() {
         let l = Layout::from_toml(LVM).unwrap();
         let mut vols = volumes();
-        vols[0].fs = FsType::Ext4;
-        vols[0].features = vec!["has_journal".into(), "metadata_csum".into(), "64bit".into()];
+        vols[0].fs.kind = FsType::Ext4;
+        vols[0].fs.features = vec!["has_journal".into(), "metadata_csum".into(), "64bit".into()];
         let (d, _) = flatten_lvm(&l.disks[0], 1, &vols).unwrap();
-        assert_eq!(d.partitions[1].features, vols[0].features);
-        assert!(d.partitions[2].features.is_empty());
+        assert_eq!(d.partitions[1].fs.features, vols[0].fs.features);
+        assert!(d.partitions[2].fs.features.is_empty());
     }
 
     #[test]
@@ -387,8 +385,8 @@ fs = "LVM2_member"
         for i in 0..3 {
             let mut v = many[0].clone();
             v.name = format!("data{i}");
-            v.mount = Some(format!("/data{i}"));
-            v.uuid = None;
+            v.fs.mount = Some(format!("/data{i}"));
+            v.fs.uuid = None;
             many.push(v);
         }
         let err = format!("{:#}", flatten_lvm(&l.disks[0], 1, &many).unwrap_err());

@@ -69,19 +69,19 @@ pub fn grow(target: &Path, safety: Safety) -> Result<GrowReport> {
                     "partition {} is a logical MBR partition, which ferry does not grow",
                     e.number
                 ));
-            } else if !probe.fs.growable() && !probe.fs.is_lvm_pv() {
+            } else if !probe.kind.growable() && !probe.kind.is_lvm_pv() {
                 report.skipped = Some(format!(
                     "partition {} holds {}, which ferry does not grow",
-                    e.number, probe.fs
+                    e.number, probe.kind
                 ));
-            } else if new_end <= e.extent.end() && !probe.fs.is_lvm_pv() {
+            } else if new_end <= e.extent.end() && !probe.kind.is_lvm_pv() {
                 report.skipped = Some(format!("partition {} already reaches the end", e.number));
             } else if new_end < e.extent.end() {
                 report.skipped = Some(format!("partition {} reaches beyond the end", e.number));
             } else {
                 // A PV whose partition already reaches the end may still
                 // wait for its volume to grow (a run stopped midway).
-                grow_part = Some((e.clone(), probe.fs));
+                grow_part = Some((e.clone(), probe.kind));
             }
         }
     }
@@ -297,8 +297,8 @@ fn grow_lvm(target: &Path, node: &Path, extent: Extent) -> Result<super::lvm::gr
     )?;
     if let Some(v) = grown {
         let lo = lvm::LvNode::attach(target, extent.start, &v, false)?;
-        let res = grow_fs(lo.path(), &v.fs)
-            .with_context(|| format!("growing {} on logical volume {}", v.fs, v.display()));
+        let res = grow_fs(lo.path(), &v.fs.kind)
+            .with_context(|| format!("growing {} on logical volume {}", v.fs.kind, v.display()));
         let closed = lo.close();
         res?;
         closed?;

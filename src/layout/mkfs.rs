@@ -10,25 +10,25 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::desc::{fat_volume_id, Extent, FsType, PartitionLayout};
+use super::desc::{fat_volume_id, Extent, FsSpec, FsType};
 use crate::cmd::Cmd;
 
 /// Bytes zeroed at the start of every partition before its file system is
 /// made, so that no signature of an earlier one makes blkid ambiguous.
 const WIPE: u64 = 1024 * 1024;
 
-/// Make the file system `p` asks for on partition node `node` (uuid and
-/// label already resolved).
-pub fn make(node: &Path, p: &PartitionLayout) -> Result<()> {
+/// Make the file system `fs` describes on the node `node` (a partition or
+/// a logical volume; uuid and label already resolved).
+pub fn make(node: &Path, fs: &FsSpec) -> Result<()> {
     wipe_start(node)?;
-    let uuid = p.uuid.as_deref();
-    let label = p.label.as_deref();
+    let uuid = fs.uuid.as_deref();
+    let label = fs.label.as_deref();
     let need_uuid =
-        || uuid.with_context(|| format!("the {} uuid must be resolved before mkfs", p.fs));
-    match &p.fs {
+        || uuid.with_context(|| format!("the {} uuid must be resolved before mkfs", fs.kind));
+    match &fs.kind {
         FsType::None => Ok(()),
         FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => {
-            let tool = match p.fs {
+            let tool = match fs.kind {
                 FsType::Ext4 => "mkfs.ext4",
                 FsType::Ext3 => "mkfs.ext3",
                 _ => "mkfs.ext2",
@@ -37,7 +37,7 @@ pub fn make(node: &Path, p: &PartitionLayout) -> Result<()> {
             if let Some(l) = label {
                 c = c.args(["-L", l]);
             }
-            let (features, dropped) = settable_features(&p.features);
+            let (features, dropped) = settable_features(&fs.features);
             if !dropped.is_empty() {
                 tracing::warn!(
                     "{}: the source's ext features {} are not made by this appliance's mke2fs; made without them",
@@ -86,7 +86,7 @@ pub fn make(node: &Path, p: &PartitionLayout) -> Result<()> {
             )
         )),
     }
-    .with_context(|| format!("making {} on {}", p.fs, node.display()))
+    .with_context(|| format!("making {} on {}", fs.kind, node.display()))
 }
 
 /// ext2/3/4 features that this appliance's mke2fs (e2fsprogs 1.47) can
@@ -188,19 +188,11 @@ fn make_fat(node: &Path, uuid: &str, label: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// What blkid finds in a partition.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Probe {
-    pub fs: FsType,
-    pub uuid: Option<String>,
-    pub label: Option<String>,
-    /// ext2/3/4: the file system's features (empty for the others).
-    pub features: Vec<String>,
-}
-
 /// Probe the byte range `extent` of `disk` (image file or block device)
 /// without any device node for the partition.
-pub fn probe(disk: &Path, extent: Extent) -> Result<Probe> {
+/// What blkid finds there: a file system's type, identity and (ext2/3/4)
+/// features; no mount point, which only the migrated system's fstab tells.
+pub fn probe(disk: &Path, extent: Extent) -> Result<FsSpec> {
     let (status, out) = Cmd::new("blkid")
         .args(["-p", "-o", "export", "-O"])
         .arg(extent.start.to_string())
@@ -211,7 +203,7 @@ pub fn probe(disk: &Path, extent: Extent) -> Result<Probe> {
         .with_context(|| format!("probing {} at byte {}", disk.display(), extent.start))?;
     // blkid exits 2 when it finds nothing to report.
     if status.code() == Some(2) {
-        return Ok(Probe::default());
+        return Ok(FsSpec::default());
     }
     if !status.success() {
         bail!(
@@ -222,17 +214,17 @@ pub fn probe(disk: &Path, extent: Extent) -> Result<Probe> {
         );
     }
     let mut p = parse_export(&out.stdout_text());
-    if matches!(p.fs, FsType::Ext2 | FsType::Ext3 | FsType::Ext4) {
+    if matches!(p.kind, FsType::Ext2 | FsType::Ext3 | FsType::Ext4) {
         p.features = ext_features(&format!("{}?offset={}", disk.display(), extent.start))?;
     }
     Ok(p)
 }
 
-fn parse_export(text: &str) -> Probe {
-    let mut p = Probe::default();
+fn parse_export(text: &str) -> FsSpec {
+    let mut p = FsSpec::default();
     for (k, v) in crate::devname::parse_blkid_export(text) {
         match k.as_str() {
-            "TYPE" => p.fs = v.parse().unwrap_or(FsType::None),
+            "TYPE" => p.kind = v.parse().unwrap_or(FsType::None),
             "UUID" => p.uuid = Some(v),
             "LABEL" => p.label = Some(v),
             _ => {}
@@ -252,11 +244,11 @@ mod tests {
         );
         assert_eq!(
             p,
-            Probe {
-                fs: FsType::Vfat,
+            FsSpec {
+                kind: FsType::Vfat,
                 uuid: Some("ABCD-1234".into()),
                 label: Some("my disk".into()),
-                features: Vec::new(),
+                ..FsSpec::default()
             }
         );
     }

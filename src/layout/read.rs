@@ -35,17 +35,11 @@ pub fn read(target: &Path) -> Result<DiskLayout> {
             },
             start: (e.extent.start != expected_start).then_some(Size::Bytes(e.extent.start)),
             kind: e.kind.clone(),
-            fs: probe.fs,
-            uuid: probe.uuid,
-            label: probe.label,
-            mount: None,
+            fs: probe,
             partuuid: Some(e.partuuid.clone()),
             name: e.name.clone(),
             number: (e.number != i + 1).then_some(e.number),
             bootable: e.bootable,
-            subvol: None,
-            subvolumes: Vec::new(),
-            features: probe.features,
         });
         cursor = e.extent.end();
     }

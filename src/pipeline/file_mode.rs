@@ -127,8 +127,8 @@ fn describe(ft: &FileTargets) -> Result<FilesReport> {
         let p = &d.partitions[pl.part];
         out.push(FileSystemReport {
             mount: t.mount.clone(),
-            fs: p.fs.to_string(),
-            uuid: p.uuid.clone(),
+            fs: p.fs.kind.to_string(),
+            uuid: p.fs.uuid.clone(),
             used: t.used,
             size: ext[pl.part].len,
         });

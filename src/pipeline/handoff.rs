@@ -209,10 +209,10 @@ fn describe(path: &Path, size: u64) -> (Option<String>, Vec<ManifestPartition>) 
             start: e.start,
             size: e.len,
             kind: p.kind.as_str().to_owned(),
-            fs: p.fs.to_string(),
-            uuid: p.uuid.clone(),
-            label: p.label.clone(),
-            mount: p.mount.clone(),
+            fs: p.fs.kind.to_string(),
+            uuid: p.fs.uuid.clone(),
+            label: p.fs.label.clone(),
+            mount: p.fs.mount.clone(),
         })
         .collect();
     (table, parts)

@@ -81,15 +81,15 @@ pub fn replay_journals(targets: &[Target], scratch: &Path) -> Result<Vec<Replaye
         let mut failure = None;
         for (pi, (p, node)) in d.partitions.iter().zip(attached.partitions()).enumerate() {
             if !matches!(
-                p.fs,
+                p.fs.kind,
                 layout::FsType::Ext4 | layout::FsType::Ext3 | layout::FsType::Xfs
             ) {
                 continue;
             }
-            match layout::journal::recover(node, &p.fs, scratch).with_context(|| {
+            match layout::journal::recover(node, &p.fs.kind, scratch).with_context(|| {
                 format!(
                     "replaying the journal of {} on disk {} ({})",
-                    p.fs,
+                    p.fs.kind,
                     t.index,
                     node.display()
                 )
@@ -125,7 +125,7 @@ pub fn replay_journals(targets: &[Target], scratch: &Path) -> Result<Vec<Replaye
             continue;
         };
         if !matches!(
-            v.fs,
+            v.fs.kind,
             layout::FsType::Ext4 | layout::FsType::Ext3 | layout::FsType::Xfs
         ) {
             continue;
@@ -142,7 +142,7 @@ pub fn replay_journals(targets: &[Target], scratch: &Path) -> Result<Vec<Replaye
         // races with grow's; only a file system with a journal to replay
         // gets a writable one.
         let ro = layout::lvm::LvNode::attach(path, start, v, true)?;
-        let dirty = layout::journal::dirty(ro.path(), &v.fs);
+        let dirty = layout::journal::dirty(ro.path(), &v.fs.kind);
         ro.close()?;
         if !dirty
             .with_context(|| format!("reading the journal of logical volume {}", v.display()))?
@@ -150,10 +150,10 @@ pub fn replay_journals(targets: &[Target], scratch: &Path) -> Result<Vec<Replaye
             continue;
         }
         let lo = layout::lvm::LvNode::attach(path, start, v, false)?;
-        let found = layout::journal::recover(lo.path(), &v.fs, scratch).with_context(|| {
+        let found = layout::journal::recover(lo.path(), &v.fs.kind, scratch).with_context(|| {
             format!(
                 "replaying the journal of {} on logical volume {} of disk {}",
-                v.fs,
+                v.fs.kind,
                 v.display(),
                 t.index
             )

@@ -77,7 +77,7 @@ pub fn windows(
         .iter()
         .position(|n| *n == number)
         .with_context(|| format!("partition {number} of disk {di} vanished"))?;
-    mounted.disks[di].partitions[index].mount = Some("/".to_owned());
+    mounted.disks[di].partitions[index].fs.mount = Some("/".to_owned());
     let scope = Scope::of(targets, &full, &mounted, grown)?;
     let size = layout::devices::disk_size(&paths[di])?;
     let extents = layout::desc::plan(disk, size)?;
@@ -116,15 +116,15 @@ fn restore_mount_points(devices: &mut DeviceMap, full: &layout::Layout) {
         let described = desc
             .partitions
             .iter()
-            .filter(|p| p.fs != layout::FsType::None);
+            .filter(|p| p.fs.kind != layout::FsType::None);
         for (v, p) in disk.volumes.iter_mut().zip(described) {
             if v.mountpoint.is_none() {
-                v.mountpoint.clone_from(&p.mount);
+                v.mountpoint.clone_from(&p.fs.mount);
             }
         }
     }
     // Logical volumes, which follow the partitions of their disk, by uuid.
-    for lv in full.volumes.iter().filter(|v| v.mount.is_some()) {
+    for lv in full.volumes.iter().filter(|v| v.fs.mount.is_some()) {
         let hit = devices
             .disks
             .iter_mut()
@@ -133,10 +133,10 @@ fn restore_mount_points(devices: &mut DeviceMap, full: &layout::Layout) {
                 v.partition.is_none()
                     && v.mountpoint.is_none()
                     && v.uuid.is_some()
-                    && v.uuid == lv.uuid
+                    && v.uuid == lv.fs.uuid
             });
         if let Some(v) = hit {
-            v.mountpoint.clone_from(&lv.mount);
+            v.mountpoint.clone_from(&lv.fs.mount);
         }
     }
 }

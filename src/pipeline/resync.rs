@@ -62,7 +62,7 @@ impl Scope {
                 .zip(d.numbers().into_iter().zip(extents.iter().copied()))
             {
                 let written = matches!(p.kind, PartType::BiosBoot | PartType::Esp)
-                    || mp.mount.is_some()
+                    || mp.fs.mount.is_some()
                     || grown_number == Some(number);
                 if written {
                     r.push((e.start, e.end()));
@@ -70,7 +70,7 @@ impl Scope {
             }
             // Logical volumes mounted for the repair, inside their PV.
             let di = ranges.len();
-            for v in mounted.volumes.iter().filter(|v| v.mount.is_some()) {
+            for v in mounted.volumes.iter().filter(|v| v.fs.mount.is_some()) {
                 if let Some(p) = v.place.filter(|p| p.disk == di) {
                     if let Some(e) = extents.get(p.partition) {
                         r.push((e.start + p.offset, e.start + p.offset + p.size));

@@ -129,10 +129,10 @@ fn target_paths(disks: &DiskPlaces, plan: &SourcePlan) -> Result<Vec<PathBuf>> {
                 let tree = places.iter().position(|pl| pl.disk == i && pl.part == p);
                 let len = match (part.size, tree) {
                     (Size::Bytes(b), Some(t)) => {
-                        b.max(fit::needed_bytes(&part.fs, plan.trees[t].used))
+                        b.max(fit::needed_bytes(&part.fs.kind, plan.trees[t].used))
                     }
                     (Size::Bytes(b), None) => b,
-                    (Size::Rest, Some(t)) => fit::needed_bytes(&part.fs, plan.trees[t].used),
+                    (Size::Rest, Some(t)) => fit::needed_bytes(&part.fs.kind, plan.trees[t].used),
                     (Size::Rest, None) => 1024 * MIB,
                 };
                 end = align_up(end, ALIGN) + len;
@@ -204,13 +204,13 @@ pub fn prepare(
     };
     let mut flat = targets.layout.clone();
     for p in flat.disks.iter_mut().flat_map(|d| d.partitions.iter_mut()) {
-        p.mount = None;
+        p.fs.mount = None;
     }
     let mut fs = Vec::new();
     for (t, pl) in places.iter().enumerate() {
         let p = &mut flat.disks[pl.disk].partitions[pl.part];
-        p.mount = Some(mount_name(t as u32));
-        fs.push(p.fs.clone());
+        p.fs.mount = Some(mount_name(t as u32));
+        fs.push(p.fs.kind.clone());
     }
     let tree = MountTree::mount(&flat, &targets.targets, mount_root, MountOptions::default())
         .context("mounting the targets' file systems")?;
@@ -230,11 +230,11 @@ fn found(ft: &FileTargets) -> Result<()> {
         let ext = plan(d, crate::layout::devices::disk_size(target)?)?;
         let want = &d.partitions[pl.part];
         let got = crate::layout::mkfs::probe(target, ext[pl.part])?;
-        let same = got.fs == want.fs
+        let same = got.kind == want.fs.kind
             && got
                 .uuid
                 .as_deref()
-                .zip(want.uuid.as_deref())
+                .zip(want.fs.uuid.as_deref())
                 .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b));
         if !same {
             return Err(coded(
@@ -242,10 +242,10 @@ fn found(ft: &FileTargets) -> Result<()> {
                 format!(
                     "{} ({} {}) of the job's layout is not on {} any more (found {} {}); delete the job (POST /v1/job/delete) to lay the targets out again",
                     t.mount,
-                    want.fs,
-                    want.uuid.as_deref().unwrap_or("?"),
+                    want.fs.kind,
+                    want.fs.uuid.as_deref().unwrap_or("?"),
                     target.display(),
-                    got.fs,
+                    got.kind,
                     got.uuid.as_deref().unwrap_or("no uuid")
                 ),
             ));

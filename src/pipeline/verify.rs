@@ -160,7 +160,7 @@ pub(super) fn check_file_systems(targets: &[Target]) -> Result<Vec<String>> {
             .partitions
             .iter()
             .zip(attached.partitions())
-            .map(|(p, n)| (p.fs.clone(), n.clone()))
+            .map(|(p, n)| (p.fs.kind.clone(), n.clone()))
             .collect();
         // The logical volumes of the disk's PVs, each through its loop.
         let mut loops = Vec::new();
@@ -169,7 +169,7 @@ pub(super) fn check_file_systems(targets: &[Target]) -> Result<Vec<String>> {
                 continue;
             };
             let lo = layout::lvm::LvNode::attach(target, starts[place.partition], v, true)?;
-            nodes.push((v.fs.clone(), lo.path().to_owned()));
+            nodes.push((v.fs.kind.clone(), lo.path().to_owned()));
             loops.push(lo);
         }
         for (fs, node) in &nodes {

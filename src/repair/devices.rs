@@ -200,15 +200,15 @@ impl DeviceMap {
                     .partitions
                     .iter()
                     .zip(attached.partitions())
-                    .filter(|(p, _)| p.fs != crate::layout::FsType::None)
+                    .filter(|(p, _)| p.fs.kind != crate::layout::FsType::None)
                     .map(|(p, node)| Volume {
                         partition: partition_number(node),
                         node: node.clone(),
-                        fstype: Some(p.fs.as_str().to_owned()),
-                        uuid: p.uuid.clone(),
-                        label: p.label.clone(),
+                        fstype: Some(p.fs.kind.as_str().to_owned()),
+                        uuid: p.fs.uuid.clone(),
+                        label: p.fs.label.clone(),
                         partuuid: p.partuuid.clone(),
-                        mountpoint: p.mount.clone(),
+                        mountpoint: p.fs.mount.clone(),
                         aliases: Vec::new(),
                     })
                     .collect(),
@@ -222,11 +222,11 @@ impl DeviceMap {
                 d.volumes.push(Volume {
                     partition: None,
                     node: node.to_owned(),
-                    fstype: Some(v.fs.as_str().to_owned()),
-                    uuid: v.uuid.clone(),
-                    label: v.label.clone(),
+                    fstype: Some(v.fs.kind.as_str().to_owned()),
+                    uuid: v.fs.uuid.clone(),
+                    label: v.fs.label.clone(),
                     partuuid: None,
-                    mountpoint: v.mount.clone(),
+                    mountpoint: v.fs.mount.clone(),
                     aliases: v.aliases(),
                 });
             }

@@ -382,9 +382,9 @@ fn an_lvm_server_migrated_file_by_file_boots_on_virtio_without_its_volume_group(
     let root_lv = described
         .volumes
         .iter()
-        .find(|v| v.mount.as_deref() == Some("/"))
+        .find(|v| v.fs.mount.as_deref() == Some("/"))
         .unwrap_or_else(|| panic!("no logical volume mounted on /: {described:?}"));
-    assert_eq!(root_lv.uuid.as_deref(), Some(src.root_uuid.as_str()));
+    assert_eq!(root_lv.fs.uuid.as_deref(), Some(src.root_uuid.as_str()));
     let fstab = std::fs::read_to_string(mounted.root().join("etc/fstab")).unwrap();
     assert!(fstab.contains("/dev/mapper/ferry--vg-root"), "{fstab}");
 

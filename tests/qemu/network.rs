@@ -85,7 +85,7 @@ WantedBy=multi-user.target
 /// written in, repaired with `map`; returns the repair's network notes.
 fn repaired(disks: &[std::path::PathBuf], dir: &Path, map: &str) -> Vec<String> {
     let mut layout = ferry::layout::read_all(disks).unwrap();
-    layout.disks[0].partitions[0].mount = Some("/".to_owned());
+    layout.disks[0].partitions[0].fs.mount = Some("/".to_owned());
     let tree = MountTree::mount(&layout, disks, &dir.join("mnt"), MountOptions::default()).unwrap();
     let root = tree.root().to_owned();
     std::fs::write(root.join("etc/network/interfaces"), INTERFACES).unwrap();

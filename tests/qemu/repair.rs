@@ -16,7 +16,7 @@ fn repaired_boots_on_virtio(variant: &str, root_partition: usize) {
     let work = tempfile::tempdir().unwrap();
     let disks = crate::common::repair::source_image(variant, work.path());
     let mut layout = ferry::layout::read_all(&disks).unwrap();
-    layout.disks[0].partitions[root_partition].mount = Some("/".to_owned());
+    layout.disks[0].partitions[root_partition].fs.mount = Some("/".to_owned());
     let tree = MountTree::mount(
         &layout,
         &disks,

@@ -383,7 +383,7 @@ mount = "/"
 /// The blkid UUID of each partition of an image.
 fn uuids(image: &Path) -> Vec<Option<String>> {
     let l = ferry::layout::read(image).expect("reading the target's layout");
-    l.partitions.iter().map(|p| p.uuid.clone()).collect()
+    l.partitions.iter().map(|p| p.fs.uuid.clone()).collect()
 }
 
 /// The ext features of partition `i` (from 0) of an image, sorted, as
@@ -431,7 +431,7 @@ fn mount_target(image: &Path, staging: &Path) -> ferry::layout::MountTree {
         .iter_mut()
         .zip(&want.disks[0].partitions)
     {
-        p.mount = w.mount.clone();
+        p.fs.mount = w.fs.mount.clone();
     }
     ferry::layout::MountTree::mount(
         &l,

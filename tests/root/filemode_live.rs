@@ -188,7 +188,7 @@ fn mount_target(
         .iter_mut()
         .zip(&found.disks[0].partitions)
     {
-        p.mount = w.mount.clone();
+        p.fs.mount = w.fs.mount.clone();
     }
     ferry::layout::MountTree::mount(
         &l,
@@ -243,7 +243,13 @@ fn a_live_servers_disk_is_found_laid_out_and_sent_from_inside_it() {
     let parts: Vec<(String, Option<&str>, Option<&str>)> = d
         .partitions
         .iter()
-        .map(|p| (p.fs.to_string(), p.uuid.as_deref(), p.mount.as_deref()))
+        .map(|p| {
+            (
+                p.fs.kind.to_string(),
+                p.fs.uuid.as_deref(),
+                p.fs.mount.as_deref(),
+            )
+        })
         .collect();
     assert_eq!(
         parts,
@@ -264,7 +270,7 @@ fn a_live_servers_disk_is_found_laid_out_and_sent_from_inside_it() {
             .as_deref(),
         Some(ROOT_PARTUUID)
     );
-    assert_eq!(d.partitions[1].label.as_deref(), Some("boot"));
+    assert_eq!(d.partitions[1].fs.label.as_deref(), Some("boot"));
     for (what, text) in [("dry run", &live.dry_stderr), ("send", &live.stderr)] {
         for want in [
             format!("its disks: disk 0 {}\n", disk.dev),
@@ -302,7 +308,7 @@ fn a_live_servers_disk_is_found_laid_out_and_sent_from_inside_it() {
         .unwrap()
         .partitions
         .iter()
-        .map(|p| p.uuid.clone())
+        .map(|p| p.fs.uuid.clone())
         .collect();
     assert_eq!(
         uuids,

@@ -49,23 +49,23 @@ fn check_disk(img: &Path, want: &layout::DiskLayout) {
         let b = blkid(&lo.0);
         assert_eq!(
             b.get("TYPE").map(String::as_str),
-            Some(p.fs.as_str()).filter(|t| *t != "none"),
+            Some(p.fs.kind.as_str()).filter(|t| *t != "none"),
             "partition {} blkid TYPE",
             i + 1
         );
         assert_eq!(
             b.get("UUID"),
-            p.uuid.as_ref(),
+            p.fs.uuid.as_ref(),
             "partition {} blkid UUID",
             i + 1
         );
         assert_eq!(
             b.get("LABEL"),
-            p.label.as_ref(),
+            p.fs.label.as_ref(),
             "partition {} blkid LABEL",
             i + 1
         );
-        match p.fs {
+        match p.fs.kind {
             FsType::Ext4 | FsType::Ext3 => {
                 run(Cmd::new("e2fsck").arg("-fn").arg(&lo.0));
             }
@@ -84,7 +84,7 @@ fn check_disk(img: &Path, want: &layout::DiskLayout) {
 /// written here leave them to mke2fs's defaults).
 fn bare(mut d: layout::DiskLayout) -> layout::DiskLayout {
     for p in &mut d.partitions {
-        p.features.clear();
+        p.fs.features.clear();
     }
     d
 }
@@ -102,8 +102,8 @@ fn apply_and_check(text: &str, mib: u64) {
     // read gives each ext file system's features (mke2fs's defaults here).
     for p in &read.partitions {
         assert_eq!(
-            p.features.iter().any(|f| f == "has_journal"),
-            matches!(p.fs, FsType::Ext4 | FsType::Ext3),
+            p.fs.features.iter().any(|f| f == "has_journal"),
+            matches!(p.fs.kind, FsType::Ext4 | FsType::Ext3),
             "{p:?}"
         );
     }
@@ -145,15 +145,18 @@ fn open_ids_are_filled_and_read_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut l: Layout = layout(DATA_DISK);
     l.disks[0].id = None;
-    l.disks[0].partitions[0].uuid = None;
+    l.disks[0].partitions[0].fs.uuid = None;
     l.disks[0].partitions[0].partuuid = None;
     let img = sparse_image(dir.path(), "d.img", 64);
     let applied =
         layout::apply(&l.disks[0], &img, Safety::default()).unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(applied.id.is_some() && applied.partitions[0].uuid.is_some());
-    assert_ne!(applied.partitions[0].uuid, l.disks[0].partitions[0].uuid);
+    assert!(applied.id.is_some() && applied.partitions[0].fs.uuid.is_some());
+    assert_ne!(
+        applied.partitions[0].fs.uuid,
+        l.disks[0].partitions[0].fs.uuid
+    );
     let mut read = layout::read(&img).unwrap_or_else(|e| panic!("{e:#}"));
-    read.partitions[0].mount = Some("/srv/data".into());
+    read.partitions[0].fs.mount = Some("/srv/data".into());
     assert_eq!(bare(read.clone()), applied);
     assert_eq!(read.partitions[0].size, Size::Rest);
 }
@@ -288,8 +291,8 @@ fn a_failed_mount_midway_unmounts_and_detaches_what_it_did() {
     let img = sparse_image(dir.path(), "bios.img", 128);
     layout::apply(&l.disks[0], &img, Safety::default()).unwrap_or_else(|e| panic!("{e:#}"));
     // Claim /boot is xfs: mounting it fails after / is mounted.
-    l.disks[0].partitions[1].fs = FsType::Xfs;
-    l.disks[0].partitions[1].label = None;
+    l.disks[0].partitions[1].fs.kind = FsType::Xfs;
+    l.disks[0].partitions[1].fs.label = None;
     let staging = dir.path().join("tree");
     let err =
         layout::MountTree::mount(&l, std::slice::from_ref(&img), &staging, Default::default())
@@ -923,7 +926,7 @@ fn disks_made_by_other_tools_read_and_reapply_identically() {
             assert_eq!(read.id.as_deref(), Some("0badcafe"));
             assert_eq!(read.partitions[0].start, Some(Size::Bytes(63 * 512)));
             assert_eq!(
-                read.partitions[0].uuid.as_deref(),
+                read.partitions[0].fs.uuid.as_deref(),
                 Some("c0ffee00-1111-4222-8333-444455556666")
             );
             assert!(read.partitions[0].bootable);
@@ -1027,10 +1030,10 @@ fn cloud_image_numbering_and_logical_partitions_read_mount_and_grow() {
         };
         assert_eq!(l.disks[0].numbers(), numbers, "{name}");
         assert_eq!(
-            l.disks[0].partitions[root_index].label.as_deref(),
+            l.disks[0].partitions[root_index].fs.label.as_deref(),
             Some("cloudimg-rootfs")
         );
-        l.disks[0].partitions[root_index].mount = Some("/".into());
+        l.disks[0].partitions[root_index].fs.mount = Some("/".into());
         let staging = dir.path().join(name);
         let tree =
             layout::MountTree::mount(&l, std::slice::from_ref(&img), &staging, Default::default())

@@ -229,7 +229,7 @@ fn the_guests_volume_group_is_grown_and_mounted_and_one_of_the_same_name_is_unto
         .find(|(v, _)| v.name == "root")
         .map(|(v, n)| (v.clone(), n.to_owned()))
         .unwrap();
-    assert_eq!(v.mount.as_deref(), Some("/"));
+    assert_eq!(v.fs.mount.as_deref(), Some("/"));
     assert!(
         tree.path_of("/boot").join("lost+found").is_dir(),
         "/boot mounted"

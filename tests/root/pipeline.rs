@@ -95,7 +95,7 @@ fn applied_layout(l: &layout::Layout, applied: &layout::DiskLayout) -> layout::L
 /// What the repair mounted: the root only.
 fn mounted(full: &layout::Layout) -> layout::Layout {
     let mut m = full.clone();
-    m.disks[0].partitions[1].mount = None;
+    m.disks[0].partitions[1].fs.mount = None;
     m
 }
 

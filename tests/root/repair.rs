@@ -26,7 +26,7 @@ fn debian_bookworm_source_is_repaired_and_a_second_run_changes_nothing() {
     let work = tempfile::tempdir().unwrap();
     let disks = source_image("bios-mbr", work.path());
     let mut layout = ferry::layout::read_all(&disks).unwrap();
-    layout.disks[0].partitions[0].mount = Some("/".to_owned());
+    layout.disks[0].partitions[0].fs.mount = Some("/".to_owned());
     let staging = work.path().join("mnt");
     let tree = MountTree::mount(&layout, &disks, &staging, MountOptions::default()).unwrap();
     let root = tree.root().to_owned();
@@ -194,7 +194,7 @@ fn mounted(
 ) -> MountTree {
     let mut layout = ferry::layout::read_all(disks).unwrap();
     for (d, p, mp) in mounts {
-        layout.disks[*d].partitions[*p].mount = Some((*mp).to_owned());
+        layout.disks[*d].partitions[*p].fs.mount = Some((*mp).to_owned());
     }
     MountTree::mount(&layout, disks, staging, MountOptions::default()).unwrap()
 }

@@ -74,17 +74,9 @@ pub struct PartitionLayout {
     pub start: Option<Size>,
     #[serde(rename = "type")]
     pub kind: PartType,
-    #[serde(default)]
-    pub fs: FsType,
-    /// File system UUID (ext*, xfs, swap) or FAT volume serial `XXXX-XXXX`
-    /// (a full UUID given for vfat contributes its first 32 bits).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uuid: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-    /// Where the partition is mounted in the migrated system ("/", "/boot", "/boot/efi").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mount: Option<String>,
+    /// Its file system: type, identity, where it is mounted.
+    #[serde(flatten)]
+    pub fs: FsSpec,
     /// GPT partition GUID; on MBR always `<disk id>-<NN>` (derived, may be omitted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partuuid: Option<String>,
@@ -98,6 +90,24 @@ pub struct PartitionLayout {
     /// MBR active flag / GPT legacy-BIOS-bootable attribute.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bootable: bool,
+}
+
+/// A file system as the layout describes it, the same on a partition and
+/// on a logical volume: its type, identity, where the migrated system
+/// mounts it, and what it is made with.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FsSpec {
+    #[serde(rename = "fs", default)]
+    pub kind: FsType,
+    /// File system UUID (ext*, xfs, swap) or FAT volume serial `XXXX-XXXX`
+    /// (a full UUID given for vfat contributes its first 32 bits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Where it is mounted in the migrated system ("/", "/boot", "/boot/efi").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
     /// The btrfs subvolume mounted at `mount` (fstab's `subvol=@`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subvol: Option<String>,
@@ -110,6 +120,17 @@ pub struct PartitionLayout {
     /// appliance's mke2fs cannot set are left out with a warning.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
+}
+
+impl FsSpec {
+    /// Where the migrated system mounts it: its mount point with the
+    /// subvolume mounted there, then its further btrfs subvolumes.
+    pub fn mounts(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        let own = self.mount.as_deref().map(|m| (m, self.subvol.as_deref()));
+        let further = self.subvolumes.iter();
+        own.into_iter()
+            .chain(further.map(|s| (s.mount.as_str(), Some(s.subvol.as_str()))))
+    }
 }
 
 /// A btrfs subvolume mounted at a mount point of its own.
@@ -183,13 +204,19 @@ impl Layout {
     /// Every mount point of the layout: partitions, their btrfs
     /// subvolumes, logical volumes.
     pub fn mount_points(&self) -> Vec<&str> {
-        let mut out = Vec::new();
-        for p in self.disks.iter().flat_map(|d| &d.partitions) {
-            out.extend(p.mount.as_deref());
-            out.extend(p.subvolumes.iter().map(|s| s.mount.as_str()));
-        }
-        out.extend(self.volumes.iter().filter_map(|v| v.mount.as_deref()));
-        out
+        self.file_systems()
+            .flat_map(FsSpec::mounts)
+            .map(|(mount, _)| mount)
+            .collect()
+    }
+
+    /// The file systems of the layout: its partitions', then its logical
+    /// volumes'.
+    pub fn file_systems(&self) -> impl Iterator<Item = &FsSpec> {
+        let parts = self.disks.iter().flat_map(|d| &d.partitions);
+        parts
+            .map(|p| &p.fs)
+            .chain(self.volumes.iter().map(|v| &v.fs))
     }
 
     /// The layout without mount points: what a disk alone can tell.
@@ -202,19 +229,17 @@ impl Layout {
     /// Keep only the mount points `keep` accepts; a btrfs subvolume stays
     /// mounted with the file system it belongs to.
     pub(crate) fn keep_mounts(&mut self, keep: impl Fn(&str) -> bool) {
-        for p in self.disks.iter_mut().flat_map(|d| d.partitions.iter_mut()) {
-            if p.mount.as_deref().is_some_and(|m| !keep(m)) {
-                p.mount = None;
-                p.subvol = None;
+        let parts = self.disks.iter_mut().flat_map(|d| d.partitions.iter_mut());
+        let file_systems = parts
+            .map(|p| &mut p.fs)
+            .chain(self.volumes.iter_mut().map(|v| &mut v.fs));
+        for fs in file_systems {
+            if fs.mount.as_deref().is_some_and(|m| !keep(m)) {
+                fs.mount = None;
+                fs.subvol = None;
             }
-            if p.mount.is_none() {
-                p.subvolumes.clear();
-            }
-        }
-        for v in &mut self.volumes {
-            if v.mount.as_deref().is_some_and(|m| !keep(m)) {
-                v.mount = None;
-                v.subvol = None;
+            if fs.mount.is_none() {
+                fs.subvolumes.clear();
             }
         }
     }

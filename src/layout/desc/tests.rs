@@ -105,14 +105,14 @@ fn invalid_layouts_are_refused_with_reasons() {
         ),
         (
             "bad uuid",
-            Box::new(|l| l.disks[0].partitions[2].uuid = Some("nope".into())),
+            Box::new(|l| l.disks[0].partitions[2].fs.uuid = Some("nope".into())),
             "file system uuid \"nope\" is not a UUID",
         ),
         (
             "long xfs label",
             Box::new(|l| {
-                l.disks[0].partitions[2].fs = FsType::Xfs;
-                l.disks[0].partitions[2].label = Some("0123456789abc".into())
+                l.disks[0].partitions[2].fs.kind = FsType::Xfs;
+                l.disks[0].partitions[2].fs.label = Some("0123456789abc".into())
             }),
             "label \"0123456789abc\" is 13 bytes, xfs labels hold at most 12",
         ),
@@ -126,13 +126,13 @@ fn invalid_layouts_are_refused_with_reasons() {
         ),
         (
             "duplicate mount",
-            Box::new(|l| l.disks[0].partitions[1].mount = Some("/".into())),
+            Box::new(|l| l.disks[0].partitions[1].fs.mount = Some("/".into())),
             "mount point / appears twice",
         ),
         (
             "subvolume mount escaping the root",
             Box::new(|l| {
-                l.disks[0].partitions[2].subvolumes = vec![SubvolumeMount {
+                l.disks[0].partitions[2].fs.subvolumes = vec![SubvolumeMount {
                     subvol: "@home".into(),
                     mount: "/../../etc".into(),
                 }]
@@ -142,7 +142,7 @@ fn invalid_layouts_are_refused_with_reasons() {
         (
             "relative subvolume mount",
             Box::new(|l| {
-                l.disks[0].partitions[2].subvolumes = vec![SubvolumeMount {
+                l.disks[0].partitions[2].fs.subvolumes = vec![SubvolumeMount {
                     subvol: "@home".into(),
                     mount: "home".into(),
                 }]
@@ -151,12 +151,12 @@ fn invalid_layouts_are_refused_with_reasons() {
         ),
         (
             "subvolume adding mount options",
-            Box::new(|l| l.disks[0].partitions[2].subvol = Some("@,device=/dev/vda1".into())),
+            Box::new(|l| l.disks[0].partitions[2].fs.subvol = Some("@,device=/dev/vda1".into())),
             "btrfs subvolume \"@,device=/dev/vda1\" is not a path a mount option can carry",
         ),
         (
             "mount point with a newline",
-            Box::new(|l| l.disks[0].partitions[1].mount = Some("/boot\n/".into())),
+            Box::new(|l| l.disks[0].partitions[1].fs.mount = Some("/boot\n/".into())),
             "mount point \"/boot\\n/\" holds a control character or is too long",
         ),
         (
@@ -184,7 +184,7 @@ fn invalid_layouts_are_refused_with_reasons() {
             "volume mounted outside the root",
             Box::new(|l| {
                 let mut v = lv("vg", "var", None);
-                v.mount = Some("/var/../..".into());
+                v.fs.mount = Some("/var/../..".into());
                 l.volumes = vec![v];
             }),
             "mount point \"/var/../..\" contains . or ..",
@@ -218,4 +218,71 @@ fn fat_ids() {
         0x12345678
     );
     assert_eq!(fat_volume_id_string(0xABCD1234), "ABCD-1234");
+}
+
+const LVM_BTRFS: &str = r#"
+[[disk]]
+table = "mbr"
+
+[[disk.partition]]
+size = "rest"
+type = "lvm"
+fs = "LVM2_member"
+
+[[volume]]
+vg = "vg0"
+name = "root"
+fs = "btrfs"
+uuid = "3f1e6a4c-8b1d-4d6e-9a55-0f6c2c1e7b90"
+mount = "/"
+subvol = "@"
+subvolumes = [{ subvol = "@home", mount = "/home" }]
+"#;
+
+#[test]
+fn a_logical_volume_describes_its_file_system_as_a_partition_does() {
+    let l = Layout::from_toml(LVM_BTRFS).unwrap();
+    let v = &l.volumes[0];
+    assert_eq!(v.fs.kind, FsType::Btrfs);
+    assert_eq!(v.fs.subvol.as_deref(), Some("@"));
+    // Its further subvolumes are mount points like a partition's.
+    assert_eq!(l.mount_points(), ["/", "/home"]);
+    let mounts: Vec<_> = v.fs.mounts().collect();
+    assert_eq!(mounts, [("/", Some("@")), ("/home", Some("@home"))]);
+    assert_eq!(Layout::from_toml(&l.to_toml().unwrap()).unwrap(), l);
+    assert_eq!(Layout::parse(&l.to_json().unwrap()).unwrap(), l);
+    // Without its own mount, a file system's further subvolumes go too.
+    let mut kept = l.clone();
+    kept.keep_mounts(|m| m != "/");
+    assert_eq!(
+        kept.volumes[0].fs,
+        FsSpec {
+            mount: None,
+            subvol: None,
+            subvolumes: Vec::new(),
+            ..v.fs.clone()
+        }
+    );
+    assert!(kept.mount_points().is_empty());
+}
+
+#[test]
+fn an_unknown_field_is_refused_beside_the_file_system_fields() {
+    for (name, text) in [
+        (
+            "partition",
+            SAMPLE.replace("label = \"root\"", "colour = \"red\""),
+        ),
+        (
+            "volume",
+            LVM_BTRFS.replace("subvol = \"@\"\n", "colour = \"red\"\n"),
+        ),
+    ] {
+        let err = format!("{:#}", Layout::from_toml(&text).unwrap_err());
+        assert!(err.contains("unknown field `colour`"), "{name}: {err}");
+        assert!(err.contains("LAYOUT_INVALID"), "{name}: {err}");
+    }
+    let json = r#"{"disk":[{"table":"gpt","partition":[{"size":1048576,"type":"linux","fs":"ext4","colour":1}]}]}"#;
+    let err = format!("{:#}", Layout::parse(json).unwrap_err());
+    assert!(err.contains("unknown field `colour`"), "{err}");
 }

@@ -22,10 +22,10 @@ impl Layout {
         }
         for (d, disk) in self.disks.iter().enumerate() {
             for p in &disk.partitions {
-                let subvols = p
-                    .subvol
-                    .iter()
-                    .chain(p.subvolumes.iter().map(|s| &s.subvol));
+                let subvols =
+                    p.fs.subvol
+                        .iter()
+                        .chain(p.fs.subvolumes.iter().map(|s| &s.subvol));
                 for sv in subvols {
                     validate_subvol(sv)
                         .with_context(|| format!("checking disk {d} of the layout"))?;
@@ -39,7 +39,7 @@ impl Layout {
                     v.vg, v.name
                 )));
             }
-            if let Some(sv) = &v.subvol {
+            if let Some(sv) = &v.fs.subvol {
                 validate_subvol(sv)?;
             }
             if let Some(place) = v.place {
@@ -154,8 +154,8 @@ impl PartitionLayout {
                 mbr_type_byte(&self.kind).with_context(|| format!("MBR partition type {t:?}"))?;
             }
         }
-        if let Some(u) = &self.uuid {
-            match self.fs {
+        if let Some(u) = &self.fs.uuid {
+            match self.fs.kind {
                 FsType::Vfat => {
                     fat_volume_id(u)?;
                 }
@@ -172,8 +172,8 @@ impl PartitionLayout {
                 _ => {}
             }
         }
-        if let Some(l) = &self.label {
-            let max = match self.fs {
+        if let Some(l) = &self.fs.label {
+            let max = match self.fs.kind {
                 FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => 16,
                 FsType::Xfs => 12,
                 FsType::Btrfs => 255,
@@ -185,10 +185,10 @@ impl PartitionLayout {
                 bail!(invalid(format!(
                     "label {l:?} is {} bytes, {} labels hold at most {max}",
                     l.len(),
-                    self.fs
+                    self.fs.kind
                 )));
             }
-            if self.fs == FsType::Vfat && (l != &l.to_uppercase() || !l.is_ascii()) {
+            if self.fs.kind == FsType::Vfat && (l != &l.to_uppercase() || !l.is_ascii()) {
                 bail!(invalid(format!(
                     "FAT label {l:?} must be upper-case ASCII (FAT stores labels upper-case)"
                 )));
@@ -200,12 +200,12 @@ impl PartitionLayout {
                     .map_err(|e| invalid(format!("partuuid {pu:?} is not a GUID: {e}")))?;
             }
         }
-        if let Some(m) = &self.mount {
+        if let Some(m) = &self.fs.mount {
             validate_mount_point(m)?;
-            if !self.fs.mountable_anywhere() && self.fs != FsType::Vfat {
+            if !self.fs.kind.mountable_anywhere() && self.fs.kind != FsType::Vfat {
                 bail!(invalid(format!(
                     "a {} partition has no mount point",
-                    self.fs
+                    self.fs.kind
                 )));
             }
         }

@@ -7,7 +7,7 @@
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::FsType;
+use super::FsSpec;
 use crate::devname::udev_escape;
 use crate::job::errors::{coded, ErrorCode};
 
@@ -41,22 +41,9 @@ pub struct LogicalVolume {
     /// Why the appliance does not reach it (striped, thin...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
-    #[serde(default)]
-    pub fs: FsType,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uuid: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-    /// Its mount point in the migrated system.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mount: Option<String>,
-    /// The btrfs subvolume mounted there.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subvol: Option<String>,
-    /// ext2/3/4: its features as `dumpe2fs` names them, which file mode
-    /// makes its plain partition with.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub features: Vec<String>,
+    /// Its file system: type, identity, where it is mounted.
+    #[serde(flatten)]
+    pub fs: FsSpec,
 }
 
 /// Bytes of a partition that a linear LV occupies.
@@ -91,12 +78,10 @@ impl LogicalVolume {
             name: name.into(),
             place: None,
             refused: None,
-            fs: FsType::Ext4,
-            uuid: None,
-            label: None,
-            mount: None,
-            subvol: None,
-            features: Vec::new(),
+            fs: FsSpec {
+                kind: super::FsType::Ext4,
+                ..FsSpec::default()
+            },
         }
     }
 
@@ -129,13 +114,13 @@ impl LogicalVolume {
             .strip_prefix("UUID=")
             .or_else(|| spec.strip_prefix("/dev/disk/by-uuid/"))
         {
-            return id(&self.uuid, u.trim_matches('"'));
+            return id(&self.fs.uuid, u.trim_matches('"'));
         }
         if let Some(l) = spec.strip_prefix("LABEL=") {
-            return self.label.as_deref() == Some(l.trim_matches('"'));
+            return self.fs.label.as_deref() == Some(l.trim_matches('"'));
         }
         if let Some(l) = spec.strip_prefix("/dev/disk/by-label/") {
-            return self.label.as_deref().map(udev_escape).as_deref() == Some(l);
+            return self.fs.label.as_deref().map(udev_escape).as_deref() == Some(l);
         }
         spec == self.mapper_path()
             || spec == self.vg_path()
@@ -151,7 +136,8 @@ impl LogicalVolume {
                 format!(
                     "logical volume {}{}: {why}",
                     self.display(),
-                    self.mount
+                    self.fs
+                        .mount
                         .as_deref()
                         .map(|m| format!(" ({m})"))
                         .unwrap_or_default()
@@ -176,8 +162,11 @@ mod tests {
 
     fn volume(vg: &str, name: &str) -> LogicalVolume {
         LogicalVolume {
-            uuid: Some("aaaa-bbbb".into()),
-            label: Some("my root".into()),
+            fs: FsSpec {
+                uuid: Some("aaaa-bbbb".into()),
+                label: Some("my root".into()),
+                ..LogicalVolume::test(vg, name).fs
+            },
             ..LogicalVolume::test(vg, name)
         }
     }
@@ -207,7 +196,7 @@ mod tests {
     #[test]
     fn a_refused_volume_says_why_with_its_code() {
         let mut v = volume("vg0", "data");
-        v.mount = Some("/srv".into());
+        v.fs.mount = Some("/srv".into());
         v.refused = Some("it is striped over 2 stripes".into());
         let e = v.refusal().unwrap();
         assert_eq!(

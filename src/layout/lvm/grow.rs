@@ -163,7 +163,7 @@ pub(crate) fn grow_pv(
     }
     let ours: Vec<LogicalVolume> = volumes
         .iter()
-        .filter(|v| v.vg == g.name && v.place.is_some() && v.fs.growable())
+        .filter(|v| v.vg == g.name && v.place.is_some() && v.fs.kind.growable())
         .cloned()
         .collect();
     let Some(name) = choose(&ours) else {
@@ -337,7 +337,7 @@ pub(crate) fn system_volume(
     part_start: u64,
     vols: &[LogicalVolume],
 ) -> Option<String> {
-    for v in vols.iter().filter(|v| v.fs.mountable_anywhere()) {
+    for v in vols.iter().filter(|v| v.fs.kind.mountable_anywhere()) {
         if holds_fstab(disk, part_start, v).unwrap_or(false) {
             return Some(v.name.clone());
         }
@@ -356,9 +356,9 @@ fn holds_fstab(disk: &Path, part_start: u64, v: &LogicalVolume) -> Result<bool> 
     let m = crate::layout::mount::MountGuard::mount(
         &lo.path().to_string_lossy(),
         dir.path(),
-        v.fs.as_str(),
+        v.fs.kind.as_str(),
         nix::mount::MsFlags::MS_RDONLY,
-        v.fs.read_only_data(),
+        v.fs.kind.read_only_data(),
     )?;
     let found = dir.path().join("etc/fstab").is_file();
     if let Err(e) = m.close() {

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::desc::{plan, Extent, FsType, Layout, LogicalVolume, Place};
+use super::desc::{plan, Extent, FsSpec, Layout, LogicalVolume, Place};
 
 use super::devices::disk_size;
 use crate::cmd::Cmd;
@@ -83,13 +83,13 @@ pub(crate) fn read_pv(
 pub(crate) fn volumes_of(layout: &Layout, targets: &[PathBuf]) -> Result<Vec<LogicalVolume>> {
     let mut found = Vec::new();
     for (di, (d, t)) in layout.disks.iter().zip(targets).enumerate() {
-        if !d.partitions.iter().any(|p| p.fs.is_lvm_pv()) {
+        if !d.partitions.iter().any(|p| p.fs.kind.is_lvm_pv()) {
             continue;
         }
         let extents = plan(d, disk_size(t)?)
             .with_context(|| format!("placing the partitions of {}", t.display()))?;
         for (pi, (p, e)) in d.partitions.iter().zip(extents).enumerate() {
-            if !p.fs.is_lvm_pv() {
+            if !p.fs.kind.is_lvm_pv() {
                 continue;
             }
             let what = format!(
@@ -134,21 +134,12 @@ pub(crate) fn volumes_of(layout: &Layout, targets: &[PathBuf]) -> Result<Vec<Log
                 name: lv.name.clone(),
                 place: None,
                 refused: None,
-                fs: FsType::None,
-                uuid: None,
-                label: None,
-                mount: None,
-                subvol: None,
-                features: Vec::new(),
+                fs: FsSpec::default(),
             };
             match place_of(g, lv, &found) {
                 Ok((place, disk_extent)) => {
-                    let probe = super::mkfs::probe(&targets[place.disk], disk_extent)
+                    v.fs = super::mkfs::probe(&targets[place.disk], disk_extent)
                         .with_context(|| format!("probing logical volume {}", v.display()))?;
-                    v.fs = probe.fs;
-                    v.uuid = probe.uuid;
-                    v.label = probe.label;
-                    v.features = probe.features;
                     v.place = Some(place);
                 }
                 Err(why) => v.refused = Some(why),

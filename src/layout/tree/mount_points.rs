@@ -50,7 +50,8 @@ pub(crate) fn fill_mount_points_renamed(
         );
     }
     let (root_at, fstab) = root_fstab(layout, targets)?;
-    clear_mount_points(layout);
+    // Forget every mount point of the layout: the fstab gives them.
+    layout.keep_mounts(|_| false);
     let entries = crate::devname::parse_fstab(&fstab);
     mount_root(layout, root_at, &entries);
     let mut count = 1;
@@ -64,20 +65,9 @@ pub(crate) fn fill_mount_points_renamed(
             .find(|r| r.from == e.spec)
             .map_or(e.spec.as_str(), |r| r.to.as_str());
         let hit = locate(layout, spec, source_names);
-        let (mount, subvol, subvolumes, fs) = match hit {
-            Some(At::Partition(d, p)) => {
-                let part = &mut layout.disks[d].partitions[p];
-                (
-                    &mut part.mount,
-                    &mut part.subvol,
-                    Some(&mut part.subvolumes),
-                    part.fs.clone(),
-                )
-            }
-            Some(At::Volume(v)) => {
-                let vol = &mut layout.volumes[v];
-                (&mut vol.mount, &mut vol.subvol, None, vol.fs.clone())
-            }
+        let fs = match hit {
+            Some(At::Partition(d, p)) => &mut layout.disks[d].partitions[p].fs,
+            Some(At::Volume(v)) => &mut layout.volumes[v].fs,
             None => {
                 tracing::warn!(
                     spec,
@@ -87,13 +77,13 @@ pub(crate) fn fill_mount_points_renamed(
                 continue;
             }
         };
-        if mount.is_none() {
-            *mount = Some(mp);
-            *subvol = e.subvol();
+        if fs.mount.is_none() {
+            fs.mount = Some(mp);
+            fs.subvol = e.subvol();
             count += 1;
-        } else if let (FsType::Btrfs, Some(sv), Some(list)) = (&fs, e.subvol(), subvolumes) {
+        } else if let (FsType::Btrfs, Some(sv)) = (&fs.kind, e.subvol()) {
             // Another subvolume of a btrfs already mounted elsewhere.
-            list.push(crate::layout::desc::SubvolumeMount {
+            fs.subvolumes.push(crate::layout::desc::SubvolumeMount {
                 subvol: sv,
                 mount: mp,
             });
@@ -118,7 +108,7 @@ fn root_fstab(layout: &Layout, targets: &[PathBuf]) -> Result<(RootAt, String)> 
         }
         for (vi, v) in layout.volumes.iter().enumerate() {
             let Some(place) = v.place else { continue };
-            if !v.fs.mountable_anywhere() {
+            if !v.fs.kind.mountable_anywhere() {
                 continue;
             }
             let d = &layout.disks[place.disk];
@@ -151,23 +141,6 @@ fn root_fstab(layout: &Layout, targets: &[PathBuf]) -> Result<(RootAt, String)> 
     Ok((root_at, fstab))
 }
 
-/// Forget every mount point of `layout`, before the fstab gives them.
-fn clear_mount_points(layout: &mut Layout) {
-    for p in layout
-        .disks
-        .iter_mut()
-        .flat_map(|d| d.partitions.iter_mut())
-    {
-        p.mount = None;
-        p.subvol = None;
-        p.subvolumes.clear();
-    }
-    for v in &mut layout.volumes {
-        v.mount = None;
-        v.subvol = None;
-    }
-}
-
 /// Give "/" (with its subvolume) to the file system where the root's
 /// fstab was found.
 fn mount_root(layout: &mut Layout, root_at: RootAt, entries: &[crate::devname::FstabEntry]) {
@@ -181,12 +154,12 @@ fn mount_root(layout: &mut Layout, root_at: RootAt, entries: &[crate::devname::F
     match root_at.at {
         At::Partition(d, p) => {
             let part = &mut layout.disks[d].partitions[p];
-            part.mount = Some("/".into());
-            part.subvol = root_subvol;
+            part.fs.mount = Some("/".into());
+            part.fs.subvol = root_subvol;
         }
         At::Volume(v) => {
-            layout.volumes[v].mount = Some("/".into());
-            layout.volumes[v].subvol = root_subvol;
+            layout.volumes[v].fs.mount = Some("/".into());
+            layout.volumes[v].fs.subvol = root_subvol;
         }
     }
 }
@@ -247,14 +220,14 @@ fn find_fstab(
     let mut candidates: Vec<(At, PathBuf, FsType)> = Vec::new();
     for (di, (d, a)) in layout.disks.iter().zip(disks).enumerate() {
         for (pi, (p, node)) in d.partitions.iter().zip(a.partitions()).enumerate() {
-            candidates.push((At::Partition(di, pi), node.clone(), p.fs.clone()));
+            candidates.push((At::Partition(di, pi), node.clone(), p.fs.kind.clone()));
         }
     }
     for (vi, lo) in volumes {
         candidates.push((
             At::Volume(*vi),
             lo.path().to_owned(),
-            layout.volumes[*vi].fs.clone(),
+            layout.volumes[*vi].fs.kind.clone(),
         ));
     }
     for (at, node, fs) in candidates {
@@ -338,8 +311,8 @@ fn kernel_name_match(
 
 fn spec_matches(spec: &str, p: &PartitionLayout) -> bool {
     let ids = crate::devname::Ids {
-        uuid: p.uuid.as_deref(),
-        label: p.label.as_deref(),
+        uuid: p.fs.uuid.as_deref(),
+        label: p.fs.label.as_deref(),
         partuuid: p.partuuid.as_deref(),
         partlabel: None,
     };

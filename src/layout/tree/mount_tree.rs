@@ -11,7 +11,7 @@ use nix::mount::MsFlags;
 use super::leftovers::{clean_leftovers_locked, lock_staging};
 use super::mount_points::fill_mount_points_named;
 use crate::layout::desc::LogicalVolume;
-use crate::layout::desc::{plan, FsType, Layout, PartitionLayout};
+use crate::layout::desc::{plan, FsSpec, FsType, Layout, PartitionLayout};
 use crate::layout::dev_nodes::DevNode;
 use crate::layout::devices::{disk_size, AttachedDisk};
 use crate::layout::fat::FatPartition;
@@ -112,7 +112,7 @@ impl MountTree {
         let mut shrunk = std::collections::BTreeSet::new();
         for (vi, v) in layout.volumes.iter().enumerate() {
             let Some(place) = v.place else {
-                if v.mount.is_some() {
+                if v.fs.mount.is_some() {
                     return Err(v.refusal().unwrap_or_else(|| {
                         anyhow::anyhow!("logical volume {} has no place", v.display())
                     }));
@@ -157,36 +157,23 @@ impl MountTree {
     /// volumes), shallowest mount point first.
     fn planned_mounts(&self) -> Vec<Planned> {
         let mut order: Vec<Planned> = Vec::new();
+        let mut plan = |fs: &FsSpec, node: &Path| {
+            for (mount, subvol) in fs.mounts() {
+                order.push(Planned {
+                    mount: mount.to_owned(),
+                    node: node.to_owned(),
+                    fs: fs.kind.clone(),
+                    subvol: subvol.map(str::to_owned),
+                });
+            }
+        };
         for (di, d) in self.layout.disks.iter().enumerate() {
             for (pi, p) in d.partitions.iter().enumerate() {
-                let Some(mp) = &p.mount else { continue };
-                let node = self.disks[di].partitions()[pi].clone();
-                order.push(Planned {
-                    mount: mp.clone(),
-                    node: node.clone(),
-                    fs: p.fs.clone(),
-                    subvol: p.subvol.clone(),
-                });
-                for sv in &p.subvolumes {
-                    order.push(Planned {
-                        mount: sv.mount.clone(),
-                        node: node.clone(),
-                        fs: p.fs.clone(),
-                        subvol: Some(sv.subvol.clone()),
-                    });
-                }
+                plan(&p.fs, &self.disks[di].partitions()[pi]);
             }
         }
         for (vi, lo) in &self.volumes {
-            let v = &self.layout.volumes[*vi];
-            if let Some(mp) = &v.mount {
-                order.push(Planned {
-                    mount: mp.clone(),
-                    node: lo.path().to_owned(),
-                    fs: v.fs.clone(),
-                    subvol: v.subvol.clone(),
-                });
-            }
+            plan(&self.layout.volumes[*vi].fs, lo.path());
         }
         order.sort_by_key(|p| depth(&p.mount));
         order
@@ -349,8 +336,8 @@ impl MountTree {
             for (p, node) in d.partitions.iter().zip(a.partitions()) {
                 out.push(DevNode {
                     host_path: node.clone(),
-                    uuid: p.uuid.clone(),
-                    label: p.label.clone(),
+                    uuid: p.fs.uuid.clone(),
+                    label: p.fs.label.clone(),
                     partuuid: p.partuuid.clone(),
                     aliases: Vec::new(),
                 });
@@ -359,8 +346,8 @@ impl MountTree {
         for (v, lo) in self.volumes() {
             out.push(DevNode {
                 host_path: lo.to_owned(),
-                uuid: v.uuid.clone(),
-                label: v.label.clone(),
+                uuid: v.fs.uuid.clone(),
+                label: v.fs.label.clone(),
                 partuuid: None,
                 aliases: v.aliases(),
             });
@@ -379,7 +366,7 @@ impl MountTree {
     pub(crate) fn node_of(&self, mp: &str) -> Option<(&PartitionLayout, &Path)> {
         for (d, a) in self.layout.disks.iter().zip(&self.disks) {
             for (p, node) in d.partitions.iter().zip(a.partitions()) {
-                if p.mount.as_deref() == Some(mp) {
+                if p.fs.mount.as_deref() == Some(mp) {
                     return Some((p, node.as_path()));
                 }
             }
@@ -391,8 +378,8 @@ impl MountTree {
     /// and written in-process.
     pub fn fat(&self, mp: &str) -> Result<FatPartition> {
         match self.node_of(mp) {
-            Some((p, node)) if p.fs == FsType::Vfat => Ok(FatPartition::new(node)),
-            Some((p, _)) => bail!("{mp} holds {}, not a FAT file system", p.fs),
+            Some((p, node)) if p.fs.kind == FsType::Vfat => Ok(FatPartition::new(node)),
+            Some((p, _)) => bail!("{mp} holds {}, not a FAT file system", p.fs.kind),
             None => bail!("the layout has no partition mounted at {mp}"),
         }
     }

@@ -280,20 +280,20 @@ pub(crate) fn set_mounts(layout: &mut Layout, disks: &[String], placed: &[Placed
                 let p = &mut dl.partitions[i];
                 // The kernel's ext4 driver mounts ext2 and ext3 too, and
                 // then calls them ext4: what the disk holds is blkid's.
-                let same =
-                    p.fs.as_str() == fs.fstype || (p.fs.is_ext() && fs.fstype.starts_with("ext"));
+                let same = p.fs.kind.as_str() == fs.fstype
+                    || (p.fs.kind.is_ext() && fs.fstype.starts_with("ext"));
                 if !same {
                     return Err(coded(
                         ErrorCode::LayoutInvalid,
                         format!(
                             "{mount} is {} on partition {number} of /dev/{disk}, where blkid finds {}",
                             fs.fstype,
-                            p.fs.as_str()
+                            p.fs.kind.as_str()
                         ),
                     ));
                 }
-                root_writable(&mount, &p.fs)?;
-                p.mount = Some(mount);
+                root_writable(&mount, &p.fs.kind)?;
+                p.fs.mount = Some(mount);
             }
             Backing::Volume { vg, lv, .. } => {
                 let v = layout
@@ -308,8 +308,8 @@ pub(crate) fn set_mounts(layout: &mut Layout, disks: &[String], placed: &[Placed
                             ),
                         )
                     })?;
-                root_writable(&mount, &v.fs)?;
-                v.mount = Some(mount);
+                root_writable(&mount, &v.fs.kind)?;
+                v.fs.mount = Some(mount);
             }
         }
     }

@@ -246,10 +246,10 @@ fs = "xfs"
     let mounts: Vec<Option<&str>> = layout.disks[0]
         .partitions
         .iter()
-        .map(|p| p.mount.as_deref())
+        .map(|p| p.fs.mount.as_deref())
         .collect();
     assert_eq!(mounts, [Some("/boot"), Some("/")]);
-    assert_eq!(layout.volumes[0].mount.as_deref(), Some("/var"));
+    assert_eq!(layout.volumes[0].fs.mount.as_deref(), Some("/var"));
     // A partition the table does not have, a type blkid disagrees with.
     let mut wrong = layout.clone();
     wrong.disks[0].partitions.pop();
@@ -259,11 +259,11 @@ fs = "xfs"
         Some("/ is on partition 2 of /dev/sda, which its partition table does not have")
     );
     let mut ext3 = layout.clone();
-    ext3.disks[0].partitions[1].fs = FsType::Ext3;
+    ext3.disks[0].partitions[1].fs.kind = FsType::Ext3;
     set_mounts(&mut ext3, &disks, &placed).unwrap();
-    assert_eq!(ext3.disks[0].partitions[1].mount.as_deref(), Some("/"));
+    assert_eq!(ext3.disks[0].partitions[1].fs.mount.as_deref(), Some("/"));
     let mut ext2 = layout.clone();
-    ext2.disks[0].partitions[1].fs = FsType::Ext2;
+    ext2.disks[0].partitions[1].fs.kind = FsType::Ext2;
     let e = set_mounts(&mut ext2, &disks, &placed).unwrap_err();
     let c = find_coded(&e).unwrap();
     assert_eq!(
@@ -274,7 +274,7 @@ fs = "xfs"
         )
     );
     let mut wrong = layout.clone();
-    wrong.disks[0].partitions[1].fs = FsType::Xfs;
+    wrong.disks[0].partitions[1].fs.kind = FsType::Xfs;
     let e = set_mounts(&mut wrong, &disks, &placed).unwrap_err();
     assert_eq!(
         find_coded(&e).map(|c| c.detail.as_str()),

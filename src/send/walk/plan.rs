@@ -44,14 +44,17 @@ pub(crate) fn tree_jobs(
     let mut mounts: Vec<(String, usize)> = Vec::new();
     for (d, disk) in layout.disks.iter().enumerate() {
         for p in &disk.partitions {
-            if let Some(m) = p.mount.as_ref().filter(|_| writable(&p.fs)) {
+            if let Some(m) = p.fs.mount.as_ref().filter(|_| writable(&p.fs.kind)) {
                 mounts.push((m.trim_end_matches('/').to_owned(), d));
             }
         }
     }
     // A logical volume is on the disk of its physical volume.
     for v in &layout.volumes {
-        if let (Some(m), Some(place)) = (v.mount.as_ref().filter(|_| writable(&v.fs)), v.place) {
+        if let (Some(m), Some(place)) = (
+            v.fs.mount.as_ref().filter(|_| writable(&v.fs.kind)),
+            v.place,
+        ) {
             mounts.push((m.trim_end_matches('/').to_owned(), place.disk));
         }
     }
