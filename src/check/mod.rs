@@ -25,7 +25,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::job::errors::{coded, ErrorCode};
-use crate::layout::{self, FsType, MountOptions, MountTree};
+use crate::layout::{self, FsType, Layout, MountOptions, MountTree};
 pub use fs::FsInfo;
 
 /// How bad a finding is.
@@ -382,7 +382,48 @@ pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result
             return Ok(r.finish());
         }
     };
-    // Every partition's file system, from its superblock.
+    let special = file_systems(&described, paths, &mut r)?;
+    if let Some(found) = windows_on(&described, paths, &special.ntfs, staging, &mut r)? {
+        tracing::info!(volume = %found, "a Windows system disk");
+        return Ok(r.finish());
+    }
+    let mut full = described.clone();
+    let found = layout::tree::fill_mount_points_named(&mut full, paths, names);
+    if let Err(e) = found {
+        no_system_found(&e, &special.lvm, &mut r);
+        return Ok(r.finish());
+    }
+    mount_points(&full, &mut r);
+    let mut system = full.clone();
+    // What the appliance cannot mount stays unmounted (it is a finding).
+    let problems: Vec<String> = r
+        .filesystems
+        .iter()
+        .filter(|f| f.problem.is_some())
+        .filter_map(|f| f.mount.clone())
+        .chain(
+            full.volumes
+                .iter()
+                .filter(|v| v.refused.is_some())
+                .filter_map(|v| v.fs.mount.clone()),
+        )
+        .collect();
+    system.keep_mounts(|m| linux::SYSTEM_MOUNTS.contains(&m) && !problems.iter().any(|p| p == m));
+    fs_findings(&mut r);
+    let tree = MountTree::mount(&system, paths, staging, MountOptions { read_only: true })
+        .context("mounting the received system read-only")?;
+    let esp = tree.fat("/boot/efi").ok();
+    let inspected = linux::inspect(tree.root(), esp.as_ref(), &mut r);
+    let closed = tree.close().context("unmounting the checked system");
+    inspected?;
+    closed?;
+    Ok(r.finish())
+}
+
+/// Every file system of the disks, from its superblock, into the report:
+/// each partition's, then each logical volume's (reached by the appliance,
+/// or not).
+fn file_systems(described: &Layout, paths: &[PathBuf], r: &mut CheckReport) -> Result<Special> {
     let mut ntfs = Vec::new();
     let mut lvm = Vec::new();
     for (di, (d, path)) in described.disks.iter().zip(paths).enumerate() {
@@ -406,7 +447,6 @@ pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result
                 .push(fs_info(device, None, fstype, p.fs.uuid.clone(), sb));
         }
     }
-    // The logical volumes of the PVs: reached by the appliance, or not.
     for v in &described.volumes {
         let device = format!("logical volume {}", v.display());
         if v.fs.kind == FsType::None || v.fs.kind == FsType::Swap {
@@ -432,52 +472,65 @@ pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result
             sb,
         ));
     }
-    if let Some(found) = windows_on(&described, paths, &ntfs, staging, &mut r)? {
-        tracing::info!(volume = %found, "a Windows system disk");
-        return Ok(r.finish());
-    }
-    let mut full = described.clone();
-    let found = layout::tree::fill_mount_points_named(&mut full, paths, names);
-    if let Err(e) = found {
-        let unmountable: Vec<&FsInfo> = r
-            .filesystems
-            .iter()
-            .filter(|f| f.problem.is_some())
-            .collect();
-        if !unmountable.is_empty() {
-            // The root is likely what the appliance cannot mount.
-            for f in unmountable {
-                let detail = format!(
-                    "{} ({}): {}",
-                    f.device,
-                    f.fstype,
-                    f.problem.as_deref().unwrap_or_default()
-                );
-                r.findings.push(Finding::new(
-                    Severity::Blocker,
-                    ErrorCode::FsUnsupported,
-                    detail,
-                ));
-            }
-        } else if !lvm.is_empty() {
+    Ok(Special { ntfs, lvm })
+}
+
+/// Partitions that [`file_systems`] found and the check looks at further.
+struct Special {
+    /// NTFS partitions, as (disk, partition number): where Windows may be.
+    ntfs: Vec<(usize, usize)>,
+    /// The devices that are LVM physical volumes.
+    lvm: Vec<String>,
+}
+
+/// No root file system was found (`e`): say why as precisely as the file
+/// systems allow — one the appliance cannot mount, a root on LVM it
+/// cannot reach, or none at all.
+fn no_system_found(e: &anyhow::Error, lvm: &[String], r: &mut CheckReport) {
+    let unmountable: Vec<String> = r
+        .filesystems
+        .iter()
+        .filter(|f| f.problem.is_some())
+        .map(|f| {
+            format!(
+                "{} ({}): {}",
+                f.device,
+                f.fstype,
+                f.problem.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    if !unmountable.is_empty() {
+        // The root is likely what the appliance cannot mount.
+        for detail in unmountable {
             r.findings.push(Finding::new(
                 Severity::Blocker,
-                ErrorCode::LvmUnsupported,
-                format!(
-                    "no plain partition holds the root file system; LVM physical volumes on {}",
-                    lvm.join(", ")
-                ),
-            ));
-        } else {
-            r.findings.push(Finding::new(
-                Severity::Blocker,
-                ErrorCode::SystemNotFound,
-                format!("{e:#}"),
+                ErrorCode::FsUnsupported,
+                detail,
             ));
         }
-        return Ok(r.finish());
+    } else if !lvm.is_empty() {
+        r.findings.push(Finding::new(
+            Severity::Blocker,
+            ErrorCode::LvmUnsupported,
+            format!(
+                "no plain partition holds the root file system; LVM physical volumes on {}",
+                lvm.join(", ")
+            ),
+        ));
+    } else {
+        r.findings.push(Finding::new(
+            Severity::Blocker,
+            ErrorCode::SystemNotFound,
+            format!("{e:#}"),
+        ));
     }
-    // Mount points from the fstab, on the file systems found.
+}
+
+/// The fstab's mount points onto the report's file systems, and a finding
+/// for each logical volume the appliance cannot reach: a blocker when the
+/// system lives on it, a warning for data (copied block for block).
+fn mount_points(full: &Layout, r: &mut CheckReport) {
     for (di, d) in full.disks.iter().enumerate() {
         for (p, number) in d.partitions.iter().zip(d.numbers()) {
             let device = format!("disk {di} partition {number}");
@@ -491,55 +544,23 @@ pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result
         if let Some(f) = r.filesystems.iter_mut().find(|f| f.device == device) {
             f.mount.clone_from(&v.fs.mount);
         }
-        // A volume the appliance cannot reach: a blocker when the system
-        // lives on it, a warning for data (copied block for block).
-        if let Some(why) = &v.refused {
-            let system =
-                v.fs.mount
-                    .as_deref()
-                    .is_some_and(|m| linux::SYSTEM_MOUNTS.contains(&m));
-            r.findings.push(Finding::new(
-                if system {
-                    Severity::Blocker
-                } else {
-                    Severity::Warning
-                },
-                ErrorCode::LvmUnsupported,
-                format!(
-                    "logical volume {}{}: {why}",
-                    v.display(),
-                    v.fs.mount
-                        .as_deref()
-                        .map(|m| format!(" ({m})"))
-                        .unwrap_or_default()
-                ),
-            ));
-        }
+        let Some(why) = &v.refused else { continue };
+        let mount = v.fs.mount.as_deref();
+        let system = mount.is_some_and(|m| linux::SYSTEM_MOUNTS.contains(&m));
+        r.findings.push(Finding::new(
+            if system {
+                Severity::Blocker
+            } else {
+                Severity::Warning
+            },
+            ErrorCode::LvmUnsupported,
+            format!(
+                "logical volume {}{}: {why}",
+                v.display(),
+                mount.map(|m| format!(" ({m})")).unwrap_or_default()
+            ),
+        ));
     }
-    let mut system = full.clone();
-    // What the appliance cannot mount stays unmounted (it is a finding).
-    let problems: Vec<String> = r
-        .filesystems
-        .iter()
-        .filter(|f| f.problem.is_some())
-        .filter_map(|f| f.mount.clone())
-        .chain(
-            full.volumes
-                .iter()
-                .filter(|v| v.refused.is_some())
-                .filter_map(|v| v.fs.mount.clone()),
-        )
-        .collect();
-    system.keep_mounts(|m| linux::SYSTEM_MOUNTS.contains(&m) && !problems.iter().any(|p| p == m));
-    fs_findings(&mut r);
-    let tree = MountTree::mount(&system, paths, staging, MountOptions { read_only: true })
-        .context("mounting the received system read-only")?;
-    let esp = tree.fat("/boot/efi").ok();
-    let inspected = linux::inspect(tree.root(), esp.as_ref(), &mut r);
-    let closed = tree.close().context("unmounting the checked system");
-    inspected?;
-    closed?;
-    Ok(r.finish())
 }
 
 /// Look for Windows on the NTFS partitions: each mounted read-only through

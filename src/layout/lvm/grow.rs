@@ -117,36 +117,12 @@ pub(crate) fn grow_pv(
     volumes: &[LogicalVolume],
 ) -> Result<(LvmGrowReport, Option<LogicalVolume>)> {
     let lvm = PrivateLvm::new(node)?;
-    let (label, Some(before)) =
-        read_pv(disk, part)?.context("the grown partition holds no LVM label")?
-    else {
-        bail!(
-            "the physical volume on {} is in no volume group",
-            node.display()
-        );
-    };
-    let pv_key = before
-        .pvs
-        .iter()
-        .find(|p| p.uuid == label.uuid)
-        .map(|p| p.key.clone())
-        .context("the volume group's metadata does not list this physical volume")?;
-    let old_pe = before.pv(&pv_key).map(|p| p.pe_count).unwrap_or(0);
-    lvm.cmd(&["pvresize", "-q"])
-        .arg(node)
-        .run()
-        .with_context(|| format!("resizing the physical volume on {}", node.display()))?;
-    let (_, Some(g)) = read_pv(disk, part)?.context("the resized PV lost its label")? else {
-        bail!("the resized physical volume lost its metadata");
-    };
-    let pv = g
-        .pv(&pv_key)
-        .context("the resized PV vanished from its VG")?
-        .clone();
+    let resized = resize_pv(&lvm, disk, node, part)?;
+    let g = &resized.group;
     let mut report = LvmGrowReport {
         vg: g.name.clone(),
-        pv_extents_before: old_pe,
-        pv_extents_after: pv.pe_count,
+        pv_extents_before: resized.extents_before,
+        pv_extents_after: resized.extents_after,
         volume: None,
         old_bytes: 0,
         new_bytes: 0,
@@ -170,86 +146,188 @@ pub(crate) fn grow_pv(
         report.skipped = Some("no linear volume with a file system ferry grows".to_owned());
         return Ok((report, None));
     };
-    let runs = runs_on(&g, &pv_key);
-    let Some(pos) = runs.iter().position(|r| r.lv == name && r.linear) else {
+    let plan = match plan_growth(&resized, &name)? {
+        Ok(plan) => plan,
+        Err(why) => {
+            report.skipped = Some(why);
+            return Ok((report, None));
+        }
+    };
+    move_followers(disk, part, &resized, &plan.moves)?;
+    commit_growth(&lvm, &resized, &plan)?;
+    let count = read_back(disk, part, &plan)?;
+    let mut grown = ours
+        .iter()
+        .find(|v| v.name == name)
+        .cloned()
+        .context("the chosen volume vanished")?;
+    if let Some(p) = grown.place.as_mut() {
+        p.size = count * g.extent_size;
+    }
+    report.volume = Some(grown.display());
+    report.old_bytes = plan.volume.count * g.extent_size;
+    report.new_bytes = count * g.extent_size;
+    report.moved = plan
+        .moves
+        .iter()
+        .map(|(r, to)| (r.lv.clone(), *to))
+        .collect();
+    Ok((report, Some(grown)))
+}
+
+/// A physical volume resized to its grown partition: its group as the
+/// metadata now says, and its extents before and after.
+struct Resized {
+    group: VolumeGroup,
+    /// The PV's key in the group's metadata (`pv0`).
+    pv_key: String,
+    extents_before: u64,
+    extents_after: u64,
+    /// Where its first extent starts, in bytes from the partition's start.
+    pe_start: u64,
+}
+
+/// `pvresize` the PV on `node` (in the private LVM of `lvm`) and read its
+/// metadata back from the disk.
+fn resize_pv(lvm: &PrivateLvm, disk: &Path, node: &Path, part: Extent) -> Result<Resized> {
+    let (label, Some(before)) =
+        read_pv(disk, part)?.context("the grown partition holds no LVM label")?
+    else {
+        bail!(
+            "the physical volume on {} is in no volume group",
+            node.display()
+        );
+    };
+    let pv_key = before
+        .pvs
+        .iter()
+        .find(|p| p.uuid == label.uuid)
+        .map(|p| p.key.clone())
+        .context("the volume group's metadata does not list this physical volume")?;
+    let extents_before = before.pv(&pv_key).map(|p| p.pe_count).unwrap_or(0);
+    lvm.cmd(&["pvresize", "-q"])
+        .arg(node)
+        .run()
+        .with_context(|| format!("resizing the physical volume on {}", node.display()))?;
+    let (_, Some(group)) = read_pv(disk, part)?.context("the resized PV lost its label")? else {
+        bail!("the resized physical volume lost its metadata");
+    };
+    let pv = group
+        .pv(&pv_key)
+        .context("the resized PV vanished from its VG")?;
+    Ok(Resized {
+        extents_before,
+        extents_after: pv.pe_count,
+        pe_start: pv.pe_start,
+        pv_key,
+        group,
+    })
+}
+
+/// How a volume grows into the PV's new extents: the volumes after it are
+/// packed at the PV's end, and it takes what is free between.
+struct Growth {
+    name: String,
+    /// The volume's run of extents before it grows.
+    volume: Run,
+    grow_by: u64,
+    /// The volumes that move, each with its new first extent.
+    moves: Vec<(Run, u64)>,
+}
+
+/// Plan `name`'s growth; Ok(Err(why)) when it cannot grow (nothing is
+/// changed then).
+fn plan_growth(r: &Resized, name: &str) -> Result<std::result::Result<Growth, String>> {
+    let runs = runs_on(&r.group, &r.pv_key);
+    let Some(pos) = runs.iter().position(|run| run.lv == name && run.linear) else {
         bail!("volume {name} is not one run of extents on its PV");
     };
-    let root = runs[pos].clone();
+    let volume = runs[pos].clone();
     let followers = &runs[pos + 1..];
-    if let Some(r) = followers.iter().find(|r| !r.linear || !r.visible) {
-        report.skipped = Some(format!(
+    if let Some(f) = followers.iter().find(|f| !f.linear || !f.visible) {
+        return Ok(Err(format!(
             "volume {} after {name} on the PV is not a linear volume that can be moved",
-            r.lv
-        ));
-        return Ok((report, None));
+            f.lv
+        )));
     }
-    let tail: u64 = followers.iter().map(|r| r.count).sum();
-    let new_end = pv.pe_count - tail;
-    let grow_by = new_end.saturating_sub(root.first + root.count);
+    let tail: u64 = followers.iter().map(|f| f.count).sum();
+    let new_end = r.extents_after - tail;
+    let grow_by = new_end.saturating_sub(volume.first + volume.count);
     if grow_by == 0 {
-        report.skipped = Some(format!("no free extents follow {name}"));
-        return Ok((report, None));
+        return Ok(Err(format!("no free extents follow {name}")));
     }
     // New places of the followers, in order, packed at the end.
     let mut at = new_end;
     let mut moves = Vec::new();
-    for r in followers {
-        if at != r.first {
-            let to = (at, at + r.count);
+    for f in followers {
+        if at != f.first {
+            let to = (at, at + f.count);
             if let Some(clash) = runs
                 .iter()
                 .find(|o| o.first < to.1 && to.0 < o.first + o.count)
             {
-                report.skipped = Some(format!(
+                return Ok(Err(format!(
                     "moving {} to extent {at} would overwrite {} before the new metadata is committed",
-                    r.lv, clash.lv
-                ));
-                return Ok((report, None));
+                    f.lv, clash.lv
+                )));
             }
-            moves.push((r.clone(), at));
+            moves.push((f.clone(), at));
         }
-        at += r.count;
+        at += f.count;
     }
+    Ok(Ok(Growth {
+        name: name.to_owned(),
+        volume,
+        grow_by,
+        moves,
+    }))
+}
+
+/// Copy each moving volume's extents to their new place, and flush.
+fn move_followers(disk: &Path, part: Extent, r: &Resized, moves: &[(Run, u64)]) -> Result<()> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(disk)
         .with_context(|| format!("opening {} for writing", disk.display()))?;
-    let byte = |extent: u64| part.start + pv.pe_start + extent * g.extent_size;
-    for (r, to) in &moves {
-        copy(&f, byte(r.first), byte(*to), r.count * g.extent_size)
-            .with_context(|| format!("copying volume {} to extent {to}", r.lv))?;
+    let extent_size = r.group.extent_size;
+    let byte = |extent: u64| part.start + r.pe_start + extent * extent_size;
+    for (run, to) in moves {
+        copy(&f, byte(run.first), byte(*to), run.count * extent_size)
+            .with_context(|| format!("copying volume {} to extent {to}", run.lv))?;
     }
-    f.sync_all().context("flushing the moved volumes")?;
+    f.sync_all().context("flushing the moved volumes")
+}
+
+/// Write the group's metadata with the volume extended and the moved
+/// volumes at their new places, and commit it with `vgcfgrestore`.
+fn commit_growth(lvm: &PrivateLvm, r: &Resized, plan: &Growth) -> Result<()> {
+    let g = &r.group;
     let mut text = g.text.clone();
-    {
-        let vgs = text
-            .section_mut(&g.name)
-            .context("the metadata lost its VG section")?;
-        let seqno = vgs.int("seqno").unwrap_or(g.seqno);
-        vgs.set("seqno", Value::Int(seqno + 1));
-        let lvs = vgs
-            .section_mut("logical_volumes")
-            .context("the metadata has no logical volumes")?;
-        edit_segment(lvs, &name, |s| {
+    let vgs = text
+        .section_mut(&g.name)
+        .context("the metadata lost its VG section")?;
+    let seqno = vgs.int("seqno").unwrap_or(g.seqno);
+    vgs.set("seqno", Value::Int(seqno + 1));
+    let lvs = vgs
+        .section_mut("logical_volumes")
+        .context("the metadata has no logical volumes")?;
+    edit_segment(lvs, &plan.name, |s| {
+        let count = plan.volume.count + plan.grow_by;
+        s.set("extent_count", Value::Int(i64::try_from(count)?));
+        Ok(())
+    })?;
+    for (run, to) in &plan.moves {
+        edit_segment(lvs, &run.lv, |s| {
             s.set(
-                "extent_count",
-                Value::Int(i64::try_from(root.count + grow_by)?),
+                "stripes",
+                Value::Array(vec![
+                    Value::Str(r.pv_key.clone()),
+                    Value::Int(i64::try_from(*to)?),
+                ]),
             );
             Ok(())
         })?;
-        for (r, to) in &moves {
-            edit_segment(lvs, &r.lv, |s| {
-                s.set(
-                    "stripes",
-                    Value::Array(vec![
-                        Value::Str(pv_key.clone()),
-                        Value::Int(i64::try_from(*to)?),
-                    ]),
-                );
-                Ok(())
-            })?;
-        }
     }
     let file = lvm.dir().join("restore.vg");
     std::fs::write(&file, super::text::write(&text)).context("writing the new metadata")?;
@@ -258,38 +336,32 @@ pub(crate) fn grow_pv(
         .arg(&g.name)
         .run()
         .with_context(|| format!("committing the grown metadata of volume group {}", g.name))?;
-    // What is on disk now, read back.
+    Ok(())
+}
+
+/// The grown volume's extents as the disk's metadata now says, checked
+/// against what was written.
+fn read_back(disk: &Path, part: Extent, plan: &Growth) -> Result<u64> {
+    let name = &plan.name;
     let (_, Some(after)) = read_pv(disk, part)?.context("the PV lost its label")? else {
         bail!("the physical volume lost its metadata");
     };
     let lv = after
         .lvs
         .iter()
-        .find(|l| l.name == name)
+        .find(|l| &l.name == name)
         .context("the extended volume vanished")?;
     let lin = lv
         .linear()
         .map_err(|why| anyhow::anyhow!("volume {name} after growing: {why}"))?;
-    if lin.count != root.count + grow_by {
+    let want = plan.volume.count + plan.grow_by;
+    if lin.count != want {
         bail!(
-            "volume {name} has {} extents after growing, {} were written",
-            lin.count,
-            root.count + grow_by
+            "volume {name} has {} extents after growing, {want} were written",
+            lin.count
         );
     }
-    let mut grown = ours
-        .iter()
-        .find(|v| v.name == name)
-        .cloned()
-        .context("the chosen volume vanished")?;
-    if let Some(p) = grown.place.as_mut() {
-        p.size = lin.count * after.extent_size;
-    }
-    report.volume = Some(grown.display());
-    report.old_bytes = root.count * g.extent_size;
-    report.new_bytes = lin.count * after.extent_size;
-    report.moved = moves.iter().map(|(r, to)| (r.lv.clone(), *to)).collect();
-    Ok((report, Some(grown)))
+    Ok(lin.count)
 }
 
 fn edit_segment(

@@ -215,102 +215,120 @@ pub fn step(ctx: &mut StepCtx, os: &OsInfo, map: &NetworkMap) -> Result<()> {
     for stack in &os.network {
         match stack {
             NetStack::Ifupdown => ifupdown_step(ctx, map)?,
-            NetStack::Netplan => {
-                let mut renderer = None;
-                for n in yaml_files(ctx.tree, "/etc/netplan")? {
-                    let p = format!("/etc/netplan/{n}");
-                    if p == NETPLAN_FILE {
-                        continue;
-                    }
-                    if let Some(t) = ctx.tree.read(&p)? {
-                        if t.lines().any(|l| l.trim() == "renderer: NetworkManager") {
-                            renderer = Some("NetworkManager");
-                        }
-                    }
-                    // netplan reads only *.yaml: renamed, the file is kept but inert.
-                    ctx.rename(&p, &format!("{p}.ferry-disabled"))?;
-                }
-                if renderer.is_none() {
-                    if let Some(t) = ctx.tree.read(NETPLAN_FILE)? {
-                        if t.contains("renderer: NetworkManager") {
-                            renderer = Some("NetworkManager");
-                        }
-                    }
-                }
-                ctx.write(NETPLAN_FILE, &netplan_config(renderer), 0o600)?;
-            }
+            NetStack::Netplan => netplan_step(ctx)?,
             NetStack::NetworkManager => {
-                let dir = "/etc/NetworkManager/system-connections";
-                for n in ctx.tree.list(dir)? {
-                    let p = format!("{dir}/{n}");
-                    if p == NM_FILE {
-                        continue;
-                    }
-                    if let Some(t) = ctx.tree.read(&p)? {
-                        if let Some(new) = disable_nm_keyfile(&t) {
-                            ctx.write(&p, &new, 0o600)?;
-                        }
-                    }
-                }
                 // NetworkManager with ifcfg-rh reads the ifcfg file instead.
-                if !os.network.contains(&NetStack::Ifcfg)
-                    && !os.network.contains(&NetStack::Netplan)
-                {
-                    ctx.write(NM_FILE, NM_CONNECTION, 0o600)?;
-                }
+                let own_file = !os.network.contains(&NetStack::Ifcfg)
+                    && !os.network.contains(&NetStack::Netplan);
+                network_manager_step(ctx, own_file)?
             }
-            NetStack::Ifcfg | NetStack::Wicked => {
-                let wicked = *stack == NetStack::Wicked;
-                let dir = if wicked {
-                    "/etc/sysconfig/network"
-                } else {
-                    "/etc/sysconfig/network-scripts"
-                };
-                // The source's NICs: its ifcfg files (ferry's own of an
-                // earlier run aside); each gets a DHCP NIC eth0, eth1...
-                let mut source = Vec::new();
-                for n in ctx.tree.list(dir)? {
-                    let Some(name) = n.strip_prefix("ifcfg-") else {
-                        continue;
-                    };
-                    let p = format!("{dir}/{n}");
-                    if name == "lo" {
-                        continue;
-                    }
-                    if let Some(t) = ctx.tree.read(&p)? {
-                        if !t.starts_with(IFCFG_OURS) {
-                            source.push((p, t));
-                        }
-                    }
-                }
-                let ours: Vec<String> = (0..source.len().max(1))
-                    .map(|i| format!("{dir}/ifcfg-eth{i}"))
-                    .collect();
-                for (p, t) in &source {
-                    if !ours.contains(p) {
-                        ctx.write(p, &disable_ifcfg(t, wicked), 0o644)?;
-                    }
-                }
-                for (i, p) in ours.iter().enumerate() {
-                    ctx.write(p, &ifcfg_dhcp(wicked, i), 0o644)?;
-                }
-                if !wicked {
-                    if let Some(t) = ctx.tree.read("/etc/sysconfig/network")? {
-                        if parse_assignments(&t)
-                            .iter()
-                            .any(|(k, _)| k == "GATEWAY" || k == "GATEWAYDEV")
-                        {
-                            ctx.write("/etc/sysconfig/network", &drop_gateway(&t), 0o644)?;
-                        }
-                    }
-                } else if ctx.tree.exists("/etc/sysconfig/network/routes") {
-                    ctx.rename(
-                        "/etc/sysconfig/network/routes",
-                        "/etc/sysconfig/network/routes.ferry-disabled",
-                    )?;
-                }
+            NetStack::Ifcfg => ifcfg_step(ctx, false)?,
+            NetStack::Wicked => ifcfg_step(ctx, true)?,
+        }
+    }
+    Ok(())
+}
+
+/// netplan: the source's files renamed out of its reach (netplan reads
+/// only *.yaml), ferry's DHCP file in their place, rendered by
+/// NetworkManager where the source's was.
+fn netplan_step(ctx: &mut StepCtx) -> Result<()> {
+    let mut renderer = None;
+    for n in yaml_files(ctx.tree, "/etc/netplan")? {
+        let p = format!("/etc/netplan/{n}");
+        if p == NETPLAN_FILE {
+            continue;
+        }
+        if let Some(t) = ctx.tree.read(&p)? {
+            if t.lines().any(|l| l.trim() == "renderer: NetworkManager") {
+                renderer = Some("NetworkManager");
             }
         }
+        // netplan reads only *.yaml: renamed, the file is kept but inert.
+        ctx.rename(&p, &format!("{p}.ferry-disabled"))?;
+    }
+    if renderer.is_none() {
+        if let Some(t) = ctx.tree.read(NETPLAN_FILE)? {
+            if t.contains("renderer: NetworkManager") {
+                renderer = Some("NetworkManager");
+            }
+        }
+    }
+    ctx.write(NETPLAN_FILE, &netplan_config(renderer), 0o600)?;
+    Ok(())
+}
+
+/// NetworkManager: the source's keyfiles no longer start on their own;
+/// ferry's DHCP keyfile when `own_file` (no ifcfg or netplan beside it).
+fn network_manager_step(ctx: &mut StepCtx, own_file: bool) -> Result<()> {
+    let dir = "/etc/NetworkManager/system-connections";
+    for n in ctx.tree.list(dir)? {
+        let p = format!("{dir}/{n}");
+        if p == NM_FILE {
+            continue;
+        }
+        if let Some(t) = ctx.tree.read(&p)? {
+            if let Some(new) = disable_nm_keyfile(&t) {
+                ctx.write(&p, &new, 0o600)?;
+            }
+        }
+    }
+    if own_file {
+        ctx.write(NM_FILE, NM_CONNECTION, 0o600)?;
+    }
+    Ok(())
+}
+
+/// ifcfg (Red Hat) or wicked (SUSE): each of the source's ifcfg files
+/// (ferry's own of an earlier run aside) becomes a DHCP NIC eth0, eth1...,
+/// the source's own files disabled, and the source's default gateway
+/// dropped (DHCP gives the cloud's).
+fn ifcfg_step(ctx: &mut StepCtx, wicked: bool) -> Result<()> {
+    let dir = if wicked {
+        "/etc/sysconfig/network"
+    } else {
+        "/etc/sysconfig/network-scripts"
+    };
+    let mut source = Vec::new();
+    for n in ctx.tree.list(dir)? {
+        let Some(name) = n.strip_prefix("ifcfg-") else {
+            continue;
+        };
+        let p = format!("{dir}/{n}");
+        if name == "lo" {
+            continue;
+        }
+        if let Some(t) = ctx.tree.read(&p)? {
+            if !t.starts_with(IFCFG_OURS) {
+                source.push((p, t));
+            }
+        }
+    }
+    let ours: Vec<String> = (0..source.len().max(1))
+        .map(|i| format!("{dir}/ifcfg-eth{i}"))
+        .collect();
+    for (p, t) in &source {
+        if !ours.contains(p) {
+            ctx.write(p, &disable_ifcfg(t, wicked), 0o644)?;
+        }
+    }
+    for (i, p) in ours.iter().enumerate() {
+        ctx.write(p, &ifcfg_dhcp(wicked, i), 0o644)?;
+    }
+    if !wicked {
+        if let Some(t) = ctx.tree.read("/etc/sysconfig/network")? {
+            if parse_assignments(&t)
+                .iter()
+                .any(|(k, _)| k == "GATEWAY" || k == "GATEWAYDEV")
+            {
+                ctx.write("/etc/sysconfig/network", &drop_gateway(&t), 0o644)?;
+            }
+        }
+    } else if ctx.tree.exists("/etc/sysconfig/network/routes") {
+        ctx.rename(
+            "/etc/sysconfig/network/routes",
+            "/etc/sysconfig/network/routes.ferry-disabled",
+        )?;
     }
     Ok(())
 }
