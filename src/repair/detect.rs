@@ -127,7 +127,13 @@ fn get<'a>(kv: &'a [(String, String)], key: &str) -> Option<&'a str> {
 
 /// Identify the OS of the tree.
 pub fn detect(tree: &Tree) -> Result<OsInfo> {
-    let (id, id_like, version_id, pretty_name, source) = identity(tree)?;
+    let Identity {
+        id,
+        like: id_like,
+        version: version_id,
+        pretty: pretty_name,
+        from: source,
+    } = identity(tree)?;
     let kernels = kernels(tree)?;
     let bootloader = if [
         "/boot/grub/grub.cfg",
@@ -218,115 +224,70 @@ pub(crate) fn yaml_files(tree: &Tree, dir: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-type Identity = (String, Vec<String>, String, String, String);
+/// Which OS a tree holds, and the file that said so.
+struct Identity {
+    id: String,
+    like: Vec<String>,
+    version: String,
+    pretty: String,
+    /// The file read (`/etc/os-release`), or "none".
+    from: String,
+}
 
+impl Identity {
+    fn new(id: &str, like: &[&str], version: &str, pretty: &str, from: &str) -> Identity {
+        Identity {
+            id: id.to_owned(),
+            like: like.iter().map(|l| (*l).to_owned()).collect(),
+            version: version.to_owned(),
+            pretty: pretty.to_owned(),
+            from: from.to_owned(),
+        }
+    }
+}
+
+/// Reads one release file (the text, whether /etc/debian_version exists).
+type ReleaseParser = fn(&str, bool) -> Option<Identity>;
+
+/// The OS of the tree from its release files: os-release where it has
+/// one, else the most precise of the older files (an old Ubuntu has both
+/// lsb-release and debian_version, and is not a Debian), else a Linux
+/// without a name when it has /etc and a shell.
 fn identity(tree: &Tree) -> Result<Identity> {
     for p in ["/etc/os-release", "/usr/lib/os-release"] {
-        if let Some(t) = tree.read(p)? {
-            let kv = parse_assignments(&t);
-            if let Some(id) = get(&kv, "ID") {
-                let like = get(&kv, "ID_LIKE")
-                    .unwrap_or("")
-                    .split_whitespace()
-                    .map(|s| s.to_ascii_lowercase())
-                    .collect();
-                return Ok((
-                    id.to_ascii_lowercase(),
-                    like,
-                    get(&kv, "VERSION_ID").unwrap_or("").to_owned(),
-                    get(&kv, "PRETTY_NAME").unwrap_or(id).to_owned(),
-                    p.to_owned(),
-                ));
-            }
+        if let Some(found) = tree.read(p)?.and_then(|t| from_os_release(&t, p)) {
+            return Ok(found);
         }
     }
-    // Without os-release, the most precise file first: an old Ubuntu has
-    // both lsb-release and debian_version, and is not a Debian.
     let debian_based = tree.exists("/etc/debian_version");
-    if let Some(t) = tree.read("/etc/lsb-release")? {
-        let kv = parse_assignments(&t);
-        // RHEL's redhat-lsb writes one with LSB_VERSION only.
-        if let Some(id) = get(&kv, "DISTRIB_ID").filter(|i| !i.is_empty()) {
-            let id = id.to_ascii_lowercase().replace(' ', "");
-            let like = if debian_based && id != "debian" {
-                vec!["debian".to_owned()]
-            } else {
-                Vec::new()
-            };
-            let version = get(&kv, "DISTRIB_RELEASE").unwrap_or("").to_owned();
-            let pretty = get(&kv, "DISTRIB_DESCRIPTION")
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("{id} {version}"));
-            return Ok((id, like, version, pretty, "/etc/lsb-release".to_owned()));
+    let older: [(&str, ReleaseParser); 4] = [
+        ("/etc/lsb-release", from_lsb_release),
+        ("/etc/redhat-release", |t, _| Some(from_redhat_release(t))),
+        ("/etc/SuSE-release", |t, _| Some(from_suse_release(t))),
+        ("/etc/debian_version", |t, _| {
+            let v = t.trim();
+            let pretty = format!("Debian {v}");
+            Some(Identity::new(
+                "debian",
+                &[],
+                v,
+                &pretty,
+                "/etc/debian_version",
+            ))
+        }),
+    ];
+    for (p, parse) in older {
+        if let Some(found) = tree.read(p)?.and_then(|t| parse(&t, debian_based)) {
+            return Ok(found);
         }
-    }
-    if let Some(t) = tree.read("/etc/redhat-release")? {
-        let line = t.lines().next().unwrap_or("").trim().to_owned();
-        let lower = line.to_ascii_lowercase();
-        let id = [
-            ("centos", "centos"),
-            ("red hat", "rhel"),
-            ("oracle", "ol"),
-            ("fedora", "fedora"),
-            ("rocky", "rocky"),
-            ("almalinux", "almalinux"),
-            ("scientific", "scientific"),
-        ]
-        .iter()
-        .find(|(p, _)| lower.starts_with(p))
-        .map(|(_, id)| *id)
-        .unwrap_or("rhel");
-        let version = line
-            .split_whitespace()
-            .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
-            .unwrap_or("")
-            .to_owned();
-        return Ok((
-            id.to_owned(),
-            vec!["rhel".to_owned()],
-            version,
-            line,
-            "/etc/redhat-release".to_owned(),
-        ));
-    }
-    if let Some(t) = tree.read("/etc/SuSE-release")? {
-        let line = t.lines().next().unwrap_or("").trim().to_owned();
-        let id = if line.to_ascii_lowercase().contains("opensuse") {
-            "opensuse"
-        } else {
-            "sles"
-        };
-        let kv = parse_assignments(&t.replace(" = ", "="));
-        let version = match (get(&kv, "VERSION"), get(&kv, "PATCHLEVEL")) {
-            (Some(v), Some(p)) if p != "0" && !v.contains('.') => format!("{v}.{p}"),
-            (Some(v), _) => v.to_owned(),
-            (None, _) => String::new(),
-        };
-        return Ok((
-            id.to_owned(),
-            vec!["suse".to_owned()],
-            version,
-            line,
-            "/etc/SuSE-release".to_owned(),
-        ));
-    }
-    if let Some(t) = tree.read("/etc/debian_version")? {
-        let v = t.trim().to_owned();
-        return Ok((
-            "debian".to_owned(),
-            Vec::new(),
-            v.clone(),
-            format!("Debian {v}"),
-            "/etc/debian_version".to_owned(),
-        ));
     }
     if tree.is_dir("/etc") && (tree.exists("/bin/sh") || tree.exists("/usr/bin/sh")) {
-        return Ok((
-            "linux".to_owned(),
-            Vec::new(),
-            String::new(),
-            "unidentified Linux".to_owned(),
-            "none".to_owned(),
+        return Ok(Identity::new(
+            "linux",
+            &[],
+            "",
+            "unidentified Linux",
+            "none",
         ));
     }
     Err(coded(
@@ -336,6 +297,83 @@ fn identity(tree: &Tree) -> Result<Identity> {
             tree.root().display()
         ),
     ))
+}
+
+fn from_os_release(text: &str, path: &str) -> Option<Identity> {
+    let kv = parse_assignments(text);
+    let id = get(&kv, "ID")?;
+    let like = get(&kv, "ID_LIKE").unwrap_or("").to_ascii_lowercase();
+    let like: Vec<&str> = like.split_whitespace().collect();
+    Some(Identity::new(
+        &id.to_ascii_lowercase(),
+        &like,
+        get(&kv, "VERSION_ID").unwrap_or(""),
+        get(&kv, "PRETTY_NAME").unwrap_or(id),
+        path,
+    ))
+}
+
+/// RHEL's redhat-lsb writes an lsb-release with LSB_VERSION only: no
+/// identity then.
+fn from_lsb_release(text: &str, debian_based: bool) -> Option<Identity> {
+    let kv = parse_assignments(text);
+    let id = get(&kv, "DISTRIB_ID").filter(|i| !i.is_empty())?;
+    let id = id.to_ascii_lowercase().replace(' ', "");
+    let like: &[&str] = if debian_based && id != "debian" {
+        &["debian"]
+    } else {
+        &[]
+    };
+    let version = get(&kv, "DISTRIB_RELEASE").unwrap_or("");
+    let pretty = get(&kv, "DISTRIB_DESCRIPTION")
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{id} {version}"));
+    Some(Identity::new(
+        &id,
+        like,
+        version,
+        &pretty,
+        "/etc/lsb-release",
+    ))
+}
+
+fn from_redhat_release(text: &str) -> Identity {
+    let line = text.lines().next().unwrap_or("").trim();
+    let lower = line.to_ascii_lowercase();
+    let id = [
+        ("centos", "centos"),
+        ("red hat", "rhel"),
+        ("oracle", "ol"),
+        ("fedora", "fedora"),
+        ("rocky", "rocky"),
+        ("almalinux", "almalinux"),
+        ("scientific", "scientific"),
+    ]
+    .iter()
+    .find(|(p, _)| lower.starts_with(p))
+    .map(|(_, id)| *id)
+    .unwrap_or("rhel");
+    let version = line
+        .split_whitespace()
+        .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .unwrap_or("");
+    Identity::new(id, &["rhel"], version, line, "/etc/redhat-release")
+}
+
+fn from_suse_release(text: &str) -> Identity {
+    let line = text.lines().next().unwrap_or("").trim();
+    let id = if line.to_ascii_lowercase().contains("opensuse") {
+        "opensuse"
+    } else {
+        "sles"
+    };
+    let kv = parse_assignments(&text.replace(" = ", "="));
+    let version = match (get(&kv, "VERSION"), get(&kv, "PATCHLEVEL")) {
+        (Some(v), Some(p)) if p != "0" && !v.contains('.') => format!("{v}.{p}"),
+        (Some(v), _) => v.to_owned(),
+        (None, _) => String::new(),
+    };
+    Identity::new(id, &["suse"], &version, line, "/etc/SuSE-release")
 }
 
 fn kernels(tree: &Tree) -> Result<Vec<Kernel>> {

@@ -47,7 +47,7 @@ pub use engine::{Change, GuestOutput, GuestRunner, Mode, Status, StepReport};
 
 use crate::job::errors::{coded, find_coded, ErrorCode};
 use engine::StepCtx;
-use recipe::StepName;
+use recipe::{Recipe, StepName};
 use tree::Tree;
 
 /// How the migrated system will boot on the cloud.
@@ -295,30 +295,7 @@ fn execute_inner(
             "the device map has no volume mounted at / (the migrated root file system)",
         ));
     }
-    let boot = match &opts.boot {
-        BootMode::Auto => match os.firmware {
-            detect::Firmware::Uefi => BootMode::Uefi { esp: None },
-            detect::Firmware::Bios => BootMode::Bios {
-                disk: opts.devices.bios_disk()?,
-            },
-        },
-        b => b.clone(),
-    };
-    let boot = match boot {
-        BootMode::Uefi { esp: None } => {
-            let esp = opts
-                .devices
-                .by_mountpoint("/boot/efi")
-                .or_else(|| {
-                    opts.devices
-                        .volumes()
-                        .find(|v| v.fstype.as_deref() == Some("vfat"))
-                })
-                .map(|v| v.node.clone());
-            BootMode::Uefi { esp }
-        }
-        b => b,
-    };
+    let boot = resolve_boot(opts, &os)?;
     report.boot = Some(boot.clone());
     if recipe.steps.contains(&StepName::Network)
         && opts
@@ -335,45 +312,14 @@ fn execute_inner(
         }
         *current = Some(step.as_str().to_owned());
         let mut ctx = StepCtx::new(&tree, opts.mode, runner);
-        match step {
-            StepName::Fstab => fstab::step(&mut ctx, &opts.devices)?,
-            StepName::GrubDefaults => grub::defaults_step(&mut ctx, &os, &recipe, &opts.devices)?,
-            StepName::Network => network::step(&mut ctx, &os, &opts.network)?,
-            StepName::NetRules => network::rules_step(&mut ctx)?,
-            StepName::CloudInit => system::cloud_init_step(&mut ctx, &os, &recipe)?,
-            StepName::Selinux => system::selinux_step(&mut ctx, &os)?,
-            StepName::Agents => system::agents_step(&mut ctx, &os, &recipe)?,
-            StepName::Initramfs => initramfs::step(&mut ctx, &os, &recipe)?,
-            StepName::GrubInstall => match &boot {
-                BootMode::Bios { disk } => grub::install_bios_step(&mut ctx, &os, &recipe, disk)?,
-                BootMode::Uefi { esp: Some(node) } => grub::install_uefi_step(
-                    &mut ctx,
-                    &os,
-                    &recipe,
-                    &opts.devices,
-                    &esp::FatPartition::new(node),
-                )?,
-                BootMode::Uefi { esp: None } => {
-                    return Err(coded(
-                        ErrorCode::RepairBadInput,
-                        "UEFI boot, but the device map has no EFI system partition (a vfat volume)",
-                    ))
-                }
-                BootMode::Auto => {
-                    return Err(anyhow::anyhow!(
-                        "the boot mode was not resolved before installing GRUB"
-                    ))
-                }
-            },
-            StepName::GrubConfig => {
-                let defaults_changed = written.iter().any(|p| {
-                    p.starts_with("/etc/default/grub")
-                        || p.starts_with("/boot/loader/entries/")
-                        || p == "/etc/kernel/cmdline"
-                });
-                grub::config_step(&mut ctx, &os, &recipe, &opts.devices, defaults_changed)?
-            }
-        }
+        let run = Run {
+            opts,
+            os: &os,
+            recipe: &recipe,
+            boot: &boot,
+            written: &written,
+        };
+        run.step(&mut ctx, *step)?;
         let r = ctx.finish(step.as_str());
         for c in &r.changes {
             if let Change::File { path, .. } = c {
@@ -385,6 +331,92 @@ fn execute_inner(
     }
     *current = None;
     Ok(())
+}
+
+/// Where GRUB goes: the firmware the migrated OS boots with when the
+/// options leave it to the repair (`Auto`), and for UEFI the device map's
+/// EFI system partition (the one mounted at /boot/efi, else its vfat).
+fn resolve_boot(opts: &RepairOptions, os: &OsInfo) -> Result<BootMode> {
+    let boot = match &opts.boot {
+        BootMode::Auto => match os.firmware {
+            detect::Firmware::Uefi => BootMode::Uefi { esp: None },
+            detect::Firmware::Bios => BootMode::Bios {
+                disk: opts.devices.bios_disk()?,
+            },
+        },
+        b => b.clone(),
+    };
+    Ok(match boot {
+        BootMode::Uefi { esp: None } => {
+            let esp = opts
+                .devices
+                .by_mountpoint("/boot/efi")
+                .or_else(|| {
+                    opts.devices
+                        .volumes()
+                        .find(|v| v.fstype.as_deref() == Some("vfat"))
+                })
+                .map(|v| v.node.clone());
+            BootMode::Uefi { esp }
+        }
+        b => b,
+    })
+}
+
+/// What every step of one repair run is given.
+struct Run<'a> {
+    opts: &'a RepairOptions,
+    os: &'a OsInfo,
+    recipe: &'a Recipe,
+    boot: &'a BootMode,
+    /// The files the steps before wrote.
+    written: &'a [String],
+}
+
+impl Run<'_> {
+    fn step(&self, ctx: &mut StepCtx, step: StepName) -> Result<()> {
+        let (opts, os, recipe) = (self.opts, self.os, self.recipe);
+        match step {
+            StepName::Fstab => fstab::step(ctx, &opts.devices),
+            StepName::GrubDefaults => grub::defaults_step(ctx, os, recipe, &opts.devices),
+            StepName::Network => network::step(ctx, os, &opts.network),
+            StepName::NetRules => network::rules_step(ctx),
+            StepName::CloudInit => system::cloud_init_step(ctx, os, recipe),
+            StepName::Selinux => system::selinux_step(ctx, os),
+            StepName::Agents => system::agents_step(ctx, os, recipe),
+            StepName::Initramfs => initramfs::step(ctx, os, recipe),
+            StepName::GrubInstall => self.grub_install(ctx),
+            StepName::GrubConfig => {
+                let defaults_changed = self.written.iter().any(|p| {
+                    p.starts_with("/etc/default/grub")
+                        || p.starts_with("/boot/loader/entries/")
+                        || p == "/etc/kernel/cmdline"
+                });
+                grub::config_step(ctx, os, recipe, &opts.devices, defaults_changed)
+            }
+        }
+    }
+
+    fn grub_install(&self, ctx: &mut StepCtx) -> Result<()> {
+        let (os, recipe) = (self.os, self.recipe);
+        match self.boot {
+            BootMode::Bios { disk } => grub::install_bios_step(ctx, os, recipe, disk),
+            BootMode::Uefi { esp: Some(node) } => grub::install_uefi_step(
+                ctx,
+                os,
+                recipe,
+                &self.opts.devices,
+                &esp::FatPartition::new(node),
+            ),
+            BootMode::Uefi { esp: None } => Err(coded(
+                ErrorCode::RepairBadInput,
+                "UEFI boot, but the device map has no EFI system partition (a vfat volume)",
+            )),
+            BootMode::Auto => Err(anyhow::anyhow!(
+                "the boot mode was not resolved before installing GRUB"
+            )),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -106,15 +106,7 @@ pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Applianc
     let ledger = Arc::new(Ledger::open(&ledger_path)?);
     let tls = crate::wire::tls::load_or_create(&config.state_dir.join("tls"))?;
     if tls.created && ledger_existed {
-        tracing::warn!(
-            fingerprint = %tls.fingerprint,
-            "the data port's TLS identity was missing from {} and has been generated anew: senders \
-             that pinned the old fingerprint are refused (TLS_FINGERPRINT_MISMATCH); give them the new \
-             one (--fingerprint {}, kept in {}, also GET /v1/identity)",
-            config.state_dir.join("tls").display(),
-            tls.fingerprint,
-            config.state_dir.join("tls/fingerprint").display(),
-        );
+        warn_new_identity(&config, &tls.fingerprint);
     }
     let job = JobHandle::open(
         Arc::clone(&ledger) as Arc<dyn JobStore>,
@@ -127,21 +119,7 @@ pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Applianc
     job.set_stall_after(std::time::Duration::from_secs(config.stall_after_secs));
     let refused_records = restore_job_progress(&config, &job, &ledger)?;
     let control_token = resolve_control_token(&config)?;
-    let webhook = match (&config.webhook_url, &config.webhook_secret) {
-        (Some(url), Some(secret)) => {
-            let (hook, _task) = webhook::Webhook::spawn(webhook::WebhookConfig::new(
-                url.clone(),
-                secret.as_bytes().to_vec(),
-            ))?;
-            let h = hook.clone();
-            job.on_change(move |c| h.push(c));
-            Some(hook)
-        }
-        (Some(_), None) => anyhow::bail!(
-            "--webhook-url needs a webhook secret (--webhook-secret-file, FERRY_WEBHOOK_SECRET or webhook_secret in the config): the HMAC key shared with the control plane"
-        ),
-        _ => None,
-    };
+    let webhook = start_webhook(&config, &job)?;
     let metrics = Arc::new(metrics::Metrics::new());
     let unauthorized = job_metrics::JobCollector::register(
         &metrics.registry,
@@ -149,26 +127,7 @@ pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Applianc
         webhook.as_ref().map(|w| Arc::clone(w.stats())),
     )?;
     let pipeline = Arc::new(crate::pipeline::Runner::new(
-        crate::pipeline::PipelineSettings {
-            build: config.build,
-            boot_test: crate::pipeline::boot::BootTestSettings {
-                enabled: config.boot_test,
-                timeout: std::time::Duration::from_secs(config.boot_test_timeout_secs),
-                memory_mib: config.boot_test_memory_mib,
-                cpus: config.boot_test_cpus,
-                // Config::parse admits only the names from_name knows.
-                accel: crate::pipeline::boot::AccelChoice::from_name(&config.boot_test_accel)
-                    .unwrap_or_default(),
-            },
-            repair: crate::pipeline::RepairChoices {
-                recipes_dir: config.recipes_dir.clone(),
-                network: match &config.network_map {
-                    Some(p) => crate::repair::network::map::NetworkMap::load(p)?,
-                    None => Default::default(),
-                },
-            },
-            state_dir: config.state_dir.clone(),
-        },
+        pipeline_settings(&config)?,
         Arc::clone(&ledger),
         Arc::clone(&job),
     ));
@@ -203,6 +162,65 @@ pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Applianc
         refused_records,
         _lock: lock,
     })
+}
+
+/// The control plane's webhook, told of every change of the job, when
+/// one is configured (its URL needs the shared secret).
+fn start_webhook(config: &Config, job: &Arc<JobHandle>) -> Result<Option<webhook::Webhook>> {
+    Ok(match (&config.webhook_url, &config.webhook_secret) {
+        (Some(url), Some(secret)) => {
+            let (hook, _task) = webhook::Webhook::spawn(webhook::WebhookConfig::new(
+                url.clone(),
+                secret.as_bytes().to_vec(),
+            ))?;
+            let h = hook.clone();
+            job.on_change(move |c| h.push(c));
+            Some(hook)
+        }
+        (Some(_), None) => anyhow::bail!(
+            "--webhook-url needs a webhook secret (--webhook-secret-file, FERRY_WEBHOOK_SECRET or webhook_secret in the config): the HMAC key shared with the control plane"
+        ),
+        _ => None,
+    })
+}
+
+/// How the round's pipeline runs, from the configuration (the network
+/// map, when one is configured, read now: a damaged one stops the start).
+fn pipeline_settings(config: &Config) -> Result<crate::pipeline::PipelineSettings> {
+    Ok(crate::pipeline::PipelineSettings {
+        build: config.build,
+        boot_test: crate::pipeline::boot::BootTestSettings {
+            enabled: config.boot_test,
+            timeout: std::time::Duration::from_secs(config.boot_test_timeout_secs),
+            memory_mib: config.boot_test_memory_mib,
+            cpus: config.boot_test_cpus,
+            // Config::parse admits only the names from_name knows.
+            accel: crate::pipeline::boot::AccelChoice::from_name(&config.boot_test_accel)
+                .unwrap_or_default(),
+        },
+        repair: crate::pipeline::RepairChoices {
+            recipes_dir: config.recipes_dir.clone(),
+            network: match &config.network_map {
+                Some(p) => crate::repair::network::map::NetworkMap::load(p)?,
+                None => Default::default(),
+            },
+        },
+        state_dir: config.state_dir.clone(),
+    })
+}
+
+/// The data port's TLS identity was made anew beside an existing ledger:
+/// the senders that pinned the old one are refused until told the new.
+fn warn_new_identity(config: &Config, fingerprint: &str) {
+    tracing::warn!(
+        fingerprint = %fingerprint,
+        "the data port's TLS identity was missing from {} and has been generated anew: senders \
+         that pinned the old fingerprint are refused (TLS_FINGERPRINT_MISMATCH); give them the new \
+         one (--fingerprint {}, kept in {}, also GET /v1/identity)",
+        config.state_dir.join("tls").display(),
+        fingerprint,
+        config.state_dir.join("tls/fingerprint").display(),
+    );
 }
 
 /// The sender's release of `sender_dir` (which must hold one), or of the
@@ -371,22 +389,7 @@ async fn run(config: Config) -> Result<()> {
         .await
         .context("preparing the appliance")??;
     let app = Arc::new(app);
-    if app.job.status() == crate::job::state::JobStatus::Deleting {
-        // Stopped while it was being deleted: finish the deletion.
-        let app2 = Arc::clone(&app);
-        tokio::task::spawn_blocking(move || reset::Resets::finish_delete(&app2))
-            .await
-            .context("finishing the job's deletion")?
-            .context("finishing the job's deletion")?;
-    }
-    if matches!(
-        app.job.status(),
-        crate::job::state::JobStatus::PROCESSING | crate::job::state::JobStatus::CLEANING
-    ) {
-        // Died in the round's pipeline: every step is idempotent, run it again.
-        tracing::info!("the job was in its pipeline when the appliance stopped: running it again");
-        app.pipeline.start();
-    }
+    resume(&app).await?;
     let data_addr = data
         .local_addr()
         .context("reading the data port's address")?;
@@ -394,53 +397,10 @@ async fn run(config: Config) -> Result<()> {
         .local_addr()
         .context("reading the control port's address")?;
     app.data_bound.store(true, Ordering::SeqCst);
-    println!("fingerprint: {}", app.fingerprint);
-    println!("data-listen: {data_addr}");
-    println!("control-listen: {control_addr}");
-    println!(
-        "mode: {}",
-        if app.config.embedded() {
-            format!(
-                "embedded (target disks under {})",
-                app.config.state_dir.join("disks").display()
-            )
-        } else {
-            format!("{} configured target disk(s)", app.config.disks.len())
-        }
-    );
-    let serving = format!("data port {data_addr}, control port {control_addr}");
-    let problems = start_problems(&app).await;
-    for p in &problems {
-        tracing::warn!("not ready: {p}");
-    }
-    if problems.is_empty() {
-        tracing::info!(%data_addr, %control_addr, fingerprint = %app.fingerprint, job = %app.job.snapshot().id, status = %app.job.status(), "ferry serve is ready");
-    } else {
-        tracing::warn!(%data_addr, %control_addr, fingerprint = %app.fingerprint, job = %app.job.snapshot().id, status = %app.job.status(), "ferry serve is serving, but not ready (GET /readyz says why)");
-    }
-    // READY=1 either way: the appliance is up and /readyz tells the truth;
-    // STATUS= says why it is not ready, for `systemctl status`.
-    if let Err(err) = notify::ready(&status_line(&app, &serving, &problems)) {
-        tracing::warn!("{err:#}");
-    }
+    let (serving, problems) = announce(&app, data_addr, control_addr).await;
     spawn_readiness_watch(Arc::clone(&app), serving, problems);
     let _watchdog = notify::spawn_watchdog();
-    {
-        // Expiry is checked on every read too; this makes it happen (and its
-        // webhook go out) when nobody is looking.
-        let job = Arc::clone(&app.job);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                let job = Arc::clone(&job);
-                if let Ok(Err(err)) = tokio::task::spawn_blocking(move || job.tick()).await {
-                    tracing::warn!("checking the job's validity: {err:#}");
-                }
-            }
-        });
-    }
-
+    spawn_expiry_watch(Arc::clone(&app.job));
     let shutdown = CancellationToken::new();
     {
         let shutdown = shutdown.clone();
@@ -465,6 +425,83 @@ async fn run(config: Config) -> Result<()> {
         w.close();
     }
     Ok(())
+}
+
+/// A job the appliance stopped in the middle of goes on: a deletion is
+/// finished, a round's pipeline runs again (every step is idempotent).
+async fn resume(app: &Arc<Appliance>) -> Result<()> {
+    if app.job.status() == crate::job::state::JobStatus::Deleting {
+        // Stopped while it was being deleted: finish the deletion.
+        let app2 = Arc::clone(app);
+        tokio::task::spawn_blocking(move || reset::Resets::finish_delete(&app2))
+            .await
+            .context("finishing the job's deletion")?
+            .context("finishing the job's deletion")?;
+    }
+    if matches!(
+        app.job.status(),
+        crate::job::state::JobStatus::PROCESSING | crate::job::state::JobStatus::CLEANING
+    ) {
+        // Died in the round's pipeline: every step is idempotent, run it again.
+        tracing::info!("the job was in its pipeline when the appliance stopped: running it again");
+        app.pipeline.start();
+    }
+    Ok(())
+}
+
+/// Tell whoever started the appliance where it listens and in which mode,
+/// and the service manager whether it is ready (and why not). Returns
+/// what it serves and what keeps it from being ready.
+async fn announce(
+    app: &Arc<Appliance>,
+    data_addr: std::net::SocketAddr,
+    control_addr: std::net::SocketAddr,
+) -> (String, Vec<String>) {
+    println!("fingerprint: {}", app.fingerprint);
+    println!("data-listen: {data_addr}");
+    println!("control-listen: {control_addr}");
+    println!(
+        "mode: {}",
+        if app.config.embedded() {
+            format!(
+                "embedded (target disks under {})",
+                app.config.state_dir.join("disks").display()
+            )
+        } else {
+            format!("{} configured target disk(s)", app.config.disks.len())
+        }
+    );
+    let serving = format!("data port {data_addr}, control port {control_addr}");
+    let problems = start_problems(app).await;
+    for p in &problems {
+        tracing::warn!("not ready: {p}");
+    }
+    if problems.is_empty() {
+        tracing::info!(%data_addr, %control_addr, fingerprint = %app.fingerprint, job = %app.job.snapshot().id, status = %app.job.status(), "ferry serve is ready");
+    } else {
+        tracing::warn!(%data_addr, %control_addr, fingerprint = %app.fingerprint, job = %app.job.snapshot().id, status = %app.job.status(), "ferry serve is serving, but not ready (GET /readyz says why)");
+    }
+    // READY=1 either way: the appliance is up and /readyz tells the truth;
+    // STATUS= says why it is not ready, for `systemctl status`.
+    if let Err(err) = notify::ready(&status_line(app, &serving, &problems)) {
+        tracing::warn!("{err:#}");
+    }
+    (serving, problems)
+}
+
+/// Expiry is checked on every read of the job too; this makes it happen
+/// (and its webhook go out) when nobody is looking.
+fn spawn_expiry_watch(job: Arc<JobHandle>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let job = Arc::clone(&job);
+            if let Ok(Err(err)) = tokio::task::spawn_blocking(move || job.tick()).await {
+                tracing::warn!("checking the job's validity: {err:#}");
+            }
+        }
+    });
 }
 
 /// Bind one of the two ports; a port that is taken is named, with what to do.
