@@ -412,6 +412,13 @@ pub fn disks(paths: &[PathBuf], names: &[Vec<String>], staging: &Path) -> Result
     fs_findings(&mut r);
     let tree = MountTree::mount(&system, paths, staging, MountOptions { read_only: true })
         .context("mounting the received system read-only")?;
+    for (_, why) in tree.unmounted() {
+        r.findings.push(Finding::new(
+            Severity::Warning,
+            ErrorCode::MountPointMissing,
+            why.clone(),
+        ));
+    }
     let esp = tree.fat("/boot/efi").ok();
     let inspected = linux::inspect(tree.root(), esp.as_ref(), &mut r);
     let closed = tree.close().context("unmounting the checked system");

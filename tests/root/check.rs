@@ -239,6 +239,35 @@ fn every_source_fixture_that_migrates_has_no_blocker() {
 }
 
 #[test]
+fn a_mount_point_missing_from_the_read_only_tree_is_said_and_the_rest_inspected() {
+    need_root!("loop devices, mounts");
+    let work = tempfile::tempdir().unwrap();
+    let disks = source_image("bios-gpt", work.path());
+    // The fstab mounts partition 2 on /boot; the root (partition 4) no
+    // longer has the directory. A read-only look cannot make it.
+    edit_partition(&disks[0], 4, |root| remove(root, &["boot"]));
+    let (_, r, err) = check_disks(&disks, &work.path().join("stage"));
+    let missing: Vec<_> = findings(&r)
+        .into_iter()
+        .filter(|f| f.1 == "MOUNT_POINT_MISSING")
+        .collect();
+    assert_eq!(
+        missing,
+        [(
+            "warning".to_owned(),
+            "MOUNT_POINT_MISSING".to_owned(),
+            "/boot is not mounted: its mount point does not exist in the read-only file system above it".to_owned()
+        )],
+        "{r:#}\n{err}"
+    );
+    // The system around it was inspected all the same (and its kernels,
+    // on the unmounted /boot, are not found).
+    let s = &r["systems"][0];
+    assert_eq!(s["os"]["id"], "debian", "{r:#}");
+    assert!(!err.contains("Read-only file system"), "{err}");
+}
+
+#[test]
 fn a_mounted_tree_is_checked_with_its_own_mounts() {
     need_root!("loop devices, mounts");
     let work = tempfile::tempdir().unwrap();

@@ -41,6 +41,8 @@ pub struct MountTree {
     activation: Option<Activation>,
     lvm_access: Option<Access>,
     mounts: Vec<MountGuard>,
+    /// Mount points a read-only tree could not make: (mount point, why).
+    unmounted: Vec<(String, String)>,
     /// Held while the tree is up; the kernel drops it when the process
     /// dies, which is how a later run tells leftovers from a live tree.
     _lock: nix::fcntl::Flock<fs::File>,
@@ -70,6 +72,7 @@ impl MountTree {
             activation: None,
             lvm_access: None,
             mounts: Vec::new(),
+            unmounted: Vec::new(),
             _lock: lock,
         };
         let starts = tree.attach_disks(layout, targets)?;
@@ -183,8 +186,25 @@ impl MountTree {
     fn mount_planned(&mut self, order: Vec<Planned>, opts: MountOptions) -> Result<()> {
         for p in order {
             let dir = self.path_of(&p.mount);
-            fs::create_dir_all(&dir)
-                .with_context(|| format!("creating mount point {}", dir.display()))?;
+            match fs::create_dir_all(&dir) {
+                Ok(()) => {}
+                // Looking must not change the disk, and a read-only file
+                // system above cannot take a new directory: what would be
+                // mounted there is left out, and said (`unmounted`).
+                Err(e) if opts.read_only && e.raw_os_error() == Some(libc::EROFS) => {
+                    let why = format!(
+                        "{} is not mounted: its mount point does not exist in the read-only file system above it",
+                        p.mount
+                    );
+                    tracing::warn!("{why}");
+                    self.unmounted.push((p.mount.clone(), why));
+                    continue;
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("creating mount point {}", dir.display()))
+                }
+            }
             if !p.fs.mountable_anywhere() {
                 // vfat: reached through `fat()`; the directory stands in for it.
                 continue;
@@ -306,6 +326,11 @@ impl MountTree {
     /// The staging directory, where "/" of the layout is mounted.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// What a read-only tree left unmounted, and why: (mount point, why).
+    pub fn unmounted(&self) -> &[(String, String)] {
+        &self.unmounted
     }
 
     pub fn layout(&self) -> &Layout {

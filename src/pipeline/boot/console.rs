@@ -225,6 +225,11 @@ pub fn read(raw: &str) -> Reading {
 }
 
 fn note_signs(reading: &mut Reading, line: &str, offset: usize) {
+    // The kernel's messages carry its clock (`[    1.234567] ...`) even
+    // on a console too quiet to show any of the signs below.
+    if printk_time(line) {
+        note(reading, Stage::Kernel, offset);
+    }
     for (stage, signs) in SIGNS {
         // systemd's "Welcome to <OS>!" is a root sign; GRUB's welcome is not.
         let grub_welcome = *stage == Stage::Root && line.contains("Welcome to GRUB");
@@ -293,6 +298,24 @@ fn stop_of(line: &str) -> Option<Stop> {
         return Some(Stop::NoKernel(l.to_owned()));
     }
     None
+}
+
+/// Whether a line starts with the kernel's timestamp: `[`, seconds (padded
+/// with spaces), `.`, six digits, `]`.
+fn printk_time(line: &str) -> bool {
+    let Some(rest) = line.strip_prefix('[') else {
+        return false;
+    };
+    let Some((stamp, _)) = rest.split_once(']') else {
+        return false;
+    };
+    let Some((secs, micros)) = stamp.trim_start().split_once('.') else {
+        return false;
+    };
+    !secs.is_empty()
+        && secs.bytes().all(|b| b.is_ascii_digit())
+        && micros.len() == 6
+        && micros.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// `<hostname> login:` as getty prints it, waiting for a name.
@@ -372,6 +395,33 @@ mod tests {
         // Offsets follow the boot's order.
         let offsets: Vec<usize> = r.reached.iter().map(|(_, o)| *o).collect();
         assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
+    }
+
+    #[test]
+    fn a_quiet_kernel_is_known_by_its_clock() {
+        // `quiet` and no "Linux version": the kernel's own timestamped
+        // lines, then a service's message, then nothing (it powered off).
+        let text = format!(
+            "{BIOS_GRUB}\n[    1.734021] virtio_net virtio0 enp0s3: renamed from eth0\nFERRY-MARKER up\n[   12.000001] reboot: Power down\n"
+        );
+        let r = read(&text);
+        assert_eq!(r.stage(), Stage::Kernel);
+        assert_eq!(r.stop, None);
+        // systemd's status column and other brackets are no clock.
+        for line in [
+            "[  OK  ] Started foo.service.",
+            "[12.5] x",
+            "[ 1.1234567] x",
+            "[] x",
+            "[ .123456] x",
+        ] {
+            assert_eq!(
+                read(&format!("{line}\n")).stage(),
+                Stage::Firmware,
+                "{line}"
+            );
+        }
+        assert_eq!(read("[    0.000000] Linux\n").stage(), Stage::Kernel);
     }
 
     #[test]

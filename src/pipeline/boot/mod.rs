@@ -144,7 +144,8 @@ pub struct Verdict {
     /// The furthest stage the boot reached.
     pub stage: Stage,
     /// Why it failed: `grub_prompt`, `no_kernel`, `root_not_found`,
-    /// `emergency_mode`, `kernel_panic`, `no_dhcp`, `timeout`, `qemu_exited`.
+    /// `emergency_mode`, `kernel_panic`, `no_dhcp`, `timeout`, `powered_off`,
+    /// `qemu_exited`.
     pub failure: Option<String>,
     /// What happened, in words.
     pub reason: String,
@@ -345,12 +346,11 @@ fn watch(
             return Ok(finish(reading, None, stage_seconds, dhcp_seconds, None));
         }
         if let Some(status) = exited {
-            let failure = Some((
-                "qemu_exited".to_owned(),
-                format!(
-                    "the machine stopped by itself ({status}): {}",
-                    qemu.log_tail()
-                ),
+            let failure = Some(stopped_by_itself(
+                status.success(),
+                &status.to_string(),
+                reading.stage(),
+                &qemu.log_tail(),
             ));
             return Ok(finish(reading, failure, stage_seconds, dhcp_seconds, None));
         }
@@ -392,6 +392,26 @@ fn watch(
     }
 }
 
+/// The machine ended before the boot did. QEMU exits cleanly (with
+/// `-no-reboot`) when the guest powers off or reboots: that is the
+/// guest's own doing, said as such with the stage it had reached; any
+/// other exit is QEMU's failure.
+fn stopped_by_itself(clean: bool, status: &str, stage: Stage, log_tail: &str) -> (String, String) {
+    if clean {
+        (
+            "powered_off".to_owned(),
+            format!(
+                "the guest powered itself off (or rebooted) after reaching {stage}, before a login prompt"
+            ),
+        )
+    } else {
+        (
+            "qemu_exited".to_owned(),
+            format!("the machine stopped by itself ({status}): {log_tail}"),
+        )
+    }
+}
+
 fn stop_reason(stop: &Stop) -> String {
     let what = match stop {
         Stop::GrubPrompt(_) => "stopped at the GRUB prompt",
@@ -406,6 +426,30 @@ fn stop_reason(stop: &Stop) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guest_that_powers_itself_off_is_its_own_failure() {
+        assert_eq!(
+            stopped_by_itself(true, "exit status: 0", Stage::Kernel, "qemu: terminating"),
+            (
+                "powered_off".to_owned(),
+                "the guest powered itself off (or rebooted) after reaching kernel, before a login prompt".to_owned()
+            )
+        );
+        assert_eq!(
+            stopped_by_itself(
+                false,
+                "exit status: 1",
+                Stage::Bootloader,
+                "qemu: could not open disk"
+            ),
+            (
+                "qemu_exited".to_owned(),
+                "the machine stopped by itself (exit status: 1): qemu: could not open disk"
+                    .to_owned()
+            )
+        );
+    }
 
     #[test]
     fn a_kvm_boot_is_given_up_when_silent_or_stuck_before_the_kernel() {

@@ -146,16 +146,15 @@ fn open_embedded(
     // is created anew, so every chunk not yet written reads as zeros.
     // It must fit beside what the job's other images still need, or the
     // job would fail half-way: refused now, before the disk is recorded.
-    // The check and the creation are one step: two disks opened at once
-    // must not both count on the same free space.
-    let d = {
-        let _one_at_a_time = EMBEDDED_SPACE.lock().unwrap_or_else(|p| p.into_inner());
-        let others = still_needed_by_others(app, disk)?;
-        room_for_image(&path, disk, size, &others)?;
-        Disk::create_sparse(&path, size).inspect_err(|_| {
-            let _ = std::fs::remove_file(&path);
-        })?
-    };
+    // The check, the creation and the record are one step: two disks
+    // opened at once must not both count on the same free space, and the
+    // other disks are found by their records.
+    let _one_at_a_time = EMBEDDED_SPACE.lock().unwrap_or_else(|p| p.into_inner());
+    let others = still_needed_by_others(app, disk)?;
+    room_for_image(&path, disk, size, &others)?;
+    let d = Disk::create_sparse(&path, size).inspect_err(|_| {
+        let _ = std::fs::remove_file(&path);
+    })?;
     let rec = DiskRecord {
         size,
         chunk_size,
