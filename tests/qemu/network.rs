@@ -3,7 +3,8 @@
 //! a resolver), repaired with a network map that keeps both NICs onto two
 //! virtio NICs with new MACs, boots with each address on the NIC of its
 //! MAC under its old name, the route and the resolver; repaired without a
-//! map, it boots with DHCP on both NICs.
+//! map, it boots with DHCP on both NICs. The same for the server whose
+//! NetworkManager keyfiles configure its NICs (the dracut-nm stack).
 
 #![allow(clippy::unwrap_used)] // a test file: a panic is the failure report
 
@@ -81,17 +82,33 @@ ExecStart=/usr/local/sbin/ferry-net-marker
 WantedBy=multi-user.target
 ";
 
-/// The source with its second NIC, its resolver and the network marker
-/// written in, repaired with `map`; returns the repair's network notes.
-fn repaired(disks: &[std::path::PathBuf], dir: &Path, map: &str) -> Vec<String> {
-    let mut layout = ferry::layout::read_all(disks).unwrap();
-    layout.disks[0].partitions[0].fs.mount = Some("/".to_owned());
-    let tree = MountTree::mount(&layout, disks, &dir.join("mnt"), MountOptions::default()).unwrap();
-    let root = tree.root().to_owned();
+/// The ifupdown server's second NIC and its resolver.
+fn ifupdown_nics(root: &Path) {
     std::fs::write(root.join("etc/network/interfaces"), INTERFACES).unwrap();
     // A file, not the symlink a resolver daemon would keep.
     let _ = std::fs::remove_file(root.join("etc/resolv.conf"));
     std::fs::write(root.join("etc/resolv.conf"), "nameserver 10.0.3.3\n").unwrap();
+}
+
+/// The NetworkManager server's second NIC, as `nmcli con add` writes it:
+/// pinned to its name, a static address, a route, an MTU, a resolver.
+const NM_ENS9: &str = "[connection]\nid=data\nuuid=7c1e0a52-4a5b-4c57-9f0e-2b1d3c4e5f60\ntype=ethernet\ninterface-name=ens9\nautoconnect=true\n\n[ethernet]\nmtu=1400\n\n[ipv4]\nmethod=manual\naddress1=10.0.3.50/24\nroute1=10.9.0.0/16,10.0.3.2\ndns=10.0.3.3;\n\n[ipv6]\nmethod=ignore\n";
+
+fn networkmanager_nics(root: &Path) {
+    let p = root.join("etc/NetworkManager/system-connections/data.nmconnection");
+    std::fs::write(&p, NM_ENS9).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
+/// The source with its second NIC (written by `nics`) and the network
+/// marker written in, repaired with `map`; returns the repair's network
+/// notes.
+fn repaired(disks: &[std::path::PathBuf], dir: &Path, map: &str, nics: fn(&Path)) -> Vec<String> {
+    let mut layout = ferry::layout::read_all(disks).unwrap();
+    layout.disks[0].partitions[0].fs.mount = Some("/".to_owned());
+    let tree = MountTree::mount(&layout, disks, &dir.join("mnt"), MountOptions::default()).unwrap();
+    let root = tree.root().to_owned();
+    nics(&root);
     let marker = root.join("usr/local/sbin/ferry-net-marker");
     std::fs::write(&marker, NET_MARKER).unwrap();
     std::fs::set_permissions(&marker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -174,13 +191,31 @@ fn two_nic_boot(src: &SourceImage, disks: Vec<std::path::PathBuf>, name: &str) -
     net_facts(&report)
 }
 
-/// Repair a private copy of the source with `map` and boot it on two new
-/// NICs: the network step's notes and the `FERRY-NET` facts of the boot.
+/// Repair a private copy of the ifupdown source with `map` and boot it on
+/// two new NICs: the network step's notes and the `FERRY-NET` facts of
+/// the boot.
 fn migrated(map: &str, name: &str) -> (Vec<String>, Vec<String>) {
     let src = SourceImage::build("bios-mbr").unwrap();
     let work = tempfile::tempdir().unwrap();
     let disks = crate::common::repair::source_image("bios-mbr", work.path());
-    let notes = repaired(&disks, work.path(), map);
+    let notes = repaired(&disks, work.path(), map, ifupdown_nics);
+    (notes, two_nic_boot(&src, disks, name))
+}
+
+/// [`migrated`] for the NetworkManager server (dracut, keyfiles, no
+/// automatic connections).
+fn migrated_nm(map: &str, name: &str) -> (Vec<String>, Vec<String>) {
+    let src = SourceImage::build_stack("dracut-nm").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let disk = work.path().join("disk0.img");
+    std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(src.dir.join("disk0.img"))
+        .arg(&disk)
+        .status()
+        .unwrap();
+    let disks = vec![disk];
+    let notes = repaired(&disks, work.path(), map, networkmanager_nics);
     (notes, two_nic_boot(&src, disks, name))
 }
 
@@ -243,6 +278,45 @@ fn without_a_map_both_nics_get_dhcp() {
             // NIC DHCP answered first.
             "route=default via 10.0.2.2 dev eth0",
             "route=default via 10.0.3.2 dev eth1 metric 100",
+        ],
+    );
+}
+
+#[test]
+fn networkmanager_keeps_its_static_connections_on_the_mapped_nics() {
+    need_root!("loop devices, mounts and chroot build the source images");
+    let (notes, facts) = migrated_nm(MAP, "network-nm-keep");
+    assert_eq!(
+        notes,
+        [
+            "ens8: keeps 10.0.2.50/24 and its name on the new NIC #1 (52:54:00:aa:00:01)",
+            "ens9: keeps 10.0.3.50/24 and its name on the new NIC #2 (52:54:00:aa:00:02)",
+            "DHCP on every other Ethernet NIC (ferry's connection)",
+        ]
+    );
+    assert_facts(
+        &facts,
+        &[
+            "link=ens8 mac=52:54:00:aa:00:01 mtu=1500 addrs=10.0.2.50/24",
+            "link=ens9 mac=52:54:00:aa:00:02 mtu=1400 addrs=10.0.3.50/24",
+            "route=default via 10.0.2.2 dev ens8",
+            "route=10.9.0.0/16 via 10.0.3.2 dev ens9",
+            "dns=10.0.3.3",
+        ],
+    );
+}
+
+#[test]
+fn networkmanager_without_a_map_gives_both_nics_dhcp() {
+    need_root!("loop devices, mounts and chroot build the source images");
+    let (notes, facts) = migrated_nm("", "network-nm-dhcp");
+    assert!(notes.is_empty(), "{notes:?}");
+    // One connection of ferry's, active on both NICs at once.
+    assert_facts(
+        &facts,
+        &[
+            "link=eth0 mac=52:54:00:aa:00:01 mtu=1500 addrs=10.0.2.15/24",
+            "link=eth1 mac=52:54:00:aa:00:02 mtu=1500 addrs=10.0.3.15/24",
         ],
     );
 }

@@ -15,6 +15,7 @@
 //! instance's NIC N+1 (the kernel's name under `net.ifnames=0`).
 
 mod ifupdown;
+mod keyfile;
 pub mod map;
 
 use anyhow::Result;
@@ -40,8 +41,9 @@ pub(crate) fn netplan_config(renderer: Option<&str>) -> String {
 pub(crate) const NM_FILE: &str = "/etc/NetworkManager/system-connections/ferry-dhcp.nmconnection";
 
 /// A connection without `interface-name` or `mac-address` matches any
-/// Ethernet device.
-pub(crate) const NM_CONNECTION: &str = "# Written by ferry: DHCP on any Ethernet interface.\n[connection]\nid=ferry-dhcp\nuuid=5b0f6d1c-3d7e-4c2a-9a53-4f1e0c8b7a21\ntype=ethernet\nautoconnect=true\nautoconnect-priority=100\n\n[ethernet]\n\n[ipv4]\nmethod=auto\n\n[ipv6]\nmethod=auto\n";
+/// Ethernet device, and with `multi-connect=3` (multiple) it is active on
+/// every one of them at once: DHCP on every NIC.
+pub(crate) const NM_CONNECTION: &str = "# Written by ferry: DHCP on any Ethernet interface.\n[connection]\nid=ferry-dhcp\nuuid=5b0f6d1c-3d7e-4c2a-9a53-4f1e0c8b7a21\ntype=ethernet\nautoconnect=true\nautoconnect-priority=100\nmulti-connect=3\n\n[ethernet]\n\n[ipv4]\nmethod=auto\n\n[ipv6]\nmethod=auto\n";
 
 /// A NetworkManager keyfile of the old system: no autoconnect, pinned to no
 /// interface name or MAC.
@@ -174,17 +176,41 @@ pub(crate) fn disable_mac_rules(text: &str) -> String {
 /// Check the network map against the migrated system before any step
 /// changes it: a map that does not fit is refused with nothing written.
 pub fn check(tree: &super::tree::Tree, os: &OsInfo, map: &NetworkMap) -> Result<()> {
-    if os.network.contains(&NetStack::Ifupdown) {
-        let files = ifupdown_files(tree)?;
-        let plan = ifupdown_plan(&files, map)?;
-        kept_names(&plan.1)?;
-        Ok(())
-    } else {
-        keep_elsewhere(os, map)
+    match mapped_stack(os) {
+        Some(NetStack::Ifupdown) => {
+            let files = ifupdown_files(tree)?;
+            let plan = ifupdown_plan(&files, map)?;
+            kept_names(&plan.1)?;
+            Ok(())
+        }
+        Some(_) => {
+            let source: Vec<_> = keyfiles(tree)?
+                .into_iter()
+                .filter_map(|(_, _, n)| n)
+                .collect();
+            kept_names(&map.plan(&source)?)?;
+            Ok(())
+        }
+        None => keep_elsewhere(os, map),
     }
 }
 
-/// `keep` is written for ifupdown only: refused on a system without it.
+/// The stack whose files the network map is applied to: ifupdown's, or
+/// NetworkManager's keyfiles where NetworkManager alone configures the
+/// network (with ifcfg-rh or netplan, those files are its configuration).
+fn mapped_stack(os: &OsInfo) -> Option<NetStack> {
+    let has = |s| os.network.contains(&s);
+    if has(NetStack::Ifupdown) {
+        Some(NetStack::Ifupdown)
+    } else if has(NetStack::NetworkManager) && !has(NetStack::Ifcfg) && !has(NetStack::Netplan) {
+        Some(NetStack::NetworkManager)
+    } else {
+        None
+    }
+}
+
+/// `keep` is written for ifupdown and NetworkManager's keyfiles only:
+/// refused on a system configured otherwise.
 fn keep_elsewhere(os: &OsInfo, map: &NetworkMap) -> Result<()> {
     if !map.nics.iter().any(|n| n.mode == NicMode::Keep) {
         return Ok(());
@@ -193,7 +219,7 @@ fn keep_elsewhere(os: &OsInfo, map: &NetworkMap) -> Result<()> {
     Err(coded(
         ErrorCode::NetworkMapInvalid,
         format!(
-            "the network map keeps static addresses, which ferry writes for ifupdown only so far; this server's network is configured by {}. Map its NICs with mode = \"dhcp\" (or give no map): every NIC then gets DHCP",
+            "the network map keeps static addresses, which ferry writes for ifupdown and NetworkManager's keyfiles only so far; this server's network is configured by {}. Map its NICs with mode = \"dhcp\" (or give no map): every NIC then gets DHCP",
             if stacks.is_empty() { "no stack ferry knows".to_owned() } else { stacks.join(", ") }
         ),
     ))
@@ -202,10 +228,11 @@ fn keep_elsewhere(os: &OsInfo, map: &NetworkMap) -> Result<()> {
 /// The network step. The map was checked before the repair began
 /// ([`check`]); ifupdown's part plans again from the files it rewrites.
 pub fn step(ctx: &mut StepCtx, os: &OsInfo, map: &NetworkMap) -> Result<()> {
-    if !os.network.contains(&NetStack::Ifupdown) {
+    let mapped = mapped_stack(os);
+    if mapped.is_none() {
         keep_elsewhere(os, map)?;
         if !map.nics.is_empty() {
-            ctx.note("the network map is applied to ifupdown only; this server's stack configures DHCP on every Ethernet NIC");
+            ctx.note("the network map is applied to ifupdown and NetworkManager's keyfiles only; this server's stack configures DHCP on every Ethernet NIC");
         }
     }
     if os.network.is_empty() {
@@ -220,7 +247,8 @@ pub fn step(ctx: &mut StepCtx, os: &OsInfo, map: &NetworkMap) -> Result<()> {
                 // NetworkManager with ifcfg-rh reads the ifcfg file instead.
                 let own_file = !os.network.contains(&NetStack::Ifcfg)
                     && !os.network.contains(&NetStack::Netplan);
-                network_manager_step(ctx, own_file)?
+                let map = (mapped == Some(NetStack::NetworkManager)).then_some(map);
+                network_manager_step(ctx, own_file, map)?
             }
             NetStack::Ifcfg => ifcfg_step(ctx, false)?,
             NetStack::Wicked => ifcfg_step(ctx, true)?,
@@ -258,25 +286,70 @@ fn netplan_step(ctx: &mut StepCtx) -> Result<()> {
     Ok(())
 }
 
-/// NetworkManager: the source's keyfiles no longer start on their own;
-/// ferry's DHCP keyfile when `own_file` (no ifcfg or netplan beside it).
-fn network_manager_step(ctx: &mut StepCtx, own_file: bool) -> Result<()> {
-    let dir = "/etc/NetworkManager/system-connections";
-    for n in ctx.tree.list(dir)? {
-        let p = format!("{dir}/{n}");
-        if p == NM_FILE {
-            continue;
-        }
-        if let Some(t) = ctx.tree.read(&p)? {
-            if let Some(new) = disable_nm_keyfile(&t) {
-                ctx.write(&p, &new, 0o600)?;
+/// NetworkManager: the source's keyfiles no longer start on their own,
+/// but those of the NICs the `map` keeps (where NetworkManager alone
+/// configures the network), which start first on their new NICs under
+/// their old names; ferry's DHCP keyfile for every other NIC when
+/// `own_file` (no ifcfg or netplan beside it).
+fn network_manager_step(ctx: &mut StepCtx, own_file: bool, map: Option<&NetworkMap>) -> Result<()> {
+    let files = keyfiles(ctx.tree)?;
+    let source: Vec<map::SourceNic> = files.iter().filter_map(|(_, _, n)| n.clone()).collect();
+    let plan = match map {
+        Some(m) => Some(m.plan(&source)?),
+        None => None,
+    };
+    let links = match &plan {
+        Some(p) => kept_names(p)?,
+        None => Vec::new(),
+    };
+    for (p, text, nic) in &files {
+        let kept = plan.as_ref().and_then(|plan| {
+            let nic = nic.as_ref()?;
+            plan.nics
+                .iter()
+                .find(|n| n.source == nic.name && n.mode == NicMode::Keep)
+        });
+        let new = match kept {
+            // Pinned to the old NIC's MAC, it is pinned to the new one's.
+            Some(k) => {
+                let pinned = nic.as_ref().is_some_and(|n| n.mac.is_some());
+                Some(keyfile::keep(text, k.mac.as_deref().filter(|_| pinned)))
             }
+            None => disable_nm_keyfile(text),
+        };
+        if let Some(new) = new {
+            ctx.write(p, &new, 0o600)?;
         }
     }
     if own_file {
         ctx.write(NM_FILE, NM_CONNECTION, 0o600)?;
     }
+    if let Some(plan) = &plan {
+        write_links(ctx, &links)?;
+        report(ctx, plan, &source, false);
+    }
     Ok(())
+}
+
+const NM_DIR: &str = "/etc/NetworkManager/system-connections";
+
+/// NetworkManager's keyfiles (ferry's own aside): (path, text, the NIC an
+/// Ethernet connection configures by name).
+pub(crate) fn keyfiles(
+    tree: &super::tree::Tree,
+) -> Result<Vec<(String, String, Option<map::SourceNic>)>> {
+    let mut out = Vec::new();
+    for n in tree.list(NM_DIR)? {
+        let p = format!("{NM_DIR}/{n}");
+        if p == NM_FILE {
+            continue;
+        }
+        if let Some(t) = tree.read(&p)? {
+            let nic = keyfile::source_nic(&t);
+            out.push((p, t, nic));
+        }
+    }
+    Ok(out)
 }
 
 /// ifcfg (Red Hat) or wicked (SUSE): each of the source's ifcfg files
@@ -408,7 +481,15 @@ fn ifupdown_step(ctx: &mut StepCtx, map: &NetworkMap) -> Result<()> {
             0o644,
         )?;
     }
-    for (name, mac) in &links {
+    write_links(ctx, &links)?;
+    report(ctx, &plan, &source, true);
+    Ok(())
+}
+
+/// The `.link` files that keep the kept NICs' names; those of an earlier
+/// map that keeps them no longer are removed.
+fn write_links(ctx: &mut StepCtx, links: &[(String, String)]) -> Result<()> {
+    for (name, mac) in links {
         ctx.write(&link_path(name), &link_file(name, mac), 0o644)?;
     }
     for n in ctx.tree.list(LINK_DIR)? {
@@ -417,7 +498,6 @@ fn ifupdown_step(ctx: &mut StepCtx, map: &NetworkMap) -> Result<()> {
             ctx.remove_state(&p)?;
         }
     }
-    report(ctx, &plan, &source);
     Ok(())
 }
 
@@ -494,8 +574,9 @@ fn link_file(name: &str, mac: &str) -> String {
     )
 }
 
-/// Each NIC's outcome in the step's report.
-fn report(ctx: &mut StepCtx, plan: &NetworkPlan, source: &[map::SourceNic]) {
+/// Each NIC's outcome in the step's report; `ethn`: DHCP NICs are named
+/// ethN (ifupdown), not by whatever the cloud's NIC is called.
+fn report(ctx: &mut StepCtx, plan: &NetworkPlan, source: &[map::SourceNic], ethn: bool) {
     for n in &plan.nics {
         let on = match &n.mac {
             Some(m) => format!("the new NIC #{} ({m})", n.index + 1),
@@ -510,9 +591,14 @@ fn report(ctx: &mut StepCtx, plan: &NetworkPlan, source: &[map::SourceNic]) {
                     .unwrap_or_default();
                 format!("{}: keeps {addrs} and its name on {on}", n.source)
             }
-            NicMode::Dhcp => format!("{}: DHCP on {on} as eth{}", n.source, n.index),
+            NicMode::Dhcp if ethn => format!("{}: DHCP on {on} as eth{}", n.source, n.index),
+            NicMode::Dhcp => format!("{}: DHCP on {on}", n.source),
         };
         ctx.note(line);
+    }
+    if !ethn {
+        ctx.note("DHCP on every other Ethernet NIC (ferry's connection)");
+        return;
     }
     let extra: Vec<String> = ifupdown::dhcp_indices(plan)
         .into_iter()
