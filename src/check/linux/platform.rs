@@ -15,8 +15,8 @@ pub struct NetworkReport {
     pub stacks: Vec<detect::NetStack>,
     /// Static configuration found: `file: interface address`.
     pub static_config: Vec<String>,
-    /// The NICs ifupdown configures: name, pinned MAC, static addresses
-    /// (what a network map names).
+    /// The NICs ifupdown or NetworkManager configures: name, pinned MAC,
+    /// static addresses (what a network map names).
     pub nics: Vec<crate::repair::network::map::SourceNic>,
 }
 
@@ -28,7 +28,7 @@ pub(super) fn network(tree: &Tree, os: &OsInfo, f: &mut Vec<Finding>) -> Result<
     ifupdown_static(tree, &mut found, &mut nics)?;
     ifcfg_static(tree, &mut found)?;
     netplan_static(tree, &mut found)?;
-    networkmanager_static(tree, &mut found)?;
+    networkmanager_static(tree, &mut found, &mut nics)?;
     if !found.is_empty() {
         f.push(Finding::new(
             Severity::Info,
@@ -112,14 +112,28 @@ fn netplan_static(tree: &Tree, found: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-/// NetworkManager connections with `method=manual`.
-fn networkmanager_static(tree: &Tree, found: &mut Vec<String>) -> Result<()> {
-    for n in tree.list("/etc/NetworkManager/system-connections")? {
-        let file = format!("/etc/NetworkManager/system-connections/{n}");
-        if let Some(text) = tree.read(&file).ok().flatten() {
-            if text.lines().any(|l| l.trim() == "method=manual") {
+/// NetworkManager's static connections (its keyfiles' one reader, the
+/// repair's), and the NICs the keyfiles name.
+fn networkmanager_static(
+    tree: &Tree,
+    found: &mut Vec<String>,
+    nics: &mut Vec<crate::repair::network::map::SourceNic>,
+) -> Result<()> {
+    for (file, text, nic) in crate::repair::network::keyfiles(tree)? {
+        match nic {
+            Some(nic) => {
+                for addr in &nic.addresses {
+                    found.push(format!("{file}: {} {addr}", nic.name));
+                }
+                if !nics.iter().any(|n| n.name == nic.name) {
+                    nics.push(nic);
+                }
+            }
+            // Pinned to a MAC only: no NIC name to show.
+            None if text.lines().any(|l| l.trim() == "method=manual") => {
                 found.push(format!("{file}: method=manual"));
             }
+            None => {}
         }
     }
     Ok(())

@@ -148,3 +148,35 @@ fn a_tree_without_an_os_is_a_blocker_with_the_detection_code() {
     assert_eq!(codes(&r), [(Severity::Blocker, "UNSUPPORTED_OS")]);
     assert!(r.systems.is_empty());
 }
+
+#[test]
+fn networkmanager_keyfiles_name_their_nics_and_static_addresses() {
+    let r = inspect_files(&[
+        ("/etc/os-release", "ID=debian\nVERSION_ID=\"12\"\n"),
+        ("/bin/sh", "#!/bin/sh\n"),
+        ("/usr/sbin/NetworkManager", "#!/bin/sh\n"),
+        (
+            "/etc/NetworkManager/system-connections/ens8.nmconnection",
+            "[connection]\nid=ens8\ntype=ethernet\ninterface-name=ens8\n[ethernet]\nmac-address=52:54:00:12:34:08\n[ipv4]\nmethod=manual\naddress1=10.0.2.50/24,10.0.2.2\n",
+        ),
+        (
+            "/etc/NetworkManager/system-connections/Wired.nmconnection",
+            "[connection]\nid=Wired\ntype=ethernet\n[ethernet]\nmac-address=52:54:00:12:34:09\n[ipv4]\nmethod=manual\naddress1=10.0.3.50/24\n",
+        ),
+    ]);
+    assert_eq!(
+        detail(&r, ErrorCode::NetworkStatic),
+        "/etc/NetworkManager/system-connections/Wired.nmconnection: method=manual; /etc/NetworkManager/system-connections/ens8.nmconnection: ens8 10.0.2.50/24"
+    );
+    let System::Linux(linux) = &r.systems[0] else {
+        panic!("not a Linux system: {:?}", r.systems[0]);
+    };
+    assert_eq!(
+        &linux.network.nics,
+        &[crate::repair::network::map::SourceNic {
+            name: "ens8".into(),
+            mac: Some("52:54:00:12:34:08".into()),
+            addresses: vec!["10.0.2.50/24".into()],
+        }]
+    );
+}
