@@ -57,34 +57,14 @@ pub fn grow(target: &Path, safety: Safety) -> Result<GrowReport> {
         skipped: None,
         lvm: None,
     };
-    let last = t.entries.iter().max_by_key(|e| e.extent.end()).cloned();
     let new_end = rest_end(t.kind, size);
-    let mut grow_part = None;
-    match &last {
-        None => report.skipped = Some("the disk has no partitions".into()),
-        Some(e) => {
-            let probe = mkfs::probe(target, e.extent)?;
-            if t.kind == TableType::Mbr && e.number > 4 {
-                report.skipped = Some(format!(
-                    "partition {} is a logical MBR partition, which ferry does not grow",
-                    e.number
-                ));
-            } else if !probe.kind.growable() && !probe.kind.is_lvm_pv() {
-                report.skipped = Some(format!(
-                    "partition {} holds {}, which ferry does not grow",
-                    e.number, probe.kind
-                ));
-            } else if new_end <= e.extent.end() && !probe.kind.is_lvm_pv() {
-                report.skipped = Some(format!("partition {} already reaches the end", e.number));
-            } else if new_end < e.extent.end() {
-                report.skipped = Some(format!("partition {} reaches beyond the end", e.number));
-            } else {
-                // A PV whose partition already reaches the end may still
-                // wait for its volume to grow (a run stopped midway).
-                grow_part = Some((e.clone(), probe.kind));
-            }
+    let grow_part = match growable_last(target, &t, new_end)? {
+        Ok(g) => Some(g),
+        Err(why) => {
+            report.skipped = Some(why);
+            None
         }
-    }
+    };
     let new_extents: Vec<Extent> = t
         .entries
         .iter()
@@ -111,36 +91,7 @@ pub fn grow(target: &Path, safety: Safety) -> Result<GrowReport> {
         }
     }
     if let Some((e, fs)) = grow_part {
-        let numbers: Vec<usize> = t.entries.iter().map(|x| x.number).collect();
-        let index = numbers
-            .iter()
-            .position(|n| *n == e.number)
-            .ok_or_else(|| anyhow!("partition {} vanished", e.number))?;
-        let is_block = std::fs::metadata(target)
-            .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
-            .unwrap_or(false);
-        let numbered: Vec<(usize, Extent)> = numbers
-            .iter()
-            .copied()
-            .zip(new_extents.iter().copied())
-            .collect();
-        let attached = AttachedDisk::attach(target, &numbered, is_block)?;
-        let node = attached.partitions()[index].clone();
-        let res = if fs.is_lvm_pv() {
-            let extent = new_extents[index];
-            grow_lvm(target, &node, extent).map(|r| report.lvm = Some(r))
-        } else {
-            grow_fs(&node, &fs)
-        };
-        let closed = attached.close();
-        res.with_context(|| {
-            format!(
-                "growing {fs} on partition {} of {}",
-                e.number,
-                target.display()
-            )
-        })?;
-        closed?;
+        report.lvm = grow_contents(target, &t, &new_extents, &e, &fs)?;
         report.partition = Some(GrownPartition {
             number: e.number,
             fs: fs.to_string(),
@@ -150,6 +101,80 @@ pub fn grow(target: &Path, safety: Safety) -> Result<GrowReport> {
     }
     tracing::info!(?report, "grow done");
     Ok(report)
+}
+
+/// The last partition when it can grow to `new_end`, with what it holds;
+/// Ok(Err(why)) when it cannot (nothing is changed then). A PV whose
+/// partition already reaches the end may still wait for its volume to
+/// grow (a run stopped midway).
+fn growable_last(
+    target: &Path,
+    t: &table::Table,
+    new_end: u64,
+) -> Result<std::result::Result<(table::TableEntry, FsType), String>> {
+    let Some(e) = t.entries.iter().max_by_key(|e| e.extent.end()).cloned() else {
+        return Ok(Err("the disk has no partitions".into()));
+    };
+    let probe = mkfs::probe(target, e.extent)?;
+    let n = e.number;
+    Ok(if t.kind == TableType::Mbr && n > 4 {
+        Err(format!(
+            "partition {n} is a logical MBR partition, which ferry does not grow"
+        ))
+    } else if !probe.kind.growable() && !probe.kind.is_lvm_pv() {
+        Err(format!(
+            "partition {n} holds {}, which ferry does not grow",
+            probe.kind
+        ))
+    } else if new_end <= e.extent.end() && !probe.kind.is_lvm_pv() {
+        Err(format!("partition {n} already reaches the end"))
+    } else if new_end < e.extent.end() {
+        Err(format!("partition {n} reaches beyond the end"))
+    } else {
+        Ok((e, probe.kind))
+    })
+}
+
+/// Grow what the grown partition `e` holds into it: its file system
+/// `fs`, or the LVM physical volume and a volume on it (its report).
+fn grow_contents(
+    target: &Path,
+    t: &table::Table,
+    new_extents: &[Extent],
+    e: &table::TableEntry,
+    fs: &FsType,
+) -> Result<Option<super::lvm::grow::LvmGrowReport>> {
+    let numbers: Vec<usize> = t.entries.iter().map(|x| x.number).collect();
+    let index = numbers
+        .iter()
+        .position(|n| *n == e.number)
+        .ok_or_else(|| anyhow!("partition {} vanished", e.number))?;
+    let is_block = std::fs::metadata(target)
+        .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+        .unwrap_or(false);
+    let numbered: Vec<(usize, Extent)> = numbers
+        .iter()
+        .copied()
+        .zip(new_extents.iter().copied())
+        .collect();
+    let attached = AttachedDisk::attach(target, &numbered, is_block)?;
+    let node = attached.partitions()[index].clone();
+    let res = if fs.is_lvm_pv() {
+        let extent = new_extents[index];
+        grow_lvm(target, &node, extent).map(Some)
+    } else {
+        grow_fs(&node, fs).map(|()| None)
+    };
+    let closed = attached.close();
+    let lvm = res.with_context(|| {
+        format!(
+            "growing {fs} on partition {} of {}",
+            e.number,
+            target.display()
+        )
+    })?;
+    closed?;
+    Ok(lvm)
 }
 
 fn open_rw(target: &Path) -> Result<File> {

@@ -294,7 +294,9 @@ fn netplan_step(ctx: &mut StepCtx) -> Result<()> {
 fn network_manager_step(ctx: &mut StepCtx, own_file: bool, map: Option<&NetworkMap>) -> Result<()> {
     let files = keyfiles(ctx.tree)?;
     let source: Vec<map::SourceNic> = files.iter().filter_map(|(_, _, n)| n.clone()).collect();
-    let plan = match map {
+    // Without NICs in the map every NIC gets DHCP: nothing to plan (the
+    // NICs' order is the keyfiles', which says nothing of the new ones).
+    let plan = match map.filter(|m| !m.nics.is_empty()) {
         Some(m) => Some(m.plan(&source)?),
         None => None,
     };
@@ -324,8 +326,11 @@ fn network_manager_step(ctx: &mut StepCtx, own_file: bool, map: Option<&NetworkM
     if own_file {
         ctx.write(NM_FILE, NM_CONNECTION, 0o600)?;
     }
-    if let Some(plan) = &plan {
+    if map.is_some() {
+        // Also without a plan: an earlier map's `.link` files go.
         write_links(ctx, &links)?;
+    }
+    if let Some(plan) = &plan {
         report(ctx, plan, &source, false);
     }
     Ok(())
