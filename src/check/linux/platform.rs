@@ -119,7 +119,14 @@ fn networkmanager_static(
     found: &mut Vec<String>,
     nics: &mut Vec<crate::repair::network::map::SourceNic>,
 ) -> Result<()> {
-    for (file, text, nic) in crate::repair::network::keyfiles(tree)? {
+    // A file that is not text is no connection NetworkManager reads either.
+    let (files, _unreadable) = crate::repair::network::keyfiles(tree)?;
+    for crate::repair::network::Keyfile {
+        path: file,
+        text,
+        nic,
+    } in files
+    {
         match nic {
             Some(nic) => {
                 for addr in &nic.addresses {

@@ -180,3 +180,29 @@ fn networkmanager_keyfiles_name_their_nics_and_static_addresses() {
         }]
     );
 }
+
+#[test]
+fn a_keyfile_that_is_not_text_does_not_stop_the_check() {
+    let d = tempfile::tempdir().unwrap();
+    for (p, c) in [
+        ("etc/os-release", &b"ID=debian\nVERSION_ID=\"12\"\n"[..]),
+        ("bin/sh", b"#!/bin/sh\n"),
+        ("usr/sbin/NetworkManager", b"#!/bin/sh\n"),
+        ("etc/NetworkManager/system-connections/old.nmconnection~", b"\xff\xfe\x00junk"),
+        (
+            "etc/NetworkManager/system-connections/ens8.nmconnection",
+            b"[connection]\nid=ens8\ntype=ethernet\ninterface-name=ens8\n[ipv4]\nmethod=manual\naddress1=10.0.2.50/24\n",
+        ),
+    ] {
+        let host = d.path().join(p);
+        fs::create_dir_all(host.parent().unwrap()).unwrap();
+        fs::write(&host, c).unwrap();
+    }
+    let mut r = CheckReport::new(Source::Root, Vec::new());
+    inspect(d.path(), None, &mut r).unwrap();
+    let r = r.finish();
+    assert_eq!(
+        detail(&r, ErrorCode::NetworkStatic),
+        "/etc/NetworkManager/system-connections/ens8.nmconnection: ens8 10.0.2.50/24"
+    );
+}

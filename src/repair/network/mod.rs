@@ -185,8 +185,9 @@ pub fn check(tree: &super::tree::Tree, os: &OsInfo, map: &NetworkMap) -> Result<
         }
         Some(_) => {
             let source: Vec<_> = keyfiles(tree)?
+                .0
                 .into_iter()
-                .filter_map(|(_, _, n)| n)
+                .filter_map(|k| k.nic)
                 .collect();
             kept_names(&map.plan(&source)?)?;
             Ok(())
@@ -292,8 +293,11 @@ fn netplan_step(ctx: &mut StepCtx) -> Result<()> {
 /// their old names; ferry's DHCP keyfile for every other NIC when
 /// `own_file` (no ifcfg or netplan beside it).
 fn network_manager_step(ctx: &mut StepCtx, own_file: bool, map: Option<&NetworkMap>) -> Result<()> {
-    let files = keyfiles(ctx.tree)?;
-    let source: Vec<map::SourceNic> = files.iter().filter_map(|(_, _, n)| n.clone()).collect();
+    let (files, unreadable) = keyfiles(ctx.tree)?;
+    for why in unreadable {
+        ctx.note(format!("left as it is: {why}"));
+    }
+    let source: Vec<map::SourceNic> = files.iter().filter_map(|k| k.nic.clone()).collect();
     // Without NICs in the map every NIC gets DHCP: nothing to plan (the
     // NICs' order is the keyfiles', which says nothing of the new ones).
     let plan = match map.filter(|m| !m.nics.is_empty()) {
@@ -304,7 +308,7 @@ fn network_manager_step(ctx: &mut StepCtx, own_file: bool, map: Option<&NetworkM
         Some(p) => kept_names(p)?,
         None => Vec::new(),
     };
-    for (p, text, nic) in &files {
+    for Keyfile { path, text, nic } in &files {
         let kept = plan.as_ref().and_then(|plan| {
             let nic = nic.as_ref()?;
             plan.nics
@@ -320,7 +324,7 @@ fn network_manager_step(ctx: &mut StepCtx, own_file: bool, map: Option<&NetworkM
             None => disable_nm_keyfile(text),
         };
         if let Some(new) = new {
-            ctx.write(p, &new, 0o600)?;
+            ctx.write(path, &new, 0o600)?;
         }
     }
     if own_file {
@@ -339,22 +343,35 @@ fn network_manager_step(ctx: &mut StepCtx, own_file: bool, map: Option<&NetworkM
 const NM_DIR: &str = "/etc/NetworkManager/system-connections";
 
 /// NetworkManager's keyfiles (ferry's own aside): (path, text, the NIC an
-/// Ethernet connection configures by name).
-pub(crate) fn keyfiles(
-    tree: &super::tree::Tree,
-) -> Result<Vec<(String, String, Option<map::SourceNic>)>> {
+/// Ethernet connection configures by name), and the files that could not
+/// be read as text, with why (NetworkManager reads none of them either:
+/// they are left as they are, and said).
+pub(crate) fn keyfiles(tree: &super::tree::Tree) -> Result<(Vec<Keyfile>, Vec<String>)> {
     let mut out = Vec::new();
+    let mut unreadable = Vec::new();
     for n in tree.list(NM_DIR)? {
-        let p = format!("{NM_DIR}/{n}");
-        if p == NM_FILE {
+        let path = format!("{NM_DIR}/{n}");
+        if path == NM_FILE {
             continue;
         }
-        if let Some(t) = tree.read(&p)? {
-            let nic = keyfile::source_nic(&t);
-            out.push((p, t, nic));
+        match tree.read(&path) {
+            Ok(Some(text)) => {
+                let nic = keyfile::source_nic(&text);
+                out.push(Keyfile { path, text, nic });
+            }
+            Ok(None) => {}
+            Err(e) => unreadable.push(format!("{path}: {e:#}")),
         }
     }
-    Ok(out)
+    Ok((out, unreadable))
+}
+
+/// One keyfile of the migrated system.
+pub(crate) struct Keyfile {
+    pub path: String,
+    pub text: String,
+    /// The NIC an Ethernet connection configures by name.
+    pub nic: Option<map::SourceNic>,
 }
 
 /// ifcfg (Red Hat) or wicked (SUSE): each of the source's ifcfg files
