@@ -219,6 +219,17 @@ fn migrated_nm(map: &str, name: &str) -> (Vec<String>, Vec<String>) {
     (notes, two_nic_boot(&src, disks, name))
 }
 
+/// What the boot of a server whose two NICs were kept shows: each address
+/// on the NIC of its new MAC under its old name, the MTU, the route, the
+/// resolver.
+const KEPT_FACTS: &[&str] = &[
+    "link=ens8 mac=52:54:00:aa:00:01 mtu=1500 addrs=10.0.2.50/24",
+    "link=ens9 mac=52:54:00:aa:00:02 mtu=1400 addrs=10.0.3.50/24",
+    "route=default via 10.0.2.2 dev ens8",
+    "route=10.9.0.0/16 via 10.0.3.2 dev ens9",
+    "dns=10.0.3.3",
+];
+
 /// Each wanted fact is a line of the boot's, or the start of one.
 fn assert_facts(facts: &[String], wanted: &[&str]) {
     for want in wanted {
@@ -242,16 +253,7 @@ fn kept_static_addresses_come_up_on_the_mapped_nics_under_their_old_names() {
             "ens9: keeps 10.0.3.50/24 and its name on the new NIC #2 (52:54:00:aa:00:02)",
         ]
     );
-    assert_facts(
-        &facts,
-        &[
-            "link=ens8 mac=52:54:00:aa:00:01 mtu=1500 addrs=10.0.2.50/24",
-            "link=ens9 mac=52:54:00:aa:00:02 mtu=1400 addrs=10.0.3.50/24",
-            "route=default via 10.0.2.2 dev ens8",
-            "route=10.9.0.0/16 via 10.0.3.2 dev ens9",
-            "dns=10.0.3.3",
-        ],
-    );
+    assert_facts(&facts, KEPT_FACTS);
     assert!(
         !facts.iter().any(|f| f.starts_with("link=eth")),
         "{facts:#?}"
@@ -294,16 +296,7 @@ fn networkmanager_keeps_its_static_connections_on_the_mapped_nics() {
             "DHCP on every other Ethernet NIC (ferry's connection)",
         ]
     );
-    assert_facts(
-        &facts,
-        &[
-            "link=ens8 mac=52:54:00:aa:00:01 mtu=1500 addrs=10.0.2.50/24",
-            "link=ens9 mac=52:54:00:aa:00:02 mtu=1400 addrs=10.0.3.50/24",
-            "route=default via 10.0.2.2 dev ens8",
-            "route=10.9.0.0/16 via 10.0.3.2 dev ens9",
-            "dns=10.0.3.3",
-        ],
-    );
+    assert_facts(&facts, KEPT_FACTS);
 }
 
 #[test]
