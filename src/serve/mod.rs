@@ -460,6 +460,14 @@ async fn announce(
     println!("fingerprint: {}", app.fingerprint);
     println!("data-listen: {data_addr}");
     println!("control-listen: {control_addr}");
+    // For whoever started it on a terminal, never into a log: the command
+    // that sends to it, token included, ready to paste on the source.
+    if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
+        println!(
+            "send from the source server (as root; --disk once per disk, the system disk first):\n  {}",
+            sender_command(data_addr, &app.fingerprint, &app.token)
+        );
+    }
     println!(
         "mode: {}",
         if app.config.embedded() {
@@ -487,6 +495,19 @@ async fn announce(
         tracing::warn!("{err:#}");
     }
     (serving, problems)
+}
+
+/// The sender's command line for this appliance: its data port (a port
+/// bound on every address is named by a placeholder for the address the
+/// source reaches it at), its fingerprint, the token in the environment
+/// (not in the source's process list).
+fn sender_command(data: std::net::SocketAddr, fingerprint: &str, token: &str) -> String {
+    let to = if data.ip().is_unspecified() {
+        format!("APPLIANCE-ADDRESS:{}", data.port())
+    } else {
+        data.to_string()
+    };
+    format!("FERRY_TOKEN={token} ferry send --to {to} --fingerprint {fingerprint} --disk /dev/sda")
 }
 
 /// Expiry is checked on every read of the job too; this makes it happen
@@ -584,5 +605,27 @@ async fn wait_for_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sender_command_names_the_port_the_source_reaches() {
+        let fp = "ab12";
+        assert_eq!(
+            sender_command("0.0.0.0:8703".parse().unwrap(), fp, "t0k"),
+            "FERRY_TOKEN=t0k ferry send --to APPLIANCE-ADDRESS:8703 --fingerprint ab12 --disk /dev/sda"
+        );
+        assert_eq!(
+            sender_command("[::]:9000".parse().unwrap(), fp, "t0k"),
+            "FERRY_TOKEN=t0k ferry send --to APPLIANCE-ADDRESS:9000 --fingerprint ab12 --disk /dev/sda"
+        );
+        assert_eq!(
+            sender_command("10.0.0.5:8703".parse().unwrap(), fp, "t0k"),
+            "FERRY_TOKEN=t0k ferry send --to 10.0.0.5:8703 --fingerprint ab12 --disk /dev/sda"
+        );
     }
 }

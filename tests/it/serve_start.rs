@@ -436,6 +436,51 @@ fn piped_output_has_no_colour_codes_and_no_token() {
     );
 }
 
+/// On a terminal, `ferry serve` prints the sender's command line ready to
+/// paste: its data port, its fingerprint, the token (in the environment).
+/// Run under `script`, which gives it a terminal.
+#[test]
+fn on_a_terminal_serve_prints_the_senders_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let command = format!(
+        "{FERRY} serve --no-build --data-listen 127.0.0.1:0 --control-listen 127.0.0.1:0 --state-dir {}",
+        state.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    // The command comes before the mode line, which every start prints.
+    while !text.contains("mode: ") {
+        assert!(out.read_line(&mut text).unwrap() > 0, "{text}");
+    }
+    let _ = child.kill();
+    // The appliance under the terminal `script` made.
+    let _ = Command::new("pkill")
+        .args(["-f", "--", &format!("--state-dir {}", state.display())])
+        .status();
+    let _ = child.wait();
+    let token = std::fs::read_to_string(state.join("token")).unwrap();
+    let fingerprint = std::fs::read_to_string(state.join("tls/fingerprint")).unwrap();
+    let data = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("data-listen: "))
+        .unwrap_or_else(|| panic!("no data-listen line: {text}"))
+        .to_owned();
+    let want = format!(
+        "FERRY_TOKEN={} ferry send --to {data} --fingerprint {} --disk /dev/sda",
+        token.trim(),
+        fingerprint.trim()
+    );
+    assert!(text.contains(&want), "{want:?} not in {text}");
+}
+
 /// Every file and directory under `dir`, with its mode.
 fn modes(dir: &Path) -> Vec<(PathBuf, u32)> {
     let mut out = vec![(dir.to_owned(), mode(dir))];
