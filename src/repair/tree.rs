@@ -5,12 +5,9 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-
-/// Symlinks followed while resolving one path, as the kernel's own limit.
-const MAX_LINKS: usize = 40;
+use anyhow::{Context, Result};
 
 /// The root directory of a migrated system.
 #[derive(Debug, Clone)]
@@ -30,49 +27,7 @@ impl Tree {
     /// The host path of `rel` (an absolute path inside the tree), with every
     /// symlink on the way resolved inside the tree.
     pub fn path(&self, rel: &str) -> Result<PathBuf> {
-        let mut done = PathBuf::from("/");
-        let mut todo: Vec<String> = components(rel);
-        todo.reverse();
-        let mut links = 0;
-        while let Some(c) = todo.pop() {
-            if c == ".." {
-                done.pop();
-                continue;
-            }
-            let candidate = done.join(&c);
-            let host = self.host(&candidate);
-            match fs::symlink_metadata(&host) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    links += 1;
-                    if links > MAX_LINKS {
-                        bail!(
-                            "too many levels of symbolic links resolving {rel} in {}",
-                            self.root.display()
-                        );
-                    }
-                    let target = fs::read_link(&host)
-                        .with_context(|| format!("reading the link {}", host.display()))?;
-                    let target = target.to_string_lossy().into_owned();
-                    if target.starts_with('/') {
-                        done = PathBuf::from("/");
-                    }
-                    let mut more = components(&target);
-                    more.reverse();
-                    todo.extend(more);
-                }
-                _ => done = candidate,
-            }
-        }
-        Ok(self.host(&done))
-    }
-
-    fn host(&self, inside: &Path) -> PathBuf {
-        let rel = inside.strip_prefix("/").unwrap_or(inside);
-        if rel.as_os_str().is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(rel)
-        }
+        crate::layout::tree::resolve_inside(&self.root, rel)
     }
 
     /// The file's text, or None when it does not exist. A file that is not
@@ -197,17 +152,6 @@ impl Tree {
         std::os::unix::fs::symlink(target, &p)
             .with_context(|| format!("linking {} to {target}", p.display()))
     }
-}
-
-fn components(p: &str) -> Vec<String> {
-    Path::new(p)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
-            Component::ParentDir => Some("..".to_owned()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Split an absolute in-tree path into its parent and last name.

@@ -268,6 +268,40 @@ fn a_mount_point_missing_from_the_read_only_tree_is_said_and_the_rest_inspected(
 }
 
 #[test]
+fn a_mount_point_under_a_symlink_stays_inside_the_tree() {
+    need_root!("loop devices, mounts");
+    let work = tempfile::tempdir().unwrap();
+    let disks = source_image("bios-gpt", work.path());
+    // A hostile source: its /boot (partition 2's mount point) is a link out
+    // of the tree. Followed on the appliance, the check would make that
+    // directory on the appliance's own root and mount there.
+    // The link's target exists on the appliance (an empty directory made
+    // for the test), as /etc or /tmp would.
+    let escape = format!("/ferry-escape-{}", std::process::id());
+    std::fs::create_dir(&escape).unwrap();
+    edit_partition(&disks[0], 4, |root| {
+        remove(root, &["boot"]);
+        std::os::unix::fs::symlink(&escape, root.join("boot")).unwrap();
+    });
+    let (_, r, err) = check_disks(&disks, &work.path().join("stage"));
+    // Whatever happened, the appliance's directory goes again.
+    let _ = Cmd::new("umount").arg(&escape).run();
+    std::fs::remove_dir(&escape).unwrap();
+    // Inside the tree the link leads nowhere the read-only root can make;
+    // followed on the appliance, /boot would have been mounted there.
+    let missing: Vec<_> = findings(&r)
+        .into_iter()
+        .filter(|f| f.1 == "MOUNT_POINT_MISSING")
+        .map(|f| f.2)
+        .collect();
+    assert_eq!(
+        missing,
+        ["/boot is not mounted: its mount point does not exist in the read-only file system above it"],
+        "{r:#}\n{err}"
+    );
+}
+
+#[test]
 fn a_mounted_tree_is_checked_with_its_own_mounts() {
     need_root!("loop devices, mounts");
     let work = tempfile::tempdir().unwrap();

@@ -1,6 +1,7 @@
 //! [`MountTree`]: a described disk set attached and mounted under a staging
 //! directory, closed in reverse order.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,8 @@ pub struct MountTree {
     mounts: Vec<MountGuard>,
     /// Mount points a read-only tree could not make: (mount point, why).
     unmounted: Vec<(String, String)>,
+    /// Where each mount point was mounted, resolved inside the tree.
+    mounted_at: BTreeMap<String, PathBuf>,
     /// Held while the tree is up; the kernel drops it when the process
     /// dies, which is how a later run tells leftovers from a live tree.
     _lock: nix::fcntl::Flock<fs::File>,
@@ -73,6 +76,7 @@ impl MountTree {
             lvm_access: None,
             mounts: Vec::new(),
             unmounted: Vec::new(),
+            mounted_at: BTreeMap::new(),
             _lock: lock,
         };
         let starts = tree.attach_disks(layout, targets)?;
@@ -185,7 +189,11 @@ impl MountTree {
     /// Create each mount point and mount what is mountable there, in order.
     fn mount_planned(&mut self, order: Vec<Planned>, opts: MountOptions) -> Result<()> {
         for p in order {
-            let dir = self.path_of(&p.mount);
+            // Where the migrated system's own resolution puts it: a mount
+            // point under a symlink (`/boot -> /etc`) stays in the tree,
+            // never on the appliance's own directories.
+            let dir = super::resolve_inside(&self.root, &p.mount)
+                .with_context(|| format!("finding mount point {} in the tree", p.mount))?;
             match fs::create_dir_all(&dir) {
                 Ok(()) => {}
                 // Looking must not change the disk, and a read-only file
@@ -207,6 +215,7 @@ impl MountTree {
             }
             if !p.fs.mountable_anywhere() {
                 // vfat: reached through `fat()`; the directory stands in for it.
+                self.mounted_at.insert(p.mount.clone(), dir);
                 continue;
             }
             let mut flags = MsFlags::empty();
@@ -228,6 +237,7 @@ impl MountTree {
                 (!data.is_empty()).then_some(data.as_str()),
             )?;
             self.mounts.push(g);
+            self.mounted_at.insert(p.mount.clone(), dir);
         }
         Ok(())
     }
@@ -343,7 +353,10 @@ impl MountTree {
 
     /// Where mount point `mp` ("/boot/efi") lies on the host.
     pub fn path_of(&self, mp: &str) -> PathBuf {
-        self.root.join(mp.trim_start_matches('/'))
+        match self.mounted_at.get(mp) {
+            Some(dir) => dir.clone(),
+            None => self.root.join(mp.trim_start_matches('/')),
+        }
     }
 
     /// The device nodes of the tree, for a chroot's /dev: each whole disk
