@@ -1,9 +1,13 @@
 //! NetworkManager's keyfiles (`/etc/NetworkManager/system-connections/`):
-//! the NIC a connection configures, and a kept connection rewritten for the
-//! new NIC. One reader of the format, line by line: `[section]` headers and
+//! the NIC a connection configures, a kept connection rewritten for the
+//! new NIC, an old one disabled, ferry's DHCP connection, and the step. One reader of the format, line by line: `[section]` headers and
 //! `key=value` lines, everything else (comments, blanks) kept as it is.
 
-use super::map::{canonical_mac, SourceNic};
+use anyhow::Result;
+
+use super::super::engine::StepCtx;
+use super::map::{self, canonical_mac, NetworkMap, NicMode, SourceNic};
+use super::{kept_names, report, write_links};
 
 /// `(section, key, value)` of every `key=value` line, in order.
 fn entries(text: &str) -> Vec<(String, String, String)> {
@@ -132,6 +136,154 @@ pub(crate) fn keep(text: &str, mac: Option<&str>) -> String {
     }
     close(&section, &mut out, &mut wrote);
     out
+}
+
+pub(crate) const NM_FILE: &str = "/etc/NetworkManager/system-connections/ferry-dhcp.nmconnection";
+
+/// A connection without `interface-name` or `mac-address` matches any
+/// Ethernet device, and with `multi-connect=3` (multiple) it is active on
+/// every one of them at once: DHCP on every NIC.
+pub(crate) const NM_CONNECTION: &str = "# Written by ferry: DHCP on any Ethernet interface.\n[connection]\nid=ferry-dhcp\nuuid=5b0f6d1c-3d7e-4c2a-9a53-4f1e0c8b7a21\ntype=ethernet\nautoconnect=true\nautoconnect-priority=100\nmulti-connect=3\n\n[ethernet]\n\n[ipv4]\nmethod=auto\n\n[ipv6]\nmethod=auto\n";
+
+/// A NetworkManager keyfile of the old system: no autoconnect, pinned to no
+/// interface name or MAC.
+pub(crate) fn disable_nm_keyfile(text: &str) -> Option<String> {
+    let mut section = String::new();
+    let mut is_ethernet = false;
+    for l in text.lines() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            section = t.to_owned();
+        } else if section == "[connection]" && (t == "type=ethernet" || t == "type=802-3-ethernet")
+        {
+            is_ethernet = true;
+        }
+    }
+    if !is_ethernet {
+        return None;
+    }
+    let mut out = String::new();
+    let mut section = String::new();
+    let mut wrote_autoconnect = false;
+    for l in text.lines() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            if section == "[connection]" && !wrote_autoconnect {
+                out.push_str("autoconnect=false\n");
+                wrote_autoconnect = true;
+            }
+            section = t.to_owned();
+        } else if section == "[connection]" && t.starts_with("autoconnect=") {
+            if !wrote_autoconnect {
+                out.push_str("autoconnect=false\n");
+                wrote_autoconnect = true;
+            }
+            continue;
+        } else if t.starts_with("mac-address=")
+            || t.starts_with("cloned-mac-address=")
+            || (section == "[connection]" && t.starts_with("interface-name="))
+        {
+            // Pinned to the old NIC: its name and MAC are gone on the cloud.
+            continue;
+        }
+        out.push_str(l);
+        out.push('\n');
+    }
+    if section == "[connection]" && !wrote_autoconnect {
+        out.push_str("autoconnect=false\n");
+    }
+    Some(out)
+}
+
+/// NetworkManager: the source's keyfiles no longer start on their own,
+/// but those of the NICs the `map` keeps (where NetworkManager alone
+/// configures the network), which start first on their new NICs under
+/// their old names; ferry's DHCP keyfile for every other NIC when
+/// `own_file` (no ifcfg or netplan beside it).
+pub(super) fn network_manager_step(
+    ctx: &mut StepCtx,
+    own_file: bool,
+    map: Option<&NetworkMap>,
+) -> Result<()> {
+    let (files, unreadable) = keyfiles(ctx.tree)?;
+    for why in unreadable {
+        ctx.note(format!("left as it is: {why}"));
+    }
+    let source: Vec<map::SourceNic> = files.iter().filter_map(|k| k.nic.clone()).collect();
+    // Without NICs in the map every NIC gets DHCP: nothing to plan (the
+    // NICs' order is the keyfiles', which says nothing of the new ones).
+    let plan = match map.filter(|m| !m.nics.is_empty()) {
+        Some(m) => Some(m.plan(&source)?),
+        None => None,
+    };
+    let links = match &plan {
+        Some(p) => kept_names(p)?,
+        None => Vec::new(),
+    };
+    for Keyfile { path, text, nic } in &files {
+        let kept = plan.as_ref().and_then(|plan| {
+            let nic = nic.as_ref()?;
+            plan.nics
+                .iter()
+                .find(|n| n.source == nic.name && n.mode == NicMode::Keep)
+        });
+        let new = match kept {
+            // Pinned to the old NIC's MAC, it is pinned to the new one's.
+            Some(k) => {
+                let pinned = nic.as_ref().is_some_and(|n| n.mac.is_some());
+                Some(keep(text, k.mac.as_deref().filter(|_| pinned)))
+            }
+            None => disable_nm_keyfile(text),
+        };
+        if let Some(new) = new {
+            ctx.write(path, &new, 0o600)?;
+        }
+    }
+    if own_file {
+        ctx.write(NM_FILE, NM_CONNECTION, 0o600)?;
+    }
+    if map.is_some() {
+        // Also without a plan: an earlier map's `.link` files go.
+        write_links(ctx, &links)?;
+    }
+    if let Some(plan) = &plan {
+        report(ctx, plan, &source, false);
+    }
+    Ok(())
+}
+
+const NM_DIR: &str = "/etc/NetworkManager/system-connections";
+
+/// NetworkManager's keyfiles (ferry's own aside): (path, text, the NIC an
+/// Ethernet connection configures by name), and the files that could not
+/// be read as text, with why (NetworkManager reads none of them either:
+/// they are left as they are, and said).
+pub(crate) fn keyfiles(tree: &super::super::tree::Tree) -> Result<(Vec<Keyfile>, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut unreadable = Vec::new();
+    for n in tree.list(NM_DIR)? {
+        let path = format!("{NM_DIR}/{n}");
+        if path == NM_FILE {
+            continue;
+        }
+        match tree.read(&path) {
+            Ok(Some(text)) => {
+                let nic = source_nic(&text);
+                out.push(Keyfile { path, text, nic });
+            }
+            Ok(None) => {}
+            Err(e) => unreadable.push(format!("{path}: {e:#}")),
+        }
+    }
+    Ok((out, unreadable))
+}
+
+/// One keyfile of the migrated system.
+pub(crate) struct Keyfile {
+    pub path: String,
+    pub text: String,
+    /// The NIC an Ethernet connection configures by name.
+    pub nic: Option<map::SourceNic>,
 }
 
 #[cfg(test)]

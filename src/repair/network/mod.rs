@@ -14,16 +14,25 @@
 //! source NIC already named `ethN` keeps its name by being the new
 //! instance's NIC N+1 (the kernel's name under `net.ifnames=0`).
 
+mod ifcfg;
 mod ifupdown;
 mod keyfile;
 pub mod map;
 
 use anyhow::Result;
 
-use super::detect::{parse_assignments, yaml_files, NetStack, OsInfo};
+use super::detect::{yaml_files, NetStack, OsInfo};
 use super::engine::StepCtx;
 use crate::job::errors::{coded, ErrorCode};
 use map::{NetworkMap, NetworkPlan, NicMode};
+
+use ifcfg::ifcfg_step;
+#[cfg(test)]
+use ifcfg::{disable_ifcfg, drop_gateway, ifcfg_dhcp};
+use keyfile::network_manager_step;
+#[cfg(test)]
+use keyfile::{disable_nm_keyfile, NM_CONNECTION};
+pub(crate) use keyfile::{keyfiles, Keyfile};
 
 const MARK: &str = "# ferry:";
 
@@ -36,127 +45,6 @@ pub(crate) fn netplan_config(renderer: Option<&str>) -> String {
     }
     s.push_str("  ethernets:\n    cloud:\n      match:\n        name: \"e*\"\n      dhcp4: true\n      dhcp6: false\n");
     s
-}
-
-pub(crate) const NM_FILE: &str = "/etc/NetworkManager/system-connections/ferry-dhcp.nmconnection";
-
-/// A connection without `interface-name` or `mac-address` matches any
-/// Ethernet device, and with `multi-connect=3` (multiple) it is active on
-/// every one of them at once: DHCP on every NIC.
-pub(crate) const NM_CONNECTION: &str = "# Written by ferry: DHCP on any Ethernet interface.\n[connection]\nid=ferry-dhcp\nuuid=5b0f6d1c-3d7e-4c2a-9a53-4f1e0c8b7a21\ntype=ethernet\nautoconnect=true\nautoconnect-priority=100\nmulti-connect=3\n\n[ethernet]\n\n[ipv4]\nmethod=auto\n\n[ipv6]\nmethod=auto\n";
-
-/// A NetworkManager keyfile of the old system: no autoconnect, pinned to no
-/// interface name or MAC.
-pub(crate) fn disable_nm_keyfile(text: &str) -> Option<String> {
-    let mut section = String::new();
-    let mut is_ethernet = false;
-    for l in text.lines() {
-        let t = l.trim();
-        if t.starts_with('[') {
-            section = t.to_owned();
-        } else if section == "[connection]" && (t == "type=ethernet" || t == "type=802-3-ethernet")
-        {
-            is_ethernet = true;
-        }
-    }
-    if !is_ethernet {
-        return None;
-    }
-    let mut out = String::new();
-    let mut section = String::new();
-    let mut wrote_autoconnect = false;
-    for l in text.lines() {
-        let t = l.trim();
-        if t.starts_with('[') {
-            if section == "[connection]" && !wrote_autoconnect {
-                out.push_str("autoconnect=false\n");
-                wrote_autoconnect = true;
-            }
-            section = t.to_owned();
-        } else if section == "[connection]" && t.starts_with("autoconnect=") {
-            if !wrote_autoconnect {
-                out.push_str("autoconnect=false\n");
-                wrote_autoconnect = true;
-            }
-            continue;
-        } else if t.starts_with("mac-address=")
-            || t.starts_with("cloned-mac-address=")
-            || (section == "[connection]" && t.starts_with("interface-name="))
-        {
-            // Pinned to the old NIC: its name and MAC are gone on the cloud.
-            continue;
-        }
-        out.push_str(l);
-        out.push('\n');
-    }
-    if section == "[connection]" && !wrote_autoconnect {
-        out.push_str("autoconnect=false\n");
-    }
-    Some(out)
-}
-
-/// How ferry's own ifcfg files begin.
-const IFCFG_OURS: &str = "# Written by ferry: DHCP on the cloud's ";
-
-/// ifcfg (RHEL network-scripts, SUSE wicked) of a DHCP `eth{index}`; the
-/// default route is the first NIC's.
-pub(crate) fn ifcfg_dhcp(wicked: bool, index: usize) -> String {
-    let head = if index == 0 {
-        format!("{IFCFG_OURS}first network interface.\n")
-    } else {
-        format!("{IFCFG_OURS}network interface eth{index}.\n")
-    };
-    if wicked {
-        format!("{head}BOOTPROTO='dhcp'\nSTARTMODE='auto'\n")
-    } else {
-        format!(
-            "{head}DEVICE=eth{index}\nNAME=eth{index}\nTYPE=Ethernet\nBOOTPROTO=dhcp\nONBOOT=yes\nDEFROUTE={}\n",
-            if index == 0 { "yes" } else { "no" }
-        )
-    }
-}
-
-/// An old ifcfg file: not started at boot, no MAC pinning.
-pub(crate) fn disable_ifcfg(text: &str, wicked: bool) -> String {
-    let (key, off) = if wicked {
-        ("STARTMODE", "STARTMODE='off'")
-    } else {
-        ("ONBOOT", "ONBOOT=no")
-    };
-    let mut out = String::new();
-    let mut wrote = false;
-    for l in text.lines() {
-        let k = l.split('=').next().unwrap_or("").trim();
-        if ["HWADDR", "MACADDR", "LLADDR"].contains(&k) {
-            continue;
-        }
-        if k == key {
-            if !wrote {
-                out.push_str(off);
-                out.push('\n');
-                wrote = true;
-            }
-            continue;
-        }
-        out.push_str(l);
-        out.push('\n');
-    }
-    if !wrote {
-        out.push_str(off);
-        out.push('\n');
-    }
-    out
-}
-
-/// `/etc/sysconfig/network` with a static default gateway dropped.
-pub(crate) fn drop_gateway(text: &str) -> String {
-    text.lines()
-        .filter(|l| {
-            let k = l.split('=').next().unwrap_or("").trim();
-            k != "GATEWAY" && k != "GATEWAYDEV"
-        })
-        .map(|l| format!("{l}\n"))
-        .collect()
 }
 
 /// udev rules that pin interface names to MAC addresses.
@@ -284,147 +172,6 @@ fn netplan_step(ctx: &mut StepCtx) -> Result<()> {
         }
     }
     ctx.write(NETPLAN_FILE, &netplan_config(renderer), 0o600)?;
-    Ok(())
-}
-
-/// NetworkManager: the source's keyfiles no longer start on their own,
-/// but those of the NICs the `map` keeps (where NetworkManager alone
-/// configures the network), which start first on their new NICs under
-/// their old names; ferry's DHCP keyfile for every other NIC when
-/// `own_file` (no ifcfg or netplan beside it).
-fn network_manager_step(ctx: &mut StepCtx, own_file: bool, map: Option<&NetworkMap>) -> Result<()> {
-    let (files, unreadable) = keyfiles(ctx.tree)?;
-    for why in unreadable {
-        ctx.note(format!("left as it is: {why}"));
-    }
-    let source: Vec<map::SourceNic> = files.iter().filter_map(|k| k.nic.clone()).collect();
-    // Without NICs in the map every NIC gets DHCP: nothing to plan (the
-    // NICs' order is the keyfiles', which says nothing of the new ones).
-    let plan = match map.filter(|m| !m.nics.is_empty()) {
-        Some(m) => Some(m.plan(&source)?),
-        None => None,
-    };
-    let links = match &plan {
-        Some(p) => kept_names(p)?,
-        None => Vec::new(),
-    };
-    for Keyfile { path, text, nic } in &files {
-        let kept = plan.as_ref().and_then(|plan| {
-            let nic = nic.as_ref()?;
-            plan.nics
-                .iter()
-                .find(|n| n.source == nic.name && n.mode == NicMode::Keep)
-        });
-        let new = match kept {
-            // Pinned to the old NIC's MAC, it is pinned to the new one's.
-            Some(k) => {
-                let pinned = nic.as_ref().is_some_and(|n| n.mac.is_some());
-                Some(keyfile::keep(text, k.mac.as_deref().filter(|_| pinned)))
-            }
-            None => disable_nm_keyfile(text),
-        };
-        if let Some(new) = new {
-            ctx.write(path, &new, 0o600)?;
-        }
-    }
-    if own_file {
-        ctx.write(NM_FILE, NM_CONNECTION, 0o600)?;
-    }
-    if map.is_some() {
-        // Also without a plan: an earlier map's `.link` files go.
-        write_links(ctx, &links)?;
-    }
-    if let Some(plan) = &plan {
-        report(ctx, plan, &source, false);
-    }
-    Ok(())
-}
-
-const NM_DIR: &str = "/etc/NetworkManager/system-connections";
-
-/// NetworkManager's keyfiles (ferry's own aside): (path, text, the NIC an
-/// Ethernet connection configures by name), and the files that could not
-/// be read as text, with why (NetworkManager reads none of them either:
-/// they are left as they are, and said).
-pub(crate) fn keyfiles(tree: &super::tree::Tree) -> Result<(Vec<Keyfile>, Vec<String>)> {
-    let mut out = Vec::new();
-    let mut unreadable = Vec::new();
-    for n in tree.list(NM_DIR)? {
-        let path = format!("{NM_DIR}/{n}");
-        if path == NM_FILE {
-            continue;
-        }
-        match tree.read(&path) {
-            Ok(Some(text)) => {
-                let nic = keyfile::source_nic(&text);
-                out.push(Keyfile { path, text, nic });
-            }
-            Ok(None) => {}
-            Err(e) => unreadable.push(format!("{path}: {e:#}")),
-        }
-    }
-    Ok((out, unreadable))
-}
-
-/// One keyfile of the migrated system.
-pub(crate) struct Keyfile {
-    pub path: String,
-    pub text: String,
-    /// The NIC an Ethernet connection configures by name.
-    pub nic: Option<map::SourceNic>,
-}
-
-/// ifcfg (Red Hat) or wicked (SUSE): each of the source's ifcfg files
-/// (ferry's own of an earlier run aside) becomes a DHCP NIC eth0, eth1...,
-/// the source's own files disabled, and the source's default gateway
-/// dropped (DHCP gives the cloud's).
-fn ifcfg_step(ctx: &mut StepCtx, wicked: bool) -> Result<()> {
-    let dir = if wicked {
-        "/etc/sysconfig/network"
-    } else {
-        "/etc/sysconfig/network-scripts"
-    };
-    let mut source = Vec::new();
-    for n in ctx.tree.list(dir)? {
-        let Some(name) = n.strip_prefix("ifcfg-") else {
-            continue;
-        };
-        let p = format!("{dir}/{n}");
-        if name == "lo" {
-            continue;
-        }
-        if let Some(t) = ctx.tree.read(&p)? {
-            if !t.starts_with(IFCFG_OURS) {
-                source.push((p, t));
-            }
-        }
-    }
-    let ours: Vec<String> = (0..source.len().max(1))
-        .map(|i| format!("{dir}/ifcfg-eth{i}"))
-        .collect();
-    for (p, t) in &source {
-        if !ours.contains(p) {
-            ctx.write(p, &disable_ifcfg(t, wicked), 0o644)?;
-        }
-    }
-    for (i, p) in ours.iter().enumerate() {
-        ctx.write(p, &ifcfg_dhcp(wicked, i), 0o644)?;
-    }
-    if !wicked {
-        if let Some(t) = ctx.tree.read("/etc/sysconfig/network")? {
-            if parse_assignments(&t)
-                .iter()
-                .any(|(k, _)| k == "GATEWAY" || k == "GATEWAYDEV")
-            {
-                ctx.write("/etc/sysconfig/network", &drop_gateway(&t), 0o644)?;
-            }
-        }
-    } else if ctx.tree.exists("/etc/sysconfig/network/routes") {
-        ctx.rename(
-            "/etc/sysconfig/network/routes",
-            "/etc/sysconfig/network/routes.ferry-disabled",
-        )?;
-    }
     Ok(())
 }
 
