@@ -125,6 +125,15 @@ pub struct SendArgs {
     /// past it they are thawed and the sender stops (1 s to a day).
     #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub max_freeze: u64,
+    /// With --consistency freeze: do not track the source disks' writes.
+    /// By default the sender follows the block layer's writes to them
+    /// (through the kernel's trace buffers; no module is loaded), and each
+    /// pass after the first reads only the chunks written since the pass
+    /// before began, so the file systems stay frozen for as long as the
+    /// last live pass's changes take to read. With --no-track every pass
+    /// re-reads the whole disk.
+    #[arg(long)]
+    pub no_track: bool,
 }
 
 /// How `ferry send` copies the source.
@@ -161,6 +170,7 @@ impl From<SendArgs> for SendOptions {
             consistency: crate::send::consistency::ConsistencySettings {
                 mode: a.consistency,
                 max_freeze: std::time::Duration::from_secs(a.max_freeze),
+                track: !a.no_track,
             },
         }
     }

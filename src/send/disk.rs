@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use super::client::{self, Conn};
 use super::lanes::Lanes;
 use super::report::DiskReport;
+use super::track::{Tracker, Window};
 use super::{consistency, progress, SendOptions};
 use crate::disk::{chunk_count, disk_digest, Disk};
 use crate::job::errors::{coded, ErrorCode};
@@ -33,6 +34,8 @@ pub(crate) struct DiskJob {
     /// Its mounted file systems, and how its last attempt copied them.
     pub(crate) plan: Option<consistency::DiskPlan>,
     pub(crate) consistency: Option<consistency::DiskConsistency>,
+    /// The change tracker, when it follows this disk.
+    pub(crate) tracker: Option<Arc<Tracker>>,
 }
 
 impl DiskJob {
@@ -57,6 +60,7 @@ impl DiskJob {
             done: false,
             plan: None,
             consistency: None,
+            tracker: None,
         })
     }
 }
@@ -198,7 +202,6 @@ impl DiskSession<'_> {
     /// pass's chunks left as they were and zero chunks skipped.
     async fn run_passes(&mut self, first: Committed, key: [u8; 32]) -> Result<(u64, u64)> {
         let (args, index) = (self.args, self.job.index);
-        let count = chunk_count(self.job.disk.size(), args.chunk_size);
         let mut passes = consistency::Passes::new(index, self.job.plan.as_ref(), &args.consistency);
         let Committed {
             mut manifest,
@@ -216,22 +219,22 @@ impl DiskSession<'_> {
                     return Err(e);
                 }
             };
-            if pass.number() > 1 {
-                // What the last pass read is committed: this one re-reads
-                // every chunk and sends those that changed since.
-                manifest = self
-                    .job
-                    .known
-                    .iter()
-                    .zip(0u64..)
-                    .filter_map(|(h, i)| h.map(|h| (i, h)))
-                    .collect();
-                fresh = false;
-                self.job.known = vec![None; count as usize];
-            }
+            let read = self.what_to_read(&pass, &mut manifest, &mut fresh).await;
             if let Some(line) = pass.announce(index) {
-                self.progress.println(&line);
+                let what = match (&read.whole_disk_because, read.tracked) {
+                    (Some(why), _) => format!(" (the whole disk: {why})"),
+                    (None, true) => {
+                        let unknown = self.job.known.iter().filter(|k| k.is_none()).count() as u64;
+                        format!(
+                            " ({} written since the pass before began)",
+                            crate::disk::human_bytes(unknown * u64::from(args.chunk_size))
+                        )
+                    }
+                    (None, false) => String::new(),
+                };
+                self.progress.println(&format!("{line}{what}"));
             }
+            passes.reads(read);
             let committed = Committed {
                 manifest: std::mem::take(&mut manifest),
                 fresh,
@@ -241,6 +244,66 @@ impl DiskSession<'_> {
             passes = self
                 .end_pass(passes, &pass, &before, sent, &mut skipped)
                 .await?;
+        }
+    }
+
+    /// Which chunks the pass reads, marked by forgetting what this sender
+    /// knew of them: after a first pass, what the last one read is
+    /// committed (the manifest); the tracker's window says which chunks
+    /// were written since (or that it cannot know, and every chunk is read
+    /// again). The window is taken after the pass's freeze, if it has one.
+    async fn what_to_read(
+        &mut self,
+        pass: &consistency::Pass,
+        manifest: &mut HashMap<u64, [u8; 32]>,
+        fresh: &mut bool,
+    ) -> consistency::PassRead {
+        let count = chunk_count(self.job.disk.size(), self.args.chunk_size) as usize;
+        let index = self.job.index as usize;
+        let window = match &self.job.tracker {
+            Some(t) => Some(tokio::task::block_in_place(|| t.take(index))),
+            None => None,
+        };
+        let first = pass.number() == 1;
+        if !first {
+            *manifest = self
+                .job
+                .known
+                .iter()
+                .zip(0u64..)
+                .filter_map(|(h, i)| h.map(|h| (i, h)))
+                .collect();
+            *fresh = false;
+        }
+        match window {
+            Some(Window::Changed { chunks, bytes }) => {
+                if self.job.known.len() != count {
+                    self.job.known = vec![None; count];
+                }
+                for c in chunks {
+                    self.job.known[c as usize] = None;
+                }
+                consistency::PassRead {
+                    tracked: !first,
+                    written_bytes: (!first).then_some(bytes),
+                    whole_disk_because: None,
+                }
+            }
+            Some(Window::Lost(why)) => {
+                self.job.known = vec![None; count];
+                consistency::PassRead {
+                    tracked: false,
+                    written_bytes: None,
+                    whole_disk_because: (!first).then_some(why),
+                }
+            }
+            None => {
+                if !first {
+                    // Re-read every chunk, send those that changed since.
+                    self.job.known = vec![None; count];
+                }
+                consistency::PassRead::default()
+            }
         }
     }
 
@@ -260,8 +323,13 @@ impl DiskSession<'_> {
         let changed_chunks = report.sent_chunks - before.sent_chunks + zero_sent;
         let changed_bytes =
             report.sent_bytes - before.sent_bytes + zero_sent * u64::from(self.args.chunk_size);
+        let pass_counts = consistency::PassCounts {
+            changed_chunks,
+            changed_bytes,
+            read_bytes: report.read_bytes - before.read_bytes,
+        };
         let (passes, ended) = off_runtime(passes, move |p| match sent {
-            Ok(counts) => p.done(changed_chunks, changed_bytes).map(|()| counts),
+            Ok(counts) => p.done(pass_counts).map(|()| counts),
             Err(e) => {
                 if let Err(t) = p.abort() {
                     tracing::error!("{t:#}");

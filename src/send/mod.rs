@@ -24,6 +24,7 @@ mod report;
 mod retry;
 mod round;
 pub mod streams;
+mod track;
 pub mod walk;
 
 use std::path::PathBuf;
@@ -137,6 +138,7 @@ async fn send_disks(args: SendOptions) -> Result<()> {
     for (job, plan) in jobs.iter_mut().zip(plans) {
         job.plan = Some(plan);
     }
+    start_tracker(&args, &mut jobs).await?;
     let mut progress = progress::Progress::new(
         progress::ProgressMode::detect(),
         &jobs
@@ -179,6 +181,45 @@ async fn send_disks(args: SendOptions) -> Result<()> {
         "ferry send: every disk is committed and verified ({:.1} s)",
         report.seconds
     );
+    Ok(())
+}
+
+/// With `--consistency freeze` and file systems mounted read-write, the
+/// change tracker follows the source disks from before the first pass
+/// reads, so that later passes read only what changed. A machine or a disk
+/// where it cannot is told, and copied as without it.
+async fn start_tracker(args: &SendOptions, jobs: &mut [DiskJob]) -> Result<()> {
+    let live = jobs
+        .iter()
+        .any(|j| j.plan.as_ref().is_some_and(|p| !p.read_write().is_empty()));
+    if !args.consistency.track || args.consistency.mode != Some(consistency::Mode::Freeze) || !live
+    {
+        return Ok(());
+    }
+    let (disks, cs) = (args.disks.clone(), args.chunk_size);
+    let sizes: Vec<u64> = jobs.iter().map(|j| j.report.size).collect();
+    let started = tokio::task::spawn_blocking(move || {
+        let sources: Vec<(PathBuf, u64)> = disks.into_iter().zip(sizes).collect();
+        track::Tracker::start(&consistency::Host::default(), &sources, cs)
+    })
+    .await
+    .context("starting the change tracker")?;
+    let tracker = match started {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            eprintln!("ferry send: no change tracking ({e:#}): every pass re-reads the whole disk");
+            return Ok(());
+        }
+    };
+    for job in jobs.iter_mut() {
+        match tracker.untracked(job.index as usize) {
+            None => job.tracker = Some(Arc::clone(&tracker)),
+            Some(why) => eprintln!(
+                "ferry send: disk {}: no change tracking ({why}): every pass re-reads the whole disk",
+                job.index
+            ),
+        }
+    }
     Ok(())
 }
 

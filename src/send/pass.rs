@@ -66,8 +66,9 @@ impl DiskSession<'_> {
         // What this disk holds of the window goes back to the other disks.
         self.lanes.window.add_permits(flight.held as usize);
         drop(rx);
-        let known = reader.await.context("joining the reader thread")?;
+        let (known, read) = reader.await.context("joining the reader thread")?;
         self.job.known = known;
+        self.job.report.read_bytes += read;
         result?;
         Ok((flight.unchanged, flight.zero_skipped))
     }

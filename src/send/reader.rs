@@ -49,8 +49,8 @@ pub(crate) struct Reader {
 impl Reader {
     /// Decide for every chunk, in order, what to send, until the queue is
     /// closed. Returns the hashes it knows, for the next attempt and the
-    /// digest.
-    pub(crate) fn run(self, tx: mpsc::Sender<Result<Item>>) -> Vec<Option<[u8; 32]>> {
+    /// digest, and the bytes it read.
+    pub(crate) fn run(self, tx: mpsc::Sender<Result<Item>>) -> (Vec<Option<[u8; 32]>>, u64) {
         let Reader {
             disk,
             overlay,
@@ -63,6 +63,7 @@ impl Reader {
         let size = disk.size();
         // Chunks travel in these buffers to the socket and come back.
         let pool = crate::disk::buffers::BufPool::new(cs as usize, 64);
+        let mut read = 0u64;
         let mut compressor = if level > 0 {
             zstd::bulk::Compressor::new(level).ok()
         } else {
@@ -83,21 +84,22 @@ impl Reader {
                         zero: k == zero_h,
                     };
                     if tx.blocking_send(Ok(skip)).is_err() {
-                        return known;
+                        return (known, read);
                     }
                     continue;
                 }
             }
             let mut buf = pool.get(len);
             let at = index * u64::from(cs);
-            let read = match &overlay {
+            let got = match &overlay {
                 Some(o) => o.read_at(&disk, &mut buf, at),
                 None => disk.read_at(&mut buf, at),
             };
-            if let Err(e) = read {
+            if let Err(e) = got {
                 let _ = tx.blocking_send(Err(coded(ErrorCode::SourceReadFailed, format!("{e:#}"))));
-                return known;
+                return (known, read);
             }
+            read += len as u64;
             let zero = is_zero(&buf);
             let hash = if zero {
                 zero_h
@@ -113,10 +115,10 @@ impl Reader {
                 Item::Data(pack(compressor.as_mut(), buf, index, hash))
             };
             if tx.blocking_send(Ok(item)).is_err() {
-                return known;
+                return (known, read);
             }
         }
-        known
+        (known, read)
     }
 }
 

@@ -28,6 +28,8 @@ pub struct DiskReport {
     /// Zero chunks not sent: the target is known to read zeros there.
     pub zero_skipped_chunks: u64,
     pub zero_skipped_bytes: u64,
+    /// Bytes read from the source disk, every pass together.
+    pub read_bytes: u64,
     pub digest: String,
     pub verified: bool,
 }

@@ -561,7 +561,10 @@ fn appliance_killed_while_repairing_processes_again_after_restart_and_the_disk_b
             .any(|l| l.split(' ').nth(4) == Some(p))
     };
     // The migrated system's own update-initramfs, in the sandbox: the
-    // keeper's command line names it.
+    // keeper's command line names it, and its spec names this job's staging
+    // root (another test's appliance may be repairing beside this one).
+    let scratch = dir.path().file_name().expect("a named scratch directory");
+    let scratch = scratch.to_string_lossy().into_owned();
     let guest_running = || {
         std::fs::read_dir("/proc")
             .expect("/proc")
@@ -571,6 +574,9 @@ fn appliance_killed_while_repairing_processes_again_after_restart_and_the_disk_b
                     let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
                     args.contains(&&b"sandbox"[..])
                         && args.iter().any(|a| a.starts_with(b"update-initramfs"))
+                        && args
+                            .iter()
+                            .any(|a| String::from_utf8_lossy(a).contains(scratch.as_str()))
                 })
             })
     };

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::common::serve::{Server, FERRY};
 
-fn run(cmd: &mut Command) -> std::process::Output {
+pub(crate) fn run(cmd: &mut Command) -> std::process::Output {
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
@@ -112,7 +112,7 @@ impl Drop for ReadWrite {
 }
 
 /// The writer's bytes: byte `offset` of the file named `name`.
-fn content(name: &str, offset: u64, len: usize) -> Vec<u8> {
+pub(crate) fn content(name: &str, offset: u64, len: usize) -> Vec<u8> {
     let seed = name
         .bytes()
         .fold(7u64, |h, b| h.wrapping_mul(31) + u64::from(b));
@@ -173,13 +173,13 @@ fn writer_process() {
     }
 }
 
-struct Writer {
+pub(crate) struct Writer {
     child: std::process::Child,
     log: PathBuf,
 }
 
 impl Writer {
-    fn start(dirs: &[&Path], log: &Path) -> Writer {
+    pub(crate) fn start(dirs: &[&Path], log: &Path) -> Writer {
         let joined: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
         let child = Command::new(std::env::current_exe().unwrap())
             .args(["consistency::writer_process", "--exact", "--test-threads=1"])
@@ -216,7 +216,7 @@ impl Writer {
             .collect()
     }
 
-    fn stop(mut self) -> Vec<(u64, usize, String, u64)> {
+    pub(crate) fn stop(mut self) -> Vec<(u64, usize, String, u64)> {
         std::fs::write(format!("{}.stop", self.log.display()), b"").unwrap();
         let status = self.child.wait().unwrap();
         assert!(status.success(), "the writer failed: {status}");
@@ -403,7 +403,10 @@ fn send_held(
 }
 
 /// Lines until one contains `what` (or the stream ends, or 120 s pass).
-fn lines_until(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> (bool, Vec<String>) {
+pub(crate) fn lines_until(
+    rx: &std::sync::mpsc::Receiver<String>,
+    what: &str,
+) -> (bool, Vec<String>) {
     let until = Instant::now() + Duration::from_secs(120);
     let mut seen = Vec::new();
     while let Ok(line) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {

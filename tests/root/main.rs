@@ -19,3 +19,4 @@ mod pipeline;
 mod readyz;
 mod repair;
 mod sandbox;
+mod track;

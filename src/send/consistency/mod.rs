@@ -62,6 +62,9 @@ pub struct ConsistencySettings {
     pub mode: Option<Mode>,
     /// The longest the file systems may stay frozen.
     pub max_freeze: Duration,
+    /// Track the source disks' writes, so that passes after the first
+    /// read only what changed (`--no-track`: every pass reads it all).
+    pub track: bool,
 }
 
 impl Default for ConsistencySettings {
@@ -69,6 +72,7 @@ impl Default for ConsistencySettings {
         ConsistencySettings {
             mode: None,
             max_freeze: DEFAULT_MAX_FREEZE,
+            track: true,
         }
     }
 }
@@ -84,6 +88,11 @@ pub const MAX_LIVE_PASSES: u32 = 4;
 /// the final pass reads (within `--max-freeze`), so that a test can catch
 /// the sender frozen.
 pub const HOLD_FROZEN_ENV: &str = "FERRY_SEND_HOLD_FROZEN_MS";
+
+/// A test hook: wait this many milliseconds before freezing, after the
+/// last live pass, saying so first, so that a test can write what must be
+/// in the frozen pass (and nothing after it).
+pub const HOLD_BEFORE_FREEZE_ENV: &str = "FERRY_SEND_HOLD_BEFORE_FREEZE_MS";
 
 /// The mounted file systems of one source disk.
 #[derive(Debug, Clone)]
@@ -218,7 +227,34 @@ pub struct PassRecord {
     /// Chunks sent in this pass (data and zeros) and their bytes.
     pub changed_chunks: u64,
     pub changed_bytes: u64,
+    /// Bytes this pass read from the source disk.
+    pub read_bytes: u64,
+    /// How the pass chose what to read.
+    #[serde(flatten)]
+    pub read: PassRead,
     pub seconds: f64,
+}
+
+/// How a pass chose what to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PassRead {
+    /// Only the chunks the change tracker saw written since the pass
+    /// before began (and any whose content this sender did not know).
+    pub tracked: bool,
+    /// Bytes the tracker saw written in that time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub written_bytes: Option<u64>,
+    /// Why a pass after the first read the whole disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub whole_disk_because: Option<String>,
+}
+
+/// What a pass counted, for its record.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassCounts {
+    pub changed_chunks: u64,
+    pub changed_bytes: u64,
+    pub read_bytes: u64,
 }
 
 /// How one disk was copied.
@@ -254,6 +290,8 @@ pub(crate) struct Passes {
     /// The pass running is the frozen one (thawed or not yet).
     frozen_pass: bool,
     pass_started: Instant,
+    /// How the pass running chose what to read.
+    read: PassRead,
     pub report: DiskConsistency,
     finished: bool,
 }
@@ -285,6 +323,7 @@ impl Passes {
             snapshots: None,
             frozen_pass: false,
             pass_started: Instant::now(),
+            read: PassRead::default(),
             finished: false,
         }
     }
@@ -314,6 +353,16 @@ impl Passes {
         if last.changed_bytes > SMALL_CHANGE && live < MAX_LIVE_PASSES && !growing {
             drop_cache(&self.source);
             return Ok(Some(Pass::Live { n }));
+        }
+        if let Some(ms) = std::env::var(HOLD_BEFORE_FREEZE_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            eprintln!(
+                "ferry send: disk {}: waiting {ms} ms before the freeze ({HOLD_BEFORE_FREEZE_ENV})",
+                self.report.disk
+            );
+            std::thread::sleep(Duration::from_millis(ms));
         }
         let frozen = Frozen::freeze(&self.rw, self.max_freeze)?;
         let what = frozen.describe();
@@ -368,9 +417,14 @@ impl Passes {
         Ok(())
     }
 
+    /// How the pass about to run chooses what to read.
+    pub(crate) fn reads(&mut self, read: PassRead) {
+        self.read = read;
+    }
+
     /// A pass ended with everything it sent committed. After the frozen
     /// one, the file systems are thawed if they were not yet. Blocking.
-    pub fn done(&mut self, changed_chunks: u64, changed_bytes: u64) -> Result<()> {
+    pub fn done(&mut self, counts: PassCounts) -> Result<()> {
         if let Some(s) = self.snapshots.take() {
             s.remove()?;
         }
@@ -378,8 +432,10 @@ impl Passes {
         self.report.passes.push(PassRecord {
             pass: self.report.passes.len() as u32 + 1,
             frozen,
-            changed_chunks,
-            changed_bytes,
+            changed_chunks: counts.changed_chunks,
+            changed_bytes: counts.changed_bytes,
+            read_bytes: counts.read_bytes,
+            read: std::mem::take(&mut self.read),
             seconds: self.pass_started.elapsed().as_secs_f64(),
         });
         self.read_done()
@@ -424,8 +480,13 @@ pub(crate) fn summary(report: &ConsistencyReport) -> Vec<String> {
                 .passes
                 .iter()
                 .map(|p| {
+                    let read = if p.read.tracked {
+                        format!(" of {} read", crate::disk::human_bytes(p.read_bytes))
+                    } else {
+                        String::new()
+                    };
                     format!(
-                        "{} {}",
+                        "{} {}{read}",
                         if p.frozen { "frozen" } else { "live" },
                         crate::disk::human_bytes(p.changed_bytes)
                     )
@@ -508,6 +569,7 @@ mod tests {
             &ConsistencySettings {
                 mode: Some(mode),
                 max_freeze: DEFAULT_MAX_FREEZE,
+                track: true,
             },
         )
     }
@@ -517,13 +579,23 @@ mod tests {
         for mode in [Mode::Freeze, Mode::None, Mode::Snapshot] {
             let mut p = passes(mode, vec![fs("/ro", false, false)]);
             assert!(matches!(p.next_pass().unwrap(), Some(Pass::Live { n: 1 })));
-            p.done(10, 10 << 20).unwrap();
+            p.done(PassCounts {
+                changed_chunks: 10,
+                changed_bytes: 10 << 20,
+                read_bytes: 0,
+            })
+            .unwrap();
             assert!(p.next_pass().unwrap().is_none(), "{mode:?}");
             assert!(p.next_pass().unwrap().is_none(), "{mode:?}");
         }
         let mut p = passes(Mode::None, vec![fs("/rw", true, false)]);
         p.next_pass().unwrap();
-        p.done(1, 1).unwrap();
+        p.done(PassCounts {
+            changed_chunks: 1,
+            changed_bytes: 1,
+            read_bytes: 0,
+        })
+        .unwrap();
         assert!(p.next_pass().unwrap().is_none(), "none: one pass as it is");
     }
 
@@ -532,13 +604,28 @@ mod tests {
         let mut p = passes(Mode::Freeze, vec![fs("/rw", true, false)]);
         let big = SMALL_CHANGE * 4;
         assert!(matches!(p.next_pass().unwrap(), Some(Pass::Live { n: 1 })));
-        p.done(100, big * 2).unwrap();
+        p.done(PassCounts {
+            changed_chunks: 100,
+            changed_bytes: big * 2,
+            read_bytes: 0,
+        })
+        .unwrap();
         assert!(matches!(p.next_pass().unwrap(), Some(Pass::Live { n: 2 })));
-        p.done(50, big).unwrap();
+        p.done(PassCounts {
+            changed_chunks: 50,
+            changed_bytes: big,
+            read_bytes: 0,
+        })
+        .unwrap();
         assert!(matches!(p.next_pass().unwrap(), Some(Pass::Live { n: 3 })));
         // Not shrinking any more: the next pass is the frozen one, which
         // fails here (no such mount point) and freezes nothing.
-        p.done(50, big).unwrap();
+        p.done(PassCounts {
+            changed_chunks: 50,
+            changed_bytes: big,
+            read_bytes: 0,
+        })
+        .unwrap();
         let err = p.next_pass().unwrap_err();
         let (code, detail) = describe(&err);
         assert_eq!(code, ErrorCode::FreezeFailed);
@@ -572,6 +659,7 @@ mod tests {
         let settings = |mode| ConsistencySettings {
             mode,
             max_freeze: DEFAULT_MAX_FREEZE,
+            track: true,
         };
         let err = plan(&host, &disks, &settings(None)).unwrap_err();
         assert_eq!(
