@@ -260,10 +260,11 @@ impl DiskSession<'_> {
     ) -> consistency::PassRead {
         let count = chunk_count(self.job.disk.size(), self.args.chunk_size) as usize;
         let index = self.job.index as usize;
-        let window = match &self.job.tracker {
-            Some(t) => Some(tokio::task::block_in_place(|| t.take(index))),
-            None => None,
-        };
+        let window = self
+            .job
+            .tracker
+            .as_ref()
+            .map(|t| tokio::task::block_in_place(|| t.take(index)));
         let first = pass.number() == 1;
         if !first {
             *manifest = self
@@ -280,8 +281,10 @@ impl DiskSession<'_> {
                 if self.job.known.len() != count {
                     self.job.known = vec![None; count];
                 }
-                for c in chunks {
-                    self.job.known[c as usize] = None;
+                for c in chunks.iter() {
+                    if let Some(k) = self.job.known.get_mut(c as usize) {
+                        *k = None;
+                    }
                 }
                 consistency::PassRead {
                     tracked: !first,

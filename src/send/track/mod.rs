@@ -70,11 +70,38 @@ pub const DRAIN_MS_ENV: &str = "FERRY_TRACK_DRAIN_MS";
 /// What a pass learns from the tracker when it begins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Window {
-    /// The chunks written since the last window (sorted), and the bytes
-    /// the events covered.
-    Changed { chunks: Vec<u64>, bytes: u64 },
+    /// The chunks written since the last window, and the bytes the events
+    /// covered.
+    Changed { chunks: ChunkSet, bytes: u64 },
     /// The tracker may have missed a write: read the whole disk.
     Lost(String),
+}
+
+/// A set of chunks, a bit each.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct ChunkSet(Vec<u64>);
+
+impl ChunkSet {
+    fn new(chunks: u64) -> ChunkSet {
+        ChunkSet(vec![0; chunks.div_ceil(64) as usize])
+    }
+
+    fn insert(&mut self, chunk: u64) {
+        self.0[(chunk / 64) as usize] |= 1 << (chunk % 64);
+    }
+
+    /// The chunks, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0
+            .iter()
+            .zip(0u64..)
+            .filter(|(word, _)| **word != 0)
+            .flat_map(|(word, w)| {
+                (0..64)
+                    .filter(move |b| word & (1 << b) != 0)
+                    .map(move |b| w * 64 + b)
+            })
+    }
 }
 
 /// A source disk as the tracker sees it.
@@ -82,8 +109,7 @@ struct Tracked {
     ranges: Vec<Range>,
     size: u64,
     chunk_size: u64,
-    /// One bit per chunk.
-    dirty: Vec<u64>,
+    dirty: ChunkSet,
     bytes: u64,
     /// Why the current window cannot be trusted.
     lost: Option<String>,
@@ -107,7 +133,7 @@ impl Tracked {
             }
             self.bytes += end - start;
             for c in start / self.chunk_size..=(end - 1) / self.chunk_size {
-                self.dirty[(c / 64) as usize] |= 1 << (c % 64);
+                self.dirty.insert(c);
             }
         }
     }
@@ -117,21 +143,14 @@ impl Tracked {
             (lost_now > self.lost_before).then(|| overflowed(lost_now - self.lost_before))
         });
         self.lost_before = lost_now;
-        let words = self.dirty.len();
-        let dirty = std::mem::replace(&mut self.dirty, vec![0; words]);
+        let chunks = std::mem::replace(
+            &mut self.dirty,
+            ChunkSet::new(self.size.div_ceil(self.chunk_size)),
+        );
         let bytes = std::mem::take(&mut self.bytes);
         if let Some(why) = lost {
             return Window::Lost(why);
         }
-        let chunks = dirty
-            .iter()
-            .zip(0u64..)
-            .flat_map(|(word, w)| {
-                (0..64)
-                    .filter(move |b| word & (1 << b) != 0)
-                    .map(move |b| w * 64 + b)
-            })
-            .collect();
         Window::Changed { chunks, bytes }
     }
 }
@@ -195,7 +214,7 @@ impl Tracker {
                     ranges,
                     size: *size,
                     chunk_size: cs,
-                    dirty: vec![0; count.div_ceil(64) as usize],
+                    dirty: ChunkSet::new(count),
                     bytes: 0,
                     lost: None,
                     lost_before: 0,
@@ -311,7 +330,7 @@ mod tests {
             ranges,
             size,
             chunk_size: cs,
-            dirty: vec![0; size.div_ceil(cs).div_ceil(64) as usize],
+            dirty: ChunkSet::new(size.div_ceil(cs)),
             bytes: 0,
             lost: None,
             lost_before: 0,
@@ -324,6 +343,14 @@ mod tests {
             minor,
             sector,
             sectors,
+        }
+    }
+
+    /// A window's chunks as a list, for comparing.
+    fn listed(w: Window) -> Result<(Vec<u64>, u64), String> {
+        match w {
+            Window::Changed { chunks, bytes } => Ok((chunks.iter().collect(), bytes)),
+            Window::Lost(why) => Err(why),
         }
     }
 
@@ -355,19 +382,10 @@ mod tests {
         d.mark(&write(7, 0, (129 * cs) / 512, 1 << 20)); // past the end: clipped to chunk 129
         d.mark(&write(8, 0, 0, 8)); // another disk
         assert_eq!(
-            d.take(0),
-            Window::Changed {
-                chunks: vec![0, 1, 16, 129],
-                bytes: 512 + 1024 + 4096 + 4096
-            }
+            listed(d.take(0)),
+            Ok((vec![0, 1, 16, 129], 512 + 1024 + 4096 + 4096))
         );
-        assert_eq!(
-            d.take(0),
-            Window::Changed {
-                chunks: vec![],
-                bytes: 0
-            }
-        );
+        assert_eq!(listed(d.take(0)), Ok((vec![], 0)));
     }
 
     #[test]
@@ -383,22 +401,16 @@ mod tests {
         );
         d.mark(&write(7, 0, 0, 1));
         assert_eq!(
-            d.take(5),
-            Window::Lost("the kernel's trace buffer overflowed: 5 block events lost".into())
+            listed(d.take(5)),
+            Err("the kernel's trace buffer overflowed: 5 block events lost".into())
         );
         // The counter did not move since: the next window is whole again.
         d.mark(&write(7, 0, 200, 1));
-        assert_eq!(
-            d.take(5),
-            Window::Changed {
-                chunks: vec![1],
-                bytes: 512
-            }
-        );
+        assert_eq!(listed(d.take(5)), Ok((vec![1], 512)));
         d.lost = lost_line("CPU:1 [LOST 911 EVENTS]").map(overflowed);
         assert_eq!(
-            d.take(5),
-            Window::Lost("the kernel's trace buffer overflowed: 911 block events lost".into())
+            listed(d.take(5)),
+            Err("the kernel's trace buffer overflowed: 911 block events lost".into())
         );
         assert_eq!(
             lost_line("x-1 [0] .... 1.0: block_bio_queue: 7,0 WS 640 + 128 [dd]"),
