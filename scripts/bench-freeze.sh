@@ -9,7 +9,12 @@
 # the time the file system stayed frozen, the sender's CPU-seconds, and the
 # writer's fdatasync latency (p50, p99) — the tracker's cost to the source.
 #
+# Then the writer alone for WRITER_SECS (default 30) twice: without tracing,
+# and with the tracker's tracepoints enabled on the disk and drained — the
+# kernel-side cost of tracking to the writes it follows.
+#
 # usage: scripts/bench-freeze.sh [SIZE_GIB=16] [FILL_GIB=11] [WORK_DIR=./target/bench-freeze]
+# FERRY_SEND_ARGS adds arguments to both sends (e.g. "--chunk-size 262144").
 # Needs root (loop devices, mounts, FIFREEZE, the kernel's trace buffers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +23,9 @@ fill_gib=${2:-11}
 work=${3:-./target/bench-freeze}
 rate=${WRITE_MIBS:-8}
 port=${BENCH_PORT:-19713}
+writer_secs=${WRITER_SECS:-30}
+# shellcheck disable=SC2206
+send_extra=(${FERRY_SEND_ARGS:-})
 [ "$(id -u)" = 0 ] || { echo "run as root: loop devices, mounts and FIFREEZE"; exit 1; }
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
@@ -91,7 +99,7 @@ send_run() { # NAME EXTRA...
     echo "sending ($name)..."
     /usr/bin/time -f '%U %S' -o "$work/send-$name.cpu" "$ferry" send --to "127.0.0.1:$port" \
         --token "$(cat "$work/state/token")" --fingerprint "$(cat "$work/state/tls/fingerprint")" \
-        --consistency freeze --disk "$img" --report "$work/report-$name.json" "$@" \
+        --consistency freeze --disk "$img" --report "$work/report-$name.json" "$@" "${send_extra[@]}" \
         2> "$work/send-$name.log" || { cat "$work/send-$name.log"; exit 1; }
     kill "$writer"; wait "$writer" 2>/dev/null || true; writer=
     kill "$srv"; wait "$srv" 2>/dev/null || true; srv=
@@ -100,6 +108,31 @@ send_run() { # NAME EXTRA...
 
 send_run untracked --no-track
 send_run tracked
+
+# The writer alone, then beside the tracker's tracepoints (the same events,
+# filtered to the loop device, drained by cat as the sender's thread does).
+loopdev=$(losetup -j "$img" | cut -d: -f1 | head -1)
+dev=$(cat "/sys/class/block/$(basename "$loopdev")/dev")
+kdev=$(( (${dev%%:*} << 20) | ${dev##*:} ))
+echo "the writer alone, ${writer_secs} s without tracing and ${writer_secs} s traced..."
+start_writer "$work/writer-alone.log"; sleep "$writer_secs"; kill "$writer"; wait "$writer" 2>/dev/null || true; writer=
+tracing=/sys/kernel/tracing
+[ -d "$tracing/instances" ] || mount -t tracefs nodev "$tracing"
+inst=$tracing/instances/bench-freeze-$$
+mkdir "$inst"
+echo 2048 > "$inst/buffer_size_kb"
+for e in block_bio_queue block_rq_complete block_bio_complete; do
+    [ -d "$inst/events/block/$e" ] || continue
+    echo "dev == $kdev" > "$inst/events/block/$e/filter"
+    echo 1 > "$inst/events/block/$e/enable"
+done
+/usr/bin/time -f '%U %S' -o "$work/drain.cpu" cat "$inst/trace_pipe" > "$work/trace.txt" &
+drain=$!
+start_writer "$work/writer-traced.log"; sleep "$writer_secs"; kill "$writer"; wait "$writer" 2>/dev/null || true; writer=
+echo 0 > "$inst/events/enable"; sleep 0.2
+pkill -P "$drain" cat 2>/dev/null || true; wait "$drain" 2>/dev/null || true
+rmdir "$inst"
+events=$(wc -l < "$work/trace.txt"); rm -f "$work/trace.txt"
 
 python3 - "$work" "$size_gib" "$fill_gib" "$rate" <<'PY'
 import json, sys
@@ -130,4 +163,21 @@ print(f"\nfrozen: {fu:.2f} s without the tracker, {ft:.2f} s with it ({fu / max(
 print(f"frozen pass read {last['read_bytes'] / mib:.1f} MiB for {(last.get('written_bytes') or 0) / mib:.1f} MiB written "
       f"since the pass before began ({ratio:.2f}x)")
 print(f"bytes read, all passes: {sum(q['read_bytes'] for q in pu) / gib:.2f} GiB without, {sum(q['read_bytes'] for q in pt) / gib:.2f} GiB with")
+PY
+python3 - "$work" "$writer_secs" "$events" <<'PY'
+import sys
+work, secs, events = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+def stats(name):
+    lat = sorted(int(x) for x in open(f"{work}/writer-{name}.log") if x.strip())
+    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0
+    return len(lat), p(0.5), p(0.99)
+n0, a50, a99 = stats("alone")
+n1, t50, t99 = stats("traced")
+try:
+    u, s = map(float, open(f"{work}/drain.cpu").read().split())
+    drain = f"{u + s:.2f} CPU-s to drain {events} events"
+except Exception:
+    drain = f"{events} events"
+print(f"\nthe writer alone ({secs:.0f} s each): fdatasync p50 {a50:.2f} ms, p99 {a99:.2f} ms ({n0} writes) untraced; "
+      f"p50 {t50:.2f} ms, p99 {t99:.2f} ms ({n1} writes) traced; {drain}")
 PY

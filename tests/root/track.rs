@@ -306,7 +306,14 @@ fn send_while_written(env: &[(&str, &str)]) -> serde_json::Value {
     let copy_from = unix_us();
     std::fs::copy(&source.image, &copy).unwrap();
     let copy_to = unix_us();
+    let instance =
+        Path::new("/sys/kernel/tracing/instances").join(format!("ferry-track-{}", sender.id()));
     let status = sender.wait().unwrap();
+    assert!(
+        !instance.exists(),
+        "the sender removed its trace instance {}",
+        instance.display()
+    );
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(status.success(), "the sender failed: {seen:?} {rest:?}");
     let report: serde_json::Value =

@@ -55,7 +55,9 @@ fn root() -> Result<PathBuf> {
 /// A trace instance of this process, removed when dropped.
 pub(crate) struct Instance {
     dir: PathBuf,
-    pipe: File,
+    /// Closed before the instance is removed (the kernel refuses to remove
+    /// an instance whose pipe is open).
+    pipe: Option<File>,
     /// A line cut by the end of a read, completed by the next.
     carry: Vec<u8>,
 }
@@ -74,7 +76,7 @@ impl Instance {
             .with_context(|| format!("making the trace instance {}", dir.display()))?;
         // From here on, the instance is removed whatever fails.
         let mut made = Instance {
-            pipe: File::open("/dev/null").context("opening /dev/null")?,
+            pipe: None,
             dir,
             carry: Vec::new(),
         };
@@ -95,11 +97,13 @@ impl Instance {
             std::fs::write(event.join("enable"), "1")
                 .with_context(|| format!("enabling the {e} tracepoint"))?;
         }
-        made.pipe = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(made.dir.join("trace_pipe"))
-            .context("opening the trace pipe")?;
+        made.pipe = Some(
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(made.dir.join("trace_pipe"))
+                .context("opening the trace pipe")?,
+        );
         Ok(made)
     }
 
@@ -112,8 +116,9 @@ impl Instance {
     /// returns when the pipe is empty.
     pub(crate) fn drain(&mut self, line: &mut dyn FnMut(&str)) -> Result<()> {
         let mut buf = vec![0u8; 64 << 10];
+        let pipe = self.pipe.as_mut().context("the trace pipe is closed")?;
         loop {
-            let n = match self.pipe.read(&mut buf) {
+            let n = match pipe.read(&mut buf) {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
@@ -163,6 +168,7 @@ fn lost_in(stats: &str) -> u64 {
 impl Drop for Instance {
     fn drop(&mut self) {
         let _ = std::fs::write(self.dir.join("events/enable"), "0");
+        drop(self.pipe.take());
         if let Err(e) = std::fs::remove_dir(&self.dir) {
             tracing::warn!("removing the trace instance {}: {e}", self.dir.display());
         }
