@@ -65,6 +65,15 @@ impl DiskJob {
     }
 }
 
+impl DiskJob {
+    /// Whether a file system of the disk is mounted read-write.
+    pub(crate) fn live(&self) -> bool {
+        self.plan
+            .as_ref()
+            .is_some_and(|p| !p.read_write().is_empty())
+    }
+}
+
 /// The names this system knows a source block device by, for the
 /// appliance's repair of device names: the path given, the kernel's name,
 /// and the /dev/disk/by-id and by-path links to it. None for image files.

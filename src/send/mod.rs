@@ -189,9 +189,7 @@ async fn send_disks(args: SendOptions) -> Result<()> {
 /// reads, so that later passes read only what changed. A machine or a disk
 /// where it cannot is told, and copied as without it.
 async fn start_tracker(args: &SendOptions, jobs: &mut [DiskJob]) -> Result<()> {
-    let live = jobs
-        .iter()
-        .any(|j| j.plan.as_ref().is_some_and(|p| !p.read_write().is_empty()));
+    let live = jobs.iter().any(DiskJob::live);
     if !args.consistency.track || args.consistency.mode != Some(consistency::Mode::Freeze) || !live
     {
         return Ok(());
@@ -214,6 +212,8 @@ async fn start_tracker(args: &SendOptions, jobs: &mut [DiskJob]) -> Result<()> {
     for job in jobs.iter_mut() {
         match tracker.untracked(job.index as usize) {
             None => job.tracker = Some(Arc::clone(&tracker)),
+            // A disk with nothing mounted read-write gets one pass anyway.
+            Some(_) if !job.live() => {}
             Some(why) => eprintln!(
                 "ferry send: disk {}: no change tracking ({why}): every pass re-reads the whole disk",
                 job.index

@@ -371,6 +371,22 @@ fn send_held(
     disk: &Path,
     extra: &[&str],
 ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    spawn_freeze(
+        server,
+        disk,
+        extra,
+        &[("FERRY_SEND_HOLD_FROZEN_MS", "120000")],
+    )
+}
+
+/// `ferry send --consistency freeze` of one disk with `env` set, running;
+/// returns it and a channel of its stderr's lines.
+pub(crate) fn spawn_freeze(
+    server: &Server,
+    disk: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(FERRY)
         .args(["send", "--to", &server.data, "--token", &server.token])
         .args([
@@ -382,8 +398,8 @@ fn send_held(
         .arg("--disk")
         .arg(disk)
         .args(extra)
-        .env("FERRY_SEND_HOLD_FROZEN_MS", "120000")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

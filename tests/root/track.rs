@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::common::serve::{Server, FERRY};
-use crate::consistency::{content, lines_until, run, Writer};
+use crate::common::serve::Server;
+use crate::consistency::{content, lines_until, run, spawn_freeze, Writer};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 192 * MIB;
@@ -263,37 +263,14 @@ fn send_while_written(env: &[(&str, &str)]) -> serde_json::Value {
     let writer = Writer::start(&[&source.mnt], &dir.path().join("writer.log"));
     let raw = RawWriter::start(&source.part(2));
     let report = dir.path().join("report.json");
-    let mut sender = Command::new(FERRY)
-        .args(["send", "--to", &server.data, "--token", &server.token])
-        .args([
-            "--fingerprint",
-            &server.fingerprint,
-            "--consistency",
-            "freeze",
-        ])
-        .arg("--disk")
-        .arg(&source.image)
-        .arg("--report")
-        .arg(&report)
-        .args(["--chunk-size", &CHUNK.to_string()])
-        .env("FERRY_SEND_HOLD_BEFORE_FREEZE_MS", "3000")
-        .env("FERRY_SEND_HOLD_FROZEN_MS", "8000")
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = sender.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let chunk = CHUNK.to_string();
+    let extra = ["--report", report.to_str().unwrap(), "--chunk-size", &chunk];
+    let mut hooks = vec![
+        ("FERRY_SEND_HOLD_BEFORE_FREEZE_MS", "3000"),
+        ("FERRY_SEND_HOLD_FROZEN_MS", "8000"),
+    ];
+    hooks.extend_from_slice(env);
+    let (mut sender, rx) = spawn_freeze(&server, &source.image, &extra, &hooks);
     let (waiting, seen) = lines_until(&rx, "before the freeze");
     assert!(waiting, "the sender never came to its freeze: {seen:?}");
     let raw_writes = raw.stop();
