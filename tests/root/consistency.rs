@@ -61,13 +61,18 @@ impl LoopFs {
 
 impl Drop for LoopFs {
     fn drop(&mut self) {
-        let _ = Command::new("fsfreeze")
-            .arg("-u")
-            .arg(&self.mnt)
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("umount").arg(&self.mnt).status();
+        thaw_and_unmount(&self.mnt);
     }
+}
+
+/// Thaw a mount point (in case a failed test left it frozen) and unmount it.
+pub(crate) fn thaw_and_unmount(mnt: &Path) {
+    let _ = Command::new("fsfreeze")
+        .arg("-u")
+        .arg(mnt)
+        .stderr(Stdio::null())
+        .status();
+    let _ = Command::new("umount").arg(mnt).status();
 }
 
 /// A received image mounted read-only, unmounted when dropped.

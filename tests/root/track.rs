@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::common::serve::Server;
-use crate::consistency::{content, lines_until, run, spawn_freeze, Writer};
+use crate::consistency::{content, lines_until, run, spawn_freeze, thaw_and_unmount, Writer};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 192 * MIB;
@@ -131,12 +131,7 @@ fn remove_partitions(dev: &str) {
 
 impl Drop for Source {
     fn drop(&mut self) {
-        let _ = Command::new("fsfreeze")
-            .arg("-u")
-            .arg(&self.mnt)
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("umount").arg(&self.mnt).status();
+        thaw_and_unmount(&self.mnt);
         remove_partitions(&self.dev);
         let _ = Command::new("losetup").args(["-d", &self.dev]).status();
     }
