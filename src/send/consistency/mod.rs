@@ -94,6 +94,15 @@ pub const HOLD_FROZEN_ENV: &str = "FERRY_SEND_HOLD_FROZEN_MS";
 /// in the frozen pass (and nothing after it).
 pub const HOLD_BEFORE_FREEZE_ENV: &str = "FERRY_SEND_HOLD_BEFORE_FREEZE_MS";
 
+/// A test hook's milliseconds, when it is set.
+fn env_millis(name: &str) -> Option<Duration> {
+    std::env::var(name)
+        .ok()?
+        .parse()
+        .ok()
+        .map(Duration::from_millis)
+}
+
 /// The mounted file systems of one source disk.
 #[derive(Debug, Clone)]
 pub struct DiskPlan {
@@ -354,15 +363,13 @@ impl Passes {
             drop_cache(&self.source);
             return Ok(Some(Pass::Live { n }));
         }
-        if let Some(ms) = std::env::var(HOLD_BEFORE_FREEZE_ENV)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-        {
+        if let Some(wait) = env_millis(HOLD_BEFORE_FREEZE_ENV) {
             eprintln!(
-                "ferry send: disk {}: waiting {ms} ms before the freeze ({HOLD_BEFORE_FREEZE_ENV})",
-                self.report.disk
+                "ferry send: disk {}: waiting {} ms before the freeze ({HOLD_BEFORE_FREEZE_ENV})",
+                self.report.disk,
+                wait.as_millis()
             );
-            std::thread::sleep(Duration::from_millis(ms));
+            std::thread::sleep(wait);
         }
         let frozen = Frozen::freeze(&self.rw, self.max_freeze)?;
         let what = frozen.describe();
@@ -370,11 +377,7 @@ impl Passes {
         // The freeze wrote the file systems out through their own devices:
         // what this process cached of the disk before may be stale.
         drop_cache(&self.source);
-        let hold = std::env::var(HOLD_FROZEN_ENV)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_millis)
-            .unwrap_or_default();
+        let hold = env_millis(HOLD_FROZEN_ENV).unwrap_or_default();
         Ok(Some(Pass::Frozen {
             n,
             deadline: self.pass_started + self.max_freeze,
