@@ -79,6 +79,15 @@ fn devices(system: &str) -> DeviceMap {
                 vol(3, "d4c3b2a1-6f5e-4b7a-9d8c-5c4b3a2f1e0d", "swap", None),
             ],
         ),
+        // A plain root and swap by kernel names; the ESP by its UUID.
+        "alma8" => disk(
+            &["/dev/sda"],
+            vec![
+                vol(1, "7A1B-2C3D", "vfat", Some("/boot/efi")),
+                vol(2, "a8a8a8a8-1111-4222-8333-444455556666", "xfs", Some("/")),
+                vol(3, "a8a8a8a8-7777-4888-9999-aaaabbbbcccc", "swap", None),
+            ],
+        ),
         "sles15" => disk(
             &[
                 "/dev/sda",
@@ -145,6 +154,28 @@ fn manifest(root: &Path) -> String {
         .collect()
 }
 
+/// GRUB's own grub-editenv lists the block ferry wrote variable for
+/// variable as ferry reads it.
+fn grub_reads_the_block(path: &Path) {
+    let text = fs::read_to_string(path).unwrap();
+    assert_eq!(text.len(), 1024, "GRUB's fixed block size");
+    let ours = super::grub::GrubEnv::parse(&text).unwrap();
+    let listed = crate::cmd::Cmd::new("grub-editenv")
+        .arg(path)
+        .arg("list")
+        .run()
+        .expect("grub-editenv (grub2-common) lists the block");
+    let want: String = ours
+        .vars()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}\n"))
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&listed.stdout), want);
+    assert!(want.contains(
+        "kernelopts=root=UUID=a8a8a8a8-1111-4222-8333-444455556666 ro crashkernel=auto resume=UUID=a8a8a8a8-7777-4888-9999-aaaabbbbcccc rhgb quiet console=tty0"
+    ));
+}
+
 #[test]
 fn fixture_trees_match_expected_files() {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/repair/fixtures");
@@ -156,7 +187,7 @@ fn fixture_trees_match_expected_files() {
         .unwrap();
     let bless = std::env::var_os("FERRY_BLESS").is_some();
     let mut failures = Vec::new();
-    for system in ["rocky9", "centos7", "sles15", "ubuntu2204"] {
+    for system in ["rocky9", "alma8", "centos7", "sles15", "ubuntu2204"] {
         let root = d.path().join(system);
         let mut opts = RepairOptions::new(
             &root,
@@ -193,6 +224,24 @@ fn fixture_trees_match_expected_files() {
             "{system}: second run changed {changed:?}"
         );
         assert_eq!(manifest(&root), got, "{system}: second run changed files");
+        if system == "alma8" {
+            grub_reads_the_block(&root.join("boot/efi/EFI/almalinux/grubenv"));
+            // The report says what each entry boots with, before and after.
+            let notes = &first
+                .steps
+                .iter()
+                .find(|s| s.step == "grub-defaults")
+                .unwrap()
+                .notes;
+            let rescue = notes
+                .iter()
+                .find(|n| n.contains("-0-rescue-"))
+                .expect("a note for the rescue entry");
+            assert!(
+                rescue.ends_with("biosdevname=0 (was: root=/dev/sda2 ro crashkernel=auto resume=/dev/sda3 rhgb quiet)"),
+                "{rescue}"
+            );
+        }
         let expected = here.join("expected").join(format!("{system}.txt"));
         if bless {
             fs::create_dir_all(expected.parent().unwrap()).unwrap();

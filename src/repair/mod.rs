@@ -391,6 +391,7 @@ impl Run<'_> {
                     p.starts_with("/etc/default/grub")
                         || p.starts_with("/boot/loader/entries/")
                         || p == "/etc/kernel/cmdline"
+                        || p == "/boot/grub2/grubenv"
                 });
                 grub::config_step(ctx, os, recipe, &opts.devices, defaults_changed)
             }

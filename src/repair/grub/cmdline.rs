@@ -140,18 +140,8 @@ pub(crate) fn defaults_step(
     let new = rewrite_defaults(&old, map, &recipe.kernel_args.add);
     ctx.write(&g.defaults, &new, 0o644)?;
     // Boot Loader Specification entries (RHEL 8+, Fedora) carry the command
-    // line themselves.
-    for name in ctx.tree.list("/boot/loader/entries")? {
-        if !name.ends_with(".conf") {
-            continue;
-        }
-        let p = format!("/boot/loader/entries/{name}");
-        let Some(t) = ctx.tree.read(&p)? else {
-            continue;
-        };
-        let new = rewrite_bls(&t, map, &recipe.kernel_args.add);
-        ctx.write(&p, &new, 0o644)?;
-    }
+    // line themselves, or name grubenv's.
+    super::bls::entries_step(ctx, map, &recipe.kernel_args.add, &new)?;
     if let Some(t) = ctx.tree.read("/etc/kernel/cmdline")? {
         let new = format!("{}\n", fix_args(t.trim(), map, &recipe.kernel_args.add));
         ctx.write("/etc/kernel/cmdline", &new, 0o644)?;
@@ -163,20 +153,6 @@ pub(crate) fn defaults_step(
         ctx.write(resume, &new, 0o644)?;
     }
     Ok(())
-}
-
-pub(crate) fn rewrite_bls(text: &str, map: &DeviceMap, add: &[String]) -> String {
-    let mut out = String::new();
-    for l in text.lines() {
-        match l.strip_prefix("options") {
-            Some(rest) if rest.starts_with(char::is_whitespace) => {
-                out.push_str(&format!("options {}", fix_args(rest.trim(), map, add)));
-            }
-            _ => out.push_str(l),
-        }
-        out.push('\n');
-    }
-    out
 }
 
 pub(crate) fn rewrite_resume_conf(text: &str, map: &DeviceMap) -> String {
@@ -287,10 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn bls_and_resume_conf() {
-        let bls = "title CentOS Stream (5.14.0-70.el9.x86_64) 9\nversion 5.14.0-70.el9.x86_64\nlinux /vmlinuz-5.14.0-70.el9.x86_64\noptions root=/dev/sda2 ro resume=/dev/sdb1 rhgb quiet\n";
-        let want = "title CentOS Stream (5.14.0-70.el9.x86_64) 9\nversion 5.14.0-70.el9.x86_64\nlinux /vmlinuz-5.14.0-70.el9.x86_64\noptions root=UUID=22222222-2222-4222-8222-222222222222 ro rhgb quiet console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0\n";
-        assert_eq!(rewrite_bls(bls, &map(), &add()), want);
+    fn resume_conf() {
         assert_eq!(
             rewrite_resume_conf("RESUME=/dev/sda5\n", &map()),
             "RESUME=UUID=55555555-5555-4555-8555-555555555555\n"

@@ -130,6 +130,7 @@ pub(crate) fn config_step(
             cfg = named;
         }
         ctx.record_written(&g.config, current.as_deref(), Some(&cfg));
+        super::bls::verify_step(ctx, map, &recipe.kernel_args.add)?;
         let left = check_config(&cfg, os, root_uuid.as_deref(), &recipe.kernel_args.add);
         if !left.is_empty() {
             return Err(coded(

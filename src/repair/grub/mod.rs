@@ -5,12 +5,16 @@
 //! - `cmdline.rs`: the grub-defaults step, the command line wherever the
 //!   system keeps it (`/etc/default/grub`, BLS entries, `/etc/kernel/cmdline`,
 //!   initramfs-tools' resume device).
+//! - `bls.rs`: Boot Loader Specification entries and GRUB's environment
+//!   block (`$kernelopts`): their effective command lines, repaired and
+//!   checked after grub2-mkconfig.
 //! - `config.rs`: the grub-config step, `grub.cfg` checked and regenerated
 //!   with the system's own tool.
 //! - `bios.rs`: grub-install's BIOS boot code and debconf's install devices.
 //! - `uefi.rs`: a loader on the ESP's removable path, built or the vendor's.
 
 mod bios;
+mod bls;
 mod cmdline;
 mod config;
 mod uefi;
@@ -29,6 +33,9 @@ pub(crate) use uefi::install_uefi_step;
 // The repair's tests read the loader at its path on the ESP.
 #[cfg(test)]
 pub(crate) use uefi::REMOVABLE;
+// The fixture test reads the environment block ferry wrote.
+#[cfg(test)]
+pub(crate) use bls::GrubEnv;
 
 /// The GRUB variant of the recipe present in the tree, or the FAQ's error.
 pub fn variant<'a>(ctx: &StepCtx, os: &OsInfo, recipe: &'a Recipe) -> Result<&'a GrubRecipe> {
