@@ -57,6 +57,10 @@ pub struct Config {
     /// per source NIC DHCP or its static addresses kept, and which NIC of
     /// the new instance it becomes. Without it every NIC gets DHCP.
     pub network_map: Option<PathBuf>,
+    /// The operator's hooks (TOML or JSON, as `ferry repair --hooks`
+    /// takes): scripts run in the migrated system after the repair, or
+    /// once at its first boot.
+    pub hooks: Option<PathBuf>,
     /// Validity of the job in days (7 to 90).
     pub validity_days: u32,
     /// A Syncing job that has received no data for this many seconds is
@@ -106,6 +110,7 @@ impl Default for Config {
             boot_test_accel: "auto".into(),
             recipes_dir: None,
             network_map: None,
+            hooks: None,
             validity_days: crate::job::state::Validity::DEFAULT_DAYS,
             stall_after_secs: crate::job::handle::JobHandle::DEFAULT_STALL_AFTER.as_secs(),
             webhook_url: None,

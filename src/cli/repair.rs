@@ -42,11 +42,30 @@ The network map (--network MAP, TOML; JSON with the same keys works too):
 A kept NIC keeps its name (a .link file by the new MAC); the NICs that
 keep nothing get DHCP as eth0, eth1... Refusals: NETWORK_MAP_INVALID.
 
+The hooks (--hooks FILE, TOML; JSON with the same keys works too):
+
+  [[hook]]
+  name = \"install-agent\"       # letters, digits, - _ .; unique
+  phase = \"after-repair\"       # or \"first-boot\"
+  script = \"\"\"#!/bin/sh
+  rpm -e vmware-tools || true
+  \"\"\"                           # run by its #! line, else /bin/sh
+  timeout = 300                  # seconds (default 300, at most 3600)
+  must_succeed = true            # a failure fails with HOOK_FAILED
+
+after-repair hooks run in the migrated system's sandbox after every step,
+in order, each time the repair runs (so they must be safe to run twice);
+their output is in the report. first-boot hooks become a oneshot unit
+(ferry-first-boot-NAME.service) that runs once on the cloud, prints
+`ferry-first-boot NAME exit=N` on the console and removes itself. Hooks
+do not run with --only.
+
 Examples:
 
   ferry repair --root /mnt/target --disk /dev/sda=/dev/vdb --plan
   ferry repair --root /mnt/target --disk /dev/sda=/dev/vdb --report repair.json
   ferry repair --root /mnt/target --disk /dev/sda=/dev/vdb --network map.toml --plan
+  ferry repair --root /mnt/target --disk /dev/sda=/dev/vdb --hooks hooks.toml
 
 Errors carry the FAQ's codes (\"Do Grub Failed\", \"check virtio failed\");
 `ferry errors` lists them with what to do.";
@@ -107,6 +126,12 @@ pub struct RepairArgs {
     /// Without it every NIC gets DHCP. Format below.
     #[arg(long, value_name = "MAP")]
     pub network: Option<PathBuf>,
+
+    /// The operator's hooks (TOML or JSON): scripts run in the migrated
+    /// system after the repair, or installed to run once at its first
+    /// boot. Format below.
+    #[arg(long, value_name = "FILE")]
+    pub hooks: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -182,6 +207,9 @@ pub fn run(args: RepairArgs) -> Result<()> {
     let mut opts = RepairOptions::new(&args.root, devices, boot, mode);
     if let Some(p) = &args.network {
         opts.network = crate::repair::network::map::NetworkMap::load(p)?;
+    }
+    if let Some(p) = &args.hooks {
+        opts.hooks = crate::repair::hooks::Hooks::load(p)?;
     }
     opts.recipe = args.recipe.clone();
     opts.recipes_dir = args.recipes.clone();

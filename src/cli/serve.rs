@@ -74,6 +74,12 @@ pub struct ServeArgs {
     /// --help` shows the format) [config: network_map]. Checked at start.
     #[arg(long, value_name = "MAP")]
     pub network_map: Option<PathBuf>,
+    /// The operator's hooks: scripts run in the migrated system after the
+    /// repair or once at its first boot (`ferry repair --help` shows the
+    /// format) [config: hooks]. Checked at start; POST /v1/job/hooks
+    /// replaces them.
+    #[arg(long, value_name = "FILE")]
+    pub hooks: Option<PathBuf>,
     /// Serve the sender's release from this directory at GET
     /// /v1/sender/<file> (its tarball and SHA256SUMS, as scripts/release.sh
     /// writes them) [config: sender_dir; default /usr/lib/ferry/sender
@@ -155,6 +161,9 @@ impl ServeArgs {
         }
         if let Some(v) = &args.network_map {
             config.network_map = Some(v.clone());
+        }
+        if let Some(v) = &args.hooks {
+            config.hooks = Some(v.clone());
         }
         if let Some(v) = &args.sender_dir {
             config.sender_dir = Some(v.clone());

@@ -245,6 +245,10 @@ catalogue! {
         "Fix the layout description as the message says (sizes, partition types, UUIDs, labels, mount points), then run again; nothing was written.";
     NetworkMapInvalid => "NETWORK_MAP_INVALID" [final, keeps_job, refused], "The network map does not fit the migrated server's network",
         "The message names the map's entry and what is wrong: a source NIC the server's configuration does not have, two NICs onto one new NIC, a kept address outside the new subnet, a kept NIC without the new NIC's MAC. Fix the map (docs/repair.md describes it) and run the repair again; nothing was changed.";
+    HookInvalid => "HOOK_INVALID" [final, keeps_job, refused], "The operator's hooks are not valid",
+        "The message names the hook and what is wrong: a name (1 to 64 letters, digits, `-`, `_`, `.`) given twice or malformed, an empty script or one over 64 KiB, a timeout outside 1 to 3600 s, an unknown phase (after-repair, first-boot) or field, more than 32 hooks, or first-boot hooks for a system without systemd. Fix the hooks (docs/repair.md describes them) and give them again (POST /v1/job/hooks, the configuration's `hooks`, or `ferry repair --hooks`); nothing was run.";
+    HookFailed => "HOOK_FAILED" [final, keeps_job, refused], "An operator's hook that must succeed failed",
+        "The message names the hook, how it ended (its exit status, or its timeout) and the end of what it printed; the round's report and handoff.json have all of it. The repair's own steps are done and nothing was handed off. Fix the script (or the migrated system it expects), give the hooks again (POST /v1/job/hooks) and start the job again (POST /v1/job/start); an after-repair hook runs again with every repair, so it must be safe to run twice.";
     LayoutTooLarge => "LAYOUT_TOO_LARGE" [final, keeps_job, refused], "The layout does not fit the target disk",
         "Attach a larger target disk or shrink the partitions of the layout (the message gives the numbers); nothing was written.";
     FilesDoNotFit => "FILES_DO_NOT_FIT" [final, keeps_job, refused], "The used data of the source's file systems does not fit the target disks with headroom",

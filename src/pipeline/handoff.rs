@@ -57,6 +57,11 @@ pub struct Manifest {
     /// device-mapper where the kernel has it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lvm: Option<crate::layout::lvm::activate::Access>,
+    /// The operator's hooks: each with its phase, status (`succeeded`,
+    /// `failed`, `timed_out`, `installed` for first-boot), exit code,
+    /// seconds and the end of its output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<crate::repair::hooks::HookOutcome>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,6 +164,7 @@ pub fn run(
             .filter_map(|j| serde_json::to_value(j).ok())
             .collect(),
         lvm: report.lvm.clone(),
+        hooks: repair.map(|r| r.hooks.clone()).unwrap_or_default(),
     };
     let bytes = serde_json::to_vec_pretty(&manifest).context("encoding the handoff manifest")?;
     let path = manifest_path(&settings.state_dir);

@@ -78,11 +78,17 @@ pub struct RepairChoices {
     pub recipes_dir: Option<PathBuf>,
     /// What each source NIC becomes.
     pub network: crate::repair::network::map::NetworkMap,
+    /// The operator's scripts, after the repair or at the first boot.
+    pub hooks: crate::repair::hooks::Hooks,
 }
 
 /// Where the control plane's network map is kept in the state directory
 /// (`POST /v1/job/network`); it takes the place of the configuration's.
 pub const NETWORK_MAP_FILE: &str = "network-map.json";
+
+/// Where the control plane's hooks are kept (`POST /v1/job/hooks`); they
+/// take the place of the configuration's.
+pub const HOOKS_FILE: &str = "hooks.json";
 
 /// Where a network map comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -104,7 +110,22 @@ impl RepairChoices {
         if let Some(map) = stored_network_map(state_dir)? {
             choices.network = map;
         }
+        if let Some(hooks) = stored_hooks(state_dir)? {
+            choices.hooks = hooks;
+        }
         Ok(choices)
+    }
+
+    /// The hooks a round would run now, and where they come from.
+    pub fn hooks(
+        &self,
+        state_dir: &std::path::Path,
+    ) -> Result<(crate::repair::hooks::Hooks, MapFrom)> {
+        Ok(match stored_hooks(state_dir)? {
+            Some(h) => (h, MapFrom::Control),
+            None if self.hooks.is_empty() => (Default::default(), MapFrom::None),
+            None => (self.hooks.clone(), MapFrom::Config),
+        })
     }
 
     /// The network map a round would follow now, and where it comes from.
@@ -151,6 +172,38 @@ pub(crate) fn store_network_map(
         };
     }
     let json = serde_json::to_vec_pretty(map).context("encoding the network map")?;
+    crate::disk::write_atomic(&path, &json)
+}
+
+/// The control plane's hooks, if it set some.
+fn stored_hooks(state_dir: &std::path::Path) -> Result<Option<crate::repair::hooks::Hooks>> {
+    let path = state_dir.join(HOOKS_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(
+            crate::repair::hooks::Hooks::parse(&text)
+                .with_context(|| format!("the stored hooks {}", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Keep the control plane's hooks for the rounds to come; none removes
+/// them (the configuration's apply again).
+pub(crate) fn store_hooks(
+    state_dir: &std::path::Path,
+    hooks: &crate::repair::hooks::Hooks,
+) -> Result<()> {
+    let path = state_dir.join(HOOKS_FILE);
+    if hooks.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(()),
+        };
+    }
+    let json = serde_json::to_vec_pretty(hooks).context("encoding the hooks")?;
     crate::disk::write_atomic(&path, &json)
 }
 
@@ -331,9 +384,31 @@ fn boot_test(
             dir,
         )
     })?;
+    let mut verdict = verdict;
+    // The operator's first-boot hooks ran in the test: one that must
+    // succeed and did not fails the round with its own code.
+    let must: Vec<&str> = report
+        .repair
+        .as_ref()
+        .map(|r| {
+            r.hooks
+                .iter()
+                .filter(|h| h.phase == crate::repair::hooks::Phase::FirstBoot && h.must_succeed)
+                .map(|h| h.name.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let hook_failure = verdict.judge_hooks(&must);
+    if hook_failure.is_some() {
+        boot::save_verdict(dir, &verdict)?;
+    }
     let passed = verdict.passed();
     let detail = verdict.failure_detail();
     report.boot_test = Some(verdict);
+    if let Some(detail) = hook_failure {
+        write_json(&dir.join("report.json"), report)?;
+        return Err(coded(ErrorCode::HookFailed, detail));
+    }
     if !passed {
         write_json(&dir.join("report.json"), report)?;
         return Err(coded(ErrorCode::BootTestFailed, detail));
@@ -538,6 +613,7 @@ mod tests {
         let config = RepairChoices {
             recipes_dir: None,
             network: NetworkMap::parse("[[nic]]\nsource = \"eth0\"\n").unwrap(),
+            hooks: Default::default(),
         };
         assert_eq!(
             config.for_round(dir.path()).unwrap().network,
@@ -556,6 +632,33 @@ mod tests {
         assert_eq!(
             crate::job::errors::describe(&err).0,
             crate::job::errors::ErrorCode::NetworkMapInvalid
+        );
+    }
+
+    #[test]
+    fn a_round_takes_the_control_planes_hooks_over_the_configurations() {
+        use crate::repair::hooks::Hooks;
+        let dir = tempfile::tempdir().unwrap();
+        let config = RepairChoices {
+            hooks: Hooks::parse(
+                "[[hook]]\nname = \"a\"\nphase = \"first-boot\"\nscript = \"true\"\n",
+            )
+            .unwrap(),
+            ..Default::default()
+        };
+        assert_eq!(config.for_round(dir.path()).unwrap().hooks, config.hooks);
+        let control =
+            Hooks::parse("[[hook]]\nname = \"b\"\nphase = \"after-repair\"\nscript = \"true\"\n")
+                .unwrap();
+        store_hooks(dir.path(), &control).unwrap();
+        assert_eq!(config.for_round(dir.path()).unwrap().hooks, control);
+        store_hooks(dir.path(), &Hooks::default()).unwrap();
+        assert_eq!(config.for_round(dir.path()).unwrap().hooks, config.hooks);
+        std::fs::write(dir.path().join(HOOKS_FILE), "{\"hook\": 3}").unwrap();
+        let err = config.for_round(dir.path()).unwrap_err();
+        assert_eq!(
+            crate::job::errors::describe(&err).0,
+            crate::job::errors::ErrorCode::HookInvalid
         );
     }
 }

@@ -32,6 +32,7 @@ pub fn run(
     let mut options = repair::RepairOptions::new(tree.root(), devices, BootMode::Auto, Mode::Apply);
     options.recipes_dir = choices.recipes_dir.clone();
     options.network = choices.network.clone();
+    options.hooks = choices.hooks.clone();
     let outcome = repair::run_with_options(&options);
     // The report is kept whether the repair succeeded or not, and the
     // system is unmounted either way.

@@ -52,6 +52,17 @@ impl Runner {
         self.settings.repair.network_map(&self.settings.state_dir)
     }
 
+    /// The hooks the next repair runs, and where they come from.
+    pub fn hooks(&self) -> Result<(crate::repair::hooks::Hooks, super::MapFrom)> {
+        self.settings.repair.hooks(&self.settings.state_dir)
+    }
+
+    /// Keep the control plane's hooks for the rounds to come (none: the
+    /// configuration's again).
+    pub fn set_hooks(&self, hooks: &crate::repair::hooks::Hooks) -> Result<()> {
+        super::store_hooks(&self.settings.state_dir, hooks)
+    }
+
     /// Keep the control plane's network map for the rounds to come (an
     /// empty one: the configuration's again).
     pub fn set_network_map(&self, map: &crate::repair::network::map::NetworkMap) -> Result<()> {

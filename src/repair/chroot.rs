@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::devices::DeviceMap;
-use super::engine::GuestRunner;
+use super::engine::{Bounded, GuestRunner};
 use crate::cmd::Output;
 use crate::job::errors::{coded, ErrorCode};
 use crate::layout::dev_nodes::DevNode;
@@ -71,6 +71,37 @@ impl GuestRunner for Confined {
                 )
             }
         }
+    }
+
+    fn run_bounded(&self, argv: &[String], timeout: std::time::Duration) -> Result<Bounded> {
+        let (program, args) = argv.split_first().context("an empty command line")?;
+        let sandbox = self.0.clone().with_limits(
+            timeout,
+            crate::sandbox::OUTPUT_LIMIT,
+            crate::sandbox::PIDS_MAX,
+        );
+        let (status, output) = sandbox.command(program).args(args).output()?;
+        let code = status.code();
+        if code == Some(child::UNAVAILABLE) {
+            return Err(coded(
+                ErrorCode::SandboxUnavailable,
+                format!(
+                    "`{}` was not run: {}",
+                    argv.join(" "),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            ));
+        }
+        // 124 is also a status a program may choose: the keeper's own line
+        // says it was the timeout.
+        let timed_out = code == Some(child::TIMED_OUT)
+            && String::from_utf8_lossy(&output.stderr)
+                .contains("ferry sandbox: the command ran out of its");
+        Ok(Bounded {
+            code,
+            timed_out,
+            output,
+        })
     }
 }
 

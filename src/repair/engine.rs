@@ -20,7 +20,30 @@ pub enum Mode {
 
 /// Runs a command inside the migrated system (a chroot in production).
 pub trait GuestRunner {
+    /// Run it; a status other than 0 is an error.
     fn run(&self, argv: &[String]) -> Result<Output>;
+
+    /// Run it within `timeout` (killed with all it started after it) and
+    /// say how it ended: for a program whose failure is an outcome to
+    /// report (the operator's hooks), not an error of the repair.
+    fn run_bounded(&self, argv: &[String], timeout: std::time::Duration) -> Result<Bounded> {
+        let _ = timeout;
+        self.run(argv).map(|output| Bounded {
+            code: Some(0),
+            timed_out: false,
+            output,
+        })
+    }
+}
+
+/// How a bounded command ended.
+#[derive(Debug)]
+pub struct Bounded {
+    /// Its exit status (None: killed by a signal).
+    pub code: Option<i32>,
+    /// It ran out of its time and was killed.
+    pub timed_out: bool,
+    pub output: Output,
 }
 
 /// One thing a step changed (or, in plan mode, would change).
@@ -92,7 +115,7 @@ pub struct GuestOutput {
 /// How much of each stream a report keeps (the end of it).
 const REPORT_TAIL: usize = 16 << 10;
 
-fn report_tail(bytes: &[u8]) -> String {
+pub(crate) fn report_tail(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     match crate::cmd::last_bytes(&text, REPORT_TAIL) {
         (end, false) => end.to_owned(),
@@ -269,6 +292,33 @@ impl<'a> StepCtx<'a> {
             why: why.to_owned(),
         });
         Ok(out)
+    }
+
+    /// Run a command within `timeout` whose failure is an outcome (an
+    /// operator's hook): recorded like `exec`, its status returned.
+    pub(crate) fn exec_bounded(
+        &mut self,
+        argv: &[String],
+        why: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Bounded> {
+        let runner = self.runner.with_context(|| {
+            format!(
+                "running `{}` needs the migrated system mounted as a chroot",
+                argv.join(" ")
+            )
+        })?;
+        let ran = runner.run_bounded(argv, timeout)?;
+        self.output.borrow_mut().push(GuestOutput {
+            argv: argv.to_vec(),
+            stdout: report_tail(&ran.output.stdout),
+            stderr: report_tail(&ran.output.stderr),
+        });
+        self.changes.push(Change::Command {
+            argv: argv.to_vec(),
+            why: why.to_owned(),
+        });
+        Ok(ran)
     }
 
     /// Run a command that only reads (a listing); `None` without a runner

@@ -28,6 +28,7 @@ pub mod esp;
 pub mod fstab;
 pub mod grub;
 pub mod hive;
+pub mod hooks;
 pub mod initramfs;
 pub mod network;
 pub mod probe;
@@ -91,6 +92,8 @@ pub struct RepairOptions {
     pub only: Option<Vec<recipe::StepName>>,
     /// What each source NIC becomes (empty: DHCP on every NIC).
     pub network: network::map::NetworkMap,
+    /// The operator's scripts, run after the repair or at the first boot.
+    pub hooks: hooks::Hooks,
 }
 
 impl RepairOptions {
@@ -110,6 +113,7 @@ impl RepairOptions {
             datasources: None,
             only: None,
             network: network::map::NetworkMap::default(),
+            hooks: hooks::Hooks::default(),
         }
     }
 }
@@ -129,6 +133,9 @@ pub struct RepairReport {
     /// A Windows system: what its registry says (`os` is for Linux).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub windows: Option<windows::WindowsInfo>,
+    /// The operator's hooks: what each did (or, installed, will do).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<hooks::HookOutcome>,
 }
 
 impl RepairReport {
@@ -143,6 +150,7 @@ impl RepairReport {
             steps: Vec::new(),
             error: None,
             windows: None,
+            hooks: Vec::new(),
         }
     }
 }
@@ -328,6 +336,15 @@ fn execute_inner(
         }
         tracing::info!(step = step.as_str(), status = ?r.status, changes = r.changes.len(), "repair step done");
         report.steps.push(r);
+    }
+    // The operator's hooks follow the whole repair (not a part of it run
+    // with --only); their step is reported even when one fails the repair.
+    if opts.only.is_none() && !opts.hooks.is_empty() {
+        *current = Some(hooks::STEP.to_owned());
+        let mut ctx = StepCtx::new(&tree, opts.mode, runner);
+        let res = hooks::step(&mut ctx, &os, &opts.hooks, &mut report.hooks);
+        report.steps.push(ctx.finish(hooks::STEP));
+        res?;
     }
     *current = None;
     Ok(())

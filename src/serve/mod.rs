@@ -204,6 +204,10 @@ fn pipeline_settings(config: &Config) -> Result<crate::pipeline::PipelineSetting
                 Some(p) => crate::repair::network::map::NetworkMap::load(p)?,
                 None => Default::default(),
             },
+            hooks: match &config.hooks {
+                Some(p) => crate::repair::hooks::Hooks::load(p)?,
+                None => Default::default(),
+            },
         },
         state_dir: config.state_dir.clone(),
     })

@@ -95,13 +95,14 @@ impl Resets for Arc<Appliance> {
         }
         let manifest = crate::pipeline::handoff::manifest_path(&self.config.state_dir);
         remove_if_present(&manifest)?;
-        // The control plane's network map was for the deleted job's server.
-        remove_if_present(
-            &self
-                .config
-                .state_dir
-                .join(crate::pipeline::NETWORK_MAP_FILE),
-        )?;
+        // The control plane's network map and hooks were for the deleted
+        // job's server.
+        for file in [
+            crate::pipeline::NETWORK_MAP_FILE,
+            crate::pipeline::HOOKS_FILE,
+        ] {
+            remove_if_present(&self.config.state_dir.join(file))?;
+        }
         let change = self.job.renew().context("starting the job over")?;
         tracing::warn!(job = %change.job_id, "the job was deleted: a fresh job starts, with the same token and TLS identity");
         Ok(change)

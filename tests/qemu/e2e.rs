@@ -705,6 +705,17 @@ fn the_appliance_boots_the_migrated_disks_itself_and_writes_nothing_to_them() {
     let targets = targets_for(&src.disks, dir.path(), 0);
     // The accelerator as in production: KVM where it works, else TCG.
     let server = appliance_with(dir.path(), &targets, "boot_test = true\n");
+    // The operator's hooks, given by the control plane: one after the
+    // repair, one at the first boot (which the boot test runs too, and
+    // must see succeed).
+    let hooks = serde_json::json!({"hook": [
+        {"name": "proof", "phase": "after-repair", "must_succeed": true,
+         "script": "#!/bin/sh\necho \"after-repair on $(cat /etc/hostname)\" >/etc/ferry-after-repair\n"},
+        {"name": "greet", "phase": "first-boot", "must_succeed": true,
+         "script": "echo \"first boot of $(cat /etc/ferry-after-repair)\" >/var/lib/ferry-greeted"},
+    ]});
+    let (status, body) = control_bytes(&server, "POST", "/v1/job/hooks", Some(&hooks.to_string()));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let sender = send_in_background(&server, &src.disks);
     let (at_boot, after, sent) = hashes_at_boot_and_after(&server, &targets, sender);
     keep_logs(dir.path(), "e2e-boot-test");
@@ -741,6 +752,20 @@ fn the_appliance_boots_the_migrated_disks_itself_and_writes_nothing_to_them() {
     assert!(dhcp > kernel, "{v}");
     assert_eq!(v["firmware"], "bios");
     assert_eq!(v["handed_off_anyway"], false);
+    // The first-boot hook ran in the boot test and said it succeeded; the
+    // manifest lists both hooks' outcomes.
+    assert_eq!(v["first_boot_hooks"]["greet"], 0, "{v}");
+    let hooks = &m["hooks"];
+    assert_eq!(
+        (&hooks[0]["name"], &hooks[0]["status"]),
+        (&"greet".into(), &"installed".into()),
+        "{hooks}"
+    );
+    assert_eq!(
+        (&hooks[1]["name"], &hooks[1]["status"]),
+        (&"proof".into(), &"succeeded".into()),
+        "{hooks}"
+    );
     assert!(m["seconds"]["boot"].as_f64().is_some(), "{m}");
     let accel = v["accelerator"].as_str().expect("an accelerator");
     let kvm_opens = std::fs::OpenOptions::new()
@@ -783,6 +808,39 @@ fn the_appliance_boots_the_migrated_disks_itself_and_writes_nothing_to_them() {
         .filter(|n| n.ends_with(".qcow2"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    drop(server);
+
+    // On the cloud: the first-boot hook runs for real, once, and goes.
+    let report = crate::common::boot::boots_on_the_cloud(&src, targets.clone(), "e2e-hooks-virtio");
+    assert!(
+        report
+            .log_tail(1 << 20)
+            .contains("ferry-first-boot greet exit=0"),
+        "the hook's status on the console: {}",
+        report.log_tail(3000)
+    );
+    with_mounted(&targets, true, |root| {
+        let read =
+            |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        let after_repair = format!("after-repair on {}\n", src.hostname);
+        assert_eq!(read("etc/ferry-after-repair"), after_repair);
+        assert_eq!(
+            read("var/lib/ferry-greeted"),
+            format!("first boot of {after_repair}")
+        );
+        for gone in [
+            "etc/systemd/system/ferry-first-boot-greet.service",
+            "etc/systemd/system/multi-user.target.wants/ferry-first-boot-greet.service",
+            "var/lib/ferry/first-boot/greet",
+            "var/lib/ferry/first-boot/greet.run",
+            "var/lib/ferry/hooks/proof",
+        ] {
+            assert!(
+                std::fs::symlink_metadata(root.join(gone)).is_err(),
+                "{gone} is left"
+            );
+        }
+    });
 }
 
 #[test]

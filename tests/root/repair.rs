@@ -358,3 +358,132 @@ fn data_disk_left_behind_is_commented_out_of_fstab() {
         },
     );
 }
+
+/// The operator's hooks on a real system: after-repair scripts run in the
+/// sandbox of the migrated system (its files, its shell), their output
+/// and status in the report, a failure that need not succeed reported and
+/// passed, a timeout killed; a first-boot hook installed as a unit that
+/// removes itself; a must-succeed failure stops the repair with
+/// HOOK_FAILED and its output, and the hooks after it do not run.
+#[test]
+fn hooks_run_in_the_migrated_system_and_a_must_succeed_failure_stops_the_repair() {
+    use ferry::repair::hooks::{HookStatus, Hooks};
+    need_root!("loop devices, mounts, chroot");
+    let work = tempfile::tempdir().unwrap();
+    let disks = source_image("bios-mbr", work.path());
+    let tree = mounted(&disks, &work.path().join("mnt"), &[(0, 0, "/")]);
+    let devices = DeviceMap::from_mount_tree(&tree, &[vec!["/dev/sda".to_owned()]]);
+    let root = tree.root().to_owned();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let hooks = Hooks::parse(
+            r##"
+[[hook]]
+name = "proof"
+phase = "after-repair"
+script = """#!/bin/sh
+echo "ran on $(cat /etc/hostname) as $(id -u)" >/etc/ferry-hook-proof
+cat /etc/ferry-hook-proof
+echo to-stderr >&2
+"""
+must_succeed = true
+
+[[hook]]
+name = "soft-fail"
+phase = "after-repair"
+script = "echo trying; exit 3"
+
+[[hook]]
+name = "sleepy"
+phase = "after-repair"
+script = "sleep 60"
+timeout = 1
+
+[[hook]]
+name = "greet"
+phase = "first-boot"
+script = "echo hello from the first boot >/var/lib/greeted"
+"##,
+        )
+        .unwrap();
+        let mut opts =
+            repair::RepairOptions::new(&root, devices.clone(), BootMode::Auto, Mode::Apply);
+        opts.hooks = hooks;
+        let out = repair::run_with_options(&opts);
+        if let Some(e) = &out.error {
+            panic!("the repair failed: {e:#}");
+        }
+        let report = out.report;
+        let by_name = |n: &str| report.hooks.iter().find(|h| h.name == n).unwrap().clone();
+        let proof = by_name("proof");
+        assert_eq!(proof.status, HookStatus::Succeeded, "{proof:?}");
+        assert_eq!(proof.exit_code, Some(0));
+        assert_eq!(proof.stdout, "ran on src-bios-mbr as 0\n");
+        assert_eq!(proof.stderr, "to-stderr\n");
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/ferry-hook-proof")).unwrap(),
+            "ran on src-bios-mbr as 0\n"
+        );
+        // The script itself does not stay in the migrated system.
+        assert!(!root.join("var/lib/ferry/hooks/proof").exists());
+        let soft = by_name("soft-fail");
+        assert_eq!((soft.status, soft.exit_code), (HookStatus::Failed, Some(3)));
+        assert_eq!(soft.stdout, "trying\n");
+        let sleepy = by_name("sleepy");
+        assert_eq!(sleepy.status, HookStatus::TimedOut, "{sleepy:?}");
+        assert!(sleepy.seconds.unwrap() < 30.0, "{sleepy:?}");
+        let step = report.steps.iter().find(|s| s.step == "hooks").unwrap();
+        assert!(
+            step.notes.iter().any(|n| n.starts_with("the after-repair hook soft-fail exited with status 3 (not must_succeed: the repair goes on)")),
+            "{:?}",
+            step.notes
+        );
+        assert!(step
+            .notes
+            .iter()
+            .any(|n| n.starts_with("the after-repair hook sleepy ran out of its 1 s")));
+        // The first-boot hook waits as an enabled unit.
+        assert_eq!(by_name("greet").status, HookStatus::Installed);
+        let unit = "etc/systemd/system/ferry-first-boot-greet.service";
+        assert!(std::fs::read_to_string(root.join(unit))
+            .unwrap()
+            .contains("ExecStart=/bin/sh /var/lib/ferry/first-boot/greet.run\n"));
+        assert_eq!(
+            std::fs::read_link(
+                root.join(
+                    "etc/systemd/system/multi-user.target.wants/ferry-first-boot-greet.service"
+                )
+            )
+            .unwrap(),
+            Path::new("/etc/systemd/system/ferry-first-boot-greet.service")
+        );
+
+        // A must-succeed hook that fails stops the repair, with its code
+        // and output; the hooks after it do not run.
+        let gate = Hooks::parse(
+            "[[hook]]\nname = \"gate\"\nphase = \"after-repair\"\nscript = \"echo failing-output; exit 7\"\nmust_succeed = true\n\n[[hook]]\nname = \"after-gate\"\nphase = \"after-repair\"\nscript = \"touch /etc/after-gate\"\n",
+        )
+        .unwrap();
+        opts.hooks = gate;
+        let out = repair::run_with_options(&opts);
+        let err = out.error.expect("the repair fails");
+        let coded = ferry::job::errors::find_coded(&err).expect("a coded error");
+        assert_eq!(coded.code, ferry::job::errors::ErrorCode::HookFailed);
+        assert!(
+            format!("{err:#}")
+                .contains("the after-repair hook gate exited with status 7: failing-output"),
+            "{err:#}"
+        );
+        let e = out.report.error.unwrap();
+        assert_eq!(
+            (e.code.as_str(), e.step.as_deref()),
+            ("HOOK_FAILED", Some("hooks"))
+        );
+        assert_eq!(out.report.hooks.len(), 1, "{:?}", out.report.hooks);
+        assert_eq!(out.report.hooks[0].status, HookStatus::Failed);
+        assert!(!root.join("etc/after-gate").exists());
+    }));
+    tree.close().unwrap();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}

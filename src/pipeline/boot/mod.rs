@@ -165,6 +165,10 @@ pub struct Verdict {
     /// Set when the control plane took the disks despite a failed test.
     #[serde(default)]
     pub handed_off_anyway: bool,
+    /// The operator's first-boot hooks that ran in the test and the
+    /// status each printed on the console (`ferry-first-boot NAME exit=N`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub first_boot_hooks: BTreeMap<String, i32>,
 }
 
 impl Verdict {
@@ -173,6 +177,36 @@ impl Verdict {
     }
 
     /// The detail of the BOOT_TEST_FAILED error: stage, reason, last lines.
+    /// A passed boot in which a first-boot hook that must succeed did
+    /// not (its status, or none on the console) becomes a failed one;
+    /// returns the failure's detail.
+    pub(crate) fn judge_hooks(&mut self, must_succeed: &[&str]) -> Option<String> {
+        if !self.passed() {
+            return None;
+        }
+        let failed: Vec<String> = must_succeed
+            .iter()
+            .filter_map(|name| match self.first_boot_hooks.get(*name) {
+                Some(0) => None,
+                Some(code) => Some(format!("the first-boot hook {name} exited with status {code}")),
+                None => Some(format!(
+                    "the first-boot hook {name} printed no status on the console: it did not run before the default target"
+                )),
+            })
+            .collect();
+        if failed.is_empty() {
+            return None;
+        }
+        self.verdict = "failed".to_owned();
+        self.failure = Some("hook_failed".to_owned());
+        self.reason = failed.join("; ");
+        Some(format!(
+            "the system booted, but {}; last console lines:\n{}",
+            self.reason,
+            self.console_tail.join("\n")
+        ))
+    }
+
     pub(crate) fn failure_detail(&self) -> String {
         format!(
             "the boot reached stage {} and {} ({} after {:.0} s); last console lines:\n{}",
@@ -259,6 +293,11 @@ pub fn run(
         memory_mib: spec.memory_mib,
         console_tail: console::last_lines(&read_console(&spec.dir), TAIL_LINES),
         handed_off_anyway: false,
+        first_boot_hooks: crate::repair::hooks::first_boot_statuses(&console::strip_ansi(
+            &read_console(&spec.dir),
+        ))
+        .into_iter()
+        .collect(),
     };
     save_verdict(work_dir, &verdict)?;
     tracing::info!(
@@ -499,6 +538,7 @@ mod tests {
                 "(initramfs)".into(),
             ],
             handed_off_anyway: false,
+            first_boot_hooks: BTreeMap::new(),
         };
         assert!(!v.passed());
         assert_eq!(
@@ -510,5 +550,42 @@ mod tests {
         assert_eq!(json["firmware"], "bios");
         let back: Verdict = serde_json::from_value(json).unwrap();
         assert_eq!(back, v);
+    }
+
+    #[test]
+    fn a_first_boot_hook_that_must_succeed_and_did_not_fails_a_passed_boot() {
+        let passed = |hooks: &[(&str, i32)]| Verdict {
+            verdict: "passed".into(),
+            stage: Stage::Target,
+            failure: None,
+            reason: "reached target and asked for an address by DHCP".into(),
+            stage_seconds: BTreeMap::new(),
+            dhcp_seconds: Some(9.0),
+            seconds: 20.0,
+            accelerator: "kvm".into(),
+            accelerator_note: None,
+            firmware: Firmware::Bios,
+            cpus: 1,
+            memory_mib: 1024,
+            console_tail: vec!["ferry-first-boot agent exit=3".into()],
+            handed_off_anyway: false,
+            first_boot_hooks: hooks.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect(),
+        };
+        let mut ok = passed(&[("agent", 0), ("other", 2)]);
+        assert_eq!(ok.judge_hooks(&["agent"]), None, "other need not succeed");
+        assert!(ok.passed());
+        let mut bad = passed(&[("agent", 3)]);
+        assert_eq!(
+            bad.judge_hooks(&["agent", "missing"]).as_deref(),
+            Some("the system booted, but the first-boot hook agent exited with status 3; the first-boot hook missing printed no status on the console: it did not run before the default target; last console lines:\nferry-first-boot agent exit=3")
+        );
+        assert!(!bad.passed());
+        assert_eq!(bad.failure.as_deref(), Some("hook_failed"));
+        // A boot that failed already stays as it failed.
+        let mut failed = passed(&[]);
+        failed.verdict = "failed".into();
+        failed.failure = Some("timeout".into());
+        assert_eq!(failed.judge_hooks(&["agent"]), None);
+        assert_eq!(failed.failure.as_deref(), Some("timeout"));
     }
 }

@@ -48,7 +48,8 @@ impl From<anyhow::Error> for ApiError {
             ErrorCode::Usage
             | ErrorCode::BadBandwidth
             | ErrorCode::BadRequest
-            | ErrorCode::NetworkMapInvalid => StatusCode::BAD_REQUEST,
+            | ErrorCode::NetworkMapInvalid
+            | ErrorCode::HookInvalid => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, code, detail)

@@ -20,9 +20,11 @@
 //!
 //! The handlers are split by resource: the job and its bandwidth
 //! ([`job`]), the handoff and the boot test's files ([`handoff`]), the
-//! network map ([`network`]), and the control token's check ([`token`]).
+//! network map ([`network`]), the operator's hooks ([`hooks`]), and the
+//! control token's check ([`token`]).
 
 mod handoff;
+mod hooks;
 mod job;
 mod network;
 mod token;
@@ -176,6 +178,20 @@ pub fn router(state: ApiState, limits: HttpLimits) -> Router {
             state.clone(),
             token::require_token,
         ));
+    // Scripts make a larger body than the other endpoints take.
+    let hooks = Router::new()
+        .route(
+            "/v1/job/hooks",
+            get(hooks::get_hooks).post(hooks::set_hooks),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            token::require_token,
+        ))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            hooks::BODY_LIMIT,
+        ))
+        .layer(DefaultBodyLimit::max(hooks::BODY_LIMIT));
     Router::new()
         .route("/", get(super::status_page::status_page))
         .route("/v1/identity", get(identity))
@@ -187,6 +203,7 @@ pub fn router(state: ApiState, limits: HttpLimits) -> Router {
             limits.body_limit,
         ))
         .layer(DefaultBodyLimit::max(limits.body_limit))
+        .merge(hooks)
         .with_state(state)
 }
 
