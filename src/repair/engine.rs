@@ -64,6 +64,8 @@ pub enum Change {
     Removed { path: String },
     /// A command run in the migrated system.
     Command { argv: Vec<String>, why: String },
+    /// An SELinux label set on a file the repair (or a tool it ran) wrote.
+    Label { path: String, context: String },
     /// A registry value of a Windows hive set (`old` None: it was absent).
     Registry {
         hive: String,
@@ -256,6 +258,24 @@ impl<'a> StepCtx<'a> {
         Ok(())
     }
 
+    /// Label the file at `path` (its host path `host`, the last symlink
+    /// not followed).
+    pub(crate) fn label(
+        &mut self,
+        path: &str,
+        host: &std::path::Path,
+        context: &str,
+    ) -> Result<()> {
+        if self.apply() {
+            super::selinux::set_label(host, context)?;
+        }
+        self.changes.push(Change::Label {
+            path: path.to_owned(),
+            context: context.to_owned(),
+        });
+        Ok(())
+    }
+
     /// Make `path` a symlink to `target`; returns whether it changed.
     pub fn symlink(&mut self, path: &str, target: &str) -> Result<bool> {
         if self.tree.link_target(path).as_deref() == Some(target) {
@@ -407,6 +427,9 @@ pub(crate) fn render(steps: &[StepReport], mode: Mode) -> String {
                 }
                 Change::Rename { from, to } => out.push_str(&format!("   rename {from} -> {to}\n")),
                 Change::Removed { path } => out.push_str(&format!("   remove {path}\n")),
+                Change::Label { path, context } => {
+                    out.push_str(&format!("   label {path} {context}\n"))
+                }
                 Change::Registry {
                     hive,
                     key,

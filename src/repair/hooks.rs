@@ -216,7 +216,8 @@ fn unit_name(hook: &Hook) -> String {
 }
 
 /// The wrapper a first-boot unit runs: the script, its status on the
-/// console, then the hook removed (script, unit, link) whatever the status.
+/// console, then the hook removed (script, unit, link) whatever the status,
+/// and the removal (with what the script wrote) flushed to disk.
 fn wrapper(hook: &Hook) -> String {
     let script = format!("{FIRST_BOOT_DIR}/{}", hook.name);
     let unit = unit_name(hook);
@@ -228,6 +229,8 @@ fn wrapper(hook: &Hook) -> String {
          status=$?\n\
          echo \"{CONSOLE_TAG} {name} exit=$status\"\n\
          rm -f {UNIT_DIR}/multi-user.target.wants/{unit} {UNIT_DIR}/{unit} {script} {script}.run\n\
+         # Durable before anything else: a power loss must not run it twice.\n\
+         sync\n\
          exit $status\n",
         name = hook.name,
     )

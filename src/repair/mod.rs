@@ -33,6 +33,7 @@ pub mod initramfs;
 pub mod network;
 pub mod probe;
 pub mod recipe;
+pub mod selinux;
 pub mod system;
 pub mod tree;
 pub mod windows;
@@ -345,6 +346,32 @@ fn execute_inner(
         let res = hooks::step(&mut ctx, &os, &opts.hooks, &mut report.hooks);
         report.steps.push(ctx.finish(hooks::STEP));
         res?;
+    }
+    // Last, when everything is written: the labels of what was.
+    let selinux_ran = recipe.steps.contains(&StepName::Selinux)
+        && opts
+            .only
+            .as_ref()
+            .is_none_or(|o| o.contains(&StepName::Selinux));
+    if opts.mode == Mode::Apply && selinux_ran {
+        if let selinux::Plan::Label { contexts, .. } = selinux::plan(&tree, os.selinux)? {
+            *current = Some(selinux::STEP.to_owned());
+            let written: Vec<String> = report
+                .steps
+                .iter()
+                .flat_map(|s| &s.changes)
+                .filter_map(|c| match c {
+                    Change::File { path, action, .. } if *action != engine::FileAction::Removed => {
+                        Some(path.clone())
+                    }
+                    Change::Symlink { path, .. } => Some(path.clone()),
+                    _ => None,
+                })
+                .collect();
+            let mut ctx = StepCtx::new(&tree, opts.mode, runner);
+            selinux::label_step(&mut ctx, &contexts, &written)?;
+            report.steps.push(ctx.finish(selinux::STEP));
+        }
     }
     *current = None;
     Ok(())

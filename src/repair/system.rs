@@ -126,12 +126,24 @@ pub(crate) fn selinux_step(ctx: &mut StepCtx, os: &OsInfo) -> Result<()> {
             ctx.skip("SELinux is not enabled");
             Ok(())
         }
-        _ => {
-            // Files written on the appliance carry no labels; a relabel on
-            // first boot fixes them instead of requiring SELinux disabled.
-            ctx.write("/.autorelabel", "", 0o644)?;
-            Ok(())
-        }
+        _ => match super::selinux::plan(ctx.tree, os.selinux)? {
+            super::selinux::Plan::Label { policy, .. } => {
+                ctx.note(format!(
+                    "the migrated file systems carry SELinux labels: what the repair writes is labelled from the {policy} policy's file_contexts at its end (step {}), and no relabel is scheduled",
+                    super::selinux::STEP
+                ));
+                Ok(())
+            }
+            super::selinux::Plan::Relabel(why) => {
+                ctx.note(why);
+                ctx.write("/.autorelabel", "", 0o644)?;
+                Ok(())
+            }
+            super::selinux::Plan::None => {
+                ctx.skip("SELinux is not enabled");
+                Ok(())
+            }
+        },
     }
 }
 
