@@ -14,13 +14,21 @@ use tokio::sync::watch;
 
 use crate::job::change::{ChangeCause, StateChange};
 use crate::job::errors::ErrorCode;
+use crate::job::events::{Event, EventLog};
 use crate::job::record::{JobRecord, JobSettings};
+use crate::job::state::Timestamp;
 use crate::job::status::{allowed, refused_operation, JobStatus};
 use crate::job::step::Step;
 use crate::job::store::JobStore;
 use crate::job::time::Clock;
 
 type Listener = Box<dyn Fn(&StateChange) + Send + Sync>;
+
+/// The kinds of the job's events.
+pub const STATUS_CHANGED: &str = "job.status_changed";
+pub const STEP_CHANGED: &str = "job.step_changed";
+pub const CHECKED: &str = "job.checked";
+type EventListener = Box<dyn Fn(&Event) + Send + Sync>;
 
 pub struct JobHandle {
     record: Mutex<Inner>,
@@ -29,6 +37,9 @@ pub struct JobHandle {
     /// Bumped on every change (status or progress), for waiters.
     version: watch::Sender<u64>,
     listeners: Mutex<Vec<Listener>>,
+    /// The job's events (status changes, steps, the check), numbered.
+    events: std::sync::RwLock<Arc<EventLog>>,
+    event_listeners: Mutex<Vec<EventListener>>,
     /// Seconds without data after which a Syncing job is stalled.
     stall_after_secs: AtomicU64,
 }
@@ -88,6 +99,8 @@ impl JobHandle {
             clock,
             version,
             listeners: Mutex::new(Vec::new()),
+            events: std::sync::RwLock::new(Arc::new(EventLog::in_memory())),
+            event_listeners: Mutex::new(Vec::new()),
             stall_after_secs: AtomicU64::new(Self::DEFAULT_STALL_AFTER.as_secs()),
         });
         handle.tick().context("checking the job's validity")?;
@@ -107,6 +120,43 @@ impl JobHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Box::new(f));
+    }
+
+    /// Keep the job's events in this log from now on (the appliance's is
+    /// on disk, in the state directory).
+    pub fn keep_events(&self, log: EventLog) {
+        *self.events.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(log);
+    }
+
+    /// The job's event log.
+    pub fn events(&self) -> Arc<EventLog> {
+        Arc::clone(&self.events.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Tell `f` of every event (with its number) from now on, in order.
+    /// `f` runs on the thread that made the event and must return at once.
+    pub fn on_event(&self, f: impl Fn(&Event) + Send + Sync + 'static) {
+        self.event_listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(f));
+    }
+
+    /// Log an event and tell the listeners. The listeners' lock is held
+    /// across the append, so that they see events in their numbers' order.
+    fn emit(&self, kind: &str, body: &impl serde::Serialize) {
+        let listeners = self
+            .event_listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match self.events().append(kind, body) {
+            Ok(event) => {
+                for l in listeners.iter() {
+                    l(&event);
+                }
+            }
+            Err(e) => tracing::error!(kind, "keeping a job event: {e:#}"),
+        }
     }
 
     /// A receiver that sees a new value on every change.
@@ -162,6 +212,11 @@ impl JobHandle {
                 .with_context(|| format!("saving the job record ({what})"))?;
             inner.record = next;
             inner.progress_saved = now;
+            // Logged while the record is held: the events' numbers follow
+            // the order in which the changes were saved.
+            for e in &events {
+                self.emit(STATUS_CHANGED, e);
+            }
             (out, events)
         };
         self.version.send_modify(|v| *v += 1);
@@ -388,28 +443,59 @@ impl JobHandle {
     /// The round's pipeline started `step`; shown in the job until the
     /// job leaves Processing and Cleaning.
     pub fn processing_step(&self, step: Step) -> Result<()> {
-        self.update(
+        let changed = self.update(
             "processing step",
-            |r, _| {
-                if matches!(r.status, JobStatus::PROCESSING | JobStatus::CLEANING) {
+            |r, now| {
+                let changed = matches!(r.status, JobStatus::PROCESSING | JobStatus::CLEANING)
+                    && r.step != Some(step);
+                if changed {
                     r.step = Some(step);
                 }
-                Ok(())
+                Ok(changed.then(|| (r.id.clone(), now)))
             },
             |_| Vec::new(),
-        )
+        )?;
+        if let Some((job_id, at)) = changed {
+            #[derive(serde::Serialize)]
+            struct StepChanged {
+                job_id: String,
+                step: Step,
+                at: Timestamp,
+            }
+            self.emit(
+                STEP_CHANGED,
+                &StepChanged {
+                    job_id,
+                    step,
+                    at: Timestamp(at),
+                },
+            );
+        }
+        Ok(())
     }
 
     /// Keep the report of the round's check of the received disks.
     pub fn checked(&self, report: serde_json::Value) -> Result<()> {
-        self.update(
+        #[derive(serde::Serialize)]
+        struct Checked {
+            job_id: String,
+            at: Timestamp,
+            check: serde_json::Value,
+        }
+        let event = self.update(
             "check report",
-            |r, _| {
-                r.check = Some(report);
-                Ok(())
+            |r, now| {
+                r.check = Some(report.clone());
+                Ok(Checked {
+                    job_id: r.id.clone(),
+                    at: Timestamp(now),
+                    check: report,
+                })
             },
             |_| Vec::new(),
-        )
+        )?;
+        self.emit(CHECKED, &event);
+        Ok(())
     }
 
     /// Processing → Cleaning (the handoff); a job already Cleaning (a run

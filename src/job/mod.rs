@@ -3,6 +3,7 @@
 
 pub mod change;
 pub mod errors;
+pub mod events;
 pub mod handle;
 pub mod ledger;
 pub mod progress;

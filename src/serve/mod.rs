@@ -116,6 +116,9 @@ pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Applianc
             validity,
         },
     )?;
+    job.keep_events(crate::job::events::EventLog::open(
+        &config.state_dir.join(EVENTS_FILE),
+    )?);
     job.set_stall_after(std::time::Duration::from_secs(config.stall_after_secs));
     let refused_records = restore_job_progress(&config, &job, &ledger)?;
     let control_token = resolve_control_token(&config)?;
@@ -164,6 +167,9 @@ pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Applianc
     })
 }
 
+/// The job's events, kept for `GET /v1/job/events`.
+pub const EVENTS_FILE: &str = "events.jsonl";
+
 /// The control plane's webhook, told of every change of the job, when
 /// one is configured (its URL needs the shared secret).
 fn start_webhook(config: &Config, job: &Arc<JobHandle>) -> Result<Option<webhook::Webhook>> {
@@ -174,7 +180,7 @@ fn start_webhook(config: &Config, job: &Arc<JobHandle>) -> Result<Option<webhook
                 secret.as_bytes().to_vec(),
             ))?;
             let h = hook.clone();
-            job.on_change(move |c| h.push(c));
+            job.on_event(move |e| h.push(e));
             Some(hook)
         }
         (Some(_), None) => anyhow::bail!(

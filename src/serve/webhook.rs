@@ -1,12 +1,16 @@
-//! The webhook: every status change of the job is POSTed as JSON to the
-//! control plane's URL, signed with HMAC-SHA256 over the body.
+//! The webhook: every event of the job (status changes, the pipeline's
+//! steps, the round's check) is POSTed as JSON to the control plane's URL,
+//! signed with HMAC-SHA256 over the body.
 //!
-//! Status changes happen on the data path, which must never wait for the
-//! control plane: [`Webhook::push`] only puts the event in a bounded queue
-//! (the oldest event is dropped when it is full, and counted), and one
+//! Events happen on the data path, which must never wait for the control
+//! plane: [`Webhook::push`] only puts the event in a bounded queue (the
+//! oldest event is dropped when it is full, and counted), and one
 //! background task delivers them in order, retrying with exponential
-//! backoff. Every event carries the job's `seq`, so the control plane can
-//! see a gap left by a dropped event and read GET /v1/job to catch up.
+//! backoff. Every event carries its `event_seq` (in the body and the
+//! `x-ferry-seq` header), the number `GET /v1/job/events?after=N` knows it
+//! by: a control plane that sees a gap, or was away, reads the events
+//! after the last it has. A status change also carries the job's own
+//! `seq` of status changes.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,15 +19,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hmac::{Hmac, Mac};
-use serde::Serialize;
 use sha2::Sha256;
 use tokio::sync::Notify;
 
-use crate::job::state::StateChange;
+use crate::job::events::Event as JobEvent;
 
 /// The header carrying `sha256=<hex HMAC-SHA256 of the body>`.
 pub const SIGNATURE_HEADER: &str = "x-ferry-signature";
-/// The header carrying the event's `seq`, also in the body.
+/// The header carrying the event's `event_seq`, also in the body.
 pub const SEQ_HEADER: &str = "x-ferry-seq";
 
 #[derive(Debug, Clone)]
@@ -76,14 +79,6 @@ pub struct WebhookStats {
     pub failed: AtomicU64,
     /// Requests made, first attempts and retries.
     pub attempts: AtomicU64,
-}
-
-/// The body of a webhook request.
-#[derive(Debug, Serialize)]
-pub struct Payload<'a> {
-    pub event: &'static str,
-    #[serde(flatten)]
-    pub change: &'a StateChange,
 }
 
 /// `sha256=<hex>`: HMAC-SHA256 of `body` under `secret`.
@@ -197,21 +192,18 @@ impl Webhook {
         Ok((hook, task))
     }
 
-    /// Queue a status change for delivery. Never blocks.
-    pub fn push(&self, change: &StateChange) {
-        let payload = Payload {
-            event: "job.status_changed",
-            change,
-        };
-        let body = match serde_json::to_vec(&payload) {
+    /// Queue an event for delivery (its body as `GET /v1/job/events`
+    /// gives it). Never blocks.
+    pub fn push(&self, event: &JobEvent) {
+        let body = match serde_json::to_vec(event) {
             Ok(b) => b,
             Err(err) => {
-                tracing::error!("encoding webhook event {}: {err}", change.seq);
+                tracing::error!("encoding webhook event {}: {err}", event.event_seq);
                 return;
             }
         };
         let dropped = self.queue.push(Event {
-            seq: change.seq,
+            seq: event.event_seq,
             body,
         });
         if dropped > 0 {

@@ -369,8 +369,10 @@ fn webhook_from_ferry_serve_reports_every_state_change_signed() {
     );
     let sent = s.send(&[&src], &[]);
     assert!(sent.ok(), "{}", sent.stderr());
-    let mut events = Vec::new();
-    while events.len() < 5 {
+    // Every event is posted: the status changes and the pipeline's steps,
+    // numbered without a gap, until the round ends (Finished).
+    let mut all: Vec<Value> = Vec::new();
+    while !all.iter().any(|e| e["to"]["state"] == "Finished") {
         let (sig, body) = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("a webhook event");
@@ -379,8 +381,45 @@ fn webhook_from_ferry_serve_reports_every_state_change_signed() {
             "bad signature {sig}"
         );
         assert_eq!(sig, ferry::serve::webhook::sign(secret.as_bytes(), &body));
-        events.push(serde_json::from_slice::<Value>(&body).unwrap());
+        all.push(serde_json::from_slice::<Value>(&body).unwrap());
     }
+    let numbers: Vec<u64> = all
+        .iter()
+        .map(|e| e["event_seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, (1..=all.len() as u64).collect::<Vec<_>>());
+    assert!(
+        all.iter()
+            .any(|e| e["event"] == "job.step_changed" && e["step"] == "handoff"),
+        "{all:?}"
+    );
+    // The same events, read back: a control plane that missed them
+    // catches up with GET /v1/job/events.
+    let auth = format!("Bearer {}", s.control_token);
+    let (status, page) = crate::common::serve::http(
+        &s.control,
+        "GET",
+        "/v1/job/events?after=0",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(status, 200, "{page}");
+    let page: Value = serde_json::from_str(&page).unwrap();
+    assert_eq!(page["events"].as_array().unwrap(), &all);
+    assert_eq!(page["last_event_seq"], all.len());
+    assert_eq!(page["gap"], false);
+    let (_, later) = crate::common::serve::http(
+        &s.control,
+        "GET",
+        &format!("/v1/job/events?after={}", all.len() - 1),
+        &[("Authorization", &auth)],
+    );
+    let later: Value = serde_json::from_str(&later).unwrap();
+    assert_eq!(later["events"].as_array().unwrap(), &all[all.len() - 1..]);
+    let events: Vec<Value> = all
+        .iter()
+        .filter(|e| e["event"] == "job.status_changed")
+        .cloned()
+        .collect();
     let id = job(&s)["id"].clone();
     let steps: Vec<(u64, String, String, String)> = events
         .iter()
@@ -415,8 +454,8 @@ fn webhook_from_ferry_serve_reports_every_state_change_signed() {
     );
     assert_eq!(events[4]["handoff"]["round"], 1);
     assert!(events[3].get("handoff").is_none());
-    wait_for(10, "five deliveries counted", || {
-        s.metric("ferry_webhook_events_total{outcome=\"delivered\"}") == 5.0
+    wait_for(10, "every delivery counted", || {
+        s.metric("ferry_webhook_events_total{outcome=\"delivered\"}") == all.len() as f64
     });
     assert_eq!(
         s.metric("ferry_webhook_events_total{outcome=\"dropped\"}"),

@@ -70,7 +70,7 @@ async fn status_changes_are_posted_signed_in_order_with_retry() {
     )
     .unwrap();
     let h = hook.clone();
-    job.on_change(move |c| h.push(c));
+    job.on_event(move |e| h.push(e));
 
     job.admit_sender().unwrap();
     clock.advance(Duration::from_secs(2));
@@ -96,13 +96,13 @@ async fn status_changes_are_posted_signed_in_order_with_retry() {
     let id = job.snapshot().id;
     let expected = [
         format!(
-            r#"{{"event":"job.status_changed","seq":1,"job_id":"{id}","from":{{"state":"Ready","business_status":null}},"to":{{"state":"Running","business_status":"Preparing"}},"at":"2026-09-21T14:13:20.000Z","cause":"sender","error":null}}"#
+            r#"{{"event_seq":1,"event":"job.status_changed","seq":1,"job_id":"{id}","from":{{"state":"Ready","business_status":null}},"to":{{"state":"Running","business_status":"Preparing"}},"at":"2026-09-21T14:13:20.000Z","cause":"sender","error":null}}"#
         ),
         format!(
-            r#"{{"event":"job.status_changed","seq":2,"job_id":"{id}","from":{{"state":"Running","business_status":"Preparing"}},"to":{{"state":"Running","business_status":"Syncing"}},"at":"2026-09-21T14:13:22.000Z","cause":"syncing","error":null}}"#
+            r#"{{"event_seq":2,"event":"job.status_changed","seq":2,"job_id":"{id}","from":{{"state":"Running","business_status":"Preparing"}},"to":{{"state":"Running","business_status":"Syncing"}},"at":"2026-09-21T14:13:22.000Z","cause":"syncing","error":null}}"#
         ),
         format!(
-            r#"{{"event":"job.status_changed","seq":3,"job_id":"{id}","from":{{"state":"Running","business_status":"Syncing"}},"to":{{"state":"InError","business_status":null}},"at":"2026-09-21T14:13:25.000Z","cause":"error","error":{{"code":"TARGET_WRITE_FAILED","message":"Do Rsync Disk 0 Failed","hint":"{}","detail":"disk 0 at offset 0","at":"2026-09-21T14:13:25.000Z"}}}}"#,
+            r#"{{"event_seq":3,"event":"job.status_changed","seq":3,"job_id":"{id}","from":{{"state":"Running","business_status":"Syncing"}},"to":{{"state":"InError","business_status":null}},"at":"2026-09-21T14:13:25.000Z","cause":"error","error":{{"code":"TARGET_WRITE_FAILED","message":"Do Rsync Disk 0 Failed","hint":"{}","detail":"disk 0 at offset 0","at":"2026-09-21T14:13:25.000Z"}}}}"#,
             ferry::job::errors::ErrorCode::TargetWriteFailed.hint()
         ),
     ];
@@ -154,7 +154,7 @@ async fn an_unreachable_control_plane_never_blocks_and_events_are_given_up() {
     )
     .unwrap();
     let h = hook.clone();
-    job.on_change(move |c| h.push(c));
+    job.on_event(move |e| h.push(e));
     let started = std::time::Instant::now();
     // Five changes in a row: the pushes return at once whatever the network does.
     job.admit_sender().unwrap();

@@ -20,9 +20,10 @@
 //!
 //! The handlers are split by resource: the job and its bandwidth
 //! ([`job`]), the handoff and the boot test's files ([`handoff`]), the
-//! network map ([`network`]), the operator's hooks ([`hooks`]), and the
-//! control token's check ([`token`]).
+//! network map ([`network`]), the operator's hooks ([`hooks`]), the job's
+//! events ([`events`]), and the control token's check ([`token`]).
 
+mod events;
 mod handoff;
 mod hooks;
 mod job;
@@ -170,6 +171,7 @@ pub fn router(state: ApiState, limits: HttpLimits) -> Router {
         .route("/v1/job/boot-test/console", get(handoff::get_boot_console))
         .route("/v1/job/boot-test/capture", get(handoff::get_boot_capture))
         .route("/v1/job/bandwidth", post(job::set_bandwidth))
+        .route("/v1/job/events", get(events::get_events))
         .route(
             "/v1/job/network",
             get(network::get_network).post(network::set_network),
