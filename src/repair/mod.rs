@@ -281,6 +281,12 @@ fn execute_inner(
         ));
     }
     if windows::is_windows(&opts.root) {
+        if !opts.hooks.is_empty() {
+            return Err(coded(
+                ErrorCode::HookInvalid,
+                "the migrated system is Windows, and hooks are shell scripts run in a Linux system; remove them (POST /v1/job/hooks with {}) and start the job again",
+            ));
+        }
         *current = Some("san-policy".to_owned());
         let (info, steps) = windows::prepare(&opts.root, opts.mode)
             .context("preparing the migrated Windows system")?;

@@ -681,3 +681,25 @@ fn debian_with_dracut_gets_the_drivers_through_a_drop_in() {
         }
     }
 }
+
+#[test]
+fn hooks_for_a_windows_system_are_refused_before_anything_is_written() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    put(&root, &[("/Windows/System32/config/SYSTEM", "regf")]);
+    let before = snapshot(&root);
+    let mut opts = RepairOptions::new(&root, DeviceMap::default(), BootMode::Auto, Mode::Apply);
+    opts.hooks = hooks::Hooks::parse(
+        "[[hook]]\nname = \"x\"\nphase = \"after-repair\"\nscript = \"true\"\n",
+    )
+    .unwrap();
+    let out = execute(&opts, None);
+    let err = out.error.expect("refused");
+    assert_eq!(
+        find_coded(&err).map(|c| c.code),
+        Some(ErrorCode::HookInvalid),
+        "{err:#}"
+    );
+    assert!(format!("{err:#}").contains("the migrated system is Windows"));
+    assert_eq!(snapshot(&root), before);
+}
