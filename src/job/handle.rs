@@ -28,6 +28,8 @@ type Listener = Box<dyn Fn(&StateChange) + Send + Sync>;
 pub const STATUS_CHANGED: &str = "job.status_changed";
 pub const STEP_CHANGED: &str = "job.step_changed";
 pub const CHECKED: &str = "job.checked";
+pub const STALLED: &str = "job.stalled";
+pub const STALL_ENDED: &str = "job.stall_ended";
 type EventListener = Box<dyn Fn(&Event) + Send + Sync>;
 
 pub struct JobHandle {
@@ -42,6 +44,8 @@ pub struct JobHandle {
     event_listeners: Mutex<Vec<EventListener>>,
     /// Seconds without data after which a Syncing job is stalled.
     stall_after_secs: AtomicU64,
+    /// Whether the last look found the job stalled (its event was sent).
+    stall_told: std::sync::atomic::AtomicBool,
 }
 
 struct Inner {
@@ -102,6 +106,7 @@ impl JobHandle {
             events: std::sync::RwLock::new(Arc::new(EventLog::in_memory())),
             event_listeners: Mutex::new(Vec::new()),
             stall_after_secs: AtomicU64::new(Self::DEFAULT_STALL_AFTER.as_secs()),
+            stall_told: std::sync::atomic::AtomicBool::new(false),
         });
         handle.tick().context("checking the job's validity")?;
         Ok(handle)
@@ -472,6 +477,47 @@ impl JobHandle {
             );
         }
         Ok(())
+    }
+
+    /// Tell the events (and the webhook) when the job becomes stalled (a
+    /// Syncing job without data for the stall time) and when data flows
+    /// again. Called every few seconds by the appliance; a stall is
+    /// otherwise only seen by a reader of GET /v1/job.
+    pub fn check_stall(&self) {
+        #[derive(serde::Serialize)]
+        struct Stall {
+            job_id: String,
+            at: Timestamp,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            no_data_secs: Option<u64>,
+        }
+        let now = self.clock.now();
+        let (stalled, job_id, no_data) = {
+            let inner = self.lock();
+            let r = &inner.record;
+            (
+                r.stalled(now, self.stall_after()),
+                r.id.clone(),
+                r.no_data_for(now).map(|d| d.as_secs()),
+            )
+        };
+        if self.stall_told.swap(stalled, Ordering::SeqCst) == stalled {
+            return;
+        }
+        let (kind, no_data_secs) = if stalled {
+            tracing::warn!(no_data_secs = ?no_data, "the transfer is stalled: no data from the sender");
+            (STALLED, no_data)
+        } else {
+            (STALL_ENDED, None)
+        };
+        self.emit(
+            kind,
+            &Stall {
+                job_id,
+                at: Timestamp(now),
+                no_data_secs,
+            },
+        );
     }
 
     /// Keep the report of the round's check of the received disks.

@@ -521,14 +521,27 @@ fn sender_command(data: std::net::SocketAddr, fingerprint: &str, token: &str) ->
 }
 
 /// Expiry is checked on every read of the job too; this makes it happen
-/// (and its webhook go out) when nobody is looking.
+/// (and its webhook go out) when nobody is looking. A stall is looked for
+/// every few seconds, so that its event goes out too.
 fn spawn_expiry_watch(job: Arc<JobHandle>) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        let mut n: u64 = 0;
         loop {
             tick.tick().await;
             let job = Arc::clone(&job);
-            if let Ok(Err(err)) = tokio::task::spawn_blocking(move || job.tick()).await {
+            let expiry = n.is_multiple_of(12);
+            n += 1;
+            let looked = tokio::task::spawn_blocking(move || {
+                job.check_stall();
+                if expiry {
+                    job.tick().map(|_| ())
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+            if let Ok(Err(err)) = looked {
                 tracing::warn!("checking the job's validity: {err:#}");
             }
         }

@@ -904,3 +904,39 @@ async fn events_are_numbered_read_back_after_any_number_and_need_the_token() {
         assert!(e["detail"].as_str().unwrap().contains(detail), "{q}: {e}");
     }
 }
+
+#[tokio::test]
+async fn a_stall_and_its_end_are_events() {
+    let clock = Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000),
+    ));
+    let job = JobHandle::open(
+        Arc::new(MemoryStore::default()),
+        clock.clone(),
+        JobSettings::default(),
+    )
+    .unwrap();
+    job.admit_sender().unwrap();
+    job.syncing(&[(0, 1 << 20, 0)]).unwrap();
+    job.check_stall();
+    clock.advance(Duration::from_secs(29));
+    job.check_stall();
+    let kinds = |job: &JobHandle| -> Vec<String> {
+        job.events()
+            .since(2, 10)
+            .events
+            .iter()
+            .map(|e| e.event.clone())
+            .collect()
+    };
+    assert!(kinds(&job).is_empty(), "not stalled before 30 s");
+    clock.advance(Duration::from_secs(2));
+    job.check_stall();
+    job.check_stall();
+    assert_eq!(kinds(&job), ["job.stalled"], "told once");
+    let stalled: Value = serde_json::from_str(job.events().since(2, 1).events[0].json()).unwrap();
+    assert_eq!(stalled["no_data_secs"], 31, "{stalled}");
+    job.progress(0, 4096).unwrap();
+    job.check_stall();
+    assert_eq!(kinds(&job), ["job.stalled", "job.stall_ended"]);
+}
