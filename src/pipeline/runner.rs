@@ -47,6 +47,15 @@ impl Runner {
         }
     }
 
+    /// What a round does after the data: builds the OS (grow, repair,
+    /// verify), and boot-tests it.
+    pub fn does(&self) -> (bool, bool) {
+        (
+            self.settings.build,
+            self.settings.build && self.settings.boot_test.enabled,
+        )
+    }
+
     /// The network map the next repair follows, and where it comes from.
     pub fn network_map(&self) -> Result<(crate::repair::network::map::NetworkMap, super::MapFrom)> {
         self.settings.repair.network_map(&self.settings.state_dir)

@@ -226,6 +226,9 @@ async fn operations_follow_the_state_table() {
 async fn job_shows_progress_and_the_last_error() {
     let s = start(HttpLimits::default()).await;
     let c = client();
+    // No pipeline on this appliance: the job says nothing of one.
+    let (_, j) = call(&c, &s, "GET", "/v1/job").await;
+    assert!(j.get("pipeline").is_none(), "{j}");
     s.job.admit_sender().unwrap();
     s.job
         .syncing(&[(0, 1 << 20, 1 << 19), (1, 4096, 0)])
@@ -773,6 +776,13 @@ async fn hooks_are_checked_kept_across_a_restart_and_cleared() {
     };
     let (status, v) = call(&c, &s, "GET", "/v1/job/hooks").await;
     assert_eq!((status, &v["from"]), (200, &Value::from("none")), "{v}");
+    // The job says what its rounds do.
+    let (_, j) = call(&c, &s, "GET", "/v1/job").await;
+    assert_eq!(
+        j["pipeline"],
+        serde_json::json!({"build": true, "boot_test": true}),
+        "{j}"
+    );
 
     let good = r##"{"hook": [
         {"name": "agent", "phase": "after-repair", "script": "#!/bin/sh\nrpm -e vmware-tools\n", "must_succeed": true},

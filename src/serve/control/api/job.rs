@@ -36,6 +36,19 @@ pub struct JobView {
     /// File mode: what the round's trees received so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<crate::serve::data::tree::progress::FilesView>,
+    /// What a round does once its data is in (the appliance's settings,
+    /// `build` and `boot_test`); absent where no pipeline runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineView>,
+}
+
+/// What a round does after the data.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PipelineView {
+    /// Grow, repair and verify the OS (false: the disks are replicated only).
+    pub build: bool,
+    /// Boot the repaired disks under QEMU before the handoff.
+    pub boot_test: bool,
 }
 
 impl JobView {
@@ -66,6 +79,7 @@ impl JobView {
             sync_rate_bps,
             eta_secs,
             files: None,
+            pipeline: None,
         }
     }
 }
@@ -77,6 +91,10 @@ pub(super) async fn get_job(State(state): State<ApiState>) -> Result<Json<JobVie
     })
     .await?;
     view.files = state.files.as_ref().and_then(|f| f.view());
+    view.pipeline = state.pipeline.as_ref().map(|p| {
+        let (build, boot_test) = p.does();
+        PipelineView { build, boot_test }
+    });
     Ok(Json(view))
 }
 
