@@ -8,6 +8,7 @@ mod common;
 
 mod appliance;
 mod boot;
+mod boot_test;
 mod e2e;
 mod filemode;
 mod hostile;
