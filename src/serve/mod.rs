@@ -89,8 +89,12 @@ pub(crate) fn run_blocking(config: Config) -> Result<()> {
 /// lock (or keep `lock`, taken before the ports were bound), and resolve the
 /// token, the TLS identity and the job.
 pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Appliance> {
+    // Everything the configuration names is checked before anything is
+    // written to the state directory.
     let validity = Validity::days(config.validity_days)?;
     let sender = load_sender(&config)?;
+    check_webhook(&config)?;
+    let pipeline_settings = pipeline_settings(&config)?;
     crate::disk::private_dir(&config.state_dir)
         .with_context(|| format!("preparing state directory {}", config.state_dir.display()))?;
     let lock = match lock {
@@ -130,7 +134,7 @@ pub fn prepare(config: Config, lock: Option<lock::StateLock>) -> Result<Applianc
         webhook.as_ref().map(|w| Arc::clone(w.stats())),
     )?;
     let pipeline = Arc::new(crate::pipeline::Runner::new(
-        pipeline_settings(&config)?,
+        pipeline_settings,
         Arc::clone(&ledger),
         Arc::clone(&job),
     ));
@@ -183,11 +187,19 @@ fn start_webhook(config: &Config, job: &Arc<JobHandle>) -> Result<Option<webhook
             job.on_event(move |e| h.push(e));
             Some(hook)
         }
+        _ => None,
+    })
+}
+
+/// The webhook's URL and its secret, checked before anything is written.
+fn check_webhook(config: &Config) -> Result<()> {
+    match (&config.webhook_url, &config.webhook_secret) {
+        (Some(url), Some(_)) => webhook::parse_url(url).map(|_| ()),
         (Some(_), None) => anyhow::bail!(
             "--webhook-url needs a webhook secret (--webhook-secret-file, FERRY_WEBHOOK_SECRET or webhook_secret in the config): the HMAC key shared with the control plane"
         ),
-        _ => None,
-    })
+        _ => Ok(()),
+    }
 }
 
 /// How the round's pipeline runs, from the configuration (the network
@@ -211,6 +223,12 @@ fn pipeline_settings(config: &Config) -> Result<crate::pipeline::PipelineSetting
                 None => Default::default(),
             },
             hooks: match &config.hooks {
+                Some(_) if !config.build => {
+                    return Err(crate::job::errors::coded(
+                        crate::job::errors::ErrorCode::HookInvalid,
+                        "hooks are given, and this appliance does not build the OS (build = false, --no-build): no repair runs, so no hook would; remove hooks or build",
+                    ))
+                }
                 Some(p) => crate::repair::hooks::Hooks::load(p)?,
                 None => Default::default(),
             },

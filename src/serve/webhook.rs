@@ -92,6 +92,17 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// A webhook URL: http:// or https://.
+pub fn parse_url(url: &str) -> Result<reqwest::Url> {
+    let parsed =
+        reqwest::Url::parse(url).with_context(|| format!("parsing the webhook URL {url:?}"))?;
+    anyhow::ensure!(
+        matches!(parsed.scheme(), "http" | "https"),
+        "the webhook URL {url:?} is neither http:// nor https://"
+    );
+    Ok(parsed)
+}
+
 /// Check a signature header in constant time (for receivers, and tests).
 pub fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
     let Some(hex_sig) = header.strip_prefix("sha256=") else {
@@ -170,13 +181,7 @@ pub struct Webhook {
 impl Webhook {
     /// Start the delivery task on the current tokio runtime.
     pub fn spawn(config: WebhookConfig) -> Result<(Webhook, tokio::task::JoinHandle<()>)> {
-        let url = reqwest::Url::parse(&config.url)
-            .with_context(|| format!("parsing the webhook URL {:?}", config.url))?;
-        anyhow::ensure!(
-            matches!(url.scheme(), "http" | "https"),
-            "the webhook URL {:?} is neither http:// nor https://",
-            config.url
-        );
+        let url = parse_url(&config.url)?;
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none())

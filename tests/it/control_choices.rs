@@ -9,23 +9,27 @@ use std::sync::Arc;
 use ferry::serve::api::{ApiState, HttpLimits};
 use serde_json::Value;
 
-use crate::control_api::{call, client, start_with, TOKEN};
+use crate::control_api::{call, client, start_with, Server, TOKEN};
 
-#[tokio::test]
-async fn the_network_map_is_checked_kept_across_a_restart_and_cleared() {
-    use ferry::repair::network::map::NetworkMap;
-    let dir = tempfile::tempdir().unwrap();
-    let state_dir = dir.path().to_owned();
-    let config_map = NetworkMap::parse("[[nic]]\nsource = \"eth0\"\nmode = \"dhcp\"\n").unwrap();
+/// The control API of an appliance that runs a pipeline with `repair`'s
+/// choices, its state in `state_dir`; and those settings.
+async fn with_pipeline(
+    repair: ferry::pipeline::RepairChoices,
+    state_dir: &std::path::Path,
+) -> (Server, ferry::pipeline::PipelineSettings) {
+    with_pipeline_building(repair, state_dir, true).await
+}
+
+async fn with_pipeline_building(
+    repair: ferry::pipeline::RepairChoices,
+    state_dir: &std::path::Path,
+    build: bool,
+) -> (Server, ferry::pipeline::PipelineSettings) {
     let settings = ferry::pipeline::PipelineSettings {
-        build: true,
+        build,
         boot_test: Default::default(),
-        repair: ferry::pipeline::RepairChoices {
-            recipes_dir: None,
-            network: config_map.clone(),
-            hooks: Default::default(),
-        },
-        state_dir: state_dir.clone(),
+        repair,
+        state_dir: state_dir.to_owned(),
     };
     let ledger =
         Arc::new(ferry::job::ledger::Ledger::open(&state_dir.join("ledger.redb")).unwrap());
@@ -39,20 +43,46 @@ async fn the_network_map_is_checked_kept_across_a_restart_and_cleared() {
         state.with_pipeline(runner)
     })
     .await;
+    (s, settings)
+}
+
+/// POST `body` as JSON to `path`, with the control token or without;
+/// the status and the body (JSON, or its text).
+async fn post(s: &Server, path: &str, body: String, token: bool) -> (u16, Value) {
+    let mut req = client()
+        .post(format!("{}{path}", s.base))
+        .header("Content-Type", "application/json")
+        .body(body);
+    if token {
+        req = req.bearer_auth(TOKEN);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn the_network_map_is_checked_kept_across_a_restart_and_cleared() {
+    use ferry::repair::network::map::NetworkMap;
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().to_owned();
+    let config_map = NetworkMap::parse("[[nic]]\nsource = \"eth0\"\nmode = \"dhcp\"\n").unwrap();
+    let (s, settings) = with_pipeline(
+        ferry::pipeline::RepairChoices {
+            recipes_dir: None,
+            network: config_map.clone(),
+            hooks: Default::default(),
+        },
+        &state_dir,
+    )
+    .await;
     let c = client();
-    let post = |body: &'static str, token: bool| {
-        let mut req = c
-            .post(format!("{}/v1/job/network", s.base))
-            .header("Content-Type", "application/json")
-            .body(body);
-        if token {
-            req = req.bearer_auth(TOKEN);
-        }
-        async move {
-            let resp = req.send().await.unwrap();
-            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
-        }
-    };
+    let post =
+        |body: &'static str, token: bool| post(&s, "/v1/job/network", body.to_owned(), token);
     let (status, v) = call(&c, &s, "GET", "/v1/job/network").await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["from"], "config", "{v}");
@@ -120,43 +150,9 @@ async fn hooks_are_checked_kept_across_a_restart_and_cleared() {
     use ferry::repair::hooks::Hooks;
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().to_owned();
-    let settings = ferry::pipeline::PipelineSettings {
-        build: true,
-        boot_test: Default::default(),
-        repair: Default::default(),
-        state_dir: state_dir.clone(),
-    };
-    let ledger =
-        Arc::new(ferry::job::ledger::Ledger::open(&state_dir.join("ledger.redb")).unwrap());
-    let first = settings.clone();
-    let s = start_with(HttpLimits::default(), move |state: ApiState| {
-        let runner = Arc::new(ferry::pipeline::Runner::new(
-            first,
-            ledger,
-            state.job.clone(),
-        ));
-        state.with_pipeline(runner)
-    })
-    .await;
+    let (s, settings) = with_pipeline(Default::default(), &state_dir).await;
     let c = client();
-    let post = |body: String, token: bool| {
-        let mut req = c
-            .post(format!("{}/v1/job/hooks", s.base))
-            .header("Content-Type", "application/json")
-            .body(body);
-        if token {
-            req = req.bearer_auth(TOKEN);
-        }
-        async move {
-            let resp = req.send().await.unwrap();
-            let status = resp.status().as_u16();
-            let text = resp.text().await.unwrap();
-            (
-                status,
-                serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text)),
-            )
-        }
-    };
+    let post = |body: String, token: bool| post(&s, "/v1/job/hooks", body, token);
     let (status, v) = call(&c, &s, "GET", "/v1/job/hooks").await;
     assert_eq!((status, &v["from"]), (200, &Value::from("none")), "{v}");
     // The job says what its rounds do.
@@ -219,4 +215,28 @@ async fn hooks_are_checked_kept_across_a_restart_and_cleared() {
     let (status, v) = post("{}".to_owned(), true).await;
     assert_eq!((status, &v["from"]), (200, &Value::from("none")), "{v}");
     assert!(!state_dir.join(ferry::pipeline::HOOKS_FILE).exists());
+}
+
+#[tokio::test]
+async fn hooks_for_an_appliance_that_does_not_build_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = with_pipeline_building(Default::default(), dir.path(), false).await;
+    let body = r#"{"hook": [{"name": "x", "phase": "first-boot", "script": "true"}]}"#;
+    let (status, v) = post(&s, "/v1/job/hooks", body.to_owned(), true).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (400, Some("HOOK_INVALID")),
+        "{v}"
+    );
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("does not build the OS"),
+        "{v}"
+    );
+    assert!(!dir.path().join(ferry::pipeline::HOOKS_FILE).exists());
+    // Clearing them is allowed.
+    let (status, v) = post(&s, "/v1/job/hooks", "{}".to_owned(), true).await;
+    assert_eq!(status, 200, "{v}");
 }

@@ -708,3 +708,54 @@ fn serve_fails_to_start(state: &Path) -> Option<String> {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     Some(stderr(&out))
 }
+
+/// A configuration that cannot work is refused before the state directory
+/// is written: a webhook URL that is not http(s), one without its secret,
+/// and hooks for an appliance that does not build (serve_exits runs with
+/// --no-build).
+#[test]
+fn a_configuration_that_cannot_work_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret =
+        crate::common::serve::secret_file(dir.path(), "hook-secret", "s3cret-for-the-hook");
+    let hooks = dir.path().join("hooks.toml");
+    std::fs::write(
+        &hooks,
+        "[[hook]]\nname = \"x\"\nphase = \"after-repair\"\nscript = \"true\"\n",
+    )
+    .unwrap();
+    let ports = [
+        "--data-listen",
+        "127.0.0.1:0",
+        "--control-listen",
+        "127.0.0.1:0",
+    ];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "--webhook-url",
+                "ftp://cp.example/hook",
+                "--webhook-secret-file",
+                &secret,
+            ],
+            "the webhook URL \"ftp://cp.example/hook\" is neither http:// nor https://",
+        ),
+        (
+            vec!["--webhook-url", "http://cp.example/hook"],
+            "--webhook-url needs a webhook secret",
+        ),
+        (
+            vec!["--hooks", hooks.to_str().unwrap()],
+            "hooks are given, and this appliance does not build the OS",
+        ),
+    ];
+    for (args, want) in cases {
+        let state = dir.path().join("state");
+        let all: Vec<&str> = ports.iter().copied().chain(args.iter().copied()).collect();
+        let out = serve_exits(&state, &all);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!state.exists(), "{args:?}: the state directory was written");
+    }
+}

@@ -218,15 +218,35 @@ fn repair_variant(
         let first = repair::run(tree.root(), &devices, BootMode::Auto, Mode::Apply).unwrap();
         assert!(first.changed);
         check(tree.root(), &devices, &tree);
-        let again = repair::run(tree.root(), &devices, BootMode::Auto, Mode::Apply).unwrap();
-        let changed: Vec<String> = again
-            .steps
-            .iter()
-            .filter(|s| s.status == Status::Changed)
-            .map(|s| format!("{}: {:?}", s.step, s.changes))
-            .collect();
-        assert!(changed.is_empty(), "second run changed: {changed:#?}");
+        second_run_changes_nothing(tree.root(), &devices);
     }));
+    tree.close().unwrap();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}
+
+/// A second repair of `root` reports no change.
+fn second_run_changes_nothing(root: &Path, devices: &DeviceMap) {
+    let again = repair::run(root, devices, BootMode::Auto, Mode::Apply).unwrap();
+    let changed: Vec<String> = again
+        .steps
+        .iter()
+        .filter(|s| s.status == Status::Changed)
+        .map(|s| format!("{}: {:?}", s.step, s.changes))
+        .collect();
+    assert!(changed.is_empty(), "second run changed: {changed:#?}");
+}
+
+/// The bios-mbr source mounted (its root only) with its device map;
+/// `check` runs on it, and it is unmounted whatever `check` does.
+fn on_bios_mbr(check: impl FnOnce(&Path, &DeviceMap)) {
+    let work = tempfile::tempdir().unwrap();
+    let disks = source_image("bios-mbr", work.path());
+    let tree = mounted(&disks, &work.path().join("mnt"), &[(0, 0, "/")]);
+    let devices = DeviceMap::from_mount_tree(&tree, &[vec!["/dev/sda".to_owned()]]);
+    let root = tree.root().to_owned();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&root, &devices)));
     tree.close().unwrap();
     if let Err(p) = result {
         std::panic::resume_unwind(p);
@@ -369,12 +389,7 @@ fn data_disk_left_behind_is_commented_out_of_fstab() {
 fn hooks_run_in_the_migrated_system_and_a_must_succeed_failure_stops_the_repair() {
     use ferry::repair::hooks::{HookStatus, Hooks};
     need_root!("loop devices, mounts, chroot");
-    let work = tempfile::tempdir().unwrap();
-    let disks = source_image("bios-mbr", work.path());
-    let tree = mounted(&disks, &work.path().join("mnt"), &[(0, 0, "/")]);
-    let devices = DeviceMap::from_mount_tree(&tree, &[vec!["/dev/sda".to_owned()]]);
-    let root = tree.root().to_owned();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    on_bios_mbr(|root, devices| {
         let hooks = Hooks::parse(
             r##"
 [[hook]]
@@ -406,7 +421,7 @@ script = "echo hello from the first boot >/var/lib/greeted"
         )
         .unwrap();
         let mut opts =
-            repair::RepairOptions::new(&root, devices.clone(), BootMode::Auto, Mode::Apply);
+            repair::RepairOptions::new(root, devices.clone(), BootMode::Auto, Mode::Apply);
         opts.hooks = hooks;
         let out = repair::run_with_options(&opts);
         if let Some(e) = &out.error {
@@ -481,11 +496,7 @@ script = "echo hello from the first boot >/var/lib/greeted"
         assert_eq!(out.report.hooks.len(), 1, "{:?}", out.report.hooks);
         assert_eq!(out.report.hooks[0].status, HookStatus::Failed);
         assert!(!root.join("etc/after-gate").exists());
-    }));
-    tree.close().unwrap();
-    if let Err(p) = result {
-        std::panic::resume_unwind(p);
-    }
+    });
 }
 
 /// The labels, not a relabel: a Debian server with SELinux (the real
@@ -504,12 +515,8 @@ fn selinux_labels_of_what_the_repair_wrote_come_from_the_policy() {
         policy.join("contexts/files/file_contexts").exists(),
         "the test needs Debian's selinux-policy-default (scripts/packages.txt)"
     );
-    let work = tempfile::tempdir().unwrap();
-    let disks = source_image("bios-mbr", work.path());
-    let tree = mounted(&disks, &work.path().join("mnt"), &[(0, 0, "/")]);
-    let devices = DeviceMap::from_mount_tree(&tree, &[vec!["/dev/sda".to_owned()]]);
-    let root = tree.root().to_owned();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    on_bios_mbr(|root, devices| {
+        let root = root.to_owned();
         let run = |argv: &[&str]| {
             let out = ferry::cmd::Cmd::new(argv[0]).args(&argv[1..]).run();
             out.unwrap_or_else(|e| panic!("{argv:?}: {e:#}"))
@@ -538,7 +545,7 @@ fn selinux_labels_of_what_the_repair_wrote_come_from_the_policy() {
         ]);
         let before = tree_hashes(&root);
 
-        let first = repair::run(&root, &devices, BootMode::Auto, Mode::Apply).unwrap();
+        let first = repair::run(&root, devices, BootMode::Auto, Mode::Apply).unwrap();
         assert!(!root.join(".autorelabel").exists(), "no full relabel");
         let se = first.steps.iter().find(|s| s.step == "selinux").unwrap();
         assert!(
@@ -670,17 +677,6 @@ fn selinux_labels_of_what_the_repair_wrote_come_from_the_policy() {
             }
         }
 
-        let again = repair::run(&root, &devices, BootMode::Auto, Mode::Apply).unwrap();
-        let changed: Vec<String> = again
-            .steps
-            .iter()
-            .filter(|s| s.status == Status::Changed)
-            .map(|s| format!("{}: {:?}", s.step, s.changes))
-            .collect();
-        assert!(changed.is_empty(), "second run changed: {changed:#?}");
-    }));
-    tree.close().unwrap();
-    if let Err(p) = result {
-        std::panic::resume_unwind(p);
-    }
+        second_run_changes_nothing(&root, devices);
+    });
 }

@@ -60,6 +60,13 @@ pub(super) async fn set_hooks(
         .into());
     };
     let pipeline = runner(&state)?;
+    if !hooks.is_empty() && !pipeline.does().0 {
+        return Err(crate::job::errors::coded(
+            crate::job::errors::ErrorCode::HookInvalid,
+            "this appliance does not build the OS (build = false): no repair runs, so no hook would",
+        )
+        .into());
+    }
     let (hooks, from) = tokio::task::spawn_blocking(move || {
         pipeline.set_hooks(&hooks)?;
         pipeline.hooks()
