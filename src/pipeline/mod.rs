@@ -145,15 +145,12 @@ impl RepairChoices {
 fn stored_network_map(
     state_dir: &std::path::Path,
 ) -> Result<Option<crate::repair::network::map::NetworkMap>> {
-    let path = state_dir.join(NETWORK_MAP_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(
-            crate::repair::network::map::NetworkMap::parse(&text)
-                .with_context(|| format!("the stored network map {}", path.display()))?,
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
+    read_stored(
+        state_dir,
+        NETWORK_MAP_FILE,
+        "network map",
+        crate::repair::network::map::NetworkMap::parse,
+    )
 }
 
 /// Keep the control plane's network map for the rounds to come; an empty
@@ -162,30 +159,17 @@ pub(crate) fn store_network_map(
     state_dir: &std::path::Path,
     map: &crate::repair::network::map::NetworkMap,
 ) -> Result<()> {
-    let path = state_dir.join(NETWORK_MAP_FILE);
-    if *map == Default::default() {
-        return match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("removing {}", path.display()))
-            }
-            _ => Ok(()),
-        };
-    }
-    let json = serde_json::to_vec_pretty(map).context("encoding the network map")?;
-    crate::disk::write_atomic(&path, &json)
+    keep_stored(state_dir, NETWORK_MAP_FILE, map, *map == Default::default())
 }
 
 /// The control plane's hooks, if it set some.
 fn stored_hooks(state_dir: &std::path::Path) -> Result<Option<crate::repair::hooks::Hooks>> {
-    let path = state_dir.join(HOOKS_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(
-            crate::repair::hooks::Hooks::parse(&text)
-                .with_context(|| format!("the stored hooks {}", path.display()))?,
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
+    read_stored(
+        state_dir,
+        HOOKS_FILE,
+        "hooks",
+        crate::repair::hooks::Hooks::parse,
+    )
 }
 
 /// Keep the control plane's hooks for the rounds to come; none removes
@@ -194,8 +178,39 @@ pub(crate) fn store_hooks(
     state_dir: &std::path::Path,
     hooks: &crate::repair::hooks::Hooks,
 ) -> Result<()> {
-    let path = state_dir.join(HOOKS_FILE);
-    if hooks.is_empty() {
+    keep_stored(state_dir, HOOKS_FILE, hooks, hooks.is_empty())
+}
+
+/// A choice the control plane keeps in the state directory (`file`), read
+/// with its own parser; None when it set none.
+fn read_stored<T>(
+    state_dir: &std::path::Path,
+    file: &str,
+    what: &str,
+    parse: impl FnOnce(&str) -> Result<T>,
+) -> Result<Option<T>> {
+    let path = state_dir.join(file);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            Ok(Some(parse(&text).with_context(|| {
+                format!("the stored {what} {}", path.display())
+            })?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Keep a choice of the control plane as JSON in `file`; an empty one
+/// removes the file.
+fn keep_stored<T: Serialize>(
+    state_dir: &std::path::Path,
+    file: &str,
+    value: &T,
+    empty: bool,
+) -> Result<()> {
+    let path = state_dir.join(file);
+    if empty {
         return match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(e).with_context(|| format!("removing {}", path.display()))
@@ -203,7 +218,8 @@ pub(crate) fn store_hooks(
             _ => Ok(()),
         };
     }
-    let json = serde_json::to_vec_pretty(hooks).context("encoding the hooks")?;
+    let json =
+        serde_json::to_vec_pretty(value).with_context(|| format!("encoding {}", path.display()))?;
     crate::disk::write_atomic(&path, &json)
 }
 

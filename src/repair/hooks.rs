@@ -91,12 +91,8 @@ fn invalid(msg: impl Into<String>) -> anyhow::Error {
 impl Hooks {
     /// Parse hooks from TOML or JSON (a first `{` says JSON), checked.
     pub fn parse(text: &str) -> Result<Hooks> {
-        let r: std::result::Result<Hooks, String> = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| e.to_string())
-        } else {
-            toml::from_str(text).map_err(|e| e.to_string())
-        };
-        let hooks = r.map_err(|e| invalid(format!("the hooks cannot be read: {e}")))?;
+        let hooks: Hooks = super::toml_or_json(text)
+            .map_err(|e| invalid(format!("the hooks cannot be read: {e}")))?;
         hooks.check()?;
         Ok(hooks)
     }

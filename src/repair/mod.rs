@@ -360,8 +360,11 @@ fn execute_inner(
             .as_ref()
             .is_none_or(|o| o.contains(&StepName::Selinux));
     if opts.mode == Mode::Apply && selinux_ran {
-        if let selinux::Plan::Label { contexts, .. } = selinux::plan(&tree, os.selinux)? {
+        if let selinux::Plan::Label { policy } = selinux::plan(&tree, os.selinux)? {
             *current = Some(selinux::STEP.to_owned());
+            let contexts = selinux::FileContexts::load(&tree, &policy)?.with_context(|| {
+                format!("the {policy} policy's file_contexts vanished during the repair")
+            })?;
             let written: Vec<String> = report
                 .steps
                 .iter()
@@ -381,6 +384,18 @@ fn execute_inner(
     }
     *current = None;
     Ok(())
+}
+
+/// An operator's file in TOML, or in JSON with the same keys (a first `{`
+/// says JSON): the network map, the hooks. The error is the parser's.
+pub(crate) fn toml_or_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> std::result::Result<T, String> {
+    if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    } else {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
 }
 
 /// Where GRUB goes: the firmware the migrated OS boots with when the

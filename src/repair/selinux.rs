@@ -251,21 +251,19 @@ pub fn set_label(host: &std::path::Path, context: &str) -> Result<()> {
 }
 
 /// How the repair deals with labels.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Plan {
     /// SELinux is not in use.
     None,
-    /// Label what the repair writes from this policy.
-    Label {
-        policy: String,
-        contexts: FileContexts,
-    },
+    /// Label what the repair writes from this policy (its file contexts
+    /// are read once, by the labelling step).
+    Label { policy: String },
     /// Relabel at first boot, for this reason.
     Relabel(String),
 }
 
-/// Decide: labels where the file systems carry them and the policy's file
-/// contexts can be read, else a relabel at the first boot.
+/// Decide: labels where the file systems carry them and the policy has
+/// its file contexts, else a relabel at the first boot.
 pub fn plan(tree: &Tree, mode: SelinuxMode) -> Result<Plan> {
     if matches!(mode, SelinuxMode::Absent | SelinuxMode::Disabled) {
         return Ok(Plan::None);
@@ -279,11 +277,14 @@ pub fn plan(tree: &Tree, mode: SelinuxMode) -> Result<Plan> {
             "the migrated file systems carry no SELinux labels (a copy that did not keep security.selinux): the first boot relabels every file".to_owned(),
         ));
     }
-    match FileContexts::load(tree, &policy)? {
-        Some(contexts) => Ok(Plan::Label { policy, contexts }),
-        None => Ok(Plan::Relabel(format!(
+    if tree.exists(&format!(
+        "/etc/selinux/{policy}/contexts/files/file_contexts"
+    )) {
+        Ok(Plan::Label { policy })
+    } else {
+        Ok(Plan::Relabel(format!(
             "the policy {policy} has no contexts/files/file_contexts in the migrated system: the first boot relabels every file"
-        ))),
+        )))
     }
 }
 

@@ -656,14 +656,10 @@ mod tests {
             )
             .unwrap();
             assert_eq!(again.entries, got.entries, "{}: idempotent", r.name);
-            if via(&text) {
+            if uses_kernelopts(&text) {
                 assert_eq!(again.grubenv, got.grubenv, "{}: idempotent", r.name);
             }
         }
-    }
-
-    fn via(text: &str) -> bool {
-        uses_kernelopts(text)
     }
 
     #[test]

@@ -132,12 +132,8 @@ fn in_subnet(addr: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
 impl NetworkMap {
     /// Parse a map from TOML or JSON (a first `{` says JSON).
     pub fn parse(text: &str) -> Result<NetworkMap> {
-        let r = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| e.to_string())
-        } else {
-            toml::from_str(text).map_err(|e| e.to_string())
-        };
-        r.map_err(|e| invalid(format!("the network map cannot be read: {e}")))
+        crate::repair::toml_or_json(text)
+            .map_err(|e| invalid(format!("the network map cannot be read: {e}")))
     }
 
     pub fn load(path: &std::path::Path) -> Result<NetworkMap> {

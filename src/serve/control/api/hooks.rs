@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 
-use super::{ApiError, ApiState};
+use super::{runner, ApiError, ApiState};
 use crate::pipeline::MapFrom;
 use crate::repair::hooks::Hooks;
 
@@ -22,13 +22,6 @@ pub struct HooksView {
     /// `control` (set through this endpoint), `config` or `none`.
     pub from: MapFrom,
     pub hooks: Hooks,
-}
-
-fn runner(state: &ApiState) -> Result<std::sync::Arc<crate::pipeline::Runner>, ApiError> {
-    state
-        .pipeline
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("this appliance runs no pipeline").into())
 }
 
 pub(super) async fn get_hooks(State(state): State<ApiState>) -> Result<Json<HooksView>, ApiError> {

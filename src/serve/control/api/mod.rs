@@ -209,6 +209,14 @@ pub fn router(state: ApiState, limits: HttpLimits) -> Router {
         .with_state(state)
 }
 
+/// The appliance's pipeline, for the endpoints that set its choices.
+fn runner(state: &ApiState) -> Result<Arc<crate::pipeline::Runner>, ApiError> {
+    state
+        .pipeline
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("this appliance runs no pipeline").into())
+}
+
 async fn identity(State(state): State<ApiState>) -> Json<Identity> {
     Json(state.identity.clone())
 }

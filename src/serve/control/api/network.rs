@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 
-use super::{ApiError, ApiState};
+use super::{runner, ApiError, ApiState};
 use crate::job::errors::{coded, ErrorCode};
 use crate::pipeline::MapFrom;
 use crate::repair::network::map::NetworkMap;
@@ -19,13 +19,6 @@ pub struct NetworkView {
     /// `control` (set through this endpoint), `config` or `none`.
     pub from: MapFrom,
     pub map: NetworkMap,
-}
-
-fn runner(state: &ApiState) -> Result<std::sync::Arc<crate::pipeline::Runner>, ApiError> {
-    state
-        .pipeline
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("this appliance runs no pipeline").into())
 }
 
 pub(super) async fn get_network(
