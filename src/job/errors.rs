@@ -334,7 +334,7 @@ catalogue! {
     MethodNotAllowed => "METHOD_NOT_ALLOWED" [final, keeps_job, usage], "The endpoint does not take this method",
         "The Allow header lists the methods it takes; actions on the job are POST, reads are GET (docs/control-api.md).";
     RequestTooLarge => "REQUEST_TOO_LARGE" [final, keeps_job, usage], "The request body is larger than the control API takes",
-        "Bodies of the control API are small JSON objects (at most 16 KiB); send only the fields the endpoint takes.";
+        "Bodies of the control API are small JSON objects (at most 16 KiB; the hooks of POST /v1/job/hooks at most 512 KiB); send only the fields the endpoint takes.";
     RequestTimeout => "REQUEST_TIMEOUT" [final, keeps_job, usage], "The request was not received and answered in time",
         "Send the whole request at once and try again; a request that takes longer than the control API's timeout is cut.";
     BadValidity => "BAD_VALIDITY" [final, keeps_job, refused], "The validity period of a migration task must be between 7 and 90 days",
