@@ -45,11 +45,11 @@ keep nothing get DHCP as eth0, eth1... Refusals: NETWORK_MAP_INVALID.
 The hooks (--hooks FILE, TOML; JSON with the same keys works too):
 
   [[hook]]
-  name = \"install-agent\"       # letters, digits, - _ .; unique
-  phase = \"after-repair\"       # or \"first-boot\"
+  name = \"install-agent\"          # letters, digits, - _ .; unique
+  phase = \"after-repair\"          # or \"first-boot\"
   script = \"\"\"#!/bin/sh
   rpm -e vmware-tools || true
-  \"\"\"                           # run by its #! line, else /bin/sh
+  \"\"\"                            # run by its #! line, else /bin/sh
   timeout = 300                  # seconds (default 300, at most 3600)
   must_succeed = true            # a failure fails with HOOK_FAILED
 
